@@ -1,0 +1,57 @@
+"""Decoding images by content (whatever the extension says) and letterboxing them to the network size."""
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from executor.errors import ImageError
+
+PAD_VALUE = 114  # grey padding, as the YOLO family trains with
+
+
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 (H, W, 3) for any image OpenCV can decode: EXIF-rotated, grayscale, RGBA, 16-bit, CMYK.
+
+    Raises ImageError naming the file when it is missing, empty or not an image."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    if data.size == 0:
+        raise ImageError(f"image file is empty: {path}")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # applies EXIF orientation, drops alpha, 8-bit BGR
+    if image is None or image.size == 0:
+        raise ImageError(f"not a decodable image: {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an original image maps into the square network input: input = original * ratio + (pad_x, pad_y)."""
+    ratio: float
+    pad_x: float
+    pad_y: float
+    height: int  # original size
+    width: int
+
+    def to_original(self, xyxy: np.ndarray) -> np.ndarray:
+        """Boxes (N, 4) from network-input pixels back to original pixels, clipped to the image."""
+        out = np.empty_like(xyxy, dtype=np.float32)
+        out[:, [0, 2]] = (xyxy[:, [0, 2]] - self.pad_x) / self.ratio
+        out[:, [1, 3]] = (xyxy[:, [1, 3]] - self.pad_y) / self.ratio
+        np.clip(out[:, [0, 2]], 0, self.width, out=out[:, [0, 2]])
+        np.clip(out[:, [1, 3]], 0, self.height, out=out[:, [1, 3]])
+        return out
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio so the long side is `size`, centre it on a size×size grey canvas."""
+    height, width = image.shape[:2]
+    ratio = min(size / height, size / width)
+    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+    if (new_w, new_h) != (width, height):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    left, top = (size - new_w) // 2, (size - new_h) // 2
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[top:top + new_h, left:left + new_w] = image
+    return canvas, Letterbox(ratio, float(left), float(top), height, width)
