@@ -1,0 +1,100 @@
+"""Mining and inference: wiring only (index → images → detector → scorer/predictor → writer)."""
+import logging
+import os
+import time
+from typing import Callable, Sequence
+
+from executor.config import Settings, resolve_weights
+from executor.errors import DatasetError, ImageError
+from executor.loop import run_batches
+from executor.model import Detector, load_detector
+from executor.writers import UNREADABLE_SCORE, box_record, write_infer_result, write_mining_result
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float], None]
+
+
+def read_candidate_index(path: str) -> list[str]:
+    """Image paths of a candidate index: first tab field of each non-blank line, verbatim, each once."""
+    if not path or not os.path.isfile(path):
+        raise DatasetError(f"candidate index file not found: {path or '(input.candidate_index_file is empty)'}")
+    keys, seen = [], set()
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            key = line.rstrip("\r\n").split("\t")[0].strip()
+            if not key:
+                continue
+            if key in seen:
+                log.warning("%s line %d: duplicate entry %s is listed once", path, number, key)
+                continue
+            seen.add(key)
+            keys.append(key)
+    if not keys:
+        raise DatasetError(f"candidate index file is empty: {path}")
+    return keys
+
+
+def weights_for(settings: Settings, models_dir: str) -> str:
+    """model_params_path → one weights file: a .pt unless only an .onnx is given (or backend says onnx)."""
+    paths = settings.model_params_path
+    if settings.backend == "onnx":
+        return resolve_weights(paths, models_dir, (".onnx",))
+    if settings.backend == "torch" or any(p.lower().endswith((".pt", ".pth")) for p in paths):
+        return resolve_weights(paths, models_dir, (".pt", ".pth"))
+    return resolve_weights(paths, models_dir, (".pt", ".pth", ".onnx"))
+
+
+def open_detector(settings: Settings, models_dir: str) -> Detector:
+    return load_detector(weights_for(settings, models_dir), settings.backend, settings.gpu_id, settings.img_size,
+                         class_names=settings.class_names, conf_thres=settings.conf_thres,
+                         iou_thres=settings.iou_thres, max_det=settings.max_det)
+
+
+def fail_if_all_unreadable(keys: Sequence[str], failures: list) -> None:
+    if keys and len(failures) == len(keys):
+        raise ImageError(f"none of the {len(keys)} images could be read; first: {failures[0][1]}")
+
+
+def mine(keys: Sequence[str], detector: Detector | None, scorer, settings: Settings,
+         progress: Progress) -> list[tuple[str, float]]:
+    """(key, score) for every key in index order; unreadable images get the UNREADABLE_SCORE sentinel."""
+    scores: dict[str, float] = {}
+    start = time.monotonic()
+
+    def on_batch(batch) -> None:
+        for key, score in zip(batch.keys, scorer.score_batch(batch, detector)):
+            scores[key] = float(score)
+
+    failures = run_batches(keys, detector.img_size if detector else settings.img_size, settings.batch_size_per_gpu,
+                           settings.num_workers_per_gpu, on_batch, progress)
+    fail_if_all_unreadable(keys, failures)
+    elapsed = time.monotonic() - start
+    log.info("mined %d images with %s in %.1f s (%.1f images/s), %d unreadable", len(keys),
+             settings.mining_algorithm, elapsed, len(keys) / max(elapsed, 1e-9), len(failures))
+    return [(key, scores.get(key, UNREADABLE_SCORE)) for key in keys]
+
+
+def infer(keys: Sequence[str], detector: Detector, settings: Settings, progress: Progress) -> dict[str, list]:
+    """Box records per image basename, in index order; unreadable images get an empty list."""
+    records: dict[str, list] = {os.path.basename(key): [] for key in keys}
+
+    def on_batch(batch) -> None:
+        for key, det in zip(batch.keys, detector.predict(batch.canvases, batch.boxes).detections):
+            records[os.path.basename(key)] = [
+                box_record(xyxy, detector.names[cls], conf) for xyxy, cls, conf in zip(det.xyxy, det.cls, det.conf)]
+
+    failures = run_batches(keys, detector.img_size, settings.batch_size_per_gpu, settings.num_workers_per_gpu,
+                           on_batch, progress)
+    fail_if_all_unreadable(keys, failures)
+    return records
+
+
+def run_mining(keys, detector, settings: Settings, out_file: str, progress: Progress) -> None:
+    from mining import get_scorer
+
+    scorer = get_scorer(settings)
+    write_mining_result(out_file, mine(keys, detector if scorer.needs_model else None, scorer, settings, progress))
+
+
+def run_infer(keys, detector, settings: Settings, out_file: str, list_key: str, progress: Progress) -> None:
+    write_infer_result(out_file, infer(keys, detector, settings, progress), list_key)

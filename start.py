@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Quarry entry point.
+
+    python start.py                      platform mode: /in/env.yaml + /in/config.yaml → /out
+    python start.py --env ENV.yaml       platform mode with another env.yaml (local runs, tests)
+    python start.py mine  --weights W --images DIR ...   rank a local folder of unlabeled images
+    python start.py infer --weights W --images DIR ...   detect on a local folder, write JSON
+
+Only this file knows /in, /out, environment variables and exit codes; everything below takes arguments.
+"""
+import argparse
+import glob
+import logging
+import os
+import shutil
+import sys
+import traceback
+
+from executor.runtime import prepare_process_env
+
+DEFAULT_ENV = "/in/env.yaml"
+DEFAULT_MONITOR = "/out/monitor.txt"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".unknown")
+log = logging.getLogger("quarry")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(stream=sys.stdout, level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+# ---------------------------------------------------------------- platform mode
+
+def run_platform(env_path: str) -> int:
+    from executor.config import load_env, read_yaml_mapping
+    from executor.errors import error_code, one_line
+    from executor.monitor import Monitor
+
+    monitor = Monitor(DEFAULT_MONITOR if os.access(os.path.dirname(DEFAULT_MONITOR), os.W_OK) else None)
+    results_before: set[str] = set()
+    result_files: list[str] = []
+    try:
+        env = load_env(env_path)
+        monitor = Monitor(env.output_path("monitor_file"), env.task_id)
+        monitor.write(0.0)
+        result_files = [env.output_path(k) for k in ("mining_result_file", "infer_result_file", "training_result_file")]
+        results_before = {f for f in result_files if f and os.path.exists(f)}
+        config = read_yaml_mapping(env.input_path("config_file"), "config.yaml")
+        if env.run_training:
+            from executor.training import run_training
+
+            run_training(env, config, monitor)
+        else:
+            run_mining_and_infer(env, config, monitor)
+        monitor.write(1.0)
+        return 0
+    except BaseException as exc:  # every failure takes this one path, KeyboardInterrupt included
+        code = error_code(exc)
+        message = one_line(exc)
+        log.error("failed with code %d: %s", code, message)
+        log.debug("traceback", exc_info=True)
+        for path in result_files:  # nothing half-done may pass for a result
+            if path and path not in results_before and os.path.exists(path):
+                os.unlink(path)
+        monitor.fail(code, message, traceback.format_exception(exc))
+        return 1
+
+
+def run_mining_and_infer(env, config: dict, monitor) -> None:
+    from executor.config import build_settings
+    from executor.monitor import task_spans
+    from executor.tasks import open_detector, read_candidate_index, run_infer, run_mining
+
+    keys = read_candidate_index(env.input_path("candidate_index_file"))
+    spans = task_spans(env.run_mining, env.run_infer)
+    models_dir = env.input_path("models_dir")
+    detector = None  # loaded once, shared by mining and infer
+    if env.run_mining:
+        settings = build_settings("mining", config)
+        if settings.mining_algorithm != "random":
+            detector = open_detector(settings, models_dir)
+        run_mining(keys, detector, settings, env.output_path("mining_result_file"), monitor.span(*spans["mining"]))
+    if env.run_infer:
+        settings = build_settings("infer", config)
+        if detector is None or not same_detector_settings(detector, settings):
+            detector = open_detector(settings, models_dir)
+        run_infer(keys, detector, settings, env.output_path("infer_result_file"), env.infer_list_key,
+                  monitor.span(*spans["infer"]))
+
+
+def same_detector_settings(detector, settings) -> bool:
+    detector.conf_thres, detector.iou_thres, detector.max_det = settings.conf_thres, settings.iou_thres, settings.max_det
+    return detector.img_size >= settings.img_size and detector.img_size - settings.img_size < 32
+
+
+# ---------------------------------------------------------------- local command line
+
+def list_images(spec: str) -> list[str]:
+    """A folder (recursively), a glob pattern, or a text file listing one image path per line."""
+    if os.path.isdir(spec):
+        found = [os.path.join(root, name) for root, _, names in os.walk(spec) for name in names
+                 if name.lower().endswith(IMAGE_SUFFIXES)]
+    elif os.path.isfile(spec) and spec.lower().endswith((".txt", ".tsv")):
+        from executor.tasks import read_candidate_index
+
+        return read_candidate_index(spec)
+    else:
+        found = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+    return sorted(found)
+
+
+def cli_overrides(args) -> dict:
+    """CLI options as config keys; the templates give every default, as in platform mode."""
+    named = {"img_size": args.img_size, "batch_size_per_gpu": args.batch_size, "gpu_id": args.gpu_id,
+             "conf_thres": args.conf_thres, "iou_thres": args.iou_thres, "num_workers_per_gpu": args.workers,
+             "backend": args.backend, "seed": getattr(args, "seed", None),
+             "mining_algorithm": getattr(args, "algorithm", None), "model_params_path": [args.weights]}
+    overrides = {k: v for k, v in named.items() if v is not None}
+    from executor.errors import ConfigError
+
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        import yaml
+
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def tqdm_progress(total: int, unit: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+    def progress(fraction: float) -> None:
+        bar.update(round(fraction * total) - bar.n)
+        if bar.n >= total:
+            bar.close()
+
+    return progress
+
+
+def run_local(args) -> int:
+    from executor.config import build_settings
+    from executor.errors import QuarryError, error_code, one_line
+    from executor.tasks import infer, mine, open_detector
+    from executor.writers import atomic_write_text, mining_lines, write_infer_result
+
+    try:
+        keys = list_images(args.images)
+        if not keys:
+            raise QuarryError(f"no images found at {args.images}")
+        task = "mining" if args.command == "mine" else "infer"
+        settings = build_settings(task, cli_overrides(args))
+        log.info("%s: %d images from %s", task, len(keys), args.images)
+        progress = tqdm_progress(len(keys), "img")
+        if task == "infer":
+            detector = open_detector(settings, "")
+            write_infer_result(args.out, infer(keys, detector, settings, progress), "boxes")
+            log.info("wrote %s", args.out)
+            return 0
+        from mining import get_scorer
+
+        scorer = get_scorer(settings)
+        detector = open_detector(settings, "") if scorer.needs_model else None
+        lines = mining_lines(mine(keys, detector, scorer, settings, progress))
+        atomic_write_text(args.out, "".join(lines))
+        log.info("wrote %s (%d images, best first)", args.out, len(lines))
+        if args.topk:
+            write_selection(lines[:args.topk], args)
+        return 0
+    except Exception as exc:
+        log.error("%s (code %d)", one_line(exc), error_code(exc))
+        return 1
+
+
+def write_selection(lines: list[str], args) -> None:
+    """The top-k list next to --out, and optionally the images themselves in --select-dir."""
+    paths = [line.split("\t")[0] for line in lines]
+    from executor.writers import atomic_write_text
+
+    topk_file = os.path.splitext(args.out)[0] + f".top{len(paths)}.txt"
+    atomic_write_text(topk_file, "".join(p + "\n" for p in paths))
+    log.info("wrote the %d selected images to %s", len(paths), topk_file)
+    if args.select_dir:
+        os.makedirs(args.select_dir, exist_ok=True)
+        for rank, path in enumerate(paths, 1):
+            target = os.path.join(args.select_dir, f"{rank:05d}_{os.path.basename(path)}")
+            if os.path.lexists(target):
+                os.unlink(target)
+            if args.link:
+                os.symlink(os.path.abspath(path), target)
+            else:
+                shutil.copy2(path, target)
+        log.info("%s the selected images into %s", "linked" if args.link else "copied", args.select_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default=DEFAULT_ENV, help="platform mode: env.yaml to read (default %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command")
+    for name, help_text in (("mine", "rank local images, most worth labelling first"),
+                            ("infer", "detect objects in local images, write infer-result JSON")):
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("--weights", required=True, help="model file: Ultralytics .pt or its ONNX export")
+        cmd.add_argument("--images", required=True,
+                         help="a folder (searched recursively), a glob in quotes, or a .txt/.tsv list of paths")
+        cmd.add_argument("--out", required=True, help="output file (.tsv ranking for mine, .json for infer)")
+        cmd.add_argument("--img-size", type=int, help="letterbox size (template default 640)")
+        cmd.add_argument("--batch-size", type=int, help="images per forward pass (template default 16)")
+        cmd.add_argument("--workers", type=int, help="image decoding threads (template default 4)")
+        cmd.add_argument("--gpu-id", help="'' or 'cpu' for CPU (default), '0' for the first GPU")
+        cmd.add_argument("--conf-thres", type=float, help="minimum box score (template default 0.25)")
+        cmd.add_argument("--iou-thres", type=float, help="NMS IoU threshold (template default 0.45)")
+        cmd.add_argument("--backend", choices=("auto", "torch", "onnx"), help="inference backend (default auto)")
+        cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="any other template key, e.g. --set class_distribution_scores=1,1,0.5")
+        if name == "mine":
+            cmd.add_argument("--algorithm", choices=("random", "entropy", "aldd", "cald"),
+                             help="mining algorithm (template default aldd)")
+            cmd.add_argument("--seed", type=int, help="seed for random and cald (template default 0)")
+            cmd.add_argument("--topk", type=int, default=0, help="also write the K best paths to OUT.topK.txt")
+            cmd.add_argument("--select-dir", help="with --topk: copy the K best images into this folder")
+            cmd.add_argument("--link", action="store_true", help="with --select-dir: symlink instead of copying")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    prepare_process_env()
+    configure_logging(args.verbose)
+    if args.command:
+        return run_local(args)
+    return run_platform(args.env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
