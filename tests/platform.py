@@ -1,0 +1,89 @@
+"""Builders for ymir-style /in and /out directories, and a runner for `start.py` in platform mode."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+WEIGHTS = SHARED / "weights" / "yolov8n.pt"
+COCO_VAL = SHARED / "data" / "coco-val"
+VOC = SHARED / "data" / "voc2007"
+
+
+def coco_names() -> list[str]:
+    data = json.loads((COCO_VAL / "annotations.json").read_text())
+    return [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+
+
+def coco_images(count: int | None = None) -> list[Path]:
+    return sorted((COCO_VAL / "images").glob("*.jpg"))[:count]
+
+
+def add_assets(assets_dir: Path, sources: list[Path]) -> list[str]:
+    """Copy images into sha1-named files under two-character folders, as the platform exports them."""
+    paths = []
+    for src in sources:
+        data = src.read_bytes()
+        digest = hashlib.sha1(data).hexdigest()
+        ext = src.suffix.lstrip(".") or "unknown"
+        target = assets_dir / digest[-2:] / f"{digest}.{ext}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        paths.append(str(target))
+    return paths
+
+
+def make_env(root: Path, *, run_mining=False, run_infer=False, run_training=False, config=None,
+             candidates=None, protocol_version="1.1.0", weights=WEIGHTS, extra_index_lines=()) -> Path:
+    """A complete /in + /out pair under `root`; returns the env.yaml path. Paths are absolute."""
+    indir, outdir = root / "in", root / "out"
+    (indir / "models").mkdir(parents=True, exist_ok=True)
+    outdir.mkdir(parents=True, exist_ok=True)
+    model_paths = []
+    if weights:
+        target = indir / "models" / Path(weights).name
+        shutil.copy(weights, target)
+        model_paths = [str(target)]
+    keys = add_assets(indir / "assets", candidates if candidates is not None else coco_images(6))
+    index = indir / "candidate-index.tsv"
+    index.write_text("".join(k + "\n" for k in [*keys, *extra_index_lines]))
+    cfg = {"gpu_id": "", "gpu_count": 0, "task_id": "t-test", "class_names": coco_names(),
+           "model_params_path": model_paths, **(config or {})}
+    (indir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = {
+        "task_id": "t-test", "run_mining": run_mining, "run_infer": run_infer, "run_training": run_training,
+        "input": {"root_dir": str(indir), "assets_dir": str(indir / "assets"), "models_dir": str(indir / "models"),
+                  "annotations_dir": str(indir / "annotations"), "config_file": str(indir / "config.yaml"),
+                  "candidate_index_file": str(index), "training_index_file": "", "val_index_file": ""},
+        "output": {"root_dir": str(outdir), "models_dir": str(outdir / "models"),
+                   "tensorboard_dir": str(outdir / "tensorboard"),
+                   "training_result_file": str(outdir / "models" / "result.yaml"),
+                   "mining_result_file": str(outdir / "result.tsv"),
+                   "infer_result_file": str(outdir / "infer-result.json"),
+                   "monitor_file": str(outdir / "monitor.txt")},
+    }
+    if protocol_version:
+        env["protocol_version"] = protocol_version
+    (indir / "env.yaml").write_text(yaml.safe_dump(env))
+    return indir / "env.yaml"
+
+
+def run_start(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "start.py"), *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def monitor_fields(env_path: Path) -> list[str]:
+    text = (env_path.parent.parent / "out" / "monitor.txt").read_text()
+    return text.splitlines()[0].split("\t")
+
+
+def read_result_tsv(env_path: Path) -> list[tuple[str, float]]:
+    lines = (env_path.parent.parent / "out" / "result.tsv").read_text().splitlines()
+    return [(line.split("\t")[0], float(line.split("\t")[1])) for line in lines]

@@ -1,0 +1,96 @@
+import pytest
+import yaml
+
+from executor.config import build_settings, load_env, parse_env, resolve_weights, to_bool
+from executor.errors import ConfigError, ModelError
+
+
+def test_template_defaults_are_typed():
+    settings = build_settings("mining", {})
+    assert settings.img_size == 640 and settings.mining_algorithm == "aldd"
+    assert settings.class_distribution_scores == () and settings.pin_memory is False
+    assert settings.gpu_id == "" and settings.seed == 0
+
+
+@pytest.mark.parametrize("value, expected", [(0, "0"), ("0", "0"), ("0, 1", "0,1"), ("", ""), (None, ""), ("cpu", "")])
+def test_gpu_id_forms(value, expected):
+    assert build_settings("mining", {"gpu_id": value}).gpu_id == expected
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), ("true", True), ("T", True), (1, True), ("1", True),
+                                             (False, False), ("False", False), ("f", False), (0, False)])
+def test_bool_like_the_sdk(value, expected):
+    assert to_bool("pin_memory", value) is expected
+
+
+def test_values_are_coerced_once():
+    settings = build_settings("mining", {"img_size": "320", "conf_thres": "0.1", "class_distribution_scores": "1,0.5"})
+    assert settings.img_size == 320 and settings.conf_thres == 0.1
+    assert settings.class_distribution_scores == (1.0, 0.5)
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("mining_algorithm", "coreset", "random, entropy, aldd, cald"),
+    ("conf_thres", 1.5, "[0.0, 1.0]"),
+    ("batch_size_per_gpu", 0, "[1, 4096]"),
+    ("img_size", "big", "an integer"),
+    ("class_distribution_scores", "1,x", "comma-separated"),
+    ("gpu_id", "first", "GPU numbers"),
+    ("pin_memory", "maybe", "boolean"),
+])
+def test_invalid_value_names_key_and_allowed_values(key, value, needle):
+    with pytest.raises(ConfigError) as err:
+        build_settings("mining", {key: value})
+    assert f"'{key}'" in str(err.value) and needle in str(err.value)
+    assert err.value.code == 300001
+
+
+def test_unknown_key_is_a_warning(caplog):
+    settings = build_settings("mining", {"no_such_key": 3})
+    assert "no_such_key" not in settings
+    assert "no_such_key" in caplog.text
+
+
+def test_env_defaults_and_flags(tmp_path):
+    env = parse_env({"run_mining": True, "run_infer": "true"})
+    assert env.run_mining and env.run_infer and not env.run_training
+    assert env.protocol_version == "0.0.1" and env.infer_list_key == "annotations"
+    assert env.output_path("monitor_file") == "/out/monitor.txt"
+    assert parse_env({"run_infer": True, "protocol_version": "1.1.0"}).infer_list_key == "boxes"
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({}, "nothing to do"),
+    ({"run_training": True, "run_mining": True}, "cannot be combined"),
+    ({"run_mining": True, "input": "x"}, "'input' must be a mapping"),
+    ({"run_mining": True, "protocol_version": "one"}, "protocol_version"),
+])
+def test_bad_env(data, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_env(data)
+
+
+def test_env_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "env.yaml"
+    with pytest.raises(ConfigError, match=str(missing)):
+        load_env(str(missing))
+    missing.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_env(str(missing))
+    missing.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_env(str(missing))
+
+
+def test_resolve_weights_prefers_best_then_newest(tmp_path):
+    (tmp_path / "stage").mkdir()
+    old, new, best = (tmp_path / "stage" / n for n in ("a.pt", "b.pt", "best_x.pt"))
+    for i, f in enumerate((best, old, new)):
+        f.write_bytes(b"x")
+        import os
+        os.utime(f, (1000 + i, 1000 + i))
+    assert resolve_weights(("stage/a.pt", "stage/b.pt"), str(tmp_path)) == str(new)
+    assert resolve_weights(("stage/a.pt", str(best), "stage/b.pt"), str(tmp_path)) == str(best)
+    with pytest.raises(ModelError, match="missing.pt") as err:
+        resolve_weights(("missing.pt",), str(tmp_path))
+    assert err.value.code == 300004
