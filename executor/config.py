@@ -225,6 +225,53 @@ def string_list() -> Rule:
     return rule
 
 
+def canonical_choice(*options: str) -> Rule:
+    """One of `options`, matched case-insensitively and returned as spelled there (e.g. 'adamw' → 'AdamW')."""
+    by_lower = {option.lower(): option for option in options}
+
+    def rule(key: str, value: Any) -> str:
+        found = by_lower.get(str(value).strip().lower())
+        if found is None:
+            raise _bad(key, value, "one of " + ", ".join(options))
+        return found
+
+    return rule
+
+
+def layer_freeze() -> Rule:
+    """'' / None / 0 = nothing frozen; an integer N = the first N layers; '0,2,5' or a list = those layers."""
+    def rule(key: str, value: Any):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, bool):
+            raise _bad(key, value, "'' , a layer count, or comma-separated layer indices")
+        items = value if isinstance(value, (list, tuple)) else [p for p in str(value).split(",") if p.strip()]
+        try:
+            numbers = [int(str(item).strip()) for item in items]
+        except ValueError:
+            raise _bad(key, value, "'' , a layer count, or comma-separated layer indices") from None
+        if any(n < 0 for n in numbers):
+            raise _bad(key, value, "non-negative layer numbers")
+        if isinstance(value, (list, tuple)) or "," in str(value):
+            return numbers
+        return numbers[0] or None
+
+    return rule
+
+
+def eval_thresholds() -> Rule:
+    """evaluate_config: a mapping with iou_thr and conf_thr in [0, 1] (ymir's defaults 0.5 and 0.005)."""
+    def rule(key: str, value: Any) -> dict:
+        given = value if isinstance(value, dict) else ({} if value in (None, "") else None)
+        if given is None:
+            raise _bad(key, value, "a mapping such as {iou_thr: 0.5, conf_thr: 0.005}")
+        iou = given.get("iou_thr", given.get("iou_thrs_interval", 0.5))
+        return {"iou_thr": number(0.0, 1.0)(f"{key}.iou_thr", str(iou).split(":")[0]),
+                "conf_thr": number(0.0, 1.0)(f"{key}.conf_thr", given.get("conf_thr", 0.005))}
+
+    return rule
+
+
 # Rules by key; the template's value of a key is its default. Keys of one task only are harmless here.
 RULES: dict[str, Rule] = {
     "img_size": integer(32, 8192),
@@ -246,6 +293,22 @@ RULES: dict[str, Rule] = {
     "class_names": string_list(),
     "model_params_path": string_list(),
     "pretrained_model_params": string_list(),
+    # training
+    "export_format": text(),
+    "model": text(),
+    "epochs": integer(1, 100000),
+    "optimizer": canonical_choice("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"),
+    "lr0": number(0.0, 10.0),
+    "lrf": number(0.0, 1.0),
+    "cos_lr": boolean(),
+    "patience": integer(0, 100000),
+    "freeze": layer_freeze(),
+    "save_period": integer(-1, 100000),
+    "save_best_only": boolean(),
+    "amp": boolean(),
+    "opset": integer(0, 100),
+    "args_options": text(),
+    "evaluate_config": eval_thresholds(),
 }
 
 
