@@ -1,0 +1,126 @@
+"""start.py in platform mode, end to end in temporary directories, with the real yolov8n."""
+import json
+
+import pytest
+import yaml
+
+from tests.platform import coco_images, make_env, monitor_fields, read_result_tsv, run_start
+
+ALGORITHMS = ["random", "entropy", "aldd", "cald"]
+FAST = {"img_size": 320}
+
+
+def candidates(env_path):
+    return [line for line in (env_path.parent / "candidate-index.tsv").read_text().splitlines() if line]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_mining_and_infer_in_one_run(tmp_path, algorithm):
+    env = make_env(tmp_path, run_mining=True, run_infer=True, config={**FAST, "mining_algorithm": algorithm},
+                   candidates=coco_images(5), protocol_version="1.0.0")
+    done = run_start("--env", env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = read_result_tsv(env)
+    assert sorted(path for path, _ in rows) == sorted(candidates(env))  # every candidate once, verbatim
+    scores = [score for _, score in rows]
+    assert scores == sorted(scores, reverse=True) and all(s == s for s in scores)
+    detection = json.loads((tmp_path / "out" / "infer-result.json").read_text())["detection"]
+    assert sorted(detection) == sorted(p.rsplit("/", 1)[1] for p in candidates(env))
+    assert all("annotations" in entry for entry in detection.values())  # protocol 1.0.0 → annotations
+    assert monitor_fields(env)[2:] == ["1.0000", "2", "0"]
+
+
+@pytest.mark.slow
+def test_unreadable_image_is_listed_last_with_a_warning(tmp_path):
+    env = make_env(tmp_path, run_mining=True, config={**FAST, "mining_algorithm": "entropy"},
+                   candidates=coco_images(3))
+    broken = tmp_path / "in" / "assets" / "00" / "broken.jpg"
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_bytes(b"\xff\xd8 truncated")
+    index = env.parent / "candidate-index.tsv"
+    index.write_text(f"{broken}\n" + index.read_text())
+    done = run_start("--env", env)
+    assert done.returncode == 0, done.stdout
+    rows = read_result_tsv(env)
+    assert rows[-1] == (str(broken), -1.0) and len(rows) == 4
+    assert "broken.jpg" in done.stdout and "WARNING" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["random", "cald"])
+def test_same_seed_same_bytes(tmp_path, algorithm):
+    outputs = []
+    for run in ("a", "b"):
+        env = make_env(tmp_path / run, run_mining=True, config={**FAST, "mining_algorithm": algorithm, "seed": 7},
+                       candidates=coco_images(4))
+        assert run_start("--env", env).returncode == 0
+        outputs.append((tmp_path / run / "out" / "result.tsv").read_text().replace(f"/{run}/", "/"))
+    assert outputs[0] == outputs[1]
+
+
+def test_random_needs_no_weights(tmp_path):
+    env = make_env(tmp_path, run_mining=True, config={"mining_algorithm": "random"}, weights=None,
+                   candidates=coco_images(3))
+    done = run_start("--env", env)
+    assert done.returncode == 0, done.stdout
+    assert len(read_result_tsv(env)) == 3
+
+
+def failure(tmp_path, env, code, needle):
+    done = run_start("--env", env)
+    assert done.returncode != 0
+    fields = monitor_fields(env)
+    assert fields[3:] == ["4", str(code)], fields
+    message = (tmp_path / "out" / "monitor.txt").read_text().splitlines()[1]
+    assert needle in message, message
+    assert not (tmp_path / "out" / "result.tsv").exists()
+    assert not (tmp_path / "out" / "infer-result.json").exists()
+    return message
+
+
+def test_unknown_algorithm(tmp_path):
+    env = make_env(tmp_path, run_mining=True, config={"mining_algorithm": "coreset"}, candidates=coco_images(1))
+    failure(tmp_path, env, 300001, "'mining_algorithm'")
+
+
+def test_missing_weights(tmp_path):
+    env = make_env(tmp_path, run_mining=True, run_infer=True, weights=None, candidates=coco_images(1),
+                   config={"model_params_path": ["/in/models/gone/best.pt"]})
+    failure(tmp_path, env, 300004, "/in/models/gone/best.pt")
+
+
+def test_empty_candidate_index(tmp_path):
+    env = make_env(tmp_path, run_mining=True, candidates=[])
+    failure(tmp_path, env, 300002, "candidate-index.tsv")
+
+
+def test_unparsable_config(tmp_path):
+    env = make_env(tmp_path, run_mining=True, candidates=coco_images(1))
+    (env.parent / "config.yaml").write_text("mining_algorithm: [aldd\n")
+    failure(tmp_path, env, 300001, "config.yaml")
+
+
+def test_missing_config(tmp_path):
+    env = make_env(tmp_path, run_mining=True, candidates=coco_images(1))
+    (env.parent / "config.yaml").unlink()
+    failure(tmp_path, env, 300001, "config.yaml not found")
+
+
+def test_missing_env_yaml(tmp_path):
+    done = run_start("--env", tmp_path / "nowhere" / "env.yaml")
+    assert done.returncode != 0
+    assert "env.yaml not found" in done.stdout and str(tmp_path / "nowhere") in done.stdout
+
+
+def test_mining_failure_after_success_leaves_no_result(tmp_path):
+    env = make_env(tmp_path, run_mining=True, run_infer=True, candidates=coco_images(2),
+                   config={"mining_algorithm": "random", "backend": "onnx"})
+    failure(tmp_path, env, 300004, ".onnx")
+
+
+def test_partial_monitor_only_after_env(tmp_path):
+    env = make_env(tmp_path, run_mining=True, candidates=coco_images(1), config={"img_size": "huge"})
+    message = failure(tmp_path, env, 300001, "'img_size'")
+    assert "huge" in message
+    assert yaml.safe_load((env.parent / "config.yaml").read_text())["img_size"] == "huge"  # /in untouched
