@@ -8,15 +8,18 @@
 
 Only this file knows /in, /out, environment variables and exit codes; everything below takes arguments.
 """
-import argparse
-import glob
-import logging
-import os
-import shutil
 import sys
-import traceback
 
-from executor.runtime import prepare_process_env
+sys.dont_write_bytecode = True  # never write into the code directory (read-only in images)
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import traceback  # noqa: E402
+
+from executor.runtime import prepare_process_env  # noqa: E402
 
 DEFAULT_ENV = "/in/env.yaml"
 DEFAULT_MONITOR = "/out/monitor.txt"
