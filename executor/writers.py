@@ -54,3 +54,51 @@ def write_infer_result(path: str, per_image: Mapping[str, list[dict]], list_key:
     `boxes` for protocol >= 1.1.0 and `annotations` below (see config.Env.infer_list_key)."""
     payload = {"detection": {name: {list_key: boxes} for name, boxes in per_image.items()}}
     atomic_write_text(path, json.dumps(payload, indent=None, separators=(",", ":")) + "\n")
+
+
+def _metric(stage: str, key: str, value) -> float:
+    number = float(value)
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise ValueError(f"stage {stage}: {key} {value!r} is not a number in [0, 1]")
+    return number
+
+
+def write_training_result(path: str, stages: Mapping[str, Mapping], best_stage_name: str, multi_stage: bool,
+                          evaluate_config: Mapping | None = None, attachments: Mapping[str, Sequence[str]] | None = None,
+                          legacy_files: Sequence[str] = ()) -> None:
+    """result.yaml (ymir-protocol §5.2). `stages` maps a stage name to {files, timestamp, mAP[, mAR, tp, fp, fn]}
+    with files as basenames under models_dir/<stage>/. Protocol >= 1.0.0 (`multi_stage`) gets model_stages,
+    best_stage_name, the best mAP, evaluate_config and attachments; older platforms get {model, map} with
+    `legacy_files`, which must then lie directly in models_dir."""
+    import yaml
+
+    if best_stage_name not in stages:
+        raise ValueError(f"best_stage_name {best_stage_name!r} is not one of the stages {sorted(stages)}")
+    model_stages = {}
+    for name, stage in stages.items():
+        if not name.isidentifier():
+            raise ValueError(f"stage name {name!r} is not an identifier")
+        files = [str(f) for f in stage["files"]]
+        if not files or any(os.path.basename(f) != f for f in files):
+            raise ValueError(f"stage {name}: files must be basenames, got {files}")
+        record = {"stage_name": name, "files": files, "timestamp": int(stage["timestamp"]),
+                  "mAP": _metric(name, "mAP", stage["mAP"])}
+        if stage.get("mAR") is not None:
+            record["mAR"] = _metric(name, "mAR", stage["mAR"])
+        for key in ("tp", "fp", "fn"):
+            if stage.get(key) is not None:
+                record[key] = max(0, int(stage[key]))
+        model_stages[name] = record
+    best_map = model_stages[best_stage_name]["mAP"]
+    if multi_stage:
+        payload = {"best_stage_name": best_stage_name, "mAP": best_map, "model_stages": model_stages}
+        if evaluate_config:
+            payload["evaluate_config"] = {k: float(v) for k, v in evaluate_config.items()}
+        if attachments:
+            payload["attachments"] = {section: [str(f) for f in files] for section, files in attachments.items() if files}
+        payload["object_type"] = 2
+    else:
+        if not legacy_files or any(os.path.basename(f) != f for f in legacy_files):
+            raise ValueError(f"the legacy result needs model files as basenames, got {list(legacy_files)}")
+        payload = {"model": [str(f) for f in legacy_files], "map": best_map}
+    atomic_write_text(path, yaml.safe_dump(payload, sort_keys=False))

@@ -188,3 +188,26 @@ def write_training_env(root: Path, class_names: list[str], config: dict | None =
         env["protocol_version"] = protocol_version
     (indir / "env.yaml").write_text(yaml.safe_dump(env))
     return indir / "env.yaml"
+
+
+# ---------------------------------------------------------------- reading outputs back
+
+def read_scalars(folder: Path) -> dict:
+    """{tag: [(step, value), ...]} from every tensorboard event file under `folder`, parsed with tensorboardX's
+    own Event protobuf (TFRecord framing: length, crc, payload, crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict = {}
+    for path in sorted(Path(folder).rglob("events.out.tfevents*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

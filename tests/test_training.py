@@ -1,0 +1,311 @@
+import os
+import re
+
+import pytest
+import yaml
+
+from executor import model as adapter
+from executor.config import build_settings
+from executor.errors import ConfigError, ModelError, NoGpuError
+from executor.training import (BEST, MAX_STAGES, StageBook, TrainingHooks, bundled_weights, choose_weights,
+                               parse_args_options, ultralytics_args)
+from executor.writers import write_training_result
+from tests.ymir_builders import WEIGHTS_DIR, read_scalars
+
+
+# ---------------------------------------------------------------- args_options
+
+@pytest.mark.parametrize("text, expected", [
+    ("", {}),
+    ("mosaic=0.5 close_mosaic=0", {"mosaic": 0.5, "close_mosaic": 0}),
+    ("--fliplr=0.2 --rect", {"fliplr": 0.2, "rect": True}),
+    ("cache=false single-cls=true", {"cache": False, "single_cls": True}),
+    ("time=none", {"time": None}),
+    ("copy_paste_mode='mixup' hsv_h='0.02'", {"copy_paste_mode": "mixup", "hsv_h": 0.02}),
+    ('box=7 box=8', {"box": 8}),
+    ("__import__('os').system('true')=1", None),
+])
+def test_parse_args_options(text, expected):
+    if expected is None:
+        with pytest.raises(ConfigError, match="args_options"):
+            parse_args_options(text)
+    else:
+        assert parse_args_options(text) == expected
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("mosaic", "is not key=value"),
+    ("mosaic='0.5", "args_options"),
+    ("hsv_h={a:1}", "mappings are not allowed"),
+    ("mosiac=0.5", "'mosiac' is not an Ultralytics train argument (did you mean mosaic"),
+    ("no_such_thing=1", "'no_such_thing' is not an Ultralytics train argument"),
+    ("epochs=3", "'epochs' is set by config key 'epochs'"),
+    ("batch=8", "set by config key 'batch_size_per_gpu'"),
+    ("data=/etc/passwd", "'data' is set by the executor"),
+    ("mosaic=lots", "mosaic"),
+    ("close_mosaic=0.5", "close_mosaic"),
+])
+def test_args_options_errors_are_config_errors(text, needle):
+    with pytest.raises(ConfigError) as err:
+        adapter.check_train_args(parse_args_options(text))
+    assert needle in str(err.value) and err.value.code == 300001
+
+
+def test_args_options_accepts_ultralytics_train_keys():
+    args = adapter.check_train_args(parse_args_options("mosaic=0.5 close_mosaic=0 hsv_h=0.02 rect=true fraction=0.5"))
+    assert args == {"mosaic": 0.5, "close_mosaic": 0, "hsv_h": 0.02, "rect": True, "fraction": 0.5}
+    assert "mosaic" in adapter.train_arg_keys() and "lr0" in adapter.train_arg_keys()
+
+
+def test_ultralytics_args_from_the_template():
+    settings = build_settings("training", {"batch_size_per_gpu": 8, "img_size": 320, "optimizer": "adamw",
+                                           "freeze": "10"})
+    args = ultralytics_args(settings, "0,1", {"mosaic": 0.0, "plots": True})
+    assert args["batch"] == 16 and args["imgsz"] == 320 and args["optimizer"] == "AdamW" and args["freeze"] == 10
+    assert args["device"] == "0,1" and args["mosaic"] == 0.0 and args["plots"] is True
+    assert ultralytics_args(settings, "cpu", {})["batch"] == 8
+    assert {"save_period", "project", "data"}.isdisjoint(args)
+
+
+@pytest.mark.parametrize("key, value", [("epochs", 0), ("optimizer", "Adagrad"), ("lr0", -1), ("freeze", "a,b"),
+                                        ("save_best_only", "maybe"), ("evaluate_config", "0.5")])
+def test_training_keys_are_validated(key, value):
+    with pytest.raises(ConfigError, match=f"'{key}"):
+        build_settings("training", {key: value})
+
+
+def test_training_template_defaults():
+    settings = build_settings("training", {})
+    assert settings.export_format == "ark:raw" and settings.model == "yolov8n"
+    assert settings.epochs == 100 and settings.img_size == 640 and settings.batch_size_per_gpu == 16
+    assert settings.save_best_only is True and settings.freeze is None and settings.opset == 12
+    assert build_settings("training", {"evaluate_config": {"iou_thr": 0.6}}).evaluate_config == {
+        "iou_thr": 0.6, "conf_thr": 0.005}
+
+
+# ---------------------------------------------------------------- devices, models, weights
+
+def test_train_device():
+    assert adapter.train_device("") == "cpu"
+    with pytest.raises(NoGpuError):
+        adapter.train_device("7")
+
+
+@pytest.mark.parametrize("name, ok", [("yolov8n", True), ("yolo11s", True), ("yolov8x.pt", True),
+                                      ("yolov8n-seg", False), ("yolov99z", False)])
+def test_detection_model_names(name, ok):
+    if ok:
+        assert adapter.detection_model_yaml(name).endswith(".yaml")
+    else:
+        with pytest.raises(ConfigError, match="config key 'model'"):
+            adapter.detection_model_yaml(name)
+
+
+def test_weights_choice(tmp_path, caplog):
+    dirs = [str(tmp_path / "empty"), str(WEIGHTS_DIR)]
+    assert bundled_weights("yolov8n", dirs) == str(WEIGHTS_DIR / "yolov8n.pt")
+    assert bundled_weights("yolo11n", dirs) is None
+    assert choose_weights(build_settings("training", {}), "", dirs) == str(WEIGHTS_DIR / "yolov8n.pt")
+    assert choose_weights(build_settings("training", {"model": "yolo11n"}), "", dirs) == "yolo11n.yaml"
+    assert "training from scratch (yolo11n.yaml)" in caplog.text
+    (tmp_path / "m" / "best").mkdir(parents=True)
+    (tmp_path / "m" / "best" / "best.pt").write_bytes(b"x")
+    given = build_settings("training", {"pretrained_model_params": ["best/best.pt", "result.yaml"]})
+    assert choose_weights(given, str(tmp_path / "m"), dirs) == str(tmp_path / "m" / "best" / "best.pt")
+    with pytest.raises(ModelError):
+        choose_weights(build_settings("training", {"pretrained_model_params": ["x.onnx"]}), str(tmp_path), dirs)
+
+
+# ---------------------------------------------------------------- result.yaml
+
+def stage(map_, **extra):
+    return {"files": ["best.pt"], "timestamp": 1700000000, "mAP": map_, **extra}
+
+
+def test_result_yaml_multi_stage(tmp_path):
+    path = tmp_path / "result.yaml"
+    write_training_result(str(path), {"best": stage(0.5, mAR=0.6, tp=3, fp=1, fn=2),
+                                      "epoch_10": {"files": ["epoch_10.pt"], "timestamp": 1, "mAP": 0.4}},
+                          "best", True, {"iou_thr": 0.5, "conf_thr": 0.005}, {"onnx": ["best.onnx"]})
+    data = yaml.safe_load(path.read_text())
+    assert data["best_stage_name"] == "best" and data["mAP"] == 0.5
+    assert data["model_stages"]["best"] == {"stage_name": "best", "files": ["best.pt"], "timestamp": 1700000000,
+                                            "mAP": 0.5, "mAR": 0.6, "tp": 3, "fp": 1, "fn": 2}
+    assert data["model_stages"]["epoch_10"]["mAP"] == 0.4
+    assert data["attachments"] == {"onnx": ["best.onnx"]} and data["evaluate_config"]["iou_thr"] == 0.5
+    assert type(data["mAP"]) is float
+
+
+def test_result_yaml_legacy(tmp_path):
+    path = tmp_path / "result.yaml"
+    write_training_result(str(path), {"best": stage(0.25)}, "best", False, legacy_files=["best.pt", "best.onnx"])
+    assert yaml.safe_load(path.read_text()) == {"model": ["best.pt", "best.onnx"], "map": 0.25}
+
+
+@pytest.mark.parametrize("stages, best, kwargs, needle", [
+    ({"best": stage(71.2)}, "best", {}, "not a number in [0, 1]"),
+    ({"best": stage(float("nan"))}, "best", {}, "not a number in [0, 1]"),
+    ({"best": stage(0.5)}, "epoch_1", {}, "best_stage_name"),
+    ({"best": dict(stage(0.5), files=["/out/models/best.pt"])}, "best", {}, "basenames"),
+    ({"epoch-1": stage(0.5)}, "epoch-1", {}, "identifier"),
+])
+def test_result_yaml_rejects_bad_values(tmp_path, stages, best, kwargs, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        write_training_result(str(tmp_path / "r.yaml"), stages, best, True, **kwargs)
+
+
+def book(tmp_path, multi_stage=True) -> StageBook:
+    models = tmp_path / "models"
+    return StageBook(str(models), str(models / "result.yaml"), multi_stage, {"iou_thr": 0.5, "conf_thr": 0.005},
+                     str(tmp_path / "state.json"))
+
+
+def put(book_: StageBook, stage_name: str, file: str, text: str = "w") -> None:
+    path = book_.stage_path(stage_name, file)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def test_stage_book_keeps_best_and_ten_latest_and_links_the_best(tmp_path):
+    b = book(tmp_path)
+    put(b, BEST, "best.pt", "best")
+    b.add(BEST, ["best.pt"], {"mAP": 0.9})
+    for k in range(1, 15):
+        put(b, f"epoch_{k}", f"epoch_{k}.pt")
+        b.add(f"epoch_{k}", [f"epoch_{k}.pt"], {"mAP": 0.1, "mAR": 0.2, "tp": 1, "fp": 2, "fn": 3})
+        b.stages[f"epoch_{k}"]["timestamp"] -= 100 - k  # distinct, increasing timestamps
+    data = yaml.safe_load((tmp_path / "models" / "result.yaml").read_text())
+    assert len(data["model_stages"]) == MAX_STAGES
+    assert BEST in data["model_stages"] and "epoch_1" not in data["model_stages"]
+    assert not (tmp_path / "models" / "epoch_1").exists() and (tmp_path / "models" / "epoch_14").exists()
+    assert data["best_stage_name"] == BEST
+    assert (tmp_path / "models" / "best.pt").read_text() == "best"
+    assert sorted(os.listdir(tmp_path / "models")) == sorted(
+        ["best.pt", "result.yaml", BEST] + [f"epoch_{k}" for k in range(5, 15)])
+    b.write()
+    again = book(tmp_path)
+    again.reload()
+    assert again.stages == b.stages
+
+
+def test_stage_book_best_stage_is_highest_map_then_newest(tmp_path):
+    b = book(tmp_path)
+    put(b, "epoch_1", "epoch_1.pt", "one")
+    b.add("epoch_1", ["epoch_1.pt"], {"mAP": 0.5})
+    assert yaml.safe_load(open(b.result_file))["best_stage_name"] == "epoch_1"
+    assert (tmp_path / "models" / "epoch_1.pt").read_text() == "one"
+    put(b, BEST, "best.pt", "best")
+    b.add(BEST, ["best.pt"], {"mAP": 0.5})
+    assert yaml.safe_load(open(b.result_file))["best_stage_name"] == BEST  # tie: the newer one
+    assert not (tmp_path / "models" / "epoch_1.pt").exists()  # the root holds the best stage's files only
+
+
+def test_stage_book_legacy_form_lists_root_files(tmp_path):
+    b = book(tmp_path, multi_stage=False)
+    put(b, BEST, "best.pt")
+    b.add(BEST, ["best.pt"], {"mAP": 0.3, "mAR": 0.4})
+    onnx = b.attachment_path("onnx", "best.onnx")
+    os.makedirs(os.path.dirname(onnx))
+    open(onnx, "w").write("onnx")
+    b.attach("onnx", ["best.onnx"])
+    data = yaml.safe_load(open(b.result_file))
+    assert data == {"model": ["best.pt", "best.onnx"], "map": 0.3}
+    assert all(os.path.isfile(tmp_path / "models" / f) for f in data["model"])
+
+
+# ---------------------------------------------------------------- tensorboard and progress hooks
+
+class FakeEvaluator:
+    def __call__(self, weights, progress=None):
+        from executor.evaluation import Metrics
+        assert os.path.isfile(weights)
+        return Metrics(0.25, 0.5, 0.1, 4, 5, 6)
+
+
+def test_hooks_write_tensorboard_scalars_progress_and_stages(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(adapter, "export_weights", lambda src, dst: (os.makedirs(os.path.dirname(dst), exist_ok=True),
+                                                                     open(dst, "w").write(src)))
+    b = book(tmp_path)
+    hooks = TrainingHooks(seen.append, str(tmp_path / "tb"), b, FakeEvaluator(), save_period=2, save_best_only=False)
+    for epoch in (1, 2):
+        for batch in range(1, 5):
+            hooks.on_batch(epoch, 2, batch / 4)
+        hooks.on_epoch(adapter.EpochReport(
+            epoch=epoch, epochs=2, map50=0.3 + epoch / 10, best_improved=epoch == 1, last="last.pt", best="best.pt",
+            scalars={"train/box_loss": 3.0 - epoch, "train/cls_loss": 4.0, "metrics/precision": 0.5,
+                     "metrics/recall": 0.4, "metrics/mAP50": 0.3 + epoch / 10, "metrics/mAP50-95": 0.2,
+                     "lr/pg0": 0.01 / epoch}))
+    hooks.close()
+    scalars = read_scalars(tmp_path / "tb")
+    for tag in ("train/box_loss", "train/cls_loss", "metrics/precision", "metrics/recall", "metrics/mAP50",
+                "metrics/mAP50-95", "lr/pg0"):
+        assert [step for step, _ in scalars[tag]] == [1, 2], tag
+    assert scalars["train/box_loss"][1][1] == pytest.approx(1.0)
+    assert scalars["eval/mAP50"] == [(2, pytest.approx(0.25))]
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 4
+    data = yaml.safe_load(open(b.result_file))
+    assert set(data["model_stages"]) == {BEST, "epoch_2"}
+    assert data["model_stages"][BEST]["mAP"] == pytest.approx(0.4)  # provisional: Ultralytics' val mAP
+    assert data["model_stages"]["epoch_2"]["tp"] == 4 and data["best_stage_name"] == BEST
+
+
+def test_hooks_pickle_without_the_event_writer(tmp_path):
+    import pickle
+    hooks = TrainingHooks(print, str(tmp_path / "tb"), book(tmp_path), FakeEvaluator(), 1, True)
+    hooks.scalars({"a": 1.0}, 1)
+    clone = pickle.loads(pickle.dumps(hooks))
+    assert clone._writer is None and clone.save_period == 0
+    hooks.close()
+
+
+# ---------------------------------------------------------------- end to end (real training, CPU)
+
+def run_training_start(env_path, tmp_path):
+    from tests.platform import run_start
+    environ = {**os.environ, "QUARRY_WEIGHTS_DIR": str(WEIGHTS_DIR)}
+    before = sorted(str(p) for p in (tmp_path / "in").rglob("*"))
+    proc = run_start("--env", env_path, env=environ, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(str(p) for p in (tmp_path / "in").rglob("*")) == before  # nothing written next to the inputs
+    fields = (tmp_path / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
+    assert fields[2:5] == ["1.0000", "2", "0"]
+    return proc
+
+
+@pytest.mark.slow
+def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path):
+    from tests.ymir_builders import voc_items, voc_names, write_dataset, write_training_env
+    items = voc_items(32)
+    write_dataset(tmp_path / "in", items[:24], items[24:], voc_names(), "ark")
+    env = write_training_env(tmp_path, voc_names(), {"epochs": 1, "img_size": 128, "batch_size_per_gpu": 8,
+                                                     "save_best_only": False, "save_period": 1})
+    run_training_start(env, tmp_path)
+    models = tmp_path / "out" / "models"
+    data = yaml.safe_load((models / "result.yaml").read_text())
+    assert set(data["model_stages"]) == {"best", "epoch_1"} and data["best_stage_name"] in data["model_stages"]
+    for name, stage_ in data["model_stages"].items():
+        assert all((models / name / f).is_file() for f in stage_["files"])
+        assert type(stage_["mAP"]) is float and 0 <= stage_["mAP"] <= 1 and 0 <= stage_["mAR"] <= 1
+        assert {"tp", "fp", "fn"} <= set(stage_)
+    assert data["attachments"] == {"onnx": ["best.onnx"]}
+    assert (models / "attachments" / "onnx" / "best.onnx").stat().st_size > 1e6
+    scalars = read_scalars(tmp_path / "out" / "tensorboard")
+    for tag in ("train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/precision", "metrics/recall",
+                "metrics/mAP50", "metrics/mAP50-95", "lr/pg0", "best/mAP50"):
+        assert tag in scalars, (tag, sorted(scalars))
+    assert scalars["metrics/mAP50"][0][0] == 1
+
+
+@pytest.mark.slow
+def test_start_trains_on_coco_json_with_the_legacy_result(tmp_path):
+    from tests.ymir_builders import write_coco_val_dataset, write_training_env
+    names = write_coco_val_dataset(tmp_path / "in", 16, 6)
+    env = write_training_env(tmp_path, names, {"epochs": 1, "img_size": 128, "batch_size_per_gpu": 8,
+                                               "export_format": "seg-coco:raw"}, protocol_version=None)
+    run_training_start(env, tmp_path)
+    models = tmp_path / "out" / "models"
+    data = yaml.safe_load((models / "result.yaml").read_text())
+    assert data["model"] == ["best.pt", "best.onnx"] and 0 < data["map"] <= 1  # COCO weights on COCO classes
+    assert all((models / f).is_file() for f in data["model"])
