@@ -25,6 +25,8 @@ PLATFORM_KEYS = {
     "openpai_enable", "git_url", "git_branch", "code_config", "pypi_mirror", "ymir_saved_file_patterns",
     "ymir_debug", "evaluate_config",
 }
+# Platform keys the code reads, with their value when the platform (or a local run) leaves them out.
+PLATFORM_DEFAULTS = {"gpu_id": "", "class_names": [], "model_params_path": [], "pretrained_model_params": []}
 
 
 # ---------------------------------------------------------------- reading YAML files
@@ -351,8 +353,8 @@ def build_settings(task: str, config: Mapping, templates_dir: str = TEMPLATES_DI
     for key in config:
         if key not in template and key not in PLATFORM_KEYS and key not in RULES:
             log.warning("config key '%s' is not used by %s and is ignored", key, task)
-    merged = {**template, **{k: v for k, v in config.items() if k in template or k in PLATFORM_KEYS}}
-    merged.setdefault("gpu_id", "")
+    known = {k: v for k, v in config.items() if k in template or k in PLATFORM_KEYS}
+    merged = {**PLATFORM_DEFAULTS, **template, **known}
     values = {}
     for key, value in merged.items():
         rule = RULES.get(key)

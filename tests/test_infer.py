@@ -1,0 +1,115 @@
+"""Inference with both backends, the infer task in platform mode, and the local command line."""
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from executor.errors import ConfigError, ModelError
+from executor.images import letterbox, read_image
+from executor.model import export_onnx, load_detector
+from tests.platform import VOC, WEIGHTS, coco_images, make_env, monitor_fields, run_start
+
+pytestmark = pytest.mark.slow
+SAMPLES = [*coco_images(4), *sorted((VOC / "JPEGImages").glob("*.jpg"))[:4]]
+
+
+@pytest.fixture(scope="module")
+def onnx_weights(tmp_path_factory):
+    target = tmp_path_factory.mktemp("onnx") / "yolov8n.onnx"
+    export_onnx(str(WEIGHTS), str(target), 640, 0)
+    return target
+
+
+def detect(detector, paths):
+    boxed = [letterbox(read_image(str(p)), detector.img_size) for p in paths]
+    return detector.predict(np.stack([c for c, _ in boxed]), [b for _, b in boxed]).detections
+
+
+def test_onnx_and_torch_give_the_same_boxes(onnx_weights):
+    torch_dets = detect(load_detector(str(WEIGHTS), "auto", "", 640), SAMPLES)
+    onnx_dets = detect(load_detector(str(onnx_weights), "auto", "", 640), SAMPLES)
+    assert sum(len(d) for d in torch_dets) > 20
+    for t, o in zip(torch_dets, onnx_dets):
+        assert len(t) == len(o)
+        np.testing.assert_array_equal(t.cls, o.cls)
+        assert np.abs(t.xyxy - o.xyxy).max(initial=0) <= 1.0
+        assert np.abs(t.conf - o.conf).max(initial=0) <= 1e-3
+
+
+def test_onnx_class_count_must_match_class_names(onnx_weights):
+    with pytest.raises(ConfigError, match="20 names .* 80 classes") as err:
+        load_detector(str(onnx_weights), "auto", "", 640, class_names=[f"c{i}" for i in range(20)])
+    assert err.value.code == 300001
+
+
+def test_unloadable_onnx_names_the_file(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x01garbage")
+    with pytest.raises(ModelError, match="model.onnx"):
+        load_detector(str(bad), "auto", "", 640)
+
+
+@pytest.mark.parametrize("protocol, key", [("1.1.0", "boxes"), ("1.0.0", "annotations"), (None, "annotations")])
+def test_infer_task_result_forms(tmp_path, protocol, key):
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((120, 160, 3), 255, np.uint8))  # nothing to detect
+    env = make_env(tmp_path, run_infer=True, candidates=[coco_images(1)[0], blank], protocol_version=protocol,
+                   config={"img_size": 320})
+    unreadable = tmp_path / "in" / "assets" / "zz" / "gone.jpg"
+    with open(env.parent / "candidate-index.tsv", "a") as index:
+        index.write(f"{unreadable}\n")
+    done = run_start("--env", env)
+    assert done.returncode == 0, done.stdout
+    detection = json.loads((tmp_path / "out" / "infer-result.json").read_text())["detection"]
+    names = [os.path.basename(p) for p in (env.parent / "candidate-index.tsv").read_text().split()]
+    assert list(detection) == names
+    first, empty, missing = (detection[n][key] for n in names)
+    assert first and empty == [] and missing == []
+    assert "gone.jpg" in done.stdout
+    for record in first:
+        assert set(record) == {"box", "class_name", "score"} and set(record["box"]) == {"x", "y", "w", "h"}
+        assert all(isinstance(v, int) for v in record["box"].values()) and record["score"] > 0.25
+    assert monitor_fields(env)[2:4] == ["1.0000", "2"]
+
+
+def test_infer_with_the_onnx_export(tmp_path, onnx_weights):
+    env = make_env(tmp_path, run_infer=True, candidates=coco_images(2), weights=onnx_weights)
+    done = run_start("--env", env)
+    assert done.returncode == 0, done.stdout
+    assert "OnnxDetector" in done.stdout
+    detection = json.loads((tmp_path / "out" / "infer-result.json").read_text())["detection"]
+    assert len(detection) == 2 and any(entry["boxes"] for entry in detection.values())
+
+
+def test_local_cli_mine_topk_and_copy(tmp_path):
+    images = tmp_path / "pool"
+    images.mkdir()
+    for source in coco_images(5):
+        shutil.copy(source, images / source.name)
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "ranked.tsv"
+    done = run_start("mine", "--weights", WEIGHTS, "--images", images, "--algorithm", "entropy", "--img-size", 320,
+                     "--topk", 2, "--select-dir", tmp_path / "pick", "--out", out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and [float(s) for _, s in rows] == sorted((float(s) for _, s in rows), reverse=True)
+    top = (tmp_path / "ranked.top2.txt").read_text().split()
+    assert top == [p for p, _ in rows[:2]]
+    picked = sorted(os.listdir(tmp_path / "pick"))
+    assert picked == [f"{i:05d}_{os.path.basename(p)}" for i, p in enumerate(top, 1)]
+    assert "img/s" in done.stderr  # the progress bar
+
+
+def test_local_cli_infer_and_errors(tmp_path):
+    out = tmp_path / "det.json"
+    done = run_start("infer", "--weights", WEIGHTS, "--images", str(coco_images(1)[0]).replace(".jpg", "*"),
+                     "--img-size", 320, "--out", out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(json.loads(out.read_text())["detection"]) == 1
+    missing = run_start("mine", "--weights", tmp_path / "none.pt", "--images", coco_images(1)[0].parent,
+                        "--out", tmp_path / "r.tsv")
+    assert missing.returncode == 1 and "none.pt" in missing.stdout and "300004" in missing.stdout
+    assert not (tmp_path / "r.tsv").exists()
