@@ -198,6 +198,7 @@ class TrainingHooks:
         self.save_period = save_period if not save_best_only else 0
         self._writer = None
         self._last_fraction = -1.0
+        self.ultralytics_best: dict = {}  # Ultralytics' own validation of best.pt (not seen here under DDP)
 
     def __getstate__(self):  # pickled for DDP workers: no open event file
         return {**self.__dict__, "_writer": None}
@@ -248,6 +249,7 @@ class TrainingHooks:
             log.info("stage %s: mAP@0.5 %.4f, mAR %.4f", stage, metrics.mAP, metrics.mAR)
 
     def on_final(self, scalars: dict) -> None:
+        self.ultralytics_best = scalars
         log.info("Ultralytics' validation of best.pt: %s",
                  ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith("metrics/")))
 
@@ -256,15 +258,15 @@ class Evaluator:
     """Our metrics of a weights file on the val split (picklable: DDP workers evaluate epoch stages)."""
 
     def __init__(self, samples: list[Sample], class_names: list[str], img_size: int, gpu_id: str,
-                 evaluate_config: dict, batch_size: int, workers: int):
+                 evaluate_config: dict, batch_size: int):
         self.samples, self.class_names, self.img_size = samples, class_names, img_size
         self.gpu_id = gpu_id.split(",")[0] if gpu_id else ""
         self.iou_thr, self.conf_thr = evaluate_config["iou_thr"], evaluate_config["conf_thr"]
-        self.batch_size, self.workers = batch_size, workers
+        self.batch_size = batch_size
 
     def __call__(self, weights: str, progress: Progress = lambda f: None) -> Metrics:
         detector = adapter.load_detector(weights, "torch", self.gpu_id, self.img_size, self.class_names)
-        return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, self.workers, progress)
+        return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress)
 
 
 # ---------------------------------------------------------------- the task
@@ -287,7 +289,7 @@ def run_training(env: Env, config: dict, monitor: Monitor) -> None:
     book = StageBook(models_dir, env.output_path("training_result_file"), env.multi_stage_result,
                      evaluate_config, os.path.join(out_root, "training-stages.json"))
     evaluator = Evaluator(val.samples, class_names, settings.img_size, settings.gpu_id, evaluate_config,
-                          settings.batch_size_per_gpu, min(4, max(1, settings.num_workers_per_gpu)))
+                          2 * settings.batch_size_per_gpu)  # as Ultralytics validates during training
     hooks = TrainingHooks(monitor.span(*TRAIN), env.output_path("tensorboard_dir"), book, evaluator,
                           settings.save_period, settings.save_best_only)
     hooks.text("dataset", "\n\n".join(summary(s, class_names) for s in (train, val)))
@@ -319,6 +321,9 @@ def finish(result: adapter.TrainResult, book: StageBook, hooks: TrainingHooks, e
     log.info("best stage: mAP@0.5 %.4f, mAR@0.5 %.4f, mAP@[.5:.95] %.4f, tp %d, fp %d, fn %d (iou %.2f, conf %.3f)",
              metrics.mAP, metrics.mAR, metrics.mAP50_95, metrics.tp, metrics.fp, metrics.fn,
              evaluator.iou_thr, evaluator.conf_thr)
+    if "metrics/mAP50" in hooks.ultralytics_best:
+        log.info("mAP@0.5 of best.pt on the val split: ours %.4f, Ultralytics val %.4f", metrics.mAP,
+                 hooks.ultralytics_best["metrics/mAP50"])
     onnx = book.attachment_path("onnx", "best.onnx")
     try:
         adapter.export_onnx(best, onnx, settings.img_size, settings.opset)

@@ -281,7 +281,7 @@ def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path):
     write_dataset(tmp_path / "in", items[:24], items[24:], voc_names(), "ark")
     env = write_training_env(tmp_path, voc_names(), {"epochs": 1, "img_size": 128, "batch_size_per_gpu": 8,
                                                      "save_best_only": False, "save_period": 1})
-    run_training_start(env, tmp_path)
+    proc = run_training_start(env, tmp_path)
     models = tmp_path / "out" / "models"
     data = yaml.safe_load((models / "result.yaml").read_text())
     assert set(data["model_stages"]) == {"best", "epoch_1"} and data["best_stage_name"] in data["model_stages"]
@@ -296,6 +296,8 @@ def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path):
                 "metrics/mAP50", "metrics/mAP50-95", "lr/pg0", "best/mAP50"):
         assert tag in scalars, (tag, sorted(scalars))
     assert scalars["metrics/mAP50"][0][0] == 1
+    ours, theirs = map(float, re.search(r"val split: ours ([\d.]+), Ultralytics val ([\d.]+)", proc.stdout).groups())
+    assert abs(ours - theirs) < 0.01 and ours == pytest.approx(data["model_stages"]["best"]["mAP"], abs=1e-4)
 
 
 @pytest.mark.slow
