@@ -87,7 +87,7 @@ def rotate(image: np.ndarray, boxes: np.ndarray) -> View:
     h, w = image.shape[:2]
     m = rotation_matrix(w, h)
     # OpenCV addresses pixel centres (pixel i is at i, not i + 0.5): shift the translation by
-    # (I - A)(0.5, 0.5) so image and boxes turn about the same point.
+    # (A - I)(0.5, 0.5) so image and boxes turn about the same point.
     m_pixels = m.copy()
     m_pixels[:, 2] += 0.5 * (m[:, 0] + m[:, 1]) - 0.5
     view = cv2.warpAffine(image, m_pixels, (w, h), flags=cv2.INTER_LINEAR,
