@@ -4,10 +4,11 @@ For each view a and each reference box r (transformed like the view), match r to
 of largest IoU, then
     C_r = IoU_max + 1/2 (1 - JS(q_ref, q_matched)) (conf_ref + conf_matched)      in [0, 2]
     D_a = min_r |C_r - beta|
-    score = -mean_a D_a                                                            in [-max(beta, 2-beta), 0]
+    score = 2 - mean_a D_a                                                     in [2 - max(beta, 2-beta), 2]
 q is the (C+1)-way box distribution of mining/entropy.py. A reference box that no prediction overlaps
 (IoU 0, including a view with no predictions) is totally inconsistent: C_r = 0. The official code
-selects the smallest mean D first, so the score is its negation: higher = label first.
+selects the smallest mean D first, so the score falls with it: higher = label first. The offset 2 (the
+largest C) keeps every score positive, above the -1 that marks unreadable images in result.tsv.
 """
 from collections.abc import Sequence
 
@@ -17,9 +18,10 @@ from scipy.special import rel_entr
 from mining.entropy import box_distribution
 
 BETA = 1.3
+SCORE_OFFSET = 2.0  # the largest consistency C; score = SCORE_OFFSET - mean D >= 0 for beta in [0, 2]
 # Images without reference detections are ranked after every image with detections: the score of
-# an image with detections is >= -max(beta, 2 - beta) >= -2 for beta in [0, 2].
-NO_DETECTION_SCORE = -2.0
+# an image with detections is >= 2 - max(beta, 2 - beta) >= 0 for beta in [0, 2].
+NO_DETECTION_SCORE = 0.0
 _EPS = 1e-12
 
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (M, 4), conf (M,), probs (M, C)
@@ -68,7 +70,7 @@ def cald_score(ref_probs: np.ndarray, ref_conf: np.ndarray, view_boxes_ref: Sequ
     ref_probs (N, C), ref_conf (N,): the reference detections of the original image.
     view_boxes_ref: per view, the reference boxes (N, 4) transformed into that view.
     view_dets: per view, its predictions (boxes (M, 4), conf (M,), probs (M, C)).
-    Returns -mean over views of min_r |C_r - beta|, or NO_DETECTION_SCORE when N == 0.
+    Returns 2 - mean over views of min_r |C_r - beta|, or NO_DETECTION_SCORE when N == 0.
     """
     if not 0.0 <= beta <= 2.0:
         raise ValueError(f"beta must lie in [0, 2] (the range of the consistency), got {beta}")
@@ -84,4 +86,4 @@ def cald_score(ref_probs: np.ndarray, ref_conf: np.ndarray, view_boxes_ref: Sequ
     conf = np.clip(np.nan_to_num(np.asarray(ref_conf, dtype=np.float64)), 0, 1)
     values = [view_inconsistency(ref_dist, conf, boxes_ref, view, beta)
               for boxes_ref, view in zip(view_boxes_ref, view_dets)]
-    return -float(np.mean(values))
+    return SCORE_OFFSET - float(np.mean(values))

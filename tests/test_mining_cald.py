@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from mining.cald import BETA, NO_DETECTION_SCORE, box_iou, cald_score, js_divergence
+from mining.cald import BETA, NO_DETECTION_SCORE, SCORE_OFFSET, box_iou, cald_score, js_divergence
 from mining.entropy import box_distribution
 
 REF_BOXES = np.array([[10, 10, 50, 50], [60, 20, 90, 80]], dtype=np.float32)
@@ -35,25 +35,25 @@ def test_identical_views_hand_computed():
     # IoU 1, JS 0: C_r = 1 + conf_r -> 1.3 and 1.9; min |C - 1.3| = 0 -> the best possible score
     views = [identical_view() for _ in range(4)]
     score = cald_score(REF_PROBS, REF_CONF, [v[0] for v in views], [v[1] for v in views])
-    assert score == pytest.approx(0.0, abs=1e-6)
-    # with only the confident box, C = 1.9: score -(1.9 - 1.3)
+    assert score == pytest.approx(SCORE_OFFSET, abs=1e-6)
+    # with only the confident box, C = 1.9: score 2 - (1.9 - 1.3)
     score = cald_score(REF_PROBS[1:], REF_CONF[1:], [REF_BOXES[1:]] * 2, [(REF_BOXES[1:], REF_CONF[1:], REF_PROBS[1:])] * 2)
-    assert score == pytest.approx(-0.6, abs=1e-6)
+    assert score == pytest.approx(SCORE_OFFSET - 0.6, abs=1e-6)
 
 
 def test_view_that_loses_all_boxes_counts_as_total_inconsistency():
     ref, _ = identical_view()
     score = cald_score(REF_PROBS[1:], REF_CONF[1:], [REF_BOXES[1:]] * 4,
                        [(REF_BOXES[1:], REF_CONF[1:], REF_PROBS[1:])] * 3 + [EMPTY])
-    assert score == pytest.approx(-(3 * 0.6 + BETA) / 4, abs=1e-6)
+    assert score == pytest.approx(SCORE_OFFSET - (3 * 0.6 + BETA) / 4, abs=1e-6)
     all_lost = cald_score(REF_PROBS, REF_CONF, [ref] * 4, [EMPTY] * 4)
-    assert all_lost == pytest.approx(-BETA)
+    assert all_lost == pytest.approx(SCORE_OFFSET - BETA)
 
 
 def test_unmatched_reference_has_zero_consistency():
     far = np.array([[200, 200, 220, 220]], dtype=np.float32)
     score = cald_score(REF_PROBS[:1], REF_CONF[:1], [REF_BOXES[:1]], [(far, np.array([0.9]), np.array([[0.9, 0.0]]))])
-    assert score == pytest.approx(-BETA)
+    assert score == pytest.approx(SCORE_OFFSET - BETA)
 
 
 def test_hand_computed_partial_match():
@@ -65,7 +65,7 @@ def test_hand_computed_partial_match():
     js = 0.5 * sum(a * math.log(a / b) for a, b in zip(p, m) if a) + 0.5 * sum(a * math.log(a / b) for a, b in zip(q, m) if a)
     c = 1 / 3 + 0.5 * (1 - js) * (0.6 + 0.4)
     score = cald_score(ref_probs, ref_conf, [np.array([[0, 0, 10, 10]])], [pred])
-    assert score == pytest.approx(-abs(c - BETA), rel=1e-9)
+    assert score == pytest.approx(SCORE_OFFSET - abs(c - BETA), rel=1e-9)
 
 
 def test_matching_uses_iou_not_order():
@@ -99,12 +99,12 @@ def test_bounds_on_random_inputs():
         pred = np.concatenate([pred, pred + rng.uniform(1, 30, (m, 2))], 1)
         probs, pprobs = rng.random((n, c)), rng.random((m, c))
         s = cald_score(probs, probs.max(1), [ref] * 4, [(pred, pprobs.max(1, initial=0), pprobs)] * 4)
-        assert -max(BETA, 2 - BETA) <= s <= 0.0
+        assert SCORE_OFFSET - max(BETA, 2 - BETA) <= s <= SCORE_OFFSET
 
 
 def test_no_reference_detections():
     assert cald_score(np.zeros((0, 2)), np.zeros(0), [np.zeros((0, 4))] * 4, [EMPTY] * 4) == NO_DETECTION_SCORE
-    assert NO_DETECTION_SCORE <= -max(BETA, 2 - BETA)
+    assert 0.0 <= NO_DETECTION_SCORE <= SCORE_OFFSET - max(BETA, 2 - BETA)
 
 
 def test_finite_with_zero_one_and_nan():
