@@ -4,8 +4,10 @@ import os
 import time
 from typing import Callable, Sequence
 
+import numpy as np
+
 from executor.config import Settings, resolve_weights
-from executor.errors import DatasetError, ImageError
+from executor.errors import DatasetError, NoReadableImages
 from executor.loop import run_batches
 from executor.model import Detector, load_detector
 from executor.writers import UNREADABLE_SCORE, box_record, write_infer_result, write_mining_result
@@ -14,21 +16,37 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float], None]
 
 
-def read_candidate_index(path: str) -> list[str]:
-    """Image paths of a candidate index: first tab field of each non-blank line, verbatim, each once."""
+def read_candidate_index(path: str, relative_to_index: bool = False) -> list[str]:
+    """Image paths of a candidate index: first tab field of each non-blank line, verbatim, each once.
+
+    The platform writes absolute paths and rejects relative ones (ymir-protocol §4.3): a relative path is a
+    DatasetError naming the file and line, unless `relative_to_index` (local lists), which joins it to the
+    index file's folder. A duplicate is listed once, with a warning. Paths are not checked here: a missing
+    file is an unreadable image (listed last, named in a warning) like any other."""
     if not path or not os.path.isfile(path):
         raise DatasetError(f"candidate index file not found: {path or '(input.candidate_index_file is empty)'}")
     keys, seen = [], set()
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            key = line.rstrip("\r\n").split("\t")[0].strip()
-            if not key:
-                continue
-            if key in seen:
-                log.warning("%s line %d: duplicate entry %s is listed once", path, number, key)
-                continue
-            seen.add(key)
-            keys.append(key)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().split("\n")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"candidate index file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DatasetError(f"candidate index file {path} cannot be read: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, 1):
+        key = line.rstrip("\r").split("\t")[0].strip()
+        if not key:
+            continue
+        if not os.path.isabs(key):
+            if not relative_to_index:
+                raise DatasetError(f"{path} line {number}: {key!r} is a relative path; the index must list "
+                                   "absolute image paths")
+            key = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), key))
+        if key in seen:
+            log.warning("%s line %d: duplicate entry %s is listed once", path, number, key)
+            continue
+        seen.add(key)
+        keys.append(key)
     if not keys:
         raise DatasetError(f"candidate index file is empty: {path}")
     return keys
@@ -52,7 +70,7 @@ def open_detector(settings: Settings, models_dir: str) -> Detector:
 
 def fail_if_all_unreadable(keys: Sequence[str], failures: list) -> None:
     if keys and len(failures) == len(keys):
-        raise ImageError(f"none of the {len(keys)} images could be read; first: {failures[0][1]}")
+        raise NoReadableImages(f"none of the {len(keys)} images could be read; first: {failures[0][1]}")
 
 
 def mine(keys: Sequence[str], detector: Detector | None, scorer, settings: Settings,
@@ -62,8 +80,11 @@ def mine(keys: Sequence[str], detector: Detector | None, scorer, settings: Setti
     start = time.monotonic()
 
     def on_batch(batch) -> None:
-        for key, score in zip(batch.keys, scorer.score_batch(batch, detector)):
-            scores[key] = float(score)
+        batch_scores = np.asarray(scorer.score_batch(batch, detector), dtype=np.float64)
+        if batch_scores.shape != (len(batch.keys),) or not np.isfinite(batch_scores).all() or (batch_scores < 0).any():
+            raise RuntimeError(f"{settings.mining_algorithm} broke the scorer contract (one finite score >= 0 "
+                               f"per image): {batch_scores}")
+        scores.update(zip(batch.keys, batch_scores.tolist()))
 
     failures = run_batches(keys, detector.img_size if detector else settings.img_size, settings.batch_size_per_gpu,
                            settings.num_workers_per_gpu, on_batch, progress)

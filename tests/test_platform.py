@@ -50,12 +50,13 @@ def test_unreadable_image_is_listed_last_with_a_warning(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["random", "cald"])
 def test_same_seed_same_bytes(tmp_path, algorithm):
+    env = make_env(tmp_path, run_mining=True, config={**FAST, "mining_algorithm": algorithm, "seed": 7},
+                   candidates=coco_images(4))
     outputs = []
-    for run in ("a", "b"):
-        env = make_env(tmp_path / run, run_mining=True, config={**FAST, "mining_algorithm": algorithm, "seed": 7},
-                       candidates=coco_images(4))
+    for _ in range(2):
         assert run_start("--env", env).returncode == 0
-        outputs.append((tmp_path / run / "out" / "result.tsv").read_text().replace(f"/{run}/", "/"))
+        outputs.append((tmp_path / "out" / "result.tsv").read_bytes())
+        (tmp_path / "out" / "result.tsv").unlink()
     assert outputs[0] == outputs[1]
 
 
