@@ -77,7 +77,7 @@ def run_mining_and_infer(env, config: dict, monitor) -> None:
     keys = read_candidate_index(env.input_path("candidate_index_file"))
     spans = task_spans(env.run_mining, env.run_infer)
     models_dir = env.input_path("models_dir")
-    detector = None  # loaded once, shared by mining and infer
+    detector = None
     if env.run_mining:
         settings = build_settings("mining", config)
         if settings.mining_algorithm != "random":
@@ -85,15 +85,9 @@ def run_mining_and_infer(env, config: dict, monitor) -> None:
         run_mining(keys, detector, settings, env.output_path("mining_result_file"), monitor.span(*spans["mining"]))
     if env.run_infer:
         settings = build_settings("infer", config)
-        if detector is None or not same_detector_settings(detector, settings):
-            detector = open_detector(settings, models_dir)
+        detector = open_detector(settings, models_dir, reuse=detector)  # one model load for both tasks
         run_infer(keys, detector, settings, env.output_path("infer_result_file"), env.infer_list_key,
                   monitor.span(*spans["infer"]))
-
-
-def same_detector_settings(detector, settings) -> bool:
-    detector.conf_thres, detector.iou_thres, detector.max_det = settings.conf_thres, settings.iou_thres, settings.max_det
-    return detector.img_size >= settings.img_size and detector.img_size - settings.img_size < 32
 
 
 # ---------------------------------------------------------------- local command line

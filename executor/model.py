@@ -10,6 +10,7 @@ anchor-free and has no objectness). From that single tensor we take
 The same post-processing serves the PyTorch and the ONNX Runtime backends, so both return the same boxes.
 """
 import ast
+import copy
 import logging
 import math
 import os
@@ -134,8 +135,15 @@ class Detector:
     device: torch.device
     strides = DEFAULT_STRIDES
 
-    def __init__(self, conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 100):
+    def __init__(self, weights: str, conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 100):
+        self.weights = weights
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
+
+    def with_postprocess(self, conf_thres: float, iou_thres: float, max_det: int) -> "Detector":
+        """The same loaded model with other NMS settings (a shallow copy: the network is shared)."""
+        other = copy.copy(self)
+        other.conf_thres, other.iou_thres, other.max_det = conf_thres, iou_thres, max_det
+        return other
 
     @property
     def num_classes(self) -> int:
@@ -153,7 +161,7 @@ class Detector:
 
 class TorchDetector(Detector):
     def __init__(self, weights: str, device: torch.device, img_size: int, **post):
-        super().__init__(**post)
+        super().__init__(weights, **post)
         self.device = device
         net, names, strides = load_torch_model(weights)
         self.names = names
@@ -199,7 +207,7 @@ class OnnxDetector(Detector):
     """ONNX Runtime on an Ultralytics ONNX export (output0 = (B, 4+C, A), same as the torch head)."""
 
     def __init__(self, weights: str, device: torch.device, img_size: int, **post):
-        super().__init__(**post)
+        super().__init__(weights, **post)
         if not os.path.isfile(weights):
             raise ModelError(f"weights file not found: {weights}")
         import onnxruntime as ort

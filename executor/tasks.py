@@ -9,7 +9,7 @@ import numpy as np
 from executor.config import Settings, resolve_weights
 from executor.errors import DatasetError, NoReadableImages
 from executor.loop import run_batches
-from executor.model import Detector, load_detector
+from executor.model import Detector, load_detector, round_img_size
 from executor.writers import UNREADABLE_SCORE, box_record, write_infer_result, write_mining_result
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,15 @@ def weights_for(settings: Settings, models_dir: str) -> str:
     return resolve_weights(paths, models_dir, (".pt", ".pth", ".onnx"))
 
 
-def open_detector(settings: Settings, models_dir: str) -> Detector:
-    return load_detector(weights_for(settings, models_dir), settings.backend, settings.gpu_id, settings.img_size,
-                         class_names=settings.class_names, conf_thres=settings.conf_thres,
-                         iou_thres=settings.iou_thres, max_det=settings.max_det)
+def open_detector(settings: Settings, models_dir: str, reuse: Detector | None = None) -> Detector:
+    """The detector the settings ask for; `reuse` (already loaded from the same weights file at the same
+    size) is taken with these settings' post-processing instead of loading the model again."""
+    weights = weights_for(settings, models_dir)
+    post = {"conf_thres": settings.conf_thres, "iou_thres": settings.iou_thres, "max_det": settings.max_det}
+    if reuse is not None and reuse.weights == weights and reuse.img_size == round_img_size(settings.img_size, 32):
+        return reuse.with_postprocess(**post)
+    return load_detector(weights, settings.backend, settings.gpu_id, settings.img_size,
+                         class_names=settings.class_names, **post)
 
 
 def fail_if_all_unreadable(keys: Sequence[str], failures: list) -> None:
