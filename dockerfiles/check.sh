@@ -6,7 +6,8 @@
 #
 # How (ymir-protocol §2, §3): podman + runc through ../shared/tools/podman-local.sh, base image
 # localhost/debian:bookworm; pip installs from a local wheel directory only (PIP_OFFLINE=1), downloaded once
-# on the host into $CACHE/wheels (host Python must be 3.11, as in the image); weights/yolov8n.pt from
+# on the host into $CACHE/wheels (host Python must be 3.11, as in the image) and bind-mounted into the pip
+# steps (--build-context wheels=...); weights/yolov8n.pt from
 # ../shared/weights is baked in. Then: `run --rm IMAGE cat /img-man/...` must give YAML mappings; a mining
 # job and an infer job run with no command (CMD), `--user 1000:1000 --network=none`, /in read-only (10
 # coco-val images as a ymir 2.x export) and /out writable; their outputs are checked, and `podman diff`
@@ -60,8 +61,10 @@ if [[ $BUILD == 1 ]]; then
   say "build $IMAGE from dockerfiles/cpu.dockerfile"
   version=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
   start=$(date +%s)
+  wheels_id=$(ls "$CACHE/wheels" | sha1sum | cut -c1-12)
   if ! pl build -f "$REPO/dockerfiles/cpu.dockerfile" --build-context wheels="$CACHE/wheels" \
-       --build-arg PIP_OFFLINE=1 --build-arg QUARRY_VERSION="$version" -t "$IMAGE" "$REPO" > "$WORK/build.log" 2>&1; then
+       --build-arg WHEELS_ID="$wheels_id" --build-arg PIP_OFFLINE=1 --build-arg QUARRY_VERSION="$version" \
+       -t "$IMAGE" "$REPO" > "$WORK/build.log" 2>&1; then
     tail -40 "$WORK/build.log"
     fail "build failed (log above)"
   fi
@@ -113,7 +116,8 @@ IN="$WORK/in"
 mkdir -p "$IN/assets" "$IN/models"
 cp "$SHARED/weights/yolov8n.pt" "$IN/models/yolov8n.pt"
 : > "$IN/candidate-index.tsv"
-find "$SHARED/data/coco-val/images" -maxdepth 1 -name '*.jpg' | sort | head -n "$CANDIDATES" | while read -r img; do
+mapfile -t images < <(find "$SHARED/data/coco-val/images" -maxdepth 1 -name '*.jpg' | sort)
+for img in "${images[@]:0:$CANDIDATES}"; do
   hash=$(sha1sum "$img" | cut -d' ' -f1)
   mkdir -p "$IN/assets/${hash: -2}"
   cp "$img" "$IN/assets/${hash: -2}/$hash.jpg"

@@ -9,6 +9,7 @@
 #                    PyTorch's CPU-only wheel index, which keeps the image small. '' = the ordinary index (PyPI,
 #                    whose Linux torch wheel is the large CUDA build).
 #   PIP_OFFLINE      1 = pip uses the local wheel directory only (no index at all)
+#   WHEELS_ID        any name of the local wheel set; change it when the set changes (podman's cache)
 #   WEIGHTS_URL      optional URL of a default weights file (e.g. yolov8n.pt) fetched at build time;
 #   WEIGHTS_SHA256   its sha256 (checked when given). An offline builder uses a local weights/ dir instead.
 #   QUARRY_VERSION   the version written into the image labels
@@ -18,18 +19,18 @@
 #   wheels           a local wheel directory, given as a named build context:
 #                      docker buildx build --build-context wheels=/path/to/wheels ...   (podman build: same flag)
 #                    torch and torchvision are then installed from it with no index (offline), and the
-#                    rest of requirements.txt may come from it too (all of it with PIP_OFFLINE=1)
+#                    rest of requirements.txt may come from it too (all of it with PIP_OFFLINE=1); the
+#                    directory is only bind-mounted into the pip steps, none of its files is in the image
 #
 # The platform runs the image with no command (CMD), as a non-root uid, /in read-only, no network.
 ARG BASE_IMAGE=debian:bookworm-slim
 
-# An empty stage: `--build-context wheels=DIR` replaces it with a local wheel directory.
+# An empty stage: `--build-context wheels=DIR` replaces it with a local wheel directory. It is bind-mounted
+# into the pip steps only, so wheel files never end up in a layer of the image.
 FROM scratch AS wheels
 
-# ---------------------------------------------------------------- builder: venv, weights, code
-# Everything that needs build tools, wheel files or downloads happens here; the final stage copies only
-# the results, so wheel files never end up in a layer of the image.
-FROM ${BASE_IMAGE} AS builder
+# ---------------------------------------------------------------- deps: Python and requirements.txt
+FROM ${BASE_IMAGE} AS deps
 ARG DEBIAN_FRONTEND=noninteractive
 # The venv gets its pip from Debian's pip wheel, unpacked rather than installed: python3-venv would pull in
 # ca-certificates, whose set-up fails where a build mounts the host's CA bundle (podman-local.sh), and pip
@@ -45,15 +46,17 @@ RUN apt-get update \
 ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Dependencies before code, so that a code change rebuilds only the last layers.
-COPY --from=wheels . /tmp/wheels/
-COPY requirements.txt /tmp/build/requirements.txt
+COPY requirements.txt /opt/quarry/requirements.txt
+# WHEELS_ID names the wheel set (check.sh passes a hash of its file list): podman/buildah reuse a cached
+# RUN step without looking into the files bind-mounted in it, so a new wheel set must change an argument.
+ARG WHEELS_ID=
 # torch and torchvision first, at the versions requirements.txt pins (the one source of versions): from the
 # local wheel directory if one was given, else from TORCH_INDEX_URL (CPU-only build).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN set -eu; \
-    pins=$(grep -E '^(torch|torchvision)==' /tmp/build/requirements.txt | tr '\n' ' '); \
+RUN --mount=type=bind,from=wheels,target=/tmp/wheels set -eu; \
+    pins=$(grep -E '^(torch|torchvision)==' /opt/quarry/requirements.txt | tr '\n' ' '); \
     if ls /tmp/wheels/*.whl >/dev/null 2>&1; then \
-        echo "torch from the local wheel directory: $pins"; \
+        echo "torch from the local wheel directory ${WHEELS_ID}: $pins"; \
         pip install --no-index --find-links /tmp/wheels $pins; \
     elif [ -n "$TORCH_INDEX_URL" ]; then \
         echo "torch from $TORCH_INDEX_URL: $pins"; \
@@ -61,13 +64,16 @@ RUN set -eu; \
     fi
 # Then everything in requirements.txt; torch is already satisfied (2.14.1+cpu matches ==2.14.1).
 ARG PIP_OFFLINE=0
-RUN set -eu; \
+RUN --mount=type=bind,from=wheels,target=/tmp/wheels set -eu; \
     if [ "$PIP_OFFLINE" = 1 ]; then index=--no-index; else index=; fi; \
-    pip install $index --find-links /tmp/wheels -r /tmp/build/requirements.txt; \
+    pip install $index --find-links /tmp/wheels -r /opt/quarry/requirements.txt; \
     pip check; \
-    YOLO_OFFLINE=1 YOLO_CONFIG_DIR=/tmp/yolo python -c "import torch, torchvision, ultralytics, cv2, onnxruntime; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    YOLO_OFFLINE=1 YOLO_CONFIG_DIR=/tmp/yolo python -c "import torch, torchvision, ultralytics, cv2, onnxruntime; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; \
+    rm -rf /tmp/yolo
 
-# Default pretrained weights: from a local weights/ directory (the glob makes it optional) and/or WEIGHTS_URL.
+# ---------------------------------------------------------------- weights: default pretrained weights
+# From a local weights/ directory (the glob makes it optional) and/or WEIGHTS_URL.
+FROM deps AS weights
 ARG WEIGHTS_URL=
 ARG WEIGHTS_SHA256=
 COPY requirements.txt weight[s] /tmp/build/weights/
@@ -82,20 +88,17 @@ RUN set -eu; \
     chmod -R a+rX /opt/quarry; \
     echo "bundled weights:"; ls -l /opt/quarry/weights
 
-# The code (context filtered by .dockerignore), without the weights directory, byte-compiled here so that
+# ---------------------------------------------------------------- code
+# The context (filtered by .dockerignore) without the weights directory, byte-compiled here so that
 # nothing is written under /app at run time.
+FROM deps AS code
 COPY . /app
 RUN rm -rf /app/weights /app/wheels \
  && python -m compileall -q --invalidation-mode checked-hash /app \
  && chmod -R a+rX /app
 
 # ---------------------------------------------------------------- the image
-FROM ${BASE_IMAGE}
-ARG DEBIAN_FRONTEND=noninteractive
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 \
- && rm -rf /var/lib/apt/lists/*
-
+FROM deps
 # Runs as any uid with no writable HOME and no network: every cache and settings file goes to /tmp.
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
@@ -113,14 +116,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     XDG_CONFIG_HOME=/tmp/quarry/config \
     PIP_NO_CACHE_DIR=1
 
-COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /opt/quarry /opt/quarry
 RUN printf '#!/bin/bash\n# Started by the image CMD: platform mode (reads /in, writes /out).\nexec python3 /app/start.py "$@"\n' > /usr/bin/start.sh \
  && chmod 755 /usr/bin/start.sh
+COPY --from=weights /opt/quarry/weights /opt/quarry/weights
 # What the platform reads with `docker run --rm IMAGE cat /img-man/<file>` when the image is imported.
 COPY templates/*-template.yaml templates/manifest.yaml /img-man/
-COPY --from=builder /app /app
-RUN chmod -R a+rX /img-man
+COPY --from=code /app /app
+RUN chmod -R a+rX /img-man /opt/quarry
 WORKDIR /tmp
 
 ARG QUARRY_VERSION=0.1.0

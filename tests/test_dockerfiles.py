@@ -57,6 +57,21 @@ def stages(instructions):
     return result
 
 
+def stage_name(base):
+    parts = base.split()
+    return parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+
+
+def lineage(all_stages, index=-1):
+    """The instructions of a stage and of the stages it is built FROM, oldest first."""
+    base, own = all_stages[index]
+    parent = base.split()[0]
+    for i, (other, _) in enumerate(all_stages[: index % len(all_stages)]):
+        if stage_name(other) == parent:
+            return lineage(all_stages, i) + own
+    return own
+
+
 def env_of(stage):
     """ENV key=value pairs of a stage (values unquoted)."""
     env = {}
@@ -93,8 +108,9 @@ def requirement_pins():
 def dockerfile(request):
     text = read(DOCKERFILES[request.param])
     instructions = parse(text)
+    all_stages = stages(instructions)
     return {"variant": request.param, "text": text, "instructions": instructions,
-            "stages": stages(instructions), "final": stages(instructions)[-1][1]}
+            "stages": all_stages, "final": all_stages[-1][1], "image": lineage(all_stages)}
 
 
 def test_base_image_is_a_build_argument(dockerfile):
@@ -105,9 +121,11 @@ def test_base_image_is_a_build_argument(dockerfile):
         assert default.startswith("nvidia/cuda:") and "-runtime-" in default, default
     else:
         assert re.match(r"^(debian|python):[\w.-]*slim", default), default
-    # Every stage that is an operating system starts from the argument, so a local base can stand in.
+    # Every stage starts from the argument (or an earlier stage), so a local base can stand in.
+    names = []
     for base, _ in dockerfile["stages"]:
-        assert base.split()[0] in ("${BASE_IMAGE}", "scratch"), base
+        assert base.split()[0] in ["${BASE_IMAGE}", "scratch"] + names, base
+        names.append(stage_name(base))
 
 
 def test_cuda_base_matches_the_pinned_torch_build():
@@ -185,22 +203,20 @@ def test_requirements_are_the_one_source_of_versions(dockerfile):
 
 
 def test_dependencies_are_installed_before_the_code_is_copied(dockerfile):
-    # Layer order: a code change must not re-run pip.
-    for _, stage in dockerfile["stages"]:
-        words = [(word, args) for word, args in stage]
-        code = [i for i, (w, a) in enumerate(words)
-                if w == "COPY" and "--from" not in a and shlex.split(a)[-2:-1] == ["."]]
-        pips = [i for i, (w, a) in enumerate(words) if w == "RUN" and "pip install" in a]
-        if code and pips:
-            assert max(pips) < min(code)
-    final = dockerfile["final"]
-    app = [i for i, (w, a) in enumerate(final) if w == "COPY" and shlex.split(a)[-1].rstrip("/") == "/app"]
-    venv = [i for i, (w, a) in enumerate(final) if w == "COPY" and "/opt/venv" in a]
-    assert app and venv and max(venv) < min(app)
+    # Layer order: a code change must not re-run pip. The image's layers are its stage and the stages
+    # it is built FROM; the code comes in last (copied from a stage of its own or from the context).
+    image = dockerfile["image"]
+    pips = [i for i, (w, a) in enumerate(image) if w == "RUN" and "pip install" in a]
+    app = [i for i, (w, a) in enumerate(image)
+           if w == "COPY" and shlex.split(a)[-1].rstrip("/") == "/app"]
+    assert pips and app and max(pips) < min(app)
+    context_root = [i for i, (w, a) in enumerate(image)
+                    if w == "COPY" and "--from" not in a and shlex.split(a)[-2:-1] == ["."]]
+    assert not context_root or max(pips) < min(context_root)
 
 
 def test_weights_directory_is_baked_and_named(dockerfile):
-    env = env_of(dockerfile["final"])
+    env = env_of(dockerfile["image"])
     assert env.get("QUARRY_WEIGHTS_DIR") == WEIGHTS_DIR
     text = dockerfile["text"]
     assert "weight[s]" in text, "a local weights/ directory must be copied when present (glob keeps it optional)"
@@ -212,7 +228,7 @@ def test_weights_directory_is_baked_and_named(dockerfile):
 
 
 def test_runs_as_any_uid_offline(dockerfile):
-    env = env_of(dockerfile["final"])
+    env = env_of(dockerfile["image"])
     assert env.get("HOME") == "/tmp"
     for key in ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "TORCH_HOME", "XDG_CACHE_HOME"):
         assert env.get(key, "").startswith("/tmp/"), f"{key} must be under /tmp, is {env.get(key)!r}"
@@ -220,7 +236,7 @@ def test_runs_as_any_uid_offline(dockerfile):
     assert env.get("YOLO_AUTOINSTALL") == "0"
     assert env.get("PYTHONDONTWRITEBYTECODE") == "1", "nothing may be written under /app at run time"
     assert "/opt/venv/bin" in env.get("PATH", "")
-    words = [word for word, _ in dockerfile["final"]]
+    words = [word for word, _ in dockerfile["image"]]
     assert "USER" not in words, "the platform picks the uid (--user); the image must not depend on one"
     assert "VOLUME" not in words
 
@@ -230,9 +246,14 @@ def test_torch_sources_are_build_arguments(dockerfile):
     assert "TORCH_INDEX_URL" in args and "PIP_OFFLINE" in args
     if dockerfile["variant"] == "cpu":
         assert "/cpu" in args["TORCH_INDEX_URL"], "the CPU image takes torch from a CPU-only wheel index"
-    # The local wheel directory is the named build context `wheels` (an empty stage by default).
+    # The local wheel directory is the named build context `wheels` (an empty stage by default), only
+    # bind-mounted into the pip steps: no COPY of it, so no wheel file lands in a layer.
     assert ("scratch AS wheels", []) in [(base, stage) for base, stage in dockerfile["stages"]]
-    assert any("--from=wheels" in flags for flags, _, _ in copies(dockerfile["stages"][1][1]))
+    pips = [a for w, a in dockerfile["image"] if w == "RUN" and "pip install" in a]
+    assert pips and all(a.startswith("--mount=type=bind,from=wheels,target=/tmp/wheels ") for a in pips)
+    all_copies = copies(sum((stage for _, stage in dockerfile["stages"]), []))
+    assert not any("--from=wheels" in flags for flags, _, _ in all_copies)
+    assert "WHEELS_ID" in args
 
 
 def test_labels_name_version_and_protocols(dockerfile):
