@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -139,7 +140,10 @@ def multi_label_nms(raw: torch.Tensor, boxes: list[Letterbox], conf_thres: float
             anchor, cls, score = anchor[top], cls[top], score[top]
         xyxy = xywh_to_xyxy(pred[anchor, :4])
         keep = torchvision.ops.batched_nms(xyxy, score, cls, iou_thres)[:max_det]
-        out.append(Detections(box.to_original(xyxy[keep].cpu().numpy()), score[keep].cpu().numpy(),
+        original = box.to_original(xyxy[keep].cpu().numpy())
+        original[:, 0::2] = original[:, 0::2].clip(0, box.width)  # (to_original's own clip writes to a copy)
+        original[:, 1::2] = original[:, 1::2].clip(0, box.height)
+        out.append(Detections(original, score[keep].cpu().numpy(),
                               cls[keep].cpu().numpy().astype(np.int64), probs[anchor[keep]].cpu().numpy()))
     return out
 
@@ -152,10 +156,14 @@ def primary_labels(det: Detections) -> Detections:
 
 def rect_batches(samples: Sequence[Sample], img_size: int, batch_size: int, stride: int = 32,
                  pad: float = 0.5) -> list[tuple[list[int], tuple[int, int]]]:
-    """(sample indices, (height, width)) per batch, as Ultralytics' validator batches: samples sorted by
-    aspect ratio, each batch one rectangle just large enough for its flattest / tallest image."""
+    """(sample indices, (height, width)) per batch, as Ultralytics' validator batches: images in the order of
+    their file names in the exported dataset, then sorted by aspect ratio (numpy's default sort, so that ties
+    fall as they do there), each batch one rectangle just large enough for its flattest / tallest image."""
+    names = [f"{os.path.splitext(os.path.basename(s.image))[0]}.{s.suffix}" for s in samples]
+    by_name = np.array(sorted(range(len(samples)), key=names.__getitem__), dtype=np.int64)
+    ratios_by_name = np.array([samples[i].height / samples[i].width for i in by_name])
+    order = by_name[ratios_by_name.argsort()]
     ratios = np.array([s.height / s.width for s in samples])
-    order = ratios.argsort(kind="stable")
     batches = []
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
