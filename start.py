@@ -35,20 +35,25 @@ def configure_logging(verbose: bool = False) -> None:
 # ---------------------------------------------------------------- platform mode
 
 def run_platform(env_path: str) -> int:
-    from executor.config import load_env, read_yaml_mapping
+    """Platform mode. Every failure, from a missing env.yaml to a CUDA error or SIGTERM, takes the one path
+    at the end: code from executor.errors.error_code, monitor.txt state 4 with a one-line message and the
+    traceback, result files of this run removed, exit status 1."""
+    from executor.config import confine_model_paths, parse_env, read_yaml_mapping
     from executor.errors import error_code, one_line
     from executor.monitor import Monitor
 
     monitor = Monitor(DEFAULT_MONITOR if os.access(os.path.dirname(DEFAULT_MONITOR), os.W_OK) else None)
-    results_before: set[str] = set()
-    result_files: list[str] = []
+    created = CreatedOutputs()
     try:
-        env = load_env(env_path)
+        stop_on_sigterm()
+        data = read_yaml_mapping(env_path, "env.yaml")
+        monitor = Monitor(declared_monitor_file(data) or monitor.path, str(data.get("task_id") or ""))
+        env = parse_env(data, env_path)  # flags are checked after the monitor is known
         monitor = Monitor(env.output_path("monitor_file"), env.task_id)
         monitor.write(0.0)
-        result_files = [env.output_path(k) for k in ("mining_result_file", "infer_result_file", "training_result_file")]
-        results_before = {f for f in result_files if f and os.path.exists(f)}
+        created = CreatedOutputs(env)
         config = read_yaml_mapping(env.input_path("config_file"), "config.yaml")
+        config = confine_model_paths(config, env)
         if env.run_training:
             from executor.training import run_training
 
@@ -62,11 +67,65 @@ def run_platform(env_path: str) -> int:
         message = one_line(exc)
         log.error("failed with code %d: %s", code, message)
         log.debug("traceback", exc_info=True)
-        for path in result_files:  # nothing half-done may pass for a result
-            if path and path not in results_before and os.path.exists(path):
-                os.unlink(path)
+        created.remove()  # nothing half-done may pass for a result
         monitor.fail(code, message, traceback.format_exception(exc))
         return 1
+
+
+def declared_monitor_file(env_data: dict) -> str:
+    """output.monitor_file of an env.yaml mapping that may be invalid otherwise ('' when absent)."""
+    output = env_data.get("output")
+    path = output.get("monitor_file") if isinstance(output, dict) else None
+    return path if isinstance(path, str) and path.strip() else ""
+
+
+class CreatedOutputs:
+    """The result files a run may write, and what of them (and, for training, of the models directory:
+    model stages, attachments) did not exist before it; `remove` deletes exactly those."""
+
+    def __init__(self, env=None):
+        self.files: list[str] = []
+        self.models_dir, self.models_before = "", set()
+        if env is None:
+            return
+        keys = ("training_result_file",) if env.run_training else ("mining_result_file", "infer_result_file")
+        self.files = [f for f in (env.output_path(k) for k in keys) if f and not os.path.exists(f)]
+        if env.run_training and env.output_path("models_dir"):
+            self.models_dir = env.output_path("models_dir")
+            self.models_before = set(os.listdir(self.models_dir)) if os.path.isdir(self.models_dir) else set()
+
+    def remove(self) -> None:
+        doomed = [f for f in self.files if os.path.lexists(f)]
+        if self.models_dir and os.path.isdir(self.models_dir):
+            doomed += [os.path.join(self.models_dir, n) for n in os.listdir(self.models_dir) if n not in self.models_before]
+        for path in doomed:
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                elif os.path.lexists(path):
+                    os.unlink(path)
+                log.info("removed %s: written by the failed run", path)
+            except OSError as exc:  # the error itself must still reach monitor.txt
+                log.error("could not remove %s: %s", path, exc)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (docker stop, a time limit) becomes an exception in the main process, so the run fails through
+    the one error path. Worker processes forked later keep the default: they just end."""
+    import signal
+
+    from executor.errors import Terminated
+
+    main_pid = os.getpid()
+
+    def on_sigterm(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(f"terminated by signal {signum} (SIGTERM) before the task finished")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def run_mining_and_infer(env, config: dict, monitor) -> None:
@@ -100,7 +159,7 @@ def list_images(spec: str) -> list[str]:
     elif os.path.isfile(spec) and spec.lower().endswith((".txt", ".tsv")):
         from executor.tasks import read_candidate_index
 
-        return read_candidate_index(spec)
+        return read_candidate_index(spec, relative_to_index=True)
     else:
         found = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
     return sorted(found)

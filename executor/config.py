@@ -103,7 +103,12 @@ def parse_env(data: Mapping, source: str = "env.yaml") -> Env:
             raise ConfigError(f"{source}: key '{name}' must be a mapping")
         return MappingProxyType({**defaults, **{k: str(v or "") for k, v in given.items()}})
 
-    flags = {key: to_bool(key, data.get(key, False)) for key in ("run_training", "run_mining", "run_infer")}
+    flags = {}
+    for key in ("run_training", "run_mining", "run_infer"):
+        try:
+            flags[key] = to_bool(key, data.get(key, False))
+        except ConfigError:
+            raise ConfigError(f"{source}: key '{key}': {data.get(key)!r} is not a boolean (true/false)") from None
     if not any(flags.values()):
         raise ConfigError(f"{source}: none of run_training, run_mining, run_infer is true: nothing to do")
     if flags["run_training"] and (flags["run_mining"] or flags["run_infer"]):
@@ -300,7 +305,7 @@ RULES: dict[str, Rule] = {
     "model": text(),
     "epochs": integer(1, 100000),
     "optimizer": canonical_choice("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"),
-    "lr0": number(0.0, 10.0),
+    "lr0": number(0.0, 1.0),  # Ultralytics' own bound
     "lrf": number(0.0, 1.0),
     "cos_lr": boolean(),
     "patience": integer(0, 100000),
@@ -363,6 +368,41 @@ def build_settings(task: str, config: Mapping, templates_dir: str = TEMPLATES_DI
 
 
 # ---------------------------------------------------------------- weights
+
+MODEL_PATH_KEYS = ("model_params_path", "pretrained_model_params")
+PLATFORM_INPUT_ROOT = "/in"
+
+
+def inside(path: str, folder: str) -> bool:
+    """`path` lies in `folder` (both normalised; no symlinks followed: the platform binds their targets)."""
+    folder = os.path.normpath(folder)
+    return bool(folder) and (path == folder or path.startswith(folder.rstrip(os.sep) + os.sep))
+
+
+def confine_model_paths(config: dict, env: "Env") -> dict:
+    """config.yaml with the model paths the platform gives (model_params_path, pretrained_model_params) made
+    absolute and normalised: a relative path is taken relative to input.models_dir (ymir 1.x wrote them so)
+    and must stay inside it; an absolute one must lie inside the input directory (input.root_dir, or /in).
+    Anything else is a ConfigError naming the key and the path, before any file is opened."""
+    models_dir = os.path.normpath(env.input_path("models_dir") or os.path.join(PLATFORM_INPUT_ROOT, "models"))
+    roots = [r for r in (env.input_path("root_dir"), models_dir, PLATFORM_INPUT_ROOT) if r]
+    confined = dict(config)
+    for key in MODEL_PATH_KEYS:
+        if key not in config:
+            continue
+        paths = []
+        for given in RULES[key](key, config[key]):
+            path = os.path.normpath(os.path.join(models_dir, given))
+            allowed = [models_dir] if not os.path.isabs(given) else roots
+            if not any(inside(path, root) for root in allowed):
+                where = f"input.models_dir {models_dir}" if not os.path.isabs(given) else \
+                    "the input directory " + " or ".join(dict.fromkeys(os.path.normpath(r) for r in roots))
+                raise ConfigError(f"config key '{key}': {given!r} is outside {where}; model files are only "
+                                  "loaded from the platform's model directory")
+            paths.append(path)
+        confined[key] = paths
+    return confined
+
 
 def resolve_weights(paths: tuple, models_dir: str, suffixes: tuple = (".pt",)) -> str:
     """The weights file among `paths` (absolute or relative to models_dir): prefer a file named

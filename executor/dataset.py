@@ -20,7 +20,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from executor.errors import DatasetError
+from executor.errors import DatasetError, NoReadableImages
+from executor.images import truncated_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,12 @@ def read_index(path: str, what: str) -> list[tuple[str, str, int]]:
                 parts = line.split()
             if len(parts) < 2 or not parts[1].strip():
                 raise DatasetError(f"{path} line {number}: expected '<image path><TAB><annotation path>'")
-            rows.append((parts[0].strip(), parts[1].strip(), number))
+            asset, annotation = parts[0].strip(), parts[1].strip()
+            for given in (asset, annotation):
+                if not os.path.isabs(given):
+                    raise DatasetError(f"{path} line {number}: {given!r} is a relative path; the index must list "
+                                       "absolute paths")
+            rows.append((asset, annotation, number))
     return rows
 
 
@@ -209,6 +215,11 @@ class CocoFile:
         anns: dict = {}
         for ann in data.get("annotations") or []:
             anns.setdefault(ann.get("image_id"), []).append(ann)
+        dangling = sorted({str(ann.get("image_id")) for ann in data.get("annotations") or []}
+                          - {str(image.get("id")) for image in data["images"]})
+        if dangling:
+            raise DatasetError(f"{path}: annotations refer to image ids not in 'images': {', '.join(dangling[:5])}"
+                               + (f" and {len(dangling) - 5} more" if len(dangling) > 5 else ""))
         for image in data["images"]:
             name = os.path.basename(str(image.get("file_name", "")))
             items = anns.get(image.get("id"), [])
@@ -256,6 +267,8 @@ def probe_image(path: str) -> tuple[int, int, str] | str:
                 width, height = height, width
     except Exception:  # PIL raises many types for corrupt, truncated or unknown files
         return "unreadable image"
+    if fmt in ("JPEG", "MPO") and truncated_jpeg(path):
+        return "truncated image"  # PIL's verify misses it and Ultralytics would fill the rest with grey
     suffix = IMAGE_SUFFIX.get(fmt or "")
     if suffix is None:
         return f"unsupported image format {fmt}"
@@ -314,7 +327,8 @@ def read_split(name: str, index_file: str, class_names: Sequence[str], export_fo
         samples.append(Sample(asset, width, height, suffix, boxes, classes))
     if not samples:
         reasons = ", ".join(f"{n} {r}" for r, n in stats.skipped.items()) or "the index lists no images"
-        raise DatasetError(f"the {name} set is empty ({index_file}: {reasons})")
+        error = NoReadableImages if rows else DatasetError  # every listed image unreadable: 300003
+        raise error(f"the {name} set is empty ({index_file}: {reasons})")
     return Split(name, samples, stats)
 
 

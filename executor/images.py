@@ -19,10 +19,32 @@ def read_image(path: str) -> np.ndarray:
         raise ImageError(f"cannot read image {path}: {exc.strerror or exc}") from exc
     if data.size == 0:
         raise ImageError(f"image file is empty: {path}")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # applies EXIF orientation, drops alpha, 8-bit BGR
-    if image is None or image.size == 0:
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # applies EXIF orientation, drops alpha, 8-bit BGR
+    except cv2.error as exc:  # e.g. dimensions over OpenCV's pixel limit
+        raise ImageError(f"not a decodable image: {path} ({' '.join(str(exc).split())[-200:]})") from None
+    if image is None or image.size == 0:  # truncated (OpenCV 5 rejects a JPEG cut anywhere), empty or no image
         raise ImageError(f"not a decodable image: {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def truncated_jpeg(path: str) -> bool:
+    """A JPEG that stops before its end-of-image marker and does not decode (what read_image rejects, and what
+    Ultralytics would silently 'restore' with grey). Cheap for complete files: only the last bytes are read."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - 64))
+            tail = handle.read().rstrip(b"\0")
+    except OSError:
+        return False
+    if tail.endswith(b"\xff\xd9"):
+        return False
+    try:  # bytes after the marker (some cameras append data) are fine if the image decodes
+        read_image(path)
+    except ImageError:
+        return True
+    return False
 
 
 @dataclass(frozen=True)

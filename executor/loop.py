@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from executor.errors import ImageError
+from executor.errors import ImageError, OutOfMemory, QuarryError, error_code, one_line
 from executor.images import Letterbox, letterbox, read_image
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,15 @@ def run_batches(keys: Sequence[str], img_size: int, batch_size: int, workers: in
                 log.warning("skipping unreadable image: %s", item.error)
                 failures.append((item.key, item.error))
         if good:
-            on_batch(Batch([g.key for g in good], [g.image for g in good],
-                           np.stack([g.canvas for g in good]), [g.box for g in good]))
+            try:
+                on_batch(Batch([g.key for g in good], [g.image for g in good],
+                               np.stack([g.canvas for g in good]), [g.box for g in good]))
+            except Exception as exc:
+                if isinstance(exc, QuarryError) or error_code(exc) != OutOfMemory.code:
+                    raise
+                raise OutOfMemory(f"out of memory on a batch of {len(good)} images at img_size {img_size} "
+                                  f"(config key 'batch_size_per_gpu' {batch_size}); lower batch_size_per_gpu "
+                                  f"or img_size ({one_line(exc)})") from exc
         done += len(chunk)
         chunk = []
         progress(done / total if total else 1.0)
