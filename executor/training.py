@@ -13,6 +13,7 @@ import shutil
 import time
 from typing import Callable, Sequence
 
+import torch
 import yaml
 
 from executor import model as adapter
@@ -265,8 +266,12 @@ class Evaluator:
         self.batch_size = batch_size
 
     def __call__(self, weights: str, progress: Progress = lambda f: None) -> Metrics:
-        detector = adapter.load_detector(weights, "torch", self.gpu_id, self.img_size, self.class_names)
-        return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress)
+        threads = torch.get_num_threads()  # the detector takes every core; training resumes with its own count
+        try:
+            detector = adapter.load_detector(weights, "torch", self.gpu_id, self.img_size, self.class_names)
+            return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress)
+        finally:
+            torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- the task
