@@ -269,7 +269,7 @@ def load_detector(weights: str, backend: str, gpu_id: str, img_size: int, class_
 # Ultralytics training seen through our own types: EpochReport in, TrainHooks out (executor/training.py
 # implements the hooks; it never touches the trainer). Everything here runs in the training process, or, for
 # multi-GPU runs, in Ultralytics' DDP workers, which receive the bridge pickled (so it holds no open files).
-from executor.errors import NanError  # noqa: E402
+from executor.errors import NanError, OutOfMemory, error_code  # noqa: E402
 
 TRAIN_KEYS_FROM_TEMPLATE = {  # Ultralytics argument → the template key that sets it
     "epochs": "epochs", "batch": "batch_size_per_gpu", "workers": "num_workers_per_gpu", "imgsz": "img_size",
@@ -277,7 +277,8 @@ TRAIN_KEYS_FROM_TEMPLATE = {  # Ultralytics argument → the template key that s
     "freeze": "freeze", "save_period": "save_period", "amp": "amp", "seed": "seed", "opset": "opset",
     "device": "gpu_id"}
 TRAIN_KEYS_RESERVED = {"model", "data", "project", "name", "exist_ok", "mode", "task", "resume", "save", "save_dir",
-                       "pretrained", "source", "format"}
+                       "pretrained", "source", "format",
+                       "cfg", "distill_model"}  # paths: a config file, a model file: only the platform gives those
 
 
 @dataclass
@@ -390,6 +391,10 @@ class _TrainerBridge:
         self.trained.add(trainer.epoch)
         losses = self._losses(trainer)
         if not all(math.isfinite(v) for v in losses.values()):
+            if trainer.epoch == trainer.start_epoch:  # Ultralytics can only recover from a last.pt of a good epoch
+                raise NanError(f"training loss is not finite in epoch {trainer.epoch + 1} "
+                               f"({', '.join(f'{k} {v:.4g}' for k, v in losses.items())}); "
+                               "lower lr0 or check the annotations")
             log.warning("epoch %d: training loss is not finite (%s)", trainer.epoch + 1, losses)
 
     @staticmethod
@@ -463,6 +468,10 @@ def train_detector(source: str, data_yaml: str, args: dict, hooks, run_dir: str)
     except RuntimeError as exc:
         if "NaN" in str(exc):
             raise NanError(f"training diverged: {exc}") from exc
+        if error_code(exc) == OutOfMemory.code:  # Ultralytics halves the batch in epoch 1 only, then gives up
+            raise OutOfMemory(f"out of memory training with batch {args.get('batch')} (config key "
+                              f"'batch_size_per_gpu' x GPUs) at img_size {args.get('imgsz')}; lower "
+                              f"batch_size_per_gpu or img_size ({' '.join(str(exc).split())[:300]})") from exc
         raise
     weights = os.path.join(run_dir, "weights")
     best, last = os.path.join(weights, "best.pt"), os.path.join(weights, "last.pt")
