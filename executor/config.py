@@ -76,9 +76,13 @@ class Env:
         return self.output.get(key, "")
 
     @property
-    def infer_list_key(self) -> str:
-        """ymir 2.x (protocol >= 1.1.0) reads `boxes`; older platforms read `annotations`."""
-        return "boxes" if version_tuple(self.protocol_version) >= (1, 1, 0) else "annotations"
+    def infer_list_key(self) -> str | tuple[str, str]:
+        """ymir 2.x (protocol >= 1.1.0) reads `boxes`; older platforms read `annotations`. Protocol 1.0.0 gets
+        both: ymir 1.3 before 292c6dc reads only `annotations`, the SDK (and tools checking against it) `boxes`."""
+        version = version_tuple(self.protocol_version)
+        if version >= (1, 1, 0):
+            return "boxes"
+        return ("boxes", "annotations") if version >= (1, 0, 0) else "annotations"
 
     @property
     def multi_stage_result(self) -> bool:

@@ -49,10 +49,11 @@ def box_record(xyxy: Sequence[float], class_name: str, score: float) -> dict:
             "class_name": class_name, "score": round(float(score), 6)}
 
 
-def write_infer_result(path: str, per_image: Mapping[str, list[dict]], list_key: str = "boxes") -> None:
+def write_infer_result(path: str, per_image: Mapping[str, list[dict]], list_key: str | Sequence[str] = "boxes") -> None:
     """`per_image` maps each candidate basename to its box records (possibly empty); `list_key` is
-    `boxes` for protocol >= 1.1.0 and `annotations` below (see config.Env.infer_list_key)."""
-    payload = {"detection": {name: {list_key: boxes} for name, boxes in per_image.items()}}
+    `boxes` for protocol >= 1.1.0, `annotations` below, or both (see config.Env.infer_list_key)."""
+    keys = (list_key,) if isinstance(list_key, str) else tuple(list_key)
+    payload = {"detection": {name: {key: boxes for key in keys} for name, boxes in per_image.items()}}
     atomic_write_text(path, json.dumps(payload, indent=None, separators=(",", ":")) + "\n")
 
 
