@@ -130,7 +130,7 @@ COPY --from=weights /opt/quarry/weights /opt/quarry/weights
 # What the platform reads with `docker run --rm IMAGE cat /img-man/<file>` when the image is imported.
 COPY templates/*-template.yaml templates/manifest.yaml /img-man/
 COPY --from=code /app /app
-RUN chmod -R a+rX /img-man /opt/quarry
+RUN chmod -R a+rX /img-man
 WORKDIR /tmp
 
 ARG QUARRY_VERSION=0.1.0
