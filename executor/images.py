@@ -59,10 +59,8 @@ class Letterbox:
     def to_original(self, xyxy: np.ndarray) -> np.ndarray:
         """Boxes (N, 4) from network-input pixels back to original pixels, clipped to the image."""
         out = np.empty_like(xyxy, dtype=np.float32)
-        out[:, [0, 2]] = (xyxy[:, [0, 2]] - self.pad_x) / self.ratio
-        out[:, [1, 3]] = (xyxy[:, [1, 3]] - self.pad_y) / self.ratio
-        np.clip(out[:, [0, 2]], 0, self.width, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, self.height, out=out[:, [1, 3]])
+        out[:, [0, 2]] = ((xyxy[:, [0, 2]] - self.pad_x) / self.ratio).clip(0, self.width)
+        out[:, [1, 3]] = ((xyxy[:, [1, 3]] - self.pad_y) / self.ratio).clip(0, self.height)
         return out
 
 

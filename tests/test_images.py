@@ -71,6 +71,8 @@ def test_letterbox_keeps_aspect_and_maps_back():
     assert (canvas[0, 0] == PAD_VALUE).all() and (canvas[32, 32] == 0).all()
     back = box.to_original(np.array([[0.0, box.pad_y, 64.0, 64 - box.pad_y]], np.float32))
     np.testing.assert_allclose(back, [[0, 0, 200, 100]], atol=0.5)
+    outside = box.to_original(np.array([[-10.0, -10.0, 80.0, 80.0]], np.float32))
+    np.testing.assert_allclose(outside, [[0, 0, 200, 100]])  # clipped to the original image
 
 
 def test_loop_reports_unreadable_images_and_keeps_order(tmp_path):
