@@ -17,7 +17,7 @@ ALGORITHMS = ("random", "entropy", "aldd", "cald")
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("determinism")
     shared_env = make_env(root / "shared", run_mining=True, run_infer=True, weights=WEIGHTS, candidates=coco_images(3),
-                          config={"img_size": 128, "seed": 11, "conf_thres": 0.1, "class_distribution_scores": "1,0.5"})
+                          config={"img_size": 96, "seed": 11, "conf_thres": 0.1, "class_distribution_scores": "1,0.5"})
     base = yaml.safe_load(shared_env.read_text())
     for algorithm in ALGORITHMS:
         config = yaml.safe_load((shared_env.parent / "config.yaml").read_text())

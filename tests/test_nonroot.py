@@ -58,7 +58,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv")
 @needs_root
 def test_mining_and_infer_as_unprivileged_uid(shared_tmp):
     env = make_env(shared_tmp, run_mining=True, run_infer=True, candidates=coco_images(3),
-                   config={"img_size": 320, "mining_algorithm": "entropy"})
+                   config={"img_size": 160, "mining_algorithm": "entropy"})
     indir, outdir = shared_tmp / "in", shared_tmp / "out"
     read_only_in_and_own_out(shared_tmp)
     before_in, before_code = snapshot(indir), snapshot(REPO / "executor") | snapshot(REPO / "mining")
