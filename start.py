@@ -97,7 +97,8 @@ class CreatedOutputs:
     def remove(self) -> None:
         doomed = [f for f in self.files if os.path.lexists(f)]
         if self.models_dir and os.path.isdir(self.models_dir):
-            doomed += [os.path.join(self.models_dir, n) for n in os.listdir(self.models_dir) if n not in self.models_before]
+            doomed += [os.path.join(self.models_dir, name) for name in os.listdir(self.models_dir)
+                       if name not in self.models_before]
         for path in doomed:
             try:
                 if os.path.isdir(path) and not os.path.islink(path):
