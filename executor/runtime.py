@@ -22,6 +22,7 @@ def prepare_process_env() -> str:
     os.environ.setdefault("YOLO_OFFLINE", "1")      # otherwise importing ultralytics probes the network
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")  # some code paths otherwise pip-install packages
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")  # weights_only unpickling: a checkpoint cannot run code
     for var in CACHE_VARS:
         os.environ.setdefault(var, os.path.join(root, var.lower()))
         os.makedirs(os.environ[var], exist_ok=True)
