@@ -1,0 +1,397 @@
+"""Mining benchmarks: speed against the hardware limit (P0-P6) and quality against random (Q1-Q3).
+
+    .venv/bin/python -m benchmarks            # full run on CPU (~10 min on 2 cores), writes JSON + docs
+    .venv/bin/python -m benchmarks --quick    # smoke run: few images, one repetition (~2 min)
+    .venv/bin/python -m benchmarks --device cuda --pool-repeat 8   # on a GPU
+
+Writes benchmarks/results/latest.json and regenerates docs/benchmarks.md (see --json / --markdown).
+"""
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from executor.runtime import prepare_process_env  # noqa: E402
+
+log = logging.getLogger("benchmarks")
+ALGORITHMS = ("entropy", "aldd", "cald")
+CALD_VIEWS = 4
+QUIET_LOAD = 2.5  # flip, cutout, rotate, resize: mining/augment.make_views
+
+
+def parse_args(argv=None):
+    shared = os.path.join(os.path.dirname(REPO), "shared")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: 24 COCO / 16 VOC images, 1 rep, short P4/P5")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--weights", default=os.path.join(shared, "weights", "yolov8n.pt"))
+    p.add_argument("--coco", default=os.path.join(shared, "data", "coco-val"))
+    p.add_argument("--voc", default=os.path.join(shared, "data", "voc2007"))
+    p.add_argument("--images", type=int, help="use only the first N images of each dataset")
+    p.add_argument("--pool-repeat", type=int, default=1,
+                   help="speed pool = the COCO images repeated K times (a GPU needs a pool of 1600+ images "
+                        "before the loop uses batches of 16)")
+    p.add_argument("--reps", type=int, help="repetitions of the timed mining runs (default 1)")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
+                   help="first wait up to this long for the 1-minute load average to drop under 2.5")
+    p.add_argument("--segments", type=int, default=8,
+                   help="timed runs go segment by segment, each next to a P0 run on the same images (default 8)")
+    p.add_argument("--rss-pool", type=int, default=64, help="P4: images in the 1x pool (default 64)")
+    p.add_argument("--rss-times", type=int, default=10, help="P4: the large pool is this many copies")
+    p.add_argument("--rss-algorithm", default="aldd")
+    p.add_argument("--p5-reps", type=int, default=3)
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: quality,voc,p3,p4,p5,p6")
+    p.add_argument("--render", action="store_true",
+                   help="run nothing: regenerate the markdown from the JSON results already written")
+    p.add_argument("--profile", action="store_true",
+                   help="also cProfile each algorithm's mining run (benchmarks/results/profile-<algo>.txt)")
+    p.add_argument("--json", help="result file (default benchmarks/results/latest.json; latest-cuda.json with "
+                                  "--device cuda)")
+    p.add_argument("--markdown", default=os.path.join(REPO, "docs", "benchmarks.md"),
+                   help="markdown to regenerate ('' = don't)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images = args.images or 24
+        args.reps = args.reps or 1
+        args.segments = min(args.segments, 2)
+        args.rss_pool = min(args.rss_pool, 12)
+        args.p5_reps = 1
+    args.reps = args.reps or 1
+    if not args.json:
+        name = "latest.json" if args.device == "cpu" else f"latest-{args.device}.json"
+        args.json = os.path.join(REPO, "benchmarks", "results", name)
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    return args
+
+
+def machine_info(device) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device)}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import ultralytics
+        import onnxruntime
+
+        info["ultralytics"], info["onnxruntime"] = ultralytics.__version__, onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def split(pool: list, parts: int) -> list[list]:
+    """`pool` in `parts` contiguous segments of near-equal size (at least one image each)."""
+    parts = max(1, min(parts, len(pool)))
+    edges = [round(i * len(pool) / parts) for i in range(parts + 1)]
+    return [pool[a:b] for a, b in zip(edges, edges[1:])]
+
+
+def pooled_rate(runs) -> float:
+    return sum(r["images"] for r in runs) / sum(r["seconds"] for r in runs)
+
+
+ANALYSIS_CONF = 0.01  # the detection pass keeps boxes down to this score for the analysis variants
+
+
+def detect_pass(keys, detector, settings) -> dict:
+    """Post-NMS detections per key through the real loop (detector.predict) down to ANALYSIS_CONF.
+
+    Greedy class-aware NMS visits boxes by falling score, so a box under conf_thres never suppresses one
+    above it: the boxes >= conf_thres are exactly those a run at conf_thres keeps (max_det is raised so the
+    cut at 100 boxes cannot differ either). evaluate_quality splits them at conf_thres."""
+    from executor.loop import run_batches
+
+    found = {}
+
+    def on_batch(batch):
+        for key, det in zip(batch.keys, detector.predict(batch.canvases, batch.boxes).detections):
+            found[key] = det
+
+    detector = detector.with_postprocess(ANALYSIS_CONF, detector.iou_thres, 1000)
+    run_batches(keys, detector.img_size, settings.batch_size_per_gpu, settings.num_workers_per_gpu, on_batch,
+                lambda f: None)
+    return found
+
+
+def evaluate_quality(dataset, low_detections, scores_by_name: dict, conf_thres: float, max_det: int) -> dict:
+    """Per-image errors from the detections at conf_thres, then Q1-Q3 per ranking and for the baselines."""
+    import numpy as np
+
+    from benchmarks import quality
+    from executor.model import Detections
+    from mining.entropy import box_entropy, image_entropy
+
+    keys = dataset.paths
+
+    def above(det):
+        keep = np.where(det.conf > conf_thres)[0][:max_det]
+        return Detections(det.xyxy[keep], det.conf[keep], det.cls[keep], det.probs[keep])
+
+    detections = {k: above(low_detections[k]) for k in keys}
+    counts = [quality.count_errors(detections[k].xyxy, detections[k].conf, detections[k].cls, truth,
+                                   dataset.classes) for k, truth in zip(keys, dataset.images)]
+    errors = np.array([c.errors for c in counts])
+    objects = np.array([t.objects for t in dataset.images])
+    rows = {"random": quality.random_baseline(keys, errors, objects),
+            "detections": quality.metrics(np.array([len(detections[k]) for k in keys], float), errors, objects)}
+    for name, scores in scores_by_name.items():
+        rows[name] = quality.metrics(np.asarray(scores, float), errors, objects)
+    # not shipped, for reading the table: other image scores over the same boxes, and the oracle ceiling
+    def expected_errors(det):
+        """E[FP] + E[FN] of the thresholded detector if its scores were calibrated: a kept box is wrong
+        with probability 1 - conf, a candidate under conf_thres is a missed object with probability conf."""
+        kept = det.conf > conf_thres
+        return float((1 - det.conf[kept]).sum() + det.conf[~kept].sum())
+
+    variants = {
+        "entropy_mean": [image_entropy(detections[k].probs, "mean") for k in keys],
+        "entropy_max": [image_entropy(detections[k].probs, "max") for k in keys],
+        "least_confidence_mean": [float(np.mean(1 - detections[k].conf)) if len(detections[k]) else 0.0
+                                  for k in keys],
+        f"entropy_sum_candidates (conf >= {ANALYSIS_CONF})": [float(box_entropy(low_detections[k].probs).sum())
+                                                             for k in keys],
+        f"expected_errors (candidates >= {ANALYSIS_CONF})": [expected_errors(low_detections[k]) for k in keys],
+        "oracle_errors": errors.astype(float),
+    }
+    extra = {name: quality.metrics(np.asarray(s, float), errors, objects) for name, s in variants.items()}
+    totals = {"images": len(keys), "objects": int(objects.sum()), "tp": sum(c.tp for c in counts),
+              "fp": sum(c.fp for c in counts), "fn": sum(c.fn for c in counts),
+              "ignored": sum(c.ignored for c in counts), "errors": int(errors.sum()),
+              "images_without_objects": int((objects == 0).sum()),
+              "images_without_detections": int(sum(len(detections[k]) == 0 for k in keys))}
+    per_image = {"key": [os.path.basename(k) for k in keys], "errors": errors.tolist(), "objects": objects.tolist(),
+                 "fp": [c.fp for c in counts], "fn": [c.fn for c in counts],
+                 "detections": [len(detections[k]) for k in keys],
+                 "box_conf": [[round(float(c), 5) for c in low_detections[k].conf] for k in keys],
+                 "box_entropy": [[round(float(h), 5) for h in box_entropy(low_detections[k].probs)] for k in keys],
+                 **{name: [float(s) for s in scores] for name, scores in scores_by_name.items()}}
+    return {"totals": totals, "rows": rows, "variants": extra, "per_image": per_image}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    prepare_process_env()
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("executor", "quarry", "ultralytics"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    import numpy as np
+    import torch
+
+    from benchmarks import gt, report, speed
+    from executor.loop import progress_batch_size
+    from executor.tasks import open_detector
+
+    if args.render:
+        with open(args.json, encoding="utf-8") as handle:
+            results = json.load(handle)
+        results["summary"] = report.summarise(results)
+        write_markdown(args, results)
+        return 0
+    deadline = time.time() + 60 * args.wait_quiet
+    while load() > QUIET_LOAD and time.time() < deadline:
+        log.info("load average %.2f > %.1f: waiting for a quieter host", load(), QUIET_LOAD)
+        time.sleep(30)
+    if load() > QUIET_LOAD:
+        log.warning("load average %.2f > %.1f: other jobs share the cores; speed ratios will be noisy",
+                    load(), QUIET_LOAD)
+    started = time.time()
+    gpu_id = "0" if args.device == "cuda" else ""
+    base = speed.settings_for(args.weights, "entropy", gpu_id)
+    detector = open_detector(base, "")
+    results = {"command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "machine": machine_info(detector.device), "load_before": load(), "settings": {
+                   "img_size": detector.img_size, "conf_thres": base.conf_thres, "iou_thres": base.iou_thres,
+                   "batch_size_per_gpu": base.batch_size_per_gpu, "num_workers_per_gpu": base.num_workers_per_gpu,
+                   "weights": os.path.relpath(args.weights, REPO)}, "quick": args.quick}
+
+    coco = gt.load_coco(args.coco, detector.names, args.images)
+    pool = coco.paths * args.pool_repeat
+    batch = progress_batch_size(base.batch_size_per_gpu, len(pool))
+    log.info("speed pool: %d images (%d distinct), effective batch %d", len(pool), len(coco.paths), batch)
+    canvas_of = dict(zip(coco.paths, speed.decoded_canvases(coco.paths, detector.img_size, len(coco.paths))))
+    speed.warm_up(detector, list(canvas_of.values()), batch)
+    segments = split(pool, args.segments)
+    sp = {"pool": len(pool), "distinct_images": len(coco.paths), "batch": batch, "segments": len(segments),
+          "runs": {}}
+    ultra = None
+    if "p3" not in args.skip:
+        ultra = speed.UltralyticsPredict(args.weights, coco.paths[0], detector.img_size, batch,
+                                         "cpu" if args.device == "cpu" else 0)
+        folders = [speed.link_pool(seg, tmp_dir(f"p3-{i}")) for i, seg in enumerate(segments)]
+    for algo in ALGORITHMS:  # warm-up, untimed: first calls of every code path (allocations, oneDNN kernels)
+        with speed.pinned_batch(batch):
+            speed.mine_timed(coco.paths[:2 * batch], detector, speed.settings_for(args.weights, algo, gpu_id))
+    speed.warm_up(detector, list(canvas_of.values()), batch)
+    det_settings = speed.settings_for(args.weights, "entropy", gpu_id)
+    p0_all = []
+    scores = {}
+    for rep in range(args.reps):
+        for algo in ALGORITHMS:
+            settings = speed.settings_for(args.weights, algo, gpu_id)
+            parts = {"p0": [], algo: []}
+            if algo == "entropy" and ultra:
+                parts["ultralytics"] = []
+            algo_scores = []
+            for i, seg in enumerate(segments):
+                steps = {
+                    "p0": lambda: speed.forward_throughput(detector, [canvas_of[k] for k in seg], batch, len(seg)),
+                    algo: lambda: speed.mine_timed(seg, detector, settings),
+                    "ultralytics": lambda: ultra.run(folders[i], len(seg)),
+                }
+                names = list(parts)
+                names = names[i % len(names):] + names[:i % len(names)]  # rotate who goes first
+                with speed.pinned_batch(batch):
+                    for name in names:
+                        parts[name].append(steps[name]())
+                algo_scores += parts[algo][-1].pop("scores")
+            scores.setdefault(algo, algo_scores[:len(coco.paths)])
+            p0_all += parts["p0"]
+            p0_rate = pooled_rate(parts["p0"])
+            for name in parts:
+                if name == "p0":
+                    continue
+                run = {"images": sum(r["images"] for r in parts[name]),
+                       "seconds": sum(r["seconds"] for r in parts[name])}
+                run["images_per_s"] = run["images"] / run["seconds"]
+                run["p0_paired"] = p0_rate
+                run["segment_ratios"] = [r["images_per_s"] / p["images_per_s"] for r, p in zip(parts[name], parts["p0"])]
+                run["ratio_pooled"] = run["images_per_s"] / p0_rate
+                # headline: the median over segments, robust to a load burst that hits one side of one pair
+                run["ratio_to_p0"] = float(np.median(run["segment_ratios"]))
+                if "breakdown" in parts[name][0]:
+                    run["breakdown"] = {k: sum(r["breakdown"][k] for r in parts[name]) for k in parts[name][0]["breakdown"]}
+                    run["progress_updates"] = sum(r["progress_updates"] for r in parts[name])
+                if name == "ultralytics":
+                    run["torch_threads"] = parts[name][0]["torch_threads"]
+                    run["threads_ultralytics_left"] = parts[name][0]["threads_ultralytics_left"]
+                sp["runs"].setdefault(name, []).append(run)
+                log.info("%-11s %7.2f img/s, P0 paired %7.2f, ratio %.3f (segments %s)", name, run["images_per_s"],
+                         p0_rate, run["ratio_to_p0"], " ".join(f"{x:.2f}" for x in run["segment_ratios"]))
+            if "ultralytics" in parts:
+                ent, u = sp["runs"]["entropy"][-1], sp["runs"]["ultralytics"][-1]
+                u["segment_entropy_ratios"] = [e["images_per_s"] / x["images_per_s"]
+                                               for e, x in zip(parts["entropy"], parts["ultralytics"])]
+                u["entropy_ratio_pooled"] = ent["images_per_s"] / u["images_per_s"]
+                u["entropy_ratio"] = float(np.median(u["segment_entropy_ratios"]))
+                u["entropy_ratio_p0_normalised"] = ent["ratio_to_p0"] / u["ratio_to_p0"]
+    if args.profile:
+        for algo in ALGORITHMS:
+            path = os.path.join(os.path.dirname(args.json), f"profile-{algo}.txt")
+            speed.profile_mining(coco.paths, detector, speed.settings_for(args.weights, algo, gpu_id), path)
+            log.info("profile of %s: %s", algo, path)
+    rates = [r["images_per_s"] for r in p0_all]
+    sp["p0"] = {"images_per_s": pooled_rate(p0_all), "batch": batch, "measurements": len(p0_all),
+                "images_each": len(segments[0]), "min": min(rates), "max": max(rates)}
+    results["speed"] = sp
+
+    # ---- quality on COCO and VOC
+    if "quality" not in args.skip:
+        post = (base.conf_thres, base.max_det)
+        results["quality"] = {"coco-val": evaluate_quality(coco, detect_pass(coco.paths, detector, det_settings),
+                                                           scores, *post)}
+        log.info("coco-val quality: %s", json.dumps(results["quality"]["coco-val"]["rows"], default=float)[:300])
+        if "voc" not in args.skip:
+            voc = gt.load_voc(args.voc, detector.names, args.images and max(8, args.images * 2 // 3))
+            found = detect_pass(voc.paths, detector, det_settings)
+            voc_scores, voc_speed = {}, {}
+            for algo in ALGORITHMS:
+                run = speed.mine_timed(voc.paths, detector, speed.settings_for(args.weights, algo, gpu_id))
+                voc_scores[algo] = run.pop("scores")
+                voc_speed[algo] = run
+            results["quality"]["voc2007"] = evaluate_quality(voc, found, voc_scores, *post)
+            results["quality"]["voc2007"]["speed"] = voc_speed
+
+    # ---- P6, P4, P5
+    if "p6" not in args.skip and args.device == "cpu":
+        n = len(coco.paths)
+        results["p6"] = speed.onnx_vs_torch(args.weights, coco.paths[:n], detector, tmp_dir("p6"), reps=args.reps)
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        log.info("P6 onnx/torch %.3f", results["p6"]["ratio"])
+    if "p4" not in args.skip:
+        images = coco.paths[:args.rss_pool]
+        rss_batch = progress_batch_size(base.batch_size_per_gpu, len(images))
+        results["p4"] = speed.peak_rss_ratio(args.weights, images, args.rss_times, args.rss_algorithm, rss_batch,
+                                             gpu_id, tmp_dir("p4"))
+        log.info("P4 peak RSS ratio %.3f", results["p4"]["ratio"])
+    if "p5" not in args.skip:
+        results["p5"] = speed.first_progress(args.weights, coco.paths, "aldd", gpu_id, tmp_dir("p5"), args.p5_reps)
+        results["p5"]["import_torch_ultralytics_s"] = speed.python_import_seconds()
+        log.info("P5 first progress after %.2f s", results["p5"]["seconds"])
+
+    results["load_after"] = load()
+    results["wall_seconds"] = time.time() - started
+    results["summary"] = report.summarise(results)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=1, default=float)
+    print(report.table(results))
+    write_markdown(args, results)
+    return 0
+
+
+def write_markdown(args, results) -> None:
+    from benchmarks import report
+
+    if args.markdown:
+        others = []  # the latest run on the other device, if there is one, gets its own section
+        for name in ("latest.json", "latest-cuda.json"):
+            path = os.path.join(os.path.dirname(os.path.abspath(args.json)), name)
+            if os.path.abspath(path) != os.path.abspath(args.json) and os.path.isfile(path):
+                with open(path, encoding="utf-8") as handle:
+                    other = json.load(handle)
+                other["summary"] = report.summarise(other)
+                others.append(other)
+        findings_path = os.path.join(REPO, "benchmarks", "FINDINGS.md")
+        findings = open(findings_path, encoding="utf-8").read() if os.path.isfile(findings_path) else ""
+        with open(args.markdown, "w", encoding="utf-8") as handle:
+            handle.write(report.markdown(results, os.path.relpath(args.json, REPO), others, findings))
+        log.info("wrote %s", args.markdown)
+
+
+_TMP = {}
+
+
+def tmp_dir(name: str) -> str:
+    import tempfile
+
+    if "root" not in _TMP:
+        _TMP["root"] = tempfile.mkdtemp(prefix="quarry-bench-")
+    path = os.path.join(_TMP["root"], name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        if "root" in _TMP:
+            import shutil
+
+            shutil.rmtree(_TMP["root"], ignore_errors=True)

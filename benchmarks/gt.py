@@ -1,0 +1,132 @@
+"""Ground truth for the quality benchmark, as per-image boxes in the detector's class indices.
+
+Two sources:
+- COCO json (`coco-val/annotations.json`): category ids 1..90 are mapped to the model's class indices
+  **by name** (never by position); `iscrowd=1` boxes become *ignore* regions.
+- Pascal VOC xml (`voc2007/Annotations/*.xml`): VOC names are first renamed to COCO names with
+  `coco_names.txt` (tab-separated `voc<TAB>coco`), then mapped by name; `difficult=1` objects become
+  *ignore* regions, as VOC's own evaluation does.
+
+Boxes are float xyxy in pixel-edge coordinates (pixel i spans [i, i+1]), the frame of the detector's
+`Detections.xyxy`: COCO `bbox` is already [x, y, w, h] in that frame; VOC's 1-based inclusive
+`xmin..xmax` becomes `[xmin - 1, xmax]`.
+
+`ImageTruth.classes` is the set of model classes the dataset labels at all: a detection of any other
+class (a COCO model finding a bench in a VOC image) is not an error, because nobody labelled benches.
+"""
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ImageTruth:
+    path: str                 # image file
+    boxes: np.ndarray         # (G, 4) float64 xyxy, objects that count
+    cls: np.ndarray           # (G,) int64 model class index
+    ignore_boxes: np.ndarray  # (I, 4) crowd / difficult regions: detections on them are neither TP nor FP
+    ignore_cls: np.ndarray    # (I,)
+    crowd: bool = False       # ignore regions are COCO crowds (matched by intersection over detection area)
+
+    @property
+    def objects(self) -> int:
+        return len(self.boxes)
+
+
+@dataclass
+class Dataset:
+    name: str
+    images: list[ImageTruth]
+    classes: frozenset = field(default_factory=frozenset)  # model class indices the dataset labels
+
+    @property
+    def paths(self) -> list[str]:
+        return [image.path for image in self.images]
+
+
+def _name_index(model_names: list[str]) -> dict[str, int]:
+    return {name.strip().lower(): i for i, name in enumerate(model_names)}
+
+
+def _array(rows: list, width: int, dtype) -> np.ndarray:
+    return np.asarray(rows, dtype=dtype).reshape(-1, width) if width > 1 else np.asarray(rows, dtype=dtype)
+
+
+def _truth(path, boxes, cls, ignore_boxes, ignore_cls, crowd) -> ImageTruth:
+    return ImageTruth(path, _array(boxes, 4, np.float64), _array(cls, 1, np.int64),
+                      _array(ignore_boxes, 4, np.float64), _array(ignore_cls, 1, np.int64), crowd)
+
+
+def load_coco(root: str, model_names: list[str], limit: int | None = None) -> Dataset:
+    """`root/annotations.json` + `root/images/<file_name>`; images sorted by file name."""
+    with open(os.path.join(root, "annotations.json"), encoding="utf-8") as handle:
+        data = json.load(handle)
+    index = _name_index(model_names)
+    to_model = {}
+    for cat in data["categories"]:
+        name = cat["name"].strip().lower()
+        if name not in index:
+            raise ValueError(f"COCO category {cat['name']!r} (id {cat['id']}) is not a class of the model")
+        to_model[cat["id"]] = index[name]
+    per_image: dict[int, list] = {img["id"]: [] for img in data["images"]}
+    for ann in data["annotations"]:
+        per_image[ann["image_id"]].append(ann)
+    images = []
+    for img in sorted(data["images"], key=lambda i: i["file_name"])[:limit]:
+        boxes, cls, ign, ign_cls = [], [], [], []
+        for ann in per_image[img["id"]]:
+            x, y, w, h = ann["bbox"]
+            target = (ign, ign_cls) if ann.get("iscrowd", 0) else (boxes, cls)
+            target[0].append([x, y, x + w, y + h])
+            target[1].append(to_model[ann["category_id"]])
+        images.append(_truth(os.path.join(root, "images", img["file_name"]), boxes, cls, ign, ign_cls, True))
+    return Dataset("coco-val", images, frozenset(to_model.values()))
+
+
+def read_coco_names(path: str) -> dict[str, str]:
+    """coco_names.txt: `voc_name<TAB>coco_name` per line."""
+    mapping = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                voc, coco = line.rstrip("\n").split("\t")
+                mapping[voc.strip().lower()] = coco.strip().lower()
+    return mapping
+
+
+def parse_voc_xml(path: str) -> list[tuple[str, list[float], bool]]:
+    """(name, [x1, y1, x2, y2] pixel-edge, difficult) per <object> of a VOC annotation file."""
+    objects = []
+    for obj in ET.parse(path).getroot().iter("object"):
+        box = obj.find("bndbox")
+        xmin, ymin, xmax, ymax = (float(box.find(tag).text) for tag in ("xmin", "ymin", "xmax", "ymax"))
+        difficult = obj.findtext("difficult", "0").strip() == "1"
+        objects.append((obj.findtext("name").strip().lower(), [xmin - 1, ymin - 1, xmax, ymax], difficult))
+    return objects
+
+
+def load_voc(root: str, model_names: list[str], limit: int | None = None) -> Dataset:
+    """`root/JPEGImages/*.jpg` + `root/Annotations/<stem>.xml`, names via `root/coco_names.txt`."""
+    index = _name_index(model_names)
+    rename = read_coco_names(os.path.join(root, "coco_names.txt"))
+    to_model = {}
+    for voc, coco in rename.items():
+        if coco not in index:
+            raise ValueError(f"VOC class {voc!r} maps to {coco!r}, which is not a class of the model")
+        to_model[voc] = index[coco]
+    images = []
+    names = sorted(n for n in os.listdir(os.path.join(root, "JPEGImages")) if n.lower().endswith(".jpg"))
+    for name in names[:limit]:
+        stem = os.path.splitext(name)[0]
+        boxes, cls, ign, ign_cls = [], [], [], []
+        for voc, box, difficult in parse_voc_xml(os.path.join(root, "Annotations", stem + ".xml")):
+            if voc not in to_model:
+                raise ValueError(f"{stem}.xml: class {voc!r} is not in coco_names.txt")
+            target = (ign, ign_cls) if difficult else (boxes, cls)
+            target[0].append(box)
+            target[1].append(to_model[voc])
+        images.append(_truth(os.path.join(root, "JPEGImages", name), boxes, cls, ign, ign_cls, False))
+    return Dataset("voc2007", images, frozenset(to_model.values()))

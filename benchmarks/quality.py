@@ -1,0 +1,163 @@
+"""Mining quality: does a ranking point at the images where the model is wrong?
+
+Per image, the model's detection errors at its working threshold (conf_thres 0.25) are counted against
+ground truth: false negatives + false positives, IoU >= 0.5, class-aware, greedy by confidence (COCO
+style: a detection takes the unmatched ground-truth box of its class with the largest IoU). Crowd
+(COCO) and difficult (VOC) objects are neither to be found nor false positives: a detection that
+matches no countable box but covers one of them is ignored, and missing one is no error. Detections
+of classes the dataset never labels are ignored too.
+
+For a ranking (scores, higher = label first):
+- Q1 `capture_images`: share of all errors inside the top 20% of images;
+- Q2 `capture_objects`: share of all errors inside the images taken in score order until their
+  ground-truth objects reach 20% of all objects (the image that crosses the budget is taken);
+- Q3 `spearman`: Spearman rho between the score and the per-image error rate errors / max(1, objects).
+Tied scores are broken at random; with ties, Q1/Q2 are the mean over `TIE_DRAWS` tie-breaks, which
+estimates the expected capture of a labeller who picks arbitrarily among equal scores. (Ties matter
+for the `detections` baseline, whose scores are small integers.)
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import spearmanr
+
+IOU_THRESHOLD = 0.5
+BUDGET = 0.2
+TIE_DRAWS = 200
+RANDOM_SEEDS = 10
+
+
+@dataclass
+class ImageErrors:
+    tp: int
+    fp: int
+    fn: int
+    ignored: int  # detections on crowd/difficult regions or of unlabelled classes
+
+    @property
+    def errors(self) -> int:
+        return self.fp + self.fn
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU (N, M) of xyxy boxes; degenerate boxes give 0."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def ioa_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over the area of a (N, M): how COCO matches a detection to a crowd region."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    area_a = (np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None))[:, None]
+    inter = iw * ih
+    return np.divide(inter, area_a, out=np.zeros_like(inter), where=area_a > 0)
+
+
+def count_errors(det_xyxy, det_conf, det_cls, truth, classes=None, iou_threshold: float = IOU_THRESHOLD
+                 ) -> ImageErrors:
+    """TP/FP/FN of one image's detections against its ImageTruth (see the module docstring)."""
+    det_xyxy = np.asarray(det_xyxy, np.float64).reshape(-1, 4)
+    det_conf = np.asarray(det_conf, np.float64).reshape(-1)
+    det_cls = np.asarray(det_cls, np.int64).reshape(-1)
+    order = np.argsort(-det_conf, kind="stable")
+    iou = iou_matrix(det_xyxy, truth.boxes)
+    if truth.crowd:
+        ign = ioa_matrix(det_xyxy, truth.ignore_boxes)
+    else:
+        ign = iou_matrix(det_xyxy, truth.ignore_boxes)
+    matched = np.zeros(len(truth.boxes), bool)
+    tp = fp = ignored = 0
+    for d in order:
+        c = det_cls[d]
+        if classes is not None and c not in classes:
+            ignored += 1
+            continue
+        candidates = np.where((truth.cls == c) & ~matched)[0]
+        if len(candidates):
+            best = candidates[np.argmax(iou[d, candidates])]
+            if iou[d, best] >= iou_threshold:
+                matched[best] = True
+                tp += 1
+                continue
+        if np.any((truth.ignore_cls == c) & (ign[d] >= iou_threshold)):
+            ignored += 1
+            continue
+        fp += 1
+    return ImageErrors(tp, fp, int((~matched).sum()), ignored)
+
+
+def _orders(scores: np.ndarray, draws: int, seed: int):
+    """Descending score orders: one if all scores differ, else `draws` random tie-breaks."""
+    scores = np.asarray(scores, np.float64)
+    if len(np.unique(scores)) == len(scores):
+        yield np.argsort(-scores, kind="stable")
+        return
+    rng = np.random.default_rng(seed)
+    for _ in range(draws):
+        yield np.lexsort((rng.random(len(scores)), -scores))
+
+
+def capture_images(scores, errors, fraction: float = BUDGET, draws: int = TIE_DRAWS, seed: int = 0) -> float:
+    """Q1: share of all errors in the top round(fraction * N) images by score."""
+    errors = np.asarray(errors, np.float64)
+    total = errors.sum()
+    if total == 0:
+        return float("nan")
+    k = int(round(fraction * len(errors)))
+    return float(np.mean([errors[order[:k]].sum() / total for order in _orders(scores, draws, seed)]))
+
+
+def capture_objects(scores, errors, objects, fraction: float = BUDGET, draws: int = TIE_DRAWS, seed: int = 0
+                    ) -> float:
+    """Q2: share of all errors in the images taken in score order until their objects reach
+    `fraction` of all objects (the image that reaches the budget is included)."""
+    errors = np.asarray(errors, np.float64)
+    objects = np.asarray(objects, np.float64)
+    total = errors.sum()
+    if total == 0:
+        return float("nan")
+    budget = fraction * objects.sum()
+    values = []
+    for order in _orders(scores, draws, seed):
+        spent_before = np.concatenate([[0.0], np.cumsum(objects[order])[:-1]])
+        taken = order[spent_before < budget]
+        values.append(errors[taken].sum() / total)
+    return float(np.mean(values))
+
+
+def error_rate(errors, objects) -> np.ndarray:
+    return np.asarray(errors, np.float64) / np.maximum(1.0, np.asarray(objects, np.float64))
+
+
+def spearman(scores, errors, objects) -> float:
+    """Q3: Spearman rho (average ranks for ties) of score against errors / max(1, objects)."""
+    scores = np.asarray(scores, np.float64)
+    rate = error_rate(errors, objects)
+    if np.ptp(scores) == 0 or np.ptp(rate) == 0:
+        return float("nan")
+    return float(spearmanr(scores, rate).statistic)
+
+
+def metrics(scores, errors, objects) -> dict:
+    return {"q1": capture_images(scores, errors), "q2": capture_objects(scores, errors, objects),
+            "q3": spearman(scores, errors, objects)}
+
+
+def random_baseline(keys, errors, objects, seeds: int = RANDOM_SEEDS) -> dict:
+    """Mean Q1-Q3 of the project's own random scorer over seeds 0..seeds-1."""
+    from mining.random_score import random_scores
+
+    runs = [metrics(random_scores(keys, seed), errors, objects) for seed in range(seeds)]
+    out = {k: float(np.mean([r[k] for r in runs])) for k in ("q1", "q2", "q3")}
+    out.update({f"{k}_std": float(np.std([r[k] for r in runs])) for k in ("q1", "q2", "q3")})
+    return out

@@ -1,0 +1,328 @@
+"""Turns a benchmark result (the JSON written by `python -m benchmarks`) into the summary, the console
+table and docs/benchmarks.md. Pure functions of the result dict."""
+import math
+
+import numpy as np
+
+ALGORITHMS = ("entropy", "aldd", "cald")
+CALD_VIEWS = 4
+TARGETS = {"P1": 0.90, "P2": 0.85, "P3": 1.2, "P4": 1.10, "P5": 5.0}
+
+
+def _median(runs, key):
+    return float(np.median([r[key] for r in runs])) if runs else float("nan")
+
+
+def summarise(r: dict) -> dict:
+    """The headline figures and, for each target, whether it is met."""
+    s: dict = {"targets": {}}
+    sp = r.get("speed", {})
+    runs = sp.get("runs", {})
+    s["P0"] = sp.get("p0", {}).get("images_per_s", float("nan"))
+    for algo in ("entropy", "aldd"):
+        if algo in runs:
+            s[f"P1_{algo}"] = _median(runs[algo], "ratio_to_p0")
+            s["targets"][f"P1 {algo} >= 0.90"] = s[f"P1_{algo}"] >= TARGETS["P1"]
+    if "cald" in runs:
+        s["P2_cald"] = _median(runs["cald"], "ratio_to_p0") * (1 + CALD_VIEWS)
+        s["targets"]["P2 cald x5 >= 0.85"] = s["P2_cald"] >= TARGETS["P2"]
+    if "ultralytics" in runs:
+        s["P3"] = _median(runs["ultralytics"], "entropy_ratio")
+        s["P3_p0_normalised"] = _median(runs["ultralytics"], "entropy_ratio_p0_normalised")
+        s["targets"]["P3 >= 1.2"] = s["P3"] >= TARGETS["P3"]
+    if "p4" in r:
+        s["P4"] = r["p4"]["ratio"]
+        s["targets"]["P4 <= 1.10"] = s["P4"] <= TARGETS["P4"]
+    if "p5" in r:
+        s["P5"] = r["p5"]["seconds"]
+        if "cuda" not in r.get("machine", {}).get("device", ""):
+            s["targets"]["P5 <= 5 s (CPU)"] = s["P5"] <= TARGETS["P5"]
+    if "p6" in r:
+        s["P6"] = r["p6"]["ratio"]
+    for name, q in r.get("quality", {}).items():
+        rows = q["rows"]
+        rnd, det = rows["random"], rows["detections"]
+        for algo in ALGORITHMS:
+            if algo in rows:
+                beats = all(rows[algo][k] > rnd[k] for k in ("q1", "q2", "q3"))
+                s["targets"][f"{name}: {algo} beats random on Q1, Q2, Q3"] = beats
+        good = [a for a in ALGORITHMS if a in rows and rows[a]["q1"] > det["q1"] and rows[a]["q2"] > det["q2"]
+                and rows[a]["q3"] >= 0.3]
+        s[f"{name}_best_meeting_targets"] = good
+        s["targets"][f"{name}: an algorithm beats detections on Q1, Q2 with Q3 >= 0.3"] = bool(good)
+    return s
+
+
+def fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def speed_rows(r: dict) -> list[list[str]]:
+    s = r["summary"]
+    sp = r.get("speed", {})
+    runs = sp.get("runs", {})
+    p0 = sp.get("p0", {})
+    rows = [["P0", "raw batched forward (model only)", f"{fmt(s['P0'], 2)} img/s (batch {p0.get('batch')}, "
+             f"{p0.get('measurements')} paired runs of ~{p0.get('images_each')} images, range {fmt(p0.get('min'), 2)}-"
+             f"{fmt(p0.get('max'), 2)})", "limit", ""]]
+    def spread(run, key="segment_ratios", scale=1.0):
+        values = [scale * v for v in run.get(key, [])]
+        return f"segments {fmt(min(values), 2)}-{fmt(max(values), 2)}" if values else ""
+
+    for algo in ("entropy", "aldd"):
+        if algo in runs:
+            run = runs[algo][0]
+            rows.append([f"P1 {algo}", f"mining {algo} ÷ P0", f"**{fmt(s[f'P1_{algo}'])}** "
+                         f"({fmt(run['images_per_s'], 2)} img/s; {spread(run)}; pooled "
+                         f"{fmt(run.get('ratio_pooled'))})", ">= 0.90", _met(s["targets"], f"P1 {algo} >= 0.90")])
+    if "cald" in runs:
+        run = runs["cald"][0]
+        rows.append(["P2 cald", "mining cald × 5 ÷ P0", f"**{fmt(s['P2_cald'])}** "
+                     f"({fmt(run['images_per_s'], 2)} img/s; {spread(run, scale=1 + CALD_VIEWS)}; pooled "
+                     f"{fmt((1 + CALD_VIEWS) * run.get('ratio_pooled', float('nan')))})", ">= 0.85",
+                     _met(s["targets"], "P2 cald x5 >= 0.85")])
+    if "P3" in s:
+        u = runs["ultralytics"][0]
+        rows.append(["P3", "mining entropy ÷ Ultralytics predict(stream=True)",
+                     f"**{fmt(s['P3'])}** (Ultralytics {fmt(u['images_per_s'], 2)} img/s = "
+                     f"{fmt(u['ratio_to_p0'])} × P0, {u['torch_threads']} torch threads; "
+                     f"{spread(u, 'segment_entropy_ratios')}; pooled {fmt(u.get('entropy_ratio_pooled'))})",
+                     ">= 1.2", _met(s["targets"], "P3 >= 1.2")])
+    if "P4" in s:
+        p4 = r["p4"]
+        big = p4[f"x{p4['times']}"]
+        rows.append(["P4", f"peak RSS, {p4['times']}× pool ÷ 1× ({p4['algorithm']})",
+                     f"{fmt(s['P4'])} ({fmt(big['peak_rss_mb'], 0)} MB for {big['images']} images vs "
+                     f"{fmt(p4['x1']['peak_rss_mb'], 0)} MB for {p4['x1']['images']}, batch {p4['batch']})",
+                     "<= 1.10", _met(s["targets"], "P4 <= 1.10")])
+    if "P5" in s:
+        p5 = r["p5"]
+        rows.append(["P5", "process start → first progress > 0 (platform mode)",
+                     f"{fmt(s['P5'], 2)} s (median of {p5['reps']}; first monitor write "
+                     f"{fmt(p5['first_monitor_write_s'], 2)} s; import torch+ultralytics alone "
+                     f"{fmt(p5.get('import_torch_ultralytics_s'), 2)} s)", "<= 5 s (CPU)",
+                     _met(s["targets"], "P5 <= 5 s (CPU)")])
+    if "P6" in s:
+        p6 = r["p6"]
+        rows.append(["P6", "ONNX Runtime ÷ PyTorch inference (executor.tasks.infer, CPU)",
+                     f"{fmt(s['P6'])} ({fmt(p6['onnx']['images_per_s'], 2)} vs {fmt(p6['torch']['images_per_s'], 2)}"
+                     f" img/s)", "(report)", ""])
+    return rows
+
+
+def _met(targets, key) -> str:
+    if key not in targets:
+        return ""
+    return "met" if targets[key] else "**missed**"
+
+
+QUALITY_ORDER = ("random", "detections", "entropy", "aldd", "cald")
+
+
+def quality_rows(q: dict) -> list[list[str]]:
+    rows = []
+    for name in QUALITY_ORDER:
+        if name in q["rows"]:
+            m = q["rows"][name]
+            label = f"{name} (mean of 10 seeds)" if name == "random" else name
+            if name == "random":
+                cells = [f"{fmt(m[k])} ± {fmt(m[k + '_std'])}" for k in ("q1", "q2", "q3")]
+            else:
+                cells = [fmt(m[k]) for k in ("q1", "q2", "q3")]
+            rows.append([label, *cells])
+    return rows
+
+
+def variant_rows(q: dict) -> list[list[str]]:
+    return [[name, *(fmt(m[k]) for k in ("q1", "q2", "q3"))] for name, m in q.get("variants", {}).items()]
+
+
+def breakdown_rows(r: dict) -> list[list[str]]:
+    rows = []
+    for label, runs in r.get("speed", {}).get("runs", {}).items():
+        run = runs[0]
+        b = run.get("breakdown")
+        if not b:
+            continue
+        total = run["seconds"]
+        cells = [f"{fmt(100 * b[k] / total, 0)}%" for k in
+                 ("network", "input_and_postprocess", "cald_views", "score_math", "scorer_other",
+                  "loop_and_decode_wait")]
+        rows.append([label, fmt(total, 1), str(b["forward_passes"]), *cells])
+    return rows
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def table(r: dict) -> str:
+    """Plain-text summary for the console."""
+    out = ["", f"== speed ({r['machine'].get('device')}, pool {r['speed']['pool']} images, "
+               f"batch {r['speed']['batch']}) =="]
+    for row in speed_rows(r):
+        out.append(f"{row[0]:<10} {row[2]:<90} target {row[3]:<12} {row[4]}")
+    for name, q in r.get("quality", {}).items():
+        t = q["totals"]
+        out.append(f"== quality {name}: {t['images']} images, {t['objects']} objects, {t['errors']} errors "
+                   f"(FP {t['fp']}, FN {t['fn']}) ==")
+        out.append(f"{'ranking':<26} {'Q1':>16} {'Q2':>16} {'Q3':>16}")
+        for row in quality_rows(q) + [["~ " + v[0], *v[1:]] for v in variant_rows(q)]:
+            out.append(f"{row[0]:<26} {row[1]:>16} {row[2]:>16} {row[3]:>16}")
+    out.append("== targets ==")
+    for key, ok in r["summary"]["targets"].items():
+        out.append(f"{'met   ' if ok else 'MISSED'} {key}")
+    return "\n".join(out)
+
+
+def machine_lines(r: dict) -> list[str]:
+    m = r["machine"]
+    return [
+        f"- {m.get('cpu')} ({m.get('cpu_count')} logical CPUs), device `{m.get('device')}`"
+        + (f" ({m['gpu']})" if m.get("gpu") else "") + f"; {m.get('platform')}",
+        f"- Python {m.get('python')}, torch {m.get('torch')} ({m.get('torch_threads')} threads), "
+        f"ultralytics {m.get('ultralytics')}, onnxruntime {m.get('onnxruntime')}",
+        f"- Load average (1 min) before / after: {fmt(r.get('load_before'), 2)} / {fmt(r.get('load_after'), 2)}.",
+        f"- Model `{r['settings']['weights']}`, img_size {r['settings']['img_size']}, conf_thres "
+        f"{r['settings']['conf_thres']}, iou_thres {r['settings']['iou_thres']}, template batch_size_per_gpu "
+        f"{r['settings']['batch_size_per_gpu']} and num_workers_per_gpu {r['settings']['num_workers_per_gpu']}.",
+    ]
+
+
+def run_block(r: dict, level: str = "##", with_quality: bool = True) -> list[str]:
+    s = r["summary"]
+    met = sum(s["targets"].values())
+    parts = [
+        f"{level} Run of {r['date']} on {r['machine'].get('device')}"
+        + (" (**quick smoke run**)" if r.get("quick") else ""),
+        "",
+        f"`{r['command']}`: {fmt(r['wall_seconds'] / 60, 1)} min, {met} of {len(s['targets'])} targets met.",
+        "",
+        *machine_lines(r),
+        "",
+        f"{level}# Speed (COCO val pool of {r['speed']['pool']} images, effective batch {r['speed']['batch']})",
+        "",
+        md_table(["", "what", "measured", "target", ""], speed_rows(r)),
+        "",
+        "Where the wall time of each timed run went (the stages add up to 100%; 'network' is `detector.net` "
+        "alone, 'input + NMS + maps' the rest of `detector.predict`):",
+        "",
+        md_table(["run", "seconds", "forward passes", "network", "input + NMS + maps", "CALD views",
+                  "score math", "scorer glue", "loop / decode wait"], breakdown_rows(r)),
+        "",
+    ]
+    for name, q in r.get("quality", {}).items() if with_quality else ():
+        t = q["totals"]
+        parts += [
+            f"{level}# Quality: {name}",
+            "",
+            f"{t['images']} images, {t['objects']} ground-truth objects ({t['images_without_objects']} images "
+            f"without any); model errors at conf_thres 0.25: {t['errors']} = {t['fp']} FP + {t['fn']} FN "
+            f"(TP {t['tp']}; {t['ignored']} detections ignored: on crowd/difficult regions or of classes the "
+            f"dataset does not label); {t['images_without_detections']} images without any detection.",
+            "",
+            md_table(["ranking", "Q1 error capture, 20% of images", "Q2 error capture, 20% of objects",
+                      "Q3 Spearman ρ (score, error rate)"], quality_rows(q)),
+            "",
+            "Not shipped, for reading the table (other image scores over the same detections):",
+            "",
+            md_table(["ranking", "Q1", "Q2", "Q3"], variant_rows(q)),
+            "",
+        ]
+    parts += [f"{level}# Targets", ""]
+    parts += [f"- {'met' if ok else '**missed**'}: {key}" for key, ok in s["targets"].items()]
+    return parts + [""]
+
+
+def markdown(r: dict, json_path: str, others=(), findings: str = "") -> str:
+    parts = [
+        "# Benchmarks: mining speed and mining quality",
+        "",
+        "<!-- Generated by `python -m benchmarks` (benchmarks/report.py, benchmarks/FINDINGS.md). "
+        "Edit those, not this file. -->",
+        "",
+        "## How to reproduce",
+        "",
+        "```bash",
+        ".venv/bin/python -m benchmarks            # CPU, about 10 minutes on 2 cores",
+        ".venv/bin/python -m benchmarks --quick    # smoke run, a few minutes",
+        ".venv/bin/python -m benchmarks --device cuda --pool-repeat 8   # GPU",
+        "```",
+        "",
+        "Other options: `--reps N`, `--profile` (cProfile of each algorithm's mining run into "
+        "benchmarks/results/), `--skip quality,voc,p3,p4,p5,p6`, `--images N`. A run writes `"
+        + json_path + "` (every figure, per-image errors, scores and box confidences) and regenerates this "
+        "file, with a section for the latest run on the other device if its JSON is there. The host is "
+        "shared with other jobs: absolute images/s move with its load, which is why every speed figure is a "
+        "ratio of measurements taken next to each other in the same process.",
+        "",
+    ]
+    parts += run_block(r)
+    for other in others:
+        parts += run_block(other, with_quality=False)
+        parts += ["(Quality on that device: " + "; ".join(
+            f"{name} " + ", ".join(f"{a} {fmt(q['rows'][a]['q1'])}/{fmt(q['rows'][a]['q2'])}/{fmt(q['rows'][a]['q3'])}"
+                                   for a in QUALITY_ORDER if a in q["rows"])
+            for name, q in other.get("quality", {}).items()) + " as Q1/Q2/Q3.)", ""]
+    if findings:
+        parts += [findings.strip(), ""]
+    parts += [METHOD]
+    return "\n".join(parts) + "\n"
+
+
+METHOD = """## What is measured
+
+**Speed.** All figures come from one process (P4 and P5 from child processes it starts) with the same
+model, images, `img_size` and batch size. `executor/loop.py` caps the batch of small pools so progress
+moves every 1% (`progress_batch_size`): with the 206 COCO images the template's batch 16 becomes 2, and
+P0, P1, P2 and P3 all use that effective batch.
+
+- **Pairing.** The pool is cut into 8 contiguous segments. For each algorithm, segment after segment,
+  the timed run and a P0 run on the *same* segment images go back to back (which goes first rotates), so
+  both sides of every ratio see the same host load. A figure is the median over the segments of
+  (run images/s ÷ paired P0 images/s), which a load burst on one side of one pair cannot move much; the
+  table also gives the range over segments and the pooled ratio (all images ÷ all seconds). Segments are mined with the batch the whole
+  pool gets (`executor.loop.progress_batch_size` is pinned to it during the timed runs).
+- **P0**, the limit: `detector.net` alone on images decoded, letterboxed, converted to float and put in
+  the model's memory layout beforehand; only the forward is timed. The P0 in the table is pooled over all
+  paired P0 runs (its range is over segments).
+- **P1**: `executor.tasks.mine` (decode and letterbox in worker threads, batching, the scorer, progress),
+  wall time ÷ images. **P2**: the same for CALD, times 5 (the reference pass and four views), ÷ P0: the
+  share of the hardware CALD's five forwards per image get.
+- **P3**: entropy mining ÷ `YOLO(weights).predict(source=<folder>, stream=True, batch, imgsz, conf=0.25)`
+  on the same images, interleaved segment by segment with the entropy runs and their P0 runs. Note that
+  Ultralytics letterboxes a batch whose images share a shape to the smallest stride-multiple rectangle
+  (640×480 for most COCO images) where we always use the square `img_size` canvas. Ultralytics' CPU device set-up leaves torch 1 thread on 2 cores; after a warm-up
+  call its torch is given all cores again (as our detector does), so both sides use the same cores. The
+  table also gives the ratio with each side divided by the P0 measured around it.
+- **P4**: `start.py` in platform mode on a pool of N images and on 10 copies of it (distinct paths,
+  symlinks), same algorithm and batch; peak RSS of the child from `wait4`.
+- **P5**: `start.py` in platform mode on the COCO pool (template defaults, ALDD): seconds from spawning
+  the process to the first `monitor.txt` line with state 2 and progress > 0 (polled every 5 ms).
+- **P6**: `executor.tasks.infer` with `backend: onnx` (an Ultralytics ONNX export, dynamic batch, made
+  in a temp dir) ÷ with `backend: torch`, CPU, same images and batch.
+
+**Quality.** Per image, the model's errors at `conf_thres` 0.25 (`benchmarks/quality.py`): false
+negatives + false positives at IoU ≥ 0.5, class-aware, detections matched greedily by confidence to the
+unmatched ground-truth box of their class with the largest IoU. COCO `iscrowd` boxes and VOC
+`difficult` objects are ignored (missing them is no error; a detection on one is neither TP nor FP; crowd
+regions match by intersection over the detection's area, as COCO does), and so are detections of classes
+a dataset never labels (a COCO model's "bench" in a VOC image). Classes are mapped by name
+(`benchmarks/gt.py`; VOC names through `coco_names.txt`). Rankings: the scores of
+`executor.tasks.mine` for each algorithm; `random` = the project's random scorer, mean over seeds 0-9;
+`detections` = number of boxes the model keeps. Tied scores are broken at random (Q1/Q2 are averaged over
+200 tie-breaks).
+
+- **Q1**: share of all errors in the top 20% of images (round(0.2 N) images).
+- **Q2**: share of all errors in the images taken in score order until their ground-truth objects reach
+  20% of all objects (the image that crosses the budget is taken).
+- **Q3**: Spearman ρ between the score and the per-image error rate errors ÷ max(1, objects).
+
+The "not shipped" rows are other image scores over the same boxes (entropy averaged or maxed instead of
+summed, mean least-confidence `1 − conf`) and the oracle (score = the image's true error count), which
+bounds Q1 from above.
+"""

@@ -1,0 +1,452 @@
+"""Mining speed against the hardware limit, measured inside one process so that ratios survive a noisy host.
+
+- P0 `forward_throughput`: the model's raw batched forward (`detector.net`) on images decoded,
+  letterboxed, converted to float and moved to the device beforehand; only the forward is timed.
+- P1/P2 `mine_timed`: `executor.tasks.mine` (threaded decode + letterbox, batching, the scorer) on the
+  same images with the same settings, timed end to end, with a breakdown of where the time went.
+- P3 `ultralytics_predict`: what a user would script instead, `YOLO(w).predict(stream=True)`.
+- P4 `peak_rss_ratio` and P5 `first_progress`: `start.py` in platform mode in child processes.
+- P6 `onnx_vs_torch`: `executor.tasks.infer` with backend onnx vs torch.
+"""
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from executor.config import build_settings
+from executor.images import letterbox, read_image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logging.getLogger("benchmarks")
+
+
+def settings_for(weights: str, algorithm: str = "aldd", gpu_id: str = "", **extra):
+    """Template defaults (batch 16, 4 decode threads, conf 0.25, img_size 640) with the given changes."""
+    return build_settings("mining", {"model_params_path": [weights], "mining_algorithm": algorithm,
+                                     "gpu_id": gpu_id, **extra})
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------- P0: the model alone
+
+def decoded_canvases(keys, img_size: int, limit: int) -> list[np.ndarray]:
+    return [letterbox(read_image(k), img_size)[0] for k in keys[:limit]]
+
+
+def to_input(canvases: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Exactly what TorchDetector.forward feeds the network: float [0, 1], NCHW (channels_last on CPU)."""
+    x = torch.from_numpy(np.stack(canvases)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+
+
+@torch.inference_mode()
+def forward_throughput(detector, canvases: list[np.ndarray], batch: int, images: int, start: int = 0) -> dict:
+    """Images/s of `detector.net` alone over `images` images taken cyclically from `canvases` from
+    `start` on, in batches of `batch`. Input preparation is outside the timed region."""
+    device = detector.device
+    seconds, done, i = 0.0, 0, start
+    while done < images:
+        n = min(batch, images - done)
+        chunk = [canvases[(i + j) % len(canvases)] for j in range(n)]
+        x = to_input(chunk, device)
+        sync(device)
+        t0 = time.perf_counter()
+        detector.net(x)
+        sync(device)
+        seconds += time.perf_counter() - t0
+        done += n
+        i += n
+    return {"images": done, "seconds": seconds, "images_per_s": done / seconds}
+
+
+def warm_up(detector, canvases, batch: int, times: int = 3) -> None:
+    forward_throughput(detector, canvases, batch, batch * times)
+
+
+# ---------------------------------------------------------------- P1/P2: the real mining path, with a breakdown
+
+class Clock:
+    """Accumulates wall time per label; `wrap` returns a timed version of a callable."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap(self, label: str, fn, synchronize: bool = False):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if synchronize:
+                    sync(self.device)
+                self.seconds[label] += time.perf_counter() - t0
+                self.calls[label] += 1
+        return timed
+
+
+@contextmanager
+def instrumented(detector, scorer, clock: Clock):
+    """Time the network, predict (forward + NMS + maps), the scorer, and the scorers' helpers, by wrapping
+    them in this process only (instance attributes and module globals; restored afterwards)."""
+    import executor.images
+    import mining
+
+    patches = []
+
+    def patch(owner, name, label, synchronize=False):
+        original = getattr(owner, name)
+        in_dict = name in getattr(owner, "__dict__", {})
+        setattr(owner, name, clock.wrap(label, original, synchronize))
+        patches.append((owner, name, original, in_dict))
+
+    if hasattr(detector, "net"):
+        patch(detector, "net", "network", synchronize=True)
+    patch(detector, "predict", "predict")
+    patch(scorer, "score_batch", "score_batch")
+    for name, label in (("make_views", "cald_views"), ("cald_score", "cald_math"), ("aldd_scores", "aldd_math"),
+                        ("image_entropy", "entropy_math")):
+        if hasattr(mining, name):
+            patch(mining, name, label)
+    patch(executor.images, "letterbox", "view_letterbox")  # only CALD's views look it up there at call time
+    try:
+        yield clock
+    finally:
+        for owner, name, original, in_dict in reversed(patches):
+            if in_dict:
+                setattr(owner, name, original)
+            else:  # was a class attribute (a method): drop the instance override
+                delattr(owner, name)
+
+
+def breakdown(total: float, clock: Clock) -> dict:
+    """Seconds by stage; the stages partition the wall time of mine()."""
+    s = clock.seconds
+    network = s.get("network", 0.0)
+    predict = s.get("predict", 0.0)
+    math = sum(s.get(k, 0.0) for k in ("cald_math", "aldd_math", "entropy_math"))
+    views = s.get("cald_views", 0.0) + s.get("view_letterbox", 0.0)
+    scorer = s.get("score_batch", 0.0)
+    return {
+        "network": network,
+        "input_and_postprocess": predict - network,     # uint8 -> float, NMS, boxes to numpy, class maps
+        "cald_views": views,                             # augmenting and letterboxing CALD's views
+        "score_math": math,                              # entropy / ALDD / CALD formulas
+        "scorer_other": scorer - predict - views - math,  # glue in score_batch (stacking views, ...)
+        "loop_and_decode_wait": total - scorer,          # batching loop, waiting for decode threads, progress
+        "forward_passes": clock.calls.get("network", 0),
+    }
+
+
+@contextmanager
+def pinned_batch(batch: int):
+    """Make executor.loop use `batch` whatever the pool size: a segment of a pool is then mined with the
+    batch the whole pool gets (the loop caps small pools' batches only so progress moves every 1%)."""
+    import executor.loop
+
+    original = executor.loop.progress_batch_size
+    executor.loop.progress_batch_size = lambda requested, total: batch
+    try:
+        yield
+    finally:
+        executor.loop.progress_batch_size = original
+
+
+def mine_timed(keys, detector, settings) -> dict:
+    """executor.tasks.mine on `keys`, timed end to end: scores, images/s and a time breakdown."""
+    from executor.tasks import mine
+    from mining import get_scorer
+
+    scorer = get_scorer(settings)
+    clock = Clock(detector.device)
+    updates = []
+    with instrumented(detector, scorer, clock):
+        t0 = time.perf_counter()
+        result = mine(keys, detector, scorer, settings, updates.append)
+        total = time.perf_counter() - t0
+    return {"algorithm": settings.mining_algorithm, "images": len(keys), "seconds": total,
+            "images_per_s": len(keys) / total, "progress_updates": len(updates), "scores": [score for _, score in result],
+            "breakdown": breakdown(total, clock)}
+
+
+def profile_mining(keys, detector, settings, path: str, top: int = 40) -> str:
+    """cProfile of one mine() run; the top functions by cumulative time are written to `path`."""
+    import cProfile
+    import io
+    import pstats
+
+    from executor.tasks import mine
+    from mining import get_scorer
+
+    scorer = get_scorer(settings)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    mine(keys, detector, scorer, settings, lambda f: None)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(out.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------- P3: Ultralytics predict
+
+class UltralyticsPredict:
+    """What a user would script instead of our miner: YOLO(weights).predict(source=<folder>, stream=True).
+
+    Ultralytics reads a folder lazily (decode in the calling thread). Its CPU device set-up leaves torch
+    with cpu_count - 1 threads; after a warm-up call (which does that set-up) torch is given every core
+    again, as our detector does, so both sides use the same cores."""
+
+    def __init__(self, weights: str, warm_image: str, img_size: int, batch: int, device):
+        from ultralytics import YOLO
+
+        self.model = YOLO(weights)
+        self.kwargs = dict(imgsz=img_size, batch=batch, conf=0.25, device=device, verbose=False, stream=True)
+        for _ in self.model.predict(source=warm_image, **self.kwargs):
+            pass
+        self.threads_left = torch.get_num_threads()
+        if device == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    def run(self, folder: str, count: int) -> dict:
+        t0 = time.perf_counter()
+        seen = sum(1 for _ in self.model.predict(source=folder, **self.kwargs))
+        seconds = time.perf_counter() - t0
+        if seen != count:
+            raise RuntimeError(f"Ultralytics predicted {seen} images, expected {count}")
+        return {"images": seen, "seconds": seconds, "images_per_s": seen / seconds,
+                "torch_threads": torch.get_num_threads(), "threads_ultralytics_left": self.threads_left}
+
+
+# ---------------------------------------------------------------- P6: ONNX Runtime vs PyTorch
+
+def export_onnx(weights: str, folder: str, img_size: int) -> str:
+    """Ultralytics ONNX export (dynamic batch) of a copy of `weights` inside `folder`."""
+    from ultralytics import YOLO
+
+    copy = os.path.join(folder, os.path.basename(weights))
+    shutil.copyfile(weights, copy)
+    threads = torch.get_num_threads()
+    path = YOLO(copy).export(format="onnx", dynamic=True, imgsz=img_size, verbose=False)
+    torch.set_num_threads(threads)  # the exporter's device set-up changes it
+    return str(path)
+
+
+def infer_timed(keys, detector, settings) -> dict:
+    from executor.tasks import infer
+
+    t0 = time.perf_counter()
+    records = infer(keys, detector, settings, lambda f: None)
+    seconds = time.perf_counter() - t0
+    return {"images": len(keys), "seconds": seconds, "images_per_s": len(keys) / seconds,
+            "boxes": sum(len(v) for v in records.values())}
+
+
+def onnx_vs_torch(weights: str, keys, torch_detector, folder: str, reps: int = 1) -> dict:
+    """executor.tasks.infer with backend onnx and torch on the same images, alternating (torch first)."""
+    from executor.tasks import open_detector
+
+    onnx_path = export_onnx(weights, folder, torch_detector.img_size)
+    onnx_settings = settings_for(onnx_path, backend="onnx")
+    torch_settings = settings_for(weights, backend="torch")
+    onnx_detector = open_detector(onnx_settings, "")
+    infer_timed(keys[:4], onnx_detector, onnx_settings)  # warm-up
+    runs = {"torch": [], "onnx": []}
+    for _ in range(reps):
+        runs["torch"].append(infer_timed(keys, torch_detector, torch_settings))
+        runs["onnx"].append(infer_timed(keys, onnx_detector, onnx_settings))
+    out = {name: {"images_per_s": float(np.median([r["images_per_s"] for r in rs])),
+                  "boxes": rs[0]["boxes"]} for name, rs in runs.items()}
+    out["ratio"] = float(np.median([o["images_per_s"] / t["images_per_s"]
+                                    for o, t in zip(runs["onnx"], runs["torch"])]))
+    out["onnx_file_mb"] = os.path.getsize(onnx_path) / 2**20
+    return out
+
+
+# ---------------------------------------------------------------- P4/P5: start.py in child processes
+
+@dataclass
+class PlatformRun:
+    seconds_to_first_write: float | None = None
+    seconds_to_first_progress: float | None = None
+    seconds_total: float | None = None
+    peak_rss_mb: float | None = None
+    returncode: int | None = None
+    result_lines: int = 0
+    log_tail: list = field(default_factory=list)
+
+
+def make_platform_dirs(root: str, weights: str, images: list[str], config: dict) -> str:
+    """A minimal ymir /in + /out under `root` whose candidate index lists `images` verbatim (each entry a
+    distinct path: repeated pools use symlinks). Returns the env.yaml path."""
+    import yaml
+
+    indir, outdir = os.path.join(root, "in"), os.path.join(root, "out")
+    os.makedirs(os.path.join(indir, "models"), exist_ok=True)
+    os.makedirs(outdir, exist_ok=True)
+    model = os.path.join(indir, "models", os.path.basename(weights))
+    shutil.copyfile(weights, model)
+    index = os.path.join(indir, "candidate-index.tsv")
+    with open(index, "w", encoding="utf-8") as handle:
+        handle.writelines(os.path.abspath(p) + "\n" for p in images)  # the platform gives absolute paths
+    with open(os.path.join(indir, "config.yaml"), "w", encoding="utf-8") as handle:
+        yaml.safe_dump({"model_params_path": [model], **config}, handle)
+    env = {"task_id": "bench", "run_mining": True, "run_infer": False, "run_training": False,
+           "protocol_version": "1.1.0",
+           "input": {"root_dir": indir, "assets_dir": indir, "models_dir": os.path.join(indir, "models"),
+                     "annotations_dir": indir, "config_file": os.path.join(indir, "config.yaml"),
+                     "candidate_index_file": index},
+           "output": {"root_dir": outdir, "models_dir": os.path.join(outdir, "models"),
+                      "tensorboard_dir": os.path.join(outdir, "tensorboard"),
+                      "mining_result_file": os.path.join(outdir, "result.tsv"),
+                      "infer_result_file": os.path.join(outdir, "infer-result.json"),
+                      "training_result_file": os.path.join(outdir, "models", "result.yaml"),
+                      "monitor_file": os.path.join(outdir, "monitor.txt"),
+                      "executor_log_file": os.path.join(outdir, "ymir-executor-out.log")}}
+    env_path = os.path.join(indir, "env.yaml")
+    with open(env_path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(env, handle)
+    return env_path
+
+
+def repeated_pool(images: list[str], times: int, folder: str) -> list[str]:
+    """`times` copies of the pool as distinct paths (symlinks), copy after copy."""
+    os.makedirs(folder, exist_ok=True)
+    out = []
+    for r in range(times):
+        for path in images:
+            link = os.path.join(folder, f"r{r:03d}_{os.path.basename(path)}")
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(path), link)
+            out.append(link)
+    return out
+
+
+def link_pool(paths: list[str], folder: str) -> str:
+    """A folder holding exactly `paths` (as numbered symlinks, so repeats stay distinct); returns it."""
+    os.makedirs(folder, exist_ok=True)
+    for i, path in enumerate(paths):
+        link = os.path.join(folder, f"{i:06d}_{os.path.basename(path)}")
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(path), link)
+    return folder
+
+
+def read_monitor(path: str) -> tuple[float, int] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            fields = handle.readline().split("\t")
+        return float(fields[2]), int(fields[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_platform(env_path: str, stop_at_first_progress: bool = False, poll: float = 0.005,
+                 timeout: float = 3600.0) -> PlatformRun:
+    """`python start.py --env env.yaml` in a child process. Polls monitor.txt every `poll` seconds and
+    takes the child's peak RSS from wait4(). With `stop_at_first_progress` the child is terminated once a
+    line with state 2 and progress > 0 shows (its peak RSS is then not meaningful)."""
+    outdir = os.path.join(os.path.dirname(os.path.dirname(env_path)), "out")
+    monitor = os.path.join(outdir, "monitor.txt")
+    if os.path.exists(monitor):
+        os.unlink(monitor)
+    run = PlatformRun()
+    log_path = os.path.join(outdir, "child.log")
+    with open(log_path, "wb") as sink:
+        t0 = time.perf_counter()
+        child = subprocess.Popen([sys.executable, os.path.join(REPO, "start.py"), "--env", env_path], cwd=REPO,
+                                 stdout=sink, stderr=subprocess.STDOUT)
+        while True:
+            pid, wait_status, usage = os.wait4(child.pid, os.WNOHANG)
+            now = time.perf_counter() - t0
+            if pid:
+                break
+            state = read_monitor(monitor)
+            if state and run.seconds_to_first_write is None:
+                run.seconds_to_first_write = now
+            if state and state[0] > 0 and state[1] == 2 and run.seconds_to_first_progress is None:
+                run.seconds_to_first_progress = now
+                if stop_at_first_progress:
+                    child.terminate()
+            if now > timeout:
+                child.kill()
+            time.sleep(poll)
+    run.seconds_total = now
+    child.returncode = run.returncode = os.waitstatus_to_exitcode(wait_status)
+    run.peak_rss_mb = usage.ru_maxrss / 1024  # Linux reports kilobytes
+    result = os.path.join(outdir, "result.tsv")
+    if os.path.exists(result):
+        with open(result, encoding="utf-8") as handle:
+            run.result_lines = sum(1 for _ in handle)
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        run.log_tail = handle.read().splitlines()[-5:]
+    return run
+
+
+def peak_rss_ratio(weights: str, images: list[str], times: int, algorithm: str, batch: int, gpu_id: str,
+                   folder: str) -> dict:
+    """P4: peak RSS of mining `times` copies of the pool / peak RSS of one copy (same batch size)."""
+    config = {"mining_algorithm": algorithm, "batch_size_per_gpu": batch, "gpu_id": gpu_id}
+    out = {"algorithm": algorithm, "batch": batch, "pool": len(images), "times": times}
+    for label, pool in (("x1", repeated_pool(images, 1, os.path.join(folder, "pool1"))),
+                        (f"x{times}", repeated_pool(images, times, os.path.join(folder, f"pool{times}")))):
+        run = run_platform(make_platform_dirs(os.path.join(folder, label), weights, pool, config), poll=0.05)
+        if run.returncode != 0 or run.result_lines != len(pool):
+            raise RuntimeError(f"platform run {label} failed (rc {run.returncode}, {run.result_lines} lines): "
+                               + " | ".join(run.log_tail))
+        out[label] = {"images": len(pool), "peak_rss_mb": run.peak_rss_mb, "seconds": run.seconds_total,
+                      "images_per_s": len(pool) / run.seconds_total}
+    out["ratio"] = out[f"x{times}"]["peak_rss_mb"] / out["x1"]["peak_rss_mb"]
+    return out
+
+
+def first_progress(weights: str, images: list[str], algorithm: str, gpu_id: str, folder: str, reps: int) -> dict:
+    """P5: seconds from spawning `start.py` (platform mode, template defaults) to the first monitor.txt
+    line with state 2 and progress > 0; the child is then terminated. Median of `reps` runs."""
+    env_path = make_platform_dirs(folder, weights, images, {"mining_algorithm": algorithm, "gpu_id": gpu_id})
+    runs = [run_platform(env_path, stop_at_first_progress=True) for _ in range(reps)]
+    if any(r.seconds_to_first_progress is None for r in runs):
+        bad = next(r for r in runs if r.seconds_to_first_progress is None)
+        raise RuntimeError("no progress seen: " + " | ".join(bad.log_tail))
+    return {"algorithm": algorithm, "pool": len(images), "reps": reps,
+            "seconds": float(np.median([r.seconds_to_first_progress for r in runs])),
+            "all_seconds": [r.seconds_to_first_progress for r in runs],
+            "first_monitor_write_s": float(np.median([r.seconds_to_first_write for r in runs]))}
+
+
+def python_import_seconds() -> float:
+    """How long `import torch, ultralytics` takes in a fresh interpreter here (context for P5)."""
+    code = "import time; t=time.perf_counter(); import torch, ultralytics; print(time.perf_counter()-t)"
+    env = dict(os.environ, YOLO_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float("nan")
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=1, default=float)
+
+
+def scratch_dir(prefix: str = "quarry-bench-") -> str:
+    return tempfile.mkdtemp(prefix=prefix)

@@ -1,0 +1,150 @@
+"""The quality benchmark's own metric (benchmarks/quality.py, benchmarks/gt.py) on hand-made examples:
+the benchmark trusts these numbers, so they are checked against values worked out by hand."""
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import gt, quality
+
+
+def truth(boxes=(), cls=(), ignore=(), ignore_cls=(), crowd=True):
+    return gt._truth("img.jpg", list(boxes), list(cls), list(ignore), list(ignore_cls), crowd)
+
+
+def test_errors_tp_fp_fn_class_aware():
+    t = truth(boxes=[[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], cls=[0, 0, 1])
+    dets = np.array([[0, 0, 10, 10],      # TP (class 0, IoU 1)
+                     [21, 21, 31, 31],    # TP (class 0, IoU 81/119 = 0.68)
+                     [40, 40, 50, 50],    # right place, wrong class -> FP, and the class-1 box is missed
+                     [100, 100, 110, 110]])  # nothing there -> FP
+    e = quality.count_errors(dets, [0.9, 0.8, 0.7, 0.6], [0, 0, 2, 0], t)
+    assert (e.tp, e.fp, e.fn, e.ignored, e.errors) == (2, 2, 1, 0, 3)
+
+
+def test_errors_iou_threshold_and_duplicates():
+    t = truth(boxes=[[0, 0, 10, 10]], cls=[0])
+    # IoU of [0,0,10,5] with the box is 0.5 exactly: a match; the lower-scored duplicate is a FP
+    e = quality.count_errors([[0, 0, 10, 10], [0, 0, 10, 5]], [0.5, 0.9], [0, 0], t)
+    assert (e.tp, e.fp, e.fn) == (1, 1, 0)
+    # just under 0.5: no match -> one FP and one FN
+    e = quality.count_errors([[0, 0, 10, 4.9]], [0.9], [0], t)
+    assert (e.tp, e.fp, e.fn) == (0, 1, 1)
+
+
+def test_errors_greedy_by_confidence():
+    # the higher-scored detection takes the box even though the other one overlaps it better
+    t = truth(boxes=[[0, 0, 10, 10]], cls=[0])
+    e = quality.count_errors([[0, 0, 10, 10], [0, 0, 10, 7]], [0.3, 0.9], [0, 0], t)
+    assert (e.tp, e.fp, e.fn) == (1, 1, 0)
+
+
+def test_crowd_and_difficult_regions_are_ignored():
+    # COCO crowd: a detection inside the crowd region (intersection / detection area >= 0.5) is ignored,
+    # even though its IoU with the big region is tiny; the crowd itself is never a miss
+    crowd = truth(boxes=[], cls=[], ignore=[[0, 0, 100, 100]], ignore_cls=[0], crowd=True)
+    e = quality.count_errors([[10, 10, 20, 20], [10, 10, 20, 20]], [0.9, 0.8], [0, 1], crowd)
+    assert (e.tp, e.fp, e.fn, e.ignored) == (0, 1, 0, 1)  # class 1 is not the crowd's class: FP
+    # VOC difficult: matched by IoU, so a small box inside a difficult object is a FP
+    hard = truth(boxes=[], cls=[], ignore=[[0, 0, 100, 100]], ignore_cls=[0], crowd=False)
+    e = quality.count_errors([[10, 10, 20, 20], [0, 0, 100, 90]], [0.9, 0.8], [0, 0], hard)
+    assert (e.tp, e.fp, e.fn, e.ignored) == (0, 1, 0, 1)
+    # a real box is preferred over an ignore region
+    both = truth(boxes=[[0, 0, 100, 100]], cls=[0], ignore=[[0, 0, 100, 100]], ignore_cls=[0], crowd=False)
+    e = quality.count_errors([[0, 0, 100, 100]], [0.9], [0], both)
+    assert (e.tp, e.fp, e.fn, e.ignored) == (1, 0, 0, 0)
+
+
+def test_unlabelled_classes_are_ignored():
+    t = truth(boxes=[[0, 0, 10, 10]], cls=[0])
+    e = quality.count_errors([[50, 50, 60, 60], [0, 0, 10, 10]], [0.9, 0.8], [13, 0], t, classes={0, 1})
+    assert (e.tp, e.fp, e.fn, e.ignored) == (1, 0, 0, 1)
+
+
+def test_no_detections_no_truth():
+    e = quality.count_errors(np.zeros((0, 4)), [], [], truth())
+    assert (e.tp, e.fp, e.fn, e.errors) == (0, 0, 0, 0)
+
+
+def test_capture_at_image_budget():
+    errors = np.array([5, 0, 3, 2, 0, 0, 0, 0, 0, 0])  # 10 errors, 10 images -> top 2 images
+    scores = np.array([0.9, 0.8, 0.1, 0.7, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6])
+    assert quality.capture_images(scores, errors) == pytest.approx(0.5)            # images 0, 1
+    assert quality.capture_images(errors, errors) == pytest.approx(0.8)            # oracle: 5 + 3
+
+
+def test_capture_at_image_budget_reverse_order_worked_out():
+    errors = np.array([5, 0, 3, 2, 0, 0, 0, 0, 0, 0])
+    scores = -np.array([0.9, 0.8, 0.1, 0.7, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6])
+    # top 2 of the negated scores: image 4 (-0.0) then image 2 (-0.1): 0 + 3 = 3 of 10
+    assert quality.capture_images(scores, errors) == pytest.approx(0.3)
+
+
+def test_capture_ties_are_broken_at_random():
+    # 5 images, all tied, 1 of them holds all 4 errors: top round(0.2*5)=1 image holds it 1 time in 5
+    errors = np.array([4, 0, 0, 0, 0])
+    value = quality.capture_images(np.zeros(5), errors, draws=4000)
+    assert value == pytest.approx(0.2, abs=0.03)
+    # a strictly better score is never tied with the rest
+    assert quality.capture_images(np.array([1, 0, 0, 0, 0]), errors) == 1.0
+
+
+def test_capture_at_object_budget():
+    objects = np.array([10, 2, 3, 0, 5])     # 20 objects -> budget 4
+    errors = np.array([6, 2, 1, 1, 0])       # 10 errors
+    # order 1, 3, 2, 0, 4: image 1 (2 objects, spent 0 < 4), image 3 (0 objects, spent 2), image 2
+    # (3 objects, spent 2 < 4: crosses the budget, taken), then image 0 starts at 5 >= 4: stop
+    scores = np.array([0.2, 0.9, 0.5, 0.6, 0.1])
+    assert quality.capture_objects(scores, errors, objects) == pytest.approx((2 + 1 + 1) / 10)
+    # a crowded image first eats the whole budget at once
+    assert quality.capture_objects(objects, errors, objects) == pytest.approx(6 / 10)
+
+
+def test_spearman_against_error_rate():
+    errors = np.array([0, 1, 4, 3])
+    objects = np.array([0, 1, 2, 6])       # rates 0, 1, 2, 0.5
+    assert quality.spearman(np.array([0, 2, 3, 1]), errors, objects) == pytest.approx(1.0)
+    assert quality.spearman(-np.array([0, 2, 3, 1]), errors, objects) == pytest.approx(-1.0)
+    assert np.isnan(quality.spearman(np.ones(4), errors, objects))
+
+
+def test_random_baseline_is_near_the_budget():
+    rng = np.random.default_rng(0)
+    n = 400
+    errors, objects = rng.integers(0, 6, n), rng.integers(0, 10, n)
+    keys = [f"img{i}.jpg" for i in range(n)]
+    base = quality.random_baseline(keys, errors, objects)
+    assert base["q1"] == pytest.approx(0.2, abs=0.05)
+    assert abs(base["q3"]) < 0.1
+
+
+def test_coco_loader_maps_by_name_and_keeps_crowds_apart(tmp_path):
+    (tmp_path / "images").mkdir()
+    data = {"images": [{"id": 7, "file_name": "b.jpg", "width": 100, "height": 80},
+                       {"id": 3, "file_name": "a.jpg", "width": 100, "height": 80}],
+            "categories": [{"id": 1, "name": "person"}, {"id": 90, "name": "toothbrush"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 90, "bbox": [1, 2, 10, 20], "iscrowd": 0},
+                            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 50, 50], "iscrowd": 1}]}
+    (tmp_path / "annotations.json").write_text(json.dumps(data))
+    ds = gt.load_coco(str(tmp_path), ["toothbrush", "cat", "person"])
+    assert [i.path.rsplit("/", 1)[1] for i in ds.images] == ["a.jpg", "b.jpg"]
+    b = ds.images[1]
+    assert b.boxes.tolist() == [[1, 2, 11, 22]] and b.cls.tolist() == [0]
+    assert b.ignore_boxes.tolist() == [[0, 0, 50, 50]] and b.ignore_cls.tolist() == [2] and b.crowd
+    assert ds.images[0].objects == 0 and ds.classes == {0, 2}
+
+
+def test_voc_loader_renames_and_ignores_difficult(tmp_path):
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages" / "x.jpg").write_bytes(b"")
+    (tmp_path / "coco_names.txt").write_text("sofa\tcouch\nperson\tperson\n")
+    obj = "<object><name>{}</name><difficult>{}</difficult><bndbox><xmin>{}</xmin><ymin>1</ymin>" \
+          "<xmax>10</xmax><ymax>10</ymax></bndbox></object>"
+    (tmp_path / "Annotations" / "x.xml").write_text(
+        "<annotation>" + obj.format("sofa", 0, 1) + obj.format("person", 1, 5) + "</annotation>")
+    ds = gt.load_voc(str(tmp_path), ["person", "couch", "dog"])
+    x = ds.images[0]
+    assert x.boxes.tolist() == [[0, 0, 10, 10]] and x.cls.tolist() == [1]   # 1-based inclusive -> edges
+    assert x.ignore_boxes.tolist() == [[4, 0, 10, 10]] and x.ignore_cls.tolist() == [0] and not x.crowd
+    assert ds.classes == {0, 1}
