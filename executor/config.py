@@ -292,6 +292,7 @@ RULES: dict[str, Rule] = {
     "iou_thres": number(0.0, 1.0),
     "max_det": integer(1, 100000),
     "entropy_aggregation": choice("sum", "mean", "max"),
+    "entropy_conf_thres": number(0.0, 1.0),
     "batch_size_per_gpu": integer(1, 4096),
     "num_workers_per_gpu": integer(0, 256),
     "pin_memory": boolean(),

@@ -37,9 +37,12 @@ class EntropyScorer:
 
     def __init__(self, settings):
         self.aggregation = settings.entropy_aggregation
+        self.conf_thres = settings.entropy_conf_thres
 
     def score_batch(self, batch, detector) -> np.ndarray:
-        prediction = detector.predict(batch.canvases, batch.boxes)
+        # the same forward, but NMS keeps boxes down to entropy_conf_thres: the doubtful ones carry the signal
+        scoring = detector.with_postprocess(self.conf_thres, detector.iou_thres, detector.max_det)
+        prediction = scoring.predict(batch.canvases, batch.boxes)
         return np.array([image_entropy(d.probs, self.aggregation) for d in prediction.detections])
 
 
