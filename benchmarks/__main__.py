@@ -329,8 +329,8 @@ def main(argv=None) -> int:
 
     # ---- P6, P4, P5
     if "p6" not in args.skip and args.device == "cpu":
-        n = len(coco.paths)
-        results["p6"] = speed.onnx_vs_torch(args.weights, coco.paths[:n], detector, tmp_dir("p6"), reps=args.reps)
+        results["p6"] = speed.onnx_vs_torch(args.weights, split(coco.paths, args.segments), detector, tmp_dir("p6"),
+                                            progress_batch_size(base.batch_size_per_gpu, len(coco.paths)))
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         log.info("P6 onnx/torch %.3f", results["p6"]["ratio"])
     if "p4" not in args.skip:
