@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     gpu_id = "0" if args.device == "cuda" else ""
     base = speed.settings_for(args.weights, "entropy", gpu_id)
     detector = open_detector(base, "")
-    results = {"command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    results = {"command": ("python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))).strip(),
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": machine_info(detector.device), "load_before": load(), "settings": {
                    "img_size": detector.img_size, "conf_thres": base.conf_thres, "iou_thres": base.iou_thres,

@@ -207,6 +207,7 @@ def run_block(r: dict, level: str = "##", with_quality: bool = True) -> list[str
         f"`{r['command']}`: {fmt(r['wall_seconds'] / 60, 1)} min, {met} of {len(s['targets'])} targets met.",
         "",
         *machine_lines(r),
+        *([f"- Note: {r['note']}"] if r.get("note") else []),
         "",
         f"{level}# Speed (COCO val pool of {r['speed']['pool']} images, effective batch {r['speed']['batch']})",
         "",
