@@ -19,6 +19,8 @@ for the `detections` baseline, whose scores are small integers.)
 from dataclasses import dataclass
 
 import numpy as np
+
+from mining.cald import box_iou
 from scipy.stats import spearmanr
 
 IOU_THRESHOLD = 0.5
@@ -39,19 +41,6 @@ class ImageErrors:
         return self.fp + self.fn
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU (N, M) of xyxy boxes; degenerate boxes give 0."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def ioa_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Intersection over the area of a (N, M): how COCO matches a detection to a crowd region."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
@@ -70,11 +59,11 @@ def count_errors(det_xyxy, det_conf, det_cls, truth, classes=None, iou_threshold
     det_conf = np.asarray(det_conf, np.float64).reshape(-1)
     det_cls = np.asarray(det_cls, np.int64).reshape(-1)
     order = np.argsort(-det_conf, kind="stable")
-    iou = iou_matrix(det_xyxy, truth.boxes)
+    iou = box_iou(det_xyxy, truth.boxes)
     if truth.crowd:
         ign = ioa_matrix(det_xyxy, truth.ignore_boxes)
     else:
-        ign = iou_matrix(det_xyxy, truth.ignore_boxes)
+        ign = box_iou(det_xyxy, truth.ignore_boxes)
     matched = np.zeros(len(truth.boxes), bool)
     tp = fp = ignored = 0
     for d in order:
