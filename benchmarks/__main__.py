@@ -133,7 +133,7 @@ def detect_pass(keys, detector, settings) -> dict:
 
     detector = detector.with_postprocess(ANALYSIS_CONF, detector.iou_thres, 1000)
     run_batches(keys, detector.img_size, settings.batch_size_per_gpu, settings.num_workers_per_gpu, on_batch,
-                lambda f: None)
+                lambda f: None, detector.rect_stride)
     return found
 
 
@@ -234,7 +234,8 @@ def main(argv=None) -> int:
     pool = coco.paths * args.pool_repeat
     batch = progress_batch_size(base.batch_size_per_gpu, len(pool))
     log.info("speed pool: %d images (%d distinct), effective batch %d", len(pool), len(coco.paths), batch)
-    canvas_of = dict(zip(coco.paths, speed.decoded_canvases(coco.paths, detector.img_size, len(coco.paths))))
+    canvas_of = dict(zip(coco.paths, speed.decoded_canvases(coco.paths, detector.img_size, len(coco.paths),
+                                                                detector.rect_stride)))
     speed.warm_up(detector, list(canvas_of.values()), batch)
     segments = split(pool, args.segments)
     sp = {"pool": len(pool), "distinct_images": len(coco.paths), "batch": batch, "segments": len(segments),

@@ -300,8 +300,10 @@ P0, P1, P2 and P3 all use that effective batch.
   share of the hardware CALD's five forwards per image get.
 - **P3**: entropy mining ÷ `YOLO(weights).predict(source=<folder>, stream=True, batch, imgsz, conf=0.25)`
   on the same images, interleaved segment by segment with the entropy runs and their P0 runs. Note that
-  Ultralytics letterboxes a batch whose images share a shape to the smallest stride-multiple rectangle
-  (640×480 for most COCO images) where we always use the square `img_size` canvas. Ultralytics' CPU device set-up leaves torch 1 thread on 2 cores; after a warm-up
+  Both sides letterbox to rectangles: Ultralytics a batch whose images share one original size to the
+  smallest stride-multiple rectangle (else the square), our loop every image to its own smallest
+  rectangle (640×480 for most COCO images), batching images of one canvas shape together (P0 uses the
+  same canvases and batches). Ultralytics' CPU device set-up leaves torch 1 thread on 2 cores; after a warm-up
   call its torch is given all cores again (as our detector does), so both sides use the same cores. The
   table also gives the ratio with each side divided by the P0 measured around it.
 - **P4**: `start.py` in platform mode on a pool of N images and on 10 copies of it (distinct paths,

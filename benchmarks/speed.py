@@ -43,8 +43,18 @@ def sync(device: torch.device) -> None:
 
 # ---------------------------------------------------------------- P0: the model alone
 
-def decoded_canvases(keys, img_size: int, limit: int) -> list[np.ndarray]:
-    return [letterbox(read_image(k), img_size)[0] for k in keys[:limit]]
+def decoded_canvases(keys, img_size: int, limit: int, stride: int | None = None) -> list[np.ndarray]:
+    """The network inputs the mining loop makes (square, or rectangles of `stride` multiples)."""
+    return [letterbox(read_image(k), img_size, stride)[0] for k in keys[:limit]]
+
+
+def shape_batches(canvases: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """Batches of at most `batch` canvases of one shape, as the mining loop forms them (shapes in order of
+    first appearance; the last batch of each shape may be short)."""
+    groups: dict[tuple, list[np.ndarray]] = {}
+    for canvas in canvases:
+        groups.setdefault(canvas.shape, []).append(canvas)
+    return [group[i:i + batch] for group in groups.values() for i in range(0, len(group), batch)]
 
 
 def to_input(canvases: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -56,25 +66,25 @@ def to_input(canvases: list[np.ndarray], device: torch.device) -> torch.Tensor:
 @torch.inference_mode()
 def forward_throughput(detector, canvases: list[np.ndarray], batch: int, images: int, start: int = 0) -> dict:
     """Images/s of `detector.net` alone over `images` images taken cyclically from `canvases` from
-    `start` on, in batches of `batch`. Input preparation is outside the timed region."""
+    `start` on, in batches of at most `batch` canvases of one shape. Input preparation is outside the
+    timed region."""
     device = detector.device
-    seconds, done, i = 0.0, 0, start
-    while done < images:
-        n = min(batch, images - done)
-        chunk = [canvases[(i + j) % len(canvases)] for j in range(n)]
+    taken = [canvases[(start + j) % len(canvases)] for j in range(images)]
+    seconds = 0.0
+    for chunk in shape_batches(taken, batch):
         x = to_input(chunk, device)
         sync(device)
         t0 = time.perf_counter()
         detector.net(x)
         sync(device)
         seconds += time.perf_counter() - t0
-        done += n
-        i += n
-    return {"images": done, "seconds": seconds, "images_per_s": done / seconds}
+    return {"images": images, "seconds": seconds, "images_per_s": images / seconds}
 
 
 def warm_up(detector, canvases, batch: int, times: int = 3) -> None:
-    forward_throughput(detector, canvases, batch, batch * times)
+    """`times` batches of every canvas shape (a backend may prepare its kernels per input shape)."""
+    for shape in {c.shape for c in canvases}:
+        forward_throughput(detector, [c for c in canvases if c.shape == shape], batch, batch * times)
 
 
 # ---------------------------------------------------------------- P1/P2: the real mining path, with a breakdown
@@ -240,15 +250,12 @@ class UltralyticsPredict:
 # ---------------------------------------------------------------- P6: ONNX Runtime vs PyTorch
 
 def export_onnx(weights: str, folder: str, img_size: int) -> str:
-    """Ultralytics ONNX export (dynamic batch) of a copy of `weights` inside `folder`."""
-    from ultralytics import YOLO
+    """The project's ONNX export (any batch, height and width) of `weights`, inside `folder`."""
+    from executor.model import export_onnx as export
 
-    copy = os.path.join(folder, os.path.basename(weights))
-    shutil.copyfile(weights, copy)
-    threads = torch.get_num_threads()
-    path = YOLO(copy).export(format="onnx", dynamic=True, imgsz=img_size, verbose=False)
-    torch.set_num_threads(threads)  # the exporter's device set-up changes it
-    return str(path)
+    path = os.path.join(folder, "model.onnx")
+    export(weights, path, img_size, 0, dynamic=True)
+    return path
 
 
 def infer_timed(keys, detector, settings) -> dict:

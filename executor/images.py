@@ -49,7 +49,7 @@ def truncated_jpeg(path: str) -> bool:
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How an original image maps into the square network input: input = original * ratio + (pad_x, pad_y)."""
+    """How an original image maps into its network input (canvas): input = original * ratio + (pad_x, pad_y)."""
     ratio: float
     pad_x: float
     pad_y: float
@@ -64,14 +64,21 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio so the long side is `size`, centre it on a size×size grey canvas."""
+def letterbox(image: np.ndarray, size: int, stride: int | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio so the long side is `size`, centre it on a grey canvas: size×size, or,
+    with `stride`, the smallest rectangle of stride multiples that holds it (640×480 for a 4:3 photo at 640:
+    a quarter fewer pixels to compute). The canvas depends only on the image, never on its batch."""
     height, width = image.shape[:2]
     ratio = min(size / height, size / width)
     new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
     if (new_w, new_h) != (width, height):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    left, top = (size - new_w) // 2, (size - new_h) // 2
-    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    canvas_h, canvas_w = (size, size) if stride is None else (_round_up(new_h, stride), _round_up(new_w, stride))
+    left, top = (canvas_w - new_w) // 2, (canvas_h - new_h) // 2
+    canvas = np.full((canvas_h, canvas_w, 3), PAD_VALUE, dtype=np.uint8)
     canvas[top:top + new_h, left:left + new_w] = image
     return canvas, Letterbox(ratio, float(left), float(top), height, width)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple

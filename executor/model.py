@@ -83,16 +83,18 @@ def round_img_size(img_size: int, stride: int) -> int:
 
 # ---------------------------------------------------------------- post-processing (both backends)
 
-def level_shapes(img_size: int, strides=DEFAULT_STRIDES) -> list[tuple[int, int]]:
-    return [(img_size // s, img_size // s) for s in strides]
+def level_shapes(canvas: tuple[int, int], strides=DEFAULT_STRIDES) -> list[tuple[int, int]]:
+    return [(canvas[0] // s, canvas[1] // s) for s in strides]
 
 
-def class_maps(raw: torch.Tensor, img_size: int, strides=DEFAULT_STRIDES) -> list[torch.Tensor]:
-    """The class probabilities of `raw` (B, 4+C, A) as one (B, C, h, w) map per head level (views, no copy)."""
+def class_maps(raw: torch.Tensor, canvas: tuple[int, int], strides=DEFAULT_STRIDES) -> list[torch.Tensor]:
+    """The class probabilities of `raw` (B, 4+C, A) for input canvases of (height, width) as one (B, C, h, w)
+    map per head level (views, no copy)."""
     probs = raw[:, 4:, :]
-    shapes = level_shapes(img_size, strides)
+    shapes = level_shapes(canvas, strides)
     if sum(h * w for h, w in shapes) != probs.shape[2]:
-        raise ModelError(f"head output has {probs.shape[2]} anchor points; expected {shapes} for img_size {img_size}")
+        raise ModelError(f"head output has {probs.shape[2]} anchor points; expected {shapes} for an input of "
+                         f"{canvas[0]}x{canvas[1]}")
     maps, start = [], 0
     for h, w in shapes:
         maps.append(probs[:, :, start:start + h * w].unflatten(2, (h, w)))
@@ -129,11 +131,14 @@ def postprocess(raw: torch.Tensor, boxes: list[Letterbox], conf_thres: float, io
 # ---------------------------------------------------------------- detectors
 
 class Detector:
-    """A loaded detection model with its post-processing settings. Subclasses implement `forward`."""
+    """A loaded detection model with its post-processing settings. Subclasses implement `forward`.
+
+    `rect_stride`: canvases may be any rectangle of multiples of it (None: only img_size × img_size)."""
     names: list[str]
     img_size: int
     device: torch.device
     strides = DEFAULT_STRIDES
+    rect_stride: int | None = None
 
     def __init__(self, weights: str, conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 100):
         self.weights = weights
@@ -150,13 +155,13 @@ class Detector:
         return len(self.names)
 
     def forward(self, canvases: np.ndarray) -> torch.Tensor:
-        """(B, S, S, 3) uint8 RGB letterboxed images → raw head output (B, 4+C, A) on self.device."""
+        """(B, H, W, 3) uint8 RGB letterboxed images → raw head output (B, 4+C, A) on self.device."""
         raise NotImplementedError
 
     def predict(self, canvases: np.ndarray, boxes: list[Letterbox]) -> Prediction:
         raw = self.forward(canvases)
         return Prediction(postprocess(raw, boxes, self.conf_thres, self.iou_thres, self.max_det),
-                          class_maps(raw, self.img_size, self.strides))
+                          class_maps(raw, canvases.shape[1:3], self.strides))
 
 
 class TorchDetector(Detector):
@@ -167,6 +172,7 @@ class TorchDetector(Detector):
         self.names = names
         self.strides = strides
         self.img_size = round_img_size(img_size, max(strides))
+        self.rect_stride = max(strides)
         net = net.to(device).float().eval()
         if device.type == "cpu":
             net = net.to(memory_format=torch.channels_last)  # ~30% faster convolutions on CPU
@@ -194,7 +200,8 @@ def load_torch_model(weights: str):
         raise ModelError(f"cannot load weights {weights}: {type(exc).__name__}: {exc}") from exc
     if model.task != "detect":
         raise ModelError(f"weights {weights} are a '{model.task}' model; a detection model is needed")
-    net = model.model.fuse() if hasattr(model.model, "fuse") else model.model
+    # verbose=False: the default also counts the model's FLOPs (a deep copy and a profiled forward, ~1 s on CPU)
+    net = model.model.fuse(verbose=False) if hasattr(model.model, "fuse") else model.model
     head = net.model[-1]
     if getattr(head, "end2end", False):
         head.end2end = False  # keep the dense one-to-many output that NMS and ALDD work on
@@ -226,6 +233,7 @@ class OnnxDetector(Detector):
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         fixed_size = inp.shape[2] if isinstance(inp.shape[2], int) else None
         self.img_size = fixed_size or round_img_size(img_size, 32)
+        self.rect_stride = None if fixed_size else max(self.strides)  # an export with dynamic height and width
         if fixed_size and fixed_size != img_size:
             log.warning("ONNX model %s has a fixed input size %d; img_size %d is ignored", weights, fixed_size, img_size)
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -489,8 +497,9 @@ def export_weights(checkpoint: str, target: str) -> None:
     os.replace(tmp, target)
 
 
-def export_onnx(weights: str, target: str, img_size: int, opset: int) -> None:
-    """ONNX export of `weights` (static 1×3×img_size² input, raw head output as the detector expects)."""
+def export_onnx(weights: str, target: str, img_size: int, opset: int, dynamic: bool = False) -> None:
+    """ONNX export of `weights` with the raw head output the detector expects: a static 1×3×img_size² input
+    (what platforms import), or with `dynamic` any batch, height and width (rectangular batches)."""
     import shutil
     import tempfile
 
@@ -500,6 +509,8 @@ def export_onnx(weights: str, target: str, img_size: int, opset: int) -> None:
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(target))) as scratch:
         copy = os.path.join(scratch, os.path.splitext(os.path.basename(target))[0] + ".pt")
         shutil.copyfile(weights, copy)  # Ultralytics writes the .onnx next to the weights it exports
+        threads = torch.get_num_threads()
         produced = YOLO(copy, task="detect").export(format="onnx", imgsz=img_size, opset=opset or None,
-                                                    simplify=True, device="cpu")
+                                                    simplify=True, dynamic=dynamic, device="cpu")
+        torch.set_num_threads(threads)  # the exporter's CPU device set-up lowers it
         os.replace(str(produced), target)

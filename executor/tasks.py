@@ -92,7 +92,7 @@ def mine(keys: Sequence[str], detector: Detector | None, scorer, settings: Setti
         scores.update(zip(batch.keys, batch_scores.tolist()))
 
     failures = run_batches(keys, detector.img_size if detector else settings.img_size, settings.batch_size_per_gpu,
-                           settings.num_workers_per_gpu, on_batch, progress)
+                           settings.num_workers_per_gpu, on_batch, progress, detector and detector.rect_stride)
     fail_if_all_unreadable(keys, failures)
     elapsed = time.monotonic() - start
     log.info("mined %d images with %s in %.1f s (%.1f images/s), %d unreadable", len(keys),
@@ -110,7 +110,7 @@ def infer(keys: Sequence[str], detector: Detector, settings: Settings, progress:
                 box_record(xyxy, detector.names[cls], conf) for xyxy, cls, conf in zip(det.xyxy, det.cls, det.conf)]
 
     failures = run_batches(keys, detector.img_size, settings.batch_size_per_gpu, settings.num_workers_per_gpu,
-                           on_batch, progress)
+                           on_batch, progress, detector.rect_stride)
     fail_if_all_unreadable(keys, failures)
     return records
 

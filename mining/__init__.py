@@ -79,7 +79,7 @@ class CaldScorer:
                 continue
             rng = np.random.default_rng(image_seed(self.seed, key))
             for view, moved in make_views(image, ref.xyxy, rng):
-                canvas, box = letterbox(view, detector.img_size)
+                canvas, box = letterbox(view, detector.img_size, detector.rect_stride)  # views keep the image's size
                 owners.append(i), view_boxes.append(moved), canvases.append(canvas), boxes.append(box)
         step = max(1, len(batch.keys))
         view_dets = []

@@ -75,6 +75,36 @@ def test_letterbox_keeps_aspect_and_maps_back():
     np.testing.assert_allclose(outside, [[0, 0, 200, 100]])  # clipped to the original image
 
 
+def test_rectangular_letterbox_is_the_smallest_stride_multiple():
+    canvas, box = letterbox(np.zeros((427, 640, 3), np.uint8), 640, stride=32)
+    assert canvas.shape == (448, 640, 3) and box.ratio == 1 and (box.pad_x, box.pad_y) == (0, 10)
+    assert (canvas[:10] == PAD_VALUE).all() and (canvas[10:437] == 0).all() and (canvas[437:] == PAD_VALUE).all()
+    canvas, box = letterbox(np.zeros((200, 100, 3), np.uint8), 64, stride=32)  # portrait, scaled down
+    assert canvas.shape == (64, 32, 3) and box.ratio == pytest.approx(0.32) and box.pad_x == 0
+    back = box.to_original(np.array([[0.0, 0.0, 32.0, 64.0]], np.float32))
+    np.testing.assert_allclose(back, [[0, 0, 100, 200]], atol=0.5)
+    assert letterbox(np.zeros((64, 64, 3), np.uint8), 64, stride=32)[0].shape == (64, 64, 3)
+
+
+def test_loop_batches_one_canvas_shape_at_a_time(tmp_path):
+    import cv2
+
+    files = {}
+    for h, w in [(40, 80), (80, 40), (64, 64)]:
+        files[h, w] = str(tmp_path / f"{h}x{w}.png")
+        cv2.imwrite(files[h, w], np.zeros((h, w, 3), np.uint8))
+    pattern = [(40, 80), (80, 40), (40, 80), (64, 64), (80, 40), (40, 80), (40, 80), (80, 40), (40, 80)]
+    keys = [files[shape] for shape in pattern] * 25  # 225 images: batches of 2 (progress every 1%)
+    batches, fractions = [], []
+    run_batches(keys, 64, 16, 2, lambda b: batches.append((b.keys, b.canvases.shape)), fractions.append, stride=32)
+    assert sorted(k for ks, _ in batches for k in ks) == sorted(keys)  # every image once
+    canvas_of = {files[40, 80]: (32, 64), files[80, 40]: (64, 32), files[64, 64]: (64, 64)}
+    for batch_keys, shape in batches:
+        assert shape[0] == len(batch_keys) <= 2 and {canvas_of[k] for k in batch_keys} == {shape[1:3]}
+    assert sum(len(ks) == 2 for ks, _ in batches) >= 100  # full batches, not one image at a time
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
+
+
 def test_loop_reports_unreadable_images_and_keeps_order(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")

@@ -23,14 +23,30 @@ def onnx_weights(tmp_path_factory):
     return target
 
 
-def detect(detector, paths):
-    boxed = [letterbox(read_image(str(p)), detector.img_size) for p in paths]
-    return detector.predict(np.stack([c for c, _ in boxed]), [b for _, b in boxed]).detections
+@pytest.fixture(scope="module")
+def dynamic_onnx_weights(tmp_path_factory):
+    target = tmp_path_factory.mktemp("onnx") / "yolov8n-dynamic.onnx"
+    export_onnx(str(WEIGHTS), str(target), 640, 0, dynamic=True)
+    return target
 
 
-def test_onnx_and_torch_give_the_same_boxes(onnx_weights):
-    torch_dets = detect(load_detector(str(WEIGHTS), "auto", "", 640), SAMPLES)
-    onnx_dets = detect(load_detector(str(onnx_weights), "auto", "", 640), SAMPLES)
+def detect(detector, paths, stride=None):
+    """One image at a time: rectangular canvases differ in shape."""
+    found = []
+    for p in paths:
+        canvas, box = letterbox(read_image(str(p)), detector.img_size, stride)
+        found += detector.predict(canvas[None], [box]).detections
+    return found
+
+
+@pytest.mark.parametrize("export", ["static", "dynamic"])
+def test_onnx_and_torch_give_the_same_boxes(export, onnx_weights, dynamic_onnx_weights):
+    onnx_detector = load_detector(str(onnx_weights if export == "static" else dynamic_onnx_weights), "auto", "", 640)
+    torch_detector = load_detector(str(WEIGHTS), "auto", "", 640)
+    # a static export takes only img_size squares; a dynamic one takes the same rectangles as PyTorch
+    assert torch_detector.rect_stride == 32 and onnx_detector.rect_stride == (None if export == "static" else 32)
+    stride = onnx_detector.rect_stride
+    torch_dets, onnx_dets = detect(torch_detector, SAMPLES, stride), detect(onnx_detector, SAMPLES, stride)
     assert sum(len(d) for d in torch_dets) > 20
     for t, o in zip(torch_dets, onnx_dets):
         assert len(t) == len(o)

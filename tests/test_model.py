@@ -49,11 +49,16 @@ def test_class_maps_match_the_head(detector):
 
 def test_class_maps_are_level_by_level_row_major():
     raw = torch.arange(2 * 5 * (16 + 4 + 1), dtype=torch.float32).reshape(2, 5, 21)
-    maps = class_maps(raw, 32, strides=(8, 16, 32))
+    maps = class_maps(raw, (32, 32), strides=(8, 16, 32))
     assert [tuple(m.shape) for m in maps] == [(2, 1, 4, 4), (2, 1, 2, 2), (2, 1, 1, 1)]
     assert maps[0][0, 0, 1, 0] == raw[0, 4, 4] and maps[1][1, 0, 0, 1] == raw[1, 4, 17]
     with pytest.raises(ModelError, match="anchor points"):
-        class_maps(raw, 64, strides=(8, 16, 32))
+        class_maps(raw, (64, 64), strides=(8, 16, 32))
+    # a landscape canvas of 32x64: levels of 4x8, 2x4 and 1x2 cells, still row-major
+    wide = torch.arange(5 * (32 + 8 + 2), dtype=torch.float32).reshape(1, 5, 42)
+    maps = class_maps(wide, (32, 64), strides=(8, 16, 32))
+    assert [tuple(m.shape) for m in maps] == [(1, 1, 4, 8), (1, 1, 2, 4), (1, 1, 1, 2)]
+    assert maps[0][0, 0, 1, 0] == wide[0, 4, 8] and maps[2][0, 0, 0, 1] == wide[0, 4, 41]
 
 
 def test_batch_composition_does_not_change_detections(detector):
