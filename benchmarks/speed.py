@@ -25,6 +25,7 @@ import torch
 
 from executor.config import build_settings
 from executor.images import letterbox, read_image
+from executor.loop import same_shape_chunks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger("benchmarks")
@@ -48,15 +49,6 @@ def decoded_canvases(keys, img_size: int, limit: int, stride: int | None = None)
     return [letterbox(read_image(k), img_size, stride)[0] for k in keys[:limit]]
 
 
-def shape_batches(canvases: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:
-    """Batches of at most `batch` canvases of one shape, as the mining loop forms them (shapes in order of
-    first appearance; the last batch of each shape may be short)."""
-    groups: dict[tuple, list[np.ndarray]] = {}
-    for canvas in canvases:
-        groups.setdefault(canvas.shape, []).append(canvas)
-    return [group[i:i + batch] for group in groups.values() for i in range(0, len(group), batch)]
-
-
 def to_input(canvases: list[np.ndarray], device: torch.device) -> torch.Tensor:
     """Exactly what TorchDetector.forward feeds the network: float [0, 1], NCHW (channels_last on CPU)."""
     x = torch.from_numpy(np.stack(canvases)).to(device).permute(0, 3, 1, 2).float().div_(255)
@@ -71,8 +63,8 @@ def forward_throughput(detector, canvases: list[np.ndarray], batch: int, images:
     device = detector.device
     taken = [canvases[(start + j) % len(canvases)] for j in range(images)]
     seconds = 0.0
-    for chunk in shape_batches(taken, batch):
-        x = to_input(chunk, device)
+    for chunk in same_shape_chunks(taken, batch):
+        x = to_input([taken[k] for k in chunk], device)
         sync(device)
         t0 = time.perf_counter()
         detector.net(x)

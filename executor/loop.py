@@ -66,6 +66,15 @@ def decoded_stream(keys: Sequence[str], img_size: int, workers: int, prefetch: i
             yield pending.popleft().result()
 
 
+def same_shape_chunks(canvases: Sequence[np.ndarray], size: int) -> list[list[int]]:
+    """Indices of `canvases` in chunks of at most `size` canvases of one shape (shapes in order of first
+    appearance; the last chunk of each shape may be short)."""
+    by_shape: dict[tuple, list[int]] = {}
+    for k, canvas in enumerate(canvases):
+        by_shape.setdefault(canvas.shape, []).append(k)
+    return [ks[i:i + size] for ks in by_shape.values() for i in range(0, len(ks), size)]
+
+
 def progress_batch_size(requested: int, total: int) -> int:
     """Small pools get smaller batches so progress moves at least every 1% (scores don't depend on it)."""
     return max(1, min(requested, total // PROGRESS_STEPS or 1))

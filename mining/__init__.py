@@ -10,6 +10,7 @@ import hashlib
 import numpy as np
 import torch
 
+from executor.loop import same_shape_chunks
 from mining.aldd import aldd_scores, class_weights
 from mining.augment import make_views
 from mining.cald import NO_DETECTION_SCORE, cald_score
@@ -81,11 +82,11 @@ class CaldScorer:
             for view, moved in make_views(image, ref.xyxy, rng):
                 canvas, box = letterbox(view, detector.img_size, detector.rect_stride)  # views keep the image's size
                 owners.append(i), view_boxes.append(moved), canvases.append(canvas), boxes.append(box)
-        step = max(1, len(batch.keys))
-        view_dets = []
-        for start in range(0, len(canvases), step):
-            chunk = slice(start, start + step)
-            view_dets += detector.predict(np.stack(canvases[chunk]), boxes[chunk]).detections
+        view_dets = [None] * len(canvases)
+        for chunk in same_shape_chunks(canvases, max(1, len(batch.keys))):
+            found = detector.predict(np.stack([canvases[k] for k in chunk]), [boxes[k] for k in chunk]).detections
+            for k, det in zip(chunk, found):
+                view_dets[k] = det
         for i in sorted(set(owners)):
             mine = [k for k, owner in enumerate(owners) if owner == i]
             scores[i] = cald_score(refs[i].probs, refs[i].conf, [view_boxes[k] for k in mine],

@@ -5,7 +5,7 @@ import pytest
 
 from executor.errors import ImageError
 from executor.images import PAD_VALUE, letterbox, read_image
-from executor.loop import progress_batch_size, run_batches
+from executor.loop import progress_batch_size, run_batches, same_shape_chunks
 from tests.platform import COCO_VAL
 
 JPEG = COCO_VAL / "images" / "000000000139.jpg"
@@ -119,3 +119,8 @@ def test_progress_batch_size_moves_every_percent():
     assert progress_batch_size(16, 206) == 2
     assert progress_batch_size(16, 50) == 1
     assert progress_batch_size(16, 100000) == 16
+
+
+def test_same_shape_chunks_keep_first_appearance_order():
+    canvases = [np.zeros(shape) for shape in [(2, 4), (4, 2), (2, 4), (2, 4), (4, 2)]]
+    assert same_shape_chunks(canvases, 2) == [[0, 2], [3], [1, 4]]
