@@ -108,8 +108,9 @@ def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def postprocess(raw: torch.Tensor, boxes: list[Letterbox], conf_thres: float, iou_thres: float,
-                max_det: int) -> list[Detections]:
-    """Class-aware NMS per image on `raw` (B, 4+C, A); boxes mapped back to original pixels."""
+                max_det: int | None) -> list[Detections]:
+    """Class-aware NMS per image on `raw` (B, 4+C, A), the `max_det` best kept (None: all); boxes mapped back to
+    original pixels."""
     results = []
     preds = raw.transpose(1, 2)  # (B, A, 4+C)
     for pred, box in zip(preds, boxes):
@@ -144,7 +145,7 @@ class Detector:
         self.weights = weights
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
 
-    def with_postprocess(self, conf_thres: float, iou_thres: float, max_det: int) -> "Detector":
+    def with_postprocess(self, conf_thres: float, iou_thres: float, max_det: int | None) -> "Detector":
         """The same loaded model with other NMS settings (a shallow copy: the network is shared)."""
         other = copy.copy(self)
         other.conf_thres, other.iou_thres, other.max_det = conf_thres, iou_thres, max_det

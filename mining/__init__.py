@@ -41,8 +41,9 @@ class EntropyScorer:
         self.conf_thres = settings.entropy_conf_thres
 
     def score_batch(self, batch, detector) -> np.ndarray:
-        # the same forward, but NMS keeps boxes down to entropy_conf_thres: the doubtful ones carry the signal
-        scoring = detector.with_postprocess(self.conf_thres, detector.iou_thres, detector.max_det)
+        # the same forward, but NMS keeps every box down to entropy_conf_thres: the doubtful ones carry the
+        # signal, and a cut at max_det (meant for reported detections) would keep only the surest of them
+        scoring = detector.with_postprocess(self.conf_thres, detector.iou_thres, None)
         prediction = scoring.predict(batch.canvases, batch.boxes)
         return np.array([image_entropy(d.probs, self.aggregation) for d in prediction.detections])
 

@@ -57,3 +57,12 @@ def test_aldd_class_weights_change_the_score(detector, decoded):
     plain = scores("aldd", detector, decoded[:2], 2)
     no_person = scores("aldd", detector, decoded[:2], 2, class_distribution_scores="0")
     assert (no_person < plain).all()
+
+
+def test_entropy_scores_every_candidate_whatever_max_det(detector, decoded):
+    """max_det limits reported detections; entropy's low-confidence candidates are not cut by it."""
+    capped = detector.with_postprocess(detector.conf_thres, detector.iou_thres, 1)
+    np.testing.assert_allclose(scores("entropy", capped, decoded, 2), scores("entropy", detector, decoded, 2))
+    batch = batch_of(decoded)
+    found = detector.with_postprocess(0.01, detector.iou_thres, None).predict(batch.canvases, batch.boxes).detections
+    assert min(len(d) for d in found) > 1  # so a cut at 1 box would have changed every score
