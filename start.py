@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--images", required=True,
                          help="a folder (searched recursively), a glob in quotes, or a .txt/.tsv list of paths")
         cmd.add_argument("--out", required=True, help="output file (.tsv ranking for mine, .json for infer)")
-        cmd.add_argument("--img-size", type=int, help="letterbox size (template default 640)")
+        cmd.add_argument("--img-size", type=int, help="long side of the network input in pixels (template default 640)")
         cmd.add_argument("--batch-size", type=int, help="images per forward pass (template default 16)")
         cmd.add_argument("--workers", type=int, help="image decoding threads (template default 4)")
         cmd.add_argument("--gpu-id", help="'' or 'cpu' for CPU (default), '0' for the first GPU")
@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="any other template key, e.g. --set class_distribution_scores=1,1,0.5")
         if name == "mine":
             cmd.add_argument("--algorithm", choices=("random", "entropy", "aldd", "cald"),
-                             help="mining algorithm (template default aldd)")
+                             help="mining algorithm (template default entropy)")
             cmd.add_argument("--seed", type=int, help="seed for random and cald (template default 0)")
             cmd.add_argument("--topk", type=int, default=0, help="also write the K best paths to OUT.topK.txt")
             cmd.add_argument("--select-dir", help="with --topk: copy the K best images into this folder")

@@ -341,7 +341,7 @@ def main(argv=None) -> int:
                                              gpu_id, tmp_dir("p4"))
         log.info("P4 peak RSS ratio %.3f", results["p4"]["ratio"])
     if "p5" not in args.skip:
-        results["p5"] = speed.first_progress(args.weights, coco.paths, "aldd", gpu_id, tmp_dir("p5"), args.p5_reps)
+        results["p5"] = speed.first_progress(args.weights, coco.paths, "entropy", gpu_id, tmp_dir("p5"), args.p5_reps)
         results["p5"]["import_torch_ultralytics_s"] = speed.python_import_seconds()
         log.info("P5 first progress after %.2f s", results["p5"]["seconds"])
 

@@ -310,7 +310,7 @@ P0, P1, P2 and P3 all use that effective batch.
   symlinks), same algorithm and batch; peak RSS of the child from `wait4`. That peak is reached while
   the model loads, so the table also gives the largest RSS sampled (`/proc/<pid>/status`, every 50 ms)
   once mining has started, which is what would grow if images or scores were held.
-- **P5**: `start.py` in platform mode on the COCO pool (template defaults, ALDD): seconds from spawning
+- **P5**: `start.py` in platform mode on the COCO pool (template defaults: entropy): seconds from spawning
   the process to the first `monitor.txt` line with state 2 and progress > 0 (polled every 5 ms).
 - **P6**: `executor.tasks.infer` with `backend: onnx` (an Ultralytics ONNX export, dynamic batch, made
   in a temp dir) ÷ with `backend: torch`, CPU, same images and batch, paired segment by segment like P1.

@@ -7,7 +7,7 @@ from executor.errors import ConfigError, ModelError
 
 def test_template_defaults_are_typed():
     settings = build_settings("mining", {})
-    assert settings.img_size == 640 and settings.mining_algorithm == "aldd"
+    assert settings.img_size == 640 and settings.mining_algorithm == "entropy"
     assert settings.class_distribution_scores == () and settings.pin_memory is False
     assert settings.gpu_id == "" and settings.seed == 0
 
