@@ -148,3 +148,23 @@ def test_voc_loader_renames_and_ignores_difficult(tmp_path):
     assert x.boxes.tolist() == [[0, 0, 10, 10]] and x.cls.tolist() == [1]   # 1-based inclusive -> edges
     assert x.ignore_boxes.tolist() == [[4, 0, 10, 10]] and x.ignore_cls.tolist() == [0] and not x.crowd
     assert ds.classes == {0, 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald"])
+def test_timed_mining_scores_what_ships(algorithm):
+    """The speed benchmark's instrumented run (whose scores feed the quality table) must score exactly as
+    executor.tasks.mine does, e.g. entropy through its copy of the detector with looser NMS."""
+    from benchmarks import speed
+    from executor.model import load_detector
+    from executor.tasks import mine
+    from mining import get_scorer
+    from tests.platform import WEIGHTS, coco_images
+
+    keys = [str(p) for p in coco_images(3)]
+    detector = load_detector(str(WEIGHTS), "auto", "", 320)
+    settings = speed.settings_for(str(WEIGHTS), algorithm, img_size=320)
+    shipped = [score for _, score in mine(keys, detector, get_scorer(settings), settings, lambda f: None)]
+    timed = speed.mine_timed(keys, detector, settings)
+    np.testing.assert_allclose(timed["scores"], shipped, rtol=1e-6)
+    assert timed["breakdown"]["network"] > 0 and "predict" not in vars(detector)  # timed, then restored
