@@ -172,8 +172,6 @@ def evaluate_quality(dataset, low_detections, scores_by_name: dict, conf_thres: 
         "entropy_max": [image_entropy(detections[k].probs, "max") for k in keys],
         "least_confidence_mean": [float(np.mean(1 - detections[k].conf)) if len(detections[k]) else 0.0
                                   for k in keys],
-        f"entropy_sum_candidates (conf >= {ANALYSIS_CONF})": [float(box_entropy(low_detections[k].probs).sum())
-                                                             for k in keys],
         f"expected_errors (candidates >= {ANALYSIS_CONF})": [expected_errors(low_detections[k]) for k in keys],
         "oracle_errors": errors.astype(float),
     }

@@ -121,6 +121,7 @@ def instrumented(detector, scorer, clock: Clock):
         patch(detector, "net", "network", synchronize=True)
     # on the class: EntropyScorer predicts through a copy of the detector with other NMS settings
     patch(type(detector), "predict", "predict")
+    patch(type(detector), "predict_maps", "predict")
     patch(scorer, "score_batch", "score_batch")
     for name, label in (("make_views", "cald_views"), ("cald_score", "cald_math"), ("aldd_scores", "aldd_math"),
                         ("image_entropy", "entropy_math")):

@@ -164,6 +164,10 @@ class Detector:
         return Prediction(postprocess(raw, boxes, self.conf_thres, self.iou_thres, self.max_det),
                           class_maps(raw, canvases.shape[1:3], self.strides))
 
+    def predict_maps(self, canvases: np.ndarray) -> list[torch.Tensor]:
+        """Only the dense class maps of `predict`, without the NMS nobody would read."""
+        return class_maps(self.forward(canvases), canvases.shape[1:3], self.strides)
+
 
 class TorchDetector(Detector):
     def __init__(self, weights: str, device: torch.device, img_size: int, **post):

@@ -1,9 +1,9 @@
 """Mining scorers: one finite score per image, higher = label first.
 
 A scorer gets a batch (keys, original images, letterboxed canvases and their letterbox maps) and the
-detector (anything with `img_size` and `predict(canvases, boxes) -> Prediction`), and returns one score
-per image. The math lives in the modules named after each algorithm; these classes only wire it to a
-batch. The batching loop, progress and error policy live in executor/loop.py.
+detector (anything with `img_size`, `predict(canvases, boxes) -> Prediction` and `predict_maps(canvases)`),
+and returns one score per image. The math lives in the modules named after each algorithm; these classes
+only wire it to a batch. The batching loop, progress and error policy live in executor/loop.py.
 """
 import hashlib
 
@@ -56,11 +56,11 @@ class AlddScorer:
         self.weights = None
 
     def score_batch(self, batch, detector) -> np.ndarray:
-        prediction = detector.predict(batch.canvases, batch.boxes)
+        maps = detector.predict_maps(batch.canvases)
         if self.weights is None:
             weights = class_weights(self.scores, detector.num_classes)
-            self.weights = torch.as_tensor(weights, dtype=torch.float32, device=prediction.class_maps[0].device)
-        return aldd_scores(prediction.class_maps, self.weights).double().cpu().numpy()
+            self.weights = torch.as_tensor(weights, dtype=torch.float32, device=maps[0].device)
+        return aldd_scores(maps, self.weights).double().cpu().numpy()
 
 
 class CaldScorer:
