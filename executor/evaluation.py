@@ -23,12 +23,12 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 import torch
-import torchvision
 
 from executor.dataset import Sample
 from executor.errors import ImageError
 from executor.images import PAD_VALUE, Letterbox, read_image
 from executor.model import Detections, Detector, xywh_to_xyxy
+from executor.nms import batched_nms
 
 log = logging.getLogger(__name__)
 VAL_CONF, VAL_IOU, VAL_MAX_DET = 0.001, 0.7, 300  # Ultralytics' val defaults
@@ -139,7 +139,7 @@ def multi_label_nms(raw: torch.Tensor, boxes: list[Letterbox], conf_thres: float
             top = score.topk(MAX_NMS).indices
             anchor, cls, score = anchor[top], cls[top], score[top]
         xyxy = xywh_to_xyxy(pred[anchor, :4])
-        keep = torchvision.ops.batched_nms(xyxy, score, cls, iou_thres)[:max_det]
+        keep = batched_nms(xyxy, score, cls, iou_thres)[:max_det]
         original = box.to_original(xyxy[keep].cpu().numpy())
         original[:, 0::2] = original[:, 0::2].clip(0, box.width)  # (to_original's own clip writes to a copy)
         original[:, 1::2] = original[:, 1::2].clip(0, box.height)

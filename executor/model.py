@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision
 
 from executor.errors import ConfigError, ModelError, NoGpuError
 from executor.images import Letterbox
+from executor.nms import batched_nms
 
 log = logging.getLogger(__name__)
 DEFAULT_STRIDES = (8, 16, 32)
@@ -118,7 +118,7 @@ def postprocess(raw: torch.Tensor, boxes: list[Letterbox], conf_thres: float, io
         score, cls = probs.max(1)
         keep = score > conf_thres
         xyxy = xywh_to_xyxy(pred[keep, :4])
-        order = torchvision.ops.batched_nms(xyxy, score[keep], cls[keep], iou_thres)[:max_det]
+        order = batched_nms(xyxy, score[keep], cls[keep], iou_thres)[:max_det]
         kept_xyxy = xyxy[order].float().cpu().numpy()
         results.append(Detections(
             xyxy=box.to_original(kept_xyxy),
