@@ -253,7 +253,7 @@ def markdown(r: dict, json_path: str, others=(), findings: str = "") -> str:
         "## How to reproduce",
         "",
         "```bash",
-        ".venv/bin/python -m benchmarks            # CPU, about 10 minutes on 2 cores",
+        ".venv/bin/python -m benchmarks            # CPU, about 6 minutes on 2 quiet cores",
         ".venv/bin/python -m benchmarks --quick    # smoke run, a few minutes",
         ".venv/bin/python -m benchmarks --device cuda --pool-repeat 8   # GPU",
         "```",
