@@ -23,6 +23,15 @@ from executor.runtime import prepare_process_env  # noqa: E402
 
 DEFAULT_ENV = "/in/env.yaml"
 DEFAULT_MONITOR = "/out/monitor.txt"
+# The platform's /in and /out layout (ymir-protocol §4.1): what env.yaml leaves out.
+DEFAULT_INPUT = {"root_dir": "/in", "assets_dir": "/in/assets", "annotations_dir": "/in/annotations",
+                 "models_dir": "/in/models", "config_file": "/in/config.yaml", "training_index_file": "",
+                 "val_index_file": "", "candidate_index_file": ""}
+DEFAULT_OUTPUT = {"root_dir": "/out", "models_dir": "/out/models", "tensorboard_dir": "/out/tensorboard",
+                  "training_result_file": "/out/models/result.yaml", "mining_result_file": "/out/result.tsv",
+                  "infer_result_file": "/out/infer-result.json", "monitor_file": DEFAULT_MONITOR,
+                  "executor_log_file": "/out/ymir-executor-out.log"}
+WEIGHTS_DIRS_VAR = "QUARRY_WEIGHTS_DIR"  # bundled pretrained weights (os.pathsep-separated; the image sets it)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".unknown")
 log = logging.getLogger("quarry")
 
@@ -48,18 +57,16 @@ def run_platform(env_path: str) -> int:
         stop_on_sigterm()
         data = read_yaml_mapping(env_path, "env.yaml")
         monitor = Monitor(declared_monitor_file(data) or monitor.path, str(data.get("task_id") or ""))
-        env = parse_env(data, env_path)  # flags are checked after the monitor is known
+        env = parse_env(data, env_path, DEFAULT_INPUT, DEFAULT_OUTPUT)  # flags checked after the monitor is known
         monitor = Monitor(env.output_path("monitor_file"), env.task_id)
         monitor.write(0.0)
         created = CreatedOutputs(env)
         config = read_yaml_mapping(env.input_path("config_file"), "config.yaml")
         config = confine_model_paths(config, env)
-        if env.run_training:
-            from executor.training import run_training
+        from executor.tasks import run
 
-            run_training(env, config, monitor)
-        else:
-            run_mining_and_infer(env, config, monitor)
+        names = ["training"] if env.run_training else ["mining"] * env.run_mining + ["infer"] * env.run_infer
+        run(names, platform_job(env), config, monitor.progress)
         monitor.write(1.0)
         return 0
     except BaseException as exc:  # every failure takes this one path, KeyboardInterrupt included
@@ -129,25 +136,24 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def run_mining_and_infer(env, config: dict, monitor) -> None:
-    from executor.config import build_settings
-    from executor.monitor import task_spans
-    from executor.tasks import open_detector, read_candidate_index, run_infer, run_mining
+def platform_job(env):
+    """The Job of an env.yaml: its paths, the candidates of its index, the /out layout of training."""
+    from executor.index import read_candidate_index
+    from executor.tasks import Job
 
-    keys = read_candidate_index(env.input_path("candidate_index_file"))
-    spans = task_spans(env.run_mining, env.run_infer)
-    models_dir = env.input_path("models_dir")
-    detector = None
-    if env.run_mining:
-        settings = build_settings("mining", config)
-        if settings.mining_algorithm != "random":
-            detector = open_detector(settings, models_dir)
-        run_mining(keys, detector, settings, env.output_path("mining_result_file"), monitor.span(*spans["mining"]))
-    if env.run_infer:
-        settings = build_settings("infer", config)
-        detector = open_detector(settings, models_dir, reuse=detector)  # one model load for both tasks
-        run_infer(keys, detector, settings, env.output_path("infer_result_file"), env.infer_list_key,
-                  monitor.span(*spans["infer"]))
+    out_root = env.output_path("root_dir")
+    candidates = () if env.run_training else read_candidate_index(env.input_path("candidate_index_file"))
+    return Job(candidates=candidates, models_dir=env.input_path("models_dir"),
+               mining_result=env.output_path("mining_result_file"), infer_result=env.output_path("infer_result_file"),
+               infer_list_key=env.infer_list_key, training_index=env.input_path("training_index_file"),
+               val_index=env.input_path("val_index_file"), models_out=env.output_path("models_dir"),
+               training_result=env.output_path("training_result_file"),
+               tensorboard_dir=env.output_path("tensorboard_dir"), work_dir=out_root,
+               weights_dirs=weights_dirs(), multi_stage_result=env.multi_stage_result)
+
+
+def weights_dirs() -> tuple[str, ...]:
+    return tuple(d for d in os.environ.get(WEIGHTS_DIRS_VAR, "").split(os.pathsep) if d)
 
 
 # ---------------------------------------------------------------- local command line
@@ -158,7 +164,7 @@ def list_images(spec: str) -> list[str]:
         found = [os.path.join(root, name) for root, _, names in os.walk(spec) for name in names
                  if name.lower().endswith(IMAGE_SUFFIXES)]
     elif os.path.isfile(spec) and spec.lower().endswith((".txt", ".tsv")):
-        from executor.tasks import read_candidate_index
+        from executor.index import read_candidate_index
 
         return read_candidate_index(spec, relative_to_index=True)
     else:
@@ -199,42 +205,34 @@ def tqdm_progress(total: int, unit: str):
 
 
 def run_local(args) -> int:
-    from executor.config import build_settings
     from executor.errors import QuarryError, error_code, one_line
-    from executor.tasks import infer, mine, open_detector
-    from executor.writers import atomic_write_text, mining_lines, write_infer_result
+    from executor.tasks import Job, run
 
     try:
         keys = list_images(args.images)
         if not keys:
             raise QuarryError(f"no images found at {args.images}")
         task = "mining" if args.command == "mine" else "infer"
-        settings = build_settings(task, cli_overrides(args))
         log.info("%s: %d images from %s", task, len(keys), args.images)
-        progress = tqdm_progress(len(keys), "img")
+        job = Job(candidates=keys, mining_result=args.out, infer_result=args.out)
+        results = run([task], job, cli_overrides(args), tqdm_progress(len(keys), "img"))
         if task == "infer":
-            detector = open_detector(settings, "")
-            write_infer_result(args.out, infer(keys, detector, settings, progress), "boxes")
             log.info("wrote %s", args.out)
             return 0
-        from mining import get_scorer
+        from executor.writers import ranked
 
-        scorer = get_scorer(settings)
-        detector = open_detector(settings, "") if scorer.needs_model else None
-        lines = mining_lines(mine(keys, detector, scorer, settings, progress))
-        atomic_write_text(args.out, "".join(lines))
-        log.info("wrote %s (%d images, best first)", args.out, len(lines))
+        ranking = ranked(results["mining"])
+        log.info("wrote %s (%d images, best first)", args.out, len(ranking))
         if args.topk:
-            write_selection(lines[:args.topk], args)
+            write_selection([key for key, _ in ranking[:args.topk]], args)
         return 0
     except Exception as exc:
         log.error("%s (code %d)", one_line(exc), error_code(exc))
         return 1
 
 
-def write_selection(lines: list[str], args) -> None:
+def write_selection(paths: list[str], args) -> None:
     """The top-k list next to --out, and optionally the images themselves in --select-dir."""
-    paths = [line.split("\t")[0] for line in lines]
     from executor.writers import atomic_write_text
 
     topk_file = os.path.splitext(args.out)[0] + f".top{len(paths)}.txt"
@@ -275,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="any other template key, e.g. --set class_distribution_scores=1,1,0.5")
         if name == "mine":
-            cmd.add_argument("--algorithm", choices=("random", "entropy", "aldd", "cald"),
+            from mining import SCORERS
+
+            cmd.add_argument("--algorithm", choices=tuple(SCORERS),
                              help="mining algorithm (template default entropy)")
             cmd.add_argument("--seed", type=int, help="seed for random and cald (template default 0)")
             cmd.add_argument("--topk", type=int, default=0, help="also write the K best paths to OUT.topK.txt")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the CPU image on a machine with no Docker engine and no registry, then use it as the platform does.
+# Build the CPU image (dockerfiles/Dockerfile, VARIANT=cpu) on a machine with no Docker engine and no
+# registry, then use it as the platform does.
 #
 #   bash dockerfiles/check.sh             build, import check, mining + infer smoke
 #   bash dockerfiles/check.sh --no-build  the same with the image built before
@@ -58,11 +59,13 @@ if [[ $BUILD == 1 ]]; then
   [[ -f "$REPO/weights/yolov8n.pt" ]] || cp "$SHARED/weights/yolov8n.pt" "$REPO/weights/"
   ls -l "$REPO/weights"
 
-  say "build $IMAGE from dockerfiles/cpu.dockerfile"
+  say "build $IMAGE from dockerfiles/Dockerfile, CPU variant"
   version=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
   start=$(date +%s)
   wheels_id=$(ls "$CACHE/wheels" | sha1sum | cut -c1-12)
-  if ! pl build -f "$REPO/dockerfiles/cpu.dockerfile" --build-context wheels="$CACHE/wheels" \
+  # The CPU variant's build args (BASE_IMAGE: podman-local.sh passes the local base; TORCH_INDEX_URL: unused,
+  # torch comes from the wheel directory).
+  if ! pl build -f "$REPO/dockerfiles/Dockerfile" --build-arg VARIANT=cpu --build-context wheels="$CACHE/wheels" \
        --build-arg WHEELS_ID="$wheels_id" --build-arg PIP_OFFLINE=1 --build-arg QUARRY_VERSION="$version" \
        -t "$IMAGE" "$REPO" > "$WORK/build.log" 2>&1; then
     tail -40 "$WORK/build.log"
@@ -84,6 +87,9 @@ echo "entrypoint, cmd: $config"
 [[ "$config" == *'"/bin/sh","-c","bash /usr/bin/start.sh"'* || "$config" == *'"bash","/usr/bin/start.sh"'* ]] \
   || fail "CMD is not bash /usr/bin/start.sh"
 [[ "$config" == "null "* || "$config" == "[] "* ]] || fail "the image has an ENTRYPOINT"
+labels=$(podman image inspect --format '{{index .Labels "quarry.variant"}} {{index .Labels "io.ymir.object-type"}}' "$IMAGE")
+echo "labels quarry.variant, io.ymir.object-type: $labels"
+[[ "$labels" == "cpu 2" ]] || fail "labels are not quarry.variant=cpu, io.ymir.object-type=2"
 for file in training-template.yaml mining-template.yaml infer-template.yaml manifest.yaml; do
   if pl run --rm "$IMAGE" cat "/img-man/$file" > "$WORK/$file" 2> "$WORK/cat.err"; then
     "$PY" - "$WORK/$file" "$REPO/templates/$file" <<'EOF' || fail "/img-man/$file"

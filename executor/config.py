@@ -26,7 +26,8 @@ PLATFORM_KEYS = {
     "ymir_debug", "evaluate_config",
 }
 # Platform keys the code reads, with their value when the platform (or a local run) leaves them out.
-PLATFORM_DEFAULTS = {"gpu_id": "", "class_names": [], "model_params_path": [], "pretrained_model_params": []}
+PLATFORM_DEFAULTS = {"gpu_id": "", "class_names": [], "model_params_path": [], "pretrained_model_params": [],
+                     "evaluate_config": {}}
 
 
 # ---------------------------------------------------------------- reading YAML files
@@ -90,17 +91,9 @@ class Env:
         return version_tuple(self.protocol_version) >= (1, 0, 0)
 
 
-DEFAULT_INPUT = {"root_dir": "/in", "assets_dir": "/in/assets", "annotations_dir": "/in/annotations",
-                 "models_dir": "/in/models", "config_file": "/in/config.yaml", "training_index_file": "",
-                 "val_index_file": "", "candidate_index_file": ""}
-DEFAULT_OUTPUT = {"root_dir": "/out", "models_dir": "/out/models", "tensorboard_dir": "/out/tensorboard",
-                  "training_result_file": "/out/models/result.yaml", "mining_result_file": "/out/result.tsv",
-                  "infer_result_file": "/out/infer-result.json", "monitor_file": "/out/monitor.txt",
-                  "executor_log_file": "/out/ymir-executor-out.log"}
-
-
-def parse_env(data: Mapping, source: str = "env.yaml") -> Env:
-    """An Env from the parsed env.yaml; flags checked so exactly one kind of job is asked for."""
+def parse_env(data: Mapping, source: str, default_input: Mapping[str, str], default_output: Mapping[str, str]) -> Env:
+    """An Env from the parsed env.yaml, missing paths taken from the defaults (the platform's /in and /out
+    layout, which start.py knows); flags checked so exactly one kind of job is asked for."""
     def section(name: str, defaults: dict) -> Mapping[str, str]:
         given = data.get(name) or {}
         if not isinstance(given, dict):
@@ -120,11 +113,7 @@ def parse_env(data: Mapping, source: str = "env.yaml") -> Env:
     version = str(data.get("protocol_version") or "0.0.1")
     version_tuple(version)
     return Env(task_id=str(data.get("task_id") or "quarry"), protocol_version=version, **flags,
-               input=section("input", DEFAULT_INPUT), output=section("output", DEFAULT_OUTPUT))
-
-
-def load_env(path: str) -> Env:
-    return parse_env(read_yaml_mapping(path, "env.yaml"), path)
+               input=section("input", dict(default_input)), output=section("output", dict(default_output)))
 
 
 # ---------------------------------------------------------------- value rules
@@ -210,15 +199,23 @@ def float_list() -> Rule:
     return rule
 
 
+def gpu_list(value: Any) -> list[int]:
+    """'' / None / 'cpu' = no GPU; '0', 0, '0,1' = container-local CUDA ids. The one gpu_id parser."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "cpu", "none")):
+        return []
+    parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"{value!r} is not comma-separated GPU numbers")
+    return [int(p) for p in parts]
+
+
 def gpu_ids() -> Rule:
-    """'' / None = CPU; '0', 0, '0,1' = container-local CUDA ids, returned normalised as '0,1'."""
+    """gpu_id normalised to '' (CPU) or '0,1'."""
     def rule(key: str, value: Any) -> str:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "cpu", "none")):
-            return ""
-        parts = [p.strip() for p in str(value).split(",") if p.strip()]
-        if not all(p.isdigit() for p in parts):
-            raise _bad(key, value, "'' for CPU or comma-separated GPU numbers such as '0' or '0,1'")
-        return ",".join(str(int(p)) for p in parts)
+        try:
+            return ",".join(map(str, gpu_list(value)))
+        except ValueError:
+            raise _bad(key, value, "'' for CPU or comma-separated GPU numbers such as '0' or '0,1'") from None
 
     return rule
 
@@ -300,7 +297,6 @@ RULES: dict[str, Rule] = {
     "backend": choice("auto", "torch", "onnx"),
     "shm_size": text(),
     "gpu_id": gpu_ids(),
-    "gpu_count": integer(0, 1024),
     "task_id": text(),
     "class_names": string_list(),
     "model_params_path": string_list(),
@@ -375,7 +371,6 @@ def build_settings(task: str, config: Mapping, templates_dir: str = TEMPLATES_DI
 # ---------------------------------------------------------------- weights
 
 MODEL_PATH_KEYS = ("model_params_path", "pretrained_model_params")
-PLATFORM_INPUT_ROOT = "/in"
 
 
 def inside(path: str, folder: str) -> bool:
@@ -387,10 +382,10 @@ def inside(path: str, folder: str) -> bool:
 def confine_model_paths(config: dict, env: "Env") -> dict:
     """config.yaml with the model paths the platform gives (model_params_path, pretrained_model_params) made
     absolute and normalised: a relative path is taken relative to input.models_dir (ymir 1.x wrote them so)
-    and must stay inside it; an absolute one must lie inside the input directory (input.root_dir, or /in).
+    and must stay inside it; an absolute one must lie inside the input directory (input.root_dir).
     Anything else is a ConfigError naming the key and the path, before any file is opened."""
-    models_dir = os.path.normpath(env.input_path("models_dir") or os.path.join(PLATFORM_INPUT_ROOT, "models"))
-    roots = [r for r in (env.input_path("root_dir"), models_dir, PLATFORM_INPUT_ROOT) if r]
+    models_dir = os.path.normpath(env.input_path("models_dir"))
+    roots = [r for r in (env.input_path("root_dir"), models_dir) if r]
     confined = dict(config)
     for key in MODEL_PATH_KEYS:
         if key not in config:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from executor.errors import DatasetError, NoReadableImages
 from executor.images import truncated_jpeg
+from executor.index import read_training_index
 
 log = logging.getLogger(__name__)
 
@@ -79,29 +80,6 @@ def annotation_format(export_format: str) -> str:
                     export_format, anno)
         return ""
     return FORMATS[anno]
-
-
-def read_index(path: str, what: str) -> list[tuple[str, str, int]]:
-    """(asset, annotation, line number) per non-blank line of a training/val index file."""
-    if not path or not os.path.isfile(path):
-        raise DatasetError(f"{what} index file not found: {path or '(not set in env.yaml)'}")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\r\n").split("\t")
-            if len(parts) < 2:
-                parts = line.split()
-            if len(parts) < 2 or not parts[1].strip():
-                raise DatasetError(f"{path} line {number}: expected '<image path><TAB><annotation path>'")
-            asset, annotation = parts[0].strip(), parts[1].strip()
-            for given in (asset, annotation):
-                if not os.path.isabs(given):
-                    raise DatasetError(f"{path} line {number}: {given!r} is a relative path; the index must list "
-                                       "absolute paths")
-            rows.append((asset, annotation, number))
-    return rows
 
 
 def sniff_format(path: str) -> str:
@@ -302,7 +280,7 @@ def clean_boxes(raw: list[RawBox], width: int, height: int, stats: SplitStats) -
 
 def read_split(name: str, index_file: str, class_names: Sequence[str], export_format: str) -> Split:
     """All samples of one index file, validated. Raises DatasetError when none is usable."""
-    rows = read_index(index_file, name)
+    rows = read_training_index(index_file, name)
     fmt = detect_format(annotation_format(export_format), [r[1] for r in rows])
     stats = SplitStats(listed=len(rows))
     coco_files: dict[str, CocoFile] = {}

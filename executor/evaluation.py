@@ -15,24 +15,21 @@ class-aware NMS at IoU 0.7, 300 per image. So mAP agrees with `yolo val` on the 
 import contextlib
 import io
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
-import torch
 
 from executor.dataset import Sample
 from executor.errors import ImageError
-from executor.images import PAD_VALUE, Letterbox, read_image
-from executor.model import Detections, Detector, xywh_to_xyxy
-from executor.nms import batched_nms
+from executor.images import letterbox, read_image
+from executor.model import Detector
+from mining.base import Detections
+from mining.boxes import box_iou, greedy_match
 
 log = logging.getLogger(__name__)
 VAL_CONF, VAL_IOU, VAL_MAX_DET = 0.001, 0.7, 300  # Ultralytics' val defaults
-MAX_NMS = 30000  # candidates per image before NMS, as Ultralytics
 
 
 @dataclass
@@ -50,40 +47,18 @@ class Metrics:
                 "fn": int(self.fn)}
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a), len(b)) of xyxy boxes."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)), np.float64)
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
 def count_matches(samples: Sequence[Sample], predictions: Sequence[Detections], iou_thr: float,
                   conf_thr: float) -> tuple[int, int, int]:
-    """(tp, fp, fn) over the split; each ground-truth box matches at most one detection."""
+    """(tp, fp, fn) over the split; each ground-truth box matches at most one detection of its class."""
     tp = fp = fn = 0
     for sample, det in zip(samples, predictions):
         keep = det.conf >= conf_thr
-        boxes, scores, classes = det.xyxy[keep], det.conf[keep], det.cls[keep]
-        for cls in np.union1d(np.unique(sample.classes), np.unique(classes)):
-            gt = sample.boxes[sample.classes == cls]
-            mine = classes == cls
-            order = np.argsort(-scores[mine], kind="stable")
-            iou = box_iou(boxes[mine][order], gt)
-            used = np.zeros(len(gt), bool)
-            for row in iou:
-                candidates = np.where(~used & (row >= iou_thr))[0]
-                if len(candidates):
-                    used[candidates[np.argmax(row[candidates])]] = True
-                    tp += 1
-                else:
-                    fp += 1
-            fn += int((~used).sum())
+        order = np.argsort(-det.conf[keep], kind="stable")
+        boxes, classes = det.xyxy[keep][order], det.cls[keep][order]
+        matched = greedy_match(box_iou(boxes, sample.boxes), iou_thr, classes[:, None] == sample.classes[None, :])
+        tp += int((matched >= 0).sum())
+        fp += int((matched < 0).sum())
+        fn += len(sample.boxes) - int((matched >= 0).sum())
     return tp, fp, fn
 
 
@@ -126,28 +101,6 @@ def coco_metrics(samples: Sequence[Sample], predictions: Sequence[Detections], n
     return mean(precision[0]), mean(recall[0]), mean(precision)
 
 
-def multi_label_nms(raw: torch.Tensor, boxes: list[Letterbox], conf_thres: float, iou_thres: float,
-                    max_det: int) -> list[Detections]:
-    """Like Ultralytics' validator: every (anchor, class) pair above conf_thres is a candidate, so one box
-    may be reported for several classes; class-aware NMS; boxes mapped back to original pixels."""
-    out = []
-    for pred, box in zip(raw.transpose(1, 2).float(), boxes):  # (A, 4 + C)
-        probs = pred[:, 4:]
-        anchor, cls = torch.nonzero(probs > conf_thres, as_tuple=True)
-        score = probs[anchor, cls]
-        if len(score) > MAX_NMS:
-            top = score.topk(MAX_NMS).indices
-            anchor, cls, score = anchor[top], cls[top], score[top]
-        xyxy = xywh_to_xyxy(pred[anchor, :4])
-        keep = batched_nms(xyxy, score, cls, iou_thres)[:max_det]
-        original = box.to_original(xyxy[keep].cpu().numpy())
-        original[:, 0::2] = original[:, 0::2].clip(0, box.width)  # (to_original's own clip writes to a copy)
-        original[:, 1::2] = original[:, 1::2].clip(0, box.height)
-        out.append(Detections(original, score[keep].cpu().numpy(),
-                              cls[keep].cpu().numpy().astype(np.int64), probs[anchor[keep]].cpu().numpy()))
-    return out
-
-
 def primary_labels(det: Detections) -> Detections:
     """Only each box's best class, as inference reports it (multi-label NMS may list a box once per class)."""
     keep = det.cls == det.probs.argmax(1) if len(det) else np.zeros(0, bool)
@@ -174,24 +127,6 @@ def rect_batches(samples: Sequence[Sample], img_size: int, batch_size: int, stri
     return batches
 
 
-def rect_canvas(image: np.ndarray, img_size: int, shape: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Long side resized to img_size, then fitted (never enlarged) and centred into `shape` on grey."""
-    h0, w0 = image.shape[:2]
-    ratio = img_size / max(h0, w0)
-    if ratio != 1:
-        image = cv2.resize(image, (min(math.ceil(w0 * ratio), img_size), min(math.ceil(h0 * ratio), img_size)),
-                           interpolation=cv2.INTER_LINEAR)
-    h1, w1 = image.shape[:2]
-    fit = min(shape[0] / h1, shape[1] / w1, 1.0)
-    new_w, new_h = max(round(w1 * fit), 1), max(round(h1 * fit), 1)
-    if (new_w, new_h) != (w1, h1):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    top, left = round((shape[0] - new_h) / 2 - 0.1), round((shape[1] - new_w) / 2 - 0.1)
-    canvas = np.full((shape[0], shape[1], 3), PAD_VALUE, np.uint8)
-    canvas[top:top + new_h, left:left + new_w] = image
-    return canvas, Letterbox(new_w / w0, float(left), float(top), h0, w0)
-
-
 def predict_samples(detector: Detector, samples: Sequence[Sample], batch_size: int,
                     progress: Callable[[float], None]) -> list[Detections]:
     """Detections for every sample, made in Ultralytics' validation batches (an image that fails to decode
@@ -202,7 +137,7 @@ def predict_samples(detector: Detector, samples: Sequence[Sample], batch_size: i
         good, canvases, boxes = [], [], []
         for i in indices:
             try:
-                canvas, box = rect_canvas(read_image(samples[i].image), detector.img_size, shape)
+                canvas, box = letterbox(read_image(samples[i].image), detector.img_size, canvas_shape=shape)
             except ImageError as exc:
                 log.warning("evaluation skips an unreadable image: %s", exc)
                 continue
@@ -210,20 +145,17 @@ def predict_samples(detector: Detector, samples: Sequence[Sample], batch_size: i
             canvases.append(canvas)
             boxes.append(box)
         if good:
-            raw = detector.forward(np.stack(canvases))
-            for i, det in zip(good, multi_label_nms(raw, boxes, detector.conf_thres, detector.iou_thres,
-                                                    detector.max_det)):
+            for i, det in zip(good, detector.predict_canvases(np.stack(canvases), boxes)):
                 found[i] = det
         progress(number / len(batches))
     return found
 
 
-def evaluate(detector: Detector, samples: Sequence[Sample], iou_thr: float = 0.5, conf_thr: float = 0.005,
-             batch_size: int = 16, progress: Callable[[float], None] = lambda f: None) -> Metrics:
-    """Metrics of `detector` on `samples`. The detector's thresholds are set to Ultralytics' val values."""
-    detector.conf_thres = min(VAL_CONF, conf_thr)
-    detector.iou_thres, detector.max_det = VAL_IOU, VAL_MAX_DET
-    predictions = predict_samples(detector, samples, batch_size, progress)
+def evaluate(detector: Detector, samples: Sequence[Sample], iou_thr: float, conf_thr: float, batch_size: int,
+             progress: Callable[[float], None] = lambda f: None) -> Metrics:
+    """Metrics of `detector` on `samples`, predicted with Ultralytics' val post-processing (multi-label NMS)."""
+    validator = detector.with_postprocess(min(VAL_CONF, conf_thr), VAL_IOU, VAL_MAX_DET, multi_label=True)
+    predictions = predict_samples(validator, samples, batch_size, progress)
     ap50, ar50, ap = coco_metrics(samples, predictions, detector.num_classes, VAL_MAX_DET)
     tp, fp, fn = count_matches(samples, [primary_labels(d) for d in predictions], iou_thr, conf_thr)
     return Metrics(ap50, ar50, ap, tp, fp, fn)

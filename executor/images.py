@@ -1,5 +1,6 @@
 """Decoding images by content (whatever the extension says) and letterboxing them to the network size."""
 from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -64,21 +65,38 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size: int, stride: int | None = None) -> tuple[np.ndarray, Letterbox]:
+def letterbox(image: np.ndarray, size: int, stride: int | None = None,
+              canvas_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
     """Resize keeping the aspect ratio so the long side is `size`, centre it on a grey canvas: size×size, or,
     with `stride`, the smallest rectangle of stride multiples that holds it (640×480 for a 4:3 photo at 640:
-    a quarter fewer pixels to compute). The canvas depends only on the image, never on its batch."""
+    a quarter fewer pixels to compute), or a given (height, width) that holds it (evaluation's batch shapes).
+    The canvas depends only on the image (and a given shape), never on its batch."""
     height, width = image.shape[:2]
     ratio = min(size / height, size / width)
     new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
     if (new_w, new_h) != (width, height):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    canvas_h, canvas_w = (size, size) if stride is None else (_round_up(new_h, stride), _round_up(new_w, stride))
+    if canvas_shape is not None:
+        canvas_h, canvas_w = canvas_shape
+        if canvas_h < new_h or canvas_w < new_w:
+            raise ValueError(f"a {new_w}x{new_h} image does not fit a {canvas_w}x{canvas_h} canvas")
+    else:
+        canvas_h, canvas_w = (size, size) if stride is None else (round_up(new_h, stride), round_up(new_w, stride))
     left, top = (canvas_w - new_w) // 2, (canvas_h - new_h) // 2
     canvas = np.full((canvas_h, canvas_w, 3), PAD_VALUE, dtype=np.uint8)
     canvas[top:top + new_h, left:left + new_w] = image
     return canvas, Letterbox(ratio, float(left), float(top), height, width)
 
 
-def _round_up(value: int, multiple: int) -> int:
+def same_shape_chunks(canvases: Sequence[np.ndarray], size: int) -> list[list[int]]:
+    """Indices of `canvases` in chunks of at most `size` canvases of one shape (shapes in order of first
+    appearance; the last chunk of each shape may be short)."""
+    by_shape: dict[tuple, list[int]] = {}
+    for k, canvas in enumerate(canvases):
+        by_shape.setdefault(canvas.shape, []).append(k)
+    return [ks[i:i + size] for ks in by_shape.values() for i in range(0, len(ks), size)]
+
+
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= value."""
     return -(-value // multiple) * multiple

@@ -19,13 +19,16 @@ log = logging.getLogger(__name__)
 
 
 class Monitor:
-    """Writes progress for one run. `span(lo, hi)` hands a sub-task a progress(fraction) callable."""
+    """Writes progress for one run: `progress(fraction)` at most every `interval` seconds (and always at the
+    end), so callers report per image and the file is not rewritten per batch."""
 
-    def __init__(self, path: str | None, task_id: str = "quarry"):
+    def __init__(self, path: str | None, task_id: str = "quarry", interval: float = 1.0):
         self.path = path
         self.task_id = task_id or "quarry"
         self.percent = 0.0
+        self.interval = interval
         self._last_time = 0.0
+        self._last_write = -float("inf")
 
     def write(self, percent: float, state: int = RUNNING, code: int = 0, extra: Sequence[str] = ()):
         self.percent = min(1.0, max(0.0, float(percent)))
@@ -33,17 +36,17 @@ class Monitor:
             return
         now = max(time.time(), self._last_time + 1e-6)  # the platform only notices a changed timestamp
         self._last_time = now
+        self._last_write = time.monotonic()
         head = f"{self.task_id}\t{now:.6f}\t{self.percent:.4f}\t{state}\t{code}"
         body = [line for text in extra for line in str(text).splitlines()]
         atomic_write_text(self.path, "\n".join([head, *body][:MAX_LINES]) + "\n")
 
-    def span(self, lo: float, hi: float) -> Progress:
-        """progress(fraction in [0, 1]) mapped into [lo, hi] of the whole run."""
-
-        def progress(fraction: float) -> None:
-            self.write(lo + (hi - lo) * min(1.0, max(0.0, fraction)))
-
-        return progress
+    def progress(self, fraction: float) -> None:
+        """The run's progress in [0, 1], written when `interval` has passed since the last write, or at 1."""
+        if fraction >= 1.0 or time.monotonic() - self._last_write >= self.interval:
+            self.write(fraction)
+        else:
+            self.percent = min(1.0, max(0.0, float(fraction)))
 
     def fail(self, code: int, message: str, traceback_lines: Sequence[str] = ()) -> None:
         try:
@@ -52,8 +55,6 @@ class Monitor:
             log.error("could not write %s: %s", self.path, exc)
 
 
-def task_spans(run_mining: bool, run_infer: bool) -> dict:
-    """Progress ranges of mining and infer: halves when both run in one call ('tmi' order)."""
-    if run_mining and run_infer:
-        return {"mining": (0.0, 0.5), "infer": (0.5, 1.0)}
-    return {"mining": (0.0, 1.0), "infer": (0.0, 1.0)}
+def span(progress: Progress, lo: float, hi: float) -> Progress:
+    """progress(fraction in [0, 1]) of a part mapped into [lo, hi] of the whole."""
+    return lambda fraction: progress(lo + (hi - lo) * min(1.0, max(0.0, fraction)))

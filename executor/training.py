@@ -11,21 +11,21 @@ import os
 import shlex
 import shutil
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import yaml
 
-from executor import model as adapter
-from executor.config import Env, Settings, build_settings, resolve_weights
-from executor.dataset import Sample, Split, export_yolo, read_dataset, summary
+from executor import trainer
+from executor.config import Settings, resolve_weights
+from executor.dataset import Sample, export_yolo, read_dataset, summary
 from executor.errors import ConfigError, ModelError
-from executor.evaluation import Metrics, evaluate
-from executor.monitor import Monitor
+from executor.evaluation import VAL_IOU, VAL_MAX_DET, Metrics, evaluate
+from executor.model import export_onnx, load_detector
+from executor.monitor import Progress, span
 from executor.writers import atomic_write_text, write_training_result
 
 log = logging.getLogger(__name__)
-Progress = Callable[[float], None]
 PREPARE, TRAIN = (0.0, 0.05), (0.05, 0.90)
 FINISH = (TRAIN[1], 1.0)
 MAX_STAGES = 11  # the SDK keeps the best stage and the 10 most recent ones
@@ -33,11 +33,6 @@ BEST = "best"
 
 
 # ---------------------------------------------------------------- weights and arguments
-
-def weights_search_dirs() -> list[str]:
-    """Directories of bundled weights: QUARRY_WEIGHTS_DIR (os.pathsep-separated; the image sets it)."""
-    return [d for d in os.environ.get("QUARRY_WEIGHTS_DIR", "").split(os.pathsep) if d]
-
 
 def bundled_weights(model_name: str, dirs: Sequence[str]) -> str | None:
     """`<model>.pt` in the first directory that has it."""
@@ -57,12 +52,12 @@ def choose_weights(settings: Settings, models_dir: str, dirs: Sequence[str]) -> 
         path = resolve_weights(tuple(pretrained), models_dir, (".pt",))
         log.info("training starts from pretrained_model_params: %s", path)
         return path
-    model_yaml = adapter.detection_model_yaml(settings.model)
+    model_yaml = trainer.detection_model_yaml(settings.model)
     path = bundled_weights(settings.model, dirs)
     if path:
         log.info("training starts from the bundled weights of %s: %s", settings.model, path)
         return path
-    log.warning("no weights for model %s (no pretrained_model_params, nothing in QUARRY_WEIGHTS_DIR=%s): "
+    log.warning("no weights for model %s (no pretrained_model_params, no bundled weights in %s): "
                 "training from scratch (%s)", settings.model, os.pathsep.join(dirs) or "''", model_yaml)
     return model_yaml
 
@@ -96,15 +91,6 @@ def parse_args_options(text: str) -> dict:
             log.warning("args_options sets '%s' twice; the last value is used", key)
         args[key] = parsed
     return args
-
-
-def ultralytics_args(settings: Settings, device: str, extra: dict) -> dict:
-    gpus = len(device.split(",")) if device != "cpu" else 1
-    args = {"epochs": settings.epochs, "batch": settings.batch_size_per_gpu * gpus, "imgsz": settings.img_size,
-            "workers": settings.num_workers_per_gpu, "optimizer": settings.optimizer, "lr0": settings.lr0,
-            "lrf": settings.lrf, "cos_lr": settings.cos_lr, "patience": settings.patience, "freeze": settings.freeze,
-            "amp": settings.amp, "seed": settings.seed, "device": device, "plots": False}
-    return {**args, **extra}
 
 
 # ---------------------------------------------------------------- stages and result.yaml
@@ -232,18 +218,18 @@ class TrainingHooks:
             self._last_fraction = done
             self.progress(done)
 
-    def on_epoch(self, report: adapter.EpochReport) -> None:
+    def on_epoch(self, report: trainer.EpochReport) -> None:
         self.progress(report.epoch / max(1, report.epochs))
         self.scalars(report.scalars, report.epoch)
         log.info("epoch %d/%d: %s", report.epoch, report.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in report.scalars.items() if not k.startswith("lr/")))
         if report.best_improved:  # provisional: Ultralytics' val mAP until our evaluation at the end
-            adapter.export_weights(report.best, self.book.stage_path(BEST, "best.pt"))
+            trainer.export_weights(report.best, self.book.stage_path(BEST, "best.pt"))
             self.book.add(BEST, ["best.pt"], {"mAP": report.map50 or 0.0})
         if self.save_period > 0 and report.epoch % self.save_period == 0:
             stage = f"epoch_{report.epoch}"
             weights = self.book.stage_path(stage, f"{stage}.pt")
-            adapter.export_weights(report.last, weights)
+            trainer.export_weights(report.last, weights)
             metrics = self.evaluator(weights)
             self.book.add(stage, [f"{stage}.pt"], metrics.stage_fields())
             self.scalars({"eval/mAP50": metrics.mAP, "eval/mAR50": metrics.mAR}, report.epoch)
@@ -258,17 +244,19 @@ class TrainingHooks:
 class Evaluator:
     """Our metrics of a weights file on the val split (picklable: DDP workers evaluate epoch stages)."""
 
-    def __init__(self, samples: list[Sample], class_names: list[str], img_size: int, gpu_id: str,
-                 evaluate_config: dict, batch_size: int):
-        self.samples, self.class_names, self.img_size = samples, class_names, img_size
-        self.gpu_id = gpu_id.split(",")[0] if gpu_id else ""
+    def __init__(self, samples: list[Sample], class_names: list[str], settings: Settings, evaluate_config: dict,
+                 batch_size: int):
+        self.samples, self.class_names, self.img_size = samples, class_names, settings.img_size
+        self.gpu_id = settings.gpu_id.split(",")[0]
         self.iou_thr, self.conf_thr = evaluate_config["iou_thr"], evaluate_config["conf_thr"]
         self.batch_size = batch_size
 
     def __call__(self, weights: str, progress: Progress = lambda f: None) -> Metrics:
         threads = torch.get_num_threads()  # the detector takes every core; training resumes with its own count
         try:
-            detector = adapter.load_detector(weights, "torch", self.gpu_id, self.img_size, self.class_names)
+            # the thresholds are the validator's (evaluation sets them); these only build the detector
+            detector = load_detector(weights, "torch", self.gpu_id, self.img_size, class_names=self.class_names,
+                                     conf_thres=self.conf_thr, iou_thres=VAL_IOU, max_det=VAL_MAX_DET)
             return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress)
         finally:
             torch.set_num_threads(threads)
@@ -276,41 +264,39 @@ class Evaluator:
 
 # ---------------------------------------------------------------- the task
 
-def run_training(env: Env, config: dict, monitor: Monitor) -> None:
-    settings = build_settings("training", config)
-    class_names = list(settings.get("class_names") or ())
-    evaluate_config = dict(settings.get("evaluate_config") or {"iou_thr": 0.5, "conf_thr": 0.005})
-    extra = adapter.check_train_args(parse_args_options(settings.args_options))
-    device = adapter.train_device(settings.gpu_id)
-    source = choose_weights(settings, env.input_path("models_dir"), weights_search_dirs())
+def run_training(job, settings: Settings, progress: Progress) -> None:
+    """Train on job.training_index / job.val_index; stages and result.yaml under job.models_out."""
+    class_names = list(settings.class_names)
+    evaluate_config = dict(settings.evaluate_config)
+    extra = trainer.check_train_args(parse_args_options(settings.args_options))
+    device = trainer.train_device(settings.gpu_id)
+    source = choose_weights(settings, job.models_dir, job.weights_dirs)
 
-    out_root, models_dir = env.output_path("root_dir"), env.output_path("models_dir")
-    monitor.span(*PREPARE)(0.0)
-    train, val = read_dataset(env.input_path("training_index_file"), env.input_path("val_index_file"),
-                              class_names, settings.export_format)
-    data_yaml = export_yolo(os.path.join(out_root, "yolo_dataset"), (train, val), class_names)
-    monitor.span(*PREPARE)(1.0)
+    span(progress, *PREPARE)(0.0)
+    train, val = read_dataset(job.training_index, job.val_index, class_names, settings.export_format)
+    data_yaml = export_yolo(os.path.join(job.work_dir, "yolo_dataset"), (train, val), class_names)
+    span(progress, *PREPARE)(1.0)
 
-    book = StageBook(models_dir, env.output_path("training_result_file"), env.multi_stage_result,
-                     evaluate_config, os.path.join(out_root, "training-stages.json"))
-    evaluator = Evaluator(val.samples, class_names, settings.img_size, settings.gpu_id, evaluate_config,
+    book = StageBook(job.models_out, job.training_result, job.multi_stage_result, evaluate_config,
+                     os.path.join(job.work_dir, "training-stages.json"))
+    evaluator = Evaluator(val.samples, class_names, settings, evaluate_config,
                           2 * settings.batch_size_per_gpu)  # as Ultralytics validates during training
-    hooks = TrainingHooks(monitor.span(*TRAIN), env.output_path("tensorboard_dir"), book, evaluator,
+    hooks = TrainingHooks(span(progress, *TRAIN), job.tensorboard_dir, book, evaluator,
                           settings.save_period, settings.save_best_only)
     hooks.text("dataset", "\n\n".join(summary(s, class_names) for s in (train, val)))
-    args = ultralytics_args(settings, device, extra)
+    args = trainer.train_args(settings, device, extra)
     log.info("training %s for %d epochs: %s", source, settings.epochs, args)
     started = time.monotonic()
     try:
-        result = adapter.train_detector(source, data_yaml, args, hooks, os.path.join(out_root, "ultralytics", "train"))
+        result = trainer.train_detector(source, data_yaml, args, hooks, os.path.join(job.work_dir, "ultralytics", "train"))
         log.info("training took %.1f s", time.monotonic() - started)
         book.reload()
-        finish(result, book, hooks, evaluator, settings, monitor.span(*FINISH))
+        finish(result, book, hooks, evaluator, settings, span(progress, *FINISH))
     finally:
         hooks.close()
 
 
-def finish(result: adapter.TrainResult, book: StageBook, hooks: TrainingHooks, evaluator: Evaluator,
+def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, evaluator: Evaluator,
            settings: Settings, progress: Progress) -> None:
     """The best stage with our metrics, its ONNX export as an attachment, result.yaml."""
     checkpoint = result.best or result.last
@@ -319,7 +305,7 @@ def finish(result: adapter.TrainResult, book: StageBook, hooks: TrainingHooks, e
     if result.best is None:
         log.warning("Ultralytics saved no best.pt; the best stage uses the last weights")
     best = book.stage_path(BEST, "best.pt")
-    adapter.export_weights(checkpoint, best)
+    trainer.export_weights(checkpoint, best)
     metrics = evaluator(best, lambda f: progress(0.6 * f))
     book.add(BEST, ["best.pt"], metrics.stage_fields())
     hooks.scalars({"mAP50": metrics.mAP, "mAR50": metrics.mAR, "mAP50_95": metrics.mAP50_95}, 0, prefix="best/")
@@ -331,7 +317,7 @@ def finish(result: adapter.TrainResult, book: StageBook, hooks: TrainingHooks, e
                  hooks.ultralytics_best["metrics/mAP50"])
     onnx = book.attachment_path("onnx", "best.onnx")
     try:
-        adapter.export_onnx(best, onnx, settings.img_size, settings.opset)
+        export_onnx(best, onnx, settings.img_size, settings.opset)
     except Exception:  # the package is complete without it; the failure is in the log with its traceback
         log.exception("ONNX export of %s failed; the model package has no onnx attachment", best)
     else:

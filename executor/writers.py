@@ -28,14 +28,18 @@ def format_score(score: float) -> str:
     return repr(float(score))
 
 
-def mining_lines(scored: Iterable[tuple[str, float]]) -> list[str]:
-    """`path<TAB>score` lines, best first; ties keep input order so equal scores stay deterministic."""
+def ranked(scored: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    """(path, score) best first; ties keep input order so equal scores stay deterministic."""
     rows = list(scored)
     for path, score in rows:
         if not math.isfinite(score):
             raise ValueError(f"non-finite mining score {score} for {path}")
-    rows.sort(key=lambda row: -row[1])
-    return [f"{path}\t{format_score(score)}\n" for path, score in rows]
+    return sorted(rows, key=lambda row: -row[1])
+
+
+def mining_lines(scored: Iterable[tuple[str, float]]) -> list[str]:
+    """`path<TAB>score` lines, best first."""
+    return [f"{path}\t{format_score(score)}\n" for path, score in ranked(scored)]
 
 
 def write_mining_result(path: str, scored: Iterable[tuple[str, float]]) -> None:

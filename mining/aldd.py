@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mining.base import Scorer
+
 log = logging.getLogger(__name__)
 
 AVG_POOL_KERNEL = 3   # neighbourhood in cells of each level's own grid (24 / 48 / 96 input px)
@@ -131,3 +133,18 @@ def aldd_scores(class_maps: Sequence[torch.Tensor], class_weights: torch.Tensor 
     if weights.shape != (classes,) or not torch.isfinite(weights).all():
         raise ValueError(f"class_weights must be {classes} finite values, got {weights.tolist()}")
     return per_class @ weights
+
+
+class AlddScorer(Scorer):
+    params = ("class_distribution_scores",)
+
+    def __init__(self, *, class_distribution_scores: Sequence[float]):
+        self.scores = tuple(class_distribution_scores)
+        self.weights = None
+
+    def _score(self, batch, detector) -> np.ndarray:
+        maps = detector.predict_maps(batch)
+        if self.weights is None:
+            weights = class_weights(self.scores, detector.num_classes)
+            self.weights = torch.as_tensor(weights, dtype=torch.float32, device=maps[0].device)
+        return aldd_scores(maps, self.weights).double().cpu().numpy()

@@ -8,6 +8,8 @@ comes from the numpy Generator passed in.
 import cv2
 import numpy as np
 
+from mining.boxes import box_ioa
+
 CUTOUT_TRIES = 50
 CUTOUT_PATCHES = 2
 CUTOUT_SIDE = (0.05, 0.2)      # patch side as a fraction of the image side, drawn per axis
@@ -31,17 +33,6 @@ def hflip(image: np.ndarray, boxes: np.ndarray) -> View:
     return np.ascontiguousarray(image[:, ::-1]), flipped.astype(np.float32)
 
 
-def _max_overlap(patch: np.ndarray, boxes: np.ndarray) -> float:
-    """Largest (box ∩ patch) / box area over boxes (N, 4); 0.0 without boxes."""
-    if len(boxes) == 0:
-        return 0.0
-    iw = np.clip(np.minimum(boxes[:, 2], patch[2]) - np.maximum(boxes[:, 0], patch[0]), 0, None)
-    ih = np.clip(np.minimum(boxes[:, 3], patch[3]) - np.maximum(boxes[:, 1], patch[1]), 0, None)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    ratio = np.divide(iw * ih, area, out=np.zeros_like(area), where=area > 0)
-    return float(ratio.max())
-
-
 def cutout_patches(height: int, width: int, boxes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The reference's cutout placement: (P, 4) int xyxy patches, P <= CUTOUT_PATCHES.
 
@@ -57,7 +48,7 @@ def cutout_patches(height: int, width: int, boxes: np.ndarray, rng: np.random.Ge
         ph, pw = rng.uniform(*CUTOUT_SIDE) * height, rng.uniform(*CUTOUT_SIDE) * width
         left, top = rng.uniform(0, width - pw), rng.uniform(0, height - ph)
         patch = np.array([int(left), int(top), int(left + pw), int(top + ph)])
-        if lo <= _max_overlap(patch.astype(np.float64), b) <= hi:
+        if lo <= box_ioa(b, patch.astype(np.float64)).max(initial=0.0) <= hi:
             patches.append(patch)
             if len(patches) == CUTOUT_PATCHES:
                 break

@@ -15,6 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import rel_entr
 
+from mining.augment import make_views
+from mining.base import Scorer, image_seed
+from mining.boxes import box_iou
 from mining.entropy import box_distribution
 
 BETA = 1.3
@@ -22,22 +25,8 @@ SCORE_OFFSET = 2.0  # the largest consistency C; score = SCORE_OFFSET - mean D >
 # Images without reference detections are ranked after every image with detections: the score of
 # an image with detections is >= 2 - max(beta, 2 - beta) >= 0 for beta in [0, 2].
 NO_DETECTION_SCORE = 0.0
-_EPS = 1e-12
 
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (M, 4), conf (M,), probs (M, C)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (N, M) of xyxy boxes a (N, 4) and b (M, 4); degenerate boxes give 0."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.nan_to_num(inter / np.maximum(union, _EPS))
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -87,3 +76,27 @@ def cald_score(ref_probs: np.ndarray, ref_conf: np.ndarray, view_boxes_ref: Sequ
     values = [view_inconsistency(ref_dist, conf, boxes_ref, view, beta)
               for boxes_ref, view in zip(view_boxes_ref, view_dets)]
     return SCORE_OFFSET - float(np.mean(values))
+
+
+class CaldScorer(Scorer):
+    """Reference pass, then the 4 augmented views of every image with detections, predicted by the detector."""
+    params = ("seed",)
+
+    def __init__(self, *, seed: int):
+        self.seed = seed
+
+    def _score(self, batch, detector) -> np.ndarray:
+        refs = detector.predict(batch)
+        scores = np.full(len(refs), NO_DETECTION_SCORE, dtype=np.float64)
+        owners, moved_boxes, views = [], [], []
+        for i, (key, image, ref) in enumerate(zip(batch.keys, batch.images, refs)):
+            if len(ref):
+                rng = np.random.default_rng(image_seed(self.seed, key))
+                for view, moved in make_views(image, ref.xyxy, rng):
+                    owners.append(i), moved_boxes.append(moved), views.append(view)
+        found = detector.predict_views(views, max(1, len(batch.keys))) if views else []
+        for i in sorted(set(owners)):
+            mine = [k for k, owner in enumerate(owners) if owner == i]
+            scores[i] = cald_score(refs[i].probs, refs[i].conf, [moved_boxes[k] for k in mine],
+                                   [(found[k].xyxy, found[k].conf, found[k].probs) for k in mine])
+        return scores

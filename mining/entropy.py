@@ -9,6 +9,8 @@ docs/mining.md explains the choice.
 import numpy as np
 from scipy.special import entr
 
+from mining.base import Scorer
+
 AGGREGATIONS = ("sum", "mean", "max")
 
 
@@ -43,3 +45,18 @@ def image_entropy(probs: np.ndarray, aggregation: str) -> float:
     if h.size == 0:
         return 0.0
     return float(getattr(np, aggregation)(h))
+
+
+class EntropyScorer(Scorer):
+    """The same forward as inference, but NMS keeps every box down to `entropy_conf_thres`: the doubtful ones
+    carry the signal, and a cut at max_det (meant for reported detections) would keep only the surest."""
+    params = ("entropy_aggregation", "entropy_conf_thres")
+
+    def __init__(self, *, entropy_aggregation: str, entropy_conf_thres: float):
+        if entropy_aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {entropy_aggregation!r}")
+        self.aggregation, self.conf_thres = entropy_aggregation, entropy_conf_thres
+
+    def _score(self, batch, detector) -> np.ndarray:
+        found = detector.predict(batch, conf_thres=self.conf_thres, capped=False)
+        return np.array([image_entropy(d.probs, self.aggregation) for d in found])

@@ -87,3 +87,25 @@ def monitor_fields(env_path: Path) -> list[str]:
 def read_result_tsv(env_path: Path) -> list[tuple[str, float]]:
     lines = (env_path.parent.parent / "out" / "result.tsv").read_text().splitlines()
     return [(line.split("\t")[0], float(line.split("\t")[1])) for line in lines]
+
+
+def template_detector(img_size: int = 640, weights=WEIGHTS, **overrides):
+    """The real detector with the infer template's post-processing (what a run with defaults loads)."""
+    from executor.config import build_settings
+    from executor.model import load_detector
+
+    s = build_settings("infer", {"img_size": img_size, **overrides})
+    return load_detector(str(weights), s.backend, s.gpu_id, s.img_size, conf_thres=s.conf_thres,
+                         iou_thres=s.iou_thres, max_det=s.max_det)
+
+
+def batch_of(paths, detector):
+    """A mining.base.Batch of image files letterboxed for `detector` (one canvas shape required)."""
+    import numpy as np
+
+    from executor.images import read_image
+    from mining.base import Batch
+
+    images = [read_image(str(p)) for p in paths]
+    boxed = [detector.letterbox(image) for image in images]
+    return Batch([str(p) for p in paths], images, np.stack([c for c, _ in boxed]), [b for _, b in boxed])

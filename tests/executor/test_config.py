@@ -1,7 +1,9 @@
 import pytest
 import yaml
 
-from executor.config import build_settings, load_env, parse_env, resolve_weights, to_bool
+import start
+
+from executor.config import build_settings, gpu_list, parse_env, read_yaml_mapping, resolve_weights, to_bool
 from executor.errors import ConfigError, ModelError
 
 
@@ -15,6 +17,7 @@ def test_template_defaults_are_typed():
 @pytest.mark.parametrize("value, expected", [(0, "0"), ("0", "0"), ("0, 1", "0,1"), ("", ""), (None, ""), ("cpu", "")])
 def test_gpu_id_forms(value, expected):
     assert build_settings("mining", {"gpu_id": value}).gpu_id == expected
+    assert gpu_list(value) == [int(p) for p in expected.split(",") if p]
 
 
 @pytest.mark.parametrize("value, expected", [(True, True), ("true", True), ("T", True), (1, True), ("1", True),
@@ -51,12 +54,16 @@ def test_unknown_key_is_a_warning(caplog):
     assert "no_such_key" in caplog.text
 
 
+def env_of(data):
+    return parse_env(data, "env.yaml", start.DEFAULT_INPUT, start.DEFAULT_OUTPUT)
+
+
 def test_env_defaults_and_flags(tmp_path):
-    env = parse_env({"run_mining": True, "run_infer": "true"})
+    env = env_of({"run_mining": True, "run_infer": "true"})
     assert env.run_mining and env.run_infer and not env.run_training
     assert env.protocol_version == "0.0.1" and env.infer_list_key == "annotations"
     assert env.output_path("monitor_file") == "/out/monitor.txt"
-    assert parse_env({"run_infer": True, "protocol_version": "1.1.0"}).infer_list_key == "boxes"
+    assert env_of({"run_infer": True, "protocol_version": "1.1.0"}).infer_list_key == "boxes"
 
 
 @pytest.mark.parametrize("data, needle", [
@@ -67,19 +74,19 @@ def test_env_defaults_and_flags(tmp_path):
 ])
 def test_bad_env(data, needle):
     with pytest.raises(ConfigError, match=needle):
-        parse_env(data)
+        env_of(data)
 
 
 def test_env_file_errors_name_the_file(tmp_path):
     missing = tmp_path / "env.yaml"
     with pytest.raises(ConfigError, match=str(missing)):
-        load_env(str(missing))
+        read_yaml_mapping(str(missing), "env.yaml")
     missing.write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_env(str(missing))
+        read_yaml_mapping(str(missing), "env.yaml")
     missing.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
-        load_env(str(missing))
+        read_yaml_mapping(str(missing), "env.yaml")
 
 
 def test_resolve_weights_prefers_best_then_newest(tmp_path):

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 
 from executor.dataset import Sample
-from executor.evaluation import box_iou, coco_metrics, count_matches, multi_label_nms, primary_labels
-from executor.images import Letterbox
-from executor.model import Detections
+from executor.evaluation import coco_metrics, count_matches, primary_labels
+from mining.base import Detections
 
 
 def sample(boxes, classes, size=(200, 100)) -> Sample:
@@ -18,12 +17,6 @@ def dets(boxes, classes, scores, num_classes=3) -> Detections:
     probs[np.arange(n), classes] = scores
     return Detections(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
                       np.asarray(classes, np.int64), probs)
-
-
-def test_box_iou():
-    iou = box_iou(np.array([[0, 0, 10, 10], [0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]]))
-    np.testing.assert_allclose(iou, [[1, 1 / 3, 0], [1, 1 / 3, 0]])
-    assert box_iou(np.zeros((0, 4)), np.zeros((2, 4))).shape == (0, 2)
 
 
 def test_perfect_predictions_score_one():
@@ -58,19 +51,10 @@ def test_no_predictions_and_no_ground_truth():
     assert count_matches([sample([], [])], [dets([[0, 0, 10, 10]], [0], [0.9])], 0.5, 0.0) == (0, 1, 0)
 
 
-def test_multi_label_nms_reports_a_box_per_class_and_primary_keeps_the_best():
-    import torch
-    raw = torch.zeros(1, 4 + 3, 4)
-    raw[0, :4, 0] = torch.tensor([20.0, 20, 10, 10])  # anchor 0: box at (15..25) with two likely classes
-    raw[0, 4:, 0] = torch.tensor([0.9, 0.6, 0.0])
-    raw[0, :4, 1] = torch.tensor([21.0, 20, 10, 10])  # anchor 1: the same object, lower score: suppressed
-    raw[0, 4:, 1] = torch.tensor([0.8, 0.0, 0.0])
-    raw[0, :4, 2] = torch.tensor([60.0, 60, 10, 10])  # anchor 2: below the threshold
-    raw[0, 4:, 2] = torch.tensor([0.0005, 0.0, 0.0])
-    box = Letterbox(ratio=0.5, pad_x=0.0, pad_y=10.0, height=200, width=200)
-    (det,) = multi_label_nms(raw, [box], 0.001, 0.7, 300)
-    assert det.cls.tolist() == [0, 1] and det.conf.tolist() == pytest.approx([0.9, 0.6])
-    np.testing.assert_allclose(det.xyxy[0], [30, 10, 50, 30])  # (x - pad) / ratio
+def test_primary_labels_keep_each_box_best_class():
+    probs = np.array([[0.9, 0.6, 0.0], [0.9, 0.6, 0.0]], np.float32)
+    det = Detections(np.array([[0, 0, 10, 10]] * 2, np.float32), np.array([0.9, 0.6], np.float32),
+                     np.array([0, 1], np.int64), probs)  # one box reported once per class by multi-label NMS
     assert primary_labels(det).cls.tolist() == [0]
 
 
@@ -81,7 +65,7 @@ def test_map_agrees_with_ultralytics_val(tmp_path):
 
     from executor.dataset import export_yolo, read_dataset
     from executor.evaluation import evaluate
-    from executor.model import load_detector
+    from tests.platform import template_detector
     from tests.ymir_builders import WEIGHTS_DIR, write_coco_val_dataset
 
     names = write_coco_val_dataset(tmp_path / "in", 2, 48)
@@ -89,7 +73,7 @@ def test_map_agrees_with_ultralytics_val(tmp_path):
                               names, "coco:raw")
     data_yaml = export_yolo(str(tmp_path / "yolo"), (train, val), names)
     weights = str(WEIGHTS_DIR / "yolov8n.pt")
-    ours = evaluate(load_detector(weights, "torch", "", 320, names), val.samples, batch_size=8)
+    ours = evaluate(template_detector(320, class_names=names), val.samples, 0.5, 0.005, batch_size=8)
     theirs = YOLO(weights).val(data=data_yaml, imgsz=320, batch=8, device="cpu", plots=False, split="val",
                                project=str(tmp_path), name="val", verbose=False)
     print(f"mAP@0.5 ours {ours.mAP:.4f} ultralytics {theirs.box.map50:.4f}; "
@@ -100,11 +84,12 @@ def test_map_agrees_with_ultralytics_val(tmp_path):
 
 
 def test_rect_batches_follow_aspect_ratio_like_ultralytics():
-    from executor.evaluation import rect_batches, rect_canvas
+    from executor.evaluation import rect_batches
+    from executor.images import letterbox
     samples = [sample([], [], size=s) for s in ((640, 480), (480, 640), (500, 500), (640, 427))]
     batches = rect_batches(samples, 320, 2)
     assert [b[0] for b in batches] == [[3, 0], [2, 1]]  # sorted by height / width
     assert batches[0][1] == (256, 352) and batches[1][1] == (352, 352)  # ceil(shape * 320 / 32 + 0.5) * 32
-    canvas, box = rect_canvas(np.zeros((427, 640, 3), np.uint8), 320, (256, 352))
+    canvas, box = letterbox(np.zeros((427, 640, 3), np.uint8), 320, canvas_shape=(256, 352))
     assert canvas.shape == (256, 352, 3) and box.ratio == pytest.approx(0.5)
     assert (box.pad_x, box.pad_y) == (16.0, 21.0)

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from executor.errors import ImageError
-from executor.images import PAD_VALUE, letterbox, read_image
-from executor.loop import progress_batch_size, run_batches, same_shape_chunks
+from executor.images import PAD_VALUE, letterbox, read_image, same_shape_chunks
 from tests.platform import COCO_VAL
 
 JPEG = COCO_VAL / "images" / "000000000139.jpg"
@@ -84,41 +83,6 @@ def test_rectangular_letterbox_is_the_smallest_stride_multiple():
     back = box.to_original(np.array([[0.0, 0.0, 32.0, 64.0]], np.float32))
     np.testing.assert_allclose(back, [[0, 0, 100, 200]], atol=0.5)
     assert letterbox(np.zeros((64, 64, 3), np.uint8), 64, stride=32)[0].shape == (64, 64, 3)
-
-
-def test_loop_batches_one_canvas_shape_at_a_time(tmp_path):
-    import cv2
-
-    files = {}
-    for h, w in [(40, 80), (80, 40), (64, 64)]:
-        files[h, w] = str(tmp_path / f"{h}x{w}.png")
-        cv2.imwrite(files[h, w], np.zeros((h, w, 3), np.uint8))
-    pattern = [(40, 80), (80, 40), (40, 80), (64, 64), (80, 40), (40, 80), (40, 80), (80, 40), (40, 80)]
-    keys = [files[shape] for shape in pattern] * 25  # 225 images: batches of 2 (progress every 1%)
-    batches, fractions = [], []
-    run_batches(keys, 64, 16, 2, lambda b: batches.append((b.keys, b.canvases.shape)), fractions.append, stride=32)
-    assert sorted(k for ks, _ in batches for k in ks) == sorted(keys)  # every image once
-    canvas_of = {files[40, 80]: (32, 64), files[80, 40]: (64, 32), files[64, 64]: (64, 64)}
-    for batch_keys, shape in batches:
-        assert shape[0] == len(batch_keys) <= 2 and {canvas_of[k] for k in batch_keys} == {shape[1:3]}
-    assert sum(len(ks) == 2 for ks, _ in batches) >= 100  # full batches, not one image at a time
-    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
-
-
-def test_loop_reports_unreadable_images_and_keeps_order(tmp_path):
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"")
-    keys = [str(JPEG), str(bad), str(COCO_VAL / "images" / "000000000802.jpg")]
-    seen, fractions = [], []
-    failures = run_batches(keys, 64, 2, 2, lambda b: seen.extend(b.keys), fractions.append)
-    assert seen == [keys[0], keys[2]] and failures[0][0] == str(bad)
-    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
-
-
-def test_progress_batch_size_moves_every_percent():
-    assert progress_batch_size(16, 206) == 2
-    assert progress_batch_size(16, 50) == 1
-    assert progress_batch_size(16, 100000) == 16
 
 
 def test_same_shape_chunks_keep_first_appearance_order():

@@ -4,11 +4,11 @@ import re
 import pytest
 import yaml
 
-from executor import model as adapter
+from executor import trainer as adapter
 from executor.config import build_settings
 from executor.errors import ConfigError, ModelError, NoGpuError
 from executor.training import (BEST, MAX_STAGES, StageBook, TrainingHooks, bundled_weights, choose_weights,
-                               parse_args_options, ultralytics_args)
+                               parse_args_options)
 from executor.writers import write_training_result
 from tests.ymir_builders import WEIGHTS_DIR, read_scalars
 
@@ -60,10 +60,10 @@ def test_args_options_accepts_ultralytics_train_keys():
 def test_ultralytics_args_from_the_template():
     settings = build_settings("training", {"batch_size_per_gpu": 8, "img_size": 320, "optimizer": "adamw",
                                            "freeze": "10"})
-    args = ultralytics_args(settings, "0,1", {"mosaic": 0.0, "plots": True})
+    args = adapter.train_args(settings, "0,1", {"mosaic": 0.0, "plots": True})
     assert args["batch"] == 16 and args["imgsz"] == 320 and args["optimizer"] == "AdamW" and args["freeze"] == 10
     assert args["device"] == "0,1" and args["mosaic"] == 0.0 and args["plots"] is True
-    assert ultralytics_args(settings, "cpu", {})["batch"] == 8
+    assert adapter.train_args(settings, "cpu", {})["batch"] == 8
     assert {"save_period", "project", "data"}.isdisjoint(args)
 
 

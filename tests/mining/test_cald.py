@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from mining.cald import BETA, NO_DETECTION_SCORE, SCORE_OFFSET, box_iou, cald_score, js_divergence
+from mining.cald import BETA, NO_DETECTION_SCORE, SCORE_OFFSET, cald_score, js_divergence
 from mining.entropy import box_distribution
 
 REF_BOXES = np.array([[10, 10, 50, 50], [60, 20, 90, 80]], dtype=np.float32)
@@ -14,12 +14,6 @@ EMPTY = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 2),
 
 def identical_view():
     return REF_BOXES, (REF_BOXES.copy(), REF_CONF.copy(), REF_PROBS.copy())
-
-
-def test_box_iou_hand_values():
-    iou = box_iou(np.array([[0, 0, 2, 2]]), np.array([[1, 1, 3, 3], [0, 0, 2, 2], [5, 5, 6, 6], [1, 1, 1, 5]]))
-    assert np.allclose(iou, [[1 / 7, 1.0, 0.0, 0.0]])
-    assert box_iou(np.zeros((0, 4)), np.zeros((3, 4))).shape == (0, 3)
 
 
 def test_js_divergence_bounds():

@@ -1,0 +1,38 @@
+import cv2
+import numpy as np
+
+from executor.images import letterbox
+from executor.loop import Unreadable, batches
+from mining.base import Batch
+from tests.platform import COCO_VAL
+
+
+def rect(image):
+    return letterbox(image, 64, 32)
+
+
+def test_batches_hold_one_canvas_shape_and_the_batch_size_asked_for(tmp_path):
+    files = {}
+    for h, w in [(40, 80), (80, 40), (64, 64)]:
+        files[h, w] = str(tmp_path / f"{h}x{w}.png")
+        cv2.imwrite(files[h, w], np.zeros((h, w, 3), np.uint8))
+    pattern = [(40, 80), (80, 40), (40, 80), (64, 64), (80, 40), (40, 80), (40, 80), (80, 40), (40, 80)]
+    keys = [files[shape] for shape in pattern] * 25  # 225 images, a small pool: the batch stays 16
+    found = list(batches(keys, rect, 16, 2))
+    assert all(isinstance(b, Batch) for b in found)
+    assert sorted(k for b in found for k in b.keys) == sorted(keys)  # every image once
+    canvas_of = {files[40, 80]: (32, 64), files[80, 40]: (64, 32), files[64, 64]: (64, 64)}
+    for b in found:
+        assert b.canvases.shape[0] == len(b.keys) <= 16 and {canvas_of[k] for k in b.keys} == {b.canvases.shape[1:3]}
+    assert sum(len(b.keys) == 16 for b in found) >= 8  # mostly full batches, not one image at a time
+    assert len(found) <= 225 // 16 + 6
+
+
+def test_unreadable_images_are_reported_in_place(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    keys = [str(COCO_VAL / "images" / "000000000139.jpg"), str(bad), str(COCO_VAL / "images" / "000000000802.jpg")]
+    found = list(batches(keys, rect, 2, 2))
+    assert isinstance(found[0], Unreadable) and found[0].key == str(bad) and "empty" in found[0].reason
+    assert sorted(k for b in found[1:] for k in b.keys) == sorted([keys[0], keys[2]])
+    assert [k for b in list(batches(keys, rect, 2, 0))[1:] for k in b.keys] == [k for b in found[1:] for k in b.keys]
