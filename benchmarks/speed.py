@@ -4,11 +4,10 @@
   letterboxed, converted to float and moved to the device beforehand; only the forward is timed.
 - P1/P2 `mine_timed`: `executor.tasks.mine` (threaded decode + letterbox, batching, the scorer) on the
   same images with the same settings, timed end to end, with a breakdown of where the time went.
-- P3 `ultralytics_predict`: what a user would script instead, `YOLO(w).predict(stream=True)`.
+- P3 `UltralyticsPredict`: what a user would script instead, `YOLO(w).predict(stream=True)`.
 - P4 `peak_rss_ratio` and P5 `first_progress`: `start.py` in platform mode in child processes.
 - P6 `onnx_vs_torch`: `executor.tasks.infer` with backend onnx vs torch.
 """
-import json
 import logging
 import os
 import shutil
@@ -23,18 +22,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from executor.config import build_settings
-from executor.images import letterbox, read_image
-from executor.loop import same_shape_chunks
+from executor.images import same_shape_chunks
+from executor.loop import decode
+from executor.tasks import Job, Models, infer, mine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger("benchmarks")
 
 
-def settings_for(weights: str, algorithm: str = "aldd", gpu_id: str = "", **extra):
-    """Template defaults (batch 16, 4 decode threads, conf 0.25, img_size 640) with the given changes."""
-    return build_settings("mining", {"model_params_path": [weights], "mining_algorithm": algorithm,
-                                     "gpu_id": gpu_id, **extra})
+def mining_config(weights: str, algorithm: str, gpu_id: str = "", **extra) -> dict:
+    """A mining config.yaml: the template defaults (batch 16, 4 decode threads, conf 0.25, img_size 640) with
+    the given changes."""
+    return {"model_params_path": [weights], "mining_algorithm": algorithm, "gpu_id": gpu_id, **extra}
 
 
 def sync(device: torch.device) -> None:
@@ -44,9 +43,13 @@ def sync(device: torch.device) -> None:
 
 # ---------------------------------------------------------------- P0: the model alone
 
-def decoded_canvases(keys, img_size: int, limit: int, stride: int | None = None) -> list[np.ndarray]:
-    """The network inputs the mining loop makes (square, or rectangles of `stride` multiples)."""
-    return [letterbox(read_image(k), img_size, stride)[0] for k in keys[:limit]]
+def decoded_canvases(keys, detector) -> list[np.ndarray]:
+    """The network inputs the mining loop makes of `keys` for `detector` (its decode, its letterbox)."""
+    decoded = [decode(key, detector.letterbox) for key in keys]
+    unreadable = [d.error for d in decoded if d.error]
+    if unreadable:
+        raise RuntimeError(f"{len(unreadable)} unreadable benchmark images; first: {unreadable[0]}")
+    return [d.canvas for d in decoded]
 
 
 def to_input(canvases: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -89,52 +92,62 @@ class Clock:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
 
-    def wrap(self, label: str, fn, synchronize: bool = False):
+    def wrap(self, label: str, fn, synchronize: bool = False, exclusive_of: str | None = None):
+        """`fn`, timed under `label`; with `exclusive_of`, less the time that label gains during the call."""
         def timed(*args, **kwargs):
+            inner = self.seconds[exclusive_of] if exclusive_of else 0.0
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 if synchronize:
                     sync(self.device)
-                self.seconds[label] += time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0
+                if exclusive_of:
+                    elapsed -= self.seconds[exclusive_of] - inner
+                self.seconds[label] += elapsed
                 self.calls[label] += 1
         return timed
 
 
 @contextmanager
-def instrumented(detector, scorer, clock: Clock):
-    """Time the network, predict (forward + NMS + maps), the scorer, and the scorers' helpers, by wrapping
-    them in this process only (instance attributes and module globals; restored afterwards)."""
-    import executor.images
-    import mining
+def instrumented(detector, scorer_class, clock: Clock):
+    """Time the network, the predictions (forward + NMS + maps), the scorer, and the scorers' helpers, by
+    wrapping them in this process only (the detector's network, methods of the detector's and the scorer's
+    classes, module globals of mining/; all restored afterwards)."""
+    import mining.aldd
+    import mining.cald
+    import mining.entropy
 
     patches = []
 
-    def patch(owner, name, label, synchronize=False):
+    def patch(owner, name, label, **timing):
         original = getattr(owner, name)
-        in_dict = name in getattr(owner, "__dict__", {})
-        setattr(owner, name, clock.wrap(label, original, synchronize))
+        in_dict = name in vars(owner)
+        setattr(owner, name, clock.wrap(label, original, **timing))
         patches.append((owner, name, original, in_dict))
 
     if hasattr(detector, "net"):
-        patch(detector, "net", "network", synchronize=True)
-    # on the class: EntropyScorer predicts through a copy of the detector with other NMS settings
-    patch(type(detector), "predict", "predict")
-    patch(type(detector), "predict_maps", "predict")
-    patch(scorer, "score_batch", "score_batch")
-    for name, label in (("make_views", "cald_views"), ("cald_score", "cald_math"), ("aldd_scores", "aldd_math"),
-                        ("image_entropy", "entropy_math")):
-        if hasattr(mining, name):
-            patch(mining, name, label)
-    patch(executor.images, "letterbox", "view_letterbox")  # only CALD's views look it up there at call time
+        patch(detector, "net", "network", synchronize=True)  # shared by the copies with_postprocess makes
+    # on the classes: executor.tasks.mine builds its own scorer and mines with a copy of the detector
+    # (Models.detector: with_postprocess); every prediction (candidates, CALD's views) goes through
+    # predict_canvases, ALDD's maps through predict_maps
+    cls = type(detector)
+    patch(cls, "predict_canvases", "predict")
+    patch(cls, "predict_maps", "predict")
+    patch(cls, "predict_views", "view_letterbox", exclusive_of="predict")  # letterboxing CALD's views
+    patch(scorer_class, "score", "score")
+    for module, name, label in ((mining.cald, "make_views", "cald_views"), (mining.cald, "cald_score", "cald_math"),
+                                (mining.aldd, "aldd_scores", "aldd_math"),
+                                (mining.entropy, "image_entropy", "entropy_math")):
+        patch(module, name, label)
     try:
         yield clock
     finally:
         for owner, name, original, in_dict in reversed(patches):
             if in_dict:
                 setattr(owner, name, original)
-            else:  # was a class attribute (a method): drop the instance override
+            else:  # was inherited (a method of a base class): drop the override
                 delattr(owner, name)
 
 
@@ -145,62 +158,61 @@ def breakdown(total: float, clock: Clock) -> dict:
     predict = s.get("predict", 0.0)
     math = sum(s.get(k, 0.0) for k in ("cald_math", "aldd_math", "entropy_math"))
     views = s.get("cald_views", 0.0) + s.get("view_letterbox", 0.0)
-    scorer = s.get("score_batch", 0.0)
+    scorer = s.get("score", 0.0)
     return {
         "network": network,
         "input_and_postprocess": predict - network,     # uint8 -> float, NMS, boxes to numpy, class maps
         "cald_views": views,                             # augmenting and letterboxing CALD's views
         "score_math": math,                              # entropy / ALDD / CALD formulas
-        "scorer_other": scorer - predict - views - math,  # glue in score_batch (stacking views, ...)
+        "scorer_other": scorer - predict - views - math,  # glue in the scorer (matching views, the contract check)
         "loop_and_decode_wait": total - scorer,          # batching loop, waiting for decode threads, progress
         "forward_passes": clock.calls.get("network", 0),
     }
 
 
 @contextmanager
-def pinned_batch(batch: int):
-    """Make executor.loop use `batch` whatever the pool size: a segment of a pool is then mined with the
-    batch the whole pool gets (the loop caps small pools' batches only so progress moves every 1%)."""
-    import executor.loop
-
-    original = executor.loop.progress_batch_size
-    executor.loop.progress_batch_size = lambda requested, total: batch
-    try:
-        yield
-    finally:
-        executor.loop.progress_batch_size = original
+def scratch_job(keys):
+    """A Job over `keys` whose result files go to a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="quarry-bench-job-") as folder:
+        yield Job(candidates=list(keys), mining_result=os.path.join(folder, "result.tsv"),
+                  infer_result=os.path.join(folder, "infer-result.json"))
 
 
-def mine_timed(keys, detector, settings) -> dict:
+def shipped(task, keys, detector, config: dict, progress=lambda fraction: None, on_start=lambda: None):
+    """executor.tasks.mine or infer on `keys` with `config`, given `detector` already loaded (as one run's
+    Models cache holds it: the task takes it with its own settings' NMS); `on_start` is called just
+    before the task. Returns the task's result."""
+    models = Models({detector.weights: detector})
+    with scratch_job(keys) as job:
+        on_start()
+        result = task(job, config, progress, models)
+    if list(models.loaded.values()) != [detector]:
+        raise RuntimeError(f"{task.__name__} loaded another model instead of reusing {detector.weights}")
+    return result
+
+
+def mine_timed(keys, detector, config: dict) -> dict:
     """executor.tasks.mine on `keys`, timed end to end: scores, images/s and a time breakdown."""
-    from executor.tasks import mine
-    from mining import get_scorer
+    from mining import SCORERS
 
-    scorer = get_scorer(settings)
     clock = Clock(detector.device)
-    updates = []
-    with instrumented(detector, scorer, clock):
-        t0 = time.perf_counter()
-        result = mine(keys, detector, scorer, settings, updates.append)
-        total = time.perf_counter() - t0
-    return {"algorithm": settings.mining_algorithm, "images": len(keys), "seconds": total,
-            "images_per_s": len(keys) / total, "progress_updates": len(updates), "scores": [score for _, score in result],
-            "breakdown": breakdown(total, clock)}
+    updates, start = [], []
+    with instrumented(detector, SCORERS[config["mining_algorithm"]], clock):
+        result = shipped(mine, keys, detector, config, updates.append, lambda: start.append(time.perf_counter()))
+        total = time.perf_counter() - start[0]
+    return {"algorithm": config["mining_algorithm"], "images": len(keys), "seconds": total,
+            "images_per_s": len(keys) / total, "progress_updates": len(updates),
+            "scores": [score for _, score in result], "breakdown": breakdown(total, clock)}
 
 
-def profile_mining(keys, detector, settings, path: str, top: int = 40) -> str:
+def profile_mining(keys, detector, config: dict, path: str, top: int = 40) -> str:
     """cProfile of one mine() run; the top functions by cumulative time are written to `path`."""
     import cProfile
     import io
     import pstats
 
-    from executor.tasks import mine
-    from mining import get_scorer
-
-    scorer = get_scorer(settings)
     profiler = cProfile.Profile()
-    profiler.enable()
-    mine(keys, detector, scorer, settings, lambda f: None)
+    shipped(mine, keys, detector, config, on_start=profiler.enable)
     profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)

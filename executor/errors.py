@@ -10,44 +10,49 @@ CONTAINER_ERROR = 160004  # what ymir itself records for a failure without a spe
 
 
 class QuarryError(Exception):
+    """Base of our errors; a subclass names its ymir code in its class line: `class X(QuarryError, code=N)`."""
     code = CONTAINER_ERROR
 
-
-class ConfigError(QuarryError):
-    code = 300001
-
-
-class DatasetError(QuarryError):
-    code = 300002
+    def __init_subclass__(cls, code: int | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
 
 
-class ImageError(QuarryError):
-    code = 300003
+class ConfigError(QuarryError, code=300001):
+    """A config or env.yaml key with a bad value, or a file of them that cannot be read."""
 
 
-class NoReadableImages(ImageError, DatasetError):
+class DatasetError(QuarryError, code=300002):
+    """A bad index or annotation file, or a split left empty."""
+
+
+class ImageError(QuarryError, code=300003):
+    """An image that cannot be read or decoded."""
+
+
+class NoReadableImages(ImageError, DatasetError, code=300003):
     """Every image listed is unreadable: the data set is unusable because of its images, so 300003."""
-    code = ImageError.code
 
 
-class ModelError(QuarryError):
-    code = 300004
+class ModelError(QuarryError, code=300004):
+    """Weights that are missing, corrupt or of the wrong kind."""
 
 
-class CudaError(QuarryError):
-    code = 300101
+class CudaError(QuarryError, code=300101):
+    """A CUDA driver or runtime failure."""
 
 
-class NoGpuError(QuarryError):
-    code = 300102
+class NoGpuError(QuarryError, code=300102):
+    """A GPU asked for that is not there."""
 
 
-class OutOfMemory(QuarryError):
-    code = 300103
+class OutOfMemory(QuarryError, code=300103):
+    """Out of GPU or host memory."""
 
 
-class NanError(QuarryError):
-    code = 300201
+class NanError(QuarryError, code=300201):
+    """Training diverged (the loss is not finite)."""
 
 
 class Terminated(QuarryError):

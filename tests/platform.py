@@ -96,7 +96,7 @@ def template_detector(img_size: int = 640, weights=WEIGHTS, **overrides):
 
     s = build_settings("infer", {"img_size": img_size, **overrides})
     return load_detector(str(weights), s.backend, s.gpu_id, s.img_size, conf_thres=s.conf_thres,
-                         iou_thres=s.iou_thres, max_det=s.max_det)
+                         iou_thres=s.iou_thres, max_det=s.max_det, class_names=s.class_names)
 
 
 def batch_of(paths, detector):

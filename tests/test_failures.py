@@ -653,17 +653,19 @@ def test_framework_errors_map_to_codes(make, code):
 def test_out_of_memory_in_the_loop_names_the_batch_size():
     import torch
 
+    from executor.config import build_settings
     from executor.errors import OutOfMemory, error_code
-    from executor.loop import run_batches
+    from executor.tasks import score_images
 
-    def on_batch(batch):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    class OutOfMemoryScorer:
+        def score(self, batch, detector):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    keys = [str(COCO_JPEG)] * 3
+    settings = build_settings("mining", {"img_size": 64, "batch_size_per_gpu": 8, "num_workers_per_gpu": 0})
     with pytest.raises(OutOfMemory) as err:
-        run_batches(keys, 64, 8, 0, on_batch, lambda f: None)
+        list(score_images([str(COCO_JPEG)] * 3, OutOfMemoryScorer(), None, settings, lambda f: None))
     assert error_code(err.value) == 300103
-    assert "config key 'batch_size_per_gpu' 8" in str(err.value) and "img_size 64" in str(err.value)
+    assert "config key 'batch_size_per_gpu' 8" in str(err.value) and "64x64" in str(err.value)
     assert "Tried to allocate 20.00 GiB" in str(err.value)
 
 
@@ -689,7 +691,7 @@ class FakeYolo:
 def test_training_nan_and_out_of_memory_map_to_codes(monkeypatch, tmp_path, error, code, needle):
     import ultralytics
 
-    from executor import model as adapter
+    from executor import trainer as adapter
     from executor.errors import error_code, one_line
 
     monkeypatch.setattr(ultralytics, "YOLO", FakeYolo)
@@ -720,7 +722,8 @@ def test_a_failed_training_removes_the_stages_it_wrote(tmp_path):
     models = tmp_path / "out" / "models"
     (models / "earlier").mkdir(parents=True)
     env = parse_env({"run_training": True, "output": {"models_dir": str(models),
-                                                      "training_result_file": str(models / "result.yaml")}})
+                                                      "training_result_file": str(models / "result.yaml")}},
+                    "env.yaml", start.DEFAULT_INPUT, start.DEFAULT_OUTPUT)
     created = start.CreatedOutputs(env)
     for stage in ("best", "epoch_2", "attachments/onnx"):
         (models / stage).mkdir(parents=True)
@@ -735,18 +738,20 @@ def test_a_failed_training_removes_the_stages_it_wrote(tmp_path):
     ("best.pt", "{IN}/models/best.pt"),
     ("stage/../best.pt", "{IN}/models/best.pt"),
     ("{IN}/models/s/best.pt", "{IN}/models/s/best.pt"),
-    ("/in/models/s/best.pt", "/in/models/s/best.pt"),
+    ("/in/models/s/best.pt", None),  # input.root_dir is {IN} here
     ("../config.yaml", None),
     ("{IN}/../out/best.pt", None),
     ("/in/../etc/passwd", None),
     ("/opt/quarry/weights/yolov8n.pt", None),
 ])
 def test_model_paths_are_confined_to_the_input_directory(tmp_path, given, expected):
+    import start
     from executor.config import confine_model_paths, parse_env
     from executor.errors import ConfigError
 
     indir = str(tmp_path / "in")
-    env = parse_env({"run_mining": True, "input": {"root_dir": indir, "models_dir": f"{indir}/models"}})
+    env = parse_env({"run_mining": True, "input": {"root_dir": indir, "models_dir": f"{indir}/models"}},
+                    "env.yaml", start.DEFAULT_INPUT, start.DEFAULT_OUTPUT)
     config = {"model_params_path": [given.replace("{IN}", indir)], "img_size": 64}
     if expected is None:
         with pytest.raises(ConfigError, match="config key 'model_params_path'.* is outside"):
@@ -758,7 +763,7 @@ def test_model_paths_are_confined_to_the_input_directory(tmp_path, given, expect
 
 def test_local_lists_may_hold_relative_paths(tmp_path):
     from executor.errors import DatasetError
-    from executor.tasks import read_candidate_index
+    from executor.index import read_candidate_index
 
     listing = tmp_path / "list.txt"
     listing.write_text("a.jpg\r\nsub/b.jpg\n\n/abs/c.jpg\n")

@@ -9,8 +9,8 @@ import pytest
 
 from executor.errors import ConfigError, ModelError
 from executor.images import letterbox, read_image
-from executor.model import export_onnx, load_detector
-from tests.platform import VOC, WEIGHTS, coco_images, make_env, monitor_fields, run_start
+from executor.model import export_onnx
+from tests.platform import VOC, WEIGHTS, coco_images, make_env, monitor_fields, run_start, template_detector
 
 pytestmark = pytest.mark.slow
 SAMPLES = [*coco_images(4), *sorted((VOC / "JPEGImages").glob("*.jpg"))[:4]]
@@ -35,14 +35,14 @@ def detect(detector, paths, stride=None):
     found = []
     for p in paths:
         canvas, box = letterbox(read_image(str(p)), detector.img_size, stride)
-        found += detector.predict(canvas[None], [box]).detections
+        found += detector.predict_canvases(canvas[None], [box])
     return found
 
 
 @pytest.mark.parametrize("export", ["static", "dynamic"])
 def test_onnx_and_torch_give_the_same_boxes(export, onnx_weights, dynamic_onnx_weights):
-    onnx_detector = load_detector(str(onnx_weights if export == "static" else dynamic_onnx_weights), "auto", "", 640)
-    torch_detector = load_detector(str(WEIGHTS), "auto", "", 640)
+    onnx_detector = template_detector(640, onnx_weights if export == "static" else dynamic_onnx_weights)
+    torch_detector = template_detector(640)
     # a static export takes only img_size squares; a dynamic one takes the same rectangles as PyTorch
     assert torch_detector.rect_stride == 32 and onnx_detector.rect_stride == (None if export == "static" else 32)
     stride = onnx_detector.rect_stride
@@ -57,7 +57,7 @@ def test_onnx_and_torch_give_the_same_boxes(export, onnx_weights, dynamic_onnx_w
 
 def test_onnx_class_count_must_match_class_names(onnx_weights):
     with pytest.raises(ConfigError, match="20 names .* 80 classes") as err:
-        load_detector(str(onnx_weights), "auto", "", 640, class_names=[f"c{i}" for i in range(20)])
+        template_detector(640, onnx_weights, class_names=[f"c{i}" for i in range(20)])
     assert err.value.code == 300001
 
 
@@ -65,7 +65,7 @@ def test_unloadable_onnx_names_the_file(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\x08\x01garbage")
     with pytest.raises(ModelError, match="model.onnx"):
-        load_detector(str(bad), "auto", "", 640)
+        template_detector(640, bad)
 
 
 @pytest.mark.parametrize("protocol, key", [("1.1.0", "boxes"), ("1.0.0", "annotations"), (None, "annotations")])

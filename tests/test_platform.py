@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import yaml
 
 from tests.platform import coco_images, make_env, monitor_fields, read_result_tsv, run_start
 
@@ -24,7 +23,7 @@ def test_mining_and_infer_in_one_run(tmp_path, algorithm):
     rows = read_result_tsv(env)
     assert sorted(path for path, _ in rows) == sorted(candidates(env))  # every candidate once, verbatim
     scores = [score for _, score in rows]
-    assert scores == sorted(scores, reverse=True) and all(s == s for s in scores)
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
     detection = json.loads((tmp_path / "out" / "infer-result.json").read_text())["detection"]
     assert sorted(detection) == sorted(p.rsplit("/", 1)[1] for p in candidates(env))
     assert all("annotations" in entry for entry in detection.values())  # protocol 1.0.0 → annotations
@@ -80,32 +79,10 @@ def failure(tmp_path, env, code, needle):
     return message
 
 
-def test_unknown_algorithm(tmp_path):
-    env = make_env(tmp_path, run_mining=True, config={"mining_algorithm": "coreset"}, candidates=coco_images(1))
-    failure(tmp_path, env, 300001, "'mining_algorithm'")
-
-
 def test_missing_weights(tmp_path):
     env = make_env(tmp_path, run_mining=True, run_infer=True, weights=None, candidates=coco_images(1),
-                   config={"model_params_path": ["/in/models/gone/best.pt"]})
-    failure(tmp_path, env, 300004, "/in/models/gone/best.pt")
-
-
-def test_empty_candidate_index(tmp_path):
-    env = make_env(tmp_path, run_mining=True, candidates=[])
-    failure(tmp_path, env, 300002, "candidate-index.tsv")
-
-
-def test_unparsable_config(tmp_path):
-    env = make_env(tmp_path, run_mining=True, candidates=coco_images(1))
-    (env.parent / "config.yaml").write_text("mining_algorithm: [aldd\n")
-    failure(tmp_path, env, 300001, "config.yaml")
-
-
-def test_missing_config(tmp_path):
-    env = make_env(tmp_path, run_mining=True, candidates=coco_images(1))
-    (env.parent / "config.yaml").unlink()
-    failure(tmp_path, env, 300001, "config.yaml not found")
+                   config={"model_params_path": ["gone/best.pt"]})
+    failure(tmp_path, env, 300004, "models/gone/best.pt")
 
 
 def test_missing_env_yaml(tmp_path):
@@ -120,8 +97,3 @@ def test_mining_failure_after_success_leaves_no_result(tmp_path):
     failure(tmp_path, env, 300004, ".onnx")
 
 
-def test_partial_monitor_only_after_env(tmp_path):
-    env = make_env(tmp_path, run_mining=True, candidates=coco_images(1), config={"img_size": "huge"})
-    message = failure(tmp_path, env, 300001, "'img_size'")
-    assert "huge" in message
-    assert yaml.safe_load((env.parent / "config.yaml").read_text())["img_size"] == "huge"  # /in untouched

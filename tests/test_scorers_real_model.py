@@ -1,13 +1,12 @@
-"""The four scorers on the real yolov8n: batch-size invariance, seeding, one finite score per image."""
+"""The four scorers on the real yolov8n: batch-size invariance, seeding, the parameters that matter."""
 import numpy as np
 import pytest
 
 from executor.config import build_settings
-from executor.images import letterbox, read_image
-from executor.loop import Batch
-from executor.model import load_detector
-from mining import SCORERS, get_scorer
-from tests.platform import VOC, WEIGHTS, coco_images
+from executor.images import read_image
+from mining import SCORERS, get_scorer, scorer_params
+from mining.base import Batch
+from tests.platform import VOC, coco_images, template_detector
 
 pytestmark = pytest.mark.slow
 PATHS = [*coco_images(4), *sorted((VOC / "JPEGImages").glob("*.jpg"))[:2]]
@@ -15,31 +14,41 @@ PATHS = [*coco_images(4), *sorted((VOC / "JPEGImages").glob("*.jpg"))[:2]]
 
 @pytest.fixture(scope="module")
 def detector():
-    return load_detector(str(WEIGHTS), "auto", "", 320)
+    return template_detector(320)
 
 
 @pytest.fixture(scope="module")
 def decoded(detector):
-    images = [read_image(str(p)) for p in PATHS]
-    return [(str(p), image, *letterbox(image, detector.img_size)) for p, image in zip(PATHS, images)]
+    return [(str(p), read_image(str(p))) for p in PATHS]
 
 
-def batch_of(items):
-    return Batch([k for k, *_ in items], [i for _, i, _, _ in items], np.stack([c for *_, c, _ in items]),
-                 [b for *_, b in items])
+def batches_of(items, detector, size):
+    """Batches of at most `size` images, one canvas shape each (as the loop makes them)."""
+    out = []
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        by_shape = {}
+        for key, image in chunk:
+            canvas, box = detector.letterbox(image)
+            by_shape.setdefault(canvas.shape, []).append((key, image, canvas, box))
+        out += [Batch([k for k, *_ in g], [i for _, i, _, _ in g], np.stack([c for *_, c, _ in g]),
+                      [b for *_, b in g]) for g in by_shape.values()]
+    return out
 
 
 def scores(algorithm, detector, decoded, batch_size, **config):
-    scorer = get_scorer(build_settings("mining", {"mining_algorithm": algorithm, **config}))
-    out = [scorer.score_batch(batch_of(decoded[i:i + batch_size]), detector)
-           for i in range(0, len(decoded), batch_size)]
-    return np.concatenate(out)
+    settings = build_settings("mining", {"mining_algorithm": algorithm, **config})
+    scorer = get_scorer(algorithm, **scorer_params(algorithm, settings))
+    found = {}
+    for batch in batches_of(decoded, detector, batch_size):
+        found.update(zip(batch.keys, scorer.score(batch, detector)))
+    return np.array([found[key] for key, _ in decoded])
 
 
-@pytest.mark.parametrize("algorithm", sorted(SCORERS))
+@pytest.mark.parametrize("algorithm", list(SCORERS))
 def test_batch_size_does_not_change_scores(algorithm, detector, decoded):
     alone = scores(algorithm, detector, decoded, 1)
-    together = scores(algorithm, detector, decoded, 4)
+    together = scores(algorithm, detector, decoded, 6)
     assert alone.shape == (len(PATHS),) and np.isfinite(alone).all() and (alone >= 0).all()
     np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0)
     if algorithm != "random":
@@ -63,6 +72,5 @@ def test_entropy_scores_every_candidate_whatever_max_det(detector, decoded):
     """max_det limits reported detections; entropy's low-confidence candidates are not cut by it."""
     capped = detector.with_postprocess(detector.conf_thres, detector.iou_thres, 1)
     np.testing.assert_allclose(scores("entropy", capped, decoded, 2), scores("entropy", detector, decoded, 2))
-    batch = batch_of(decoded)
-    found = detector.with_postprocess(0.01, detector.iou_thres, None).predict(batch.canvases, batch.boxes).detections
+    found = [d for b in batches_of(decoded, detector, 6) for d in detector.predict(b, conf_thres=0.01)]
     assert min(len(d) for d in found) > 1  # so a cut at 1 box would have changed every score
