@@ -176,7 +176,7 @@ def cli_overrides(args) -> dict:
     """CLI options as config keys; the templates give every default, as in platform mode."""
     named = {"img_size": args.img_size, "batch_size_per_gpu": args.batch_size, "gpu_id": args.gpu_id,
              "conf_thres": args.conf_thres, "iou_thres": args.iou_thres, "num_workers_per_gpu": args.workers,
-             "backend": args.backend, "seed": getattr(args, "seed", None),
+             "backend": args.backend, "seed": getattr(args, "seed", None), "cpu_processes": args.nproc,
              "mining_algorithm": getattr(args, "algorithm", None), "model_params_path": [args.weights]}
     overrides = {k: v for k, v in named.items() if v is not None}
     from executor.errors import ConfigError
@@ -214,21 +214,21 @@ def run_local(args) -> int:
             raise QuarryError(f"no images found at {args.images}")
         task = "mining" if args.command == "mine" else "infer"
         log.info("%s: %d images from %s", task, len(keys), args.images)
-        job = Job(candidates=keys, mining_result=args.out, infer_result=args.out)
-        results = run([task], job, cli_overrides(args), tqdm_progress(len(keys), "img"))
-        if task == "infer":
-            log.info("wrote %s", args.out)
-            return 0
-        from executor.writers import ranked
-
-        ranking = ranked(results["mining"])
-        log.info("wrote %s (%d images, best first)", args.out, len(ranking))
-        if args.topk:
-            write_selection([key for key, _ in ranking[:args.topk]], args)
+        job = Job(candidates=keys, mining_result=args.out, infer_result=args.out, shards_dir=f"{args.out}.shards")
+        if run([task], job, cli_overrides(args), tqdm_progress(len(keys), "img"))[task] is None:
+            return 0  # a rank of a torchrun job that leaves the merge to rank 0
+        log.info("wrote %s (%d images%s)", args.out, len(keys), ", best first" if task == "mining" else "")
+        if task == "mining" and args.topk:
+            write_selection(top_paths(args.out, args.topk), args)
         return 0
     except Exception as exc:
         log.error("%s (code %d)", one_line(exc), error_code(exc))
         return 1
+
+
+def top_paths(ranking_file: str, count: int) -> list[str]:
+    with open(ranking_file, encoding="utf-8") as handle:
+        return [line.split("\t")[0] for line, _ in zip(handle, range(count))]
 
 
 def write_selection(paths: list[str], args) -> None:
@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--conf-thres", type=float, help="minimum box score (template default 0.25)")
         cmd.add_argument("--iou-thres", type=float, help="NMS IoU threshold (template default 0.45)")
         cmd.add_argument("--backend", choices=("auto", "torch", "onnx"), help="inference backend (default auto)")
+        cmd.add_argument("--nproc", type=int, help="CPU worker processes, each scoring its own shards (default 1; "
+                                                   "with GPUs: one per GPU of --gpu-id)")
         cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="any other template key, e.g. --set class_distribution_scores=1,1,0.5")
         if name == "mine":

@@ -24,8 +24,7 @@ from executor.runtime import prepare_process_env  # noqa: E402
 
 log = logging.getLogger("benchmarks")
 ALGORITHMS = ("entropy", "aldd", "cald")
-CALD_VIEWS = 4
-QUIET_LOAD = 2.5  # flip, cutout, rotate, resize: mining/augment.make_views
+QUIET_LOAD = 2.5  # 1-minute load average under which the host counts as quiet (--wait-quiet)
 
 
 def parse_args(argv=None):
@@ -39,8 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--voc", default=os.path.join(shared, "data", "voc2007"))
     p.add_argument("--images", type=int, help="use only the first N images of each dataset")
     p.add_argument("--pool-repeat", type=int, default=1,
-                   help="speed pool = the COCO images repeated K times (a GPU needs a pool of 1600+ images "
-                        "before the loop uses batches of 16)")
+                   help="speed pool = the COCO images repeated K times (more images per timed segment: a GPU "
+                        "mines 206 images in a fraction of a second)")
     p.add_argument("--reps", type=int, help="repetitions of the timed mining runs (default 1)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="MINUTES",
                    help="first wait up to this long for the 1-minute load average to drop under 2.5")
@@ -123,17 +122,13 @@ def detect_pass(keys, detector, settings) -> dict:
     Greedy class-aware NMS visits boxes by falling score, so a box under conf_thres never suppresses one
     above it: the boxes >= conf_thres are exactly those a run at conf_thres keeps (max_det is raised so the
     cut at 100 boxes cannot differ either). evaluate_quality splits them at conf_thres."""
-    from executor.loop import run_batches
-
-    found = {}
-
-    def on_batch(batch):
-        for key, det in zip(batch.keys, detector.predict(batch.canvases, batch.boxes).detections):
-            found[key] = det
+    from executor.loop import Unreadable, batches
 
     detector = detector.with_postprocess(ANALYSIS_CONF, detector.iou_thres, 1000)
-    run_batches(keys, detector.img_size, settings.batch_size_per_gpu, settings.num_workers_per_gpu, on_batch,
-                lambda f: None, detector.rect_stride)
+    found = {}
+    for batch in batches(keys, detector.letterbox, settings.batch_size_per_gpu, settings.num_workers_per_gpu):
+        if not isinstance(batch, Unreadable):
+            found.update(zip(batch.keys, detector.predict(batch)))
     return found
 
 
@@ -142,7 +137,7 @@ def evaluate_quality(dataset, low_detections, scores_by_name: dict, conf_thres: 
     import numpy as np
 
     from benchmarks import quality
-    from executor.model import Detections
+    from mining.base import Detections
     from mining.entropy import box_entropy, image_entropy
 
     keys = dataset.paths
@@ -201,8 +196,8 @@ def main(argv=None) -> int:
     import torch
 
     from benchmarks import gt, report, speed
-    from executor.loop import progress_batch_size
-    from executor.tasks import open_detector
+    from executor.config import build_settings
+    from executor.tasks import Models
 
     if args.render:
         with open(args.json, encoding="utf-8") as handle:
@@ -219,8 +214,12 @@ def main(argv=None) -> int:
                     load(), QUIET_LOAD)
     started = time.time()
     gpu_id = "0" if args.device == "cuda" else ""
-    base = speed.settings_for(args.weights, "entropy", gpu_id)
-    detector = open_detector(base, "")
+
+    def config(algorithm: str) -> dict:
+        return speed.mining_config(args.weights, algorithm, gpu_id)
+
+    base = build_settings("mining", config("entropy"))
+    detector = Models().detector(base, "")
     results = {"command": ("python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))).strip(),
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": machine_info(detector.device), "load_before": load(), "settings": {
@@ -230,10 +229,9 @@ def main(argv=None) -> int:
 
     coco = gt.load_coco(args.coco, detector.names, args.images)
     pool = coco.paths * args.pool_repeat
-    batch = progress_batch_size(base.batch_size_per_gpu, len(pool))
-    log.info("speed pool: %d images (%d distinct), effective batch %d", len(pool), len(coco.paths), batch)
-    canvas_of = dict(zip(coco.paths, speed.decoded_canvases(coco.paths, detector.img_size, len(coco.paths),
-                                                                detector.rect_stride)))
+    batch = base.batch_size_per_gpu  # what executor.loop batches any pool with
+    log.info("speed pool: %d images (%d distinct), batch %d", len(pool), len(coco.paths), batch)
+    canvas_of = dict(zip(coco.paths, speed.decoded_canvases(coco.paths, detector)))
     speed.warm_up(detector, list(canvas_of.values()), batch)
     segments = split(pool, args.segments)
     sp = {"pool": len(pool), "distinct_images": len(coco.paths), "batch": batch, "segments": len(segments),
@@ -244,15 +242,12 @@ def main(argv=None) -> int:
                                          "cpu" if args.device == "cpu" else 0)
         folders = [speed.link_pool(seg, tmp_dir(f"p3-{i}")) for i, seg in enumerate(segments)]
     for algo in ALGORITHMS:  # warm-up, untimed: first calls of every code path (allocations, oneDNN kernels)
-        with speed.pinned_batch(batch):
-            speed.mine_timed(coco.paths[:2 * batch], detector, speed.settings_for(args.weights, algo, gpu_id))
+        speed.mine_timed(coco.paths[:2 * batch], detector, config(algo))
     speed.warm_up(detector, list(canvas_of.values()), batch)
-    det_settings = speed.settings_for(args.weights, "entropy", gpu_id)
     p0_all = []
     scores = {}
     for rep in range(args.reps):
         for algo in ALGORITHMS:
-            settings = speed.settings_for(args.weights, algo, gpu_id)
             parts = {"p0": [], algo: []}
             if algo == "entropy" and ultra:
                 parts["ultralytics"] = []
@@ -260,14 +255,13 @@ def main(argv=None) -> int:
             for i, seg in enumerate(segments):
                 steps = {
                     "p0": lambda: speed.forward_throughput(detector, [canvas_of[k] for k in seg], batch, len(seg)),
-                    algo: lambda: speed.mine_timed(seg, detector, settings),
+                    algo: lambda: speed.mine_timed(seg, detector, config(algo)),
                     "ultralytics": lambda: ultra.run(folders[i], len(seg)),
                 }
                 names = list(parts)
                 names = names[i % len(names):] + names[:i % len(names)]  # rotate who goes first
-                with speed.pinned_batch(batch):
-                    for name in names:
-                        parts[name].append(steps[name]())
+                for name in names:
+                    parts[name].append(steps[name]())
                 algo_scores += parts[algo][-1].pop("scores")
             scores.setdefault(algo, algo_scores[:len(coco.paths)])
             p0_all += parts["p0"]
@@ -302,7 +296,7 @@ def main(argv=None) -> int:
     if args.profile:
         for algo in ALGORITHMS:
             path = os.path.join(os.path.dirname(args.json), f"profile-{algo}.txt")
-            speed.profile_mining(coco.paths, detector, speed.settings_for(args.weights, algo, gpu_id), path)
+            speed.profile_mining(coco.paths, detector, config(algo), path)
             log.info("profile of %s: %s", algo, path)
     rates = [r["images_per_s"] for r in p0_all]
     sp["p0"] = {"images_per_s": pooled_rate(p0_all), "batch": batch, "measurements": len(p0_all),
@@ -312,15 +306,15 @@ def main(argv=None) -> int:
     # ---- quality on COCO and VOC
     if "quality" not in args.skip:
         post = (base.conf_thres, base.max_det)
-        results["quality"] = {"coco-val": evaluate_quality(coco, detect_pass(coco.paths, detector, det_settings),
+        results["quality"] = {"coco-val": evaluate_quality(coco, detect_pass(coco.paths, detector, base),
                                                            scores, *post)}
         log.info("coco-val quality: %s", json.dumps(results["quality"]["coco-val"]["rows"], default=float)[:300])
         if "voc" not in args.skip:
             voc = gt.load_voc(args.voc, detector.names, args.images and max(8, args.images * 2 // 3))
-            found = detect_pass(voc.paths, detector, det_settings)
+            found = detect_pass(voc.paths, detector, base)
             voc_scores, voc_speed = {}, {}
             for algo in ALGORITHMS:
-                run = speed.mine_timed(voc.paths, detector, speed.settings_for(args.weights, algo, gpu_id))
+                run = speed.mine_timed(voc.paths, detector, config(algo))
                 voc_scores[algo] = run.pop("scores")
                 voc_speed[algo] = run
             results["quality"]["voc2007"] = evaluate_quality(voc, found, voc_scores, *post)
@@ -328,14 +322,12 @@ def main(argv=None) -> int:
 
     # ---- P6, P4, P5
     if "p6" not in args.skip and args.device == "cpu":
-        results["p6"] = speed.onnx_vs_torch(args.weights, split(coco.paths, args.segments), detector, tmp_dir("p6"),
-                                            progress_batch_size(base.batch_size_per_gpu, len(coco.paths)))
+        results["p6"] = speed.onnx_vs_torch(args.weights, split(coco.paths, args.segments), detector, tmp_dir("p6"))
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         log.info("P6 onnx/torch %.3f", results["p6"]["ratio"])
     if "p4" not in args.skip:
         images = coco.paths[:args.rss_pool]
-        rss_batch = progress_batch_size(base.batch_size_per_gpu, len(images))
-        results["p4"] = speed.peak_rss_ratio(args.weights, images, args.rss_times, args.rss_algorithm, rss_batch,
+        results["p4"] = speed.peak_rss_ratio(args.weights, images, args.rss_times, args.rss_algorithm, batch,
                                              gpu_id, tmp_dir("p4"))
         log.info("P4 peak RSS ratio %.3f", results["p4"]["ratio"])
     if "p5" not in args.skip:

@@ -19,9 +19,9 @@ for the `detections` baseline, whose scores are small integers.)
 from dataclasses import dataclass
 
 import numpy as np
-
-from mining.cald import box_iou
 from scipy.stats import spearmanr
+
+from mining.boxes import box_ioa, box_iou, greedy_match
 
 IOU_THRESHOLD = 0.5
 BUDGET = 0.2
@@ -41,17 +41,6 @@ class ImageErrors:
         return self.fp + self.fn
 
 
-def ioa_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over the area of a (N, M): how COCO matches a detection to a crowd region."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    area_a = (np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None))[:, None]
-    inter = iw * ih
-    return np.divide(inter, area_a, out=np.zeros_like(inter), where=area_a > 0)
-
-
 def count_errors(det_xyxy, det_conf, det_cls, truth, classes=None, iou_threshold: float = IOU_THRESHOLD
                  ) -> ImageErrors:
     """TP/FP/FN of one image's detections against its ImageTruth (see the module docstring)."""
@@ -59,30 +48,17 @@ def count_errors(det_xyxy, det_conf, det_cls, truth, classes=None, iou_threshold
     det_conf = np.asarray(det_conf, np.float64).reshape(-1)
     det_cls = np.asarray(det_cls, np.int64).reshape(-1)
     order = np.argsort(-det_conf, kind="stable")
-    iou = box_iou(det_xyxy, truth.boxes)
-    if truth.crowd:
-        ign = ioa_matrix(det_xyxy, truth.ignore_boxes)
-    else:
-        ign = box_iou(det_xyxy, truth.ignore_boxes)
-    matched = np.zeros(len(truth.boxes), bool)
-    tp = fp = ignored = 0
-    for d in order:
-        c = det_cls[d]
-        if classes is not None and c not in classes:
-            ignored += 1
-            continue
-        candidates = np.where((truth.cls == c) & ~matched)[0]
-        if len(candidates):
-            best = candidates[np.argmax(iou[d, candidates])]
-            if iou[d, best] >= iou_threshold:
-                matched[best] = True
-                tp += 1
-                continue
-        if np.any((truth.ignore_cls == c) & (ign[d] >= iou_threshold)):
-            ignored += 1
-            continue
-        fp += 1
-    return ImageErrors(tp, fp, int((~matched).sum()), ignored)
+    if classes is not None:  # detections of classes nobody labelled take no part in the matching
+        order = order[np.isin(det_cls[order], list(classes))]
+    ignored = len(det_conf) - len(order)
+    cls = det_cls[order]
+    matched = greedy_match(box_iou(det_xyxy[order], truth.boxes), iou_threshold,
+                           cls[:, None] == truth.cls[None, :])
+    unmatched = order[matched < 0]  # a false positive, unless it lies on an ignore region of its class
+    overlap = (box_ioa if truth.crowd else box_iou)(det_xyxy[unmatched], truth.ignore_boxes)
+    on_ignore = ((det_cls[unmatched][:, None] == truth.ignore_cls[None, :]) & (overlap >= iou_threshold)).any(axis=1)
+    tp = int((matched >= 0).sum())
+    return ImageErrors(tp, int((~on_ignore).sum()), len(truth.boxes) - tp, ignored + int(on_ignore.sum()))
 
 
 def _orders(scores: np.ndarray, draws: int, seed: int):

@@ -59,61 +59,58 @@ def fmt(x, digits=3) -> str:
     return f"{x:.{digits}f}"
 
 
+def ratio_cell(ratio, detail: str, segment_ratios, pooled) -> str:
+    """A paired figure: the headline ratio (median over segments), then its detail, range and pooled ratio."""
+    spread = f"segments {fmt(min(segment_ratios), 2)}-{fmt(max(segment_ratios), 2)}" if segment_ratios else ""
+    return f"**{fmt(ratio)}** ({detail}; {spread}; pooled {fmt(pooled)})"
+
+
 def speed_rows(r: dict) -> list[list[str]]:
     s = r["summary"]
     sp = r.get("speed", {})
     runs = sp.get("runs", {})
     p0 = sp.get("p0", {})
-    rows = [["P0", "raw batched forward (model only)", f"{fmt(s['P0'], 2)} img/s (batch {p0.get('batch')}, "
+    rows = [("P0", "raw batched forward (model only)", f"{fmt(s['P0'], 2)} img/s (batch {p0.get('batch')}, "
              f"{p0.get('measurements')} paired runs of ~{p0.get('images_each')} images, range {fmt(p0.get('min'), 2)}-"
-             f"{fmt(p0.get('max'), 2)})", "limit", ""]]
-    def spread(run, key="segment_ratios", scale=1.0):
-        values = [scale * v for v in run.get(key, [])]
-        return f"segments {fmt(min(values), 2)}-{fmt(max(values), 2)}" if values else ""
-
+             f"{fmt(p0.get('max'), 2)})", "limit", None)]  # (label, what, measured, target, key of s["targets"])
     for algo in ("entropy", "aldd"):
         if algo in runs:
             run = runs[algo][0]
-            rows.append([f"P1 {algo}", f"mining {algo} ÷ P0", f"**{fmt(s[f'P1_{algo}'])}** "
-                         f"({fmt(run['images_per_s'], 2)} img/s; {spread(run)}; pooled "
-                         f"{fmt(run.get('ratio_pooled'))})", ">= 0.90", _met(s["targets"], f"P1 {algo} >= 0.90")])
+            rows.append((f"P1 {algo}", f"mining {algo} ÷ P0", ratio_cell(
+                s[f"P1_{algo}"], f"{fmt(run['images_per_s'], 2)} img/s", run.get("segment_ratios"),
+                run.get("ratio_pooled")), ">= 0.90", f"P1 {algo} >= 0.90"))
     if "cald" in runs:
-        run = runs["cald"][0]
-        rows.append(["P2 cald", "mining cald × 5 ÷ P0", f"**{fmt(s['P2_cald'])}** "
-                     f"({fmt(run['images_per_s'], 2)} img/s; {spread(run, scale=1 + CALD_VIEWS)}; pooled "
-                     f"{fmt((1 + CALD_VIEWS) * run.get('ratio_pooled', float('nan')))})", ">= 0.85",
-                     _met(s["targets"], "P2 cald x5 >= 0.85")])
+        run, passes = runs["cald"][0], 1 + CALD_VIEWS
+        rows.append(("P2 cald", "mining cald × 5 ÷ P0", ratio_cell(
+            s["P2_cald"], f"{fmt(run['images_per_s'], 2)} img/s", [passes * v for v in run.get("segment_ratios", [])],
+            passes * run.get("ratio_pooled", float("nan"))), ">= 0.85", "P2 cald x5 >= 0.85"))
     if "P3" in s:
         u = runs["ultralytics"][0]
-        rows.append(["P3", "mining entropy ÷ Ultralytics predict(stream=True)",
-                     f"**{fmt(s['P3'])}** (Ultralytics {fmt(u['images_per_s'], 2)} img/s = "
-                     f"{fmt(u['ratio_to_p0'])} × P0, {u['torch_threads']} torch threads; "
-                     f"{spread(u, 'segment_entropy_ratios')}; pooled {fmt(u.get('entropy_ratio_pooled'))})",
-                     ">= 1.2", _met(s["targets"], "P3 >= 1.2")])
+        rows.append(("P3", "mining entropy ÷ Ultralytics predict(stream=True)", ratio_cell(
+            s["P3"], f"Ultralytics {fmt(u['images_per_s'], 2)} img/s = {fmt(u['ratio_to_p0'])} × P0, "
+            f"{u['torch_threads']} torch threads", u.get("segment_entropy_ratios"), u.get("entropy_ratio_pooled")),
+            ">= 1.2", "P3 >= 1.2"))
     if "P4" in s:
         p4 = r["p4"]
         big = p4[f"x{p4['times']}"]
-        rows.append(["P4", f"peak RSS, {p4['times']}× pool ÷ 1× ({p4['algorithm']})",
+        rows.append(("P4", f"peak RSS, {p4['times']}× pool ÷ 1× ({p4['algorithm']})",
                      f"{fmt(s['P4'])} ({fmt(big['peak_rss_mb'], 0)} MB for {big['images']} images vs "
                      f"{fmt(p4['x1']['peak_rss_mb'], 0)} MB for {p4['x1']['images']}, batch {p4['batch']}; "
                      f"peak while mining, sampled after the first progress: "
                      f"{fmt(big.get('mining_peak_rss_mb'), 0)} vs {fmt(p4['x1'].get('mining_peak_rss_mb'), 0)} MB, "
-                     f"ratio {fmt(p4.get('mining_ratio'))})",
-                     "<= 1.10", _met(s["targets"], "P4 <= 1.10")])
+                     f"ratio {fmt(p4.get('mining_ratio'))})", "<= 1.10", "P4 <= 1.10"))
     if "P5" in s:
         p5 = r["p5"]
-        rows.append(["P5", "process start → first progress > 0 (platform mode)",
+        rows.append(("P5", "process start → first progress > 0 (platform mode)",
                      f"{fmt(s['P5'], 2)} s (median of {p5['reps']}; first monitor write "
                      f"{fmt(p5['first_monitor_write_s'], 2)} s; import torch+ultralytics alone "
-                     f"{fmt(p5.get('import_torch_ultralytics_s'), 2)} s)", "<= 5 s (CPU)",
-                     _met(s["targets"], "P5 <= 5 s (CPU)")])
+                     f"{fmt(p5.get('import_torch_ultralytics_s'), 2)} s)", "<= 5 s (CPU)", "P5 <= 5 s (CPU)"))
     if "P6" in s:
         p6 = r["p6"]
-        rows.append(["P6", "ONNX Runtime ÷ PyTorch inference (executor.tasks.infer, CPU)",
-                     f"**{fmt(s['P6'])}** ({fmt(p6['onnx']['images_per_s'], 2)} vs {fmt(p6['torch']['images_per_s'], 2)}"
-                     f" img/s; segments {fmt(min(p6.get('segment_ratios', [s['P6']])), 2)}-"
-                     f"{fmt(max(p6.get('segment_ratios', [s['P6']])), 2)}; pooled {fmt(p6.get('ratio_pooled'))})", "(report)", ""])
-    return rows
+        rows.append(("P6", "ONNX Runtime ÷ PyTorch inference (executor.tasks.infer, CPU)", ratio_cell(
+            s["P6"], f"{fmt(p6['onnx']['images_per_s'], 2)} vs {fmt(p6['torch']['images_per_s'], 2)} img/s",
+            p6.get("segment_ratios", [s["P6"]]), p6.get("ratio_pooled")), "(report)", None))
+    return [[label, what, measured, target, _met(s["targets"], key)] for label, what, measured, target, key in rows]
 
 
 def _met(targets, key) -> str:
@@ -209,12 +206,13 @@ def run_block(r: dict, level: str = "##", with_quality: bool = True) -> list[str
         *machine_lines(r),
         *([f"- Note: {r['note']}"] if r.get("note") else []),
         "",
-        f"{level}# Speed (COCO val pool of {r['speed']['pool']} images, effective batch {r['speed']['batch']})",
+        f"{level}# Speed (COCO val pool of {r['speed']['pool']} images, batch {r['speed']['batch']})",
         "",
         md_table(["", "what", "measured", "target", ""], speed_rows(r)),
         "",
         "Where the wall time of each timed run went (the stages add up to 100%; 'network' is `detector.net` "
-        "alone, 'input + NMS + maps' the rest of `detector.predict`):",
+        "alone, 'input + NMS + maps' the rest of the detector's predictions, `predict_canvases` and "
+        "`predict_maps`):",
         "",
         md_table(["run", "seconds", "forward passes", "network", "input + NMS + maps", "CALD views",
                   "score math", "scorer glue", "loop / decode wait"], breakdown_rows(r)),
@@ -282,21 +280,21 @@ def markdown(r: dict, json_path: str, others=(), findings: str = "") -> str:
 METHOD = """## What is measured
 
 **Speed.** All figures come from one process (P4 and P5 from child processes it starts) with the same
-model, images, `img_size` and batch size. `executor/loop.py` caps the batch of small pools so progress
-moves every 1% (`progress_batch_size`): with the 206 COCO images the template's batch 16 becomes 2, and
-P0, P1, P2 and P3 all use that effective batch.
+model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (16), which
+`executor/loop.py` uses for a pool of any size; P0, P1, P2, P3 and P6 all use it, and P4 mines both
+pools with it.
 
 - **Pairing.** The pool is cut into 8 contiguous segments. For each algorithm, segment after segment,
   the timed run and a P0 run on the *same* segment images go back to back (which goes first rotates), so
   both sides of every ratio see the same host load. A figure is the median over the segments of
   (run images/s ÷ paired P0 images/s), which a load burst on one side of one pair cannot move much; the
-  table also gives the range over segments and the pooled ratio (all images ÷ all seconds). Segments are mined with the batch the whole
-  pool gets (`executor.loop.progress_batch_size` is pinned to it during the timed runs).
+  table also gives the range over segments and the pooled ratio (all images ÷ all seconds). A segment is
+  mined with the batch the whole pool would get (the loop's batch does not depend on the pool size).
 - **P0**, the limit: `detector.net` alone on images decoded, letterboxed, converted to float and put in
   the model's memory layout beforehand; only the forward is timed. The P0 in the table is pooled over all
   paired P0 runs (its range is over segments).
-- **P1**: `executor.tasks.mine` (decode and letterbox in worker threads, batching, the scorer, progress),
-  wall time ÷ images. **P2**: the same for CALD, times 5 (the reference pass and four views), ÷ P0: the
+- **P1**: `executor.tasks.mine` (decode and letterbox in worker threads, batching, the scorer, progress,
+  writing result.tsv) with the model already loaded, wall time ÷ images. **P2**: the same for CALD, times 5 (the reference pass and four views), ÷ P0: the
   share of the hardware CALD's five forwards per image get.
 - **P3**: entropy mining ÷ `YOLO(weights).predict(source=<folder>, stream=True, batch, imgsz, conf=0.25)`
   on the same images, interleaved segment by segment with the entropy runs and their P0 runs. Note that

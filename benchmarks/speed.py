@@ -8,7 +8,7 @@
 - P4 `peak_rss_ratio` and P5 `first_progress`: `start.py` in platform mode in child processes.
 - P6 `onnx_vs_torch`: `executor.tasks.infer` with backend onnx vs torch.
 """
-import logging
+import json
 import os
 import shutil
 import subprocess
@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from executor.config import build_settings
 from executor.images import same_shape_chunks
 from executor.loop import decode
 from executor.tasks import Job, Models, infer, mine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-log = logging.getLogger("benchmarks")
 
 
 def mining_config(weights: str, algorithm: str, gpu_id: str = "", **extra) -> dict:
@@ -170,25 +170,35 @@ def breakdown(total: float, clock: Clock) -> dict:
     }
 
 
-@contextmanager
-def scratch_job(keys):
-    """A Job over `keys` whose result files go to a temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="quarry-bench-job-") as folder:
-        yield Job(candidates=list(keys), mining_result=os.path.join(folder, "result.tsv"),
-                  infer_result=os.path.join(folder, "infer-result.json"))
-
-
-def shipped(task, keys, detector, config: dict, progress=lambda fraction: None, on_start=lambda: None):
+def shipped(task, keys, detector, config: dict, progress=lambda fraction: None, read=lambda job: None) -> tuple:
     """executor.tasks.mine or infer on `keys` with `config`, given `detector` already loaded (as one run's
-    Models cache holds it: the task takes it with its own settings' NMS); `on_start` is called just
-    before the task. Returns the task's result."""
+    Models cache holds it: the task takes it with its own settings' NMS), writing into a temporary folder.
+    Returns read(job), called once the task is done (its result files are still there), and the seconds the
+    task took."""
     models = Models({detector.weights: detector})
-    with scratch_job(keys) as job:
-        on_start()
-        result = task(job, config, progress, models)
+    with tempfile.TemporaryDirectory(prefix="quarry-bench-job-") as folder:
+        job = Job(candidates=list(keys), work_dir=folder, mining_result=os.path.join(folder, "result.tsv"),
+                  infer_result=os.path.join(folder, "infer-result.json"))
+        t0 = time.perf_counter()
+        task(job, config, progress, models)
+        seconds = time.perf_counter() - t0
+        out = read(job)
     if list(models.loaded.values()) != [detector]:
         raise RuntimeError(f"{task.__name__} loaded another model instead of reusing {detector.weights}")
-    return result
+    return out, seconds
+
+
+def mined_scores(job) -> list[float]:
+    """The scores result.tsv gives the job's candidates, in candidate order."""
+    with open(job.mining_result, encoding="utf-8") as handle:
+        scores = dict((key, float(score)) for key, score in (line.rstrip("\n").split("\t") for line in handle))
+    return [scores[key] for key in job.candidates]
+
+
+def inferred_boxes(job) -> int:
+    """How many boxes infer-result.json holds."""
+    with open(job.infer_result, encoding="utf-8") as handle:
+        return sum(len(entry[job.infer_list_key]) for entry in json.load(handle)["detection"].values())
 
 
 def mine_timed(keys, detector, config: dict) -> dict:
@@ -196,13 +206,12 @@ def mine_timed(keys, detector, config: dict) -> dict:
     from mining import SCORERS
 
     clock = Clock(detector.device)
-    updates, start = [], []
+    updates = []
     with instrumented(detector, SCORERS[config["mining_algorithm"]], clock):
-        result = shipped(mine, keys, detector, config, updates.append, lambda: start.append(time.perf_counter()))
-        total = time.perf_counter() - start[0]
+        scores, total = shipped(mine, keys, detector, config, updates.append, mined_scores)
     return {"algorithm": config["mining_algorithm"], "images": len(keys), "seconds": total,
-            "images_per_s": len(keys) / total, "progress_updates": len(updates),
-            "scores": [score for _, score in result], "breakdown": breakdown(total, clock)}
+            "images_per_s": len(keys) / total, "progress_updates": len(updates), "scores": scores,
+            "breakdown": breakdown(total, clock)}
 
 
 def profile_mining(keys, detector, config: dict, path: str, top: int = 40) -> str:
@@ -212,7 +221,8 @@ def profile_mining(keys, detector, config: dict, path: str, top: int = 40) -> st
     import pstats
 
     profiler = cProfile.Profile()
-    shipped(mine, keys, detector, config, on_start=profiler.enable)
+    profiler.enable()
+    shipped(mine, keys, detector, config)
     profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
@@ -264,32 +274,26 @@ def export_onnx(weights: str, folder: str, img_size: int) -> str:
     return path
 
 
-def infer_timed(keys, detector, settings) -> dict:
-    from executor.tasks import infer
-
-    t0 = time.perf_counter()
-    records = infer(keys, detector, settings, lambda f: None)
-    seconds = time.perf_counter() - t0
-    return {"images": len(keys), "seconds": seconds, "images_per_s": len(keys) / seconds,
-            "boxes": sum(len(v) for v in records.values())}
+def infer_timed(keys, detector, config: dict) -> dict:
+    boxes, seconds = shipped(infer, keys, detector, config, read=inferred_boxes)
+    return {"images": len(keys), "seconds": seconds, "images_per_s": len(keys) / seconds, "boxes": boxes}
 
 
-def onnx_vs_torch(weights: str, segments, torch_detector, folder: str, batch: int) -> dict:
-    """executor.tasks.infer with backend onnx and with backend torch, segment by segment on the same
-    images (who goes first alternates); the ratio is the median over segments of onnx img/s ÷ torch img/s."""
-    from executor.tasks import open_detector
-
+def onnx_vs_torch(weights: str, segments, torch_detector, folder: str) -> dict:
+    """executor.tasks.infer with backend onnx and with backend torch (infer template defaults, CPU), segment by
+    segment on the same images (who goes first alternates); the ratio is the median over segments of onnx
+    img/s ÷ torch img/s."""
     onnx_path = export_onnx(weights, folder, torch_detector.img_size)
-    onnx_settings = settings_for(onnx_path, backend="onnx")
-    torch_settings = settings_for(weights, backend="torch")
-    onnx_detector = open_detector(onnx_settings, "")
-    with pinned_batch(batch):
-        infer_timed(segments[0][:2 * batch], onnx_detector, onnx_settings)  # warm-up
-        runs = {"torch": [], "onnx": []}
-        for i, seg in enumerate(segments):
-            order = [("torch", torch_detector, torch_settings), ("onnx", onnx_detector, onnx_settings)]
-            for name, detector, settings in (order if i % 2 == 0 else order[::-1]):
-                runs[name].append(infer_timed(seg, detector, settings))
+    configs = {name: {"model_params_path": [path], "backend": name, "gpu_id": ""}
+               for name, path in (("torch", weights), ("onnx", onnx_path))}
+    onnx_settings = build_settings("infer", configs["onnx"])
+    onnx_detector = Models().detector(onnx_settings, "")
+    infer_timed(segments[0][:2 * onnx_settings.batch_size_per_gpu], onnx_detector, configs["onnx"])  # warm-up
+    detectors = {"torch": torch_detector, "onnx": onnx_detector}
+    runs = {"torch": [], "onnx": []}
+    for i, seg in enumerate(segments):
+        for name in (("torch", "onnx") if i % 2 == 0 else ("onnx", "torch")):
+            runs[name].append(infer_timed(seg, detectors[name], configs[name]))
     out = {name: {"images_per_s": sum(r["images"] for r in rs) / sum(r["seconds"] for r in rs),
                   "boxes": sum(r["boxes"] for r in rs)} for name, rs in runs.items()}
     out["segment_ratios"] = [o["images_per_s"] / t["images_per_s"] for o, t in zip(runs["onnx"], runs["torch"])]
@@ -478,10 +482,3 @@ def python_import_seconds() -> float:
     except (ValueError, IndexError):
         return float("nan")
 
-
-def dump(obj) -> str:
-    return json.dumps(obj, indent=1, default=float)
-
-
-def scratch_dir(prefix: str = "quarry-bench-") -> str:
-    return tempfile.mkdtemp(prefix=prefix)

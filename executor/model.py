@@ -24,6 +24,7 @@ from executor.config import gpu_list
 from executor.errors import ConfigError, ModelError, NoGpuError
 from executor.images import Letterbox, letterbox, round_up, same_shape_chunks
 from executor.nms import batched_nms
+from executor.runtime import cpu_threads
 from mining.base import Batch, Detections
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,6 @@ def select_device(gpu_id: str) -> torch.device:
     if len(ids) > 1:
         log.warning("gpu_id %s: mining and inference run on GPU %d only", gpu_id, ids[0])
     return torch.device(f"cuda:{ids[0]}")
-
-
-def use_all_cpu_threads() -> None:
-    """Ultralytics' device set-up leaves torch with cpu_count - 1 threads (1 on two cores): undo that."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------- post-processing (both backends)
@@ -179,7 +175,8 @@ class Detector:
 
 
 class TorchDetector(Detector):
-    def __init__(self, weights: str, device: torch.device, img_size: int, pin_memory: bool = False, **post):
+    def __init__(self, weights: str, device: torch.device, img_size: int, threads: int, pin_memory: bool = False,
+                 **post):
         super().__init__(weights, **post)
         self.device = device
         net, names, strides = load_torch_model(weights)
@@ -192,7 +189,7 @@ class TorchDetector(Detector):
         if device.type == "cpu":
             net = net.to(memory_format=torch.channels_last)  # ~30% faster convolutions on CPU
         self.net = net
-        use_all_cpu_threads()
+        torch.set_num_threads(threads)  # after loading: Ultralytics' device set-up changes it
 
     @torch.inference_mode()
     def forward(self, canvases: np.ndarray) -> torch.Tensor:
@@ -231,7 +228,8 @@ def load_torch_model(weights: str):
 class OnnxDetector(Detector):
     """ONNX Runtime on an Ultralytics ONNX export (output0 = (B, 4+C, A), same as the torch head)."""
 
-    def __init__(self, weights: str, device: torch.device, img_size: int, pin_memory: bool = False, **post):
+    def __init__(self, weights: str, device: torch.device, img_size: int, threads: int, pin_memory: bool = False,
+                 **post):
         super().__init__(weights, **post)
         if not os.path.isfile(weights):
             raise ModelError(f"weights file not found: {weights}")
@@ -240,7 +238,7 @@ class OnnxDetector(Detector):
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else [
             "CPUExecutionProvider"]
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, os.cpu_count() or 1)
+        options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(weights, options, providers=providers)
         except Exception as exc:
@@ -281,12 +279,15 @@ def onnx_class_names(text: str | None, num_classes: int) -> list[str]:
 
 
 def load_detector(weights: str, backend: str, gpu_id: str, img_size: int, *, conf_thres: float, iou_thres: float,
-                  max_det: int, class_names: Sequence[str] = (), pin_memory: bool = False) -> Detector:
-    """The detector for `weights` (.pt → PyTorch, .onnx → ONNX Runtime, unless `backend` says so)."""
+                  max_det: int, class_names: Sequence[str] = (), pin_memory: bool = False,
+                  threads: int = 0) -> Detector:
+    """The detector for `weights` (.pt → PyTorch, .onnx → ONNX Runtime, unless `backend` says so); `threads`:
+    CPU threads (0: executor.runtime.cpu_threads' choice)."""
     device = select_device(gpu_id)
     use_onnx = backend == "onnx" or (backend == "auto" and weights.lower().endswith(".onnx"))
     detector = (OnnxDetector if use_onnx else TorchDetector)(
-        weights, device, img_size, pin_memory=pin_memory, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
+        weights, device, img_size, cpu_threads(threads), pin_memory=pin_memory, conf_thres=conf_thres,
+        iou_thres=iou_thres, max_det=max_det)
     if class_names:
         if len(class_names) != detector.num_classes:
             raise ConfigError(f"config key 'class_names' has {len(class_names)} names but the model {weights} "

@@ -47,3 +47,43 @@ def place_font(config_dir: str) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(source, target)
 
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """The container's CPU quota in CPUs (cgroup v2 cpu.max, or v1 cfs quota / period); None when unlimited."""
+    try:
+        with open(os.path.join(root, "cpu.max"), encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us"), encoding="ascii") as handle:
+            quota = int(handle.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us"), encoding="ascii") as handle:
+            period = int(handle.read())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: its affinity mask (taskset, docker --cpuset-cpus), capped by a cgroup
+    quota (docker --cpus, Kubernetes limits), at least 1."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        count = min(count, max(1, int(quota)))
+    return max(1, count)
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """Threads for the model on CPU: `requested` (config cpu_threads / --threads) if > 0, else OMP_NUM_THREADS
+    if set, else every usable CPU."""
+    if requested > 0:
+        return requested
+    try:
+        from_env = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        from_env = 0
+    return from_env if from_env > 0 else usable_cpus()

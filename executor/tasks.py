@@ -1,23 +1,28 @@
 """The tasks behind one registry: platform mode and the local CLI both call `run` with plain arguments.
 
-Mining is score → gather → write: `score_images` yields one (key, score) per candidate as batches finish,
-`gather` collects them and checks that every candidate has exactly one score, and the result is written
-once, atomically. Inference is the same loop with the detector's boxes as its records.
+Mining is score → gather → write: workers score shards of the candidate list (executor/shards.py,
+executor/workers.py), each shard written when done; the gather is a streamed merge of the shards, checked,
+and the result is written once, atomically. Inference is the same with the detector's boxes as records.
 """
+import functools
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
-from executor.config import Settings, build_settings, resolve_weights
-from executor.errors import NoReadableImages
+from executor.config import Settings, build_settings, gpu_list, resolve_weights
+from executor.errors import DatasetError, NoReadableImages
 from executor.images import letterbox
 from executor.loop import Unreadable, batches, out_of_memory_hint
 from executor.model import Detector, load_detector
 from executor.monitor import Progress, span
-from executor.writers import UNREADABLE_SCORE, box_record, write_infer_result, write_mining_result
+from executor.runtime import cpu_threads
+from executor.shards import Shard, ShardStore, file_sha256, plan, shards_of_rank
+from executor.workers import clear, outer_rank, run_workers, wait_for
+from executor.writers import UNREADABLE_SCORE, box_record, write_infer_result, write_ranked
 from mining import SCORERS, get_scorer, scorer_params
+from mining.base import Batch
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ class Job:
     work_dir: str = ""                      # the YOLO dataset, Ultralytics' run dir, the stage book
     weights_dirs: Sequence[str] = ()        # bundled pretrained weights (<model>.pt)
     multi_stage_result: bool = True         # protocol >= 1.0.0 result.yaml
+    names: Sequence[str] = ()               # infer-result.json key per candidate (default: unique basenames)
+    shards_dir: str = ""                    # finished shards, shared by every worker (default: work_dir/shards)
 
 
 @dataclass
@@ -52,7 +59,8 @@ class Models:
             if detector.weights == weights and detector.img_size == detector.input_size(settings.img_size):
                 return detector.with_postprocess(**post)
         detector = load_detector(weights, settings.backend, settings.gpu_id, settings.img_size,
-                                 class_names=settings.class_names, pin_memory=settings.pin_memory, **post)
+                                 class_names=settings.class_names, pin_memory=settings.pin_memory,
+                                 threads=settings.cpu_threads, **post)
         self.loaded[weights] = detector
         return detector
 
@@ -69,50 +77,44 @@ def weights_for(settings: Settings, models_dir: str) -> str:
 
 # ---------------------------------------------------------------- the loop's consumers
 
-def image_batches(keys: Sequence[str], detector: Detector | None, settings: Settings, progress: Progress,
-                  unreadable: list[Unreadable]) -> Iterator:
-    """The loop's batches (the unreadable images appended to `unreadable`), with progress counted in images."""
+def image_batches(keys: Sequence[str], detector: Detector | None, settings: Settings, report: Callable[[int], None],
+                  unreadable: dict[str, str]) -> Iterator[Batch]:
+    """The loop's batches (unreadable images go to `unreadable` with their reason); report(images done)."""
     prepare = detector.letterbox if detector else (lambda image: letterbox(image, settings.img_size))
     done = 0
     for item in batches(keys, prepare, settings.batch_size_per_gpu, settings.num_workers_per_gpu):
         if isinstance(item, Unreadable):
-            unreadable.append(item)
+            unreadable[item.key] = item.reason
             done += 1
         else:
             yield item
             done += len(item.keys)
-        progress(done / len(keys))
-
-
-def fail_if_all_unreadable(keys: Sequence[str], unreadable: Sequence[Unreadable]) -> None:
-    if keys and len(unreadable) == len(keys):
-        raise NoReadableImages(f"none of the {len(keys)} images could be read; first: {unreadable[0].reason}")
+        report(done)
 
 
 def score_images(keys: Sequence[str], scorer, detector: Detector | None, settings: Settings,
-                 progress: Progress) -> Iterator[tuple[str, float]]:
-    """(key, score) of every key as its batch finishes; unreadable images get the UNREADABLE_SCORE sentinel
-    (all of them unreadable: NoReadableImages)."""
-    unreadable: list[Unreadable] = []
-    for item in image_batches(keys, detector, settings, progress, unreadable):
-        with out_of_memory_hint(item, settings.batch_size_per_gpu):
-            scores = scorer.score(item, detector)
-        yield from zip(item.keys, scores.tolist())
-    fail_if_all_unreadable(keys, unreadable)
-    yield from ((u.key, UNREADABLE_SCORE) for u in unreadable)
+                 report: Callable[[int], None], unreadable: dict[str, str]) -> dict[str, float]:
+    """The score of every key; unreadable images get the UNREADABLE_SCORE sentinel (and their reason in
+    `unreadable`)."""
+    scores: dict[str, float] = {}
+    for batch in image_batches(keys, detector, settings, report, unreadable):
+        with out_of_memory_hint(batch, settings.batch_size_per_gpu):
+            scores.update(zip(batch.keys, scorer.score(batch, detector).tolist()))
+    scores.update((key, UNREADABLE_SCORE) for key in unreadable)
+    return scores
 
 
-def gather(keys: Sequence[str], scored: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
-    """(key, score) in index order, checked: every key scored exactly once."""
-    scores = {}
-    for key, score in scored:
-        if key in scores:
-            raise RuntimeError(f"{key} was scored twice")
-        scores[key] = score
-    missing = [key for key in keys if key not in scores]
-    if missing or len(scores) != len(keys):
-        raise RuntimeError(f"{len(missing)} of {len(keys)} candidates have no score (first: {missing[:1]})")
-    return [(key, scores[key]) for key in keys]
+def detect_images(keys: Sequence[str], detector: Detector, settings: Settings, report: Callable[[int], None],
+                  unreadable: dict[str, str]) -> dict[str, list]:
+    """Box records of every readable key."""
+    records: dict[str, list] = {}
+    for batch in image_batches(keys, detector, settings, report, unreadable):
+        with out_of_memory_hint(batch, settings.batch_size_per_gpu):
+            found = detector.predict(batch)
+        for key, det in zip(batch.keys, found):
+            records[key] = [box_record(xyxy, detector.names[cls], conf)
+                            for xyxy, cls, conf in zip(det.xyxy, det.cls, det.conf)]
+    return records
 
 
 def open_scorer(settings: Settings):
@@ -120,38 +122,152 @@ def open_scorer(settings: Settings):
     return get_scorer(name, **scorer_params(name, settings))
 
 
+# ---------------------------------------------------------------- shards: score → gather → write
+
+def run_identity(task: str, settings: Settings, models_dir: str) -> dict:
+    """Everything a shard's content depends on besides its keys (its fingerprint is made of this)."""
+    identity = {"task": task, "img_size": settings.img_size}
+    if task == "mining":
+        name = settings.mining_algorithm
+        identity.update(algorithm=name, params=scorer_params(name, settings))
+        if not SCORERS[name].needs_model:
+            return identity
+    weights = weights_for(settings, models_dir)
+    identity.update(weights=file_sha256(weights), backend=settings.backend, conf_thres=settings.conf_thres,
+                    iou_thres=settings.iou_thres, max_det=settings.max_det, class_names=list(settings.class_names))
+    return identity
+
+
+def shard_store(task: str, job: Job, settings: Settings) -> tuple[ShardStore, list[Shard]]:
+    folder = job.shards_dir or os.path.join(job.work_dir or ".", "shards")
+    return ShardStore(folder, task, run_identity(task, settings, job.models_dir)), plan(job.candidates,
+                                                                                       settings.shard_size)
+
+
+def worker_devices(settings: Settings) -> list[str]:
+    """One worker per GPU of gpu_id, else cpu_processes CPU workers ('' = CPU)."""
+    gpus = gpu_list(settings.gpu_id)
+    return [str(g) for g in gpus] if gpus else [""] * settings.cpu_processes
+
+
+def work_shards(task: str, job: Job, config: Mapping, todo: Sequence[int], rank: int, world: int, device: str,
+                report: Callable[[int], None], models: Models | None = None) -> None:
+    """Score (or detect) the shards of `todo` that belong to worker `rank` of `world`, each written when done."""
+    settings = build_settings(task, config)
+    threads = max(1, cpu_threads(settings.cpu_threads) // world)
+    settings = build_settings(task, {**config, "gpu_id": device, "cpu_threads": threads})
+    store, shards = shard_store(task, job, settings)
+    mine_now = shards_of_rank([shards[i] for i in todo], rank, world)
+    models = models or Models()
+    scorer = open_scorer(settings) if task == "mining" else None
+    needs_model = task == "infer" or SCORERS[settings.mining_algorithm].needs_model
+    detector = models.detector(settings, job.models_dir) if needs_model and mine_now else None
+    finished = 0
+    for shard in mine_now:
+        unreadable: dict[str, str] = {}
+        report_shard = lambda done, base=finished: report(base + done)  # noqa: E731
+        if task == "mining":
+            store.write_scores(shard, score_images(shard.keys, scorer, detector, settings, report_shard, unreadable),
+                               unreadable)
+        else:
+            store.write_records(shard, detect_images(shard.keys, detector, settings, report_shard, unreadable),
+                                unreadable)
+        finished += len(shard.keys)
+        report(finished)
+
+
+def score_shards(task: str, job: Job, config: Mapping, progress: Progress, models: Models
+                 ) -> tuple[ShardStore, list[Shard]] | None:
+    """Every shard of the job complete (reusing those an earlier run finished), on every worker the settings
+    ask for. Returns the store and shards to merge, or None on a rank of an outer torchrun that does not merge."""
+    settings = build_settings(task, config)
+    store, shards = shard_store(task, job, settings)
+    todo = [shard.index for shard in shards if not store.complete(shard)]
+    done_before = sum(len(s.keys) for s in shards) - sum(len(shards[i].keys) for i in todo)
+    if done_before:
+        log.info("%s: %d of %d shards are complete from an earlier run with the same settings; scoring the other %d",
+                 task, len(shards) - len(todo), len(shards), len(todo))
+    total = len(job.candidates)
+    outer = outer_rank()
+    if outer is not None:  # one rank of a torchrun job over a shared folder
+        rank, world = outer
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        devices = worker_devices(settings)
+        work_shards(task, job, config, todo, rank, world, devices[local % len(devices)] if devices[0] else "",
+                    lambda done: progress((done_before + done) / max(1, total)), models)
+        if rank != 0:
+            return None
+        wait_for(lambda: sum(len(s.keys) for s in shards if store.complete(s)), total, progress)
+    elif todo:
+        devices = worker_devices(settings)
+        run = work_shards if len(devices) > 1 else functools.partial(work_shards, models=models)
+        run_workers(run, (task, job, config, todo), devices, store.folder, done_before, total, progress)
+    return store, shards
+
+
+def ranked_rows(store: ShardStore, shards: Sequence[Shard], total: int) -> Iterator[tuple[str, float]]:
+    """The merged ranking, checked: all of it unreadable is NoReadableImages (raised before the writer renames)."""
+    unreadable, first = 0, ""
+    for key, score, reason in store.merged_scores(shards):
+        if reason:
+            unreadable, first = unreadable + 1, first or reason
+        yield key, score
+    if total and unreadable == total:
+        raise NoReadableImages(f"none of the {total} images could be read; first: {first}")
+
+
+def named_records(store: ShardStore, shards: Sequence[Shard], names: Mapping[str, str]
+                  ) -> Iterator[tuple[str, list]]:
+    unreadable, first = 0, ""
+    for key, record, reason in store.records(shards):
+        if reason:
+            unreadable, first = unreadable + 1, first or reason
+        yield names[key], record or []
+    if names and unreadable == len(names):
+        raise NoReadableImages(f"none of the {len(names)} images could be read; first: {first}")
+
+
 # ---------------------------------------------------------------- the tasks
 
-def mine(job: Job, config: Mapping, progress: Progress, models: Models) -> list[tuple[str, float]]:
-    """Score every candidate, write result.tsv (best first); returns (key, score) in index order."""
-    settings = build_settings("mining", config)
-    scorer = open_scorer(settings)
-    detector = models.detector(settings, job.models_dir) if SCORERS[settings.mining_algorithm].needs_model else None
+def mine(job: Job, config: Mapping, progress: Progress, models: Models) -> str | None:
+    """Score every candidate, write result.tsv (best first); returns its path (None on a non-merging rank)."""
     start = time.monotonic()
-    scored = gather(job.candidates, score_images(job.candidates, scorer, detector, settings, progress))
+    merged = score_shards("mining", job, config, progress, models)
+    if merged is None:
+        return None
+    store, shards = merged
+    write_ranked(job.mining_result, ranked_rows(store, shards, len(job.candidates)))
+    store.remove(shards)
+    clear(store.folder)
     elapsed = time.monotonic() - start
-    log.info("mined %d images with %s in %.1f s (%.1f images/s), %d unreadable", len(scored),
-             settings.mining_algorithm, elapsed, len(scored) / max(elapsed, 1e-9),
-             sum(1 for _, score in scored if score == UNREADABLE_SCORE))
-    write_mining_result(job.mining_result, scored)
-    return scored
+    log.info("mined %d images with %s in %.1f s (%.1f images/s)", len(job.candidates),
+             build_settings("mining", config).mining_algorithm, elapsed, len(job.candidates) / max(elapsed, 1e-9))
+    return job.mining_result
 
 
-def infer(job: Job, config: Mapping, progress: Progress, models: Models) -> dict[str, list]:
-    """Boxes of every candidate (by basename, in index order; unreadable: none), written to infer-result.json."""
-    settings = build_settings("infer", config)
-    detector = models.detector(settings, job.models_dir)
-    records: dict[str, list] = {os.path.basename(key): [] for key in job.candidates}
-    unreadable: list[Unreadable] = []
-    for item in image_batches(job.candidates, detector, settings, progress, unreadable):
-        with out_of_memory_hint(item, settings.batch_size_per_gpu):
-            found = detector.predict(item)
-        for key, det in zip(item.keys, found):
-            records[os.path.basename(key)] = [box_record(xyxy, detector.names[cls], conf)
-                                              for xyxy, cls, conf in zip(det.xyxy, det.cls, det.conf)]
-    fail_if_all_unreadable(job.candidates, unreadable)
-    write_infer_result(job.infer_result, records, job.infer_list_key)
-    return records
+def result_names(job: Job) -> dict[str, str]:
+    """The infer-result key of every candidate: job.names when given, else its basename, which must be unique."""
+    names = dict(zip(job.candidates, job.names)) if job.names else {k: os.path.basename(k) for k in job.candidates}
+    seen: dict[str, str] = {}
+    for key, name in names.items():
+        if name in seen:
+            raise DatasetError(f"candidates {seen[name]} and {key} share the name {name!r} that infer-result.json "
+                               "keys images by; rename one of them")
+        seen[name] = key
+    return names
+
+
+def infer(job: Job, config: Mapping, progress: Progress, models: Models) -> str | None:
+    """Boxes of every candidate (unreadable: none), written to infer-result.json in index order."""
+    names = result_names(job)
+    merged = score_shards("infer", job, config, progress, models)
+    if merged is None:
+        return None
+    store, shards = merged
+    write_infer_result(job.infer_result, named_records(store, shards, names), job.infer_list_key)
+    store.remove(shards)
+    clear(store.folder)
+    return job.infer_result
 
 
 def train(job: Job, config: Mapping, progress: Progress, models: Models) -> None:

@@ -1,27 +1,36 @@
 """Every result file the executor writes, each written atomically (temp file + rename in the same dir)."""
+import contextlib
 import json
 import math
 import os
 import tempfile
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence, TextIO
 
 UNREADABLE_SCORE = -1.0  # sentinel for images that could not be read: below every real score (all are >= 0)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[TextIO]:
+    """A text handle on a temp file beside `path`, renamed onto it when the block ends without an error (and
+    removed when it does not): readers see either the old file or the whole new one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            yield handle
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    with atomic_writer(path) as handle:
+        handle.write(text)
 
 
 def format_score(score: float) -> str:
@@ -46,6 +55,15 @@ def write_mining_result(path: str, scored: Iterable[tuple[str, float]]) -> None:
     atomic_write_text(path, "".join(mining_lines(scored)))
 
 
+def write_ranked(path: str, ranked_rows: Iterable[tuple[str, float]]) -> None:
+    """result.tsv from rows already best first (streamed: memory does not grow with the pool)."""
+    with atomic_writer(path) as handle:
+        for key, score in ranked_rows:
+            if not math.isfinite(score):
+                raise ValueError(f"non-finite mining score {score} for {key}")
+            handle.write(f"{key}\t{format_score(score)}\n")
+
+
 def box_record(xyxy: Sequence[float], class_name: str, score: float) -> dict:
     """One detection in ymir's form: integer top-left x, y and width, height in original pixels."""
     x1, y1, x2, y2 = (int(round(float(v))) for v in xyxy)
@@ -53,12 +71,18 @@ def box_record(xyxy: Sequence[float], class_name: str, score: float) -> dict:
             "class_name": class_name, "score": round(float(score), 6)}
 
 
-def write_infer_result(path: str, per_image: Mapping[str, list[dict]], list_key: str | Sequence[str] = "boxes") -> None:
-    """`per_image` maps each candidate basename to its box records (possibly empty); `list_key` is
-    `boxes` for protocol >= 1.1.0, `annotations` below, or both (see config.Env.infer_list_key)."""
+def write_infer_result(path: str, per_image: Iterable[tuple[str, list[dict]]] | Mapping[str, list[dict]],
+                       list_key: str | Sequence[str] = "boxes") -> None:
+    """{"detection": {name: {list_key: boxes}}} from (name, box records) pairs, names unique (streamed);
+    `list_key` is `boxes` for protocol >= 1.1.0, `annotations` below, or both (see config.Env.infer_list_key)."""
     keys = (list_key,) if isinstance(list_key, str) else tuple(list_key)
-    payload = {"detection": {name: {key: boxes for key in keys} for name, boxes in per_image.items()}}
-    atomic_write_text(path, json.dumps(payload, indent=None, separators=(",", ":")) + "\n")
+    pairs = per_image.items() if isinstance(per_image, Mapping) else per_image
+    with atomic_writer(path) as handle:
+        handle.write('{"detection":{')
+        for number, (name, boxes) in enumerate(pairs):
+            entry = json.dumps({key: boxes for key in keys}, separators=(",", ":"))
+            handle.write(("," if number else "") + json.dumps(name) + ":" + entry)
+        handle.write("}}\n")
 
 
 def _metric(stage: str, key: str, value) -> float:

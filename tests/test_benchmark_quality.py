@@ -152,19 +152,28 @@ def test_voc_loader_renames_and_ignores_difficult(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald"])
-def test_timed_mining_scores_what_ships(algorithm):
+def test_timed_mining_scores_what_ships(algorithm, tmp_path):
     """The speed benchmark's instrumented run (whose scores feed the quality table) must score exactly as
-    executor.tasks.mine does, e.g. entropy through its copy of the detector with looser NMS."""
+    executor.tasks.mine does on its own, e.g. entropy through its copy of the detector with looser NMS."""
     from benchmarks import speed
-    from executor.model import load_detector
-    from executor.tasks import mine
-    from mining import get_scorer
+    from executor.config import build_settings
+    from executor.tasks import Job, Models, mine
+    from mining import SCORERS
     from tests.platform import WEIGHTS, coco_images
 
     keys = [str(p) for p in coco_images(3)]
-    detector = load_detector(str(WEIGHTS), "auto", "", 320)
-    settings = speed.settings_for(str(WEIGHTS), algorithm, img_size=320)
-    shipped = [score for _, score in mine(keys, detector, get_scorer(settings), settings, lambda f: None)]
-    timed = speed.mine_timed(keys, detector, settings)
+    config = speed.mining_config(str(WEIGHTS), algorithm, img_size=320)
+    job = Job(candidates=keys, work_dir=str(tmp_path), mining_result=str(tmp_path / "result.tsv"))
+    mine(job, config, lambda f: None, Models())  # loads the model itself
+    shipped = speed.mined_scores(job)
+    detector = Models().detector(build_settings("mining", config), "")
+    net = detector.net
+    timed = speed.mine_timed(keys, detector, config)
     np.testing.assert_allclose(timed["scores"], shipped, rtol=1e-6)
-    assert timed["breakdown"]["network"] > 0 and "predict" not in vars(detector)  # timed, then restored
+    stages = timed["breakdown"]
+    assert stages["network"] > 0 and stages["forward_passes"] > 0
+    assert all(seconds >= 0 for name, seconds in stages.items() if name != "forward_passes")  # nested timers
+    assert (stages["cald_views"] > 0) == (algorithm == "cald")
+    # timed, then restored
+    assert detector.net is net and "predict_canvases" not in vars(type(detector))
+    assert "score" not in vars(SCORERS[algorithm])
