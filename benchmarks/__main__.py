@@ -47,6 +47,9 @@ def parse_args(argv=None):
                    help="timed runs go segment by segment, each next to a P0 run on the same images (default 8)")
     p.add_argument("--rss-pool", type=int, default=64, help="P4: images in the 1x pool (default 64)")
     p.add_argument("--rss-times", type=int, default=10, help="P4: the large pool is this many copies")
+    p.add_argument("--rss-batch", type=int, default=1,
+                   help="P4: batch_size_per_gpu of both runs (default 1: the loop then holds a few images, far "
+                        "fewer than the 1x pool, so any growth with the pool shows; it holds ~4 batches + workers)")
     p.add_argument("--rss-algorithm", default="aldd")
     p.add_argument("--p5-reps", type=int, default=3)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: quality,voc,p3,p4,p5,p6")
@@ -327,8 +330,8 @@ def main(argv=None) -> int:
         log.info("P6 onnx/torch %.3f", results["p6"]["ratio"])
     if "p4" not in args.skip:
         images = coco.paths[:args.rss_pool]
-        results["p4"] = speed.peak_rss_ratio(args.weights, images, args.rss_times, args.rss_algorithm, batch,
-                                             gpu_id, tmp_dir("p4"))
+        results["p4"] = speed.peak_rss_ratio(args.weights, images, args.rss_times, args.rss_algorithm,
+                                             args.rss_batch, gpu_id, tmp_dir("p4"))
         log.info("P4 peak RSS ratio %.3f", results["p4"]["ratio"])
     if "p5" not in args.skip:
         results["p5"] = speed.first_progress(args.weights, coco.paths, "entropy", gpu_id, tmp_dir("p5"), args.p5_reps)

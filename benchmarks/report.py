@@ -281,8 +281,7 @@ METHOD = """## What is measured
 
 **Speed.** All figures come from one process (P4 and P5 from child processes it starts) with the same
 model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (16), which
-`executor/loop.py` uses for a pool of any size; P0, P1, P2, P3 and P6 all use it, and P4 mines both
-pools with it.
+`executor/loop.py` uses for a pool of any size; P0, P1, P2, P3, P5 and P6 all use it.
 
 - **Pairing.** The pool is cut into 8 contiguous segments. For each algorithm, segment after segment,
   the timed run and a P0 run on the *same* segment images go back to back (which goes first rotates), so
@@ -305,9 +304,11 @@ pools with it.
   call its torch is given all cores again (as our detector does), so both sides use the same cores. The
   table also gives the ratio with each side divided by the P0 measured around it.
 - **P4**: `start.py` in platform mode on a pool of N images and on 10 copies of it (distinct paths,
-  symlinks), same algorithm and batch; peak RSS of the child from `wait4`. That peak is reached while
-  the model loads, so the table also gives the largest RSS sampled (`/proc/<pid>/status`, every 50 ms)
-  once mining has started, which is what would grow if images or scores were held.
+  symlinks), same algorithm and batch (`--rss-batch`, default 1, so that what the loop holds, about 4
+  batches plus the decode threads' images, stays far below N); peak RSS of the child from `wait4`. That
+  peak is reached while the model loads, so the table also gives the largest RSS sampled
+  (`/proc/<pid>/status`, every 50 ms) once mining has started, which is what would grow if images or
+  scores were held.
 - **P5**: `start.py` in platform mode on the COCO pool (template defaults: entropy): seconds from spawning
   the process to the first `monitor.txt` line with state 2 and progress > 0 (polled every 5 ms).
 - **P6**: `executor.tasks.infer` with `backend: onnx` (an Ultralytics ONNX export, dynamic batch, made

@@ -15,8 +15,9 @@ import heapq
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
+from executor.errors import NoReadableImages
 from executor.writers import atomic_write_text, format_score
 
 MAGIC = "# quarry-shard 1"
@@ -65,8 +66,9 @@ class ShardStore:
     def __init__(self, folder: str, kind: str, run: dict):
         self.folder, self.kind, self.run = folder, kind, run
 
-    def path(self, shard: Shard) -> str:
-        return os.path.join(self.folder, f"{self.kind}-{shard.index:06d}.txt")
+    def path(self, shard: Shard | int) -> str:
+        index = shard if isinstance(shard, int) else shard.index
+        return os.path.join(self.folder, f"{self.kind}-{index:06d}.txt")
 
     def header(self, shard: Shard) -> str:
         return f"{MAGIC} {self.kind} {fingerprint(self.run, shard.keys)} {len(shard.keys)}\n"
@@ -94,29 +96,54 @@ class ShardStore:
                             separators=(",", ":")) + "\n" for key in shard.keys]
         atomic_write_text(self.path(shard), self.header(shard) + "".join(lines))
 
-    def _lines(self, shard: Shard) -> Iterator[str]:
-        with open(self.path(shard), encoding="utf-8") as handle:
+    def _lines(self, index: int) -> Iterator[str]:
+        with open(self.path(index), encoding="utf-8") as handle:
             handle.readline()
             yield from handle
 
-    def merged_scores(self, shards: Sequence[Shard]) -> Iterator[tuple[str, float, str]]:
-        """(key, score, unreadable reason or '') of every shard, best first, ties in index order (streamed)."""
-        def rows(shard: Shard) -> Iterator[tuple[float, int, list]]:
-            for line in self._lines(shard):
-                fields = line.rstrip("\n").split("\t")
-                yield -float(fields[1]), shard.index, fields
+    def merged_scores(self, count: int) -> Iterator[tuple[str, float, str]]:
+        """(key, score, unreadable reason or '') of shards 0..count-1, best first, ties in index order (streamed:
+        one line per shard in memory)."""
+        def rows(index: int) -> Iterator[tuple[float, int, list]]:
+            for line in self._lines(index):
+                fields = line.rstrip("\n").split("\t", 2)
+                yield -float(fields[1]), index, fields
 
-        for _, _, fields in heapq.merge(*(rows(s) for s in shards), key=lambda row: row[:2]):
-            yield fields[0], float(fields[1]), fields[2] if len(fields) > 2 else ""
+        # (−score, shard) never ties between two shards, so the lists behind them are never compared
+        for negative, _, fields in heapq.merge(*(rows(i) for i in range(count))):
+            yield fields[0], -negative, fields[2] if len(fields) > 2 else ""
 
-    def records(self, shards: Sequence[Shard]) -> Iterator[tuple[str, object, str]]:
-        """(key, record or None, unreadable reason or '') of every shard in index order (streamed)."""
-        for shard in shards:
-            for line in self._lines(shard):
+    def records(self, count: int) -> Iterator[tuple[str, object, str]]:
+        """(key, record or None, unreadable reason or '') of shards 0..count-1 in index order (streamed)."""
+        for index in range(count):
+            for line in self._lines(index):
                 key, record, *reason = json.loads(line)
                 yield key, record, reason[0] if reason else ""
 
-    def remove(self, shards: Iterable[Shard]) -> None:
-        for shard in shards:
-            if os.path.exists(self.path(shard)):
-                os.unlink(self.path(shard))
+    def remove(self, count: int) -> None:
+        for index in range(count):
+            if os.path.exists(self.path(index)):
+                os.unlink(self.path(index))
+
+
+def ranked_rows(store: ShardStore, count: int, total: int) -> Iterator[tuple[str, float]]:
+    """The merged ranking of `count` shards, checked: all of the `total` images unreadable is NoReadableImages
+    (raised at the end of the stream, so the writer never renames its temp file)."""
+    unreadable, first = 0, ""
+    for key, score, reason in store.merged_scores(count):
+        if reason:
+            unreadable, first = unreadable + 1, first or reason
+        yield key, score
+    if total and unreadable == total:
+        raise NoReadableImages(f"none of the {total} images could be read; first: {first}")
+
+
+def named_records(store: ShardStore, count: int, names: Mapping[str, str]) -> Iterator[tuple[str, list]]:
+    """(result name, box records) of every image in index order, checked like ranked_rows."""
+    unreadable, first = 0, ""
+    for key, record, reason in store.records(count):
+        if reason:
+            unreadable, first = unreadable + 1, first or reason
+        yield names[key], record or []
+    if names and unreadable == len(names):
+        raise NoReadableImages(f"none of the {len(names)} images could be read; first: {first}")

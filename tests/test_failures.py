@@ -655,7 +655,7 @@ def test_out_of_memory_in_the_loop_names_the_batch_size():
 
     from executor.config import build_settings
     from executor.errors import OutOfMemory, error_code
-    from executor.tasks import score_images
+    from executor.tasks import Pass
 
     class OutOfMemoryScorer:
         def score(self, batch, detector):
@@ -663,7 +663,7 @@ def test_out_of_memory_in_the_loop_names_the_batch_size():
 
     settings = build_settings("mining", {"img_size": 64, "batch_size_per_gpu": 8, "num_workers_per_gpu": 0})
     with pytest.raises(OutOfMemory) as err:
-        list(score_images([str(COCO_JPEG)] * 3, OutOfMemoryScorer(), None, settings, lambda f: None))
+        Pass({"mining": settings}, scorer=OutOfMemoryScorer()).run([str(COCO_JPEG)] * 3, lambda done: None, {})
     assert error_code(err.value) == 300103
     assert "config key 'batch_size_per_gpu' 8" in str(err.value) and "64x64" in str(err.value)
     assert "Tried to allocate 20.00 GiB" in str(err.value)

@@ -155,3 +155,24 @@ def test_a_failing_worker_ends_the_task_with_its_own_code(tmp_path):
     assert not (tmp_path / "out" / "result.tsv").exists()
     assert elapsed < 45, elapsed  # rank 0 alone needs minutes for 100 cald images at 640
     assert yaml.safe_load((env_path.parent / "config.yaml").read_text())["cpu_processes"] == 2
+
+
+@pytest.mark.parametrize("algorithm", ["entropy", "cald"])
+def test_mining_and_infer_share_one_pass_and_match_separate_runs(tmp_path, algorithm):
+    env = make_env(tmp_path, run_mining=True, run_infer=True, candidates=IMAGES,
+                   config={"img_size": 160, "mining_algorithm": algorithm})  # one /in: cald seeds by image path
+    outputs = {}
+    for name, flags in (("both", (True, True)), ("mining", (True, False)), ("infer", (False, True))):
+        data = yaml.safe_load(env.read_text())
+        data["run_mining"], data["run_infer"] = flags
+        env.write_text(yaml.safe_dump(data))
+        done = run_start("--env", env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        for file in ("result.tsv", "infer-result.json"):
+            if (tmp_path / "out" / file).exists():
+                outputs[name, file] = (tmp_path / "out" / file).read_text()
+                (tmp_path / "out" / file).unlink()
+        if name == "both":
+            assert f"mining + infer of {len(IMAGES)} images" in done.stdout  # one pass over the images
+    assert outputs["both", "result.tsv"] == outputs["mining", "result.tsv"]
+    assert outputs["both", "infer-result.json"] == outputs["infer", "infer-result.json"]
