@@ -60,9 +60,13 @@ def parse_args(argv=None):
     p.add_argument("--json", help="result file (default benchmarks/results/latest.json; latest-cuda.json with "
                                   "--device cuda)")
     p.add_argument("--markdown", default=os.path.join(REPO, "docs", "benchmarks.md"),
-                   help="markdown to regenerate ('' = don't)")
+                   help="markdown to regenerate (with --update-docs, or for a full run)")
+    p.add_argument("--update-docs", action="store_true",
+                   help="with --quick: also rewrite --markdown (a quick run leaves the tracked docs alone)")
     args = p.parse_args(argv)
     if args.quick:
+        if not args.update_docs:
+            args.markdown = ""
         args.images = args.images or 24
         args.reps = args.reps or 1
         args.segments = min(args.segments, 2)

@@ -10,11 +10,19 @@ anchor-free and has no objectness). From that single tensor we take
 The same post-processing serves the PyTorch and the ONNX Runtime backends, so both return the same boxes.
 The detector implements mining.base.Detector and decides the geometry: `img_size` (the requested size rounded
 up to a stride multiple) and `rect_stride` (None for a fixed square input).
+
+Embeddings (selection: diverse) come from the same forward: the detector's `tap`, armed for one batch, keeps
+that batch's raw output and, once `enable_embeddings()` was called, the inputs of the Detect head (the neck's
+three feature maps P3, P4, P5), each averaged over the cells that lie on the image (not its letterbox padding),
+L2-normalised per level and concatenated (/sqrt 3: unit length), float16. Torch: a forward pre-hook on the head;
+ONNX: the same three tensors added as graph outputs of the loaded model (found by the head's first convolution
+of each level), or, when they cannot be found, no embeddings and a warning.
 """
 import ast
 import copy
 import logging
 import os
+import time
 from typing import Sequence
 
 import numpy as np
@@ -109,6 +117,69 @@ def postprocess(raw: torch.Tensor, boxes: Sequence[Letterbox], conf_thres: float
     return results
 
 
+# ---------------------------------------------------------------- embeddings from the same forward
+
+EMBEDDING_VERSION = "neck-masked-gap-l2-v1"  # in the shards' fingerprint: another pooling, other side files
+
+
+def pool_levels(levels: Sequence[torch.Tensor], canvas: tuple[int, int], boxes: Sequence[Letterbox]) -> np.ndarray:
+    """(B, D) float16 image embeddings from the head's input feature maps (B, C_l, h_l, w_l): per level the mean
+    over the cells whose centre lies on the image itself (every cell when none does), L2-normalised; the levels
+    concatenated and divided by sqrt(levels), so every row has unit length and each level weighs the same."""
+    parts = []
+    for feature in levels:
+        feature = feature.float()
+        b, _, h, w = feature.shape
+        sy, sx = canvas[0] / h, canvas[1] / w
+        ys = (torch.arange(h, dtype=torch.float32) + 0.5) * sy
+        xs = (torch.arange(w, dtype=torch.float32) + 0.5) * sx
+        mask = torch.zeros((b, 1, h, w), dtype=torch.float32)
+        for i, box in enumerate(boxes):
+            rows = (ys >= box.pad_y) & (ys < box.pad_y + box.height * box.ratio)
+            cols = (xs >= box.pad_x) & (xs < box.pad_x + box.width * box.ratio)
+            inside = rows[:, None] & cols[None, :]
+            mask[i, 0] = inside.float() if inside.any() else 1.0
+        mask = mask.to(feature.device)
+        pooled = (feature * mask).sum((2, 3)) / mask.sum((2, 3))
+        parts.append(torch.nn.functional.normalize(pooled, dim=1))
+    joined = torch.cat(parts, 1) / np.sqrt(len(parts))
+    return joined.cpu().numpy().astype(np.float16)
+
+
+class EmbeddingTap:
+    """What one forward of one batch leaves behind for the executor: armed for a batch's canvases, the forward
+    that receives exactly that array keeps its raw output (for boxes the scorer did not ask for) and, when the
+    detector can, the batch's embeddings. Shared by the shallow copies of a detector (with_postprocess)."""
+
+    def __init__(self):
+        self.canvases = None
+        self.boxes = None
+        self.raw = None
+        self.embeddings = None
+        self.active = False   # inside the armed forward
+        self.features = None  # the head's inputs seen during that forward
+        self.dim = 0          # embedding length once the detector's enable_embeddings() succeeded
+        self.seconds = 0.0    # spent pooling embeddings (their whole cost when the forward runs anyway)
+
+    def arm(self, batch: Batch) -> None:
+        self.canvases, self.boxes, self.raw, self.embeddings = batch.canvases, batch.boxes, None, None
+
+    def clear(self) -> None:
+        self.canvases = self.boxes = self.raw = self.embeddings = self.features = None
+        self.active = False
+
+    def wants(self, canvases) -> bool:
+        return self.canvases is not None and canvases is self.canvases and self.raw is None
+
+    def keep(self, raw: torch.Tensor, features) -> None:
+        self.raw = raw
+        if features is not None:
+            started = time.perf_counter()
+            self.embeddings = pool_levels(features, self.canvases.shape[1:3], self.boxes)
+            self.seconds += time.perf_counter() - started
+        self.features, self.active = None, False
+
+
 # ---------------------------------------------------------------- detectors
 
 class Detector:
@@ -126,6 +197,36 @@ class Detector:
         self.weights = weights
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
         self.multi_label = False
+        self.tap = EmbeddingTap()
+
+    @property
+    def embedding_dim(self) -> int:
+        """> 0 once enable_embeddings() succeeded (on this detector or a copy: they share the tap)."""
+        return self.tap.dim
+
+    def enable_embeddings(self) -> bool:
+        """Make armed forwards also keep embeddings; False (with a warning) where this model cannot."""
+        return False
+
+    def embed(self, batch: Batch) -> np.ndarray | None:
+        """(B, D) float16 embeddings of `batch`: those its armed forward kept, else one forward now (an algorithm
+        that never forwards, such as random). None when embeddings are not enabled."""
+        if not self.embedding_dim:
+            return None
+        if self.tap.canvases is not batch.canvases:
+            self.tap.arm(batch)
+        if self.tap.embeddings is None:
+            self.tap.raw = None
+            self.forward(batch.canvases)
+        return self.tap.embeddings
+
+    def tapped_detections(self, batch: Batch) -> list[Detections]:
+        """This detector's own detections of `batch`, from the raw output of its armed forward when there was
+        one (no second forward), else predicted now."""
+        if self.tap.canvases is batch.canvases and self.tap.raw is not None:
+            return postprocess(self.tap.raw, batch.boxes, self.conf_thres, self.iou_thres, self.max_det,
+                               self.multi_label)
+        return self.predict(batch)
 
     def with_postprocess(self, conf_thres: float, iou_thres: float, max_det: int,
                          multi_label: bool = False) -> "Detector":
@@ -199,8 +300,35 @@ class TorchDetector(Detector):
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.net(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        tap = self.tap if self.tap.wants(canvases) else None
+        if tap is not None:
+            tap.active = True
+        try:
+            out = self.net(x)
+        finally:
+            if tap is not None:
+                tap.active = False
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if tap is not None:
+            tap.keep(out, tap.features if self.embedding_dim else None)
+        return out
+
+    def enable_embeddings(self) -> bool:
+        if self.embedding_dim:
+            return True
+        head = self.net.model[-1]
+        tap = self.tap
+
+        def grab(module, args):  # the head's inputs: one feature map per level, before the head changes them
+            if tap.active:
+                tap.features = list(args[0])
+
+        head.register_forward_pre_hook(grab)
+        self.tap.dim = sum(int(m.conv.in_channels) if hasattr(m, "conv") else int(m.in_channels)
+                           for m in (seq[0] for seq in head.cv2))
+        log.info("embeddings: the Detect head's %d input channels, pooled per level, from the same forward",
+                 self.embedding_dim)
+        return True
 
 
 def load_torch_model(weights: str):
@@ -256,6 +384,27 @@ class OnnxDetector(Detector):
         meta = self.session.get_modelmeta().custom_metadata_map
         num_classes = int(self.session.get_outputs()[0].shape[1]) - 4
         self.names = onnx_class_names(meta.get("names"), num_classes)
+        self.options, self.providers = options, providers
+        self.feature_outputs: list[str] = []
+
+    def enable_embeddings(self) -> bool:
+        """Reload the model with the Detect head's inputs as extra outputs (the same graph: output0 is computed
+        exactly as before). False, with a warning, when the head's first convolutions cannot be found."""
+        if self.embedding_dim:
+            return True
+        import onnxruntime as ort
+
+        try:
+            model, names, channels = onnx_with_head_inputs(self.weights)
+            session = ort.InferenceSession(model.SerializeToString(), self.options, providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 — any failure here means: no embeddings, mining goes on
+            log.warning("ONNX model %s: no embeddings (%s: %s); selection 'diverse' falls back to the score order",
+                        self.weights, type(exc).__name__, exc)
+            return False
+        self.session, self.feature_outputs, self.tap.dim = session, names, sum(channels)
+        log.info("embeddings: ONNX outputs %s (%d channels) from the same forward", ", ".join(names),
+                 self.embedding_dim)
+        return True
 
     def input_size(self, img_size: int) -> int:
         return self.fixed_size or super().input_size(img_size)
@@ -263,8 +412,50 @@ class OnnxDetector(Detector):
     def forward(self, canvases: np.ndarray) -> torch.Tensor:
         x = np.ascontiguousarray(canvases.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
         step = self.fixed_batch or len(x)
-        outs = [self.session.run(None, {self.input_name: x[i:i + step]})[0] for i in range(0, len(x), step)]
-        return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
+        tap = self.tap if self.tap.wants(canvases) else None
+        wanted = [self.session.get_outputs()[0].name] + (self.feature_outputs if tap is not None else [])
+        runs = [self.session.run(wanted, {self.input_name: x[i:i + step]}) for i in range(0, len(x), step)]
+        joined = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*runs)]
+        out = torch.from_numpy(joined[0])
+        if tap is not None:
+            tap.keep(out, [torch.from_numpy(f) for f in joined[1:]] if self.feature_outputs else None)
+        return out
+
+
+def onnx_with_head_inputs(weights: str):
+    """(onnx model with extra graph outputs, their names, their channel counts): the inputs of the first
+    convolution of each level's box branch (`/model.N/cv2.i/cv2.i.0/...Conv` in an Ultralytics export, N the
+    head's module index), i.e. the neck's P3, P4, P5 feature maps that the Detect head receives."""
+    import re
+
+    import onnx
+
+    model = onnx.load(weights)
+    graph = model.graph
+    pattern = re.compile(r"^/model\.(\d+)/cv2\.(\d+)/cv2\.\2\.0/")
+    found: dict[int, tuple[int, str, str]] = {}
+    for node in graph.node:
+        match = pattern.match(node.name)
+        if match and node.op_type == "Conv":
+            level = int(match.group(2))
+            module = int(match.group(1))
+            if level not in found or module > found[level][0]:
+                found[level] = (module, node.input[0], node.input[1])
+    if not found or sorted(found) != list(range(len(found))) or len({m for m, _, _ in found.values()}) != 1:
+        raise ModelError("no Detect head input found (expected the convolutions /model.N/cv2.i/cv2.i.0/…)")
+    weights_by_name = {init.name: init for init in graph.initializer}
+    names, channels = [], []
+    for level in sorted(found):
+        _, tensor, kernel = found[level]
+        if kernel not in weights_by_name:
+            raise ModelError(f"the head convolution's weight {kernel} is not an initializer")
+        names.append(tensor)
+        channels.append(int(weights_by_name[kernel].dims[1]))
+    existing = {o.name for o in graph.output}
+    for name in names:
+        if name not in existing:
+            graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return model, names, channels
 
 
 def onnx_class_names(text: str | None, num_classes: int) -> list[str]:

@@ -9,13 +9,23 @@ never reused. Batches never span shards, so a shard's content is the same whiche
 A mining shard holds `key<TAB>score` lines sorted best first (ties in index order); the merge is a k-way
 merge by (-score, shard, position), which is exactly the stable sort of the whole list: its memory is one
 line per shard, whatever the pool size. An infer shard holds one JSON line per image, in index order.
+
+A mining shard may have a side file `mining-NNNNNN.npz` (uncompressed numpy arrays, written atomically) with
+what selection and the report need, row r describing the shard's r-th line: `order` (the line's index in the
+shard's keys), `embeddings` (n, D) float16 (selection: diverse), `class_counts` (n, C) uint16 (class_balance),
+the predicted boxes (report: `box_start` (n+1,) offsets into `box_xyxy` (M, 4), `box_conf` (M,), `box_cls` (M,))
+and `readable` (how many rows are not unreadable). Its fingerprint covers the run and what it holds; a shard is
+complete only when both of its files are, so resume and several workers treat the pair as one unit.
 """
 import hashlib
 import heapq
 import json
 import os
+import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, NamedTuple, Sequence
+
+import numpy as np
 
 from executor.errors import NoReadableImages
 from executor.writers import atomic_write_text, format_score
@@ -60,11 +70,27 @@ def shards_of_rank(shards: Sequence[Shard], rank: int, world: int) -> list[Shard
     return [shard for shard in shards if shard.index % world == rank]
 
 
-class ShardStore:
-    """The shard files of one task (`kind`: 'mining' or 'infer') in a folder shared by every worker."""
+class Row(NamedTuple):
+    """One line of the merged mining shards: where it came from (shard index, line number in that shard)."""
+    key: str
+    score: float
+    reason: str   # unreadable: why ('' for a scored image)
+    shard: int
+    line: int
 
-    def __init__(self, folder: str, kind: str, run: dict):
-        self.folder, self.kind, self.run = folder, kind, run
+
+def score_order(keys: Sequence[str], scores: Mapping[str, float]) -> list[int]:
+    """The indices of `keys` best first, ties in index order: the line order of a mining shard."""
+    return sorted(range(len(keys)), key=lambda i: -scores[keys[i]])
+
+
+class ShardStore:
+    """The shard files of one task (`kind`: 'mining' or 'infer') in a folder shared by every worker. `side`: what
+    the run's side files must hold (None: no side files), part of their fingerprint."""
+
+    def __init__(self, folder: str, kind: str, run: dict, side: dict | None = None):
+        self.folder, self.kind, self.run, self.side = folder, kind, run, side
+        self.embedding_dim = self.num_classes = 0  # set by the worker that writes side files (its model's)
 
     def path(self, shard: Shard | int) -> str:
         index = shard if isinstance(shard, int) else shard.index
@@ -73,22 +99,96 @@ class ShardStore:
     def header(self, shard: Shard) -> str:
         return f"{MAGIC} {self.kind} {fingerprint(self.run, shard.keys)} {len(shard.keys)}\n"
 
+    def side_path(self, shard: Shard | int) -> str:
+        index = shard if isinstance(shard, int) else shard.index
+        return os.path.join(self.folder, f"{self.kind}-{index:06d}.npz")
+
+    def side_fingerprint(self, shard: Shard) -> str:
+        return fingerprint({"run": self.run, "side": self.side}, shard.keys)
+
     def complete(self, shard: Shard) -> bool:
-        """The shard's file exists, was made by this run for these keys, and holds one line per key."""
+        """The shard's file exists, was made by this run for these keys, and holds one line per key (and so does
+        its side file, when the run has one)."""
         try:
             with open(self.path(shard), encoding="utf-8") as handle:
                 if handle.readline() != self.header(shard):
                     return False
-                return sum(1 for _ in handle) == len(shard.keys)
+                if sum(1 for _ in handle) != len(shard.keys):
+                    return False
         except (OSError, UnicodeDecodeError):
             return False
+        return self.side is None or self.side_complete(shard)
 
-    def write_scores(self, shard: Shard, scores: dict[str, float], unreadable: dict[str, str]) -> None:
-        """key<TAB>score, best first, ties in index order; an unreadable image's line ends with its reason."""
-        order = sorted(range(len(shard.keys)), key=lambda i: -scores[shard.keys[i]])
+    def side_complete(self, shard: Shard) -> bool:
+        try:
+            with np.load(self.side_path(shard), allow_pickle=False) as data:
+                return str(data["fingerprint"]) == self.side_fingerprint(shard) and \
+                    data["order"].shape == (len(shard.keys),)
+        except Exception:  # noqa: BLE001 — missing, half-written, foreign: not complete
+            return False
+
+    def write_scores(self, shard: Shard, scores: dict[str, float], unreadable: dict[str, str],
+                     side: dict | None = None) -> None:
+        """key<TAB>score, best first, ties in index order; an unreadable image's line ends with its reason.
+        `side`: per key (embedding or None, detections or None), written first to the side file."""
+        order = score_order(shard.keys, scores)
+        if self.side is not None:
+            self.write_side(shard, order, side or {}, unreadable)
         lines = [f"{key}\t{format_score(scores[key])}" + (f"\t{_one_line(unreadable[key])}" if key in unreadable else "")
                  + "\n" for key in (shard.keys[i] for i in order)]
         atomic_write_text(self.path(shard), self.header(shard) + "".join(lines))
+
+    def write_side(self, shard: Shard, order: Sequence[int], side: Mapping[str, tuple], unreadable) -> None:
+        keys = [shard.keys[i] for i in order]
+        arrays = {"fingerprint": np.array(self.side_fingerprint(shard)), "order": np.asarray(order, np.int32),
+                  "readable": np.array(sum(1 for k in keys if k not in unreadable), np.int64)}
+        dim, classes = self.embedding_dim, self.num_classes
+        if dim:
+            rows = np.zeros((len(keys), dim), np.float16)
+            for r, key in enumerate(keys):
+                if key in side and side[key][0] is not None:
+                    rows[r] = side[key][0]
+            arrays["embeddings"] = rows
+        if self.side.get("boxes") or self.side.get("class_counts"):
+            found = [side[k][1] if k in side and side[k][1] is not None else None for k in keys]
+            sizes = np.array([0 if d is None else len(d) for d in found], np.int64)
+            picked = [d for d in found if d is not None and len(d)]
+            cls = np.concatenate([d.cls for d in picked]).astype(np.int32) if picked else np.zeros(0, np.int32)
+            if self.side.get("boxes"):
+                arrays["box_start"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+                arrays["box_xyxy"] = (np.concatenate([d.xyxy for d in picked]).astype(np.float32) if picked
+                                      else np.zeros((0, 4), np.float32))
+                arrays["box_conf"] = (np.concatenate([d.conf for d in picked]).astype(np.float32) if picked
+                                      else np.zeros(0, np.float32))
+                arrays["box_cls"] = cls
+            if self.side.get("class_counts"):
+                counts = np.zeros((len(keys), classes), np.uint16)
+                owner = np.repeat(np.arange(len(keys)), sizes)
+                np.add.at(counts, (owner, cls), 1)
+                arrays["class_counts"] = counts
+        os.makedirs(self.folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.side_path(shard))}.", suffix=".tmp",
+                                   dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)
+            os.replace(tmp, self.side_path(shard))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def side_arrays(self, index: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named arrays of shard `index`'s side file (only those are read)."""
+        with np.load(self.side_path(index), allow_pickle=False) as data:
+            return {name: data[name] for name in names if name in data.files}
+
+    def side_has(self, index: int, name: str) -> bool:
+        try:
+            with np.load(self.side_path(index), allow_pickle=False) as data:
+                return name in data.files
+        except Exception:  # noqa: BLE001
+            return False
 
     def write_records(self, shard: Shard, records: dict[str, object], unreadable: dict[str, str]) -> None:
         """One JSON line per key in index order: [key, record], or [key, null, reason] when unreadable."""
@@ -113,6 +213,16 @@ class ShardStore:
         for negative, _, fields in heapq.merge(*(rows(i) for i in range(count))):
             yield fields[0], -negative, fields[2] if len(fields) > 2 else ""
 
+    def merged_rows(self, count: int) -> Iterator[Row]:
+        """merged_scores with each line's origin (shard, line number): the same order, streamed."""
+        def rows(index: int):
+            for line_no, line in enumerate(self._lines(index)):
+                fields = line.rstrip("\n").split("\t", 2)
+                yield -float(fields[1]), index, line_no, fields
+
+        for negative, index, line_no, fields in heapq.merge(*(rows(i) for i in range(count))):
+            yield Row(fields[0], -negative, fields[2] if len(fields) > 2 else "", index, line_no)
+
     def records(self, count: int) -> Iterator[tuple[str, object, str]]:
         """(key, record or None, unreadable reason or '') of shards 0..count-1 in index order (streamed)."""
         for index in range(count):
@@ -122,8 +232,9 @@ class ShardStore:
 
     def remove(self, count: int) -> None:
         for index in range(count):
-            if os.path.exists(self.path(index)):
-                os.unlink(self.path(index))
+            for path in (self.path(index), self.side_path(index)):
+                if os.path.exists(path):
+                    os.unlink(path)
 
 
 def ranked_rows(store: ShardStore, count: int, total: int) -> Iterator[tuple[str, float]]:

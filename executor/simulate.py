@@ -579,6 +579,12 @@ class Simulation:
         names = list(self.plan.algorithms)
         return (names.index(algorithm) if algorithm in names else len(names), algorithm)
 
+    def where(self, path: str) -> str:
+        """A path as simulation.json records it: relative to --out when inside it (so the file does not depend
+        on where --out is)."""
+        rel = os.path.relpath(path, self.out)
+        return path if rel.startswith("..") else rel
+
     def save(self) -> None:
         plan = self.plan
         state = {"version": FORMAT_VERSION, "identity": self.identity,
@@ -586,7 +592,7 @@ class Simulation:
                           "algorithms": list(plan.algorithms), "initial": plan.initial, "budget": plan.budget,
                           "rounds": plan.rounds, "seeds": list(plan.seeds), "config": dict(self.config)},
                  "pool": {"root": self.data.root, "size": len(self.data.pool), "left_out": self.data.left_out},
-                 "val": {"index": self.data.val_index, "size": len(self.data.val_samples)},
+                 "val": {"index": self.where(self.data.val_index), "size": len(self.data.val_samples)},
                  "class_names": self.data.class_names,
                  "runs": self.runs()}
         atomic_write_text(self.state_file, json.dumps(state, indent=1) + "\n")
@@ -801,7 +807,7 @@ def markdown(sim: Simulation, summary: dict) -> str:
     parts = [
         "# Active-learning simulation\n",
         f"{sim.title()}.\n",
-        f"- data: `{p.data}`: pool {len(d.pool)} images"
+        f"- data: `{os.path.abspath(p.data)}`: pool {len(d.pool)} images"
         + (f" ({len(d.left_out)} left out: byte-identical to val images)" if d.left_out else "")
         + f", fixed val split {len(d.val_samples)} images; classes {', '.join(d.class_names)}",
         f"- start weights: `{p.weights}` (every round trains from them); training and mining settings: {config}",

@@ -1,15 +1,22 @@
 """The tasks behind one registry: platform mode and the local CLI both call `run` with plain arguments.
 
-Mining is score → gather → write: workers score shards of the candidate list (executor/shards.py,
-executor/workers.py), each shard written when done; the gather is a streamed merge of the shards, checked,
-and the result is written once, atomically. Inference is the same with the detector's boxes as records.
+Mining is score → gather → select → write → report: workers score shards of the candidate list
+(executor/shards.py, executor/workers.py), each shard written when done, with a side file of what selection and
+the report need (embeddings, predicted boxes) taken from the same forward; the gather is a streamed merge of
+the shards, checked; `selection: diverse` reorders it (mining/selection.py, on the shortlist's embeddings
+only); the result is written once, atomically; then the report (executor/report.py), whose failure never fails
+the task. Inference is the same with the detector's boxes as records.
 """
+import array
+import datetime
 import functools
 import logging
 import os
+import platform
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -17,12 +24,14 @@ from executor.config import Settings, build_settings, gpu_list, resolve_weights
 from executor.errors import DatasetError
 from executor.images import letterbox
 from executor.loop import Unreadable, batches, out_of_memory_hint
-from executor.model import Detector, load_detector
+from executor.model import EMBEDDING_VERSION, Detector, load_detector
 from executor.monitor import Progress, span
 from executor.runtime import cpu_threads
-from executor.shards import Shard, ShardStore, file_sha256, named_records, plan, ranked_rows, shards_of_rank
+from executor.shards import (Row, Shard, ShardStore, file_sha256, named_records, plan, ranked_rows,
+                             shards_of_rank)
 from executor.workers import clear, outer_rank, run_workers, wait_for
-from executor.writers import UNREADABLE_SCORE, box_record, write_infer_result, write_ranked
+from executor.writers import (UNREADABLE_SCORE, atomic_writer, box_record, format_score, write_infer_result,
+                              write_ranked)
 from mining import SCORERS, get_scorer, scorer_params
 from mining.base import Batch
 
@@ -47,6 +56,27 @@ class Job:
     multi_stage_result: bool = True         # protocol >= 1.0.0 result.yaml
     names: Sequence[str] = ()               # infer-result.json key per candidate (default: unique basenames)
     shards_dir: str = ""                    # finished shards, shared by every worker (default: work_dir/shards)
+    mining_scores: str = ""                 # selection diverse: path<TAB>raw score (default: beside mining_result)
+    report_html: str = ""                   # the mining report (default: mining-report.html beside mining_result;
+    #                                         its numbers go to the same name with .json)
+    labeled: Sequence[str] = ()             # selection diverse: already-labelled images (their near-copies go down)
+
+
+MINING_SCORES_NAME = "mining-scores.tsv"
+REPORT_NAME = "mining-report.html"
+
+
+def beside_result(job: Job, name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(job.mining_result)), name)
+
+
+def mining_scores_path(job: Job) -> str:
+    return job.mining_scores or beside_result(job, MINING_SCORES_NAME)
+
+
+def report_paths(job: Job) -> tuple[str, str]:
+    html_path = job.report_html or beside_result(job, REPORT_NAME)
+    return html_path, os.path.splitext(html_path)[0] + ".json"
 
 
 @dataclass
@@ -133,6 +163,9 @@ class Pass:
     scorer: object = None
     mining_detector: Detector | None = None
     infer_detector: Detector | None = None
+    side: dict | None = None            # what the mining shards' side files hold (side_spec)
+    tap_detector: Detector | None = None  # whose forward the side data come from (mining's own model)
+    forward_seconds: float = 0.0        # forwards run for embeddings only (an algorithm that runs none)
 
     @property
     def loop_settings(self) -> Settings:  # batch size, decoding threads, img_size of the pass
@@ -146,12 +179,18 @@ class Pass:
         """{"mining": scores, "infer": box records} of `keys` (the tasks of this pass), images decoded once."""
         scores: dict[str, float] = {}
         records: dict[str, list] = {}
+        side: dict[str, tuple] = {}
         batch_size = self.loop_settings.batch_size_per_gpu
+        tapped = self.tap_detector if self.side else None
         for batch in image_batches(keys, self.geometry, self.loop_settings, report, unreadable):
             with out_of_memory_hint(batch, batch_size):
                 recorder = Recorder(self.mining_detector) if self.mining_detector else None
+                if tapped is not None:
+                    tapped.tap.arm(batch)
                 if self.scorer is not None:
                     scores.update(zip(batch.keys, self.scorer.score(batch, recorder).tolist()))
+                if tapped is not None:
+                    side.update(self.side_data(batch, tapped, recorder))
                 if self.infer_detector is not None:
                     found = (recorder and recorder.reusable(batch, self.infer_detector)) or \
                         self.infer_detector.predict(batch)
@@ -160,7 +199,22 @@ class Pass:
                                           for xyxy, cls, conf in zip(det.xyxy, det.cls, det.conf)])
                                    for key, det in zip(batch.keys, found))
         scores.update((key, UNREADABLE_SCORE) for key in unreadable)
-        return {"mining": scores, "infer": records}
+        return {"mining": scores, "infer": records, "side": side}
+
+    def side_data(self, batch: Batch, detector: Detector, recorder: "Recorder | None") -> dict[str, tuple]:
+        """key → (embedding or None, detections at mining's conf_thres/max_det or None), from the forward the
+        scorer just ran (a forward of its own only for an algorithm that runs none, such as random)."""
+        started, pooled = time.perf_counter(), detector.tap.seconds
+        forwarded = self.side.get("embeddings") and detector.tap.embeddings is None  # nothing ran: forward now
+        embeddings = detector.embed(batch) if self.side.get("embeddings") else None
+        if forwarded:
+            self.forward_seconds += time.perf_counter() - started - (detector.tap.seconds - pooled)
+        found = None
+        if self.side.get("boxes") or self.side.get("class_counts"):
+            found = (recorder and recorder.reusable(batch, detector)) or detector.tapped_detections(batch)
+        detector.tap.clear()
+        return {key: (None if embeddings is None else embeddings[i], None if found is None else found[i])
+                for i, key in enumerate(batch.keys)}
 
 
 def open_scorer(settings: Settings):
@@ -184,10 +238,28 @@ def run_identity(task: str, settings: Settings, models_dir: str) -> dict:
     return identity
 
 
+def side_spec(task: str, settings: Settings, models_dir: str) -> dict | None:
+    """What a mining shard's side file must hold for this run (None: no side file): embeddings for selection
+    diverse, per-image predicted class counts for class_balance, predicted boxes for the report (whenever a
+    model runs). Part of the side file's fingerprint, never of the score file's: selection and the report
+    never change the scores."""
+    if task != "mining":
+        return None
+    diverse = settings.selection == "diverse"
+    with_model = SCORERS[settings.mining_algorithm].needs_model or diverse
+    spec = {"embeddings": EMBEDDING_VERSION if diverse else "", "class_counts": diverse and settings.class_balance,
+            "boxes": bool(settings.report and with_model)}
+    if not any(spec.values()):
+        return None
+    if not SCORERS[settings.mining_algorithm].needs_model:  # the scores' identity does not name the model
+        spec["model"] = run_identity("infer", settings, models_dir)
+    return spec
+
+
 def shard_store(task: str, job: Job, settings: Settings) -> tuple[ShardStore, list[Shard]]:
     folder = job.shards_dir or os.path.join(job.work_dir or ".", "shards")
-    return ShardStore(folder, task, run_identity(task, settings, job.models_dir)), plan(job.candidates,
-                                                                                       settings.shard_size)
+    return (ShardStore(folder, task, run_identity(task, settings, job.models_dir),
+                       side_spec(task, settings, job.models_dir)), plan(job.candidates, settings.shard_size))
 
 
 def worker_devices(settings: Settings) -> list[str]:
@@ -215,16 +287,28 @@ def work_shards(tasks: Sequence[str], job: Job, config: Mapping, todo: Sequence[
             work.mining_detector = models.detector(settings["mining"], job.models_dir)
     if "infer" in tasks:
         work.infer_detector = models.detector(settings["infer"], job.models_dir)
+    if "mining" in tasks and stores["mining"].side is not None:
+        store = stores["mining"]
+        work.side = store.side
+        work.tap_detector = work.mining_detector or models.detector(settings["mining"], job.models_dir)
+        if store.side.get("embeddings"):
+            work.tap_detector.enable_embeddings()
+        store.embedding_dim, store.num_classes = work.tap_detector.embedding_dim, work.tap_detector.num_classes
     finished = 0
+    started = time.perf_counter()
     for shard in mine_now:
         unreadable: dict[str, str] = {}
         found = work.run(shard.keys, lambda done, base=finished: report(base + done), unreadable)
         if "mining" in tasks:
-            stores["mining"].write_scores(shard, found["mining"], unreadable)
+            stores["mining"].write_scores(shard, found["mining"], unreadable, found["side"])
         if "infer" in tasks:
             stores["infer"].write_records(shard, found["infer"], unreadable)
         finished += len(shard.keys)
         report(finished)
+    if work.side and work.side.get("embeddings"):
+        elapsed, pooled = time.perf_counter() - started, work.tap_detector.tap.seconds
+        log.info("embeddings: pooling %.2f s (%.1f%% of %.1f s of scoring), forwards for embeddings only %.2f s",
+                 pooled, 100 * pooled / max(elapsed, 1e-9), elapsed, work.forward_seconds)
 
 
 def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, models: Models

@@ -1,0 +1,419 @@
+"""Typed settings: env.yaml (what to run, where) and config.yaml merged over templates/<task>-template.yaml.
+
+The templates are the only place defaults are written. Every value is coerced once, here, by the rule
+of its key; an invalid value is a ConfigError (300001) naming the key and what is allowed. Keys that
+neither the template nor the platform knows are logged as warnings and otherwise ignored.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from executor.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
+TASKS = ("training", "mining", "infer")
+
+# Keys the platform adds to config.yaml (ymir-protocol §4.2); known, so never warned about.
+PLATFORM_KEYS = {
+    "task_id", "class_names", "gpu_id", "gpu_count", "object_type", "pretrained_model_params",
+    "model_params_path", "run_infer", "run_mining", "run_training", "export_format", "shm_size", "max_boxes",
+    "openpai_enable", "git_url", "git_branch", "code_config", "pypi_mirror", "ymir_saved_file_patterns",
+    "ymir_debug", "evaluate_config",
+}
+# Platform keys the code reads, with their value when the platform (or a local run) leaves them out.
+PLATFORM_DEFAULTS = {"gpu_id": "", "class_names": [], "model_params_path": [], "pretrained_model_params": [],
+                     "evaluate_config": {}}
+
+
+# ---------------------------------------------------------------- reading YAML files
+
+def read_yaml_mapping(path: str, what: str) -> dict:
+    """A YAML file that must hold a mapping; every failure names the file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a YAML mapping, not {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------- env.yaml
+
+def version_tuple(text: str) -> tuple:
+    try:
+        return tuple(int(part) for part in str(text).strip().split("."))
+    except ValueError as exc:
+        raise ConfigError(f"env.yaml key 'protocol_version': {text!r} is not a version like 1.1.0") from exc
+
+
+@dataclass(frozen=True)
+class Env:
+    """env.yaml with the platform's defaults for every missing key (ymir-protocol §4.1)."""
+    task_id: str = "quarry"
+    protocol_version: str = "0.0.1"
+    run_training: bool = False
+    run_mining: bool = False
+    run_infer: bool = False
+    input: Mapping[str, str] = field(default_factory=dict)
+    output: Mapping[str, str] = field(default_factory=dict)
+
+    def input_path(self, key: str) -> str:
+        return self.input.get(key, "")
+
+    def output_path(self, key: str) -> str:
+        return self.output.get(key, "")
+
+    @property
+    def infer_list_key(self) -> str | tuple[str, str]:
+        """ymir 2.x (protocol >= 1.1.0) reads `boxes`; older platforms read `annotations`. Protocol 1.0.0 gets
+        both: ymir 1.3 before 292c6dc reads only `annotations`, the SDK (and tools checking against it) `boxes`."""
+        version = version_tuple(self.protocol_version)
+        if version >= (1, 1, 0):
+            return "boxes"
+        return ("boxes", "annotations") if version >= (1, 0, 0) else "annotations"
+
+    @property
+    def multi_stage_result(self) -> bool:
+        """protocol >= 1.0.0 takes the multi-stage result.yaml; older ones the legacy {model, map}."""
+        return version_tuple(self.protocol_version) >= (1, 0, 0)
+
+
+def parse_env(data: Mapping, source: str, default_input: Mapping[str, str], default_output: Mapping[str, str]) -> Env:
+    """An Env from the parsed env.yaml, missing paths taken from the defaults (the platform's /in and /out
+    layout, which start.py knows); flags checked so exactly one kind of job is asked for."""
+    def section(name: str, defaults: dict) -> Mapping[str, str]:
+        given = data.get(name) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{source}: key '{name}' must be a mapping")
+        return MappingProxyType({**defaults, **{k: str(v or "") for k, v in given.items()}})
+
+    flags = {}
+    for key in ("run_training", "run_mining", "run_infer"):
+        try:
+            flags[key] = to_bool(key, data.get(key, False))
+        except ConfigError:
+            raise ConfigError(f"{source}: key '{key}': {data.get(key)!r} is not a boolean (true/false)") from None
+    if not any(flags.values()):
+        raise ConfigError(f"{source}: none of run_training, run_mining, run_infer is true: nothing to do")
+    if flags["run_training"] and (flags["run_mining"] or flags["run_infer"]):
+        raise ConfigError(f"{source}: run_training cannot be combined with run_mining or run_infer")
+    version = str(data.get("protocol_version") or "0.0.1")
+    version_tuple(version)
+    return Env(task_id=str(data.get("task_id") or "quarry"), protocol_version=version, **flags,
+               input=section("input", dict(default_input)), output=section("output", dict(default_output)))
+
+
+# ---------------------------------------------------------------- value rules
+
+Rule = Callable[[str, Any], Any]
+
+
+def _bad(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"config key '{key}': {value!r} is not allowed; expected {allowed}")
+
+
+def to_bool(key: str, value: Any) -> bool:
+    """The SDK's get_bool: bool, 0/1, or the strings t/true/1/f/false/0 in any case."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("t", "true", "1", "yes"):
+        return True
+    if text in ("f", "false", "0", "no", ""):
+        return False
+    raise _bad(key, value, "a boolean (true/false, 1/0)")
+
+
+def boolean() -> Rule:
+    return to_bool
+
+
+def number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> Rule:
+    kind = "an integer" if integer else "a number"
+    bounds = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (
+        f" >= {lo}" if lo is not None else (f" <= {hi}" if hi is not None else ""))
+
+    def rule(key: str, value: Any):
+        if isinstance(value, bool):
+            raise _bad(key, value, kind + bounds)
+        try:
+            parsed = float(value)
+        except (TypeError, ValueError):
+            raise _bad(key, value, kind + bounds) from None
+        if integer:
+            if parsed != int(parsed):
+                raise _bad(key, value, kind + bounds)
+            parsed = int(parsed)
+        if parsed != parsed or (lo is not None and parsed < lo) or (hi is not None and parsed > hi):
+            raise _bad(key, value, kind + bounds)
+        return parsed
+
+    return rule
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Rule:
+    return number(lo, hi, integer=True)
+
+
+def choice(*options: str) -> Rule:
+    def rule(key: str, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise _bad(key, value, "one of " + ", ".join(options))
+        return text
+
+    return rule
+
+
+def text() -> Rule:
+    return lambda key, value: "" if value is None else str(value)
+
+
+def float_list() -> Rule:
+    """Comma-separated floats (or a YAML list of numbers); '' = empty."""
+    def rule(key: str, value: Any) -> tuple:
+        items = value if isinstance(value, (list, tuple)) else [p for p in str(value or "").split(",") if p.strip()]
+        try:
+            values = tuple(float(item) for item in items)
+        except (TypeError, ValueError):
+            raise _bad(key, value, "comma-separated numbers such as '1.0,0.5,1.0'") from None
+        if any(v != v or v < 0 for v in values):
+            raise _bad(key, value, "non-negative numbers")
+        return values
+
+    return rule
+
+
+def gpu_list(value: Any) -> list[int]:
+    """'' / None / 'cpu' = no GPU; '0', 0, '0,1' = container-local CUDA ids. The one gpu_id parser."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "cpu", "none")):
+        return []
+    parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"{value!r} is not comma-separated GPU numbers")
+    return [int(p) for p in parts]
+
+
+def gpu_ids() -> Rule:
+    """gpu_id normalised to '' (CPU) or '0,1'."""
+    def rule(key: str, value: Any) -> str:
+        try:
+            return ",".join(map(str, gpu_list(value)))
+        except ValueError:
+            raise _bad(key, value, "'' for CPU or comma-separated GPU numbers such as '0' or '0,1'") from None
+
+    return rule
+
+
+def string_list() -> Rule:
+    def rule(key: str, value: Any) -> tuple:
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+            return tuple(str(v) for v in value)
+        raise _bad(key, value, "a list of strings")
+
+    return rule
+
+
+def canonical_choice(*options: str) -> Rule:
+    """One of `options`, matched case-insensitively and returned as spelled there (e.g. 'adamw' → 'AdamW')."""
+    by_lower = {option.lower(): option for option in options}
+
+    def rule(key: str, value: Any) -> str:
+        found = by_lower.get(str(value).strip().lower())
+        if found is None:
+            raise _bad(key, value, "one of " + ", ".join(options))
+        return found
+
+    return rule
+
+
+def layer_freeze() -> Rule:
+    """'' / None / 0 = nothing frozen; an integer N = the first N layers; '0,2,5' or a list = those layers."""
+    def rule(key: str, value: Any):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, bool):
+            raise _bad(key, value, "'' , a layer count, or comma-separated layer indices")
+        items = value if isinstance(value, (list, tuple)) else [p for p in str(value).split(",") if p.strip()]
+        try:
+            numbers = [int(str(item).strip()) for item in items]
+        except ValueError:
+            raise _bad(key, value, "'' , a layer count, or comma-separated layer indices") from None
+        if any(n < 0 for n in numbers):
+            raise _bad(key, value, "non-negative layer numbers")
+        if isinstance(value, (list, tuple)) or "," in str(value):
+            return numbers
+        return numbers[0] or None
+
+    return rule
+
+
+def eval_thresholds() -> Rule:
+    """evaluate_config: a mapping with iou_thr and conf_thr in [0, 1] (ymir's defaults 0.5 and 0.005)."""
+    def rule(key: str, value: Any) -> dict:
+        given = value if isinstance(value, dict) else ({} if value in (None, "") else None)
+        if given is None:
+            raise _bad(key, value, "a mapping such as {iou_thr: 0.5, conf_thr: 0.005}")
+        iou = given.get("iou_thr", given.get("iou_thrs_interval", 0.5))
+        return {"iou_thr": number(0.0, 1.0)(f"{key}.iou_thr", str(iou).split(":")[0]),
+                "conf_thr": number(0.0, 1.0)(f"{key}.conf_thr", given.get("conf_thr", 0.005))}
+
+    return rule
+
+
+# Rules by key; the template's value of a key is its default. Keys of one task only are harmless here.
+RULES: dict[str, Rule] = {
+    "img_size": integer(32, 8192),
+    "mining_algorithm": choice("random", "entropy", "aldd", "cald"),
+    "class_distribution_scores": float_list(),
+    "conf_thres": number(0.0, 1.0),
+    "iou_thres": number(0.0, 1.0),
+    "max_det": integer(1, 100000),
+    "entropy_aggregation": choice("sum", "mean", "max"),
+    "entropy_conf_thres": number(0.0, 1.0),
+    "batch_size_per_gpu": integer(1, 4096),
+    "num_workers_per_gpu": integer(0, 256),
+    "pin_memory": boolean(),
+    "cpu_threads": integer(0, 1024),
+    "cpu_processes": integer(1, 256),
+    "shard_size": integer(1, 10**7),
+    "seed": integer(0, 2**32 - 1),
+    "backend": choice("auto", "torch", "onnx"),
+    "shm_size": text(),
+    "gpu_id": gpu_ids(),
+    "task_id": text(),
+    "class_names": string_list(),
+    "model_params_path": string_list(),
+    "pretrained_model_params": string_list(),
+    # training
+    "export_format": text(),
+    "model": text(),
+    "epochs": integer(1, 100000),
+    "optimizer": canonical_choice("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"),
+    "lr0": number(0.0, 1.0),  # Ultralytics' own bound
+    "lrf": number(0.0, 1.0),
+    "cos_lr": boolean(),
+    "patience": integer(0, 100000),
+    "freeze": layer_freeze(),
+    "save_period": integer(-1, 100000),
+    "save_best_only": boolean(),
+    "amp": boolean(),
+    "opset": integer(0, 100),
+    "args_options": text(),
+    "evaluate_config": eval_thresholds(),
+}
+
+
+# ---------------------------------------------------------------- settings
+
+class Settings(Mapping):
+    """Read-only typed settings with attribute access (`settings.img_size`)."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = dict(values)
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def __getattr__(self, key):
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __repr__(self):
+        return f"Settings({self._values!r})"
+
+
+def load_template(task: str, templates_dir: str = TEMPLATES_DIR) -> dict:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}")
+    return read_yaml_mapping(os.path.join(templates_dir, f"{task}-template.yaml"), f"{task} template")
+
+
+def build_settings(task: str, config: Mapping, templates_dir: str = TEMPLATES_DIR) -> Settings:
+    """config.yaml values over the task's template, each coerced by its rule."""
+    template = load_template(task, templates_dir)
+    for key in config:
+        if key not in template and key not in PLATFORM_KEYS and key not in RULES:
+            log.warning("config key '%s' is not used by %s and is ignored", key, task)
+    known = {k: v for k, v in config.items() if k in template or k in PLATFORM_KEYS}
+    merged = {**PLATFORM_DEFAULTS, **template, **known}
+    values = {}
+    for key, value in merged.items():
+        rule = RULES.get(key)
+        values[key] = rule(key, value) if rule else value
+    return Settings(values)
+
+
+# ---------------------------------------------------------------- weights
+
+MODEL_PATH_KEYS = ("model_params_path", "pretrained_model_params")
+
+
+def inside(path: str, folder: str) -> bool:
+    """`path` lies in `folder` (both normalised; no symlinks followed: the platform binds their targets)."""
+    folder = os.path.normpath(folder)
+    return bool(folder) and (path == folder or path.startswith(folder.rstrip(os.sep) + os.sep))
+
+
+def confine_model_paths(config: dict, env: "Env") -> dict:
+    """config.yaml with the model paths the platform gives (model_params_path, pretrained_model_params) made
+    absolute and normalised: a relative path is taken relative to input.models_dir (ymir 1.x wrote them so)
+    and must stay inside it; an absolute one must lie inside the input directory (input.root_dir).
+    Anything else is a ConfigError naming the key and the path, before any file is opened."""
+    models_dir = os.path.normpath(env.input_path("models_dir"))
+    roots = [r for r in (env.input_path("root_dir"), models_dir) if r]
+    confined = dict(config)
+    for key in MODEL_PATH_KEYS:
+        if key not in config:
+            continue
+        paths = []
+        for given in RULES[key](key, config[key]):
+            path = os.path.normpath(os.path.join(models_dir, given))
+            allowed = [models_dir] if not os.path.isabs(given) else roots
+            if not any(inside(path, root) for root in allowed):
+                where = f"input.models_dir {models_dir}" if not os.path.isabs(given) else \
+                    "the input directory " + " or ".join(dict.fromkeys(os.path.normpath(r) for r in roots))
+                raise ConfigError(f"config key '{key}': {given!r} is outside {where}; model files are only "
+                                  "loaded from the platform's model directory")
+            paths.append(path)
+        confined[key] = paths
+    return confined
+
+
+def resolve_weights(paths: tuple, models_dir: str, suffixes: tuple = (".pt",)) -> str:
+    """The weights file among `paths` (absolute or relative to models_dir): prefer a file named
+    best*<suffix>, else the newest. Raises ModelError naming what was looked at."""
+    candidates = [os.path.join(models_dir, p) if models_dir else p for p in paths]
+    found = [p for p in candidates if os.path.isfile(p) and p.lower().endswith(suffixes)]
+    if not found:
+        looked = ", ".join(candidates) or "(model_params_path is empty)"
+        raise ModelError(f"no {'/'.join(suffixes)} weights file found among: {looked}")
+    best = [p for p in found if os.path.basename(p).lower().startswith("best")]
+    return max(best or found, key=lambda p: (os.path.getmtime(p), p))

@@ -1,0 +1,89 @@
+"""Process environment for running offline, as any uid, with no writable HOME (called by start.py only).
+
+Must run before ultralytics, matplotlib or torch hub are imported: they read these variables at import.
+"""
+import os
+import shutil
+import tempfile
+
+CACHE_VARS = ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "TORCH_HOME", "XDG_CACHE_HOME")
+
+
+def writable(path: str) -> bool:
+    return bool(path) and os.path.isdir(path) and os.access(path, os.W_OK)
+
+
+def prepare_process_env() -> str:
+    """Point every cache and settings directory at a writable temp dir; forbid network and auto-installs.
+
+    Returns the scratch root. Variables the caller already set (e.g. in a Dockerfile) are kept."""
+    root = os.path.join(tempfile.gettempdir(), f"quarry-{os.getuid()}")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    os.environ.setdefault("YOLO_OFFLINE", "1")      # otherwise importing ultralytics probes the network
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")  # some code paths otherwise pip-install packages
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")  # weights_only unpickling: a checkpoint cannot run code
+    for var in CACHE_VARS:
+        os.environ.setdefault(var, os.path.join(root, var.lower()))
+        os.makedirs(os.environ[var], exist_ok=True)
+    if not writable(os.environ.get("HOME", "")):
+        os.environ["HOME"] = root  # the platform runs us as a uid with no passwd entry and no home
+    place_font(os.environ["YOLO_CONFIG_DIR"])
+    return root
+
+
+def place_font(config_dir: str) -> None:
+    """Ultralytics' train/val checks for Arial.ttf and downloads it when missing: give it a local TTF."""
+    target = os.path.join(config_dir, "Ultralytics", "Arial.ttf")
+    if os.path.exists(target):
+        return
+    try:
+        import matplotlib  # a dependency of ultralytics; ships DejaVuSans
+
+        source = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
+    except ImportError:
+        return
+    if os.path.isfile(source):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """The container's CPU quota in CPUs (cgroup v2 cpu.max, or v1 cfs quota / period); None when unlimited."""
+    try:
+        with open(os.path.join(root, "cpu.max"), encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us"), encoding="ascii") as handle:
+            quota = int(handle.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us"), encoding="ascii") as handle:
+            period = int(handle.read())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: its affinity mask (taskset, docker --cpuset-cpus), capped by a cgroup
+    quota (docker --cpus, Kubernetes limits), at least 1."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        count = min(count, max(1, int(quota)))
+    return max(1, count)
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """Threads for the model on CPU: `requested` (config cpu_threads / --threads) if > 0, else OMP_NUM_THREADS
+    if set, else every usable CPU."""
+    if requested > 0:
+        return requested
+    try:
+        from_env = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        from_env = 0
+    return from_env if from_env > 0 else usable_cpus()

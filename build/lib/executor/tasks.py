@@ -1,0 +1,355 @@
+"""The tasks behind one registry: platform mode and the local CLI both call `run` with plain arguments.
+
+Mining is score → gather → write: workers score shards of the candidate list (executor/shards.py,
+executor/workers.py), each shard written when done; the gather is a streamed merge of the shards, checked,
+and the result is written once, atomically. Inference is the same with the detector's boxes as records.
+"""
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from executor.config import Settings, build_settings, gpu_list, resolve_weights
+from executor.errors import DatasetError
+from executor.images import letterbox
+from executor.loop import Unreadable, batches, out_of_memory_hint
+from executor.model import Detector, load_detector
+from executor.monitor import Progress, span
+from executor.runtime import cpu_threads
+from executor.shards import Shard, ShardStore, file_sha256, named_records, plan, ranked_rows, shards_of_rank
+from executor.workers import clear, outer_rank, run_workers, wait_for
+from executor.writers import UNREADABLE_SCORE, box_record, write_infer_result, write_ranked
+from mining import SCORERS, get_scorer, scorer_params
+from mining.base import Batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a run reads and writes besides its config: plain paths (start.py builds it from env.yaml or flags)."""
+    candidates: Sequence[str] = ()          # image paths to mine or infer, in index order
+    models_dir: str = ""                    # model_params_path / pretrained_model_params are relative to it
+    mining_result: str = ""                 # result.tsv
+    infer_result: str = ""                  # infer-result.json
+    infer_list_key: str | tuple = "boxes"   # the per-image list name(s) of infer-result.json
+    training_index: str = ""
+    val_index: str = ""
+    models_out: str = ""                    # model stages, attachments
+    training_result: str = ""               # result.yaml
+    tensorboard_dir: str = ""
+    work_dir: str = ""                      # the YOLO dataset, Ultralytics' run dir, the stage book
+    weights_dirs: Sequence[str] = ()        # bundled pretrained weights (<model>.pt)
+    multi_stage_result: bool = True         # protocol >= 1.0.0 result.yaml
+    names: Sequence[str] = ()               # infer-result.json key per candidate (default: unique basenames)
+    shards_dir: str = ""                    # finished shards, shared by every worker (default: work_dir/shards)
+
+
+@dataclass
+class Models:
+    """Detectors loaded during one run, so mining and infer of one call load the model once."""
+    loaded: dict = field(default_factory=dict)
+
+    def detector(self, settings: Settings, models_dir: str) -> Detector:
+        weights = weights_for(settings, models_dir)
+        post = {"conf_thres": settings.conf_thres, "iou_thres": settings.iou_thres, "max_det": settings.max_det}
+        for detector in self.loaded.values():
+            if detector.weights == weights and detector.img_size == detector.input_size(settings.img_size):
+                return detector.with_postprocess(**post)
+        detector = load_detector(weights, settings.backend, settings.gpu_id, settings.img_size,
+                                 class_names=settings.class_names, pin_memory=settings.pin_memory,
+                                 threads=settings.cpu_threads, **post)
+        self.loaded[weights] = detector
+        return detector
+
+
+def weights_for(settings: Settings, models_dir: str) -> str:
+    """model_params_path → one weights file: a .pt unless only an .onnx is given (or backend says onnx)."""
+    paths = settings.model_params_path
+    if settings.backend == "onnx":
+        return resolve_weights(paths, models_dir, (".onnx",))
+    if settings.backend == "torch" or any(p.lower().endswith((".pt", ".pth")) for p in paths):
+        return resolve_weights(paths, models_dir, (".pt", ".pth"))
+    return resolve_weights(paths, models_dir, (".pt", ".pth", ".onnx"))
+
+
+# ---------------------------------------------------------------- the loop's consumers
+
+def image_batches(keys: Sequence[str], detector: Detector | None, settings: Settings, report: Callable[[int], None],
+                  unreadable: dict[str, str]) -> Iterator[Batch]:
+    """The loop's batches (unreadable images go to `unreadable` with their reason); report(images done)."""
+    prepare = detector.letterbox if detector else (lambda image: letterbox(image, settings.img_size))
+    done = 0
+    for item in batches(keys, prepare, settings.batch_size_per_gpu, settings.num_workers_per_gpu):
+        if isinstance(item, Unreadable):
+            unreadable[item.key] = item.reason
+            done += 1
+        else:
+            yield item
+            done += len(item.keys)
+        report(done)
+
+
+class Recorder:
+    """The detector as a scorer sees it, keeping what `predict` returned for the current batch, so inference
+    can take its boxes from the scorer's own forward instead of running another."""
+
+    def __init__(self, detector: Detector):
+        self.detector, self.calls = detector, []
+
+    def __getattr__(self, name):
+        return getattr(self.detector, name)
+
+    def predict(self, batch: Batch, conf_thres: float | None = None, capped: bool = True):
+        found = self.detector.predict(batch, conf_thres, capped)
+        self.calls.append((batch, self.detector.conf_thres if conf_thres is None else conf_thres, capped, found))
+        return found
+
+    def reusable(self, batch: Batch, infer: Detector):
+        """`infer`'s detections of `batch` from a recorded call, when that call kept a superset of them: the same
+        model and NMS, a threshold no higher, no cut below infer's max_det (NMS keeps a box above the higher
+        threshold iff it keeps it above the lower one: only higher boxes suppress it)."""
+        if self.detector.weights != infer.weights or self.detector.iou_thres != infer.iou_thres or infer.multi_label:
+            return None
+        for seen, conf, capped, found in self.calls:
+            if seen is batch and conf <= infer.conf_thres and (not capped or self.detector.max_det >= infer.max_det):
+                return [restrict(det, infer.conf_thres, infer.max_det) for det in found]
+        return None
+
+
+def restrict(det, conf_thres: float, max_det: int):
+    keep = np.where(det.conf > conf_thres)[0][:max_det]
+    return type(det)(det.xyxy[keep], det.conf[keep], det.cls[keep], det.probs[keep])
+
+
+@dataclass
+class Pass:
+    """What one worker needs to score and/or detect a shard in one pass over its images."""
+    settings: dict                      # task → Settings ("mining" and/or "infer")
+    scorer: object = None
+    mining_detector: Detector | None = None
+    infer_detector: Detector | None = None
+
+    @property
+    def loop_settings(self) -> Settings:  # batch size, decoding threads, img_size of the pass
+        return self.settings.get("mining") or self.settings["infer"]
+
+    @property
+    def geometry(self) -> Detector | None:
+        return self.mining_detector or self.infer_detector
+
+    def run(self, keys: Sequence[str], report: Callable[[int], None], unreadable: dict[str, str]) -> dict:
+        """{"mining": scores, "infer": box records} of `keys` (the tasks of this pass), images decoded once."""
+        scores: dict[str, float] = {}
+        records: dict[str, list] = {}
+        batch_size = self.loop_settings.batch_size_per_gpu
+        for batch in image_batches(keys, self.geometry, self.loop_settings, report, unreadable):
+            with out_of_memory_hint(batch, batch_size):
+                recorder = Recorder(self.mining_detector) if self.mining_detector else None
+                if self.scorer is not None:
+                    scores.update(zip(batch.keys, self.scorer.score(batch, recorder).tolist()))
+                if self.infer_detector is not None:
+                    found = (recorder and recorder.reusable(batch, self.infer_detector)) or \
+                        self.infer_detector.predict(batch)
+                    names = self.infer_detector.names
+                    records.update((key, [box_record(xyxy, names[cls], conf)
+                                          for xyxy, cls, conf in zip(det.xyxy, det.cls, det.conf)])
+                                   for key, det in zip(batch.keys, found))
+        scores.update((key, UNREADABLE_SCORE) for key in unreadable)
+        return {"mining": scores, "infer": records}
+
+
+def open_scorer(settings: Settings):
+    name = settings.mining_algorithm
+    return get_scorer(name, **scorer_params(name, settings))
+
+
+# ---------------------------------------------------------------- shards: score → gather → write
+
+def run_identity(task: str, settings: Settings, models_dir: str) -> dict:
+    """Everything a shard's content depends on besides its keys (its fingerprint is made of this)."""
+    identity = {"task": task, "img_size": settings.img_size}
+    if task == "mining":
+        name = settings.mining_algorithm
+        identity.update(algorithm=name, params=scorer_params(name, settings))
+        if not SCORERS[name].needs_model:
+            return identity
+    weights = weights_for(settings, models_dir)
+    identity.update(weights=file_sha256(weights), backend=settings.backend, conf_thres=settings.conf_thres,
+                    iou_thres=settings.iou_thres, max_det=settings.max_det, class_names=list(settings.class_names))
+    return identity
+
+
+def shard_store(task: str, job: Job, settings: Settings) -> tuple[ShardStore, list[Shard]]:
+    folder = job.shards_dir or os.path.join(job.work_dir or ".", "shards")
+    return ShardStore(folder, task, run_identity(task, settings, job.models_dir)), plan(job.candidates,
+                                                                                       settings.shard_size)
+
+
+def worker_devices(settings: Settings) -> list[str]:
+    """One worker per GPU of gpu_id, else cpu_processes CPU workers ('' = CPU)."""
+    gpus = gpu_list(settings.gpu_id)
+    return [str(g) for g in gpus] if gpus else [""] * settings.cpu_processes
+
+
+def work_shards(tasks: Sequence[str], job: Job, config: Mapping, todo: Sequence[int], rank: int, world: int,
+                device: str, report: Callable[[int], None], models: Models | None = None) -> None:
+    """Score and/or detect (`tasks`) the shards of `todo` that belong to worker `rank` of `world`, in one pass
+    over each shard's images; each shard's files written when it is done."""
+    threads = max(1, cpu_threads(build_settings(tasks[0], config).cpu_threads) // world)
+    settings = {task: build_settings(task, {**config, "gpu_id": device, "cpu_threads": threads}) for task in tasks}
+    stores = {task: shard_store(task, job, settings[task])[0] for task in tasks}
+    shards = plan(job.candidates, settings[tasks[0]].shard_size)
+    mine_now = shards_of_rank([shards[i] for i in todo], rank, world)
+    if not mine_now:
+        return
+    models = models or Models()
+    work = Pass(settings)
+    if "mining" in tasks:
+        work.scorer = open_scorer(settings["mining"])
+        if SCORERS[settings["mining"].mining_algorithm].needs_model:
+            work.mining_detector = models.detector(settings["mining"], job.models_dir)
+    if "infer" in tasks:
+        work.infer_detector = models.detector(settings["infer"], job.models_dir)
+    finished = 0
+    for shard in mine_now:
+        unreadable: dict[str, str] = {}
+        found = work.run(shard.keys, lambda done, base=finished: report(base + done), unreadable)
+        if "mining" in tasks:
+            stores["mining"].write_scores(shard, found["mining"], unreadable)
+        if "infer" in tasks:
+            stores["infer"].write_records(shard, found["infer"], unreadable)
+        finished += len(shard.keys)
+        report(finished)
+
+
+def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, models: Models
+                 ) -> tuple[dict[str, ShardStore], int] | None:
+    """Every shard of the job complete for every task of `tasks` (reusing those an earlier run finished), on
+    every worker the settings ask for. Returns the stores and the shard count to merge, or None on a rank of an
+    outer torchrun that does not merge."""
+    stores, shards = {}, []
+    for task in tasks:
+        stores[task], shards = shard_store(task, job, build_settings(task, config))
+    todo = [shard.index for shard in shards if not all(store.complete(shard) for store in stores.values())]
+    done_before = sum(len(s.keys) for s in shards) - sum(len(shards[i].keys) for i in todo)
+    if done_before:
+        log.info("%s: %d of %d shards are complete from an earlier run with the same settings; scoring the other %d",
+                 "+".join(tasks), len(shards) - len(todo), len(shards), len(todo))
+    total = len(job.candidates)
+    devices = worker_devices(build_settings(tasks[0], config))
+    folder = next(iter(stores.values())).folder
+    outer = outer_rank()
+    if outer is not None:  # one rank of a torchrun job over a shared folder
+        rank, world = outer
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        work_shards(tasks, job, config, todo, rank, world, devices[local % len(devices)],
+                    lambda done: progress((done_before + done) / max(1, total)), models)
+        if rank != 0:
+            return None
+        wait_for(lambda: sum(len(s.keys) for s in shards if all(st.complete(s) for st in stores.values())), total,
+                 progress)
+    elif todo:
+        run = work_shards if len(devices) > 1 else functools.partial(work_shards, models=models)
+        run_workers(run, (tuple(tasks), job, config, todo), devices, folder, done_before, total, progress)
+    return stores, len(shards)
+
+
+def one_pass(job: Job, config: Mapping) -> bool:
+    """Mining and infer can share one pass over the images: the same network input, and the same model
+    whenever mining uses one."""
+    mining, infer = build_settings("mining", config), build_settings("infer", config)
+    if (mining.img_size, mining.batch_size_per_gpu, mining.shard_size) != (infer.img_size, infer.batch_size_per_gpu,
+                                                                           infer.shard_size):
+        return False
+    if not SCORERS[mining.mining_algorithm].needs_model:
+        return True
+    return weights_for(mining, job.models_dir) == weights_for(infer, job.models_dir) and \
+        mining.backend == infer.backend
+
+
+# ---------------------------------------------------------------- the tasks
+
+def write_mining(job: Job, store: ShardStore, count: int) -> str:
+    write_ranked(job.mining_result, ranked_rows(store, count, len(job.candidates)))
+    return job.mining_result
+
+
+def write_infer(job: Job, store: ShardStore, count: int) -> str:
+    write_infer_result(job.infer_result, named_records(store, count, result_names(job)), job.infer_list_key)
+    return job.infer_result
+
+
+WRITERS = {"mining": write_mining, "infer": write_infer}
+
+
+def scan(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, models: Models) -> dict:
+    """One pass over the candidates for `tasks` (mining and/or infer): shards, then each result written."""
+    if "infer" in tasks:
+        result_names(job)  # a name clash fails before any image is read
+    start = time.monotonic()
+    merged = score_shards(tasks, job, config, progress, models)
+    if merged is None:
+        return {task: None for task in tasks}
+    stores, count = merged
+    written = {task: WRITERS[task](job, stores[task], count) for task in tasks}
+    for store in stores.values():
+        store.remove(count)
+    clear(next(iter(stores.values())).folder)
+    elapsed = time.monotonic() - start
+    log.info("%s of %d images in %.1f s (%.1f images/s)", " + ".join(tasks), len(job.candidates), elapsed,
+             len(job.candidates) / max(elapsed, 1e-9))
+    return written
+
+
+def mine(job: Job, config: Mapping, progress: Progress, models: Models) -> str | None:
+    """Score every candidate, write result.tsv (best first); returns its path (None on a non-merging rank)."""
+    return scan(["mining"], job, config, progress, models)["mining"]
+
+
+def infer(job: Job, config: Mapping, progress: Progress, models: Models) -> str | None:
+    """Boxes of every candidate (unreadable: none), written to infer-result.json in index order."""
+    return scan(["infer"], job, config, progress, models)["infer"]
+
+
+def result_names(job: Job) -> dict[str, str]:
+    """The infer-result key of every candidate: job.names when given, else its basename, which must be unique."""
+    names = dict(zip(job.candidates, job.names)) if job.names else {k: os.path.basename(k) for k in job.candidates}
+    seen: dict[str, str] = {}
+    for key, name in names.items():
+        if name in seen:
+            raise DatasetError(f"candidates {seen[name]} and {key} share the name {name!r} that infer-result.json "
+                               "keys images by; rename one of them")
+        seen[name] = key
+    return names
+
+
+def train(job: Job, config: Mapping, progress: Progress, models: Models) -> None:
+    from executor.training import run_training  # imports Ultralytics' trainer: only when training
+
+    run_training(job, build_settings("training", config), progress)
+
+
+TASKS = {"training": train, "mining": mine, "infer": infer}
+
+
+def run(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress = lambda fraction: None) -> dict:
+    """Run `tasks` (names of TASKS, in order) on one job; each gets an equal share of the progress range, but
+    mining and infer share one pass over the images whenever they can. Returns each task's result by name."""
+    unknown = [name for name in tasks if name not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown tasks {unknown}; expected some of {', '.join(TASKS)}")
+    models = Models()
+    if list(tasks) == ["mining", "infer"] and one_pass(job, config):
+        results = scan(tasks, job, config, progress, models)
+    else:
+        results = {}
+        for number, name in enumerate(tasks):
+            lo, hi = number / len(tasks), (number + 1) / len(tasks)
+            results[name] = TASKS[name](job, config, span(progress, lo, hi), models)
+    progress(1.0)
+    return results

@@ -1,0 +1,80 @@
+"""What a scorer sees: a batch of decoded images, a detector it may ask for predictions, and the contract
+its scores must meet. This package imports nothing from `executor/`: the executor implements `Detector`.
+"""
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Detections:
+    """Post-NMS detections of one image, in original-image pixels. probs[i].max() == conf[i]."""
+    xyxy: np.ndarray   # (N, 4) float32
+    conf: np.ndarray   # (N,) float32
+    cls: np.ndarray    # (N,) int64
+    probs: np.ndarray  # (N, C) float32
+
+    def __post_init__(self):
+        n = len(self.conf)
+        if self.xyxy.shape != (n, 4) or self.cls.shape != (n,) or self.probs.ndim != 2 or len(self.probs) != n:
+            raise ValueError(f"inconsistent detection shapes {self.xyxy.shape} {self.conf.shape} "
+                             f"{self.cls.shape} {self.probs.shape}")
+
+    def __len__(self):
+        return len(self.conf)
+
+    @classmethod
+    def empty(cls, num_classes: int) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                   np.zeros((0, num_classes), np.float32))
+
+
+@dataclass
+class Batch:
+    """Images of one network-input shape, as the executor's loop hands them over."""
+    keys: list[str]           # candidate paths, as given
+    images: list[np.ndarray]  # originals, RGB uint8 (H, W, 3)
+    canvases: np.ndarray      # letterboxed network inputs (B, H, W, 3) uint8, one shape per batch
+    boxes: list[Any]          # how each original maps into its canvas (opaque here: the detector reads it)
+
+
+class Detector(Protocol):
+    """The predictions a scorer may ask for (executor/model.py implements them for torch and ONNX)."""
+    num_classes: int
+
+    def predict(self, batch: Batch, conf_thres: float | None = None, capped: bool = True) -> list[Detections]:
+        """Detections per image; `conf_thres` overrides the detector's own, `capped=False` keeps every box NMS
+        keeps (no max_det cut)."""
+
+    def predict_maps(self, batch: Batch) -> list[torch.Tensor]:
+        """Dense class-probability maps per head level (B, C, h_l, w_l), without NMS."""
+
+    def predict_views(self, views: Sequence[np.ndarray], batch_size: int) -> list[Detections]:
+        """Detections of extra images (e.g. augmented views), letterboxed like any candidate."""
+
+
+def image_seed(seed: int, key: str) -> int:
+    """The one per-image random stream: 64 bits that depend only on (seed, key), never on batch or order."""
+    digest = hashlib.blake2b(f"{int(seed)}\x00{key}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class Scorer:
+    """One finite score >= 0 per image, higher = label first. Subclasses implement `_score` and declare
+    `params`: the names of their keyword arguments, which are the template keys that set them."""
+    needs_model = True
+    params: tuple[str, ...] = ()
+
+    def _score(self, batch: Batch, detector: Detector | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, batch: Batch, detector: Detector | None) -> np.ndarray:
+        """`_score`, checked: (len(batch.keys),) float64, finite, >= 0."""
+        scores = np.asarray(self._score(batch, detector), dtype=np.float64)
+        if scores.shape != (len(batch.keys),) or not np.isfinite(scores).all() or (scores < 0).any():
+            raise RuntimeError(f"{type(self).__name__} broke the scorer contract (one finite score >= 0 per "
+                               f"image, {len(batch.keys)} images): {scores}")
+        return scores

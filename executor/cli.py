@@ -1,0 +1,336 @@
+"""The local command line: `start.py mine|infer|make-in …` for people with a folder of images and no platform.
+
+Names an Ultralytics user already types (--model, --source, --imgsz, --conf, --iou, --device, --batch) stand
+beside Quarry's own. Everything is checked before the first image is read: paths, ranges, flags that need
+each other. Usage errors exit 2 (argparse's convention), failures 1, an interrupt 130; messages name the flag
+typed, not the config key behind it, and platform error codes stay in platform mode.
+"""
+import argparse
+import glob
+import logging
+import os
+import shutil
+import sys
+
+from executor import __version__
+
+log = logging.getLogger("quarry")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".unknown")
+FORMATS = ("ymir", "coco", "yolo")
+# config key → the flag that sets it (for messages)
+FLAG_OF = {"img_size": "--imgsz", "batch_size_per_gpu": "--batch", "gpu_id": "--device", "conf_thres": "--conf",
+           "iou_thres": "--iou", "num_workers_per_gpu": "--workers", "backend": "--backend", "seed": "--seed",
+           "mining_algorithm": "--algorithm", "cpu_processes": "--nproc", "cpu_threads": "--threads",
+           "model_params_path": "--model"}
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as typed (exit status 2)."""
+
+
+# ---------------------------------------------------------------- the parser
+
+def common_flags() -> argparse.ArgumentParser:
+    """Flags every subcommand takes, anywhere on the line."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("--version", action="version", version=f"quarry {__version__}")
+    return common
+
+
+def add_model_flags(cmd: argparse.ArgumentParser, task: str) -> None:
+    cmd.add_argument("--model", "--weights", dest="weights",
+                     help="model file: an Ultralytics .pt or its ONNX export (a path: weights are never downloaded)")
+    cmd.add_argument("--source", "--images", dest="images", required=True,
+                     help="a folder (searched recursively), a glob in quotes, or a .txt/.tsv list of paths")
+    cmd.add_argument("--out", required=True, help="output file (.tsv ranking for mine; .json, or a folder for "
+                                                  "--format yolo, for infer)")
+    cmd.add_argument("--imgsz", "--img-size", dest="img_size", type=int,
+                     help="long side of the network input in pixels (default 640)")
+    cmd.add_argument("--batch", "--batch-size", dest="batch_size", type=int, help="images per forward pass (default 16)")
+    cmd.add_argument("--workers", type=int, help="image decoding threads (default 4)")
+    cmd.add_argument("--device", "--gpu-id", dest="gpu_id",
+                     help="cpu (default), 0, cuda:0, or 0,1 (one worker per GPU)")
+    cmd.add_argument("--conf", "--conf-thres", dest="conf_thres", type=float, help="minimum box score (default 0.25)")
+    cmd.add_argument("--iou", "--iou-thres", dest="iou_thres", type=float, help="NMS IoU threshold (default 0.45)")
+    cmd.add_argument("--backend", choices=("auto", "torch", "onnx"), help="inference backend (default auto)")
+    cmd.add_argument("--threads", type=int, help="CPU threads for the model (default: OMP_NUM_THREADS, else the "
+                                                 "CPUs this process may use)")
+    cmd.add_argument("--nproc", type=int, help="CPU worker processes, each scoring its own shards (default 1)")
+    cmd.add_argument("--format", choices=FORMATS, default="ymir",
+                     help="detections as ymir infer-result JSON (default), a COCO dataset JSON, or YOLO txt labels "
+                          "per image mirroring the source tree (a folder)" if task == "infer" else
+                     "format of --infer-out (default ymir)")
+    cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="any other template key, e.g. --set class_distribution_scores=1,1,0.5")
+
+
+def build_parser(extra_commands=()) -> argparse.ArgumentParser:
+    """The parser of the whole command line; `extra_commands`: callables adding more subcommands."""
+    from mining import SCORERS
+
+    common = common_flags()
+    parser = argparse.ArgumentParser(prog="quarry", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Quarry: mining, inference and training for YMIR platforms and "
+                                                 "local folders. With no subcommand: platform mode (/in → /out).")
+    parser.add_argument("--env", default=None, help="platform mode: env.yaml to read (default /in/env.yaml)")
+    sub = parser.add_subparsers(dest="command")
+    mine = sub.add_parser("mine", parents=[common], help="rank local images, most worth labelling first",
+                          description="Rank local images, most worth labelling first.")
+    add_model_flags(mine, "mining")
+    mine.add_argument("--algorithm", choices=tuple(SCORERS), help="mining algorithm (default entropy)")
+    mine.add_argument("--seed", type=int, help="seed for random and cald (default 0)")
+    mine.add_argument("--topk", type=int, help="also write the K best paths to OUT.topK.txt")
+    mine.add_argument("--select-dir", help="with --topk: copy the K best images into this (empty) folder")
+    mine.add_argument("--link", action="store_true", help="with --select-dir: symlink instead of copying")
+    mine.add_argument("--exist-ok", action="store_true", help="with --select-dir: replace a folder that is not empty")
+    mine.add_argument("--infer-out", help="also write the detections of the same pass to this file (see --format)")
+    infer = sub.add_parser("infer", parents=[common], help="detect objects in local images",
+                           description="Detect objects in local images.")
+    add_model_flags(infer, "infer")
+    make_in = sub.add_parser("make-in", parents=[common], help="write a platform /in folder from local files, to "
+                             "rehearse platform mode with start.py --env IN/env.yaml")
+    make_in.add_argument("--task", choices=("mining", "infer", "training"), required=True)
+    make_in.add_argument("--images", "--source", dest="images", required=True, help="folder, glob or list of images")
+    make_in.add_argument("--labels", help="training: folder of YOLO label txt files (same relative paths as the "
+                                          "images, or Ultralytics' images/ → labels/ layout)")
+    make_in.add_argument("--names", help="training: class names, comma-separated (default: from --data-yaml)")
+    make_in.add_argument("--weights", "--model", dest="weights", help="model file copied to IN/models")
+    make_in.add_argument("--out", required=True, help="the /in folder to write (an empty or new folder)")
+    make_in.add_argument("--set", action="append", metavar="KEY=VALUE", help="config.yaml value over the template")
+    for add in extra_commands:
+        add(sub, common)
+    return parser
+
+
+# ---------------------------------------------------------------- checks before the first image
+
+def list_images(spec: str) -> tuple[list[str], list[str]]:
+    """(paths, names): a folder (recursively; names relative to it), a glob (names relative to its fixed part),
+    or a list file (names as listed). A missing path and an empty folder are different errors."""
+    if os.path.isfile(spec) and spec.lower().endswith((".txt", ".tsv")):
+        from executor.index import read_candidate_index
+
+        paths = read_candidate_index(spec, relative_to_index=True)
+        base = os.path.dirname(os.path.abspath(spec))
+        return paths, [os.path.relpath(p, base) if p.startswith(base + os.sep) else p for p in paths]
+    if os.path.isdir(spec):
+        paths = sorted(os.path.join(root, name) for root, _, names in os.walk(spec) for name in names
+                       if name.lower().endswith(IMAGE_SUFFIXES))
+        if not paths:
+            raise UsageError(f"--source {spec}: the folder holds no images ({', '.join(IMAGE_SUFFIXES[:-1])})")
+        return paths, [os.path.relpath(p, spec) for p in paths]
+    if not glob.has_magic(spec):
+        raise UsageError(f"--source {spec}: no such file or folder")
+    paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    if not paths:
+        raise UsageError(f"--source {spec}: the pattern matches no files")
+    fixed = spec[:min((spec.find(c) for c in "*?[" if c in spec))]
+    base = fixed if fixed.endswith(os.sep) else os.path.dirname(fixed)
+    return paths, [os.path.relpath(p, base or ".") for p in paths]
+
+
+def check_output_file(flag: str, path: str) -> None:
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {os.path.join(path, 'ranked.tsv')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {folder} is not writable")
+
+
+def check_output_folder(flag: str, path: str, exist_ok: bool) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a file; give a folder")
+    if os.path.isdir(path) and os.listdir(path) and not exist_ok:
+        raise UsageError(f"{flag} {path} is not empty; choose a new folder or add --exist-ok to replace it")
+    parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path.rstrip(os.sep)))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: {parent} does not exist or is not writable")
+
+
+def check_weights(args, needs_model: bool) -> None:
+    if not needs_model:
+        if args.weights:
+            log.warning("--model %s is not used: this algorithm needs no model", args.weights)
+        return
+    if not args.weights:
+        raise UsageError("--model is required: give a weights file (.pt or .onnx)")
+    if not os.path.isfile(args.weights):
+        hint = (" (weights are never downloaded: give the path of a local file, e.g. "
+                "../shared/weights/yolov8n.pt)") if os.sep not in args.weights else ""
+        raise UsageError(f"--model {args.weights}: no such file{hint}")
+
+
+def config_of(args) -> dict:
+    """The flags as config keys (templates give every default, as in platform mode), checked: a bad value
+    names the flag."""
+    import yaml
+
+    from executor.config import build_settings
+    from executor.errors import ConfigError
+
+    device = args.gpu_id
+    if device is not None:
+        device = "" if device.strip().lower() == "cpu" else device.lower().replace("cuda:", "")
+    named = {"img_size": args.img_size, "batch_size_per_gpu": args.batch_size, "gpu_id": device,
+             "conf_thres": args.conf_thres, "iou_thres": args.iou_thres, "num_workers_per_gpu": args.workers,
+             "backend": args.backend, "seed": getattr(args, "seed", None), "cpu_processes": args.nproc,
+             "cpu_threads": args.threads, "mining_algorithm": getattr(args, "algorithm", None),
+             "model_params_path": [os.path.abspath(args.weights)] if args.weights else None}
+    config = {k: v for k, v in named.items() if v is not None}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        config[key.strip()] = yaml.safe_load(value)
+    for task in ("mining",) if args.command == "mine" else ("infer",):
+        try:
+            build_settings(task, config)
+        except ConfigError as exc:
+            message = str(exc)
+            for key, flag in FLAG_OF.items():
+                message = message.replace(f"config key '{key}'", flag)
+            raise UsageError(message) from None
+    return config
+
+
+def check_mine(args, pool: int) -> None:
+    if args.topk is not None and not 1 <= args.topk <= pool:
+        raise UsageError(f"--topk {args.topk}: choose a number from 1 to {pool} (the images found)")
+    if args.select_dir and args.topk is None:
+        raise UsageError("--select-dir needs --topk (how many images to select)")
+    if args.link and not args.select_dir:
+        raise UsageError("--link needs --select-dir")
+    if args.exist_ok and not args.select_dir:
+        raise UsageError("--exist-ok needs --select-dir")
+    if args.select_dir:
+        check_output_folder("--select-dir", args.select_dir, args.exist_ok)
+    if args.infer_out:
+        check_output_file("--infer-out", args.infer_out) if args.format != "yolo" else \
+            check_output_folder("--infer-out", args.infer_out, True)
+        if os.path.abspath(args.infer_out) == os.path.abspath(args.out):
+            raise UsageError("--infer-out and --out name the same file")
+
+
+# ---------------------------------------------------------------- running
+
+def progress_bar(total: int):
+    """A tqdm bar drawn from the first image on (not while the model loads)."""
+    from tqdm import tqdm
+
+    state = {"bar": None}
+
+    def progress(fraction: float) -> None:
+        done = round(fraction * total)
+        if state["bar"] is None:
+            if done <= 0:
+                return
+            state["bar"] = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr)
+        bar = state["bar"]
+        bar.update(done - bar.n)
+        if bar.n >= total:
+            bar.close()
+
+    return progress
+
+
+def run(args) -> int:
+    """A local mine or infer command; returns the exit status."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from executor.errors import one_line
+
+    try:
+        paths, names = list_images(args.images)
+        if args.command == "make-in":
+            from executor.rehearsal import make_in
+
+            make_in(args, paths, names)
+            return 0
+        from executor.config import build_settings
+        from mining import SCORERS
+
+        config = config_of(args)
+        algorithm = build_settings("mining", config).mining_algorithm if args.command == "mine" else ""
+        check_weights(args, args.command == "infer" or SCORERS[algorithm].needs_model)
+        if args.command == "mine":
+            check_output_file("--out", args.out)
+            check_mine(args, len(paths))
+        elif args.format == "yolo":
+            check_output_folder("--out", args.out, True)
+        else:
+            check_output_file("--out", args.out)
+    except UsageError as exc:
+        print(f"quarry {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # e.g. an unreadable list file
+        log.error("%s", one_line(exc))
+        return 1
+    shards = f"{args.out.rstrip(os.sep)}.shards"
+    try:
+        with logging_redirect_tqdm():
+            return run_task(args, config, paths, names, shards)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished shards are kept in {shards}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:
+        log.error("%s", one_line(exc))
+        log.debug("traceback", exc_info=True)
+        return 1
+
+
+def run_task(args, config: dict, paths: list[str], names: list[str], shards: str) -> int:
+    from executor.formats import write_detections
+    from executor.tasks import Job, run as run_tasks
+
+    tasks = ["mining"] if args.command == "mine" else ["infer"]
+    detections = args.infer_out if args.command == "mine" else args.out
+    if args.command == "mine" and args.infer_out:
+        tasks.append("infer")
+    raw_infer = os.path.join(shards, "detections.json") if detections and args.format != "ymir" else detections
+    job = Job(candidates=paths, names=names, mining_result=args.out if args.command == "mine" else "",
+              infer_result=raw_infer or "", shards_dir=shards)
+    log.info("%s: %d images from %s", " + ".join(tasks), len(paths), args.images)
+    results = run_tasks(tasks, job, config, progress_bar(len(paths)))
+    if all(value is None for value in results.values()):
+        return 0  # a rank of a torchrun job that leaves the merge to rank 0
+    if raw_infer and raw_infer != detections:
+        write_detections(raw_infer, detections, args.format, dict(zip(names, paths)))
+        os.unlink(raw_infer)
+        if os.path.isdir(shards) and not os.listdir(shards):
+            os.rmdir(shards)
+    if args.command == "mine":
+        log.info("wrote %s (%d images, best first)", args.out, len(paths))
+        if args.topk:
+            write_selection(top_paths(args.out, args.topk), args)
+    if detections:
+        log.info("wrote the detections to %s (%s)", detections, args.format)
+    return 0
+
+
+def top_paths(ranking_file: str, count: int) -> list[str]:
+    with open(ranking_file, encoding="utf-8") as handle:
+        return [line.split("\t")[0] for line, _ in zip(handle, range(count))]
+
+
+def write_selection(paths: list[str], args) -> None:
+    """The top-k list next to --out, and optionally the images themselves in --select-dir (a fresh folder)."""
+    from executor.writers import atomic_write_text
+
+    topk_file = os.path.splitext(args.out)[0] + f".top{len(paths)}.txt"
+    atomic_write_text(topk_file, "".join(p + "\n" for p in paths))
+    log.info("wrote the %d selected images to %s", len(paths), topk_file)
+    if args.select_dir:
+        if os.path.isdir(args.select_dir):
+            shutil.rmtree(args.select_dir)  # empty, or --exist-ok: checked before the run
+        os.makedirs(args.select_dir)
+        for rank, path in enumerate(paths, 1):
+            target = os.path.join(args.select_dir, f"{rank:05d}_{os.path.basename(path)}")
+            if args.link:
+                os.symlink(os.path.abspath(path), target)
+            else:
+                shutil.copy2(path, target)
+        log.info("%s the selected images into %s", "linked" if args.link else "copied", args.select_dir)

@@ -1,0 +1,304 @@
+"""The active-learning simulator (executor/simulate.py): data conversion and checks, the loop's mechanics with a
+stand-in trainer (fast), and one tiny real plan with Quarry's training, evaluation and mining (slow)."""
+import argparse
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from executor import simulate
+from executor.errors import ConfigError, DatasetError, ModelError
+from executor.simulate import Plan, Simulation, Trained
+from tests.ymir_builders import SHARED, WEIGHTS_DIR
+
+HIGHWAY = SHARED / "data" / "highway"
+WEIGHTS = WEIGHTS_DIR / "yolov8n.pt"
+NAMES = ["bus", "car", "motorbike", "person", "truck"]
+pytestmark = pytest.mark.skipif(not (HIGHWAY / "data.yaml").is_file() or not WEIGHTS.is_file(),
+                                reason="needs shared/data/highway and shared/weights/yolov8n.pt")
+
+
+def copy_split(split: str, target: Path, count: int, start: int = 0) -> None:
+    names = sorted(os.listdir(HIGHWAY / split / "images"))[start:start + count]
+    for kind in ("images", "labels"):
+        (target / kind).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(HIGHWAY / split / "images" / name, target / "images" / name)
+        label = HIGHWAY / split / "labels" / (os.path.splitext(name)[0] + ".txt")
+        if label.is_file():
+            shutil.copy(label, target / "labels" / label.name)
+
+
+def write_yaml(root: Path, train="train/images", val="valid/images") -> Path:
+    names = "".join(f"  {i}: {n}\n" for i, n in enumerate(NAMES))
+    (root / "data.yaml").write_text(f"train: {train}\nval: {val}\nnames:\n{names}")
+    return root / "data.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """40 pool images from highway train/, 10 val images from valid/, YOLO labels, a data.yaml."""
+    root = tmp_path_factory.mktemp("tiny")
+    copy_split("train", root / "train", 40)
+    copy_split("valid", root / "valid", 10)
+    return write_yaml(root)
+
+
+class FakeTrainer:
+    """Stands in for training: a weights file per round and an mAP that depends on the labelled set only."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, folder, images, seed, progress):
+        self.calls.append((folder, list(images), seed))
+        weights = Path(folder) / "models" / "best" / "best.pt"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.write_text("fake")
+        progress(1.0)
+        value = 0.2 + 0.01 * len(images) + (sum(map(ord, "".join(images))) % 97) / 1000
+        return Trained(str(weights), value, value / 2, 0.9, 1.5, 0.25)
+
+
+def plan(data, out, **kw) -> Plan:
+    base = dict(data=str(data), weights=str(WEIGHTS), out=str(out), algorithms=("random",), initial=8, budget=8,
+                rounds=2, seeds=(0,), config={"epochs": 1, "img_size": 160})
+    return Plan(**{**base, **kw})
+
+
+def fake_run(data, out, after_round=None, **kw) -> tuple[Simulation, dict]:
+    sim = Simulation(plan(data, out, **kw), trainer=FakeTrainer(), after_round=after_round, progress=False,
+                     clock=lambda: 0.0)
+    return sim, sim.run()
+
+
+def state(out) -> dict:
+    return json.loads((Path(out) / "simulation.json").read_text())
+
+
+def picks(out, algorithm, seed) -> list[list[str]]:
+    run = next(r for r in state(out)["runs"] if r["algorithm"] == algorithm and r["seed"] == seed)
+    return [r["added"] for r in run["rounds"]]
+
+
+def check_growth(out, budget=8, initial=8, rounds=2) -> None:
+    for run in state(out)["runs"]:
+        rounds_ = run["rounds"]
+        assert [r["labelled"] for r in rounds_] == [initial + k * budget for k in range(rounds + 1)]
+        assert [len(r["added"]) for r in rounds_] == [initial] + [budget] * rounds
+        every = [p for r in rounds_ for p in r["added"]]
+        assert len(every) == len(set(every)), f"{run['algorithm']} picked an image twice"
+
+
+# ---------------------------------------------------------------- data
+
+def test_yolo_labels_become_ark_with_the_same_boxes(tiny, tmp_path):
+    data = simulate.prepare_data(str(tiny), str(tmp_path), {})
+    assert len(data.pool) == 40 and len(data.val_samples) == 10 and data.class_names == NAMES
+    from executor.dataset import read_dataset
+
+    train, _ = read_dataset(str(tmp_path / "dataset" / "train-index.tsv"), data.val_index, NAMES, "ark:raw")
+    sample = next(s for s in train.samples if len(s.boxes))
+    label = tiny.parent / "train" / "labels" / (Path(sample.image).stem + ".txt")
+    yolo = np.loadtxt(label, ndmin=2)
+    w, h = sample.width, sample.height
+    expected = np.stack([(yolo[:, 1] - yolo[:, 3] / 2) * w, (yolo[:, 2] - yolo[:, 4] / 2) * h,
+                         (yolo[:, 1] + yolo[:, 3] / 2) * w, (yolo[:, 2] + yolo[:, 4] / 2) * h], 1)
+    np.testing.assert_allclose(sample.boxes, np.clip(expected, 0, [w, h, w, h]), atol=1e-3)
+    assert sample.classes.tolist() == yolo[:, 0].astype(int).tolist()
+
+
+def test_index_folder_input_gives_the_same_pool(tiny, tmp_path):
+    converted = simulate.prepare_data(str(tiny), str(tmp_path / "a"), {})
+    folder = tmp_path / "a" / "dataset"  # train-index.tsv, val-index.tsv, names.txt
+    again = simulate.prepare_data(str(folder), str(tmp_path / "b"), {})
+    assert again.pool == converted.pool and again.class_names == NAMES
+    assert len(again.val_samples) == len(converted.val_samples)
+    (folder / "names.txt").unlink()
+    with pytest.raises(ConfigError, match="class_names"):
+        simulate.prepare_data(str(folder), str(tmp_path / "c"), {})
+    assert simulate.prepare_data(str(folder), str(tmp_path / "c"), {"class_names": NAMES}).class_names == NAMES
+
+
+def test_a_val_image_copied_into_the_pool_is_left_out(tiny, tmp_path, caplog):
+    root = tmp_path / "data"
+    shutil.copytree(tiny.parent, root)
+    twin = sorted((root / "valid" / "images").iterdir())[0]
+    shutil.copy(twin, root / "train" / "images" / ("copy_" + twin.name))
+    with caplog.at_level(logging.WARNING):
+        data = simulate.prepare_data(str(root / "data.yaml"), str(tmp_path / "out"), {})
+    assert len(data.pool) == 40 and list(data.left_out) == [f"train/images/copy_{twin.name}"]
+    assert "byte-identical" in caplog.text
+
+
+@pytest.mark.parametrize("case, error, needle", [
+    ("val is the pool", DatasetError, "val split overlaps the pool"),
+    ("no label files", DatasetError, "no YOLO label files"),
+    ("empty labels", DatasetError, "has no labelled boxes"),
+    ("bad class", DatasetError, "outside the data.yaml names"),
+    ("no val key", DatasetError, "key 'val' is missing"),
+    ("not data", ConfigError, "expected a data.yaml or a folder"),
+])
+def test_bad_data_is_a_clear_error(tiny, tmp_path, case, error, needle):
+    root = tmp_path / "data"
+    shutil.copytree(tiny.parent, root)
+    spec = root / "data.yaml"
+    if case == "val is the pool":
+        write_yaml(root, val="train/images")
+    elif case == "no label files":
+        shutil.rmtree(root / "train" / "labels")
+    elif case == "empty labels":
+        for label in (root / "train" / "labels").iterdir():
+            label.write_text("")
+    elif case == "bad class":
+        next((root / "train" / "labels").iterdir()).write_text("7 0.5 0.5 0.1 0.1\n")
+    elif case == "no val key":
+        spec.write_text("train: train/images\nnames: [a, b, c, d, e]\n")
+    elif case == "not data":
+        spec = root / "train" / "images" / sorted(os.listdir(root / "train" / "images"))[0]
+    with pytest.raises(error, match=needle):
+        Simulation(plan(spec, tmp_path / "out"), trainer=FakeTrainer(), progress=False)
+
+
+@pytest.mark.parametrize("kw, error, needle", [
+    ({"algorithms": ("random", "margin")}, ConfigError, "--algorithms: unknown algorithm 'margin'"),
+    ({"budget": 20}, ConfigError, "--budget 20 = 48 images, more than the pool of 40"),
+    ({"initial": 0}, ConfigError, "--initial"),
+    ({"config": {"seed": 3}}, ConfigError, "--set seed: set by the simulation; use --seeds"),
+    ({"config": {"epochs": 0}}, ConfigError, "'epochs'"),
+    ({"config": {"args_options": "mosiac=0.5"}}, ConfigError, "did you mean mosaic"),
+    ({"weights": "/nonexistent/w.pt"}, ModelError, "--weights"),
+])
+def test_bad_plans_are_clear_errors(tiny, tmp_path, kw, error, needle):
+    with pytest.raises(error, match=needle.replace("(", r"\(")):
+        Simulation(plan(tiny, tmp_path / "out", **kw), trainer=FakeTrainer(), progress=False)
+
+
+def test_flags(tmp_path):
+    parser = argparse.ArgumentParser()
+    simulate.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["simulate", "--data", "d.yaml", "--weights", "w.pt", "--initial", "5", "--budget", "3",
+                              "--seeds", "2", "--epochs", "4", "--img-size", "320", "--batch", "8", "--set",
+                              "lr0=0.005", "--set", "class_names=a,b", "--algorithms", "random,cald,random",
+                              "--out", str(tmp_path)])
+    p = simulate.plan_from_args(args)
+    assert p.seeds == (0, 1) and p.algorithms == ("random", "cald") and p.rounds == 3
+    assert p.config == {"lr0": 0.005, "class_names": ["a", "b"], "epochs": 4, "img_size": 320,
+                        "batch_size_per_gpu": 8}
+    assert simulate.parse_seeds("0,7") == (0, 7)
+    with pytest.raises(ConfigError, match="not a key of the training, mining or infer template.*img_size"):
+        simulate.parse_sets(["img_szie=3"])
+    args.set, args.algorithms = None, "nope"
+    assert simulate.run_cli(args) == 1
+
+
+# ---------------------------------------------------------------- mechanics (stand-in trainer)
+
+def test_rounds_grow_by_the_budget_without_repeats_and_seeds_decide_the_picks(tiny, tmp_path):
+    _, summary = fake_run(tiny, tmp_path / "a", seeds=(0, 1))
+    check_growth(tmp_path / "a")
+    assert picks(tmp_path / "a", "random", 0) != picks(tmp_path / "a", "random", 1)
+    assert picks(tmp_path / "a", "random", 0)[0] != picks(tmp_path / "a", "random", 1)[0]  # N0 too
+    fake_run(tiny, tmp_path / "b", seeds=(1,))
+    assert picks(tmp_path / "b", "random", 1) == picks(tmp_path / "a", "random", 1)
+    assert summary["algorithms"]["random"]["last50"]["n"] == 2
+    rows = (tmp_path / "a" / "simulation.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 3 and rows[0].startswith("algorithm,seed,round,labelled,mAP50,mAP50_95")
+    assert (tmp_path / "a" / "simulation.png").stat().st_size > 10000
+    assert "| random | 2 |" in (tmp_path / "a" / "simulation.md").read_text()
+
+
+def test_a_killed_run_resumes_to_the_same_files(tiny, tmp_path):
+    fake_run(tiny, tmp_path / "whole", seeds=(0, 1))
+
+    def kill(record):
+        if record["seed"] == 0 and record["round"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fake_run(tiny, tmp_path / "killed", after_round=kill, seeds=(0, 1))
+    kept = state(tmp_path / "killed")
+    assert [(r["seed"], len(r["rounds"])) for r in kept["runs"]] == [(0, 2)]  # seed 0: rounds 0 and 1
+    sim, _ = fake_run(tiny, tmp_path / "killed", seeds=(0, 1))
+    assert len(sim.trainer.calls) == 1 + 3  # seed 0 round 2, seed 1 rounds 0-2: nothing finished is redone
+    for name in ("simulation.json", "simulation.csv", "simulation.md"):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+
+
+def test_a_rerun_may_add_rounds_but_not_change_the_plan(tiny, tmp_path):
+    fake_run(tiny, tmp_path / "out", rounds=1)
+    sim, _ = fake_run(tiny, tmp_path / "out", rounds=2)
+    assert len(sim.trainer.calls) == 1
+    check_growth(tmp_path / "out")
+    with pytest.raises(ConfigError, match="another plan .*budget"):
+        fake_run(tiny, tmp_path / "out", budget=4)
+
+
+def test_summary_numbers():
+    assert simulate.area([0, 10, 20], [0.2, 0.4, 0.4]) == pytest.approx(0.35)
+    runs = []
+    for algorithm, offset in (("random", 0.0), ("entropy", 0.05)):
+        for seed, noise in ((0, 0.0), (1, -0.08)):
+            rounds = [{"labelled": n, "mAP50": 0.3 + k * 0.1 + (offset + noise) * (k > 0), "mAP50_95": 0.1,
+                       "mine_s": 2.0, "train_s": 5.0} for k, n in enumerate((10, 20, 30))]
+            runs.append({"algorithm": algorithm, "seed": seed, "rounds": rounds})
+    summary = simulate.summarize(runs, rounds=2)
+    entropy = summary["algorithms"]["entropy"]
+    assert entropy["vs_random_last50"]["mean"] == pytest.approx(0.05)
+    assert entropy["vs_random_last50"]["wins"] == 2 and entropy["last50"]["n"] == 2
+    assert entropy["vs_random_auc50"]["mean"] == pytest.approx(0.05 * 0.75)
+    text = simulate.table(summary)
+    assert "| entropy | 2 | 0.610 [0.570, 0.650] |" in text and "+0.050 [+0.050, +0.050] (2/2 seeds > 0)" in text
+
+
+# ---------------------------------------------------------------- the real loop (Quarry's training and mining)
+
+@pytest.mark.slow
+def test_tiny_real_plan_random_entropy_detections(tiny, tmp_path):
+    """40-image pool, 2 rounds of 8, 1 epoch at 160, 1 seed: 7 trainings, killed after the first round 1."""
+    kw = dict(algorithms=("random", "entropy", "detections"))
+    out = tmp_path / "real"
+
+    def kill(record):
+        if record["round"] == 1:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        Simulation(plan(tiny, out, **kw), after_round=kill, progress=False).run()
+    before = state(out)
+    finished = {(r["algorithm"], rr["round"]): rr for r in before["runs"] for rr in r["rounds"]}
+    assert sorted(finished) == [("detections", 0), ("entropy", 0), ("random", 0), ("random", 1)]
+    weights = out / finished[("random", 1)]["weights"]
+    stamp = weights.stat().st_mtime_ns
+
+    summary = Simulation(plan(tiny, out, **kw), progress=False).run()
+    after = state(out)
+    check_growth(out)
+    for run in after["runs"]:  # finished rounds are kept as they were, not trained again
+        for record in run["rounds"]:
+            if (run["algorithm"], record["round"]) in finished:
+                assert record == finished[(run["algorithm"], record["round"])]
+    assert weights.stat().st_mtime_ns == stamp
+    n0 = {tuple(picks(out, a, 0)[0]) for a in kw["algorithms"]}
+    assert len(n0) == 1  # one N0 (and one round-0 model) for every algorithm of the seed
+    for run in after["runs"]:
+        for record in run["rounds"]:
+            assert 0.0 < record["mAP50_95"] <= record["mAP50"] <= 1.0 and record["train_s"] > 0
+    assert set(summary["algorithms"]) == set(kw["algorithms"])
+
+    # the same seed gives the same picks: random without a model (a stand-in trainer), entropy re-mined from
+    # the recorded round-0 model
+    fake_run(tiny, tmp_path / "fake")
+    assert picks(tmp_path / "fake", "random", 0) == picks(out, "random", 0)
+    sim = Simulation(plan(tiny, out, **kw), progress=False)
+    round0 = next(r for r in after["runs"] if r["algorithm"] == "entropy")["rounds"][0]
+    candidates = [p for p in sim.data.pool if sim.data.rel(p) not in set(round0["added"])]
+    again = simulate.mine("entropy", str(out / round0["weights"]), candidates, str(tmp_path / "remine"), sim.data,
+                          sim.config, 0, lambda f: None)
+    assert [sim.data.rel(p) for p in again[:8]] == picks(out, "entropy", 0)[1]
+    md = (out / "simulation.md").read_text()
+    assert "| detections | 1 |" in md and (out / "simulation.png").is_file()
