@@ -38,6 +38,9 @@ from mining.base import Batch, Detections
 log = logging.getLogger(__name__)
 DEFAULT_STRIDES = (8, 16, 32)
 MAX_NMS = 30000  # multi-label candidates per image before NMS, as Ultralytics' validator
+# Devices where one NMS over the whole batch beats one per image: a kernel launch and a host sync per image
+# cost a GPU more than the larger kernel; on CPU the kernel is O(N^2) in the boxes it sees, so per image wins.
+WHOLE_BATCH_DEVICES = ("cuda",)
 
 
 # ---------------------------------------------------------------- devices
@@ -99,9 +102,11 @@ def candidates(probs: torch.Tensor, conf_thres: float, multi_label: bool):
 
 
 def postprocess(raw: torch.Tensor, boxes: Sequence[Letterbox], conf_thres: float, iou_thres: float,
-                max_det: int | None, multi_label: bool = False) -> list[Detections]:
+                max_det: int | None, multi_label: bool = False, whole_batch: bool | None = None) -> list[Detections]:
     """Class-aware NMS per image on `raw` (B, 4+C, A), the `max_det` best kept (None: all); boxes mapped back to
-    original pixels."""
+    original pixels. On a GPU (or with `whole_batch`) the batch goes through one NMS kernel and one host copy."""
+    if raw.device.type in WHOLE_BATCH_DEVICES if whole_batch is None else whole_batch:
+        return _postprocess_whole_batch(raw, boxes, conf_thres, iou_thres, max_det, multi_label)
     results = []
     for pred, box in zip(raw.transpose(1, 2), boxes):  # (A, 4+C) per image
         probs = pred[:, 4:]
@@ -114,6 +119,34 @@ def postprocess(raw: torch.Tensor, boxes: Sequence[Letterbox], conf_thres: float
             cls=cls[order].cpu().numpy().astype(np.int64),
             probs=probs[anchor[order]].float().cpu().numpy(),
         ))
+    return results
+
+
+def _postprocess_whole_batch(raw: torch.Tensor, boxes: Sequence[Letterbox], conf_thres: float, iou_thres: float,
+                             max_det: int | None, multi_label: bool) -> list[Detections]:
+    """`postprocess` with one NMS over the whole batch (each (image, class) its own group; boxes in float64 so the
+    group offsets cost no precision) and one copy of every kept row to the host."""
+    preds = raw.transpose(1, 2)  # (B, A, 4+C)
+    num_classes = preds.shape[2] - 4
+    picks = [candidates(pred[:, 4:], conf_thres, multi_label) for pred in preds]
+    image = torch.cat([torch.full_like(anchor, i) for i, (anchor, _, _) in enumerate(picks)])
+    anchor, cls, score = (torch.cat([p[k] for p in picks]) for k in range(3))
+    rows = preds[image, anchor]
+    xyxy = xywh_to_xyxy(rows[:, :4])
+    keep = batched_nms(xyxy.double(), score.double(), image * num_classes + cls, iou_thres)  # by decreasing score
+    keep = keep[torch.sort(image[keep], stable=True).indices]  # image by image, each by decreasing score
+    counts = torch.bincount(image[keep], minlength=len(preds))
+    if max_det is not None:  # the max_det best of each image
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(keep), device=keep.device) - starts.repeat_interleave(counts)
+        keep = keep[rank < max_det]
+        counts = counts.clamp(max=max_det)
+    packed = torch.cat([xyxy[keep], score[keep, None], cls[keep, None].to(xyxy.dtype), rows[keep, 4:]], 1)
+    host = packed.float().cpu().numpy()
+    results = []
+    for part, box in zip(np.split(host, np.cumsum(counts.cpu().numpy())[:-1]), boxes):
+        results.append(Detections(xyxy=box.to_original(part[:, :4]), conf=part[:, 4].copy(),
+                                  cls=part[:, 5].astype(np.int64), probs=part[:, 6:].copy()))
     return results
 
 

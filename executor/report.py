@@ -75,6 +75,10 @@ class ReportData:
     duplicate_groups: list[tuple[str, list[str]]] = ()
     projection: np.ndarray | None = None
     projection_selected: np.ndarray | None = None
+    # "written": `scores` are result.tsv's (non-increasing); "raw": the algorithm's own scores in result.tsv's
+    # order, when selection reordered it (the written score is then a priority that says nothing about the image)
+    score_kind: str = "written"
+    projection_note: str = ""  # which images the projection shows (default: "of the shown images")
 
     def __post_init__(self):
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
@@ -138,7 +142,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _histogram(scores: np.ndarray, top_n: int) -> dict:
-    """Bins over every readable score, and how many of each bin's images are in the top N."""
+    """Bins over every readable score, and how many of each bin's images are in the top N; `cut_score` is the
+    lowest score in the top N (the score of rank N when the scores are the written, non-increasing ones)."""
     if len(scores) == 0:
         return {"bin_edges": [], "counts": [], "top_counts": [], "top_n": top_n, "cut_score": None}
     bins = int(np.clip(np.ceil(np.sqrt(len(scores))), 10, 60))
@@ -146,7 +151,7 @@ def _histogram(scores: np.ndarray, top_n: int) -> dict:
     top_n = min(top_n, len(scores))
     top_counts, _ = np.histogram(scores[:top_n], bins=edges)
     return {"bin_edges": edges.tolist(), "counts": counts.tolist(), "top_counts": top_counts.tolist(),
-            "top_n": top_n, "cut_score": float(scores[top_n - 1]) if top_n else None}
+            "top_n": top_n, "cut_score": float(scores[:top_n].min()) if top_n else None}
 
 
 def _class_summary(class_names: Sequence[str], classes: np.ndarray) -> dict[str, int]:
@@ -177,6 +182,7 @@ def report_json(data: ReportData) -> dict:
         "run": _jsonable(data.run),
         "unreadable": [{"path": str(p), "reason": str(r)} for p, r in data.unreadable],
         "scores": summary,
+        "score_kind": data.score_kind,
         "histogram": _histogram(scores, data.top_n),
         "top": [_item_record(item, data.class_names) for item in data.top],
         "middle": [_item_record(item, data.class_names) for item in data.middle],
@@ -325,7 +331,7 @@ def _svg(width: int, height: int, title: str, parts: list[str]) -> str:
             + "".join(parts) + "</svg>")
 
 
-def _histogram_svg(hist: dict) -> str:
+def _histogram_svg(hist: dict, raw: bool = False) -> str:
     edges, counts, top_counts = hist["bin_edges"], hist["counts"], hist["top_counts"]
     if not counts:
         return '<p class="empty">No readable image was scored.</p>'
@@ -351,11 +357,13 @@ def _histogram_svg(hist: dict) -> str:
         parts.append(f'<line class="cut" x1="{cx:.1f}" x2="{cx:.1f}" y1="{axes.top}" y2="{axes.y(0):.1f}"/>')
         anchor, dx = ("end", -5) if cx > width * 0.6 else ("start", 5)
         parts.append(f'<text class="cut-label" x="{cx + dx:.1f}" y="{axes.top + 12}" text-anchor="{anchor}">'
-                     f'top {hist["top_n"]} cut: score ≥ {_fmt(hist["cut_score"])}</text>')
-    return _svg(width, height, "Histogram of the written scores, top N stacked in orange", parts)
+                     + (f'lowest raw score in the top {hist["top_n"]}: {_fmt(hist["cut_score"])}' if raw else
+                        f'top {hist["top_n"]} cut: score ≥ {_fmt(hist["cut_score"])}') + '</text>')
+    return _svg(width, height, f"Histogram of the {'raw' if raw else 'written'} scores, top N stacked in orange",
+                parts)
 
 
-def _rank_svg(scores: np.ndarray, top_n: int) -> str:
+def _rank_svg(scores: np.ndarray, top_n: int, raw: bool = False) -> str:
     count = len(scores)
     if count == 0:
         return '<p class="empty">No readable image was scored.</p>'
@@ -363,7 +371,7 @@ def _rank_svg(scores: np.ndarray, top_n: int) -> str:
     low, high = float(scores.min()), float(scores.max())
     pad = (high - low) * 0.05 or 0.5
     axes = _Axes(width, height, (1, max(count, 2)), (low - pad, high + pad))
-    parts = axes.frame("rank (1 = written first)", "score")
+    parts = axes.frame("rank (1 = written first)", "raw score" if raw else "score")
     keep = np.unique(np.concatenate([np.linspace(0, count - 1, min(count, MAX_RANK_POINTS)).round().astype(np.int64),
                                      np.arange(min(top_n, count))[:: max(1, top_n // 200)],
                                      [min(max(top_n - 1, 0), count - 1), min(top_n, count - 1)]]))
@@ -386,7 +394,7 @@ def _rank_svg(scores: np.ndarray, top_n: int) -> str:
         anchor, dx = ("end", -5) if cx > width * 0.6 else ("start", 5)
         parts.append(f'<text class="cut-label" x="{cx + dx:.1f}" y="{axes.top + 12}" text-anchor="{anchor}">'
                      f'top {top_n}</text>')
-    return _svg(width, height, "Written score against rank", parts)
+    return _svg(width, height, "Raw score against written rank" if raw else "Written score against rank", parts)
 
 
 def _class_svg(data: ReportData, json_name: str | None) -> str:
@@ -661,7 +669,8 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
     algorithm = str(run.get("algorithm", "?"))
     pool = run.get("pool_size", len(data.scores) + len(data.unreadable))
     figures = [(f"{pool}", "images in the pool"), (f"{data.top_n}", "top N shown"),
-               (_fmt(hist["cut_score"]), f"score of rank {data.top_n}"),
+               (_fmt(hist["cut_score"]), f"lowest raw score in the top {data.top_n}" if data.score_kind == "raw"
+                else f"score of rank {data.top_n}"),
                (f"{len(data.unreadable)}", "unreadable")]
     if isinstance(run.get("seconds"), (int, float, np.number)):
         figures.append((f"{float(run['seconds']):.1f} s", "mining time"))
@@ -684,6 +693,7 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
                "reordered the ranking" if any(i.raw_score is not None for i in data.top) else "") + ". "
                + (f"Paths are relative to <code>{_esc(base)}</code>." if base else ""))
     selection = run.get("selection")
+    raw_kind = data.score_kind == "raw"
     body = [
         f'<header><h1>Mining report · {_esc(algorithm)}</h1>'
         f'<div class="sub">{_esc(pool)} images ranked, most worth labelling first'
@@ -692,9 +702,15 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
         f'<div class="figures">{figures_html}</div><nav>{nav}</nav></header><main>',
         f'<section id="run"><h2>Run</h2>{_run_rows(data)}<h3>Unreadable images</h3>'
         f'{_unreadable_html(data.unreadable, json_name)}</section>',
-        f'<section id="scores"><h2>Scores</h2><p class="note">Every readable image\'s written score '
-        f'({len(data.scores)} images); the top {data.top_n} in orange, the dashed line is the top-N cut.</p>'
-        f'<div class="plots">{_histogram_svg(hist)}{_rank_svg(data.scores, data.top_n)}</div></section>',
+        f'<section id="scores"><h2>Scores</h2><p class="note">'
+        + (f'Every readable image\'s raw {_esc(algorithm)} score ({len(data.scores)} images): selection reordered '
+           f'the ranking, so result.tsv holds each image\'s selection priority and the raw scores are in '
+           f'{_esc(run.get("raw_scores_file") or "the raw scores file")}; the top {data.top_n} in orange, the '
+           f'dashed line is the lowest raw score among them.' if raw_kind else
+           f'Every readable image\'s written score ({len(data.scores)} images); the top {data.top_n} in orange, '
+           f'the dashed line is the top-N cut.') + '</p>'
+        f'<div class="plots">{_histogram_svg(hist, raw_kind)}{_rank_svg(data.scores, data.top_n, raw_kind)}'
+        f'</div></section>',
         f'<section id="top"><h2>Top {data.top_n}, in result order</h2>{legend}'
         f'<p class="note">{explain}</p>{_cards(data.top, "top", data, base)}</section>',
         f'<section id="contrast"><h2>For contrast</h2><h3>From the middle of the ranking</h3>'
@@ -709,7 +725,8 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
                     f'{_duplicates_html(list(data.duplicate_groups), data, base, json_name)}</section>')
     if data.projection is not None:
         body.append(f'<section id="projection"><h2>Embedding projection</h2><p class="note">2-D PCA of the '
-                    f'embeddings of the shown images; selected points in orange.</p>'
+                    f'embeddings {_esc(data.projection_note or "of the shown images")}; the top '
+                    f'{data.top_n} in orange.</p>'
                     f'{_scatter_svg(data.projection, data.projection_selected)}</section>')
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
     body.append(f'<footer>Written by Quarry {_esc(versions.get("quarry", ""))}. Self-contained: images are embedded, '
@@ -729,6 +746,110 @@ def write_report(html_path: str, json_path: str | None, data: ReportData) -> Non
         text = json.dumps(report_json(data), indent=1, allow_nan=False, ensure_ascii=False)
         atomic_write_text(json_path, text + "\n")
     atomic_write_text(html_path, report_html(data, None if json_path is None else os.path.basename(json_path)))
+
+
+# ---------------------------------------------------------------------------------------------- from a run
+
+class ReportCollector:
+    """Watches result.tsv's lines as they are written (executor.tasks.Written: the row with its shard and line,
+    the written and the raw score) and keeps what the report needs, in memory flat in the pool size apart from 8
+    bytes per image (its score) plus 8 (where it came from) and the unreadable list: the top N lines, and
+    afterwards, from the shard files, the middle and bottom samples and the predicted boxes of what is shown.
+    A failure in here is kept (self.error), never raised into the writing of result.tsv."""
+    MIDDLE = 6
+    BOTTOM = 6
+
+    def __init__(self, top_n: int, raw: bool):
+        import array
+
+        self.top_n, self.raw = int(top_n), raw
+        self.scores = array.array("d")   # written (or, with raw, the raw) score per readable line, in order
+        self.where = array.array("q")    # shard << 32 | line
+        self.top: list = []
+        self.unreadable: list[tuple[str, str]] = []
+        self.error: Exception | None = None
+
+    def watch(self, lines):
+        for line in lines:
+            if self.error is None:
+                try:
+                    self._add(line)
+                except Exception as exc:  # noqa: BLE001 — the report must never break result.tsv
+                    self.error = exc
+            yield line
+
+    def _add(self, line) -> None:
+        row = line.row
+        if row.reason:
+            self.unreadable.append((row.key, row.reason))
+            return
+        if len(self.scores) < self.top_n:
+            self.top.append(line)
+        self.scores.append(line.raw if self.raw else line.score)
+        self.where.append(row.shard << 32 | row.line)
+
+    def _samples(self) -> tuple[list[int], list[int]]:
+        n, top = len(self.scores), min(self.top_n, len(self.scores))
+        rest = n - top
+        bottom = list(range(max(top, n - self.BOTTOM), n))
+        middle_count = min(self.MIDDLE, max(0, rest - len(bottom)))
+        start = top + (rest - len(bottom) - middle_count) // 2
+        return list(range(start, start + middle_count)), bottom
+
+    def report_data(self, store, count: int, run: dict, **extra) -> ReportData:
+        """The ReportData of the watched lines; boxes and class counts from the shards' side files (none when the
+        run used no model), keys of the samples from the shards' own lines."""
+        if self.error is not None:
+            raise RuntimeError(f"collecting the report failed: {type(self.error).__name__}: {self.error}")
+        middle, bottom = self._samples()
+        with_boxes = bool(store.side and store.side.get("boxes"))
+        names: list[str] = []
+        if with_boxes and count:
+            names = [str(n) for n in store.side_arrays(0, ["class_names"]).get("class_names", [])]
+        pool = np.zeros(len(names), np.int64)
+        boxes_by_shard: dict[int, dict] = {}
+        wanted: dict[int, set] = {}
+        shown = [(line.row.shard, line.row.line) for line in self.top] + \
+            [divmod(self.where[r], 1 << 32) for r in middle + bottom]
+        for shard, line in shown:
+            wanted.setdefault(shard, set()).add(line)
+        if with_boxes:
+            for shard in range(count):
+                arrays = store.side_arrays(shard, ["box_start", "box_xyxy", "box_conf", "box_cls"])
+                pool += np.bincount(arrays["box_cls"], minlength=len(names))[:len(names)]
+                if shard in wanted:
+                    boxes_by_shard[shard] = arrays
+        keys = {}
+        for shard, lines in wanted.items():
+            for number, line in enumerate(store._lines(shard)):
+                if number in lines:
+                    keys[shard, number] = line.split("\t", 1)[0]
+
+        def item(shard: int, line: int, rank: int, score: float, raw: float | None) -> ReportImage:
+            arrays = boxes_by_shard.get(shard)
+            if arrays is None:
+                return ReportImage(keys[shard, line], rank, score, raw, np.zeros((0, 4)), [], [])
+            a, b = arrays["box_start"][line], arrays["box_start"][line + 1]
+            return ReportImage(keys[shard, line], rank, score, raw, arrays["box_xyxy"][a:b], arrays["box_cls"][a:b],
+                               arrays["box_conf"][a:b])
+
+        scores = np.frombuffer(self.scores, dtype=np.float64) if len(self.scores) else np.zeros(0)
+        top = [item(line.row.shard, line.row.line, n + 1, line.score, line.raw if self.raw else None)
+               for n, line in enumerate(self.top)]
+
+        def sample(rank: int) -> ReportImage:
+            shard, line = divmod(self.where[rank], 1 << 32)
+            # the written score of a sample: the raw score when not reordered; else the priority, (N - r) / N
+            written = float(scores[rank]) if not self.raw else (len(scores) - rank) / len(scores)
+            return item(shard, line, rank + 1, written, float(scores[rank]) if self.raw else None)
+
+        top_counts = np.zeros(len(names), np.int64)
+        for image in top:
+            np.add.at(top_counts, image.classes[(image.classes >= 0) & (image.classes < len(names))], 1)
+        return ReportData(run=run, unreadable=list(self.unreadable), scores=scores.copy(), class_names=names,
+                          class_counts_top=top_counts, class_counts_pool=pool, top=top,
+                          middle=[sample(r) for r in middle], bottom=[sample(r) for r in bottom],
+                          score_kind="raw" if self.raw else "written", **extra)
 
 
 # ---------------------------------------------------------------------------------------------- TensorBoard

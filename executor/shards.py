@@ -90,7 +90,7 @@ class ShardStore:
 
     def __init__(self, folder: str, kind: str, run: dict, side: dict | None = None):
         self.folder, self.kind, self.run, self.side = folder, kind, run, side
-        self.embedding_dim = self.num_classes = 0  # set by the worker that writes side files (its model's)
+        self.embedding_dim, self.class_names = 0, []  # set by the worker that writes side files (its model's)
 
     def path(self, shard: Shard | int) -> str:
         index = shard if isinstance(shard, int) else shard.index
@@ -141,8 +141,9 @@ class ShardStore:
     def write_side(self, shard: Shard, order: Sequence[int], side: Mapping[str, tuple], unreadable) -> None:
         keys = [shard.keys[i] for i in order]
         arrays = {"fingerprint": np.array(self.side_fingerprint(shard)), "order": np.asarray(order, np.int32),
-                  "readable": np.array(sum(1 for k in keys if k not in unreadable), np.int64)}
-        dim, classes = self.embedding_dim, self.num_classes
+                  "readable": np.array(sum(1 for k in keys if k not in unreadable), np.int64),
+                  "class_names": np.array([str(n) for n in self.class_names], dtype=str)}
+        dim, classes = self.embedding_dim, len(self.class_names)
         if dim:
             rows = np.zeros((len(keys), dim), np.float16)
             for r, key in enumerate(keys):

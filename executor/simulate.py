@@ -67,6 +67,7 @@ class Plan:
     rounds: int = 3                  # R mining rounds after round 0
     seeds: tuple[int, ...] = (0,)
     config: Mapping = field(default_factory=dict)  # template keys (training and mining), flags and --set
+    train_val: int = 0               # val images the training itself validates on (0 = all); mAP uses all
 
     def check(self) -> None:
         known = algorithm_names()
@@ -76,7 +77,7 @@ class Plan:
             if name not in known:
                 raise ConfigError(f"--algorithms: unknown algorithm {name!r}; expected some of {', '.join(known)}")
         for flag, value, low in (("--initial", self.initial, 1), ("--budget", self.budget, 1),
-                                 ("--rounds", self.rounds, 1)):
+                                 ("--rounds", self.rounds, 1), ("--train-val", self.train_val, 0)):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{flag}: {value!r} is not allowed; expected an integer >= {low}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
@@ -366,10 +367,14 @@ class Trained:
 
 
 class QuarryTrainer:
-    """Round training with executor.training.run_training, evaluation with its Evaluator on the val split."""
+    """Round training with executor.training.run_training, evaluation with its Evaluator on the val split.
 
-    def __init__(self, data: Data, config: Mapping, start_weights: str):
+    The training validates on `train_val_index` (Ultralytics' per-epoch val and best epoch, result.yaml): the
+    whole val split unless --train-val names fewer images; the round's mAP is always on the whole split."""
+
+    def __init__(self, data: Data, config: Mapping, start_weights: str, train_val_index: str = ""):
         self.data, self.config, self.start_weights = data, dict(config), start_weights
+        self.train_val_index = train_val_index or data.val_index
 
     def settings(self, seed: int):
         from executor.config import build_settings
@@ -386,7 +391,7 @@ class QuarryTrainer:
         atomic_write_text(index, "".join(f"{p}\t{self.data.annotation[p]}\n" for p in images))
         settings = self.settings(seed)
         models = os.path.join(folder, "models")
-        job = Job(training_index=index, val_index=self.data.val_index, models_out=models,
+        job = Job(training_index=index, val_index=self.train_val_index, models_out=models,
                   training_result=os.path.join(models, "result.yaml"),
                   tensorboard_dir=os.path.join(folder, "tensorboard"), work_dir=os.path.join(folder, "work"),
                   models_dir="", weights_dirs=())
@@ -504,14 +509,29 @@ class Simulation:
                               f"{plan.labelled_max} images, more than the pool of {len(self.data.pool)} usable "
                               f"images in {plan.data}")
         self.config = {k: v for k, v in plan.config.items() if k != "class_names"}
-        self.trainer = trainer or QuarryTrainer(self.data, self.config, os.path.abspath(plan.weights))
+        self.trainer = trainer or QuarryTrainer(self.data, self.config, os.path.abspath(plan.weights),
+                                                self.train_val_index())
         self.miner = miner or mine
         self.identity = {"data": os.path.abspath(plan.data), "dataset": self.data.fingerprint,
                          "weights_sha256": file_digest(plan.weights), "initial": plan.initial,
                          "budget": plan.budget, "config": dict(sorted(self.config.items())),
+                         "train_val": plan.train_val if 0 < plan.train_val < len(self.data.val_samples) else 0,
                          "class_names": self.data.class_names}
         self.records: dict[tuple[str, int, int], dict] = {}  # (algorithm or SHARED_ROUND, seed, round) → record
         self.load()
+
+    def train_val_index(self) -> str:
+        """The val index the training sees: the first --train-val usable val images (sorted), or all of them."""
+        from executor.index import read_training_index
+
+        count = self.plan.train_val
+        if not count or count >= len(self.data.val_samples):
+            return self.data.val_index
+        usable = sorted(s.image for s in self.data.val_samples)[:count]
+        rows = {asset: ann for asset, ann, _ in read_training_index(self.data.val_index, "val")}
+        path = os.path.join(self.out, "dataset", f"train-val-{count}-index.tsv")
+        atomic_write_text(path, "".join(f"{p}\t{rows[p]}\n" for p in usable))
+        return path
 
     def check_config(self) -> None:
         """Every setting checked before anything runs (build_settings and Ultralytics' argument checker)."""
@@ -590,7 +610,8 @@ class Simulation:
         state = {"version": FORMAT_VERSION, "identity": self.identity,
                  "plan": {"data": os.path.abspath(plan.data), "weights": os.path.abspath(plan.weights),
                           "algorithms": list(plan.algorithms), "initial": plan.initial, "budget": plan.budget,
-                          "rounds": plan.rounds, "seeds": list(plan.seeds), "config": dict(self.config)},
+                          "rounds": plan.rounds, "seeds": list(plan.seeds), "config": dict(self.config),
+                          "train_val": plan.train_val},
                  "pool": {"root": self.data.root, "size": len(self.data.pool), "left_out": self.data.left_out},
                  "val": {"index": self.where(self.data.val_index), "size": len(self.data.val_samples)},
                  "class_names": self.data.class_names,
@@ -810,7 +831,9 @@ def markdown(sim: Simulation, summary: dict) -> str:
         f"- data: `{os.path.abspath(p.data)}`: pool {len(d.pool)} images"
         + (f" ({len(d.left_out)} left out: byte-identical to val images)" if d.left_out else "")
         + f", fixed val split {len(d.val_samples)} images; classes {', '.join(d.class_names)}",
-        f"- start weights: `{p.weights}` (every round trains from them); training and mining settings: {config}",
+        f"- start weights: `{p.weights}` (every round trains from them); training and mining settings: {config}; "
+        + (f"the training validates on the first {sim.identity['train_val']} val images"
+           if sim.identity["train_val"] else "the training validates on the whole val split"),
         f"- plan: N0 {p.initial} at random per seed (shared by the algorithms), then {p.rounds} rounds of mine → "
         f"reveal the top {p.budget} → retrain → evaluate; seeds {', '.join(map(str, p.seeds))}",
         f"- rounds finished: {min(finished, total)} of {total}" + ("" if finished >= total else " (the table has "
@@ -886,6 +909,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="any training/mining template key, e.g. --set lr0=0.005 --set gpu_id=0 "
                           "--set class_names=bus,car,motorcycle,person,truck (renames the data's classes)")
+    cmd.add_argument("--train-val", type=int, default=0, metavar="N",
+                     help="val images the training itself validates on (Ultralytics' per-epoch val and best-epoch "
+                          "choice, result.yaml): the first N, default all; the reported mAP always uses the whole "
+                          "val split. With --set args_options=val=False (best = last epoch) a small N saves two "
+                          "val passes per round")
     cmd.add_argument("--out", required=True, help="output folder (a rerun with the same plan continues)")
     cmd.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return cmd
@@ -898,7 +926,8 @@ def plan_from_args(args) -> Plan:
             config[key] = value
     algorithms = tuple(dict.fromkeys(a.strip() for a in str(args.algorithms).split(",") if a.strip()))
     return Plan(data=args.data, weights=args.weights, out=args.out, algorithms=algorithms, initial=args.initial,
-                budget=args.budget, rounds=args.rounds, seeds=parse_seeds(args.seeds), config=config)
+                budget=args.budget, rounds=args.rounds, seeds=parse_seeds(args.seeds), config=config,
+                train_val=getattr(args, "train_val", 0) or 0)
 
 
 def run_cli(args) -> int:

@@ -126,3 +126,19 @@ def test_detections_validate_shapes():
     with pytest.raises(ValueError):
         Detections(np.zeros((2, 4), np.float32), np.zeros(1, np.float32), np.zeros(2, np.int64), np.zeros((2, 3)))
     assert len(Detections.empty(80)) == 0
+
+
+@pytest.mark.parametrize("conf, max_det, multi_label", [(0.25, 100, False), (0.01, None, False), (0.01, 3, False),
+                                                         (0.001, 300, True)])
+def test_whole_batch_nms_keeps_what_per_image_nms_keeps(detector, conf, max_det, multi_label):
+    """The GPU path (one NMS kernel and one host copy per batch), run on the CPU against the per-image path."""
+    batch = batch_of(SAME_SHAPE, detector)
+    raw = detector.forward(batch.canvases)
+    per_image = postprocess(raw, batch.boxes, conf, 0.45, max_det, multi_label, whole_batch=False)
+    whole = postprocess(raw, batch.boxes, conf, 0.45, max_det, multi_label, whole_batch=True)
+    assert sum(len(d) for d in whole) >= 9  # 3 per image with max_det 3
+    for a, b in zip(per_image, whole):
+        np.testing.assert_array_equal(a.cls, b.cls)
+        np.testing.assert_array_equal(a.conf, b.conf)
+        np.testing.assert_array_equal(a.probs, b.probs)
+        np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-4)
