@@ -158,10 +158,10 @@ def weights_dirs() -> tuple[str, ...]:
 
 
 def main(argv=None) -> int:
+    prepare_process_env()  # before the parser imports torch (through mining's registry)
     from executor import cli
 
     args = cli.build_parser(extra_commands=extra_commands()).parse_args(argv)
-    prepare_process_env()
     configure_logging(getattr(args, "verbose", False))
     if args.command == "simulate":
         from executor.simulate import run_cli

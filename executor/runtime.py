@@ -1,6 +1,6 @@
 """Process environment for running offline, as any uid, with no writable HOME (called by start.py only).
 
-Must run before ultralytics, matplotlib or torch hub are imported: they read these variables at import.
+Must run before torch, ultralytics or matplotlib are imported: they read these variables at import.
 """
 import os
 import shutil
@@ -23,6 +23,9 @@ def prepare_process_env() -> str:
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")  # some code paths otherwise pip-install packages
     os.environ.setdefault("YOLO_VERBOSE", "False")
     os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")  # weights_only unpickling: a checkpoint cannot run code
+    # OpenMP threads sleep instead of spinning while they wait: beside other work on the same CPUs, spinning
+    # threads of an oversubscribed pool stall every parallel region (benchmarks/threads.py measures it)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     for var in CACHE_VARS:
         os.environ.setdefault(var, os.path.join(root, var.lower()))
         os.makedirs(os.environ[var], exist_ok=True)
