@@ -35,16 +35,17 @@ COCO_JPEG = REPO.parent / "shared" / "data" / "coco-val" / "images" / "000000000
 # ---------------------------------------------------------------- the driver (runs in the subprocess)
 
 def drive(cases_file: str, results_file: str) -> None:
-    """start.main(["--env", env]) for each case, stdout and stderr captured per case."""
+    """start.main([]) for each case, as the platform runs it (no --env), with the case's env.yaml and default
+    monitor in place of /in/env.yaml and /out/monitor.txt; stdout and stderr captured per case."""
     import start
 
     results = {}
     for case in json.loads(Path(cases_file).read_text()):
-        start.DEFAULT_MONITOR = case["default_monitor"]
+        start.DEFAULT_ENV, start.DEFAULT_MONITOR = case["env"], case["default_monitor"]
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             try:
-                rc = start.main(["--env", case["env"]])
+                rc = start.main([])
             except SystemExit as exc:
                 rc = exc.code
             except BaseException:  # start.main must never raise: the test fails on this
