@@ -18,6 +18,15 @@ log = logging.getLogger(__name__)
 TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
 TASKS = ("training", "mining", "infer")
 
+# ---------------------------------------------------------------- task families (manifest object_type)
+# One code base serves two families; each has its own templates and manifest (ymir-protocol §3). Which one this
+# process serves is the object_type of the manifest beside the templates it reads (active_templates_dir()).
+DETECTION, SEGMENTATION = 2, 4
+FAMILIES = {DETECTION: "detection", SEGMENTATION: "instance segmentation"}
+FAMILY_TEMPLATES = {DETECTION: TEMPLATES_DIR, SEGMENTATION: os.path.join(TEMPLATES_DIR, "segmentation")}
+TEMPLATES_VAR = "QUARRY_TEMPLATES"  # the image sets /img-man: the very files the platform read on import
+IMAGE_TEMPLATES_DIR = "/img-man"    # where an image keeps its templates and manifest (ymir-protocol §3)
+
 # Keys the platform adds to config.yaml (ymir-protocol §4.2); known, so never warned about.
 PLATFORM_KEYS = {
     "task_id", "class_names", "gpu_id", "gpu_count", "object_type", "pretrained_model_params",
@@ -280,6 +289,17 @@ def eval_thresholds() -> Rule:
     return rule
 
 
+def object_type() -> Rule:
+    """The platform's object_type (2 detection, 3 semantic segmentation, 4 instance segmentation, 50
+    multi-modal; an int or text); None when absent."""
+    def rule(key: str, value: Any) -> int | None:
+        if value is None or value == "":
+            return None
+        return integer(0, 1000)(key, value)
+
+    return rule
+
+
 # Rules by key; the template's value of a key is its default. Keys of one task only are harmless here.
 RULES: dict[str, Rule] = {
     "img_size": integer(32, 8192),
@@ -327,6 +347,7 @@ RULES: dict[str, Rule] = {
     "opset": integer(0, 100),
     "args_options": text(),
     "evaluate_config": eval_thresholds(),
+    "object_type": object_type(),
 }
 
 
@@ -357,15 +378,56 @@ class Settings(Mapping):
         return f"Settings({self._values!r})"
 
 
-def load_template(task: str, templates_dir: str = TEMPLATES_DIR) -> dict:
+def active_templates_dir() -> str:
+    """The templates (and manifest) this process serves: $QUARRY_TEMPLATES when set (the image sets /img-man,
+    where its build arg TEMPLATES put them); else /img-man when it holds a manifest.yaml (an image built
+    otherwise, or the verifier harness, which mounts the image's template folder there); else the repository's
+    templates/ (detection). The local CLI passes the folder of its model's family instead (family_templates)."""
+    given = os.environ.get(TEMPLATES_VAR, "").strip()
+    if given:
+        if not os.path.isfile(os.path.join(given, "manifest.yaml")):
+            raise ConfigError(f"environment variable {TEMPLATES_VAR}={given!r}: no manifest.yaml there (the "
+                              "folder of the *-template.yaml files and manifest.yaml)")
+        return given
+    if os.path.isfile(os.path.join(IMAGE_TEMPLATES_DIR, "manifest.yaml")):
+        return IMAGE_TEMPLATES_DIR
+    return TEMPLATES_DIR
+
+
+def family_templates(object_type: int) -> str:
+    """The repository's templates folder of a family (2 detection, 4 instance segmentation)."""
+    if object_type not in FAMILY_TEMPLATES:
+        raise ConfigError(f"object_type {object_type!r} is not served by this executor; expected one of "
+                          + ", ".join(f"{k} ({v})" for k, v in FAMILIES.items()))
+    return FAMILY_TEMPLATES[object_type]
+
+
+def manifest_object_type(folder: str) -> int:
+    """The object_type of `folder`/manifest.yaml (2 when there is none, as ymir defaults); only the families
+    this executor serves are accepted (an int: templates at the folder's root, ymir-protocol §3)."""
+    path = os.path.join(folder, "manifest.yaml")
+    if not os.path.isfile(path):
+        return DETECTION
+    value = read_yaml_mapping(path, "manifest").get("object_type", DETECTION)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in FAMILIES:
+        raise ConfigError(f"manifest {path}: object_type {value!r} is not served by this executor; expected one of "
+                          + ", ".join(f"{k} ({v})" for k, v in FAMILIES.items()))
+    return value
+
+
+def load_template(task: str, templates_dir: str | None = None) -> dict:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}")
-    return read_yaml_mapping(os.path.join(templates_dir, f"{task}-template.yaml"), f"{task} template")
+    folder = templates_dir or active_templates_dir()
+    return read_yaml_mapping(os.path.join(folder, f"{task}-template.yaml"), f"{task} template")
 
 
-def build_settings(task: str, config: Mapping, templates_dir: str = TEMPLATES_DIR) -> Settings:
-    """config.yaml values over the task's template, each coerced by its rule."""
-    template = load_template(task, templates_dir)
+def build_settings(task: str, config: Mapping, templates_dir: str | None = None) -> Settings:
+    """config.yaml values over the task's template, each coerced by its rule. `templates_dir`: the family's
+    templates (default: active_templates_dir()); its manifest's object_type becomes `settings.object_type`, and a
+    platform config naming another object_type is a ConfigError naming both."""
+    folder = templates_dir or active_templates_dir()
+    template = load_template(task, folder)
     for key in config:
         if key not in template and key not in PLATFORM_KEYS and key not in RULES:
             log.warning("config key '%s' is not used by %s and is ignored", key, task)
@@ -375,6 +437,12 @@ def build_settings(task: str, config: Mapping, templates_dir: str = TEMPLATES_DI
     for key, value in merged.items():
         rule = RULES.get(key)
         values[key] = rule(key, value) if rule else value
+    served = manifest_object_type(folder)
+    asked = values.get("object_type")
+    if asked is not None and asked != served:
+        raise ConfigError(f"config key 'object_type': {asked} ({FAMILIES.get(asked, 'unknown')}), but this image "
+                          f"serves object_type {served} ({FAMILIES[served]}, {os.path.join(folder, 'manifest.yaml')})")
+    values["object_type"] = served
     return Settings(values)
 
 

@@ -13,8 +13,8 @@ up to a stride multiple) and `rect_stride` (None for a fixed square input).
 
 Embeddings (selection: diverse) come from the same forward: the detector's `tap`, armed for one batch, keeps
 that batch's raw output and, once `enable_embeddings()` was called, the inputs of the Detect head (the neck's
-three feature maps P3, P4, P5), each averaged over the cells that lie on the image (not its letterbox padding),
-L2-normalised per level and concatenated (/sqrt 3: unit length), float16. Torch: a forward pre-hook on the head;
+three feature maps P3, P4, P5), each GeM-pooled (generalised mean, p = 3) over the cells that lie on the image
+(not its letterbox padding), L2-normalised per level and concatenated (/sqrt 3: unit length), float16. Torch: a forward pre-hook on the head;
 ONNX: the same three tensors added as graph outputs of the loaded model (found by the head's first convolution
 of each level), or, when they cannot be found, no embeddings and a warning.
 """
@@ -152,13 +152,16 @@ def _postprocess_whole_batch(raw: torch.Tensor, boxes: Sequence[Letterbox], conf
 
 # ---------------------------------------------------------------- embeddings from the same forward
 
-EMBEDDING_VERSION = "neck-masked-gap-l2-v1"  # in the shards' fingerprint: another pooling, other side files
+EMBEDDING_VERSION = "neck-masked-gem3-l2-v1"  # in the shards' fingerprint: another pooling, other side files
+GEM_P = 3.0  # generalised-mean exponent: 1 = average pooling, ∞ = max pooling (docs/mining.md#selection)
 
 
 def pool_levels(levels: Sequence[torch.Tensor], canvas: tuple[int, int], boxes: Sequence[Letterbox]) -> np.ndarray:
-    """(B, D) float16 image embeddings from the head's input feature maps (B, C_l, h_l, w_l): per level the mean
-    over the cells whose centre lies on the image itself (every cell when none does), L2-normalised; the levels
-    concatenated and divided by sqrt(levels), so every row has unit length and each level weighs the same."""
+    """(B, D) float16 image embeddings from the head's input feature maps (B, C_l, h_l, w_l): per level and
+    channel the generalised mean (mean of x^p)^(1/p), x clamped to > 0 (SiLU outputs dip to -0.28), over the cells
+    whose centre lies on the image itself (every cell when none does), L2-normalised; the levels concatenated and
+    divided by sqrt(levels), so every row has unit length and each level weighs the same (Radenović, Tolias,
+    Chum, "Fine-tuning CNN Image Retrieval with No Human Annotation", TPAMI 2019: GeM pooling)."""
     parts = []
     for feature in levels:
         feature = feature.float()
@@ -173,7 +176,7 @@ def pool_levels(levels: Sequence[torch.Tensor], canvas: tuple[int, int], boxes: 
             inside = rows[:, None] & cols[None, :]
             mask[i, 0] = inside.float() if inside.any() else 1.0
         mask = mask.to(feature.device)
-        pooled = (feature * mask).sum((2, 3)) / mask.sum((2, 3))
+        pooled = ((feature.clamp(min=1e-6).pow(GEM_P) * mask).sum((2, 3)) / mask.sum((2, 3))).pow(1.0 / GEM_P)
         parts.append(torch.nn.functional.normalize(pooled, dim=1))
     joined = torch.cat(parts, 1) / np.sqrt(len(parts))
     return joined.cpu().numpy().astype(np.float16)

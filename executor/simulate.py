@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from executor.errors import ConfigError, DatasetError, ModelError, QuarryError, error_code, one_line
+from executor.errors import ConfigError, DatasetError, ModelError, QuarryError, one_line
 from executor.writers import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,20 @@ class Plan:
         known = algorithm_names()
         if not self.algorithms:
             raise ConfigError("--algorithms: no algorithm given")
-        for name in self.algorithms:
+        for spec in self.algorithms:
+            name, selection = split_algorithm(spec)
             if name not in known:
-                raise ConfigError(f"--algorithms: unknown algorithm {name!r}; expected some of {', '.join(known)}")
+                raise ConfigError(f"--algorithms: unknown algorithm {name!r}; expected some of {', '.join(known)} "
+                                  "(a mining algorithm may name a selection mode: entropy:diverse)")
+            if selection and name in BASELINES:
+                raise ConfigError(f"--algorithms {spec!r}: the {name} baseline has no selection modes")
+            if selection:
+                from executor.config import RULES
+
+                try:
+                    RULES["selection"]("selection", selection)
+                except ConfigError as exc:
+                    raise ConfigError(f"--algorithms {spec!r}: {exc}") from None
         for flag, value, low in (("--initial", self.initial, 1), ("--budget", self.budget, 1),
                                  ("--rounds", self.rounds, 1), ("--train-val", self.train_val, 0)):
             if not isinstance(value, int) or value < low:
@@ -98,6 +109,12 @@ class Plan:
         return self.initial + self.rounds * self.budget
 
 
+def split_algorithm(spec: str) -> tuple[str, str]:
+    """'entropy' → ('entropy', ''); 'entropy:diverse' → ('entropy', 'diverse') (the mining key `selection`)."""
+    name, _, selection = spec.partition(":")
+    return name.strip(), selection.strip()
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     """'3' → (0, 1, 2); '0,7' → (0, 7)."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -118,7 +135,7 @@ def parse_sets(items: Sequence[str]) -> dict:
 
     import yaml
 
-    from executor.config import PLATFORM_KEYS, load_template
+    from executor.config import load_template
 
     known = set(load_template("training")) | set(load_template("mining")) | set(load_template("infer")) | \
         {"gpu_id", "class_names", "evaluate_config"}
@@ -129,7 +146,7 @@ def parse_sets(items: Sequence[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known | (PLATFORM_KEYS & known)), n=3)
+            close = difflib.get_close_matches(key, sorted(known), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"--set {key}: not a key of the training, mining or infer template{hint}")
         try:
@@ -158,7 +175,10 @@ class Data:
         return os.path.relpath(path, self.root)
 
     def abs(self, rel: str) -> str:
-        return os.path.normpath(os.path.join(self.root, rel))
+        """The pool path recorded as `rel` (exactly as the index lists it)."""
+        if not hasattr(self, "_by_rel"):
+            self._by_rel = {self.rel(p): p for p in self.pool}
+        return self._by_rel[rel]
 
 
 def read_names_file(folder: str) -> list[str]:
@@ -344,7 +364,7 @@ def prepare_data(spec: str, out: str, config: Mapping) -> Data:
         log.warning("%d pool images are byte-identical to val images and are left out of the pool (e.g. %s)",
                     len(left_out), next(iter(left_out.items())))
     annotation = {asset: ann for asset, ann, _ in read_training_index(train_index, "train")}
-    pool = sorted(s.image for s in samples)
+    pool = sorted({s.image for s in samples})  # (an image listed twice is one image)
     fingerprint = hashlib.sha256()
     for sample in sorted(samples, key=lambda s: s.image) + list(val.samples):
         fingerprint.update(json.dumps([os.path.relpath(sample.image, root), sample.classes.tolist(),
@@ -431,9 +451,10 @@ def count_ranking(infer_json: str, keys: Sequence[str], seed: int) -> list[tuple
 
 
 def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, data: Data, config: Mapping,
-         seed: int, progress: Progress) -> list[str]:
-    """`candidates` ranked best first by `algorithm` with the model `weights` (Quarry's mining task; for the
-    `detections` baseline, its infer task); the ranking is kept in folder/mining.tsv."""
+         seed: int, progress: Progress, labelled: Sequence[str] = ()) -> list[str]:
+    """`candidates` ranked best first by `algorithm` ('name' or 'name:selection') with the model `weights`
+    (Quarry's mining task, told which images are labelled already; for the `detections` baseline, its infer
+    task); the ranking is kept in folder/mining.tsv. The mining report is off unless --set report=true."""
     from executor.tasks import Job, run
     from executor.writers import write_mining_result
 
@@ -441,7 +462,9 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
     if os.path.isfile(ranking):  # mined before a kill (written atomically): the same model, the same candidates
         return read_ranking(ranking)
     os.makedirs(folder, exist_ok=True)
-    base = {**config, "model_params_path": [weights], "class_names": data.class_names, "seed": seed}
+    base = {"report": False, **config, "model_params_path": [weights], "class_names": data.class_names,
+            "seed": seed}
+    name, selection = split_algorithm(algorithm)
     shards = os.path.join(folder, "shards")
     if algorithm == "detections":
         infer_json = os.path.join(folder, "infer-result.json")
@@ -450,8 +473,9 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
         write_mining_result(ranking, count_ranking(infer_json, candidates, seed))
         os.unlink(infer_json)
     else:
+        mining = {**base, "mining_algorithm": name, **({"selection": selection} if selection else {})}
         run(["mining"], Job(candidates=list(candidates), mining_result=ranking, models_dir="", shards_dir=shards,
-                            work_dir=folder), {**base, "mining_algorithm": algorithm}, progress)
+                            work_dir=folder, labeled=list(labelled)), mining, progress)
     shutil.rmtree(shards, ignore_errors=True)
     return read_ranking(ranking)
 
@@ -502,7 +526,7 @@ class Simulation:
         self.state_file = os.path.join(self.out, "simulation.json")
         self.after_round, self.show_progress, self.clock = after_round, progress, clock
         self.check_config()
-        os.makedirs(self.out, exist_ok=True)
+        self.check_out()
         self.data = prepare_data(plan.data, self.out, plan.config)
         if plan.labelled_max > len(self.data.pool):
             raise ConfigError(f"--initial {plan.initial} + --rounds {plan.rounds} x --budget {plan.budget} = "
@@ -519,6 +543,19 @@ class Simulation:
                          "class_names": self.data.class_names}
         self.records: dict[tuple[str, int, int], dict] = {}  # (algorithm or SHARED_ROUND, seed, round) → record
         self.load()
+
+    def check_out(self) -> None:
+        """--out: new, empty, or a simulation's folder (never someone's folder with other files in it)."""
+        ours = {"dataset", "runs", "simulation.json", "simulation.csv", "simulation.md", "simulation.png"}
+        if os.path.isdir(self.out) and not os.path.isfile(self.state_file):
+            other = sorted(set(os.listdir(self.out)) - ours)
+            if other:
+                raise ConfigError(f"--out {self.out}: the folder holds other files ({', '.join(other[:3])}) and no "
+                                  "simulation.json; use a new or empty folder")
+            shutil.rmtree(os.path.join(self.out, "runs"), ignore_errors=True)  # a first round a kill interrupted
+        elif os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ConfigError(f"--out {self.out}: not a folder")
+        os.makedirs(self.out, exist_ok=True)
 
     def train_val_index(self) -> str:
         """The val index the training sees: the first --train-val usable val images (sorted), or all of them."""
@@ -544,9 +581,11 @@ class Simulation:
         settings = build_settings("training", config)
         trainer.check_train_args(parse_args_options(settings.args_options))
         trainer.train_device(settings.gpu_id)
-        for name in self.plan.algorithms:
+        for spec in self.plan.algorithms:
+            name, selection = split_algorithm(spec)
             if name in SCORERS:
-                build_settings("mining", {**config, "mining_algorithm": name})
+                build_settings("mining", {**config, "mining_algorithm": name,
+                                          **({"selection": selection} if selection else {})})
             else:
                 build_settings("infer", config)
 
@@ -554,7 +593,6 @@ class Simulation:
 
     def load(self) -> None:
         if not os.path.isfile(self.state_file):
-            shutil.rmtree(os.path.join(self.out, "runs"), ignore_errors=True)  # left by a run without a state
             return
         try:
             with open(self.state_file, encoding="utf-8") as handle:
@@ -622,7 +660,7 @@ class Simulation:
     # ------------------------------------------------------------ running
 
     def folder(self, algorithm: str, seed: int, round_: int) -> str:
-        owner = SHARED_ROUND if round_ == 0 else algorithm
+        owner = SHARED_ROUND if round_ == 0 else algorithm.replace(":", "-")
         return os.path.join(self.out, "runs", f"seed_{seed}", owner, f"round_{round_}")
 
     def steps(self) -> list[tuple[str, int, int]]:
@@ -650,7 +688,7 @@ class Simulation:
     def run_round(self, algorithm: str, seed: int, round_: int, bars: Bars) -> None:
         folder = self.folder(algorithm, seed, round_)
         for name in os.listdir(folder) if os.path.isdir(folder) else ():  # a round a kill interrupted
-            if name != "mining.tsv":
+            if name not in ("mining.tsv", "shards"):  # (the same model mined them: kept, as mining resumes)
                 path = os.path.join(folder, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
         os.makedirs(folder, exist_ok=True)
@@ -662,11 +700,14 @@ class Simulation:
             labelled = [self.data.abs(p) for r in range(round_) for p in self.record(algorithm, seed, r)["added"]]
             taken = set(labelled)
             candidates = [p for p in self.data.pool if p not in taken]
+            if len(candidates) != len(self.data.pool) - len(taken) or len(taken) != len(labelled):
+                raise RuntimeError(f"{algorithm} seed {seed}: the labelled images of rounds 0..{round_ - 1} are not "
+                                   "distinct images of the pool")
             bar, progress = bars.step(f"{label}: mining {len(candidates)} images ({algorithm})")
             started = self.clock()
             try:
                 ranking = self.miner(algorithm, os.path.join(self.out, previous["weights"]), candidates, folder,
-                                     self.data, self.config, seed, progress)
+                                     self.data, self.config, seed, progress, labelled=labelled)
             finally:
                 bar.close()
             mine_s = self.clock() - started
@@ -698,16 +739,20 @@ class Simulation:
         summary = summarize(runs, self.plan.rounds)
         atomic_write_text(os.path.join(self.out, "simulation.md"), markdown(self, summary))
         try:
-            plot(summary, os.path.join(self.out, "simulation.png"), self.title())
+            if summary["algorithms"]:  # (no run has every round yet: no curve to draw)
+                plot(summary, os.path.join(self.out, "simulation.png"), self.title())
         except Exception:  # the numbers are written; a missing plot must not lose them
             log.exception("simulation.png could not be drawn")
         return summary
 
     def title(self) -> str:
         p = self.plan
-        return (f"{os.path.basename(os.path.dirname(os.path.abspath(p.data))) if os.path.isfile(p.data) else os.path.basename(os.path.abspath(p.data))}: "
-                f"N0 {p.initial}, B {p.budget}, {p.rounds} rounds, {len(p.seeds)} seed{'s' * (len(p.seeds) > 1)}, "
-                f"{self.config.get('epochs', 'template')} epochs, img {self.config.get('img_size', 'template')}")
+        data = os.path.abspath(p.data)
+        name = os.path.basename(os.path.dirname(data) if os.path.isfile(data) else data)
+        settings = self.trainer.settings(0) if isinstance(self.trainer, QuarryTrainer) else self.config
+        return (f"{name}: N0 {p.initial}, B {p.budget}, {p.rounds} rounds, {len(p.seeds)} seed{'s' * (len(p.seeds) > 1)}, "
+                f"{settings.get('epochs', '?')} epoch{'s' * (settings.get('epochs') != 1)}, "
+                f"img {settings.get('img_size', '?')}")
 
 
 # ---------------------------------------------------------------- results
@@ -749,8 +794,8 @@ def summarize(runs: Sequence[dict], rounds: int) -> dict:
     mAP, the area under the mAP50 curve, and both as paired differences to random (same seed, same N0)."""
     complete = {}
     for run in runs:
-        if len(run["rounds"]) == rounds + 1:
-            complete.setdefault(run["algorithm"], {})[run["seed"]] = run["rounds"]
+        if len(run["rounds"]) >= rounds + 1:  # (an earlier run may have gone further)
+            complete.setdefault(run["algorithm"], {})[run["seed"]] = run["rounds"][:rounds + 1]
     summary = {"algorithms": {}, "rounds": rounds}
     for algorithm, by_seed in complete.items():
         per_seed = {}
@@ -886,10 +931,11 @@ def plot(summary: dict, path: str, title: str) -> None:
 
 # ---------------------------------------------------------------- command line
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """`simulate` and its flags on an argparse subparsers object (start.py calls this)."""
+def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """`simulate` and its flags on an argparse subparsers object (start.py calls this); `common`: a parent parser
+    of flags every subcommand takes."""
     cmd = subparsers.add_parser(
-        "simulate", help="active-learning loop on a labelled pool: does mining beat random on your data?",
+        "simulate", parents=[common] if common else [], help="active-learning loop on a labelled pool: does mining beat random on your data?",
         description="Per algorithm and seed: N0 random images, then ROUNDS x (mine the rest of the pool with the "
                     "last model, reveal the top BUDGET, retrain from --weights, evaluate on the val split). "
                     "Writes simulation.{json,csv,md,png} to --out; a rerun continues a killed one.")
@@ -898,7 +944,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                    "val-index.tsv (ymir index files) and names.txt")
     cmd.add_argument("--weights", required=True, help="starting weights (.pt) of every training round")
     cmd.add_argument("--algorithms", default="random,entropy",
-                     help=f"comma-separated, of {', '.join(algorithm_names())} (default %(default)s)")
+                     help=f"comma-separated, of {', '.join(algorithm_names())}; a mining algorithm may name a "
+                          "selection mode, e.g. entropy:diverse (default %(default)s)")
     cmd.add_argument("--initial", type=int, required=True, help="N0: images labelled at random before round 1")
     cmd.add_argument("--budget", type=int, required=True, help="B: images revealed per round")
     cmd.add_argument("--rounds", type=int, default=3, help="mining rounds after round 0 (default %(default)s)")
@@ -931,7 +978,8 @@ def plan_from_args(args) -> Plan:
 
 
 def run_cli(args) -> int:
-    """start.py simulate: run the plan, print the table; 0 on success, 1 with a one-line error otherwise."""
+    """start.py simulate: run the plan, print the table. Exit status 0, 2 for a bad flag or --set value (the
+    message names it), 1 for any other failure (bad data, weights, training), 130 when interrupted."""
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -945,8 +993,11 @@ def run_cli(args) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; the finished rounds are kept: rerun the same command to continue")
         return 130
+    except ConfigError as exc:  # a flag or --set value (checked before anything runs): a usage error
+        log.error("%s", one_line(exc))
+        return 2
     except Exception as exc:
-        log.error("%s (code %d)", one_line(exc), error_code(exc))
+        log.error("%s", one_line(exc))
         if not isinstance(exc, QuarryError):
             log.debug("traceback", exc_info=True)
         return 1

@@ -166,6 +166,8 @@ def test_bad_data_is_a_clear_error(tiny, tmp_path, case, error, needle):
 
 @pytest.mark.parametrize("kw, error, needle", [
     ({"algorithms": ("random", "margin")}, ConfigError, "--algorithms: unknown algorithm 'margin'"),
+    ({"algorithms": ("entropy:fancy",)}, ConfigError, "--algorithms 'entropy:fancy': config key 'selection'"),
+    ({"algorithms": ("detections:diverse",)}, ConfigError, "the detections baseline has no selection modes"),
     ({"budget": 20}, ConfigError, "--budget 20 = 48 images, more than the pool of 40"),
     ({"initial": 0}, ConfigError, "--initial"),
     ({"config": {"seed": 3}}, ConfigError, "--set seed: set by the simulation; use --seeds"),
@@ -176,6 +178,14 @@ def test_bad_data_is_a_clear_error(tiny, tmp_path, case, error, needle):
 def test_bad_plans_are_clear_errors(tiny, tmp_path, kw, error, needle):
     with pytest.raises(error, match=needle.replace("(", r"\(")):
         Simulation(plan(tiny, tmp_path / "out", **kw), trainer=FakeTrainer(), progress=False)
+
+
+def test_out_must_be_new_empty_or_a_simulation(tiny, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds other files .notes.txt. and no simulation.json"):
+        Simulation(plan(tiny, tmp_path / "mine"), trainer=FakeTrainer(), progress=False)
+    assert (tmp_path / "mine" / "notes.txt").is_file()
 
 
 def test_flags(tmp_path):
@@ -193,7 +203,7 @@ def test_flags(tmp_path):
     with pytest.raises(ConfigError, match="not a key of the training, mining or infer template.*img_size"):
         simulate.parse_sets(["img_szie=3"])
     args.set, args.algorithms = None, "nope"
-    assert simulate.run_cli(args) == 1
+    assert simulate.run_cli(args) == 2  # a bad flag: a usage error
 
 
 # ---------------------------------------------------------------- mechanics (stand-in trainer)
@@ -252,15 +262,15 @@ def test_summary_numbers():
     assert entropy["vs_random_last50"]["wins"] == 2 and entropy["last50"]["n"] == 2
     assert entropy["vs_random_auc50"]["mean"] == pytest.approx(0.05 * 0.75)
     text = simulate.table(summary)
-    assert "| entropy | 2 | 0.610 [0.570, 0.650] |" in text and "+0.050 [+0.050, +0.050] (2/2 seeds > 0)" in text
+    assert "| entropy | 2 | 0.510 [0.470, 0.550] |" in text and "+0.050 [+0.050, +0.050] (2/2 seeds > 0)" in text
 
 
 # ---------------------------------------------------------------- the real loop (Quarry's training and mining)
 
 @pytest.mark.slow
 def test_tiny_real_plan_random_entropy_detections(tiny, tmp_path):
-    """40-image pool, 2 rounds of 8, 1 epoch at 160, 1 seed: 7 trainings, killed after the first round 1."""
-    kw = dict(algorithms=("random", "entropy", "detections"))
+    """40-image pool, 2 rounds of 8, 1 epoch at 160, 1 seed: 9 trainings, killed after the first round 1."""
+    kw = dict(algorithms=("random", "entropy", "entropy:diverse", "detections"))
     out = tmp_path / "real"
 
     def kill(record):
@@ -271,7 +281,8 @@ def test_tiny_real_plan_random_entropy_detections(tiny, tmp_path):
         Simulation(plan(tiny, out, **kw), after_round=kill, progress=False).run()
     before = state(out)
     finished = {(r["algorithm"], rr["round"]): rr for r in before["runs"] for rr in r["rounds"]}
-    assert sorted(finished) == [("detections", 0), ("entropy", 0), ("random", 0), ("random", 1)]
+    assert sorted(finished) == [("detections", 0), ("entropy", 0), ("entropy:diverse", 0), ("random", 0),
+                                ("random", 1)]
     weights = out / finished[("random", 1)]["weights"]
     stamp = weights.stat().st_mtime_ns
 
