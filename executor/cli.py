@@ -293,7 +293,14 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
     raw_infer = os.path.join(shards, "detections.json") if detections and args.format != "ymir" else detections
     job = Job(candidates=paths, names=names, mining_result=args.out if args.command == "mine" else "",
               infer_result=raw_infer or "", shards_dir=shards)
-    log.info("%s: %d images from %s", " + ".join(tasks), len(paths), args.images)
+    from executor.config import build_settings
+    from executor.runtime import cpu_threads
+
+    settings = build_settings(tasks[0], config)
+    log.info("%s: %d images from %s (batch %d, img_size %d, %s)", " + ".join(tasks), len(paths), args.images,
+             settings.batch_size_per_gpu, settings.img_size,
+             f"GPU {settings.gpu_id}" if settings.gpu_id else f"CPU, {cpu_threads(settings.cpu_threads)} threads"
+             + (f" in {settings.cpu_processes} processes" if settings.cpu_processes > 1 else ""))
     results = run_tasks(tasks, job, config, progress_bar(len(paths)))
     if all(value is None for value in results.values()):
         return 0  # a rank of a torchrun job that leaves the merge to rank 0
