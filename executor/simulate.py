@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from executor.errors import ConfigError, DatasetError, ModelError, QuarryError, one_line
+from executor.shards import file_sha256
 from executor.writers import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -289,14 +290,6 @@ def convert_yolo_split(images: Sequence[str], class_names: Sequence[str], folder
     atomic_write_text(index_file, "".join(rows))
 
 
-def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def prepare_data(spec: str, out: str, config: Mapping) -> Data:
     """The pool and the fixed val split from --data, validated by executor.dataset (and converted to ymir's
     index + ARK form first when --data is a data.yaml)."""
@@ -352,10 +345,10 @@ def prepare_data(spec: str, out: str, config: Mapping) -> Data:
     if both:
         raise DatasetError(f"--data {spec}: the val split overlaps the pool: {len(both)} images are in both "
                            f"(e.g. {both[0]}); the val split must be kept out of the pool")
-    val_digests = {file_digest(s.image): s.image for s in val.samples}
+    val_digests = {file_sha256(s.image): s.image for s in val.samples}
     left_out, samples = {}, []
     for sample in train.samples:
-        twin = val_digests.get(file_digest(sample.image))
+        twin = val_digests.get(file_sha256(sample.image))
         if twin:
             left_out[sample.image] = f"the same file as val image {twin}"
         else:
@@ -432,6 +425,36 @@ class QuarryTrainer:
             if os.path.isfile(os.path.join(models, name)) and name.endswith(".onnx"):
                 os.unlink(os.path.join(models, name))
         return Trained(weights, float(metrics.mAP), float(metrics.mAP50_95), float(metrics.mAR), train_s, eval_s)
+
+
+def evaluate_start(weights: str, data: Data, config: Mapping) -> dict | None:
+    """The starting weights before any training, on the val split (executor.evaluation.evaluate): the data's
+    classes found by name among the model's (case-insensitive); None when one of them is not there."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from executor.config import build_settings
+    from executor.evaluation import VAL_IOU, VAL_MAX_DET, evaluate
+    from executor.model import load_detector
+
+    settings = build_settings("training", dict(config))
+    thresholds = dict(settings.evaluate_config)
+    detector = load_detector(weights, "torch", settings.gpu_id.split(",")[0], settings.img_size,
+                             conf_thres=thresholds["conf_thr"], iou_thres=VAL_IOU, max_det=VAL_MAX_DET)
+    index = {name.strip().lower(): i for i, name in enumerate(detector.names)}
+    missing = [n for n in data.class_names if n.strip().lower() not in index]
+    if missing:
+        log.info("the start weights have no class %s: no start reference in the plot", ", ".join(missing))
+        return None
+    to_model = np.array([index[n.strip().lower()] for n in data.class_names], np.int64)
+    samples = [replace(s, classes=to_model[s.classes]) for s in data.val_samples]
+    started = time.monotonic()
+    metrics = evaluate(detector, samples, thresholds["iou_thr"], thresholds["conf_thr"],
+                       2 * settings.batch_size_per_gpu)
+    return {"mAP50": round(float(metrics.mAP), 6), "mAP50_95": round(float(metrics.mAP50_95), 6),
+            "mAR50": round(float(metrics.mAR), 6), "eval_s": round(time.monotonic() - started, 2),
+            "classes": [detector.names[i] for i in to_model]}
 
 
 def read_ranking(path: str) -> list[str]:
@@ -519,7 +542,7 @@ class Simulation:
     round is written (a test raises there to simulate a kill)."""
 
     def __init__(self, plan: Plan, trainer=None, miner=None, after_round: Callable[[dict], None] | None = None,
-                 progress: bool = True, clock: Callable[[], float] = time.monotonic):
+                 progress: bool = True, clock: Callable[[], float] = time.monotonic, reference: bool = True):
         plan.check()
         self.plan = plan
         self.out = os.path.abspath(plan.out)
@@ -537,11 +560,13 @@ class Simulation:
                                                 self.train_val_index())
         self.miner = miner or mine
         self.identity = {"data": os.path.abspath(plan.data), "dataset": self.data.fingerprint,
-                         "weights_sha256": file_digest(plan.weights), "initial": plan.initial,
+                         "weights_sha256": file_sha256(plan.weights), "initial": plan.initial,
                          "budget": plan.budget, "config": dict(sorted(self.config.items())),
                          "train_val": plan.train_val if 0 < plan.train_val < len(self.data.val_samples) else 0,
                          "class_names": self.data.class_names}
         self.records: dict[tuple[str, int, int], dict] = {}  # (algorithm or SHARED_ROUND, seed, round) → record
+        self.start: dict | None = None   # the start weights evaluated without training (None: not comparable)
+        self.want_start = reference
         self.load()
 
     def check_out(self) -> None:
@@ -605,6 +630,7 @@ class Simulation:
             differ = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
             raise ConfigError(f"--out {self.out} holds a simulation of another plan ({', '.join(differ)} differ); "
                               f"use another --out, or delete {self.state_file} to start over")
+        self.start = state.get("start_weights")
         for run in state.get("runs", []):
             for record in run["rounds"]:
                 key = (SHARED_ROUND if record["round"] == 0 else run["algorithm"], run["seed"], record["round"])
@@ -653,6 +679,7 @@ class Simulation:
                  "pool": {"root": self.data.root, "size": len(self.data.pool), "left_out": self.data.left_out},
                  "val": {"index": self.where(self.data.val_index), "size": len(self.data.val_samples)},
                  "class_names": self.data.class_names,
+                 "start_weights": self.start,
                  "runs": self.runs()}
         atomic_write_text(self.state_file, json.dumps(state, indent=1) + "\n")
         atomic_write_text(os.path.join(self.out, "simulation.csv"), csv_text(self.runs()))
@@ -676,11 +703,16 @@ class Simulation:
         todo = [s for s in steps if self.record(*s) is None]
         bars = Bars(len(steps), len(steps) - len(todo), self.show_progress)
         try:
+            if self.want_start and self.start is None:
+                self.start = evaluate_start(os.path.abspath(self.plan.weights), self.data, self.config) or {}
+                if self.start:
+                    log.info("start weights without training: mAP50 %.4f, mAP50-95 %.4f on the val split",
+                             self.start["mAP50"], self.start["mAP50_95"])
             for algorithm, seed, round_ in todo:
                 self.run_round(algorithm, seed, round_, bars)
         finally:
             bars.close()
-            if self.records:
+            if self.records or self.start:
                 self.save()
                 self.report()
         return summarize(self.runs(list(self.plan.algorithms), list(self.plan.seeds)), self.plan.rounds)
@@ -740,7 +772,7 @@ class Simulation:
         atomic_write_text(os.path.join(self.out, "simulation.md"), markdown(self, summary))
         try:
             if summary["algorithms"]:  # (no run has every round yet: no curve to draw)
-                plot(summary, os.path.join(self.out, "simulation.png"), self.title())
+                plot(summary, os.path.join(self.out, "simulation.png"), self.title(), self.start)
         except Exception:  # the numbers are written; a missing plot must not lose them
             log.exception("simulation.png could not be drawn")
         return summary
@@ -750,7 +782,8 @@ class Simulation:
         data = os.path.abspath(p.data)
         name = os.path.basename(os.path.dirname(data) if os.path.isfile(data) else data)
         settings = self.trainer.settings(0) if isinstance(self.trainer, QuarryTrainer) else self.config
-        return (f"{name}: N0 {p.initial}, B {p.budget}, {p.rounds} rounds, {len(p.seeds)} seed{'s' * (len(p.seeds) > 1)}, "
+        seeds = f"{len(p.seeds)} seed{'s' * (len(p.seeds) > 1)}"
+        return (f"{name}: N0 {p.initial}, B {p.budget}, {p.rounds} rounds, {seeds}, "
                 f"{settings.get('epochs', '?')} epoch{'s' * (settings.get('epochs') != 1)}, "
                 f"img {settings.get('img_size', '?')}")
 
@@ -890,6 +923,9 @@ def markdown(sim: Simulation, summary: dict) -> str:
         "(the mean mAP50 from N0 to the last round). Δ = paired difference to random (same seed, same N0), mean "
         "[min, max] over seeds, and in how many seeds it is above 0. With few seeds and small pools the spread "
         "is as large as the effects: read the wins and the band, not the mean alone (docs/simulation.md).\n",
+        (f"The start weights without any training (their classes {', '.join(sim.start['classes'])} matched by name) "
+         f"score mAP50 {sim.start['mAP50']:.3f}, mAP50-95 {sim.start['mAP50_95']:.3f} on the same val split (the "
+         "dashed line in the plot).\n" if sim.start else ""),
         "Mean mAP50 (mAP50-95) per labelled count:\n",
         curve_table(summary),
         "![mAP against labelled images](simulation.png)\n",
@@ -897,7 +933,7 @@ def markdown(sim: Simulation, summary: dict) -> str:
     return "\n".join(parts)
 
 
-def plot(summary: dict, path: str, title: str) -> None:
+def plot(summary: dict, path: str, title: str, start: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -914,10 +950,12 @@ def plot(summary: dict, path: str, title: str) -> None:
             if len(seeds) > 1:
                 ax.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(),
                                 alpha=0.15, linewidth=0)
+        if start:
+            ax.axhline(start[key], color="grey", linestyle="--", linewidth=1, label="start weights, no training")
         ax.set_xlabel("labelled images")
         ax.set_ylabel(f"{name} on the val split")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="best", fontsize=8)
     fig.suptitle(title + " — line: mean over seeds, band: min–max", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -935,7 +973,8 @@ def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> arg
     """`simulate` and its flags on an argparse subparsers object (start.py calls this); `common`: a parent parser
     of flags every subcommand takes."""
     cmd = subparsers.add_parser(
-        "simulate", parents=[common] if common else [], help="active-learning loop on a labelled pool: does mining beat random on your data?",
+        "simulate", parents=[common] if common else [],
+        help="active-learning loop on a labelled pool: does mining beat random on your data?",
         description="Per algorithm and seed: N0 random images, then ROUNDS x (mine the rest of the pool with the "
                     "last model, reveal the top BUDGET, retrain from --weights, evaluate on the val split). "
                     "Writes simulation.{json,csv,md,png} to --out; a rerun continues a killed one.")

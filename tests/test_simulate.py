@@ -72,7 +72,7 @@ def plan(data, out, **kw) -> Plan:
 
 def fake_run(data, out, after_round=None, **kw) -> tuple[Simulation, dict]:
     sim = Simulation(plan(data, out, **kw), trainer=FakeTrainer(), after_round=after_round, progress=False,
-                     clock=lambda: 0.0)
+                     clock=lambda: 0.0, reference=False)
     return sim, sim.run()
 
 
@@ -270,7 +270,8 @@ def test_summary_numbers():
 @pytest.mark.slow
 def test_tiny_real_plan_random_entropy_detections(tiny, tmp_path):
     """40-image pool, 2 rounds of 8, 1 epoch at 160, 1 seed: 9 trainings, killed after the first round 1."""
-    kw = dict(algorithms=("random", "entropy", "entropy:diverse", "detections"))
+    kw = dict(algorithms=("random", "entropy", "entropy:diverse", "detections"),  # COCO's name for motorbike:
+              config={"epochs": 1, "img_size": 160, "class_names": ["bus", "car", "motorcycle", "person", "truck"]})
     out = tmp_path / "real"
 
     def kill(record):
@@ -303,7 +304,7 @@ def test_tiny_real_plan_random_entropy_detections(tiny, tmp_path):
 
     # the same seed gives the same picks: random without a model (a stand-in trainer), entropy re-mined from
     # the recorded round-0 model
-    fake_run(tiny, tmp_path / "fake")
+    fake_run(tiny, tmp_path / "fake", config=kw["config"])
     assert picks(tmp_path / "fake", "random", 0) == picks(out, "random", 0)
     sim = Simulation(plan(tiny, out, **kw), progress=False)
     round0 = next(r for r in after["runs"] if r["algorithm"] == "entropy")["rounds"][0]
@@ -313,3 +314,6 @@ def test_tiny_real_plan_random_entropy_detections(tiny, tmp_path):
     assert [sim.data.rel(p) for p in again[:8]] == picks(out, "entropy", 0)[1]
     md = (out / "simulation.md").read_text()
     assert "| detections | 1 |" in md and (out / "simulation.png").is_file()
+    start = after["start_weights"]  # the COCO model before any training, its classes matched by name
+    assert start["classes"] == ["bus", "car", "motorcycle", "person", "truck"] and 0 < start["mAP50"] <= 1
+    assert "start weights without any training" in md
