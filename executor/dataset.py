@@ -7,6 +7,10 @@ ymir writes ARK and VOC corners inclusive (`xmax = x + w - 1`), so x2 = xmax + 1
 Validation: boxes are clipped to the image; inverted, zero-area and outside-the-image boxes (and COCO
 crowd regions) are dropped and counted; a class outside `class_names` is a DatasetError naming the file
 and line; unreadable images are skipped and counted; an empty train or val split is a DatasetError.
+
+Instance segmentation (`masks=True`, seg-coco annotations): each non-crowd annotation's polygons or RLE become
+one polygon (executor/masks.py, with its validation rules), its box is the polygon's, and the YOLO export
+writes Ultralytics' segment labels `class x1 y1 x2 y2 ...`.
 """
 import json
 import logging
@@ -45,6 +49,8 @@ class Sample:
     suffix: str           # a real image suffix for the format found in the file ('jpg', 'png', ...)
     boxes: np.ndarray     # (N, 4) float32 x1, y1, x2, y2 in pixels, clipped to the image
     classes: np.ndarray   # (N,) int64 indices into class_names
+    segments: list | None = None  # segmentation: per box its (K, 2) float32 polygon in pixels (Ultralytics' label)
+    masks: list | None = None     # segmentation: per box its annotated mask as COCO RLE (the evaluation's truth)
 
 
 @dataclass
@@ -229,6 +235,34 @@ class CocoFile:
             boxes.append((cls, x, y, x + w, y + h, where))
         return boxes
 
+    def instances_for(self, asset: str, width: int, height: int, stats: "SplitStats") -> list:
+        """(class index, masks.Instance, where) of every usable non-crowd annotation of `asset`; crowd regions and
+        degenerate masks dropped and counted in `stats`; broken or outside masks and unknown classes raise."""
+        from executor.masks import instance_from_coco
+
+        name = os.path.basename(asset)
+        items = self.by_name.get(name)
+        if items is None:
+            items = self.by_stem.get(os.path.splitext(name)[0])
+        if items is None:
+            raise DatasetError(f"{self.path}: no entry in 'images' for {name}")
+        found = []
+        for ann in items:
+            where = f"{self.path} annotation id {ann.get('id')} ({name})"
+            if ann.get("iscrowd"):
+                stats.dropped["crowd region"] += 1
+                continue
+            cls = self.category.get(ann.get("category_id"))
+            if cls is None:  # not listed in categories: ymir's category id is the class index
+                cls = class_index(str(ann.get("category_id")), [""] * self.num_classes, where)
+            if isinstance(cls, str):
+                raise DatasetError(f"{where}: {cls}")
+            instance = instance_from_coco(ann.get("segmentation"), width, height, where, stats.dropped)
+            if instance is not None:
+                stats.clipped += int(instance.clipped)
+                found.append((cls, instance, where))
+        return found
+
 
 # ---------------------------------------------------------------- images and validation
 
@@ -278,10 +312,26 @@ def clean_boxes(raw: list[RawBox], width: int, height: int, stats: SplitStats) -
     return (np.asarray(kept_boxes, np.float32).reshape(-1, 4), np.asarray(kept_classes, np.int64))
 
 
-def read_split(name: str, index_file: str, class_names: Sequence[str], export_format: str) -> Split:
-    """All samples of one index file, validated. Raises DatasetError when none is usable."""
+def segmented_sample(asset: str, width: int, height: int, suffix: str, instances: list) -> Sample:
+    """A sample whose boxes are its instances' polygon boxes."""
+    from executor.masks import polygon_box
+
+    boxes = np.asarray([polygon_box(inst.polygon) for _, inst, _ in instances], np.float32).reshape(-1, 4)
+    classes = np.asarray([cls for cls, _, _ in instances], np.int64)
+    return Sample(asset, width, height, suffix, boxes, classes, segments=[inst.polygon for _, inst, _ in instances],
+                  masks=[inst.rle for _, inst, _ in instances])
+
+
+def read_split(name: str, index_file: str, class_names: Sequence[str], export_format: str,
+               masks: bool = False) -> Split:
+    """All samples of one index file, validated (with `masks`: instance masks from seg-coco). Raises DatasetError
+    when none is usable."""
     rows = read_training_index(index_file, name)
     fmt = detect_format(annotation_format(export_format), [r[1] for r in rows])
+    if masks and rows and fmt != "coco":
+        raise DatasetError(f"{index_file}: segmentation training needs seg-coco annotations (one COCO json with "
+                           f"polygons or RLE masks), but the annotation files are {fmt} (e.g. {rows[0][1]}); "
+                           "export the dataset with export_format seg-coco:raw")
     stats = SplitStats(listed=len(rows))
     coco_files: dict[str, CocoFile] = {}
     samples = []
@@ -294,6 +344,14 @@ def read_split(name: str, index_file: str, class_names: Sequence[str], export_fo
             log.warning("%s line %d: %s: %s, skipped", index_file, number, probed, asset)
             continue
         width, height, suffix = probed
+        if masks:
+            if annotation not in coco_files:
+                coco_files[annotation] = CocoFile(annotation, class_names)
+            sample = segmented_sample(asset, width, height, suffix,
+                                      coco_files[annotation].instances_for(asset, width, height, stats))
+            stats.boxes_per_class.update(int(c) for c in sample.classes)
+            samples.append(sample)
+            continue
         if fmt == "coco":
             if annotation not in coco_files:
                 coco_files[annotation] = CocoFile(annotation, class_names)
@@ -312,31 +370,39 @@ def read_split(name: str, index_file: str, class_names: Sequence[str], export_fo
 
 def summary(split: Split, class_names: Sequence[str]) -> str:
     s = split.stats
+    what = "masks" if any(sample.segments is not None for sample in split.samples) else "boxes"
     per_class = ", ".join(f"{class_names[c]} {n}" for c, n in sorted(s.boxes_per_class.items())) or "none"
     skipped = ", ".join(f"{r} {n}" for r, n in sorted(s.skipped.items())) or "none"
     dropped = ", ".join(f"{r} {n}" for r, n in sorted(s.dropped.items())) or "none"
     return (f"{split.name}: {len(split.samples)} images of {s.listed} listed (skipped: {skipped}); "
-            f"{sum(s.boxes_per_class.values())} boxes ({per_class}); dropped boxes: {dropped}; "
+            f"{sum(s.boxes_per_class.values())} {what} ({per_class}); dropped {what}: {dropped}; "
             f"clipped to the image: {s.clipped}")
 
 
 def read_dataset(train_index: str, val_index: str, class_names: Sequence[str],
-                 export_format: str) -> tuple[Split, Split]:
+                 export_format: str, masks: bool = False) -> tuple[Split, Split]:
+    """The validated train and val splits; `masks`: instance segmentation (seg-coco polygons / RLE)."""
     if not class_names:
         raise DatasetError("config key 'class_names' is empty: nothing to train")
-    train = read_split("train", train_index, class_names, export_format)
-    val = read_split("val", val_index, class_names, export_format)
+    train = read_split("train", train_index, class_names, export_format, masks)
+    val = read_split("val", val_index, class_names, export_format, masks)
     for split in (train, val):
         log.info("dataset %s", summary(split, class_names))
         if not split.stats.boxes_per_class:
-            log.warning("the %s set has no boxes at all", split.name)
+            log.warning("the %s set has no %s at all", split.name, "masks" if masks else "boxes")
     return train, val
 
 
 # ---------------------------------------------------------------- YOLO export
 
 def yolo_label_lines(sample: Sample) -> list[str]:
-    """`class cx cy w h` normalised to [0, 1], one line per box."""
+    """`class cx cy w h` normalised to [0, 1], one line per box; with segments, `class x1 y1 x2 y2 ...` per
+    instance polygon (Ultralytics' segment labels)."""
+    if sample.segments is not None:
+        from executor.masks import yolo_segment_line
+
+        return [yolo_segment_line(int(cls), polygon, sample.width, sample.height)
+                for polygon, cls in zip(sample.segments, sample.classes.tolist())]
     lines = []
     for (x1, y1, x2, y2), cls in zip(sample.boxes.tolist(), sample.classes.tolist()):
         cx, cy = (x1 + x2) / 2 / sample.width, (y1 + y2) / 2 / sample.height

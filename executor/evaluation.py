@@ -40,11 +40,17 @@ class Metrics:
     tp: int
     fp: int
     fn: int
+    maskAP: float | None = None       # instance segmentation: mask AP@0.5 (pycocotools iouType 'segm')
+    maskAP50_95: float | None = None
 
     def stage_fields(self) -> dict:
-        """What result.yaml carries per stage: plain floats in [0, 1] and ints."""
-        return {"mAP": float(self.mAP), "mAR": float(self.mAR), "tp": int(self.tp), "fp": int(self.fp),
-                "fn": int(self.fn)}
+        """What result.yaml carries per stage: plain floats in [0, 1] and ints; segmentation adds maskAP and
+        boxAP (= mAP, the box AP@0.5), the instance-segmentation keys of ymir-protocol §5.2."""
+        fields = {"mAP": float(self.mAP), "mAR": float(self.mAR), "tp": int(self.tp), "fp": int(self.fp),
+                  "fn": int(self.fn)}
+        if self.maskAP is not None:
+            fields.update(maskAP=float(self.maskAP), boxAP=float(self.mAP))
+        return fields
 
 
 def count_matches(samples: Sequence[Sample], predictions: Sequence[Detections], iou_thr: float,
@@ -62,23 +68,15 @@ def count_matches(samples: Sequence[Sample], predictions: Sequence[Detections], 
     return tp, fp, fn
 
 
-def coco_metrics(samples: Sequence[Sample], predictions: Sequence[Detections], num_classes: int,
+def coco_summary(images: list, annotations: list, results: list, num_classes: int, iou_type: str = "bbox",
                  max_det: int = VAL_MAX_DET) -> tuple[float, float, float]:
-    """(AP@0.5, recall@0.5, AP@[.5:.95]) with pycocotools, classes without ground truth left out."""
+    """(AP@0.5, recall@0.5, AP@[.5:.95]) with pycocotools (`iou_type` 'bbox' or 'segm'), classes without ground
+    truth left out; 0 when there is no ground truth or no result."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, annotations, results = [], [], []
-    for image_id, (sample, det) in enumerate(zip(samples, predictions), 1):
-        images.append({"id": image_id, "width": sample.width, "height": sample.height})
-        for (x1, y1, x2, y2), cls in zip(sample.boxes.tolist(), sample.classes.tolist()):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-        for (x1, y1, x2, y2), cls, score in zip(det.xyxy.tolist(), det.cls.tolist(), det.conf.tolist()):
-            results.append({"image_id": image_id, "category_id": int(cls), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "score": float(score)})
     if not annotations:
-        log.warning("the evaluation split has no boxes: mAP and mAR are 0")
+        log.warning("the evaluation split has no ground truth: the metrics are 0")
         return 0.0, 0.0, 0.0
     if not results:
         return 0.0, 0.0, 0.0
@@ -87,7 +85,7 @@ def coco_metrics(samples: Sequence[Sample], predictions: Sequence[Detections], n
         gt.dataset = {"images": images, "annotations": annotations,
                       "categories": [{"id": c} for c in range(num_classes)]}
         gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluator = COCOeval(gt, gt.loadRes(results), iou_type)
         evaluator.params.maxDets = [1, 10, max_det]
         evaluator.evaluate()
         evaluator.accumulate()
@@ -99,6 +97,21 @@ def coco_metrics(samples: Sequence[Sample], predictions: Sequence[Detections], n
         return float(np.clip(valid.mean(), 0.0, 1.0)) if valid.size else 0.0
 
     return mean(precision[0]), mean(recall[0]), mean(precision)
+
+
+def coco_metrics(samples: Sequence[Sample], predictions: Sequence[Detections], num_classes: int,
+                 max_det: int = VAL_MAX_DET) -> tuple[float, float, float]:
+    """(AP@0.5, recall@0.5, AP@[.5:.95]) of the boxes with pycocotools, classes without ground truth left out."""
+    images, annotations, results = [], [], []
+    for image_id, (sample, det) in enumerate(zip(samples, predictions), 1):
+        images.append({"id": image_id, "width": sample.width, "height": sample.height})
+        for (x1, y1, x2, y2), cls in zip(sample.boxes.tolist(), sample.classes.tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls),
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        for (x1, y1, x2, y2), cls, score in zip(det.xyxy.tolist(), det.cls.tolist(), det.conf.tolist()):
+            results.append({"image_id": image_id, "category_id": int(cls), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": float(score)})
+    return coco_summary(images, annotations, results, num_classes, "bbox", max_det)
 
 
 def primary_labels(det: Detections) -> Detections:

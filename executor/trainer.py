@@ -20,6 +20,11 @@ TRAIN_ARGS_FROM_TEMPLATE = {  # Ultralytics train argument → the template key 
     "freeze": "freeze", "amp": "amp", "seed": "seed"}
 TRAIN_ARGS_SET_BY = {**TRAIN_ARGS_FROM_TEMPLATE,  # arguments args_options may not set, and the key that does
                      "save_period": "save_period", "opset": "opset", "device": "gpu_id"}
+# The Ultralytics task of each family this executor trains (manifest object_type → task), and its words.
+TASK_OF_OBJECT_TYPE = {2: "detect", 4: "segment"}
+TASK_WORDS = {"detect": "detection", "segment": "segmentation", "pose": "pose", "obb": "oriented-box",
+              "classify": "classification", "semseg": "semantic segmentation"}
+TASK_EXAMPLES = {"detect": "yolov8n, yolov8s, yolo11n, yolo11m", "segment": "yolov8n-seg, yolov8s-seg, yolo11n-seg"}
 TRAIN_KEYS_RESERVED = {"model", "data", "project", "name", "exist_ok", "mode", "task", "resume", "save", "save_dir",
                        "pretrained", "source", "format",
                        "cfg", "distill_model"}  # paths: a config file, a model file: only the platform gives those
@@ -31,10 +36,11 @@ class EpochReport:
     epoch: int             # 1-based number of the epoch just finished
     epochs: int            # planned number of epochs
     scalars: dict          # floats by tensorboard tag: train/box_loss, val/cls_loss, metrics/mAP50, lr/pg0, ...
-    map50: float | None    # Ultralytics' val mAP@0.5 of this epoch's weights (None when it did not validate)
+    map50: float | None    # Ultralytics' val (box) mAP@0.5 of this epoch's weights (None when it did not validate)
     best_improved: bool    # best.pt was rewritten this epoch
     last: str              # checkpoints in Ultralytics' run dir (with optimizer state)
     best: str
+    mask_map50: float | None = None  # segmentation: Ultralytics' val mask mAP@0.5
 
 
 @dataclass
@@ -84,8 +90,13 @@ def check_train_args(args: dict, source: str = "args_options") -> dict:
     return checked
 
 
-def detection_model_yaml(name: str) -> str:
-    """'yolov8n' → 'yolov8n.yaml' when Ultralytics knows it as a detection model (its bundled cfg, no download)."""
+def task_words(task: str) -> str:
+    return f"{TASK_WORDS.get(task, task)} ('{task}')"
+
+
+def model_yaml(name: str, task: str = "detect") -> str:
+    """'yolov8n' → 'yolov8n.yaml' when Ultralytics knows it as a model of `task` (its bundled cfg, no download);
+    a model of another task is a ConfigError naming both."""
     from ultralytics.nn.tasks import guess_model_task, yaml_model_load
 
     stem = os.path.basename(str(name).strip())
@@ -95,13 +106,49 @@ def detection_model_yaml(name: str) -> str:
         cfg = yaml_model_load(f"{stem}.yaml")
     except Exception:  # FileNotFoundError for unknown names; anything else means the same to the user
         raise ConfigError(f"config key 'model': {name!r} is not a model Ultralytics knows "
-                          "(e.g. yolov8n, yolov8s, yolo11n, yolo11m)") from None
-    if guess_model_task(cfg) != "detect":
-        raise ConfigError(f"config key 'model': {name!r} is not a detection model")
+                          f"(e.g. {TASK_EXAMPLES.get(task, TASK_EXAMPLES['detect'])})") from None
+    found = guess_model_task(cfg)
+    if found != task:
+        word = "a detection model" if task == "detect" else f"a {TASK_WORDS.get(task, task)} model"
+        raise ConfigError(f"config key 'model': {name!r} is not {word}: it is a {task_words(found)} model, and "
+                          f"this image trains {task_words(task)} models (e.g. {TASK_EXAMPLES.get(task, '')})")
     return f"{stem}.yaml"
 
 
+def detection_model_yaml(name: str) -> str:
+    """'yolov8n' → 'yolov8n.yaml' when Ultralytics knows it as a detection model."""
+    return model_yaml(name, "detect")
+
+
+def segmentation_counterpart(detection_model) -> str | None:
+    """The segmentation model of a detection model's architecture ('yolov8n.yaml' → 'yolov8n-seg.yaml'), when
+    Ultralytics knows one: its backbone and neck are the detection model's."""
+    yaml_file = str(getattr(detection_model, "yaml", {}).get("yaml_file") or "")
+    stem = os.path.splitext(os.path.basename(yaml_file))[0]
+    if not stem:
+        return None
+    try:
+        return model_yaml(f"{stem}-seg", "segment")
+    except ConfigError:
+        return None
+
+
+def transferred_tensors(source_model, target_yaml: str, nc: int) -> tuple[int, int]:
+    """(tensors of `target_yaml` built for `nc` classes whose name and shape match `source_model`'s, all its
+    tensors): what loading the source's weights into it copies."""
+    from ultralytics.nn.tasks import SegmentationModel
+    from ultralytics.utils.torch_utils import intersect_dicts
+
+    target = SegmentationModel(target_yaml, nc=nc, verbose=False).state_dict()
+    return len(intersect_dicts(source_model.float().state_dict(), target)), len(target)
+
+
 def _tag(key: str) -> str:
+    """Ultralytics' metric keys as tensorboard tags: 'metrics/mAP50(B)' → 'metrics/mAP50' (boxes, as for
+    detection), 'metrics/mAP50(M)' → 'metrics/mask_mAP50' (masks)."""
+    if key.endswith("(M)"):
+        head, _, tail = key[:-3].rpartition("/")
+        return f"{head}/mask_{tail}" if head else f"mask_{tail}"
     return key.replace("(B)", "")
 
 
@@ -166,7 +213,8 @@ class _TrainerBridge:
         improved = trainer.fitness is not None and trainer.best_fitness == trainer.fitness
         self.hooks.on_epoch(EpochReport(
             epoch=trainer.epoch + 1, epochs=trainer.epochs, scalars=scalars, map50=metrics.get("metrics/mAP50"),
-            best_improved=bool(improved and trainer.best.exists()), last=str(trainer.last), best=str(trainer.best)))
+            best_improved=bool(improved and trainer.best.exists()), last=str(trainer.last), best=str(trainer.best),
+            mask_map50=metrics.get("metrics/mask_mAP50")))
 
 
 def _offline_amp_check() -> None:
@@ -195,19 +243,61 @@ def train_device(gpu_id: str) -> str:
 
 
 def train_detector(source: str, data_yaml: str, args: dict, hooks, run_dir: str) -> TrainResult:
-    """Train `source` (a .pt checkpoint or a model .yaml) on `data_yaml` in-process; multi-GPU devices go
-    through Ultralytics' DDP launcher. `args` are Ultralytics train arguments; progress goes to `hooks`."""
+    """Train a detection model (train_model with task 'detect')."""
+    return train_model(source, data_yaml, args, hooks, run_dir, "detect")
+
+
+def _load(source: str):
     from ultralytics import YOLO
 
-    _offline_amp_check()
     if source.endswith(".pt") and not os.path.isfile(source):
         raise ModelError(f"weights file not found: {source}")  # a bare name would be downloaded
     try:
-        model = YOLO(source, task="detect")
+        return YOLO(source)  # the task of a checkpoint is its own, of a model YAML the one its head implies
     except Exception as exc:
         raise ModelError(f"cannot load {source}: {type(exc).__name__}: {exc}") from exc
-    if model.task != "detect":
-        raise ModelError(f"{source} is a '{model.task}' model; a detection model is needed")
+
+
+def _seed_segmentation(detection, source: str, data_yaml: str, model_yaml: str | None, args: dict):
+    """A segmentation model whose every tensor of matching name and shape comes from the detection checkpoint
+    `source` (backbone, neck, box and class branches; the mask prototypes and coefficients start fresh): the
+    segmentation counterpart of its architecture, else `model_yaml`. Ultralytics copies them itself when training
+    starts (`pretrained`, which DDP workers read too); the count is logged here."""
+    import yaml as yaml_lib
+
+    target = segmentation_counterpart(detection.model) or model_yaml
+    if target is None:
+        raise ModelError(f"{source} is a {task_words('detect')} model with no segmentation counterpart, and no "
+                         "segmentation model is configured (config key 'model')")
+    if model_yaml and target != model_yaml:
+        log.warning("config key 'model' (%s) is not used: the pretrained detection checkpoint %s is %s, so its "
+                    "segmentation counterpart %s is trained", os.path.splitext(model_yaml)[0], source,
+                    detection.model.yaml.get("yaml_file"), os.path.splitext(target)[0])
+    with open(data_yaml, encoding="utf-8") as handle:
+        nc = int(yaml_lib.safe_load(handle)["nc"])
+    copied, total = transferred_tensors(detection.model, target, nc)
+    log.info("pretrained weights: %d of %d tensors of %s transferred from the detection checkpoint %s (matching "
+             "name and shape: backbone, neck, box and class branches; the mask head starts fresh)",
+             copied, total, os.path.splitext(target)[0], source)
+    if copied == 0:
+        raise ModelError(f"no tensor of {os.path.splitext(target)[0]} matches the detection checkpoint {source}")
+    return _load(target), {**args, "pretrained": os.path.abspath(source)}
+
+
+def train_model(source: str, data_yaml: str, args: dict, hooks, run_dir: str, task: str = "detect",
+                model_yaml: str | None = None) -> TrainResult:
+    """Train `source` (a .pt checkpoint or a model .yaml) as a `task` model on `data_yaml` in-process; multi-GPU
+    devices go through Ultralytics' DDP launcher. `args` are Ultralytics train arguments; progress goes to
+    `hooks`. A model of another task is a ModelError naming both, except that a detection checkpoint seeds a
+    segmentation model (`model_yaml`, or the counterpart of its own architecture) with its matching weights."""
+    _offline_amp_check()
+    model = _load(source)
+    if model.task != task:
+        if task == "segment" and model.task == "detect" and source.endswith(".pt"):
+            model, args = _seed_segmentation(model, source, data_yaml, model_yaml, args)
+        else:
+            raise ModelError(f"{source} is a {task_words(model.task)} model, but this image trains "
+                             f"{task_words(task)} models; give a {TASK_WORDS.get(task, task)} checkpoint")
     bridge = _TrainerBridge(hooks)
     for event, callback in bridge.events().items():
         model.add_callback(event, callback)

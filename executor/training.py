@@ -4,6 +4,8 @@ our own evaluation → model stages in result.yaml, best weights exported to ONN
 Progress: 0-5 % dataset, 5-90 % epochs (and batches), 90-100 % final evaluation and export.
 Stages: `best` (Ultralytics' best.pt) and, unless save_best_only, `epoch_<k>` every save_period epochs
 (at most 10 kept). result.yaml is rewritten after every saved stage, so a crash leaves a usable package.
+The family is settings.object_type (the image's manifest): 2 detection, 4 instance segmentation (seg-coco masks,
+a segmentation model, maskAP from executor/seg_eval.py next to the box metrics).
 """
 import json
 import logging
@@ -17,7 +19,7 @@ import torch
 import yaml
 
 from executor import trainer
-from executor.config import Settings, resolve_weights
+from executor.config import DETECTION, FAMILIES, SEGMENTATION, Settings, resolve_weights
 from executor.dataset import Sample, export_yolo, read_dataset, summary
 from executor.errors import ConfigError, ModelError
 from executor.evaluation import VAL_IOU, VAL_MAX_DET, Metrics, evaluate
@@ -44,19 +46,35 @@ def bundled_weights(model_name: str, dirs: Sequence[str]) -> str | None:
     return None
 
 
+def object_type(settings: Settings) -> int:
+    return settings.get("object_type") or DETECTION
+
+
+def train_task(settings: Settings) -> str:
+    """The Ultralytics task the image's family trains ('detect', 'segment')."""
+    return trainer.TASK_OF_OBJECT_TYPE[object_type(settings)]
+
+
 def choose_weights(settings: Settings, models_dir: str, dirs: Sequence[str]) -> str:
-    """pretrained_model_params, else the bundled weights of `model`, else its YAML (from scratch). Never a name
-    that Ultralytics would download."""
+    """pretrained_model_params, else the bundled weights of `model`, else (segmentation) the bundled weights of
+    its detection counterpart (yolov8n-seg → yolov8n.pt, whose matching tensors the adapter transfers), else its
+    YAML (from scratch). Never a name that Ultralytics would download."""
     pretrained = settings.get("pretrained_model_params") or ()
     if pretrained:
         path = resolve_weights(tuple(pretrained), models_dir, (".pt",))
         log.info("training starts from pretrained_model_params: %s", path)
         return path
-    model_yaml = trainer.detection_model_yaml(settings.model)
+    model_yaml = trainer.model_yaml(settings.model, train_task(settings))
     path = bundled_weights(settings.model, dirs)
     if path:
         log.info("training starts from the bundled weights of %s: %s", settings.model, path)
         return path
+    if train_task(settings) == "segment":
+        stem = os.path.splitext(os.path.basename(model_yaml))[0]
+        detection = bundled_weights(stem[:-len("-seg")], dirs) if stem.endswith("-seg") else None
+        if detection:
+            log.info("training starts from %s, seeded with the bundled detection weights %s", stem, detection)
+            return detection
     log.warning("no weights for model %s (no pretrained_model_params, no bundled weights in %s): "
                 "training from scratch (%s)", settings.model, os.pathsep.join(dirs) or "''", model_yaml)
     return model_yaml
@@ -101,9 +119,11 @@ class StageBook:
     The files of the best stage are also hard-linked into models_dir itself: the legacy result form needs
     them there, and tools that list models_dir's top level (the ymir verifier's tmi) find the weights."""
 
-    def __init__(self, models_dir: str, result_file: str, multi_stage: bool, evaluate_config: dict, state_file: str):
+    def __init__(self, models_dir: str, result_file: str, multi_stage: bool, evaluate_config: dict, state_file: str,
+                 object_type: int = DETECTION):
         self.models_dir, self.result_file, self.state_file = models_dir, result_file, state_file
         self.multi_stage, self.evaluate_config = multi_stage, evaluate_config
+        self.object_type = object_type
         self.stages: dict[str, dict] = {}
         self.attachments: dict[str, list[str]] = {}
         self.root_files: list[str] = []
@@ -128,9 +148,15 @@ class StageBook:
         self.write()
 
     def best_stage_name(self) -> str:
-        """The SDK's rule: highest mAP, the newest on ties."""
+        """The SDK's rule: highest maskAP when the stages have one (segmentation), else highest mAP; the newest
+        on ties."""
         order = {name: i for i, name in enumerate(self.stages)}  # within one second, the later addition
-        return max(self.stages, key=lambda n: (self.stages[n]["mAP"], self.stages[n]["timestamp"], order[n]))
+
+        def metric(name: str) -> float:
+            stage = self.stages[name]
+            return stage["maskAP"] if stage.get("maskAP") is not None else stage["mAP"]
+
+        return max(self.stages, key=lambda n: (metric(n), self.stages[n]["timestamp"], order[n]))
 
     def _link_root(self, sources: list[str]) -> list[str]:
         names = []
@@ -161,7 +187,7 @@ class StageBook:
         sources += [self.attachment_path(s, f) for s, files in self.attachments.items() for f in files]
         legacy = self._link_root([p for p in sources if os.path.isfile(p)])
         write_training_result(self.result_file, self.stages, best, self.multi_stage, self.evaluate_config,
-                              self.attachments, legacy)
+                              self.attachments, legacy, object_type=self.object_type)
         atomic_write_text(self.state_file, json.dumps({"stages": self.stages, "attachments": self.attachments,
                                                        "root_files": self.root_files}))
 
@@ -225,15 +251,18 @@ class TrainingHooks:
                  ", ".join(f"{k} {v:.4g}" for k, v in report.scalars.items() if not k.startswith("lr/")))
         if report.best_improved:  # provisional: Ultralytics' val mAP until our evaluation at the end
             trainer.export_weights(report.best, self.book.stage_path(BEST, "best.pt"))
-            self.book.add(BEST, ["best.pt"], {"mAP": report.map50 or 0.0})
+            provisional = {"mAP": report.map50 or 0.0}
+            if self.book.object_type == SEGMENTATION:
+                provisional.update(maskAP=report.mask_map50 or 0.0, boxAP=report.map50 or 0.0)
+            self.book.add(BEST, ["best.pt"], provisional)
         if self.save_period > 0 and report.epoch % self.save_period == 0:
             stage = f"epoch_{report.epoch}"
             weights = self.book.stage_path(stage, f"{stage}.pt")
             trainer.export_weights(report.last, weights)
             metrics = self.evaluator(weights)
             self.book.add(stage, [f"{stage}.pt"], metrics.stage_fields())
-            self.scalars({"eval/mAP50": metrics.mAP, "eval/mAR50": metrics.mAR}, report.epoch)
-            log.info("stage %s: mAP@0.5 %.4f, mAR %.4f", stage, metrics.mAP, metrics.mAR)
+            self.scalars(eval_scalars(metrics), report.epoch, prefix="eval/")
+            log.info("stage %s: %s", stage, describe(metrics))
 
     def on_final(self, scalars: dict) -> None:
         self.ultralytics_best = scalars
@@ -241,19 +270,40 @@ class TrainingHooks:
                  ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith("metrics/")))
 
 
+def eval_scalars(metrics: Metrics) -> dict:
+    """Tensorboard scalars of our metrics (under eval/ for epoch stages, best/ for the final best stage)."""
+    values = {"mAP50": metrics.mAP, "mAR50": metrics.mAR}
+    if metrics.maskAP is not None:
+        values.update(maskAP50=metrics.maskAP)
+    return values
+
+
+def describe(metrics: Metrics) -> str:
+    text = f"mAP@0.5 {metrics.mAP:.4f}, mAR {metrics.mAR:.4f}"
+    return text if metrics.maskAP is None else f"maskAP@0.5 {metrics.maskAP:.4f}, box {text}"
+
+
 class Evaluator:
-    """Our metrics of a weights file on the val split (picklable: DDP workers evaluate epoch stages)."""
+    """Our metrics of a weights file on the val split (picklable: DDP workers evaluate epoch stages); with
+    `masks` (instance segmentation) mask and box metrics of a segmentation model (executor/seg_eval.py)."""
 
     def __init__(self, samples: list[Sample], class_names: list[str], settings: Settings, evaluate_config: dict,
-                 batch_size: int):
+                 batch_size: int, masks: bool = False):
         self.samples, self.class_names, self.img_size = samples, class_names, settings.img_size
         self.gpu_id = settings.gpu_id.split(",")[0]
         self.iou_thr, self.conf_thr = evaluate_config["iou_thr"], evaluate_config["conf_thr"]
         self.batch_size = batch_size
+        self.masks = masks
 
     def __call__(self, weights: str, progress: Progress = lambda f: None) -> Metrics:
         threads = torch.get_num_threads()  # the detector takes every core; training resumes with its own count
         try:
+            if self.masks:
+                from executor.seg_eval import Segmenter, evaluate_segmentation
+
+                segmenter = Segmenter(weights, self.gpu_id, self.img_size, self.class_names)
+                return evaluate_segmentation(segmenter, self.samples, self.iou_thr, self.conf_thr, self.batch_size,
+                                             progress)
             # the thresholds are the validator's (evaluation sets them); these only build the detector
             detector = load_detector(weights, "torch", self.gpu_id, self.img_size, class_names=self.class_names,
                                      conf_thres=self.conf_thr, iou_thres=VAL_IOU, max_det=VAL_MAX_DET)
@@ -270,17 +320,22 @@ def run_training(job, settings: Settings, progress: Progress) -> None:
     evaluate_config = dict(settings.evaluate_config)
     extra = trainer.check_train_args(parse_args_options(settings.args_options))
     device = trainer.train_device(settings.gpu_id)
+    task = train_task(settings)
+    segmentation = task == "segment"
+    model_yaml = trainer.model_yaml(settings.model, task) if segmentation else None  # seeded from a detection .pt
     source = choose_weights(settings, job.models_dir, job.weights_dirs)
+    log.info("this image trains %s models (object_type %d)", FAMILIES[object_type(settings)], object_type(settings))
 
     span(progress, *PREPARE)(0.0)
-    train, val = read_dataset(job.training_index, job.val_index, class_names, settings.export_format)
+    train, val = read_dataset(job.training_index, job.val_index, class_names, settings.export_format,
+                              masks=segmentation)
     data_yaml = export_yolo(os.path.join(job.work_dir, "yolo_dataset"), (train, val), class_names)
     span(progress, *PREPARE)(1.0)
 
     book = StageBook(job.models_out, job.training_result, job.multi_stage_result, evaluate_config,
-                     os.path.join(job.work_dir, "training-stages.json"))
+                     os.path.join(job.work_dir, "training-stages.json"), object_type(settings))
     evaluator = Evaluator(val.samples, class_names, settings, evaluate_config,
-                          2 * settings.batch_size_per_gpu)  # as Ultralytics validates during training
+                          2 * settings.batch_size_per_gpu, masks=segmentation)  # as Ultralytics validates in training
     hooks = TrainingHooks(span(progress, *TRAIN), job.tensorboard_dir, book, evaluator,
                           settings.save_period, settings.save_best_only)
     hooks.text("dataset", "\n\n".join(summary(s, class_names) for s in (train, val)))
@@ -288,7 +343,8 @@ def run_training(job, settings: Settings, progress: Progress) -> None:
     log.info("training %s for %d epochs: %s", source, settings.epochs, args)
     started = time.monotonic()
     try:
-        result = trainer.train_detector(source, data_yaml, args, hooks, os.path.join(job.work_dir, "ultralytics", "train"))
+        result = trainer.train_model(source, data_yaml, args, hooks, os.path.join(job.work_dir, "ultralytics", "train"),
+                                     task, model_yaml)
         log.info("training took %.1f s", time.monotonic() - started)
         book.reload()
         finish(result, book, hooks, evaluator, settings, span(progress, *FINISH))
@@ -308,13 +364,20 @@ def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, e
     trainer.export_weights(checkpoint, best)
     metrics = evaluator(best, lambda f: progress(0.6 * f))
     book.add(BEST, ["best.pt"], metrics.stage_fields())
-    hooks.scalars({"mAP50": metrics.mAP, "mAR50": metrics.mAR, "mAP50_95": metrics.mAP50_95}, 0, prefix="best/")
+    best_scalars = {**eval_scalars(metrics), "mAP50_95": metrics.mAP50_95}
+    if metrics.maskAP is not None:
+        best_scalars["maskAP50_95"] = metrics.maskAP50_95
+        log.info("best stage: maskAP@0.5 %.4f, maskAP@[.5:.95] %.4f", metrics.maskAP, metrics.maskAP50_95)
+    hooks.scalars(best_scalars, 0, prefix="best/")
     log.info("best stage: mAP@0.5 %.4f, mAR@0.5 %.4f, mAP@[.5:.95] %.4f, tp %d, fp %d, fn %d (iou %.2f, conf %.3f)",
              metrics.mAP, metrics.mAR, metrics.mAP50_95, metrics.tp, metrics.fp, metrics.fn,
              evaluator.iou_thr, evaluator.conf_thr)
     if "metrics/mAP50" in hooks.ultralytics_best:
         log.info("mAP@0.5 of best.pt on the val split: ours %.4f, Ultralytics val %.4f", metrics.mAP,
                  hooks.ultralytics_best["metrics/mAP50"])
+    if metrics.maskAP is not None and "metrics/mask_mAP50" in hooks.ultralytics_best:
+        log.info("mask mAP@0.5 of best.pt on the val split: ours %.4f, Ultralytics val %.4f", metrics.maskAP,
+                 hooks.ultralytics_best["metrics/mask_mAP50"])
     onnx = book.attachment_path("onnx", "best.onnx")
     try:
         export_onnx(best, onnx, settings.img_size, settings.opset)

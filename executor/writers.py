@@ -94,13 +94,15 @@ def _metric(stage: str, key: str, value) -> float:
 
 def write_training_result(path: str, stages: Mapping[str, Mapping], best_stage_name: str, multi_stage: bool,
                           evaluate_config: Mapping | None = None, attachments: Mapping[str, Sequence[str]] | None = None,
-                          legacy_files: Sequence[str] = ()) -> None:
+                          legacy_files: Sequence[str] = (), object_type: int = 2) -> None:
     """result.yaml (ymir-protocol §5.2). `stages` maps a stage name to {files, timestamp, mAP[, mAR, tp, fp, fn]}
-    with files as basenames under models_dir/<stage>/. Protocol >= 1.0.0 (`multi_stage`) gets model_stages,
-    best_stage_name, the best mAP, evaluate_config and attachments; older platforms get {model, map} with
-    `legacy_files`, which must then lie directly in models_dir."""
+    with files as basenames under models_dir/<stage>/; instance segmentation (`object_type` 4) stages also need
+    maskAP (and may have boxAP), and the best maskAP is written at the top too. Protocol >= 1.0.0
+    (`multi_stage`) gets model_stages, best_stage_name, the best mAP, evaluate_config, attachments and
+    object_type; older platforms get {model, map} with `legacy_files`, which must then lie directly in models_dir."""
     import yaml
 
+    masks = object_type == 4
     if best_stage_name not in stages:
         raise ValueError(f"best_stage_name {best_stage_name!r} is not one of the stages {sorted(stages)}")
     model_stages = {}
@@ -112,6 +114,12 @@ def write_training_result(path: str, stages: Mapping[str, Mapping], best_stage_n
             raise ValueError(f"stage {name}: files must be basenames, got {files}")
         record = {"stage_name": name, "files": files, "timestamp": int(stage["timestamp"]),
                   "mAP": _metric(name, "mAP", stage["mAP"])}
+        if masks:
+            if stage.get("maskAP") is None:
+                raise ValueError(f"stage {name}: an instance-segmentation stage needs maskAP")
+            record["maskAP"] = _metric(name, "maskAP", stage["maskAP"])
+            if stage.get("boxAP") is not None:
+                record["boxAP"] = _metric(name, "boxAP", stage["boxAP"])
         if stage.get("mAR") is not None:
             record["mAR"] = _metric(name, "mAR", stage["mAR"])
         for key in ("tp", "fp", "fn"):
@@ -119,15 +127,16 @@ def write_training_result(path: str, stages: Mapping[str, Mapping], best_stage_n
                 record[key] = max(0, int(stage[key]))
         model_stages[name] = record
     best_map = model_stages[best_stage_name]["mAP"]
+    top = {"maskAP": model_stages[best_stage_name]["maskAP"]} if masks else {}
     if multi_stage:
-        payload = {"best_stage_name": best_stage_name, "mAP": best_map, "model_stages": model_stages}
+        payload = {"best_stage_name": best_stage_name, **top, "mAP": best_map, "model_stages": model_stages}
         if evaluate_config:
             payload["evaluate_config"] = {k: float(v) for k, v in evaluate_config.items()}
         if attachments:
             payload["attachments"] = {section: [str(f) for f in files] for section, files in attachments.items() if files}
-        payload["object_type"] = 2
+        payload["object_type"] = int(object_type)
     else:
         if not legacy_files or any(os.path.basename(f) != f for f in legacy_files):
             raise ValueError(f"the legacy result needs model files as basenames, got {list(legacy_files)}")
-        payload = {"model": [str(f) for f in legacy_files], "map": best_map}
+        payload = {"model": [str(f) for f in legacy_files], "map": best_map, **top}
     atomic_write_text(path, yaml.safe_dump(payload, sort_keys=False))

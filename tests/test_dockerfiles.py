@@ -284,6 +284,14 @@ def test_templates_and_manifest_go_to_img_man(raw, dockerfile):
     assert re.search(r"^object_type:\s*2\s*$", manifest, re.M)
 
 
+def test_the_executor_reads_its_family_from_img_man(dockerfile):
+    # The build arg TEMPLATES decides what goes to /img-man; QUARRY_TEMPLATES makes the executor read its defaults
+    # and its family (the manifest's object_type) from those very files (executor.config.active_templates_dir).
+    from executor.config import TEMPLATES_VAR
+
+    assert env_of(dockerfile["image"]).get(TEMPLATES_VAR) == "/img-man"
+
+
 def test_object_type_label_is_a_build_arg_checked_against_the_manifest(raw, dockerfile, tmp_path):
     assert dockerfile["args"]["OBJECT_TYPE"] == "2"
     assert labels_of(dockerfile["instructions"])["io.ymir.object-type"] == "2"
