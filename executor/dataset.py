@@ -18,7 +18,7 @@ import os
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import yaml
@@ -210,14 +210,18 @@ class CocoFile:
             self.by_name[name] = items
             self.by_stem.setdefault(os.path.splitext(name)[0], items)
 
-    def boxes_for(self, asset: str, dropped: Counter) -> list[RawBox]:
+    def _annotations(self, asset: str) -> tuple[str, list]:
         name = os.path.basename(asset)
         items = self.by_name.get(name)
         if items is None:
             items = self.by_stem.get(os.path.splitext(name)[0])
         if items is None:
             raise DatasetError(f"{self.path}: no entry in 'images' for {name}")
-        boxes = []
+        return name, items
+
+    def _usable(self, asset: str, dropped: Counter) -> Iterator[tuple[dict, int, str]]:
+        """(annotation, class index, where) of every non-crowd annotation of `asset` (crowds dropped, counted)."""
+        name, items = self._annotations(asset)
         for ann in items:
             where = f"{self.path} annotation id {ann.get('id')} ({name})"
             if ann.get("iscrowd"):
@@ -228,6 +232,11 @@ class CocoFile:
                 cls = class_index(str(ann.get("category_id")), [""] * self.num_classes, where)
             if isinstance(cls, str):
                 raise DatasetError(f"{where}: {cls}")
+            yield ann, cls, where
+
+    def boxes_for(self, asset: str, dropped: Counter) -> list[RawBox]:
+        boxes = []
+        for ann, cls, where in self._usable(asset, dropped):
             try:
                 x, y, w, h = (float(v) for v in ann["bbox"])
             except (KeyError, TypeError, ValueError):
@@ -240,23 +249,8 @@ class CocoFile:
         degenerate masks dropped and counted in `stats`; broken or outside masks and unknown classes raise."""
         from executor.masks import instance_from_coco
 
-        name = os.path.basename(asset)
-        items = self.by_name.get(name)
-        if items is None:
-            items = self.by_stem.get(os.path.splitext(name)[0])
-        if items is None:
-            raise DatasetError(f"{self.path}: no entry in 'images' for {name}")
         found = []
-        for ann in items:
-            where = f"{self.path} annotation id {ann.get('id')} ({name})"
-            if ann.get("iscrowd"):
-                stats.dropped["crowd region"] += 1
-                continue
-            cls = self.category.get(ann.get("category_id"))
-            if cls is None:  # not listed in categories: ymir's category id is the class index
-                cls = class_index(str(ann.get("category_id")), [""] * self.num_classes, where)
-            if isinstance(cls, str):
-                raise DatasetError(f"{where}: {cls}")
+        for ann, cls, where in self._usable(asset, stats.dropped):
             instance = instance_from_coco(ann.get("segmentation"), width, height, where, stats.dropped)
             if instance is not None:
                 stats.clipped += int(instance.clipped)
@@ -442,3 +436,33 @@ def export_yolo(root: str, splits: Sequence[Split], class_names: Sequence[str]) 
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(data, handle, sort_keys=False, allow_unicode=True)
     return path
+
+
+def yolo_label_to_ark(label_file: str, width: int, height: int, class_names: Sequence[str]) -> list[str]:
+    """YOLO `cls cx cy w h` (normalised; polygons `cls x y x y ...` become their box) → ARK lines with the
+    inclusive pixel corners ymir writes (executor.dataset reads xmax + 1)."""
+    lines = []
+    with open(label_file, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{label_file} line {number}"
+            try:
+                cls, values = float(fields[0]), [float(f) for f in fields[1:]]
+            except ValueError:
+                raise DatasetError(f"{where}: expected 'class cx cy w h' numbers, got {line.strip()!r}") from None
+            if cls != int(cls) or not 0 <= cls < len(class_names):
+                raise DatasetError(f"{where}: class {fields[0]} is outside the data.yaml names "
+                                   f"(0..{len(class_names) - 1})")
+            if len(values) == 4:
+                cx, cy, w, h = values
+                x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+            elif len(values) >= 6 and len(values) % 2 == 0:
+                xs, ys = values[0::2], values[1::2]
+                x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+            else:
+                raise DatasetError(f"{where}: expected 'class cx cy w h' (or a polygon), got {line.strip()!r}")
+            x1, x2, y1, y2 = x1 * width, x2 * width, y1 * height, y2 * height
+            lines.append(f"{int(cls)}, {x1:.4f}, {y1:.4f}, {x2 - 1:.4f}, {y2 - 1:.4f}\n")
+    return lines

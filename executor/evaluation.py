@@ -17,7 +17,7 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -140,17 +140,16 @@ def rect_batches(samples: Sequence[Sample], img_size: int, batch_size: int, stri
     return batches
 
 
-def predict_samples(detector: Detector, samples: Sequence[Sample], batch_size: int,
-                    progress: Callable[[float], None]) -> list[Detections]:
-    """Detections for every sample, made in Ultralytics' validation batches (an image that fails to decode
-    gets none, with a warning)."""
-    found: list[Detections] = [Detections.empty(detector.num_classes)] * len(samples)
-    batches = rect_batches(samples, detector.img_size, batch_size, max(detector.strides))
+def validation_batches(samples: Sequence[Sample], img_size: int, batch_size: int, stride: int,
+                       progress: Callable[[float], None]) -> Iterator[tuple[list[int], np.ndarray, list]]:
+    """(sample indices, canvases, letterbox maps) of Ultralytics' validation batches, readable images only
+    (an image that fails to decode is skipped with a warning); progress after each batch."""
+    batches = rect_batches(samples, img_size, batch_size, stride)
     for number, (indices, shape) in enumerate(batches, 1):
         good, canvases, boxes = [], [], []
         for i in indices:
             try:
-                canvas, box = letterbox(read_image(samples[i].image), detector.img_size, canvas_shape=shape)
+                canvas, box = letterbox(read_image(samples[i].image), img_size, canvas_shape=shape)
             except ImageError as exc:
                 log.warning("evaluation skips an unreadable image: %s", exc)
                 continue
@@ -158,9 +157,18 @@ def predict_samples(detector: Detector, samples: Sequence[Sample], batch_size: i
             canvases.append(canvas)
             boxes.append(box)
         if good:
-            for i, det in zip(good, detector.predict_canvases(np.stack(canvases), boxes)):
-                found[i] = det
+            yield good, np.stack(canvases), boxes
         progress(number / len(batches))
+
+
+def predict_samples(detector: Detector, samples: Sequence[Sample], batch_size: int,
+                    progress: Callable[[float], None]) -> list[Detections]:
+    """Detections for every sample, made in Ultralytics' validation batches (an unreadable image gets none)."""
+    found: list[Detections] = [Detections.empty(detector.num_classes)] * len(samples)
+    for good, canvases, boxes in validation_batches(samples, detector.img_size, batch_size, max(detector.strides),
+                                                    progress):
+        for i, det in zip(good, detector.predict_canvases(canvases, boxes)):
+            found[i] = det
     return found
 
 

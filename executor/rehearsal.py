@@ -43,31 +43,12 @@ def yolo_label_file(image: str, labels_root: str, name: str) -> str:
     return ""
 
 
-def ark_lines(label_file: str, width: int, height: int) -> str:
-    """YOLO `cls cx cy w h` (normalised) → ymir ark `cls,xmin,ymin,xmax,ymax` (pixels, inclusive corners)."""
-    lines = []
-    with open(label_file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 5:
-                raise RehearsalError(f"{label_file} line {number}: expected 'class cx cy w h', got {line.strip()!r}")
-            cls, cx, cy, w, h = int(fields[0]), *(float(f) for f in fields[1:])
-            x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height
-            x2, y2 = (cx + w / 2) * width, (cy + h / 2) * height
-            lines.append(f"{cls},{x1:.2f},{y1:.2f},{x2 - 1:.2f},{y2 - 1:.2f}\n")
-    return "".join(lines)
-
-
 def in_val_split(name: str) -> bool:
     return hashlib.sha1(name.encode()).digest()[0] < 256 // 5  # a fixed fifth, whatever the order
 
 
 def make_in(args, paths: list[str], names: list[str]) -> str:
     """Write IN (args.out) for args.task; returns the env.yaml path."""
-    from executor.dataset import probe_image
-
     root = os.path.abspath(args.out)
     if os.path.isdir(root) and os.listdir(root):
         raise RehearsalError(f"--out {args.out} is not empty; choose a new folder")
@@ -91,10 +72,10 @@ def make_in(args, paths: list[str], names: list[str]) -> str:
         place(source, target)
     index = {"candidate_index_file": "", "training_index_file": "", "val_index_file": ""}
     if args.task == "training":
-        index.update(write_training_index(args, root, paths, names, assets, probe_image))
         config["class_names"] = [n.strip() for n in (args.names or "").split(",") if n.strip()]
         if not config["class_names"]:
             raise RehearsalError("--names is required for --task training (comma-separated class names)")
+        index.update(write_training_index(args, root, paths, names, assets, config["class_names"]))
         config["export_format"] = "ark:raw"
     else:
         index["candidate_index_file"] = os.path.join(root, "candidate-index.tsv")
@@ -118,7 +99,9 @@ def make_in(args, paths: list[str], names: list[str]) -> str:
     return env_path
 
 
-def write_training_index(args, root, paths, names, assets, probe_image) -> dict:
+def write_training_index(args, root, paths, names, assets, class_names) -> dict:
+    from executor.dataset import probe_image, yolo_label_to_ark
+
     if not args.labels:
         raise RehearsalError("--labels is required for --task training (a folder of YOLO txt labels)")
     rows = {"train": [], "val": []}
@@ -128,7 +111,7 @@ def write_training_index(args, root, paths, names, assets, probe_image) -> dict:
         if not label or not isinstance(probed, tuple):
             continue  # unlabelled or unreadable: left out, as the platform exports only annotated assets
         annotation = os.path.join(root, "annotations", os.path.splitext(name)[0] + ".txt")
-        atomic_write_text(annotation, ark_lines(label, probed[0], probed[1]))
+        atomic_write_text(annotation, "".join(yolo_label_to_ark(label, probed[0], probed[1], class_names)))
         rows["val" if in_val_split(name) else "train"].append(f"{asset}\t{annotation}\n")
     if not rows["train"] or not rows["val"]:
         raise RehearsalError(f"--labels {args.labels}: found labels for {len(rows['train'])} train and "

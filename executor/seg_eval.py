@@ -23,8 +23,8 @@ import torch
 from executor.dataset import Sample
 from executor.errors import ImageError, ModelError
 from executor.evaluation import (VAL_CONF, VAL_IOU, VAL_MAX_DET, Metrics, coco_metrics, coco_summary,
-                                 count_matches, primary_labels, rect_batches)
-from executor.images import Letterbox, letterbox, read_image, round_up
+                                 count_matches, primary_labels, validation_batches)
+from executor.images import Letterbox, round_up
 from executor.masks import box_mask_rles
 from executor.model import candidates, select_device, xywh_to_xyxy
 from executor.nms import batched_nms
@@ -105,27 +105,13 @@ class Segmenter:
 
 def predict_samples(segmenter: Segmenter, samples: Sequence[Sample], batch_size: int,
                     progress: Callable[[float], None], conf_thres: float = VAL_CONF) -> list[Segmentation]:
-    """Detections and masks for every sample, made in Ultralytics' validation batches (an image that fails to
-    decode gets none, with a warning)."""
-    empty = Detections.empty(segmenter.num_classes)
-    found = [Segmentation(empty, [])] * len(samples)
-    batches = rect_batches(samples, segmenter.img_size, batch_size, max(segmenter.strides))
-    for number, (indices, shape) in enumerate(batches, 1):
-        good, canvases, boxes = [], [], []
-        for i in indices:
-            try:
-                canvas, box = letterbox(read_image(samples[i].image), segmenter.img_size, canvas_shape=shape)
-            except ImageError as exc:
-                log.warning("evaluation skips an unreadable image: %s", exc)
-                continue
-            good.append(i)
-            canvases.append(canvas)
-            boxes.append(box)
-        if good:
-            results = segmenter.predict_canvases(np.stack(canvases), boxes, conf_thres, VAL_IOU, VAL_MAX_DET)
-            for i, result in zip(good, results):
-                found[i] = result
-        progress(number / len(batches))
+    """Detections and masks for every sample, made in Ultralytics' validation batches (an unreadable image gets
+    none)."""
+    found = [Segmentation(Detections.empty(segmenter.num_classes), [])] * len(samples)
+    for good, canvases, boxes in validation_batches(samples, segmenter.img_size, batch_size,
+                                                    max(segmenter.strides), progress):
+        for i, result in zip(good, segmenter.predict_canvases(canvases, boxes, conf_thres, VAL_IOU, VAL_MAX_DET)):
+            found[i] = result
     return found
 
 

@@ -235,42 +235,12 @@ def split_images(root: str, entry, where: str) -> list[str]:
     return sorted(set(found))
 
 
-def yolo_to_ark(label_file: str, width: int, height: int, class_names: Sequence[str]) -> list[str]:
-    """YOLO `cls cx cy w h` (normalised; polygons `cls x y x y ...` become their box) → ARK lines with the
-    inclusive pixel corners ymir writes (executor.dataset reads xmax + 1)."""
-    lines = []
-    with open(label_file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{label_file} line {number}"
-            try:
-                cls, values = float(fields[0]), [float(f) for f in fields[1:]]
-            except ValueError:
-                raise DatasetError(f"{where}: expected 'class cx cy w h' numbers, got {line.strip()!r}") from None
-            if cls != int(cls) or not 0 <= cls < len(class_names):
-                raise DatasetError(f"{where}: class {fields[0]} is outside the data.yaml names "
-                                   f"(0..{len(class_names) - 1})")
-            if len(values) == 4:
-                cx, cy, w, h = values
-                x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-            elif len(values) >= 6 and len(values) % 2 == 0:
-                xs, ys = values[0::2], values[1::2]
-                x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
-            else:
-                raise DatasetError(f"{where}: expected 'class cx cy w h' (or a polygon), got {line.strip()!r}")
-            x1, x2, y1, y2 = x1 * width, x2 * width, y1 * height, y2 * height
-            lines.append(f"{int(cls)}, {x1:.4f}, {y1:.4f}, {x2 - 1:.4f}, {y2 - 1:.4f}\n")
-    return lines
-
-
 def convert_yolo_split(images: Sequence[str], class_names: Sequence[str], folder: str, index_file: str,
                        where: str) -> None:
     """One data.yaml split as a ymir training index with ARK annotations (written under `folder`)."""
     from ultralytics.data.utils import img2label_paths
 
-    from executor.dataset import probe_image
+    from executor.dataset import probe_image, yolo_label_to_ark
 
     labels = img2label_paths(list(images))
     if not any(os.path.isfile(p) for p in labels):
@@ -284,7 +254,7 @@ def convert_yolo_split(images: Sequence[str], class_names: Sequence[str], folder
         probed = probe_image(image)
         lines = []
         if os.path.isfile(label) and not isinstance(probed, str):  # no label file: a negative image
-            lines = yolo_to_ark(label, probed[0], probed[1], class_names)
+            lines = yolo_label_to_ark(label, probed[0], probed[1], class_names)
         atomic_write_text(target, "".join(lines))  # unreadable images are skipped (and counted) when read
         rows.append(f"{os.path.abspath(image)}\t{target}\n")
     atomic_write_text(index_file, "".join(rows))
