@@ -14,8 +14,8 @@ up to a stride multiple) and `rect_stride` (None for a fixed square input).
 Embeddings (selection: diverse) come from the same forward: the detector's `tap`, armed for one batch, keeps
 that batch's raw output and, once `enable_embeddings()` was called, the inputs of the Detect head (the neck's
 three feature maps P3, P4, P5), each GeM-pooled (generalised mean, p = 3) over the cells that lie on the image
-(not its letterbox padding), L2-normalised per level and concatenated (/sqrt 3: unit length), float16. Torch: a forward pre-hook on the head;
-ONNX: the same three tensors added as graph outputs of the loaded model (found by the head's first convolution
+(not its letterbox padding), L2-normalised per level and concatenated (/sqrt 3: unit length), float16. Torch: a
+forward pre-hook on the head; ONNX: the same three tensors added as graph outputs of the loaded model (found by the head's first convolution
 of each level), or, when they cannot be found, no embeddings and a warning.
 """
 import ast

@@ -79,8 +79,10 @@ class ReportData:
     # order, when selection reordered it (the written score is then a priority that says nothing about the image)
     score_kind: str = "written"
     projection_note: str = ""  # which images the projection shows (default: "of the shown images")
+    duplicate_ranks: dict = None  # path → rank in result.tsv of the images in duplicate_groups (when known)
 
     def __post_init__(self):
+        self.duplicate_ranks = dict(self.duplicate_ranks or {})
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
         self.class_counts_top = np.asarray(self.class_counts_top, dtype=np.int64).reshape(-1)
         self.class_counts_pool = np.asarray(self.class_counts_pool, dtype=np.int64).reshape(-1)
@@ -189,7 +191,10 @@ def report_json(data: ReportData) -> dict:
         "bottom": [_item_record(item, data.class_names) for item in data.bottom],
         "class_counts": {"class_names": [str(n) for n in data.class_names],
                          "top": data.class_counts_top.tolist(), "pool": data.class_counts_pool.tolist()},
-        "duplicate_groups": [{"kept": str(kept), "copies": [str(c) for c in copies]}
+        "duplicate_groups": [{"kept": str(kept), "copies": [str(c) for c in copies],
+                              **({"kept_rank": data.duplicate_ranks.get(kept),
+                                  "copy_ranks": [data.duplicate_ranks.get(c) for c in copies]}
+                                 if data.duplicate_ranks else {})}
                              for kept, copies in data.duplicate_groups],
         "projection": None if data.projection is None else {
             "points": data.projection.tolist(), "selected": data.projection_selected.tolist()},
@@ -529,10 +534,19 @@ footer { color: var(--muted); font-size: 12px; margin-top: 36px; border-top: 1px
 @media print { nav { display: none; } figure.card { break-inside: avoid; } }
 """ % {"top": TOP_COLOUR, "pool": POOL_COLOUR}
 
-_RUN_FIELDS = [("model", "Model"), ("model_sha256", "Model SHA-256"), ("algorithm", "Algorithm"),
-               ("params", "Parameters"), ("seed", "Seed"), ("selection", "Selection"), ("pool_size", "Pool size"),
+_RUN_FIELDS = [("model", "Model"), ("model_sha256", "Model SHA-256"), ("backend", "Backend"),
+               ("algorithm", "Algorithm"), ("params", "Parameters"), ("seed", "Seed"), ("selection", "Selection"),
+               ("selection_params", "Selection parameters"), ("shortlist", "Diversity shortlist"),
+               ("duplicates_pushed_down", "Near-duplicates pushed down"), ("labeled_images", "Labelled images"),
+               ("selection_note", "Selection note"), ("selection_seconds", "Selection time (s)"),
+               ("raw_scores_file", "Raw scores"), ("pool_size", "Pool size"),
                ("seconds", "Time"), ("images_per_s", "Throughput"), ("started_at", "Started at"),
                ("versions", "Versions")]
+
+
+# shown only when the run has them (selection diverse, an explicit backend)
+_OPTIONAL_RUN_FIELDS = {"backend", "selection_params", "shortlist", "duplicates_pushed_down", "labeled_images",
+                        "selection_note", "selection_seconds", "raw_scores_file"}
 
 
 def _value_html(value: Any) -> str:
@@ -546,7 +560,9 @@ def _run_rows(data: ReportData) -> str:
     rows = []
     for key, title in _RUN_FIELDS:
         value = run.get(key)
-        if key == "params":
+        if key in _OPTIONAL_RUN_FIELDS and key not in run:
+            continue
+        if key in ("params", "selection_params"):
             params = value if isinstance(value, dict) else {}
             cell = ("<table class='params'>" + "".join(
                 f"<tr><td><code>{_esc(k)}</code></td><td>{_value_html(v)}</td></tr>" for k, v in params.items())
@@ -634,7 +650,7 @@ def _cards(items: Sequence[ReportImage], section: str, data: ReportData, base: s
 
 def _duplicates_html(groups: Sequence[tuple[str, list[str]]], data: ReportData, base: str | None,
                      json_name: str | None) -> str:
-    ranks = {item.path: item.rank for item in (*data.top, *data.middle, *data.bottom)}
+    ranks = {**{item.path: item.rank for item in (*data.top, *data.middle, *data.bottom)}, **data.duplicate_ranks}
     out = []
     for number, (kept, copies) in enumerate(groups[:MAX_DUPLICATE_GROUPS]):
         figures = []
@@ -702,7 +718,7 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
         f'<div class="figures">{figures_html}</div><nav>{nav}</nav></header><main>',
         f'<section id="run"><h2>Run</h2>{_run_rows(data)}<h3>Unreadable images</h3>'
         f'{_unreadable_html(data.unreadable, json_name)}</section>',
-        f'<section id="scores"><h2>Scores</h2><p class="note">'
+        '<section id="scores"><h2>Scores</h2><p class="note">'
         + (f'Every readable image\'s raw {_esc(algorithm)} score ({len(data.scores)} images): selection reordered '
            f'the ranking, so result.tsv holds each image\'s selection priority and the raw scores are in '
            f'{_esc(run.get("raw_scores_file") or "the raw scores file")}; the top {data.top_n} in orange, the '
@@ -759,10 +775,11 @@ class ReportCollector:
     MIDDLE = 6
     BOTTOM = 6
 
-    def __init__(self, top_n: int, raw: bool):
+    def __init__(self, top_n: int, raw: bool, track=()):
         import array
 
         self.top_n, self.raw = int(top_n), raw
+        self.track, self.ranks = set(track), {}  # paths whose rank the report names (duplicate groups)
         self.scores = array.array("d")   # written (or, with raw, the raw) score per readable line, in order
         self.where = array.array("q")    # shard << 32 | line
         self.top: list = []
@@ -785,6 +802,8 @@ class ReportCollector:
             return
         if len(self.scores) < self.top_n:
             self.top.append(line)
+        if row.key in self.track:
+            self.ranks[row.key] = len(self.scores) + 1
         self.scores.append(line.raw if self.raw else line.score)
         self.where.append(row.shard << 32 | row.line)
 
@@ -849,7 +868,7 @@ class ReportCollector:
         return ReportData(run=run, unreadable=list(self.unreadable), scores=scores.copy(), class_names=names,
                           class_counts_top=top_counts, class_counts_pool=pool, top=top,
                           middle=[sample(r) for r in middle], bottom=[sample(r) for r in bottom],
-                          score_kind="raw" if self.raw else "written", **extra)
+                          score_kind="raw" if self.raw else "written", duplicate_ranks=dict(self.ranks), **extra)
 
 
 # ---------------------------------------------------------------------------------------------- TensorBoard

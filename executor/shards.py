@@ -238,14 +238,16 @@ class ShardStore:
                     os.unlink(path)
 
 
-def ranked_rows(store: ShardStore, count: int, total: int) -> Iterator[tuple[str, float]]:
+def ranked_rows(store: ShardStore, count: int, total: int, located: bool = False) -> Iterator:
     """The merged ranking of `count` shards, checked: all of the `total` images unreadable is NoReadableImages
-    (raised at the end of the stream, so the writer never renames its temp file)."""
+    (raised at the end of the stream, so the writer never renames its temp file). (key, score) pairs, or with
+    `located` the Row of each line (where it came from, for selection and the report)."""
     unreadable, first = 0, ""
-    for key, score, reason in store.merged_scores(count):
+    for row in store.merged_rows(count) if located else store.merged_scores(count):
+        reason = row[2]
         if reason:
             unreadable, first = unreadable + 1, first or reason
-        yield key, score
+        yield row if located else row[:2]
     if total and unreadable == total:
         raise NoReadableImages(f"none of the {total} images could be read; first: {first}")
 

@@ -7,13 +7,11 @@ the shards, checked; `selection: diverse` reorders it (mining/selection.py, on t
 only); the result is written once, atomically; then the report (executor/report.py), whose failure never fails
 the task. Inference is the same with the detector's boxes as records.
 """
-import array
 import datetime
 import functools
 import logging
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
@@ -386,6 +384,7 @@ class Diverse:
         return (self.readable - rank) / self.readable
 
 
+SCORE_SCALE = "rank"    # the MMR gain's score term: the rank in the shortlist (docs/mining.md#selection)
 MAX_GROUPS = 200        # duplicate groups kept for the report (the JSON lists these)
 MAX_COPIES = 50         # copies kept per group
 PROJECTION_POINTS = 2000
@@ -438,10 +437,12 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
         return None
     size = min(readable, settings.diverse_pool or default_diverse_pool(readable))
     head_rows: list[Row] = []
-    for row in store.merged_rows(count):
+    merged = store.merged_rows(count)
+    for row in merged:
         if row.reason or len(head_rows) == size:
             break
         head_rows.append(row)
+    merged.close()  # the shard files it holds open
     names = ["embeddings"] + (["class_counts"] if settings.class_balance else [])
     embeddings, classes = None, None
     by_shard: dict[int, list[int]] = {}
@@ -463,7 +464,7 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
     labeled, labeled_paths = labeled_embeddings(job, settings, models)
     ranked = rank_diverse([r.score for r in head_rows], embeddings, dedup_similarity=settings.dedup_similarity,
                           diverse_pool=len(head_rows), diversity_weight=settings.diversity_weight, classes=classes,
-                          class_balance=settings.class_balance, labeled=labeled)
+                          class_balance=settings.class_balance, labeled=labeled, score_scale=SCORE_SCALE)
     kept = ranked.diverse_count
     order = ranked.order
     head = [head_rows[i] for i in order[:kept]]
@@ -489,7 +490,7 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
         lines = [line for line in range(int(arrays["readable"])) if (shard, line) not in in_head]
         flags = np.zeros(len(arrays["order"]), bool)
         keys = shards[shard].keys
-        for b0 in range(0, len(lines), DEDUP_BLOCK):
+        for b0 in range(0, len(lines) if len(against) else 0, DEDUP_BLOCK):
             block = lines[b0:b0 + DEDUP_BLOCK]
             sims = unit_rows(arrays["embeddings"][block]) @ against.T
             best = sims.argmax(axis=1)
@@ -513,10 +514,10 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
     return plan_
 
 
-def written_rows(store: ShardStore, count: int, diverse: Diverse | None) -> Iterator[Written]:
+def written_rows(store: ShardStore, count: int, diverse: Diverse | None, total: int) -> Iterator[Written]:
     """result.tsv's lines in order: the merge itself (selection score), or the diverse plan applied to it."""
     if diverse is None:
-        for row in store.merged_rows(count):
+        for row in ranked_rows(store, count, total, located=True):
             yield Written(row, row.score, row.score)
         return
     rank = 0
@@ -578,11 +579,12 @@ def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext
         write_ranked(job.mining_result, ranked_rows(store, count, len(job.candidates)))  # today's path
         return job.mining_result
     collector = None
-    lines: Iterable[Written] = written_rows(store, count, diverse)
+    lines: Iterable[Written] = written_rows(store, count, diverse, len(job.candidates))
     if settings.report:
         from executor.report import ReportCollector
 
-        collector = ReportCollector(settings.report_top_n, raw=diverse is not None)
+        track = [p for kept, copies in diverse.groups for p in (kept, *copies)] if diverse else ()
+        collector = ReportCollector(settings.report_top_n, raw=diverse is not None, track=track)
         lines = collector.watch(lines)
     if diverse is None:
         write_ranked(job.mining_result, checked(lines, len(job.candidates)))
@@ -611,8 +613,9 @@ def write_mining_report(job: Job, store: ShardStore, count: int, settings: Setti
                 selected = np.zeros(len(diverse.projection), bool)
                 selected[:min(settings.report_top_n, len(diverse.head), len(selected))] = True
                 extra.update(projection=pca_2d(diverse.projection), projection_selected=selected,
-                             projection_note=f"of the diversity shortlist (the top {len(diverse.head_duplicates) + len(diverse.head)} "
-                                             f"images by score; at most {PROJECTION_POINTS} points)")
+                             projection_note=f"of the diversity shortlist (the top "
+                                             f"{len(diverse.head_duplicates) + len(diverse.head)} images by score; "
+                                             f"at most {PROJECTION_POINTS} points)")
         data = collector.report_data(store, count, run_metadata(job, settings, seconds, diverse, started_at),
                                      **extra)
         html_path, json_path = report_paths(job)

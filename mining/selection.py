@@ -26,7 +26,10 @@ rank_diverse(scores, embeddings, ...), in three steps:
        gain_i = (1 - w) * score_norm_i + w * dist_norm_i
 
    with w = diversity_weight, score_norm = min-max normalised score over the shortlist (all 1 if the scores are
-   equal), dist_i = min over everything already placed (and every `labeled` row) of the cosine distance
+   equal), or, with score_scale="rank", 1 - rank / (S - 1) (rank 0 = the best score; what the executor uses:
+   skewed scores such as entropy's sum put most of a min-max scale near 0, so the distance term would decide
+   almost alone; ranks trade a share of the shortlist's positions for distance whatever the score's shape),
+   dist_i = min over everything already placed (and every `labeled` row) of the cosine distance
    1 - cos(e_i, e_j), i.e. MMR's "1 - max similarity to the selected set", which is also the max-min criterion
    of the k-center greedy of Sener & Savarese 2018 ("Active Learning for Convolutional Neural Networks: A
    Core-Set Approach"). dist_norm = dist / max(dist over the remaining candidates), so both terms span [0, 1]
@@ -50,6 +53,9 @@ from typing import Optional
 
 import numpy as np
 
+# Library defaults of rank_diverse (its hand-made unit tests are written against them). The executor passes the
+# mining template's values instead (dedup_similarity 0.97, diversity_weight 0.15, score_scale "rank"), measured
+# on real embeddings in docs/mining.md#selection-every-prefix-a-non-redundant-batch-selection-diverse.
 DEFAULT_DEDUP_SIMILARITY = 0.95
 DEFAULT_DIVERSITY_WEIGHT = 0.5
 # Default shortlist: clamp(N // 10, 1000, 5000), capped by the number of non-duplicates. The platform's top_k is
@@ -192,11 +198,14 @@ def _class_balance(cls: np.ndarray, target: np.ndarray, placed_mass: np.ndarray)
 
 
 def _mmr_order(x: np.ndarray, s: np.ndarray, w: float, labeled: Optional[np.ndarray],
-               cls: Optional[np.ndarray]) -> np.ndarray:
+               cls: Optional[np.ndarray], score_scale: str = "minmax") -> np.ndarray:
     """Greedy MMR order of the shortlist (rows already in score order). Returns positions into the shortlist."""
     m = len(x)
     span = s.max() - s.min() if m else 0.0
-    s_norm = (s - s.min()) / span if span > 0 else np.ones(m)
+    if score_scale == "rank":
+        s_norm = 1.0 - np.arange(m, dtype=np.float64) / max(m - 1, 1)
+    else:
+        s_norm = (s - s.min()) / span if span > 0 else np.ones(m)
     dist = np.full(m, np.inf)
     if labeled is not None and len(labeled):
         lab_sim, _ = _best_match(x, labeled)
@@ -234,7 +243,7 @@ def default_diverse_pool(n: int) -> int:
 
 def rank_diverse(scores, embeddings, *, dedup_similarity: float = DEFAULT_DEDUP_SIMILARITY,
                  diverse_pool: Optional[int] = None, diversity_weight: float = DEFAULT_DIVERSITY_WEIGHT,
-                 classes=None, class_balance: bool = False, labeled=None) -> Ranked:
+                 classes=None, class_balance: bool = False, labeled=None, score_scale: str = "minmax") -> Ranked:
     """Non-redundant order: de-duplicate, MMR over the top `diverse_pool` non-duplicates, then score order,
     then the duplicates (see the module docstring for the exact rules).
 
@@ -242,6 +251,7 @@ def rank_diverse(scores, embeddings, *, dedup_similarity: float = DEFAULT_DEDUP_
     dedup_similarity in (0, 1]. diverse_pool: int >= 0 or None (default_diverse_pool(N)); 0 = score order.
     diversity_weight in [0, 1]. classes: (N, C) finite >= 0, required by class_balance=True.
     labeled: (M, D) embeddings of already-labelled images (M may be 0), or None.
+    score_scale: "minmax" or "rank", how the shortlist's scores are put on [0, 1] for the MMR gain.
     """
     s = _scores(scores, non_negative=True)
     n = len(s)
@@ -256,6 +266,8 @@ def rank_diverse(scores, embeddings, *, dedup_similarity: float = DEFAULT_DEDUP_
     if diverse_pool is not None and (isinstance(diverse_pool, bool) or not isinstance(diverse_pool, (int, np.integer))
                                      or diverse_pool < 0):
         raise ValueError(f"diverse_pool must be an int >= 0 or None, got {diverse_pool!r}")
+    if score_scale not in ("minmax", "rank"):
+        raise ValueError(f"score_scale must be 'minmax' or 'rank', got {score_scale!r}")
     if not isinstance(class_balance, (bool, np.bool_)):
         raise ValueError(f"class_balance must be a bool, got {class_balance!r}")
     lab = None
@@ -291,7 +303,7 @@ def rank_diverse(scores, embeddings, *, dedup_similarity: float = DEFAULT_DEDUP_
     pool = default_diverse_pool(n) if diverse_pool is None else int(diverse_pool)
     pool = min(pool, len(unique))
     shortlist = unique[:pool]
-    picks = _mmr_order(e[shortlist], s[shortlist], w, lab, cls[shortlist] if class_balance else None)
+    picks = _mmr_order(e[shortlist], s[shortlist], w, lab, cls[shortlist] if class_balance else None, score_scale)
     order = np.concatenate([shortlist[picks], unique[pool:], by_score[~kept]]).astype(np.int64)
     return Ranked(order=order, priority=_priority(n), duplicate_of=duplicate_of,
                   labeled_duplicate_of=labeled_duplicate_of, diverse_count=pool)
