@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from executor.dataset import Sample
-from executor.errors import ImageError, ModelError
+from executor.errors import ModelError
 from executor.evaluation import (VAL_CONF, VAL_IOU, VAL_MAX_DET, Metrics, coco_metrics, coco_summary,
                                  count_matches, primary_labels, validation_batches)
 from executor.images import Letterbox, round_up

@@ -116,8 +116,8 @@ def _worker_error(folder: str, workers: int) -> QuarryError:
             continue
         log.error("worker %d failed:\n%s", rank, error["traceback"])
         return WorkerFailed(f"worker {rank} failed: {error['message']}", int(error["code"]))
-    return WorkerFailed(f"a worker process died without reporting an error (killed? out of host memory?); "
-                        f"see the log above", 160004)
+    return WorkerFailed("a worker process died without reporting an error (killed? out of host memory?); "
+                        "see the log above", 160004)
 
 
 def worker_main(work: Work, args: tuple, devices: list[str], folder: str) -> None:

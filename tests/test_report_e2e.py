@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from executor import report, tasks
+from executor import ranking, report, tasks
 from executor.shards import ShardStore, plan
 from mining.base import Detections
 from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
@@ -41,7 +41,7 @@ def synthetic(tmp_path, selection="score", top_n=5, shard_size=8, copies=True):
                     tensorboard_dir=str(tmp_path / "out" / "tensorboard"))
     config = {"mining_algorithm": "entropy", "selection": selection, "report_top_n": top_n,
               "shard_size": shard_size, "model_params_path": [str(WEIGHTS)]}
-    tasks.write_mining(job, store, len(plan(IMAGES, shard_size)), tasks.MiningContext(config, tasks.Models(), 0.0,
+    ranking.write_mining(job, store, len(plan(IMAGES, shard_size)), ranking.MiningContext(config, tasks.Models(), 0.0,
                                                                                       "2026-12-01T00:00:00+00:00"))
     lines = [line.split("\t") for line in (tmp_path / "out" / "result.tsv").read_text().splitlines()]
     return job, lines
@@ -96,7 +96,7 @@ def test_report_off_writes_nothing_else(tmp_path):
     for shard in plan(IMAGES, 8):
         store.write_scores(shard, {k: 1.0 / (1 + IMAGES.index(k)) for k in shard.keys}, {})
     job = tasks.Job(candidates=IMAGES, mining_result=str(tmp_path / "out" / "result.tsv"))
-    tasks.write_mining(job, store, 4, tasks.MiningContext({"report": False, "shard_size": 8}, tasks.Models(), 0.0, ""))
+    ranking.write_mining(job, store, 4, ranking.MiningContext({"report": False, "shard_size": 8}, tasks.Models(), 0.0, ""))
     assert sorted(os.listdir(tmp_path / "out")) == ["result.tsv"]
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from executor import tasks
+from executor import ranking, tasks
 from executor.config import build_settings
 from executor.shards import ShardStore, plan
 from mining.base import Detections
@@ -51,7 +51,7 @@ def synthetic_store(folder, keys, scores, embeddings, shard_size, unreadable=(),
 def write(tmp_path, store, count, keys, **config):
     job = tasks.Job(candidates=keys, mining_result=str(tmp_path / "result.tsv"))
     config = {"mining_algorithm": "random", "report": False, **config}
-    tasks.write_mining(job, store, count, tasks.MiningContext(config, tasks.Models(), 0.0, ""))
+    ranking.write_mining(job, store, count, ranking.MiningContext(config, tasks.Models(), 0.0, ""))
     lines = [line.split("\t") for line in (tmp_path / "result.tsv").read_text().splitlines()]
     raw = [line.split("\t") for line in (tmp_path / "mining-scores.tsv").read_text().splitlines()] \
         if (tmp_path / "mining-scores.tsv").exists() else None
@@ -136,12 +136,12 @@ def test_labelled_near_copies_go_down(tmp_path, monkeypatch):
     """An image nearly copying a labelled one is placed below the rest, and nothing is placed near the
     labelled images first: with C labelled, C's copy goes down and the order starts away from C."""
     store, count = synthetic_store(tmp_path, KEYS, SIX_SCORES, SIX_EMB, 4)
-    monkeypatch.setattr(tasks, "labeled_embeddings",
+    monkeypatch.setattr(ranking, "labeled_embeddings",
                         lambda job, settings, models: (np.array([[0.0, 0.0, 1.0, 0.01]]), ["/labelled/C.jpg"]))
     job = tasks.Job(candidates=KEYS, mining_result=str(tmp_path / "result.tsv"), labeled=("/labelled/C.jpg",))
     config = {"mining_algorithm": "random", "report": False, "selection": "diverse", "shard_size": 4,
               "diversity_weight": 0.5}
-    tasks.write_mining(job, store, count, tasks.MiningContext(config, tasks.Models(), 0.0, ""))
+    ranking.write_mining(job, store, count, ranking.MiningContext(config, tasks.Models(), 0.0, ""))
     order = [KEYS.index(line.split("\t")[0]) for line in (tmp_path / "result.tsv").read_text().splitlines()]
     assert order[-1] == B2 and order[-2] == C and order[-3] == A2  # C copies the labelled C; then score order
     assert order[:3] == [A, B, E]
