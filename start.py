@@ -67,7 +67,12 @@ def run_platform(env_path: str, default_monitor: bool = True) -> int:
         from executor.tasks import run
 
         names = ["training"] if env.run_training else ["mining"] * env.run_mining + ["infer"] * env.run_infer
-        run(names, platform_job(env), config, monitor.progress)
+        job = platform_job(env)
+        if env.run_mining:  # the side files of mining go with result.tsv if the run fails
+            from executor.tasks import mining_scores_path, report_paths
+
+            created.add([mining_scores_path(job), *report_paths(job)])
+        run(names, job, config, monitor.progress)
         monitor.write(1.0)
         return 0
     except BaseException as exc:  # every failure takes this one path, KeyboardInterrupt included
@@ -101,6 +106,10 @@ class CreatedOutputs:
         if env.run_training and env.output_path("models_dir"):
             self.models_dir = env.output_path("models_dir")
             self.models_before = set(os.listdir(self.models_dir)) if os.path.isdir(self.models_dir) else set()
+
+    def add(self, paths) -> None:
+        """More files this run may write (those that exist already are kept on failure)."""
+        self.files += [f for f in paths if f and not os.path.exists(f)]
 
     def remove(self) -> None:
         doomed = [f for f in self.files if os.path.lexists(f)]

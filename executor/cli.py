@@ -21,6 +21,8 @@ FORMATS = ("ymir", "coco", "yolo")
 FLAG_OF = {"img_size": "--imgsz", "batch_size_per_gpu": "--batch", "gpu_id": "--device", "conf_thres": "--conf",
            "iou_thres": "--iou", "num_workers_per_gpu": "--workers", "backend": "--backend", "seed": "--seed",
            "mining_algorithm": "--algorithm", "cpu_processes": "--nproc", "cpu_threads": "--threads",
+           "selection": "--selection", "dedup_similarity": "--dedup-similarity", "diverse_pool": "--diverse-pool",
+           "diversity_weight": "--diversity-weight", "report_top_n": "--report-top-n",
            "model_params_path": "--model"}
 
 
@@ -85,6 +87,20 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
     mine.add_argument("--link", action="store_true", help="with --select-dir: symlink instead of copying")
     mine.add_argument("--exist-ok", action="store_true", help="with --select-dir: replace a folder that is not empty")
     mine.add_argument("--infer-out", help="also write the detections of the same pass to this file (see --format)")
+    mine.add_argument("--selection", choices=("score", "diverse"),
+                      help="score: by score (default); diverse: near-duplicates pushed down, the top mixed for "
+                           "variety, so every prefix of the ranking is a good batch (docs/mining.md)")
+    mine.add_argument("--dedup-similarity", type=float, help="diverse: cosine similarity that makes a near-duplicate")
+    mine.add_argument("--diverse-pool", type=int, help="diverse: how many top images by score are reordered")
+    mine.add_argument("--diversity-weight", type=float, help="diverse: weight of variety against score, in [0, 1]")
+    mine.add_argument("--class-balance", action="store_true", default=None,
+                      help="diverse: keep the predicted classes of the top close to the pool's mix")
+    mine.add_argument("--labeled", help="diverse: images already labelled (folder, glob or list): their "
+                                        "near-copies in the pool go down")
+    mine.add_argument("--report", help="the mining report (default OUT.report.html, its numbers in .json beside)")
+    mine.add_argument("--no-report", action="store_true", help="write no report")
+    mine.add_argument("--report-top-n", type=int, help="thumbnails of the best images in the report (default 24)")
+    mine.add_argument("--raw-scores", help="diverse: every image's raw algorithm score (default OUT.scores.tsv)")
     infer = sub.add_parser("infer", parents=[common], help="detect objects in local images",
                            description="Detect objects in local images.")
     add_model_flags(infer, "infer")
@@ -178,6 +194,11 @@ def config_of(args) -> dict:
              "conf_thres": args.conf_thres, "iou_thres": args.iou_thres, "num_workers_per_gpu": args.workers,
              "backend": args.backend, "seed": getattr(args, "seed", None), "cpu_processes": args.nproc,
              "cpu_threads": args.threads, "mining_algorithm": getattr(args, "algorithm", None),
+             "selection": getattr(args, "selection", None), "dedup_similarity": getattr(args, "dedup_similarity", None),
+             "diverse_pool": getattr(args, "diverse_pool", None),
+             "diversity_weight": getattr(args, "diversity_weight", None),
+             "class_balance": getattr(args, "class_balance", None), "report_top_n": getattr(args, "report_top_n", None),
+             "report": False if getattr(args, "no_report", False) else None,
              "model_params_path": [os.path.abspath(args.weights)] if args.weights else None}
     config = {k: v for k, v in named.items() if v is not None}
     for item in args.set or []:
@@ -196,7 +217,7 @@ def config_of(args) -> dict:
     return config
 
 
-def check_mine(args, pool: int) -> None:
+def check_mine(args, pool: int, config: dict) -> None:
     if args.topk is not None and not 1 <= args.topk <= pool:
         raise UsageError(f"--topk {args.topk}: choose a number from 1 to {pool} (the images found)")
     if args.select_dir and args.topk is None:
@@ -212,6 +233,17 @@ def check_mine(args, pool: int) -> None:
             check_output_folder("--infer-out", args.infer_out, True)
         if os.path.abspath(args.infer_out) == os.path.abspath(args.out):
             raise UsageError("--infer-out and --out name the same file")
+    diverse = config.get("selection") == "diverse"
+    for flag, given in (("--labeled", args.labeled), ("--raw-scores", args.raw_scores),
+                        ("--dedup-similarity", args.dedup_similarity), ("--diverse-pool", args.diverse_pool),
+                        ("--diversity-weight", args.diversity_weight), ("--class-balance", args.class_balance)):
+        if given is not None and not diverse:
+            raise UsageError(f"{flag} needs --selection diverse")
+    if args.report and args.no_report:
+        raise UsageError("--report and --no-report contradict each other")
+    for flag, path in (("--report", args.report), ("--raw-scores", args.raw_scores)):
+        if path:
+            check_output_file(flag, path)
 
 
 # ---------------------------------------------------------------- running
@@ -257,7 +289,7 @@ def run(args) -> int:
         check_weights(args, args.command == "infer" or SCORERS[algorithm].needs_model)
         if args.command == "mine":
             check_output_file("--out", args.out)
-            check_mine(args, len(paths))
+            check_mine(args, len(paths), config)
         elif args.format == "yolo":
             check_output_folder("--out", args.out, True)
         else:
@@ -291,8 +323,13 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
     if args.command == "mine" and args.infer_out:
         tasks.append("infer")
     raw_infer = os.path.join(shards, "detections.json") if detections and args.format != "ymir" else detections
-    job = Job(candidates=paths, names=names, mining_result=args.out if args.command == "mine" else "",
-              infer_result=raw_infer or "", shards_dir=shards)
+    mining = args.command == "mine"
+    stem = os.path.splitext(args.out)[0]
+    labeled = tuple(list_images(args.labeled)[0]) if mining and args.labeled else ()
+    job = Job(candidates=paths, names=names, mining_result=args.out if mining else "",
+              infer_result=raw_infer or "", shards_dir=shards, labeled=labeled,
+              report_html=(args.report or f"{stem}.report.html") if mining else "",
+              mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "")
     from executor.config import build_settings
     from executor.runtime import cpu_threads
 
