@@ -17,11 +17,11 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from executor.config import Settings, build_settings, gpu_list, resolve_weights
+from executor.config import Settings, build_settings, resolve_weights
 from executor.errors import DatasetError
 from executor.images import letterbox
 from executor.loop import Unreadable, batches, out_of_memory_hint
-from executor.model import EMBEDDING_VERSION, Detector, load_detector
+from executor.model import EMBEDDING_VERSION, Detector, load_detector, visible_gpus
 from executor.monitor import Progress, span
 from executor.runtime import cpu_threads
 from executor.shards import Shard, ShardStore, file_sha256, named_records, plan, shards_of_rank
@@ -258,8 +258,9 @@ def shard_store(task: str, job: Job, settings: Settings) -> tuple[ShardStore, li
 
 
 def worker_devices(settings: Settings) -> list[str]:
-    """One worker per GPU of gpu_id, else cpu_processes CPU workers ('' = CPU)."""
-    gpus = gpu_list(settings.gpu_id)
+    """One worker per GPU of gpu_id (each checked before any worker starts), else cpu_processes CPU workers
+    ('' = CPU)."""
+    gpus = visible_gpus(settings.gpu_id)
     return [str(g) for g in gpus] if gpus else [""] * settings.cpu_processes
 
 

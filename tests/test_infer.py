@@ -127,5 +127,5 @@ def test_local_cli_infer_and_errors(tmp_path):
     assert len(json.loads(out.read_text())["detection"]) == 1
     missing = run_start("mine", "--weights", tmp_path / "none.pt", "--images", coco_images(1)[0].parent,
                         "--out", tmp_path / "r.tsv")
-    assert missing.returncode == 1 and "none.pt" in missing.stdout and "300004" in missing.stdout
+    assert missing.returncode == 2 and "none.pt: no such file" in missing.stderr and "300004" not in missing.stderr
     assert not (tmp_path / "r.tsv").exists()

@@ -299,9 +299,9 @@ def test_resume_reuses_complete_shards_with_their_side_files(pool, tmp_path):
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(
         f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.tasks as t\n"
+        "import executor.ranking as r\n"
         "def _stop(*a, **k):\n    raise SystemExit(3)\n"
-        "t.plan_diverse = _stop\n")
+        "r.write_mining = _stop\n")  # every shard is complete, nothing merged
     root = tmp_path / "run"
     env = make_env(root, run_mining=True, candidates=pool[0],
                    config={"img_size": 320, "selection": "diverse", "shard_size": 5})

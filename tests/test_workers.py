@@ -119,9 +119,9 @@ def test_a_changed_parameter_invalidates_the_shards(pool, tmp_path):
     (tmp_path / "hooks").mkdir()
     (tmp_path / "hooks" / "sitecustomize.py").write_text(
         f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.tasks as t\n"
+        "import executor.ranking as r\n"
         "def _stop(*a, **k):\n    raise SystemExit(3)\n"
-        "t.ranked_rows = _stop\n")
+        "r.write_mining = _stop\n")  # every shard is complete, nothing merged
     assert mine_pool(pool, out, "--seed", "1", algorithm="cald", env=env).returncode != 0
     assert len(list(shards.glob("mining-*.txt"))) == 6
     done = mine_pool(pool, out, "--seed", "2", algorithm="cald")
