@@ -403,6 +403,9 @@ class OnnxDetector(Detector):
             "CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # threads that sleep between runs, like torch's (OMP_WAIT_POLICY=PASSIVE): spinning ones take the CPUs
+        # from whatever else runs in or beside this process
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(weights, options, providers=providers)
         except Exception as exc:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 
 CACHE_VARS = ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "TORCH_HOME", "XDG_CACHE_HOME")
+USER_THREADS_VAR = "QUARRY_OMP_NUM_THREADS"  # OMP_NUM_THREADS as the user set it, before any import changed it
 
 
 def writable(path: str) -> bool:
@@ -26,6 +27,9 @@ def prepare_process_env() -> str:
     # OpenMP threads sleep instead of spinning while they wait: beside other work on the same CPUs, spinning
     # threads of an oversubscribed pool stall every parallel region (benchmarks/threads.py measures it)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # importing ultralytics sets OMP_NUM_THREADS=1 for the process: keep what the user asked for (children
+    # spawned later inherit this, not Ultralytics' value)
+    os.environ.setdefault(USER_THREADS_VAR, os.environ.get("OMP_NUM_THREADS", ""))
     for var in CACHE_VARS:
         os.environ.setdefault(var, os.path.join(root, var.lower()))
         os.makedirs(os.environ[var], exist_ok=True)
@@ -86,7 +90,7 @@ def cpu_threads(requested: int = 0) -> int:
     if requested > 0:
         return requested
     try:
-        from_env = int(os.environ.get("OMP_NUM_THREADS", "0"))
+        from_env = int(os.environ.get(USER_THREADS_VAR, os.environ.get("OMP_NUM_THREADS", "0")) or 0)
     except ValueError:
         from_env = 0
     return from_env if from_env > 0 else usable_cpus()
