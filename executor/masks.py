@@ -237,8 +237,6 @@ def box_mask_rles(proto, coefficients, canvas_shape: tuple[int, int], letterbox,
     letterbox, > 0, pixels r with x1 <= r < x2 (and the same for rows) kept, as Ultralytics crops. The masks of
     predicted_masks (Ultralytics' helpers, two interpolations) up to a pixel at edges, at a fraction of the cost:
     one bilinear sample per pixel of the box, no full-size float mask (tests/test_segmentation.py compares them)."""
-    import torch
-
     height, width = letterbox.height, letterbox.width
     channels, proto_h, proto_w = proto.shape
     if not len(coefficients):

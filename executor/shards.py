@@ -17,6 +17,7 @@ the predicted boxes (report: `box_start` (n+1,) offsets into `box_xyxy` (M, 4), 
 and `readable` (how many rows are not unreadable). Its fingerprint covers the run and what it holds; a shard is
 complete only when both of its files are, so resume and several workers treat the pair as one unit.
 """
+import functools
 import hashlib
 import heapq
 import json
@@ -38,6 +39,13 @@ def _one_line(text: str) -> str:
 
 
 def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (cached per path, size and modification time: shard stores ask per task)."""
+    stat = os.stat(path)
+    return _file_sha256(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -91,13 +99,16 @@ class ShardStore:
     def __init__(self, folder: str, kind: str, run: dict, side: dict | None = None):
         self.folder, self.kind, self.run, self.side = folder, kind, run, side
         self.embedding_dim, self.class_names = 0, []  # set by the worker that writes side files (its model's)
+        self._headers: dict[int, str] = {}  # the fingerprint reads every key: once per shard, not per check
 
     def path(self, shard: Shard | int) -> str:
         index = shard if isinstance(shard, int) else shard.index
         return os.path.join(self.folder, f"{self.kind}-{index:06d}.txt")
 
     def header(self, shard: Shard) -> str:
-        return f"{MAGIC} {self.kind} {fingerprint(self.run, shard.keys)} {len(shard.keys)}\n"
+        if shard.index not in self._headers:
+            self._headers[shard.index] = f"{MAGIC} {self.kind} {fingerprint(self.run, shard.keys)} {len(shard.keys)}\n"
+        return self._headers[shard.index]
 
     def side_path(self, shard: Shard | int) -> str:
         index = shard if isinstance(shard, int) else shard.index
