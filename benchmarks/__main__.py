@@ -52,7 +52,7 @@ def parse_args(argv=None):
                         "fewer than the 1x pool, so any growth with the pool shows; it holds ~4 batches + workers)")
     p.add_argument("--rss-algorithm", default="aldd")
     p.add_argument("--p5-reps", type=int, default=3)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: quality,voc,p3,p4,p5,p6")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: quality,voc,p3,p4,p5,p6,p7,p8")
     p.add_argument("--render", action="store_true",
                    help="run nothing: regenerate the markdown from the JSON results already written")
     p.add_argument("--profile", action="store_true",
@@ -332,6 +332,14 @@ def main(argv=None) -> int:
         results["p6"] = speed.onnx_vs_torch(args.weights, split(coco.paths, args.segments), detector, tmp_dir("p6"))
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         log.info("P6 onnx/torch %.3f", results["p6"]["ratio"])
+    if "p7" not in args.skip:
+        results["p7"] = speed.decode_throughput(coco.paths, detector.img_size, detector.rect_stride,
+                                                detector.device, batch)
+        log.info("P7 decode, torchvision CPU / OpenCV %.3f", results["p7"]["torchvision_cpu_ratio"])
+    if "p8" not in args.skip and args.device == "cpu":
+        keys = speed.repeated_pool(coco.paths, -(-96 // len(coco.paths)), tmp_dir("p8"))
+        results["p8"] = speed.cpu_workers_ratio(args.weights, keys)
+        log.info("P8 2 CPU workers / 1: %.3f", results["p8"]["ratio"])
     if "p4" not in args.skip:
         images = coco.paths[:args.rss_pool]
         results["p4"] = speed.peak_rss_ratio(args.weights, images, args.rss_times, args.rss_algorithm,

@@ -12,8 +12,10 @@ python3 -m pip install -q --no-index --no-deps .device-wheels/*.whl 2>&1 | tail 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python3 -c "import torch, ultralytics; print(torch.__version__, ultralytics.__version__, torch.cuda.get_device_name(0))" \
     >> "$OUT/gpu.txt"
-# GPU tests: the whole-batch NMS path against the per-image one on real outputs, and the CUDA-only tests
+# GPU tests: the whole-batch NMS path against the per-image one on real outputs, nvJPEG against OpenCV, and the
+# other CUDA-only tests
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/executor/test_model.py tests/mining/test_aldd.py \
+    tests/executor/test_gpu_decode.py \
     > "$OUT/tests.txt" 2>&1
 # the benchmark on the GPU: P0 (raw batched forward) and every algorithm paired with it, 2 workers on one GPU
 timeout 360 python3 -m benchmarks --device cuda --pool-repeat 20 --skip quality,voc,p4 \

@@ -39,6 +39,12 @@ def summarise(r: dict) -> dict:
             s["targets"]["P5 <= 5 s (CPU)"] = s["P5"] <= TARGETS["P5"]
     if "p6" in r:
         s["P6"] = r["p6"]["ratio"]
+    if "p7" in r:
+        s["P7"] = r["p7"]["torchvision_cpu_ratio"]
+        if "nvjpeg_cores" in r["p7"]:
+            s["P7_nvjpeg_cores"] = r["p7"]["nvjpeg_cores"]
+    if "p8" in r:
+        s["P8"] = r["p8"]["ratio"]
     for name, q in r.get("quality", {}).items():
         rows = q["rows"]
         rnd, det = rows["random"], rows["detections"]
@@ -110,6 +116,23 @@ def speed_rows(r: dict) -> list[list[str]]:
         rows.append(("P6", "ONNX Runtime ÷ PyTorch inference (executor.tasks.infer, CPU)", ratio_cell(
             s["P6"], f"{fmt(p6['onnx']['images_per_s'], 2)} vs {fmt(p6['torch']['images_per_s'], 2)} img/s",
             p6.get("segment_ratios", [s["P6"]]), p6.get("ratio_pooled")), "(report)", None))
+    if "P7" in s:
+        p7 = r["p7"]
+        detail = (f"OpenCV {fmt(p7['opencv']['images_per_s'], 0)} vs torchvision "
+                  f"{fmt(p7['torchvision_cpu']['images_per_s'], 0)} img/s on one core")
+        if "nvjpeg" in p7:
+            detail += (f"; nvJPEG, {p7['chunk']} images a call: {fmt(p7['nvjpeg']['images_per_s'], 0)} img/s = "
+                       f"{fmt(p7['nvjpeg_cores'], 1)} CPU cores of OpenCV, copying the originals back "
+                       f"{fmt(100 * p7['originals_copy_share'], 0)}% of it")
+        rows.append(("P7", "decode + letterbox: torchvision decode_jpeg + letterbox_tensor ÷ OpenCV, one thread",
+                     f"**{fmt(s['P7'])}** ({detail})", "(report)", None))
+    if "P8" in s:
+        p8 = r["p8"]
+        one, two = p8["workers"]["1"], p8["workers"]["2"]
+        rows.append(("P8", "mining, 2 CPU workers ÷ 1 worker (1 thread each, result.tsv identical)",
+                     f"**{fmt(s['P8'])}** end to end ({fmt(two['images_per_s'], 2)} vs {fmt(one['images_per_s'], 2)} "
+                     f"img/s on {one['images']} images, model loads and worker starts included); from the first "
+                     f"image scored: {fmt(p8.get('steady_ratio'))}", "(report)", None))
     return [[label, what, measured, target, _met(s["targets"], key)] for label, what, measured, target, key in rows]
 
 
@@ -257,7 +280,7 @@ def markdown(r: dict, json_path: str, others=(), findings: str = "") -> str:
         "```",
         "",
         "Other options: `--reps N`, `--profile` (cProfile of each algorithm's mining run into "
-        "benchmarks/results/), `--skip quality,voc,p3,p4,p5,p6`, `--images N`. A run writes `"
+        "benchmarks/results/), `--skip quality,voc,p3,p4,p5,p6,p7,p8`, `--images N`. A run writes `"
         + json_path + "` (every figure, per-image errors, scores and box confidences) and regenerates this "
         "file, with a section for the latest run on the other device if its JSON is there. The host is "
         "shared with other jobs: absolute images/s move with its load, which is why every speed figure is a "
@@ -313,6 +336,14 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
   the process to the first `monitor.txt` line with state 2 and progress > 0 (polled every 5 ms).
 - **P6**: `executor.tasks.infer` with `backend: onnx` (an Ultralytics ONNX export, dynamic batch, made
   in a temp dir) ÷ with `backend: torch`, CPU, same images and batch, paired segment by segment like P1.
+- **P7**: decode + letterbox of the COCO pool in one thread (torch and OpenCV limited to one): OpenCV
+  (`read_image` + `letterbox`, the CPU path) against torchvision's CPU `decode_jpeg` + `letterbox_tensor`
+  (executor/gpu_decode.py), in 4 segments, who goes first rotating; on CUDA also the batched nvJPEG path
+  (`decode_batch`, a batch of images a call), with and without copying the originals back to the host.
+- **P8**: `executor.tasks.mine` (entropy, report off) on at least 96 images (the pool repeated as symlinks)
+  with `cpu_processes: 2` ÷ `cpu_processes: 1`, `cpu_threads` set so each worker has 1 thread (the scores
+  are then bit-identical, and result.tsv is checked to be the same bytes); each run loads its own model,
+  and 2 workers start their processes. Also given from the first scored image on (the steady state).
 
 **Quality.** Per image, the model's errors at `conf_thres` 0.25 (`benchmarks/quality.py`): false
 negatives + false positives at IoU ≥ 0.5, class-aware, detections matched greedily by confidence to the

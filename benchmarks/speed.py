@@ -7,6 +7,9 @@
 - P3 `UltralyticsPredict`: what a user would script instead, `YOLO(w).predict(stream=True)`.
 - P4 `peak_rss_ratio` and P5 `first_progress`: `start.py` in platform mode in child processes.
 - P6 `onnx_vs_torch`: `executor.tasks.infer` with backend onnx vs torch.
+- P7 `decode_throughput`: decode + letterbox in one thread, OpenCV (the CPU path) against torchvision's
+  decode_jpeg + letterbox_tensor (executor/gpu_decode.py) on the CPU and, on CUDA, the batched nvJPEG path.
+- P8 `cpu_workers_ratio`: `executor.tasks.mine` with 2 CPU worker processes ÷ 1, one thread each.
 """
 import json
 import os
@@ -300,6 +303,103 @@ def onnx_vs_torch(weights: str, segments, torch_detector, folder: str) -> dict:
     out["ratio"] = float(np.median(out["segment_ratios"]))
     out["ratio_pooled"] = out["onnx"]["images_per_s"] / out["torch"]["images_per_s"]
     out["onnx_file_mb"] = os.path.getsize(onnx_path) / 2**20
+    return out
+
+
+# ---------------------------------------------------------------- P7: decoding, per core and on the GPU
+
+def decode_throughput(paths: list[str], size: int, stride: int | None, device: torch.device, chunk: int,
+                      segments: int = 4) -> dict:
+    """Images/s of decode + letterbox of `paths` in one thread (OpenCV and torch limited to one): the CPU path
+    (read_image + letterbox), torchvision's decode_jpeg + letterbox_tensor on the CPU, and on CUDA the batched
+    device path `chunk` images a call, with and without the originals copied back to the host. Segment by
+    segment, who goes first rotating; each way warmed up on a few images first."""
+    import cv2
+
+    from executor.gpu_decode import decode_batch
+    from executor.images import letterbox
+
+    def opencv(seg):
+        for path in seg:
+            if decode(path, lambda image: letterbox(image, size, stride)).error:
+                raise RuntimeError(f"unreadable benchmark image {path}")
+
+    def batched(on, originals=True):
+        def run(seg):
+            for i in range(0, len(seg), chunk):
+                decode_batch(seg[i:i + chunk], on, size, stride, originals=originals)
+            sync(torch.device(on))
+        return run
+
+    ways = {"opencv": opencv, "torchvision_cpu": batched("cpu")}
+    if device.type == "cuda":
+        ways["nvjpeg"] = batched(str(device))
+        ways["nvjpeg_no_originals"] = batched(str(device), originals=False)
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    seconds = {name: 0.0 for name in ways}
+    try:
+        for way in ways.values():
+            way(paths[:4])
+        parts = [paths[round(i * len(paths) / segments):round((i + 1) * len(paths) / segments)]
+                 for i in range(segments)]
+        names = list(ways)
+        for i, seg in enumerate(parts):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                t0 = time.perf_counter()
+                ways[name](seg)
+                seconds[name] += time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
+    out = {name: {"images": len(paths), "seconds": sec, "images_per_s": len(paths) / sec}
+           for name, sec in seconds.items()}
+    out["torchvision_cpu_ratio"] = out["torchvision_cpu"]["images_per_s"] / out["opencv"]["images_per_s"]
+    if "nvjpeg" in out:
+        out["nvjpeg_cores"] = out["nvjpeg"]["images_per_s"] / out["opencv"]["images_per_s"]  # CPU cores it replaces
+        out["originals_copy_share"] = 1 - out["nvjpeg"]["images_per_s"] / out["nvjpeg_no_originals"]["images_per_s"]
+    out["chunk"] = chunk
+    return out
+
+
+# ---------------------------------------------------------------- P8: CPU worker processes
+
+def cpu_workers_ratio(weights: str, keys: list[str], algorithm: str = "entropy") -> dict:
+    """executor.tasks.mine on `keys` with 2 CPU worker processes ÷ with 1, one thread each (so the scores are
+    bit-identical: result.tsv must be the same bytes), a fresh model in each run, report off. Timed end to end
+    (model load, and for 2 workers their start, included) and in the steady state (from the first progress)."""
+    shard = max(1, -(-len(keys) // 4))
+    runs = {}
+    threads = torch.get_num_threads()
+    try:
+        for workers in (1, 2):
+            config = mining_config(weights, algorithm, cpu_processes=workers, cpu_threads=workers, shard_size=shard,
+                                   report=False)
+            seen = []
+            with tempfile.TemporaryDirectory(prefix="quarry-bench-workers-") as folder:
+                job = Job(candidates=list(keys), work_dir=folder, mining_result=os.path.join(folder, "result.tsv"))
+                t0 = time.perf_counter()
+                mine(job, config, lambda fraction: seen.append((time.perf_counter() - t0, fraction)), Models())
+                seconds = time.perf_counter() - t0
+                with open(job.mining_result, encoding="utf-8") as handle:
+                    result = handle.read()
+            moving = [(t, f) for t, f in seen if f > 0]  # from the first image scored to the last progress seen
+            steady = None
+            if moving:
+                (t_first, f_first), (t_last, f_last) = moving[0], max(moving, key=lambda p: (p[1], -p[0]))
+                if f_last > f_first and t_last > t_first:
+                    steady = (f_last - f_first) * len(keys) / (t_last - t_first)
+            runs[workers] = {"images": len(keys), "seconds": seconds, "images_per_s": len(keys) / seconds,
+                             "steady_images_per_s": steady, "result": result}
+    finally:
+        torch.set_num_threads(threads)
+    if runs[1].pop("result") != runs[2].pop("result"):
+        raise RuntimeError("2 CPU workers wrote another result.tsv than 1 worker with the same threads per process")
+    out = {"workers": {str(k): v for k, v in runs.items()}, "algorithm": algorithm, "shard_size": shard,
+           "ratio": runs[2]["images_per_s"] / runs[1]["images_per_s"], "identical_result": True}
+    if runs[1]["steady_images_per_s"] and runs[2]["steady_images_per_s"]:
+        out["steady_ratio"] = runs[2]["steady_images_per_s"] / runs[1]["steady_images_per_s"]
     return out
 
 

@@ -4,6 +4,9 @@
 #
 #   bash dockerfiles/check.sh             build, import check, mining + infer smoke
 #   bash dockerfiles/check.sh --no-build  the same with the image built before
+#   FAMILY=segmentation bash dockerfiles/check.sh   the instance-segmentation image (TEMPLATES=templates/
+#                                         segmentation, OBJECT_TYPE=4): mining + infer with a yolov8n-seg model,
+#                                         the infer result a COCO result with RLE masks
 #
 # How (ymir-protocol §2, §3): podman + runc through ../shared/tools/podman-local.sh, base image
 # localhost/debian:bookworm; pip installs from a local wheel directory only (PIP_OFFLINE=1), downloaded once
@@ -14,15 +17,20 @@
 # coco-val images as a ymir 2.x export) and /out writable; their outputs are checked, and `podman diff`
 # must show nothing written outside /tmp. Takes minutes: not part of CI (.ci/run).
 #
-# Environment: IMAGE (localhost/quarry:cpu-check), SHARED (../shared), CACHE (/tmp/quarry-build-cache),
-# CANDIDATES (10), KEEP=1 keeps the sample /in and /out dirs.
+# Environment: FAMILY (detection | segmentation), IMAGE (localhost/quarry:cpu-check, or :seg-check),
+# SHARED (../shared), CACHE (/tmp/quarry-build-cache), CANDIDATES (10), KEEP=1 keeps the sample /in and /out dirs.
 # Exit status: 0 all passed; 1 a check failed; 3 the image built and imports, but the smoke could not run
 # because the code has no platform mode yet (/app/start.py missing).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SHARED=${SHARED:-$(cd "$REPO/../shared" && pwd)}
-IMAGE=${IMAGE:-localhost/quarry:cpu-check}
+FAMILY=${FAMILY:-detection}
+case "$FAMILY" in
+  detection) TEMPLATES=templates; OBJECT_TYPE=2; IMAGE=${IMAGE:-localhost/quarry:cpu-check} ;;
+  segmentation) TEMPLATES=templates/segmentation; OBJECT_TYPE=4; IMAGE=${IMAGE:-localhost/quarry:seg-check} ;;
+  *) echo "FAMILY=$FAMILY: expected detection or segmentation" >&2; exit 2 ;;
+esac
 CACHE=${CACHE:-/tmp/quarry-build-cache}
 CANDIDATES=${CANDIDATES:-10}
 PODMAN_LOCAL="$SHARED/tools/podman-local.sh"
@@ -67,6 +75,7 @@ if [[ $BUILD == 1 ]]; then
   # torch comes from the wheel directory).
   if ! pl build -f "$REPO/dockerfiles/Dockerfile" --build-arg VARIANT=cpu --build-context wheels="$CACHE/wheels" \
        --build-arg WHEELS_ID="$wheels_id" --build-arg PIP_OFFLINE=1 --build-arg QUARRY_VERSION="$version" \
+       --build-arg TEMPLATES="$TEMPLATES" --build-arg OBJECT_TYPE="$OBJECT_TYPE" \
        -t "$IMAGE" "$REPO" > "$WORK/build.log" 2>&1; then
     tail -40 "$WORK/build.log"
     fail "build failed (log above)"
@@ -89,17 +98,17 @@ echo "entrypoint, cmd: $config"
 [[ "$config" == "null "* || "$config" == "[] "* ]] || fail "the image has an ENTRYPOINT"
 labels=$(podman image inspect --format '{{index .Labels "quarry.variant"}} {{index .Labels "io.ymir.object-type"}}' "$IMAGE")
 echo "labels quarry.variant, io.ymir.object-type: $labels"
-[[ "$labels" == "cpu 2" ]] || fail "labels are not quarry.variant=cpu, io.ymir.object-type=2"
+[[ "$labels" == "cpu $OBJECT_TYPE" ]] || fail "labels are not quarry.variant=cpu, io.ymir.object-type=$OBJECT_TYPE"
 for file in training-template.yaml mining-template.yaml infer-template.yaml manifest.yaml; do
   if pl run --rm "$IMAGE" cat "/img-man/$file" > "$WORK/$file" 2> "$WORK/cat.err"; then
-    "$PY" - "$WORK/$file" "$REPO/templates/$file" <<'EOF' || fail "/img-man/$file"
+    "$PY" - "$WORK/$file" "$REPO/$TEMPLATES/$file" <<'EOF' || fail "/img-man/$file"
 import sys, yaml
 got = yaml.safe_load(open(sys.argv[1]))
 assert isinstance(got, dict) and got, "not a YAML mapping"
 assert got == yaml.safe_load(open(sys.argv[2])), "differs from templates/ in the repository"
 print(f"  {sys.argv[1].rsplit('/', 1)[1]}: mapping of {len(got)} keys")
 EOF
-  elif [[ $file == training-template.yaml && ! -f "$REPO/templates/$file" ]]; then
+  elif [[ $file == training-template.yaml && ! -f "$REPO/$TEMPLATES/$file" ]]; then
     echo "  $file: absent (no training template in templates/ yet: the platform offers no training)"
   else
     cat "$WORK/cat.err"; fail "cannot read /img-man/$file"
@@ -120,7 +129,12 @@ fi
 say "sample /in: $CANDIDATES coco-val images as a ymir 2.x mining/infer export"
 IN="$WORK/in"
 mkdir -p "$IN/assets" "$IN/models"
-cp "$SHARED/weights/yolov8n.pt" "$IN/models/yolov8n.pt"
+if [[ $FAMILY == segmentation ]]; then  # yolov8n-seg seeded from yolov8n.pt (no COCO -seg checkpoint offline)
+  (cd "$REPO" && "$PY" -c 'import sys; from tests.ymir_builders import write_seg_weights; write_seg_weights(sys.argv[1])' \
+    "$IN/models/model.pt") || fail "cannot build the yolov8n-seg checkpoint"
+else
+  cp "$SHARED/weights/yolov8n.pt" "$IN/models/model.pt"
+fi
 : > "$IN/candidate-index.tsv"
 mapfile -t images < <(find "$SHARED/data/coco-val/images" -maxdepth 1 -name '*.jpg' | sort)
 for img in "${images[@]:0:$CANDIDATES}"; do
@@ -129,12 +143,12 @@ for img in "${images[@]:0:$CANDIDATES}"; do
   cp "$img" "$IN/assets/${hash: -2}/$hash.jpg"
   echo "/in/assets/${hash: -2}/$hash.jpg" >> "$IN/candidate-index.tsv"
 done
-"$PY" - "$SHARED/data/coco-val/annotations.json" "$IN/config.yaml" <<'EOF'
+"$PY" - "$SHARED/data/coco-val/annotations.json" "$IN/config.yaml" "$OBJECT_TYPE" <<'EOF'
 import json, sys, yaml
 categories = sorted(json.load(open(sys.argv[1]))["categories"], key=lambda c: c["id"])
 config = {"task_id": "t0000quarrycheck", "class_names": [c["name"] for c in categories], "gpu_id": "",
-          "gpu_count": 0, "object_type": 2, "model_params_path": ["/in/models/yolov8n.pt"],
-          "mining_algorithm": "aldd"}
+          "gpu_count": 0, "object_type": int(sys.argv[3]), "model_params_path": ["/in/models/model.pt"],
+          "mining_algorithm": "aldd" if sys.argv[3] == "2" else "cald"}
 assert len(config["class_names"]) == 80
 yaml.safe_dump(config, open(sys.argv[2], "w"))
 EOF
@@ -195,8 +209,18 @@ if job == "mining":
     scores = [float(r[1]) for r in rows]
     assert scores == sorted(scores, reverse=True), "result.tsv is not sorted by descending score"
     print(f"result.tsv: {len(rows)} lines, scores {scores[0]:.4g} .. {scores[-1]:.4g}, descending; monitor {monitor[:4]}")
+elif "images" in (result := json.load(open(os.path.join(out, "infer-result.json")))):  # segmentation: COCO result
+    listed = [im["file_name"] for im in result["images"]]
+    assert sorted(listed) == sorted(os.path.basename(c) for c in candidates), "images differ from the candidates"
+    sizes = {im["id"]: [im["height"], im["width"]] for im in result["images"]}
+    annotations = result["annotations"]
+    assert annotations, "no instance at all on COCO images"
+    for a in annotations:
+        assert a["segmentation"]["size"] == sizes[a["image_id"]] and a["segmentation"]["counts"], a
+        assert len(a["bbox"]) == 4 and 0 < a["confidence"] <= 1 and a["iscrowd"] == 0, a
+    print(f"infer-result.json: COCO result, {len(listed)} images, {len(annotations)} RLE masks; monitor {monitor[:4]}")
 else:
-    detection = json.load(open(os.path.join(out, "infer-result.json")))["detection"]
+    detection = result["detection"]
     names = {os.path.basename(c) for c in candidates}
     assert set(detection) == names, f"infer-result.json keys differ: {sorted(set(detection) ^ names)}"
     boxes = [b for v in detection.values() for b in v["boxes"]]

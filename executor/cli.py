@@ -6,6 +6,7 @@ each other. Usage errors exit 2 (argparse's convention), failures 1, an interrup
 typed, not the config key behind it, and platform error codes stay in platform mode.
 """
 import argparse
+import contextlib
 import glob
 import logging
 import os
@@ -217,6 +218,14 @@ def config_of(args) -> dict:
     return config
 
 
+def check_yolo_boxes(config: dict) -> None:
+    from executor.config import SEGMENTATION, build_settings
+
+    if build_settings("infer", config).object_type == SEGMENTATION:
+        raise UsageError("--format yolo writes boxes; a segmentation model's masks are written with --format ymir "
+                         "or coco (the COCO result with RLE masks)")
+
+
 def check_mine(args, pool: int, config: dict) -> None:
     if args.topk is not None and not 1 <= args.topk <= pool:
         raise UsageError(f"--topk {args.topk}: choose a number from 1 to {pool} (the images found)")
@@ -229,6 +238,8 @@ def check_mine(args, pool: int, config: dict) -> None:
     if args.select_dir:
         check_output_folder("--select-dir", args.select_dir, args.exist_ok)
     if args.infer_out:
+        if args.format == "yolo":
+            check_yolo_boxes(config)
         check_output_file("--infer-out", args.infer_out) if args.format != "yolo" else \
             check_output_folder("--infer-out", args.infer_out, True)
         if os.path.abspath(args.infer_out) == os.path.abspath(args.out):
@@ -268,8 +279,36 @@ def progress_bar(total: int):
     return progress
 
 
+@contextlib.contextmanager
+def model_family(weights: str | None):
+    """The templates of the model's own family while the command runs (a -seg checkpoint or export is a
+    segmentation model: segmentation defaults, masks in the infer result); worker processes inherit them. Without
+    a readable model (random mining, or an error the loader will report), the active templates stay."""
+    from executor.config import OBJECT_TYPE_OF_TASK, TEMPLATES_VAR, family_templates
+    from executor.model import model_task
+
+    task = model_task(weights) if weights and os.path.isfile(weights) else None
+    if task not in OBJECT_TYPE_OF_TASK:
+        yield
+        return
+    before = os.environ.get(TEMPLATES_VAR)
+    os.environ[TEMPLATES_VAR] = family_templates(OBJECT_TYPE_OF_TASK[task])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TEMPLATES_VAR, None)
+        else:
+            os.environ[TEMPLATES_VAR] = before
+
+
 def run(args) -> int:
-    """A local mine or infer command; returns the exit status."""
+    """A local mine or infer command, with the templates of its model's family; returns the exit status."""
+    with model_family(getattr(args, "weights", None)):
+        return run_in_family(args)
+
+
+def run_in_family(args) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from executor.errors import one_line
@@ -291,6 +330,7 @@ def run(args) -> int:
             check_output_file("--out", args.out)
             check_mine(args, len(paths), config)
         elif args.format == "yolo":
+            check_yolo_boxes(config)
             check_output_folder("--out", args.out, True)
         else:
             check_output_file("--out", args.out)
@@ -318,11 +358,16 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
     from executor.formats import write_detections
     from executor.tasks import Job, run as run_tasks
 
+    from executor.config import SEGMENTATION, build_settings
+
     tasks = ["mining"] if args.command == "mine" else ["infer"]
     detections = args.infer_out if args.command == "mine" else args.out
     if args.command == "mine" and args.infer_out:
         tasks.append("infer")
-    raw_infer = os.path.join(shards, "detections.json") if detections and args.format != "ymir" else detections
+    # a segmentation model's infer result is already the COCO result: --format coco is that file
+    segmentation = build_settings("infer", config).object_type == SEGMENTATION
+    rewrite = detections and args.format != "ymir" and not segmentation
+    raw_infer = os.path.join(shards, "detections.json") if rewrite else detections
     mining = args.command == "mine"
     stem = os.path.splitext(args.out)[0]
     labeled = tuple(list_images(args.labeled)[0]) if mining and args.labeled else ()
@@ -330,7 +375,6 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
               infer_result=raw_infer or "", shards_dir=shards, labeled=labeled,
               report_html=(args.report or f"{stem}.report.html") if mining else "",
               mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "")
-    from executor.config import build_settings
     from executor.runtime import cpu_threads
 
     settings = build_settings(tasks[0], config)

@@ -24,8 +24,18 @@ TASKS = ("training", "mining", "infer")
 DETECTION, SEGMENTATION = 2, 4
 FAMILIES = {DETECTION: "detection", SEGMENTATION: "instance segmentation"}
 FAMILY_TEMPLATES = {DETECTION: TEMPLATES_DIR, SEGMENTATION: os.path.join(TEMPLATES_DIR, "segmentation")}
+# The Ultralytics task of each family (manifest object_type → task), and the words for tasks in messages.
+TASK_OF_OBJECT_TYPE = {DETECTION: "detect", SEGMENTATION: "segment"}
+OBJECT_TYPE_OF_TASK = {task: object_type for object_type, task in TASK_OF_OBJECT_TYPE.items()}
+TASK_WORDS = {"detect": "detection", "segment": "segmentation", "pose": "pose", "obb": "oriented-box",
+              "classify": "classification", "semseg": "semantic segmentation"}
 TEMPLATES_VAR = "QUARRY_TEMPLATES"  # the image sets /img-man: the very files the platform read on import
 IMAGE_TEMPLATES_DIR = "/img-man"    # where an image keeps its templates and manifest (ymir-protocol §3)
+
+
+def task_words(task: str) -> str:
+    return f"{TASK_WORDS.get(task, task)} ('{task}')"
+
 
 # Keys the platform adds to config.yaml (ymir-protocol §4.2); known, so never warned about.
 PLATFORM_KEYS = {
@@ -150,6 +160,19 @@ def to_bool(key: str, value: Any) -> bool:
 
 def boolean() -> Rule:
     return to_bool
+
+
+def auto_or_boolean() -> Rule:
+    """'auto' (also for '' or nothing), or a boolean as to_bool reads one."""
+    def rule(key: str, value: Any):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+            return "auto"
+        try:
+            return to_bool(key, value)
+        except ConfigError:
+            raise _bad(key, value, "auto, true or false") from None
+
+    return rule
 
 
 def number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> Rule:
@@ -313,6 +336,7 @@ RULES: dict[str, Rule] = {
     "batch_size_per_gpu": integer(1, 4096),
     "num_workers_per_gpu": integer(0, 256),
     "pin_memory": boolean(),
+    "gpu_decode": auto_or_boolean(),
     "cpu_threads": integer(0, 1024),
     "cpu_processes": integer(1, 256),
     "shard_size": integer(1, 10**7),

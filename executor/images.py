@@ -1,6 +1,6 @@
 """Decoding images by content (whatever the extension says) and letterboxing them to the network size."""
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -65,6 +65,32 @@ class Letterbox:
         return out
 
 
+class Placement(NamedTuple):
+    """Where a resized original sits on its canvas."""
+    new_w: int      # the resized original
+    new_h: int
+    canvas_h: int
+    canvas_w: int
+    left: int       # its top-left corner on the canvas
+    top: int
+    ratio: float    # resized = original * ratio
+
+
+def letterbox_geometry(height: int, width: int, size: int, stride: int | None = None,
+                       canvas_shape: tuple[int, int] | None = None) -> Placement:
+    """The geometry of `letterbox` for an original of height × width (the one computation both the OpenCV and
+    the torch letterbox use)."""
+    ratio = min(size / height, size / width)
+    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+    if canvas_shape is not None:
+        canvas_h, canvas_w = canvas_shape
+        if canvas_h < new_h or canvas_w < new_w:
+            raise ValueError(f"a {new_w}x{new_h} image does not fit a {canvas_w}x{canvas_h} canvas")
+    else:
+        canvas_h, canvas_w = (size, size) if stride is None else (round_up(new_h, stride), round_up(new_w, stride))
+    return Placement(new_w, new_h, canvas_h, canvas_w, (canvas_w - new_w) // 2, (canvas_h - new_h) // 2, ratio)
+
+
 def letterbox(image: np.ndarray, size: int, stride: int | None = None,
               canvas_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
     """Resize keeping the aspect ratio so the long side is `size`, centre it on a grey canvas: size×size, or,
@@ -72,20 +98,12 @@ def letterbox(image: np.ndarray, size: int, stride: int | None = None,
     a quarter fewer pixels to compute), or a given (height, width) that holds it (evaluation's batch shapes).
     The canvas depends only on the image (and a given shape), never on its batch."""
     height, width = image.shape[:2]
-    ratio = min(size / height, size / width)
-    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
-    if (new_w, new_h) != (width, height):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    if canvas_shape is not None:
-        canvas_h, canvas_w = canvas_shape
-        if canvas_h < new_h or canvas_w < new_w:
-            raise ValueError(f"a {new_w}x{new_h} image does not fit a {canvas_w}x{canvas_h} canvas")
-    else:
-        canvas_h, canvas_w = (size, size) if stride is None else (round_up(new_h, stride), round_up(new_w, stride))
-    left, top = (canvas_w - new_w) // 2, (canvas_h - new_h) // 2
-    canvas = np.full((canvas_h, canvas_w, 3), PAD_VALUE, dtype=np.uint8)
-    canvas[top:top + new_h, left:left + new_w] = image
-    return canvas, Letterbox(ratio, float(left), float(top), height, width)
+    at = letterbox_geometry(height, width, size, stride, canvas_shape)
+    if (at.new_w, at.new_h) != (width, height):
+        image = cv2.resize(image, (at.new_w, at.new_h), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((at.canvas_h, at.canvas_w, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[at.top:at.top + at.new_h, at.left:at.left + at.new_w] = image
+    return canvas, Letterbox(at.ratio, float(at.left), float(at.top), height, width)
 
 
 def same_shape_chunks(canvases: Sequence[np.ndarray], size: int) -> list[list[int]]:

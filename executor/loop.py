@@ -2,10 +2,15 @@
 previous batch, and yields batches of one canvas shape, in the order they fill, with the unreadable images
 reported as they come (an unreadable image never aborts the job).
 
+With `on_device` (template key gpu_decode, executor/gpu_decode.py) the files are read in those threads (and the
+few the device cannot decode are decoded there by OpenCV), then decoded and letterboxed on the device a batch
+at a time, up to two batches ahead, in a thread of its own: the canvases are then a device tensor. The same
+images give the same canvas shapes either way, so the batches are the same, in the same order.
+
 Images are batched with others of the same canvas shape: a batch waits in its bucket until it is full, or
 until too many images wait, when the fullest bucket goes as it is. Memory stays flat in the pool size: at
-most `prefetch` images are being decoded and at most `2 * batch_size` wait in buckets. The batch size is
-the one asked for: progress is counted in images by the caller, whatever the batch.
+most `prefetch` images (on the device: three batches) are being decoded and at most `2 * batch_size` wait in
+buckets. The batch size is the one asked for: progress is counted in images by the caller, whatever the batch.
 """
 import contextlib
 import logging
@@ -16,8 +21,10 @@ from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import torch
 
 from executor.errors import ImageError, OutOfMemory, QuarryError, error_code, one_line
+from executor.gpu_decode import DeviceLetterbox, read_source
 from executor.images import Letterbox, read_image
 from mining.base import Batch
 
@@ -35,7 +42,7 @@ class Unreadable:
 class Decoded:
     key: str
     image: np.ndarray | None = None
-    canvas: np.ndarray | None = None
+    canvas: np.ndarray | torch.Tensor | None = None
     box: Letterbox | None = None
     error: str = ""
 
@@ -65,25 +72,60 @@ def decoded_stream(keys: Sequence[str], prepare: Prepare, workers: int, prefetch
             yield pending.popleft().result()
 
 
-def batches(keys: Sequence[str], prepare: Prepare, batch_size: int, workers: int) -> Iterator[Batch | Unreadable]:
+def device_decoded_stream(keys: Sequence[str], on_device: DeviceLetterbox, workers: int, chunk: int
+                          ) -> Iterator[Decoded]:
+    """Decoded images in input order: files read (and those the device cannot decode decoded by OpenCV) in
+    `workers` threads, decoded and letterboxed on the device `chunk` at a time in one thread, up to two chunks
+    ahead of the consumer."""
+    parts = [keys[i:i + chunk] for i in range(0, len(keys), chunk)]
+
+    def wrap(part, results) -> Iterator[Decoded]:
+        for key, got in zip(part, results):
+            yield Decoded(key, error=str(got)) if isinstance(got, ImageError) else Decoded(key, *got)
+
+    if workers <= 0:
+        for part in parts:
+            yield from wrap(part, on_device.decode([read_source(key) for key in part]))
+        return
+    cv2.setNumThreads(1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") as readers, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="device-decode") as device:
+        pending: deque = deque()
+        for part in parts:
+            reads = [readers.submit(read_source, key) for key in part]
+            pending.append((part, device.submit(lambda reads=reads: on_device.decode([r.result() for r in reads]))))
+            if len(pending) > 2:
+                part_done, results = pending.popleft()
+                yield from wrap(part_done, results.result())
+        while pending:
+            part_done, results = pending.popleft()
+            yield from wrap(part_done, results.result())
+
+
+def batches(keys: Sequence[str], prepare: Prepare, batch_size: int, workers: int,
+            on_device: DeviceLetterbox | None = None) -> Iterator[Batch | Unreadable]:
     """Every image of `keys` once: readable ones in batches of one canvas shape, unreadable ones one by one
-    (named in a warning)."""
+    (named in a warning). `on_device`: decode and letterbox there (its geometry replaces `prepare`'s)."""
     buckets: dict[tuple, list[Decoded]] = {}  # canvas shape -> images waiting for a batch, by first arrival
+    stack = np.stack if on_device is None else torch.stack
 
     def flush(shape: tuple) -> Batch:
         good = buckets.pop(shape)
-        return Batch([g.key for g in good], [g.image for g in good], np.stack([g.canvas for g in good]),
+        return Batch([g.key for g in good], [g.image for g in good], stack([g.canvas for g in good]),
                      [g.box for g in good])
 
-    for item in decoded_stream(keys, prepare, workers, prefetch=2 * batch_size + workers):
+    stream = decoded_stream(keys, prepare, workers, prefetch=2 * batch_size + workers) if on_device is None else \
+        device_decoded_stream(keys, on_device, workers, batch_size)
+    for item in stream:
         if item.error:
             log.warning("skipping unreadable image: %s", item.error)
             yield Unreadable(item.key, item.error)
             continue
-        bucket = buckets.setdefault(item.canvas.shape, [])
+        shape = tuple(item.canvas.shape)
+        bucket = buckets.setdefault(shape, [])
         bucket.append(item)
         if len(bucket) == batch_size:
-            yield flush(item.canvas.shape)
+            yield flush(shape)
         elif sum(map(len, buckets.values())) > 2 * batch_size:
             yield flush(max(buckets, key=lambda shape: len(buckets[shape])))
     for shape in list(buckets):

@@ -268,3 +268,33 @@ def encode(masks) -> list[dict]:
         return []
     rles = mask_utils.encode(np.asfortranarray(array.transpose(1, 2, 0).astype(np.uint8)))
     return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+class PredictedMasks:
+    """The masks of one image's detections (mining.base.InstanceMasks), computed on first use: prototypes
+    (C, h, w) of the image, coefficients (N, C) of its detections, the network input shape, the letterbox and the
+    detections' boxes in original pixels (box_mask_rles crops to them)."""
+
+    def __init__(self, proto, coefficients: np.ndarray, canvas_shape: tuple[int, int], letterbox,
+                 boxes: np.ndarray):
+        self.proto, self.coefficients = proto, coefficients
+        self.canvas_shape, self.letterbox, self.boxes = canvas_shape, letterbox, boxes
+        self._rles: list[dict] | None = None
+
+    def __len__(self):
+        return len(self.coefficients)
+
+    def rles(self) -> list[dict]:
+        if self._rles is None:
+            import torch
+
+            coefficients = torch.as_tensor(self.coefficients, device=self.proto.device)
+            self._rles = box_mask_rles(self.proto, coefficients, self.canvas_shape, self.letterbox, self.boxes)
+        return self._rles
+
+    def subset(self, keep: np.ndarray) -> "PredictedMasks":
+        keep = np.asarray(keep, np.int64).reshape(-1)
+        other = PredictedMasks(self.proto, self.coefficients[keep], self.canvas_shape, self.letterbox, self.boxes[keep])
+        if self._rles is not None:
+            other._rles = [self._rles[k] for k in keep]
+        return other

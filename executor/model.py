@@ -1,10 +1,12 @@
 """The inference adapter: the only module that loads a model for prediction (training: executor/trainer.py).
 
-It turns a YOLOv8/YOLO11 detection checkpoint (or its ONNX export) into our own types once. One forward
-pass of a letterboxed batch yields the head's decoded output `raw` (B, 4 + C, A): per anchor point a box
-(cx, cy, w, h in network-input pixels) and C independent sigmoid class probabilities (the head is
-anchor-free and has no objectness). From that single tensor we take
-- post-NMS `Detections` per image, each box with its full class-probability vector, and
+It turns a YOLOv8/YOLO11 detection or instance-segmentation checkpoint (or its ONNX export) into our own types
+once. One forward pass of a letterboxed batch yields the head's decoded output `raw` (B, 4 + C + M, A): per
+anchor point a box (cx, cy, w, h in network-input pixels), C independent sigmoid class probabilities (the head
+is anchor-free and has no objectness) and, for a segmentation model, M mask coefficients (M = 0 for detection),
+with the M mask prototypes (B, M, H/4, W/4) of a segmentation model beside it. From that we take
+- post-NMS `Detections` per image, each box with its full class-probability vector and, for a segmentation
+  model, its mask (made from the prototypes only when asked for: executor.masks.PredictedMasks), and
 - dense class-probability maps per head level (B, C, H/stride, W/stride), for ALDD: the A anchor
   points are the cells of the three levels, level by level, row-major.
 The same post-processing serves the PyTorch and the ONNX Runtime backends, so both return the same boxes.
@@ -28,9 +30,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from executor.config import gpu_list
+from executor.config import TASK_WORDS, gpu_list, task_words
 from executor.errors import ConfigError, ModelError, NoGpuError
 from executor.images import Letterbox, letterbox, round_up, same_shape_chunks
+from executor.masks import PredictedMasks
 from executor.nms import batched_nms
 from executor.runtime import cpu_threads
 from mining.base import Batch, Detections
@@ -41,6 +44,7 @@ MAX_NMS = 30000  # multi-label candidates per image before NMS, as Ultralytics' 
 # Devices where one NMS over the whole batch beats one per image: a kernel launch and a host sync per image
 # cost a GPU more than the larger kernel; on CPU the kernel is O(N^2) in the boxes it sees, so per image wins.
 WHOLE_BATCH_DEVICES = ("cuda",)
+TASKS_SERVED = ("detect", "segment")  # the Ultralytics tasks this adapter predicts with
 
 
 # ---------------------------------------------------------------- devices
@@ -66,10 +70,11 @@ def select_device(gpu_id: str) -> torch.device:
 
 # ---------------------------------------------------------------- post-processing (both backends)
 
-def class_maps(raw: torch.Tensor, canvas: tuple[int, int], strides=DEFAULT_STRIDES) -> list[torch.Tensor]:
-    """The class probabilities of `raw` (B, 4+C, A) for input canvases of (height, width) as one (B, C, h, w)
-    map per head level (views, no copy)."""
-    probs = raw[:, 4:, :]
+def class_maps(raw: torch.Tensor, canvas: tuple[int, int], strides=DEFAULT_STRIDES,
+               num_classes: int | None = None) -> list[torch.Tensor]:
+    """The class probabilities of `raw` (B, 4+C+M, A) for input canvases of (height, width) as one (B, C, h, w)
+    map per head level (views, no copy); `num_classes` C (None: every row after the box)."""
+    probs = raw[:, 4:, :] if num_classes is None else raw[:, 4:4 + num_classes, :]
     shapes = [(canvas[0] // s, canvas[1] // s) for s in strides]
     if sum(h * w for h, w in shapes) != probs.shape[2]:
         raise ModelError(f"head output has {probs.shape[2]} anchor points; expected {shapes} for an input of "
@@ -102,33 +107,49 @@ def candidates(probs: torch.Tensor, conf_thres: float, multi_label: bool):
 
 
 def postprocess(raw: torch.Tensor, boxes: Sequence[Letterbox], conf_thres: float, iou_thres: float,
-                max_det: int | None, multi_label: bool = False, whole_batch: bool | None = None) -> list[Detections]:
-    """Class-aware NMS per image on `raw` (B, 4+C, A), the `max_det` best kept (None: all); boxes mapped back to
-    original pixels. On a GPU (or with `whole_batch`) the batch goes through one NMS kernel and one host copy."""
+                max_det: int | None, multi_label: bool = False, whole_batch: bool | None = None,
+                num_classes: int | None = None, proto: torch.Tensor | None = None) -> list[Detections]:
+    """Class-aware NMS per image on `raw` (B, 4+C+M, A), the `max_det` best kept (None: all); boxes mapped back
+    to original pixels. `num_classes` C (None: no mask coefficients, C = rows - 4); with the prototypes `proto`
+    (B, M, H/4, W/4) of a segmentation model each image's detections carry their masks. On a GPU (or with
+    `whole_batch`) the batch goes through one NMS kernel and one host copy."""
+    num_classes = raw.shape[1] - 4 if num_classes is None else num_classes
     if raw.device.type in WHOLE_BATCH_DEVICES if whole_batch is None else whole_batch:
-        return _postprocess_whole_batch(raw, boxes, conf_thres, iou_thres, max_det, multi_label)
+        return _postprocess_whole_batch(raw, boxes, conf_thres, iou_thres, max_det, multi_label, num_classes, proto)
     results = []
-    for pred, box in zip(raw.transpose(1, 2), boxes):  # (A, 4+C) per image
-        probs = pred[:, 4:]
+    for i, (pred, box) in enumerate(zip(raw.transpose(1, 2), boxes)):  # (A, 4+C+M) per image
+        probs = pred[:, 4:4 + num_classes]
         anchor, cls, score = candidates(probs, conf_thres, multi_label)
         xyxy = xywh_to_xyxy(pred[anchor, :4])
         order = batched_nms(xyxy, score, cls, iou_thres)[:max_det]
+        original = box.to_original(xyxy[order].float().cpu().numpy())
+        coefficients = pred[anchor[order], 4 + num_classes:].float().cpu().numpy() if proto is not None else None
         results.append(Detections(
-            xyxy=box.to_original(xyxy[order].float().cpu().numpy()),
+            xyxy=original,
             conf=score[order].float().cpu().numpy(),
             cls=cls[order].cpu().numpy().astype(np.int64),
             probs=probs[anchor[order]].float().cpu().numpy(),
+            masks=image_masks(proto, i, coefficients, box, original),
         ))
     return results
 
 
+def image_masks(proto: torch.Tensor | None, index: int, coefficients: np.ndarray | None, box: Letterbox,
+                original: np.ndarray) -> PredictedMasks | None:
+    """The (lazy) masks of image `index`'s detections, or None for a detection model."""
+    if proto is None:
+        return None
+    canvas = (proto.shape[2] * 4, proto.shape[3] * 4)  # the prototypes lie at a quarter of the network input
+    return PredictedMasks(proto[index], coefficients, canvas, box, original)
+
+
 def _postprocess_whole_batch(raw: torch.Tensor, boxes: Sequence[Letterbox], conf_thres: float, iou_thres: float,
-                             max_det: int | None, multi_label: bool) -> list[Detections]:
+                             max_det: int | None, multi_label: bool, num_classes: int,
+                             proto: torch.Tensor | None) -> list[Detections]:
     """`postprocess` with one NMS over the whole batch (each (image, class) its own group; boxes in float64 so the
     group offsets cost no precision) and one copy of every kept row to the host."""
-    preds = raw.transpose(1, 2)  # (B, A, 4+C)
-    num_classes = preds.shape[2] - 4
-    picks = [candidates(pred[:, 4:], conf_thres, multi_label) for pred in preds]
+    preds = raw.transpose(1, 2)  # (B, A, 4+C+M)
+    picks = [candidates(pred[:, 4:4 + num_classes], conf_thres, multi_label) for pred in preds]
     image = torch.cat([torch.full_like(anchor, i) for i, (anchor, _, _) in enumerate(picks)])
     anchor, cls, score = (torch.cat([p[k] for p in picks]) for k in range(3))
     rows = preds[image, anchor]
@@ -144,9 +165,12 @@ def _postprocess_whole_batch(raw: torch.Tensor, boxes: Sequence[Letterbox], conf
     packed = torch.cat([xyxy[keep], score[keep, None], cls[keep, None].to(xyxy.dtype), rows[keep, 4:]], 1)
     host = packed.float().cpu().numpy()
     results = []
-    for part, box in zip(np.split(host, np.cumsum(counts.cpu().numpy())[:-1]), boxes):
-        results.append(Detections(xyxy=box.to_original(part[:, :4]), conf=part[:, 4].copy(),
-                                  cls=part[:, 5].astype(np.int64), probs=part[:, 6:].copy()))
+    for i, (part, box) in enumerate(zip(np.split(host, np.cumsum(counts.cpu().numpy())[:-1]), boxes)):
+        original = box.to_original(part[:, :4])
+        coefficients = part[:, 6 + num_classes:].copy() if proto is not None else None
+        results.append(Detections(xyxy=original, conf=part[:, 4].copy(), cls=part[:, 5].astype(np.int64),
+                                  probs=part[:, 6:6 + num_classes].copy(),
+                                  masks=image_masks(proto, i, coefficients, box, original)))
     return results
 
 
@@ -191,6 +215,7 @@ class EmbeddingTap:
         self.canvases = None
         self.boxes = None
         self.raw = None
+        self.proto = None     # a segmentation model's mask prototypes of that forward
         self.embeddings = None
         self.active = False   # inside the armed forward
         self.features = None  # the head's inputs seen during that forward
@@ -198,17 +223,17 @@ class EmbeddingTap:
         self.seconds = 0.0    # spent pooling embeddings (their whole cost when the forward runs anyway)
 
     def arm(self, batch: Batch) -> None:
-        self.canvases, self.boxes, self.raw, self.embeddings = batch.canvases, batch.boxes, None, None
+        self.canvases, self.boxes, self.raw, self.proto, self.embeddings = batch.canvases, batch.boxes, None, None, None
 
     def clear(self) -> None:
-        self.canvases = self.boxes = self.raw = self.embeddings = self.features = None
+        self.canvases = self.boxes = self.raw = self.proto = self.embeddings = self.features = None
         self.active = False
 
     def wants(self, canvases) -> bool:
         return self.canvases is not None and canvases is self.canvases and self.raw is None
 
-    def keep(self, raw: torch.Tensor, features) -> None:
-        self.raw = raw
+    def keep(self, raw: torch.Tensor, features, proto: torch.Tensor | None = None) -> None:
+        self.raw, self.proto = raw, proto
         if features is not None:
             started = time.perf_counter()
             self.embeddings = pool_levels(features, self.canvases.shape[1:3], self.boxes)
@@ -219,15 +244,18 @@ class EmbeddingTap:
 # ---------------------------------------------------------------- detectors
 
 class Detector:
-    """A loaded detection model with its post-processing settings. Subclasses implement `forward`.
+    """A loaded detection or segmentation model with its post-processing settings. Subclasses implement `head`.
 
     `img_size`: the long side of every network input; `rect_stride`: canvases may be any rectangle of
-    multiples of it (None: only img_size × img_size)."""
+    multiples of it (None: only img_size × img_size). `task`: 'detect' or 'segment' (Ultralytics' words);
+    `num_masks`: the mask coefficients per box of a segmentation model (0 for detection)."""
     names: list[str]
     img_size: int
     device: torch.device
     strides = DEFAULT_STRIDES
     rect_stride: int | None = None
+    task = "detect"
+    num_masks = 0
 
     def __init__(self, weights: str, conf_thres: float, iou_thres: float, max_det: int):
         self.weights = weights
@@ -261,7 +289,7 @@ class Detector:
         one (no second forward), else predicted now."""
         if self.tap.canvases is batch.canvases and self.tap.raw is not None:
             return postprocess(self.tap.raw, batch.boxes, self.conf_thres, self.iou_thres, self.max_det,
-                               self.multi_label)
+                               self.multi_label, num_classes=self.num_classes, proto=self.tap.proto)
         return self.predict(batch)
 
     def with_postprocess(self, conf_thres: float, iou_thres: float, max_det: int,
@@ -280,9 +308,14 @@ class Detector:
     def num_classes(self) -> int:
         return len(self.names)
 
-    def forward(self, canvases: np.ndarray) -> torch.Tensor:
-        """(B, H, W, 3) uint8 RGB letterboxed images → raw head output (B, 4+C, A) on self.device."""
+    def head(self, canvases: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, H, W, 3) uint8 RGB letterboxed images → raw head output (B, 4+C+M, A) on self.device and, for a
+        segmentation model, its mask prototypes (B, M, H/4, W/4) (None for detection)."""
         raise NotImplementedError
+
+    def forward(self, canvases: np.ndarray) -> torch.Tensor:
+        """The raw head output (B, 4+C+M, A) of `head`."""
+        return self.head(canvases)[0]
 
     def letterbox(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         return letterbox(image, self.img_size, self.rect_stride)
@@ -290,15 +323,16 @@ class Detector:
     def predict_canvases(self, canvases: np.ndarray, boxes: Sequence[Letterbox], conf_thres: float | None = None,
                          capped: bool = True) -> list[Detections]:
         conf = self.conf_thres if conf_thres is None else conf_thres
-        return postprocess(self.forward(canvases), boxes, conf, self.iou_thres, self.max_det if capped else None,
-                           self.multi_label)
+        raw, proto = self.head(canvases)
+        return postprocess(raw, boxes, conf, self.iou_thres, self.max_det if capped else None, self.multi_label,
+                           num_classes=self.num_classes, proto=proto)
 
     def predict(self, batch: Batch, conf_thres: float | None = None, capped: bool = True) -> list[Detections]:
         return self.predict_canvases(batch.canvases, batch.boxes, conf_thres, capped)
 
     def predict_maps(self, batch: Batch) -> list[torch.Tensor]:
         """Only the dense class maps, without the NMS nobody would read."""
-        return class_maps(self.forward(batch.canvases), batch.canvases.shape[1:3], self.strides)
+        return class_maps(self.forward(batch.canvases), batch.canvases.shape[1:3], self.strides, self.num_classes)
 
     def predict_views(self, views: Sequence[np.ndarray], batch_size: int) -> list[Detections]:
         """Detections of extra images, each letterboxed like a candidate, forwarded in same-shape chunks."""
@@ -316,7 +350,7 @@ class TorchDetector(Detector):
                  **post):
         super().__init__(weights, **post)
         self.device = device
-        net, names, strides = load_torch_model(weights)
+        net, names, strides, self.task, self.num_masks = load_torch_model(weights)
         self.names = names
         self.strides = strides
         self.img_size = self.input_size(img_size)
@@ -329,10 +363,13 @@ class TorchDetector(Detector):
         torch.set_num_threads(threads)  # after loading: Ultralytics' device set-up changes it
 
     @torch.inference_mode()
-    def forward(self, canvases: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(canvases)
-        if self.pin_memory:  # page-locked host memory: the copy to the GPU runs asynchronously
-            x = x.pin_memory()
+    def head(self, canvases: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(canvases, torch.Tensor):  # letterboxed on the device already (gpu_decode)
+            x = canvases
+        else:
+            x = torch.from_numpy(canvases)
+            if self.pin_memory:  # page-locked host memory: the copy to the GPU runs asynchronously
+                x = x.pin_memory()
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -344,10 +381,10 @@ class TorchDetector(Detector):
         finally:
             if tap is not None:
                 tap.active = False
-        out = out[0] if isinstance(out, (tuple, list)) else out
+        raw, proto = head_outputs(out)
         if tap is not None:
-            tap.keep(out, tap.features if self.embedding_dim else None)
-        return out
+            tap.keep(raw, tap.features if self.embedding_dim else None, proto)
+        return raw, proto
 
     def enable_embeddings(self) -> bool:
         if self.embedding_dim:
@@ -367,8 +404,18 @@ class TorchDetector(Detector):
         return True
 
 
+def head_outputs(out) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(raw, prototypes or None) of an Ultralytics model's eval output: Detect returns (raw, per-level maps),
+    Segment ((raw, prototypes), per-level maps)."""
+    first = out[0] if isinstance(out, (tuple, list)) else out
+    if isinstance(first, (tuple, list)):
+        return first[0], first[1]
+    return first, None
+
+
 def load_torch_model(weights: str):
-    """(fused eval torch module, class names, strides) from an Ultralytics detection checkpoint."""
+    """(fused eval torch module, class names, strides, task, mask coefficients per box) from an Ultralytics
+    detection or segmentation checkpoint."""
     if not os.path.isfile(weights):  # a bare name would make Ultralytics try to download it
         raise ModelError(f"weights file not found: {weights}")
     from ultralytics import YOLO  # imported here so that ONNX-only runs never pay for it
@@ -377,8 +424,9 @@ def load_torch_model(weights: str):
         model = YOLO(weights, task=None)
     except Exception as exc:  # corrupt pickle, wrong format, unknown architecture ...
         raise ModelError(f"cannot load weights {weights}: {type(exc).__name__}: {exc}") from exc
-    if model.task != "detect":
-        raise ModelError(f"weights {weights} are a '{model.task}' model; a detection model is needed")
+    if model.task not in TASKS_SERVED:
+        raise ModelError(f"weights {weights} are a {task_words(model.task)} model; a detection or segmentation model "
+                         "is needed")
     # verbose=False: the default also counts the model's FLOPs (a deep copy and a profiled forward, ~1 s on CPU)
     net = model.model.fuse(verbose=False) if hasattr(model.model, "fuse") else model.model
     head = net.model[-1]
@@ -386,11 +434,12 @@ def load_torch_model(weights: str):
         head.end2end = False  # keep the dense one-to-many output that NMS and ALDD work on
     names = [str(model.names[i]) for i in sorted(model.names)]
     strides = tuple(int(s) for s in head.stride.tolist())
-    return net, names, strides
+    return net, names, strides, model.task, int(getattr(head, "nm", 0)) if model.task == "segment" else 0
 
 
 class OnnxDetector(Detector):
-    """ONNX Runtime on an Ultralytics ONNX export (output0 = (B, 4+C, A), same as the torch head)."""
+    """ONNX Runtime on an Ultralytics ONNX export: output0 = (B, 4+C+M, A), same as the torch head, and for a
+    segmentation export (metadata task 'segment') output1 = the prototypes (B, M, H/4, W/4)."""
 
     def __init__(self, weights: str, device: torch.device, img_size: int, threads: int, pin_memory: bool = False,
                  **post):
@@ -421,7 +470,14 @@ class OnnxDetector(Detector):
             log.warning("ONNX model %s has a fixed input size %d; img_size %d is ignored", weights,
                         self.fixed_size, img_size)
         meta = self.session.get_modelmeta().custom_metadata_map
-        num_classes = int(self.session.get_outputs()[0].shape[1]) - 4
+        outputs = self.session.get_outputs()
+        if meta.get("task", "detect") not in TASKS_SERVED:
+            raise ModelError(f"ONNX model {weights} is a {task_words(meta['task'])} model; a detection or "
+                             "segmentation model is needed")
+        if meta.get("task") == "segment" or (len(outputs) > 1 and len(outputs[1].shape) == 4):
+            self.task, self.num_masks = "segment", int(outputs[1].shape[1])
+        self.head_names = [o.name for o in outputs[:2 if self.num_masks else 1]]
+        num_classes = int(outputs[0].shape[1]) - 4 - self.num_masks
         self.names = onnx_class_names(meta.get("names"), num_classes)
         self.options, self.providers = options, providers
         self.feature_outputs: list[str] = []
@@ -448,17 +504,18 @@ class OnnxDetector(Detector):
     def input_size(self, img_size: int) -> int:
         return self.fixed_size or super().input_size(img_size)
 
-    def forward(self, canvases: np.ndarray) -> torch.Tensor:
+    def head(self, canvases: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = np.ascontiguousarray(canvases.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
         step = self.fixed_batch or len(x)
         tap = self.tap if self.tap.wants(canvases) else None
-        wanted = [self.session.get_outputs()[0].name] + (self.feature_outputs if tap is not None else [])
+        wanted = self.head_names + (self.feature_outputs if tap is not None else [])
         runs = [self.session.run(wanted, {self.input_name: x[i:i + step]}) for i in range(0, len(x), step)]
-        joined = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*runs)]
-        out = torch.from_numpy(joined[0])
+        joined = [torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0]) for parts in zip(*runs)]
+        heads, features = joined[:len(self.head_names)], joined[len(self.head_names):]
+        raw, proto = heads[0], (heads[1] if self.num_masks else None)
         if tap is not None:
-            tap.keep(out, [torch.from_numpy(f) for f in joined[1:]] if self.feature_outputs else None)
-        return out
+            tap.keep(raw, features if self.feature_outputs else None, proto)
+        return raw, proto
 
 
 def onnx_with_head_inputs(weights: str):
@@ -508,28 +565,51 @@ def onnx_class_names(text: str | None, num_classes: int) -> list[str]:
     return [f"class{i}" for i in range(num_classes)]
 
 
+def model_task(weights: str) -> str | None:
+    """The Ultralytics task of a weights file ('detect', 'segment', ...) without preparing it for inference: an
+    ONNX export's metadata, a checkpoint's model; None when the file does not say or cannot be read (loading it
+    will report why)."""
+    try:
+        if weights.lower().endswith(".onnx"):
+            import onnx
+
+            meta = {p.key: p.value for p in onnx.load(weights, load_external_data=False).metadata_props}
+            return meta.get("task", "detect")
+        from ultralytics import YOLO
+
+        return YOLO(weights, task=None).task
+    except Exception:  # noqa: BLE001 — the loader names the problem with its own error code
+        return None
+
+
 def load_detector(weights: str, backend: str, gpu_id: str, img_size: int, *, conf_thres: float, iou_thres: float,
                   max_det: int, class_names: Sequence[str] = (), pin_memory: bool = False,
-                  threads: int = 0) -> Detector:
+                  threads: int = 0, task: str | None = None) -> Detector:
     """The detector for `weights` (.pt → PyTorch, .onnx → ONNX Runtime, unless `backend` says so); `threads`:
-    CPU threads (0: executor.runtime.cpu_threads' choice)."""
+    CPU threads (0: executor.runtime.cpu_threads' choice); `task`: the family this image serves ('detect',
+    'segment'): a model of the other family is a ModelError naming both (None: whichever the model is)."""
     device = select_device(gpu_id)
     use_onnx = backend == "onnx" or (backend == "auto" and weights.lower().endswith(".onnx"))
     detector = (OnnxDetector if use_onnx else TorchDetector)(
         weights, device, img_size, cpu_threads(threads), pin_memory=pin_memory, conf_thres=conf_thres,
         iou_thres=iou_thres, max_det=max_det)
+    if task and detector.task != task:
+        raise ModelError(f"model {weights} is a {task_words(detector.task)} model, but this image serves "
+                         f"{task_words(task)} models; give a {TASK_WORDS[task]} model (or use the "
+                         f"{TASK_WORDS[detector.task]} image)")
     if class_names:
         if len(class_names) != detector.num_classes:
             raise ConfigError(f"config key 'class_names' has {len(class_names)} names but the model {weights} "
                               f"predicts {detector.num_classes} classes")
         detector.names = list(class_names)
-    log.info("loaded %s (%s, %d classes, img_size %d) on %s", weights, type(detector).__name__,
-             detector.num_classes, detector.img_size, detector.device)
+    log.info("loaded %s (%s, %s, %d classes, img_size %d) on %s", weights, type(detector).__name__,
+             TASK_WORDS[detector.task], detector.num_classes, detector.img_size, detector.device)
     return detector
 
 
 def export_onnx(weights: str, target: str, img_size: int, opset: int, dynamic: bool = False) -> None:
-    """ONNX export of `weights` with the raw head output the detector expects: a static 1×3×img_size² input
+    """ONNX export of `weights` (detection or segmentation) with the raw head output the detector expects (and a
+    segmentation model's prototypes as a second output): a static 1×3×img_size² input
     (what platforms import), or with `dynamic` any batch, height and width (rectangular batches)."""
     import shutil
     import tempfile
@@ -541,7 +621,7 @@ def export_onnx(weights: str, target: str, img_size: int, opset: int, dynamic: b
         copy = os.path.join(scratch, os.path.splitext(os.path.basename(target))[0] + ".pt")
         shutil.copyfile(weights, copy)  # Ultralytics writes the .onnx next to the weights it exports
         threads = torch.get_num_threads()
-        produced = YOLO(copy, task="detect").export(format="onnx", imgsz=img_size, opset=opset or None,
+        produced = YOLO(copy).export(format="onnx", imgsz=img_size, opset=opset or None,
                                                     simplify=True, dynamic=dynamic, device="cpu")
         torch.set_num_threads(threads)  # the exporter's CPU device set-up lowers it
         os.replace(str(produced), target)

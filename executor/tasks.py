@@ -7,6 +7,7 @@ the shards, checked; `selection: diverse` reorders it (mining/selection.py, on t
 only); the result is written once, atomically; then the report (executor/report.py), whose failure never fails
 the task. Inference is the same with the detector's boxes as records.
 """
+import dataclasses
 import datetime
 import functools
 import logging
@@ -17,8 +18,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from executor.config import Settings, build_settings, resolve_weights
+from executor.config import SEGMENTATION, TASK_OF_OBJECT_TYPE, Settings, build_settings, resolve_weights
 from executor.errors import DatasetError
+from executor.gpu_decode import device_letterbox
 from executor.images import letterbox
 from executor.loop import Unreadable, batches, out_of_memory_hint
 from executor.model import EMBEDDING_VERSION, Detector, load_detector, visible_gpus
@@ -26,7 +28,8 @@ from executor.monitor import Progress, span
 from executor.runtime import cpu_threads
 from executor.shards import Shard, ShardStore, file_sha256, named_records, plan, shards_of_rank
 from executor.workers import clear, outer_rank, run_workers, wait_for
-from executor.writers import UNREADABLE_SCORE, box_record, write_infer_result
+from executor.writers import (UNREADABLE_SCORE, box_record, instance_record, write_infer_result,
+                              write_instances_result)
 from mining import SCORERS, get_scorer, scorer_params
 from mining.base import Batch
 
@@ -87,7 +90,7 @@ class Models:
                 return detector.with_postprocess(**post)
         detector = load_detector(weights, settings.backend, settings.gpu_id, settings.img_size,
                                  class_names=settings.class_names, pin_memory=settings.pin_memory,
-                                 threads=settings.cpu_threads, **post)
+                                 threads=settings.cpu_threads, task=TASK_OF_OBJECT_TYPE[settings.object_type], **post)
         self.loaded[weights] = detector
         return detector
 
@@ -108,8 +111,9 @@ def image_batches(keys: Sequence[str], detector: Detector | None, settings: Sett
                   unreadable: dict[str, str]) -> Iterator[Batch]:
     """The loop's batches (unreadable images go to `unreadable` with their reason); report(images done)."""
     prepare = detector.letterbox if detector else (lambda image: letterbox(image, settings.img_size))
+    on_device = device_letterbox(settings.get("gpu_decode", "auto"), detector)  # None: OpenCV in threads
     done = 0
-    for item in batches(keys, prepare, settings.batch_size_per_gpu, settings.num_workers_per_gpu):
+    for item in batches(keys, prepare, settings.batch_size_per_gpu, settings.num_workers_per_gpu, on_device):
         if isinstance(item, Unreadable):
             unreadable[item.key] = item.reason
             done += 1
@@ -147,8 +151,17 @@ class Recorder:
 
 
 def restrict(det, conf_thres: float, max_det: int):
-    keep = np.where(det.conf > conf_thres)[0][:max_det]
-    return type(det)(det.xyxy[keep], det.conf[keep], det.cls[keep], det.probs[keep])
+    return det.subset(np.where(det.conf > conf_thres)[0][:max_det])
+
+
+def infer_record(det, image, names: Sequence[str]):
+    """What infer-result.json says of one image: its box records (detection), or its size and instances with
+    their masks (segmentation)."""
+    if det.masks is None:
+        return [box_record(xyxy, names[cls], conf) for xyxy, cls, conf in zip(det.xyxy, det.cls, det.conf)]
+    instances = [instance_record(xyxy, names[cls], conf, rle)
+                 for xyxy, cls, conf, rle in zip(det.xyxy, det.cls, det.conf, det.masks.rles())]
+    return {"height": int(image.shape[0]), "width": int(image.shape[1]), "instances": instances}
 
 
 @dataclass
@@ -190,9 +203,8 @@ class Pass:
                     found = (recorder and recorder.reusable(batch, self.infer_detector)) or \
                         self.infer_detector.predict(batch)
                     names = self.infer_detector.names
-                    records.update((key, [box_record(xyxy, names[cls], conf)
-                                          for xyxy, cls, conf in zip(det.xyxy, det.cls, det.conf)])
-                                   for key, det in zip(batch.keys, found))
+                    records.update((key, infer_record(det, image, names))
+                                   for key, det, image in zip(batch.keys, found, batch.images))
         scores.update((key, UNREADABLE_SCORE) for key in unreadable)
         return {"mining": scores, "infer": records, "side": side}
 
@@ -208,6 +220,7 @@ class Pass:
         if self.side.get("boxes") or self.side.get("class_counts"):
             found = (recorder and recorder.reusable(batch, detector)) or detector.tapped_detections(batch)
         detector.tap.clear()
+        found = found and [dataclasses.replace(det, masks=None) for det in found]  # a shard keeps no prototypes
         return {key: (None if embeddings is None else embeddings[i], None if found is None else found[i])
                 for i, key in enumerate(batch.keys)}
 
@@ -354,8 +367,16 @@ def one_pass(job: Job, config: Mapping) -> bool:
 
 # ---------------------------------------------------------------- the tasks
 
-def write_infer(job: Job, store: ShardStore, count: int, context=None) -> str:
-    write_infer_result(job.infer_result, named_records(store, count, result_names(job)), job.infer_list_key)
+def write_infer(job: Job, store: ShardStore, count: int, context) -> str:
+    """infer-result.json: ymir's detection form, or for a segmentation model the COCO result (ymir-protocol §5.4)
+    whose categories are the model's classes (the model is already loaded unless other processes scored)."""
+    names = result_names(job)
+    settings = build_settings("infer", context.config)
+    if settings.object_type == SEGMENTATION:
+        class_names = context.models.detector(settings, job.models_dir).names
+        write_instances_result(job.infer_result, lambda: named_records(store, count, names), class_names)
+    else:
+        write_infer_result(job.infer_result, named_records(store, count, names), job.infer_list_key)
     return job.infer_result
 
 

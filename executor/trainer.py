@@ -9,6 +9,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from executor.config import TASK_OF_OBJECT_TYPE, TASK_WORDS, task_words  # noqa: F401 (the family's task)
 from executor.errors import ConfigError, ModelError, NanError, OutOfMemory, error_code
 from executor.model import visible_gpus
 
@@ -20,10 +21,6 @@ TRAIN_ARGS_FROM_TEMPLATE = {  # Ultralytics train argument → the template key 
     "freeze": "freeze", "amp": "amp", "seed": "seed"}
 TRAIN_ARGS_SET_BY = {**TRAIN_ARGS_FROM_TEMPLATE,  # arguments args_options may not set, and the key that does
                      "save_period": "save_period", "opset": "opset", "device": "gpu_id"}
-# The Ultralytics task of each family this executor trains (manifest object_type → task), and its words.
-TASK_OF_OBJECT_TYPE = {2: "detect", 4: "segment"}
-TASK_WORDS = {"detect": "detection", "segment": "segmentation", "pose": "pose", "obb": "oriented-box",
-              "classify": "classification", "semseg": "semantic segmentation"}
 TASK_EXAMPLES = {"detect": "yolov8n, yolov8s, yolo11n, yolo11m", "segment": "yolov8n-seg, yolov8s-seg, yolo11n-seg"}
 TRAIN_KEYS_RESERVED = {"model", "data", "project", "name", "exist_ok", "mode", "task", "resume", "save", "save_dir",
                        "pretrained", "source", "format",
@@ -88,10 +85,6 @@ def check_train_args(args: dict, source: str = "args_options") -> dict:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config key '{source}': {' '.join(str(exc).split())}") from None
     return checked
-
-
-def task_words(task: str) -> str:
-    return f"{TASK_WORDS.get(task, task)} ('{task}')"
 
 
 def model_yaml(name: str, task: str = "detect") -> str:

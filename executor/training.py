@@ -298,15 +298,15 @@ class Evaluator:
     def __call__(self, weights: str, progress: Progress = lambda f: None) -> Metrics:
         threads = torch.get_num_threads()  # the detector takes every core; training resumes with its own count
         try:
-            if self.masks:
-                from executor.seg_eval import Segmenter, evaluate_segmentation
-
-                segmenter = Segmenter(weights, self.gpu_id, self.img_size, self.class_names)
-                return evaluate_segmentation(segmenter, self.samples, self.iou_thr, self.conf_thr, self.batch_size,
-                                             progress)
             # the thresholds are the validator's (evaluation sets them); these only build the detector
             detector = load_detector(weights, "torch", self.gpu_id, self.img_size, class_names=self.class_names,
-                                     conf_thres=self.conf_thr, iou_thres=VAL_IOU, max_det=VAL_MAX_DET)
+                                     conf_thres=self.conf_thr, iou_thres=VAL_IOU, max_det=VAL_MAX_DET,
+                                     task="segment" if self.masks else "detect")
+            if self.masks:
+                from executor.seg_eval import evaluate_segmentation
+
+                return evaluate_segmentation(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size,
+                                             progress)
             return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress)
         finally:
             torch.set_num_threads(threads)

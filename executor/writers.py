@@ -4,7 +4,7 @@ import json
 import math
 import os
 import tempfile
-from typing import Iterable, Iterator, Mapping, Sequence, TextIO
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
 UNREADABLE_SCORE = -1.0  # sentinel for images that could not be read: below every real score (all are >= 0)
 
@@ -83,6 +83,42 @@ def write_infer_result(path: str, per_image: Iterable[tuple[str, list[dict]]] | 
             entry = json.dumps({key: boxes for key in keys}, separators=(",", ":"))
             handle.write(("," if number else "") + json.dumps(name) + ":" + entry)
         handle.write("}}\n")
+
+
+def instance_record(xyxy: Sequence[float], class_name: str, score: float, rle: dict) -> dict:
+    """One predicted instance: its box [x, y, w, h] (float pixels), class, confidence, mask (COCO RLE at the
+    original size) and the mask's area in pixels."""
+    from pycocotools import mask as mask_utils
+
+    x1, y1, x2, y2 = (float(v) for v in xyxy)
+    area = int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+    return {"bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "class_name": class_name,
+            "confidence": round(float(score), 6), "segmentation": rle, "area": area}
+
+
+def write_instances_result(path: str, per_image: Callable[[], Iterable[tuple[str, dict | list]]],
+                           class_names: Sequence[str]) -> None:
+    """The COCO result of instance segmentation (ymir-protocol §5.4) from (name, record) pairs in image order,
+    a record being {height, width, instances: [instance_record]} (an unreadable image: [] or None, listed with
+    size 0 x 0 and no annotations). `per_image` is called twice (images, then annotations: streamed)."""
+    category = {name: number for number, name in enumerate(class_names, 1)}
+    with atomic_writer(path) as handle:
+        handle.write('{"images":[')
+        for image_id, (name, record) in enumerate(per_image(), 1):
+            size = record if isinstance(record, dict) else {}
+            entry = {"id": image_id, "file_name": name, "width": size.get("width", 0), "height": size.get("height", 0)}
+            handle.write(("," if image_id > 1 else "") + json.dumps(entry, separators=(",", ":")))
+        categories = [{"id": number, "name": name, "supercategory": ""} for name, number in category.items()]
+        handle.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + ',"annotations":[')
+        count = 0
+        for image_id, (_, record) in enumerate(per_image(), 1):
+            for instance in record.get("instances", []) if isinstance(record, dict) else []:
+                count += 1
+                entry = {"id": count, "image_id": image_id, "category_id": category[instance["class_name"]],
+                         "segmentation": instance["segmentation"], "bbox": instance["bbox"], "area": instance["area"],
+                         "iscrowd": 0, "confidence": instance["confidence"]}
+                handle.write(("," if count > 1 else "") + json.dumps(entry, separators=(",", ":")))
+        handle.write("]}\n")
 
 
 def _metric(stage: str, key: str, value) -> float:

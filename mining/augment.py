@@ -25,12 +25,16 @@ def _boxes(boxes: np.ndarray) -> np.ndarray:
     return np.nan_to_num(b)
 
 
+def flip_pixels(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[:, ::-1])
+
+
 def hflip(image: np.ndarray, boxes: np.ndarray) -> View:
     """Mirror left-right; x -> W - x."""
     w = image.shape[1]
     b = _boxes(boxes)
     flipped = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1)
-    return np.ascontiguousarray(image[:, ::-1]), flipped.astype(np.float32)
+    return flip_pixels(image), flipped.astype(np.float32)
 
 
 def cutout_patches(height: int, width: int, boxes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -73,16 +77,23 @@ def rotation_matrix(width: int, height: int) -> np.ndarray:
     return cv2.getRotationMatrix2D((width / 2.0, height / 2.0), ROTATE_DEGREES, scale)
 
 
-def rotate(image: np.ndarray, boxes: np.ndarray) -> View:
-    """Rotated view (bilinear, black border) and the axis-aligned hulls of the rotated boxes, clipped."""
+def rotate_pixels(image: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """The image turned by rotation_matrix, black border."""
     h, w = image.shape[:2]
     m = rotation_matrix(w, h)
     # OpenCV addresses pixel centres (pixel i is at i, not i + 0.5): shift the translation by
     # (A - I)(0.5, 0.5) so image and boxes turn about the same point.
     m_pixels = m.copy()
     m_pixels[:, 2] += 0.5 * (m[:, 0] + m[:, 1]) - 0.5
-    view = cv2.warpAffine(image, m_pixels, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(image, m_pixels, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)
+
+
+def rotate(image: np.ndarray, boxes: np.ndarray) -> View:
+    """Rotated view (bilinear, black border) and the axis-aligned hulls of the rotated boxes, clipped."""
+    h, w = image.shape[:2]
+    m = rotation_matrix(w, h)
+    view = rotate_pixels(image)
     b = _boxes(boxes)
     corners = b[:, [[0, 1], [2, 1], [0, 3], [2, 3]]]          # (N, 4 corners, xy)
     moved = corners @ m[:, :2].T + m[:, 2]                     # (N, 4, 2)
@@ -91,18 +102,34 @@ def rotate(image: np.ndarray, boxes: np.ndarray) -> View:
     return view, hull.astype(np.float32)
 
 
+def shrunk_size(height: int, width: int) -> tuple[int, int]:
+    return max(1, round(width * RESIZE_RATIO)), max(1, round(height * RESIZE_RATIO))
+
+
+def shrink_pixels(image: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """The image shrunk by RESIZE_RATIO at the top-left of a black canvas of its size."""
+    h, w = image.shape[:2]
+    nw, nh = shrunk_size(h, w)
+    canvas = np.zeros_like(image)
+    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=interpolation).reshape((nh, nw) + image.shape[2:])
+    return canvas
+
+
 def resize(image: np.ndarray, boxes: np.ndarray) -> View:
     """Shrink by RESIZE_RATIO and paste at the top-left of a black canvas of the original size."""
     h, w = image.shape[:2]
-    nw, nh = max(1, round(w * RESIZE_RATIO)), max(1, round(h * RESIZE_RATIO))
-    canvas = np.zeros_like(image)
-    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(
-        (nh, nw) + image.shape[2:])
+    nw, nh = shrunk_size(h, w)
     # the true scale per axis (nw / w) differs from 0.8 by under half a pixel; boxes follow the image
     scaled = _boxes(boxes) * np.array([nw / w, nh / h, nw / w, nh / h])
-    return canvas, scaled.astype(np.float32)
+    return shrink_pixels(image), scaled.astype(np.float32)
 
 
 def make_views(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> list[View]:
     """The 4 CALD views in the fixed order flip, cutout, rotate, resize: [(view image, boxes (N, 4))]."""
     return [hflip(image, boxes), cutout(image, boxes, rng), rotate(image, boxes), resize(image, boxes)]
+
+
+def mask_views(mask: np.ndarray) -> list[np.ndarray]:
+    """A binary (H, W) uint8 mask moved as make_views moves the image, in the same order: flipped, unchanged
+    (cutout hides part of the object, the object stays where it was), rotated, shrunk (nearest neighbour)."""
+    return [flip_pixels(mask), mask, rotate_pixels(mask, cv2.INTER_NEAREST), shrink_pixels(mask, cv2.INTER_NEAREST)]

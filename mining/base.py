@@ -9,6 +9,16 @@ import numpy as np
 import torch
 
 
+class InstanceMasks(Protocol):
+    """The masks of a segmentation model's detections, made only when asked for (most scorers never look)."""
+
+    def rles(self) -> list[dict]:
+        """One COCO RLE ({size: [h, w], counts: str}) per detection, at the original image's size."""
+
+    def subset(self, keep: np.ndarray) -> "InstanceMasks":
+        """The masks of the detections `keep` (indices), in that order."""
+
+
 @dataclass
 class Detections:
     """Post-NMS detections of one image, in original-image pixels. probs[i].max() == conf[i]."""
@@ -16,6 +26,7 @@ class Detections:
     conf: np.ndarray   # (N,) float32
     cls: np.ndarray    # (N,) int64
     probs: np.ndarray  # (N, C) float32
+    masks: InstanceMasks | None = None  # a segmentation model's: one mask per detection; None for detection
 
     def __post_init__(self):
         n = len(self.conf)
@@ -25,6 +36,11 @@ class Detections:
 
     def __len__(self):
         return len(self.conf)
+
+    def subset(self, keep: np.ndarray) -> "Detections":
+        """The detections `keep` (indices), in that order, with their masks."""
+        masks = None if self.masks is None else self.masks.subset(keep)
+        return Detections(self.xyxy[keep], self.conf[keep], self.cls[keep], self.probs[keep], masks)
 
     @classmethod
     def empty(cls, num_classes: int) -> "Detections":
@@ -37,7 +53,8 @@ class Batch:
     """Images of one network-input shape, as the executor's loop hands them over."""
     keys: list[str]           # candidate paths, as given
     images: list[np.ndarray]  # originals, RGB uint8 (H, W, 3)
-    canvases: np.ndarray      # letterboxed network inputs (B, H, W, 3) uint8, one shape per batch
+    canvases: np.ndarray      # letterboxed network inputs (B, H, W, 3) uint8, one shape per batch (a torch
+    #                           tensor on the detector's device when the executor decoded them there)
     boxes: list[Any]          # how each original maps into its canvas (opaque here: the detector reads it)
 
 

@@ -31,3 +31,11 @@ def host_platform_dirs_stay_untouched():
     yield
     for folder in PLATFORM_DIRS:
         assert snapshot(folder) == before[folder], f"the test session wrote into the host's {folder}"
+
+
+@pytest.fixture(scope="session")
+def seg_weights(tmp_path_factory):
+    """tests.ymir_builders.write_seg_weights: yolov8n-seg seeded from the shared yolov8n.pt."""
+    from tests.ymir_builders import write_seg_weights
+
+    return write_seg_weights(tmp_path_factory.mktemp("seg-weights") / "yolov8n-seg.pt")

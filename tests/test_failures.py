@@ -483,10 +483,12 @@ def model_cases(checkpoints: dict) -> dict:
         "weights_empty_file": Case(300004, "cannot load weights {IN}/models/stage/best.pt",
                                    with_weights(infer_env, "model_params_path", empty)),
         "weights_classification_for_mining": Case(
-            300004, "weights {IN}/models/stage/best.pt are a 'classify' model; a detection model is needed",
+            300004, "weights {IN}/models/stage/best.pt are a classification ('classify') model; a detection or "
+                    "segmentation model is needed",
             with_weights(mining_with_model, "model_params_path", classify)),
         "weights_segmentation_for_infer": Case(
-            300004, "are a 'segment' model; a detection model is needed",
+            300004, "model {IN}/models/stage/best.pt is a segmentation ('segment') model, but this image serves "
+                    "detection ('detect') models",
             with_weights(infer_env, "model_params_path", segment)),
         # GPUs
         "gpu_absent_mining": Case(300102, "config key 'gpu_id' asks for GPU 7 but",
@@ -600,6 +602,96 @@ def test_training_skips_and_counts_broken_images_and_boxes(model_runs):
     cache = result["root"] / "out" / "yolo_dataset" / "labels" / "train.cache"
     found, missing, empty, corrupt, total = np.load(cache, allow_pickle=True).item()["results"]
     assert (found, corrupt, total) == (4 + len(ODD) + 1, 0, 4 + len(ODD) + 1)  # Ultralytics reads every odd image
+
+
+# ---------------------------------------------------------------- the segmentation image (object_type 4)
+
+def seg_training_env(root: Path, edit: Callable | None = None) -> Path:
+    """seg-coco:raw training data from coco-val (2 train, 1 val images), its json changed by `edit`."""
+    from tests.ymir_builders import write_coco_val_dataset
+
+    names = write_coco_val_dataset(root / "in", 2, 1)
+    path = root / "in" / "annotations" / "coco-annotations.json"
+    if edit:
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    (root / "in" / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(WEIGHTS, root / "in" / "models" / "yolov8n.pt")
+    return write_training_env(root, names, {"epochs": 1, "img_size": 64, "batch_size_per_gpu": 2,
+                                            "num_workers_per_gpu": 0, "export_format": "seg-coco:raw",
+                                            "pretrained_model_params": [str(root / "in" / "models" / "yolov8n.pt")]})
+
+
+def first_polygon_annotation(data: dict) -> dict:
+    return next(a for a in data["annotations"] if not a.get("iscrowd") and isinstance(a["segmentation"], list))
+
+
+def seg_cases(seg_weights: Path) -> dict:
+    seg = weights_file(seg_weights, "yolov8n-seg.pt")
+    broken_polygon = lambda d: first_polygon_annotation(d).update(segmentation=[[1, 2, 3]])  # noqa: E731
+    outside = lambda d: first_polygon_annotation(d).update(segmentation=[[-90, -90, -50, -90, -50, -40]])  # noqa: E731
+    unknown = lambda d: d["categories"].append({"id": 999, "name": "unicorn"}) or \
+        first_polygon_annotation(d).update(category_id=999)  # noqa: E731
+    return {
+        "seg_detection_model_for_infer": Case(
+            300004, "model {IN}/models/yolov8n.pt is a detection ('detect') model, but this image serves "
+                    "segmentation ('segment') models", lambda r: infer_env(r)),
+        "seg_detection_model_for_mining": Case(
+            300004, "is a detection ('detect') model, but this image serves segmentation ('segment') models",
+            lambda r: mining_env(r, {"mining_algorithm": "aldd"}, weights=WEIGHTS)),
+        "seg_config_says_detection": Case(
+            300001, "config key 'object_type': 2 (detection), but this image serves object_type 4",
+            with_weights(lambda r: infer_env(r, {"object_type": 2}), "model_params_path", seg)),
+        "seg_infer_every_image_unreadable": Case(
+            300003, "none of the 3 images could be read",
+            with_weights(all_unreadable_infer, "model_params_path", seg)),
+        "seg_polygon_broken": Case(
+            300002, "coco-annotations.json annotation id", lambda r: seg_training_env(r, broken_polygon)),
+        "seg_mask_outside_image": Case(
+            300002, "the mask lies outside the image", lambda r: seg_training_env(r, outside)),
+        "seg_unknown_class": Case(
+            300002, "category id 999 'unicorn' is not in class_names", lambda r: seg_training_env(r, unknown)),
+        # succeeds: every image listed in both results, the broken ones with no annotations
+        "seg_odd_and_broken_images": Case(0, "", with_weights(odd_and_broken_candidates, "model_params_path", seg)),
+    }
+
+
+@pytest.fixture(scope="module")
+def seg_runs(tmp_path_factory, seg_weights):
+    from executor.config import SEGMENTATION, TEMPLATES_VAR, family_templates
+
+    cases = seg_cases(seg_weights)
+    return cases, run_group(tmp_path_factory.mktemp("seg"), cases, extra_env={
+        "CUDA_VISIBLE_DEVICES": "", TEMPLATES_VAR: family_templates(SEGMENTATION)})
+
+
+SEG_CASE_NAMES = [n for n, c in seg_cases(Path("s.pt")).items() if c.code]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SEG_CASE_NAMES)
+def test_bad_input_to_the_segmentation_image(seg_runs, name):
+    cases, runs = seg_runs
+    message = assert_failed(runs[name], cases[name].code, cases[name].needle)
+    if name == "seg_polygon_broken":
+        assert "polygon is broken: 3 coordinates, an odd count" in message
+
+
+@pytest.mark.slow
+def test_the_segmentation_image_lists_broken_images_and_keeps_going(seg_runs):
+    result = seg_runs[1]["seg_odd_and_broken_images"]
+    assert_succeeded(result)
+    root = result["root"]
+    keys = candidate_keys(root / "in" / "env.yaml")
+    rows = (root / "out" / "result.tsv").read_text().splitlines()
+    assert sorted(r.split("\t")[0] for r in rows) == sorted(keys)
+    coco = json.loads((root / "out" / "infer-result.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == [os.path.basename(k) for k in keys]
+    broken = {im["id"] for im in coco["images"] if im["file_name"] in {os.path.basename(k) for k in keys[len(ODD):]}}
+    assert broken and all((im["width"], im["height"]) == (0, 0) for im in coco["images"] if im["id"] in broken)
+    assert coco["annotations"] and not {a["image_id"] for a in coco["annotations"]} & broken
+    assert all(a["segmentation"]["size"] and a["segmentation"]["counts"] for a in coco["annotations"])
 
 
 # ---------------------------------------------------------------- broken images in mining and infer

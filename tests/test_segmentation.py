@@ -1,7 +1,7 @@
 """Instance segmentation (manifest object_type 4): which family the executor serves, seg-coco → Ultralytics segment
 labels with their validation, result.yaml with maskAP, the segmentation evaluation, and training end to end.
 
-Inference and mining with segmentation models come later (issue 14, items 3-4).
+Inference and mining with segmentation models: tests/test_segmentation_tasks.py.
 """
 import json
 import os
@@ -18,6 +18,7 @@ from executor.config import (FAMILY_TEMPLATES, PLATFORM_KEYS, RULES, SEGMENTATIO
                              TEMPLATES_VAR, active_templates_dir, build_settings, manifest_object_type)
 from executor.dataset import export_yolo, read_split
 from executor.errors import ConfigError, DatasetError, ModelError
+from tests.mining.fake import GivenMasks
 from tests.ymir_builders import WEIGHTS_DIR
 
 SEG_TEMPLATES = FAMILY_TEMPLATES[SEGMENTATION]
@@ -379,7 +380,7 @@ def test_region_rle_is_pycocotools_encoding_of_the_full_mask():
 def test_mask_metrics_of_perfect_and_of_shifted_predictions():
     from executor.dataset import Sample
     from executor.masks import encode
-    from executor.seg_eval import Segmentation, mask_metrics
+    from executor.seg_eval import mask_metrics
     from mining.base import Detections
 
     truth = np.zeros((2, 50, 100), np.uint8)
@@ -387,11 +388,13 @@ def test_mask_metrics_of_perfect_and_of_shifted_predictions():
     truth[1, 10:40, 60:90] = 1
     sample = Sample("a.png", 100, 50, "png", np.array([[10, 5, 50, 25], [60, 10, 90, 40]], np.float32),
                     np.array([0, 1]), masks=encode(truth))
-    det = Detections(np.array([[10, 5, 50, 25], [60, 10, 90, 40]], np.float32), np.array([0.9, 0.8], np.float32),
-                     np.array([0, 1]), np.eye(2, dtype=np.float32))
-    assert mask_metrics([sample], [Segmentation(det, encode(truth))], 2)[0] == pytest.approx(1.0)
+    def detections(masks):
+        return Detections(np.array([[10, 5, 50, 25], [60, 10, 90, 40]], np.float32), np.array([0.9, 0.8], np.float32),
+                          np.array([0, 1]), np.eye(2, dtype=np.float32), GivenMasks(encode(masks)))
+
+    assert mask_metrics([sample], [detections(truth)], 2)[0] == pytest.approx(1.0)
     shifted = np.roll(truth, 25, axis=2)  # the cat's mask moved off itself (IoU < 0.5); the dog's wraps away
-    assert mask_metrics([sample], [Segmentation(det, encode(shifted))], 2)[0] == pytest.approx(0.0)
+    assert mask_metrics([sample], [detections(shifted)], 2)[0] == pytest.approx(0.0)
 
 
 # ---------------------------------------------------------------- end to end
@@ -462,7 +465,8 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
     from executor.masks import box_mask_rles, encode, predicted_masks
     from executor.model import candidates, xywh_to_xyxy
     from executor.nms import batched_nms
-    from executor.seg_eval import Segmenter, evaluate_segmentation
+    from executor.model import load_detector
+    from executor.seg_eval import evaluate_segmentation
     from tests.ymir_builders import write_coco_val_dataset
 
     names = write_coco_val_dataset(tmp_path / "in", 0, 32)
@@ -475,7 +479,8 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
                 optimizer="AdamW", lr0=0.002, warmup_epochs=0, freeze=22, mosaic=0.0, val=False, amp=False,
                 device="cpu", plots=False, project=str(tmp_path), name="fit", workers=0, verbose=False)
     weights = str(tmp_path / "fit" / "weights" / "last.pt")
-    segmenter = Segmenter(weights, "", 320, names)
+    segmenter = load_detector(weights, "torch", "", 320, conf_thres=0.001, iou_thres=0.7, max_det=300,
+                              class_names=names, task="segment")
     ours = evaluate_segmentation(segmenter, val.samples, 0.5, 0.005, batch_size=8)
     theirs = {}
     for mode, extra in (("default", {}), ("native", {"save_txt": True})):
@@ -493,7 +498,7 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
     ious = []
     for indices, shape in rect_batches(val.samples[:8], segmenter.img_size, 8, 32):
         canvases, boxes = zip(*[letterbox(read_image(val.samples[i].image), 320, canvas_shape=shape) for i in indices])
-        raw, proto = segmenter.forward(np.stack(canvases))
+        raw, proto = segmenter.head(np.stack(canvases))
         for pred, protos, box in zip(raw.transpose(1, 2), proto, boxes):
             anchor, cls, score = candidates(pred[:, 4:4 + len(names)], 0.25, False)
             xyxy = xywh_to_xyxy(pred[anchor, :4])

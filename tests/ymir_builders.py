@@ -211,3 +211,18 @@ def read_scalars(folder: Path) -> dict:
                 if value.HasField("simple_value"):
                     scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     return scalars
+
+
+def write_seg_weights(path: Path) -> Path:
+    """A yolov8n-seg checkpoint whose every tensor of matching name and shape comes from the shared yolov8n.pt
+    (backbone, neck, box and class branches: it finds the very boxes, classes and scores yolov8n.pt finds), with a
+    fresh mask head and yolov8n's COCO class names. No COCO -seg checkpoint exists offline; this one is real
+    where mining reads it (boxes and class probabilities) and of the right form where infer reads it (masks)."""
+    from ultralytics import YOLO
+
+    detection = YOLO(str(WEIGHTS_DIR / "yolov8n.pt"))
+    model = YOLO("yolov8n-seg.yaml", task="segment")
+    model.load(str(WEIGHTS_DIR / "yolov8n.pt"))
+    model.model.names = dict(detection.names)
+    model.save(str(path))
+    return Path(path)

@@ -52,3 +52,16 @@ class FakeDetector:
 def random_images(count: int, seed: int = 0, size=(48, 64)) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+class GivenMasks:
+    """mining.base.InstanceMasks of masks already encoded (COCO RLE, one per detection)."""
+
+    def __init__(self, rles):
+        self._rles = list(rles)
+
+    def rles(self):
+        return self._rles
+
+    def subset(self, keep):
+        return GivenMasks([self._rles[k] for k in np.asarray(keep).reshape(-1)])
