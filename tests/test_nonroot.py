@@ -27,12 +27,12 @@ def shared_tmp():
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-def run_as_nobody(env_path: Path) -> subprocess.CompletedProcess:
+def run_as_nobody(env_path: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """start.py as UID:GID. The interpreter may live under root's 0700 home here, so the process keeps
     CAP_DAC_READ_SEARCH (read and traverse anything) but no right to write anywhere it doesn't own."""
     drop = ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-    clean_env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # no HOME, nothing inherited
+    clean_env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **(extra_env or {})}  # no HOME, nothing inherited
     return subprocess.run([*drop, sys.executable, str(REPO / "start.py"), "--env", str(env_path)], cwd="/",
                           env=clean_env, capture_output=True, text=True, timeout=600)
 
@@ -56,16 +56,24 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv")
 
 @pytest.mark.slow
 @needs_root
-def test_mining_and_infer_as_unprivileged_uid(shared_tmp):
+@pytest.mark.parametrize("family", ["detection", "segmentation"])
+def test_mining_and_infer_as_unprivileged_uid(shared_tmp, family, request):
+    """Both families: the segmentation image (its templates, as QUARRY_TEMPLATES names them in the image) with a
+    seg model writes the COCO result with masks."""
+    from executor.config import SEGMENTATION, TEMPLATES_VAR, family_templates
+
+    seg = family == "segmentation"
     env = make_env(shared_tmp, run_mining=True, run_infer=True, candidates=coco_images(3),
-                   config={"img_size": 160, "mining_algorithm": "entropy"})
+                   weights=request.getfixturevalue("seg_weights") if seg else WEIGHTS,
+                   config={"img_size": 160, "mining_algorithm": "cald" if seg else "entropy"})
     indir, outdir = shared_tmp / "in", shared_tmp / "out"
     read_only_in_and_own_out(shared_tmp)
     before_in, before_code = snapshot(indir), snapshot(REPO / "executor") | snapshot(REPO / "mining")
-    done = run_as_nobody(env)
+    done = run_as_nobody(env, {TEMPLATES_VAR: family_templates(SEGMENTATION)} if seg else None)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (outdir / "result.tsv").stat().st_uid == UID
     assert (outdir / "infer-result.json").exists() and monitor_fields(env)[3] == "2"
+    assert ("annotations" in (outdir / "infer-result.json").read_text()) == seg
     assert snapshot(indir) == before_in
     assert snapshot(REPO / "executor") | snapshot(REPO / "mining") == before_code
 
