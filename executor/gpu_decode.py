@@ -202,7 +202,8 @@ def device_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.
     return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
-Prepared = tuple[np.ndarray | None, torch.Tensor, Letterbox]  # (original on the host, canvas on the device, map)
+# (original on the host, canvas on the device, map, original on the device as (H, W, 3): CALD's views)
+Prepared = tuple[np.ndarray | None, torch.Tensor, Letterbox, torch.Tensor]
 
 
 def decode_sources(sources: Sequence[Source], device: torch.device | str, size: int, stride: int | None = None,
@@ -237,7 +238,7 @@ def decode_sources(sources: Sequence[Source], device: torch.device | str, size: 
         if image is None:
             image = torch.from_numpy(original).to(device).permute(2, 0, 1)
         canvas, box = letterbox_tensor(image, size, stride, canvas_shape)
-        out.append([original, canvas, box])
+        out.append([original, canvas, box, image.permute(1, 2, 0)])
     if originals:  # queued after every canvas, so the copies (each waits for the device) hold none of them up
         for k, item in enumerate(out):
             if isinstance(item, list) and item[0] is None:

@@ -44,6 +44,7 @@ class Decoded:
     image: np.ndarray | None = None
     canvas: np.ndarray | torch.Tensor | None = None
     box: Letterbox | None = None
+    device_image: torch.Tensor | None = None  # decoded on the device: the original there, (H, W, 3)
     error: str = ""
 
 
@@ -112,7 +113,7 @@ def batches(keys: Sequence[str], prepare: Prepare, batch_size: int, workers: int
     def flush(shape: tuple) -> Batch:
         good = buckets.pop(shape)
         return Batch([g.key for g in good], [g.image for g in good], stack([g.canvas for g in good]),
-                     [g.box for g in good])
+                     [g.box for g in good], None if on_device is None else [g.device_image for g in good])
 
     stream = decoded_stream(keys, prepare, workers, prefetch=2 * batch_size + workers) if on_device is None else \
         device_decoded_stream(keys, on_device, workers, batch_size)

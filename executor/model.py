@@ -320,6 +320,12 @@ class Detector:
     def letterbox(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         return letterbox(image, self.img_size, self.rect_stride)
 
+    def letterbox_on_device(self, image: torch.Tensor) -> tuple[torch.Tensor, Letterbox]:
+        """letterbox of an (H, W, 3) uint8 tensor, on its device (the same geometry, within rounding)."""
+        from executor.gpu_decode import letterbox_tensor
+
+        return letterbox_tensor(image.permute(2, 0, 1), self.img_size, self.rect_stride)
+
     def predict_canvases(self, canvases: np.ndarray, boxes: Sequence[Letterbox], conf_thres: float | None = None,
                          capped: bool = True) -> list[Detections]:
         conf = self.conf_thres if conf_thres is None else conf_thres
@@ -335,11 +341,14 @@ class Detector:
         return class_maps(self.forward(batch.canvases), batch.canvases.shape[1:3], self.strides, self.num_classes)
 
     def predict_views(self, views: Sequence[np.ndarray], batch_size: int) -> list[Detections]:
-        """Detections of extra images, each letterboxed like a candidate, forwarded in same-shape chunks."""
-        prepared = [self.letterbox(view) for view in views]
+        """Detections of extra images, each letterboxed like a candidate, forwarded in same-shape chunks; views
+        that are (H, W, 3) tensors (made on the device from originals decoded there) are letterboxed there."""
+        prepared = [self.letterbox_on_device(view) if isinstance(view, torch.Tensor) else self.letterbox(view)
+                    for view in views]
         found: list[Detections | None] = [None] * len(views)
         for chunk in same_shape_chunks([canvas for canvas, _ in prepared], batch_size):
-            canvases = np.stack([prepared[k][0] for k in chunk])
+            stack = torch.stack if isinstance(prepared[chunk[0]][0], torch.Tensor) else np.stack
+            canvases = stack([prepared[k][0] for k in chunk])
             for k, det in zip(chunk, self.predict_canvases(canvases, [prepared[k][1] for k in chunk])):
                 found[k] = det
         return found

@@ -1,12 +1,16 @@
 """CALD's four augmented views (flip, cutout, rotate, resize) with the matching reference-box transforms.
 
-Images are H x W (x channels) uint8 arrays; boxes are (N, 4) float xyxy in pixel-edge coordinates
-(a pixel i spans [i, i+1]), in the original image. Every view keeps the original size, so its
-predictions and its transformed reference boxes share one coordinate frame. Randomness (cutout only)
-comes from the numpy Generator passed in.
+Images are H x W (x channels) uint8 arrays, or the same as torch tensors on any device (the executor decoded
+them there: the views are then made there too, torch's bilinear sampling standing in for OpenCV's, equal
+within rounding); boxes are (N, 4) float xyxy in pixel-edge coordinates (a pixel i spans [i, i+1]), in the
+original image. Every view keeps the original size, so its predictions and its transformed reference boxes
+share one coordinate frame. Randomness (cutout only) comes from the numpy Generator passed in, the same
+draws on either kind of image.
 """
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from mining.boxes import box_ioa
 
@@ -26,7 +30,28 @@ def _boxes(boxes: np.ndarray) -> np.ndarray:
 
 
 def flip_pixels(image: np.ndarray) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        return image.flip(1)
     return np.ascontiguousarray(image[:, ::-1])
+
+
+def _to_uint8(values: torch.Tensor) -> torch.Tensor:
+    return values.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _warp_tensor(image: torch.Tensor, m_pixels: np.ndarray) -> torch.Tensor:
+    """cv2.warpAffine(image, m_pixels) (bilinear, black border) of an (H, W, C) uint8 tensor: each output pixel
+    centre mapped back through the inverse affine and sampled there (grid_sample, zero padding)."""
+    h, w = image.shape[:2]
+    inverse = np.linalg.inv(np.vstack([m_pixels, [0.0, 0.0, 1.0]]))[:2]
+    ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=torch.float32),
+                            torch.arange(w, device=image.device, dtype=torch.float32), indexing="ij")
+    src_x = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]
+    src_y = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
+    grid = torch.stack([(2 * src_x + 1) / w - 1, (2 * src_y + 1) / h - 1], -1)[None]  # pixel centres → [-1, 1]
+    warped = F.grid_sample(image.permute(2, 0, 1)[None].float(), grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
+    return _to_uint8(warped[0].permute(1, 2, 0))
 
 
 def hflip(image: np.ndarray, boxes: np.ndarray) -> View:
@@ -61,7 +86,7 @@ def cutout_patches(height: int, width: int, boxes: np.ndarray, rng: np.random.Ge
 
 def cutout(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> View:
     """Black out the cutout_patches; boxes unchanged."""
-    out = image.copy()
+    out = image.clone() if isinstance(image, torch.Tensor) else image.copy()
     for x1, y1, x2, y2 in cutout_patches(image.shape[0], image.shape[1], boxes, rng):
         out[y1:y2, x1:x2] = 0
     return out, _boxes(boxes).astype(np.float32)
@@ -85,6 +110,8 @@ def rotate_pixels(image: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> n
     # (A - I)(0.5, 0.5) so image and boxes turn about the same point.
     m_pixels = m.copy()
     m_pixels[:, 2] += 0.5 * (m[:, 0] + m[:, 1]) - 0.5
+    if isinstance(image, torch.Tensor):
+        return _warp_tensor(image, m_pixels)
     return cv2.warpAffine(image, m_pixels, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=0)
 
@@ -110,6 +137,12 @@ def shrink_pixels(image: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> n
     """The image shrunk by RESIZE_RATIO at the top-left of a black canvas of its size."""
     h, w = image.shape[:2]
     nw, nh = shrunk_size(h, w)
+    if isinstance(image, torch.Tensor):  # as cv2.INTER_LINEAR samples: half-pixel centres, no antialiasing
+        canvas = torch.zeros_like(image)
+        small = F.interpolate(image.permute(2, 0, 1)[None].float(), size=(nh, nw), mode="bilinear",
+                              align_corners=False, antialias=False)
+        canvas[:nh, :nw] = _to_uint8(small[0].permute(1, 2, 0))
+        return canvas
     canvas = np.zeros_like(image)
     canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=interpolation).reshape((nh, nw) + image.shape[2:])
     return canvas

@@ -56,6 +56,8 @@ class Batch:
     canvases: np.ndarray      # letterboxed network inputs (B, H, W, 3) uint8, one shape per batch (a torch
     #                           tensor on the detector's device when the executor decoded them there)
     boxes: list[Any]          # how each original maps into its canvas (opaque here: the detector reads it)
+    device_images: list | None = None  # the originals as (H, W, 3) uint8 tensors on the detector's device, when
+    #                                    the executor decoded them there (CALD builds its views from them)
 
 
 class Detector(Protocol):

@@ -129,7 +129,8 @@ class CaldScorer(Scorer):
         refs = detector.predict(batch)
         scores = np.full(len(refs), NO_DETECTION_SCORE, dtype=np.float64)
         owners, moved_boxes, views = [], [], []
-        for i, (key, image, ref) in enumerate(zip(batch.keys, batch.images, refs)):
+        originals = batch.device_images or batch.images  # views are made where the originals are
+        for i, (key, image, ref) in enumerate(zip(batch.keys, originals, refs)):
             if len(ref):
                 rng = np.random.default_rng(image_seed(self.seed, key))
                 for view, moved in make_views(image, ref.xyxy, rng):

@@ -169,8 +169,9 @@ def assert_same_as_cpu_path(paths, got, size, stride, level_tolerance):
             assert isinstance(result, ImageError) and str(result) == str(exc)
             continue
         assert not isinstance(result, ImageError), (path, result)
-        image, canvas, box = result
+        image, canvas, box, device_image = result
         ref, ref_box = letterbox(original, size, stride)
+        assert device_image.device == canvas.device and np.array_equal(device_image.cpu().numpy(), image), path
         assert box == ref_box and tuple(canvas.shape) == ref.shape, path
         assert image.shape == original.shape and image.dtype == np.uint8
         assert np.abs(image.astype(int) - original).mean() <= mean, path
@@ -226,6 +227,8 @@ def same_batches(keys, on_device, batch_size, workers):
         assert b.canvases.device.type == on_device.device.type and tuple(b.canvases.shape) == a.canvases.shape
         assert np.abs(b.canvases.cpu().numpy().astype(int) - a.canvases).max() <= 2
         assert all(x.shape == y.shape for x, y in zip(a.images, b.images))
+        assert a.device_images is None and all(np.array_equal(x.cpu().numpy(), y)  # CALD's views start from them
+                                               for x, y in zip(b.device_images, b.images))
     return dev
 
 
@@ -308,3 +311,24 @@ def test_cuda_scores_do_not_depend_on_the_path():
         scores.append(found)
     a, b = (np.array([s[k] for k in IMAGES[:48]]) for s in scores)
     assert np.corrcoef(a, b)[0, 1] > 0.99 and np.median(np.abs(a - b) / np.maximum(a, 1e-6)) < 0.05
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_cald_builds_its_views_where_the_originals_were_decoded(device):
+    """With the originals decoded on the device, CALD makes its four views there and the detector letterboxes
+    them there: the same scores as the host path within rounding (the same cutout draws, pixels within a few
+    levels)."""
+    from mining.cald import CaldScorer
+    from tests.platform import template_detector
+
+    detector = template_detector(320, gpu_id="0" if device == "cuda" else "")
+    keys = IMAGES[:6]
+    scores = []
+    for target in (None, DeviceLetterbox(torch.device(device), detector.img_size, detector.rect_stride)):
+        found = {}
+        for batch in batches(keys, detector.letterbox, 6, 0, target):
+            assert (batch.device_images is None) == (target is None)
+            found.update(zip(batch.keys, CaldScorer(seed=2).score(batch, detector)))
+        scores.append(np.array([found[k] for k in keys]))
+    host, on_device = scores
+    assert (host > 0).all() and np.abs(host - on_device).max() < 0.05, (host, on_device)

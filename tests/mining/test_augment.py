@@ -134,3 +134,23 @@ def test_make_views_order_shapes_and_seeded_determinism():
 def test_empty_boxes_everywhere():
     for view, moved in make_views(image(), np.zeros((0, 4), np.float32), np.random.default_rng(0)):
         assert moved.shape == (0, 4)
+
+
+def test_views_of_a_tensor_are_the_views_of_the_array_within_rounding():
+    """Originals decoded on a device get their views made there (torch stands in for OpenCV): the same cutout
+    draws, the same boxes, pixels within rounding (OpenCV's fixed-point bilinear weights against float ones)."""
+    import torch
+
+    rng_image = np.random.default_rng(3)
+    photo = cv2.GaussianBlur(rng_image.integers(0, 256, (90, 140, 3), dtype=np.uint8), (7, 7), 2)
+    boxes = np.array([[10, 10, 60, 50], [70, 20, 130, 80]], np.float32)
+    on_cpu = make_views(photo, boxes, np.random.default_rng(7))
+    on_tensor = make_views(torch.from_numpy(photo), boxes, np.random.default_rng(7))
+    for (view, moved), (tensor_view, tensor_moved), name in zip(on_cpu, on_tensor, ("flip", "cutout", "rotate", "resize")):
+        assert isinstance(tensor_view, torch.Tensor) and tuple(tensor_view.shape) == view.shape
+        np.testing.assert_array_equal(tensor_moved, moved)
+        diff = np.abs(tensor_view.numpy().astype(int) - view)
+        if name in ("flip", "cutout"):
+            assert diff.max() == 0, name
+        else:
+            assert diff.max() <= 3 and diff.mean() < 0.3, (name, diff.max(), diff.mean())
