@@ -375,9 +375,34 @@ def write_markdown(args, results) -> None:
                 others.append(other)
         findings_path = os.path.join(REPO, "benchmarks", "FINDINGS.md")
         findings = open(findings_path, encoding="utf-8").read() if os.path.isfile(findings_path) else ""
+        text = report.markdown(results, os.path.relpath(args.json, REPO), others, findings)
+        if not others and os.path.isfile(args.markdown):  # results/ is not tracked: keep the other device's run
+            with open(args.markdown, encoding="utf-8") as handle:
+                text = keep_other_runs(handle.read(), text)
         with open(args.markdown, "w", encoding="utf-8") as handle:
-            handle.write(report.markdown(results, os.path.relpath(args.json, REPO), others, findings))
+            handle.write(text)
         log.info("wrote %s", args.markdown)
+
+
+def run_sections(text: str) -> dict[str, str]:
+    """The '## Run of <date> on <device>' sections of a benchmarks markdown, by device kind (cpu, cuda)."""
+    import re
+
+    found = {}
+    for match in re.finditer(r"^## Run of [^\n]* on ([a-z]+)[^\n]*\n.*?(?=^## |\Z)", text, flags=re.M | re.S):
+        found.setdefault(match.group(1), match.group(0))
+    return found
+
+
+def keep_other_runs(old: str, new: str) -> str:
+    """`new` with the run sections of `old` for devices `new` has no run of, before its findings (a run on the
+    lent GPU survives the next CPU run, whose JSON of the GPU run is not on this machine)."""
+    kept = [section for device, section in run_sections(old).items() if device not in run_sections(new)]
+    if not kept:
+        return new
+    at = new.find("\n## Findings")
+    at = len(new) if at < 0 else at + 1
+    return new[:at] + "".join(kept) + new[at:]
 
 
 _TMP = {}

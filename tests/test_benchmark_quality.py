@@ -177,3 +177,16 @@ def test_timed_mining_scores_what_ships(algorithm, tmp_path):
     # timed, then restored
     assert detector.net is net and "predict_canvases" not in vars(type(detector))
     assert "score" not in vars(SCORERS[algorithm])
+
+
+def test_a_regenerated_benchmark_page_keeps_the_other_devices_run():
+    """benchmarks/results/ is not tracked: a CPU run must not drop the GPU run's section from docs/benchmarks.md."""
+    from benchmarks.__main__ import keep_other_runs
+
+    old = ("# B\n\n## Run of 2026-11-01 on cpu\nold cpu\n\n## Run of 2026-11-02 on cuda:0\ngpu table\n\n"
+           "## Findings\nf\n")
+    new = "# B\n\n## Run of 2026-12-01 on cpu\nnew cpu\n\n## Findings\nf\n"
+    merged = keep_other_runs(old, new)
+    assert merged == ("# B\n\n## Run of 2026-12-01 on cpu\nnew cpu\n\n## Run of 2026-11-02 on cuda:0\ngpu table\n\n"
+                      "## Findings\nf\n")
+    assert keep_other_runs(merged, new) == merged and keep_other_runs(new, new) == new
