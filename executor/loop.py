@@ -1,6 +1,7 @@
-"""The one batched loop: decodes and letterboxes images in worker threads while the model works on the
-previous batch, and yields batches of one canvas shape, in the order they fill, with the unreadable images
-reported as they come (an unreadable image never aborts the job).
+"""The one batched loop: decodes and letterboxes images in worker threads, while a GPU works on the previous
+batch (with the model on the same CPU cores: between its forwards, on every core), and yields batches of one
+canvas shape, in the order they fill, with the unreadable images reported as they come (an unreadable image
+never aborts the job).
 
 With `on_device` (template key gpu_decode, executor/gpu_decode.py) the files are read in those threads (and the
 few the device cannot decode are decoded there by OpenCV), then decoded and letterboxed on the device a batch
@@ -9,8 +10,9 @@ images give the same canvas shapes either way, so the batches are the same, in t
 
 Images are batched with others of the same canvas shape: a batch waits in its bucket until it is full, or
 until too many images wait, when the fullest bucket goes as it is. Memory stays flat in the pool size: at
-most `prefetch` images (on the device: three batches) are being decoded and at most `2 * batch_size` wait in
-buckets. The batch size is the one asked for: progress is counted in images by the caller, whatever the batch.
+most `prefetch` images (on the device: three batches) are being decoded and at most WAITING_BATCHES batches
+wait in buckets. The batch size is the one asked for: progress is counted in images by the caller, whatever
+the batch.
 """
 import contextlib
 import logging
@@ -29,6 +31,10 @@ from executor.images import Letterbox, read_image
 from mining.base import Batch
 
 log = logging.getLogger(__name__)
+# Images waiting in buckets before the fullest goes out partly filled, in batches: with 2, COCO's mix of canvas
+# shapes sent no batch out full (35 forward passes for 206 images); 4 gives 22, 8 of them full, 2-5% faster on
+# CPU (benchmarks/FINDINGS.md, item 21). Memory: up to this many batches of originals and canvases.
+WAITING_BATCHES = 4
 Prepare = Callable[[np.ndarray], tuple[np.ndarray, Letterbox]]  # original → (canvas, letterbox map)
 
 
@@ -57,13 +63,23 @@ def decode(key: str, prepare: Prepare) -> Decoded:
     return Decoded(key, image, canvas, box)
 
 
-def decoded_stream(keys: Sequence[str], prepare: Prepare, workers: int, prefetch: int) -> Iterator[Decoded]:
-    """Decoded images in input order, `prefetch` of them in flight (OpenCV releases the GIL)."""
+def decoded_stream(keys: Sequence[str], prepare: Prepare, workers: int, prefetch: int,
+                   overlap: bool = True) -> Iterator[Decoded]:
+    """Decoded images in input order, `prefetch` of them in flight (OpenCV releases the GIL). Without `overlap`
+    (the model runs on the same CPU cores) each `prefetch` images are decoded together and handed over only once
+    all are done, so no decoding runs while the consumer runs the model: a decode thread that preempts one of the
+    model's OpenMP threads stalls the whole parallel region, which costs more than the decoding itself."""
     if workers <= 0:
         yield from (decode(key, prepare) for key in keys)
         return
     cv2.setNumThreads(1)  # parallelism comes from our workers; leave the cores to the model
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        if not overlap:
+            for start in range(0, len(keys), prefetch):
+                done = [future.result() for future in [pool.submit(decode, key, prepare)
+                                                       for key in keys[start:start + prefetch]]]
+                yield from done
+            return
         pending: deque = deque()
         for key in keys:
             pending.append(pool.submit(decode, key, prepare))
@@ -104,9 +120,10 @@ def device_decoded_stream(keys: Sequence[str], on_device: DeviceLetterbox, worke
 
 
 def batches(keys: Sequence[str], prepare: Prepare, batch_size: int, workers: int,
-            on_device: DeviceLetterbox | None = None) -> Iterator[Batch | Unreadable]:
+            on_device: DeviceLetterbox | None = None, overlap: bool = True) -> Iterator[Batch | Unreadable]:
     """Every image of `keys` once: readable ones in batches of one canvas shape, unreadable ones one by one
-    (named in a warning). `on_device`: decode and letterbox there (its geometry replaces `prepare`'s)."""
+    (named in a warning). `on_device`: decode and letterbox there (its geometry replaces `prepare`'s);
+    `overlap`: decode while the model runs (False when the model runs on the decoding threads' cores)."""
     buckets: dict[tuple, list[Decoded]] = {}  # canvas shape -> images waiting for a batch, by first arrival
     stack = np.stack if on_device is None else torch.stack
 
@@ -115,7 +132,7 @@ def batches(keys: Sequence[str], prepare: Prepare, batch_size: int, workers: int
         return Batch([g.key for g in good], [g.image for g in good], stack([g.canvas for g in good]),
                      [g.box for g in good], None if on_device is None else [g.device_image for g in good])
 
-    stream = decoded_stream(keys, prepare, workers, prefetch=2 * batch_size + workers) if on_device is None else \
+    stream = decoded_stream(keys, prepare, workers, 2 * batch_size + workers, overlap) if on_device is None else \
         device_decoded_stream(keys, on_device, workers, batch_size)
     for item in stream:
         if item.error:
@@ -127,7 +144,7 @@ def batches(keys: Sequence[str], prepare: Prepare, batch_size: int, workers: int
         bucket.append(item)
         if len(bucket) == batch_size:
             yield flush(shape)
-        elif sum(map(len, buckets.values())) > 2 * batch_size:
+        elif sum(map(len, buckets.values())) > WAITING_BATCHES * batch_size:
             yield flush(max(buckets, key=lambda shape: len(buckets[shape])))
     for shape in list(buckets):
         yield flush(shape)

@@ -300,6 +300,11 @@ class Detector:
         other.multi_label = multi_label
         return other
 
+    @property
+    def uses_cpu_cores(self) -> bool:
+        """The forward runs on this process's CPU cores (decoding meanwhile would take them from it)."""
+        return self.device.type == "cpu"
+
     def input_size(self, img_size: int) -> int:
         """The network input size this detector makes of a requested img_size (a stride multiple)."""
         return round_up(img_size, max(self.strides))
@@ -512,6 +517,10 @@ class OnnxDetector(Detector):
 
     def input_size(self, img_size: int) -> int:
         return self.fixed_size or super().input_size(img_size)
+
+    @property
+    def uses_cpu_cores(self) -> bool:  # outputs come back as CPU tensors whichever provider ran the graph
+        return "CUDAExecutionProvider" not in self.session.get_providers()
 
     def head(self, canvases: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = np.ascontiguousarray(canvases.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0

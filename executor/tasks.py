@@ -112,8 +112,10 @@ def image_batches(keys: Sequence[str], detector: Detector | None, settings: Sett
     """The loop's batches (unreadable images go to `unreadable` with their reason); report(images done)."""
     prepare = detector.letterbox if detector else (lambda image: letterbox(image, settings.img_size))
     on_device = device_letterbox(settings.get("gpu_decode", "auto"), detector)  # None: OpenCV in threads
+    overlap = detector is not None and not detector.uses_cpu_cores  # the model on a GPU: decode meanwhile
     done = 0
-    for item in batches(keys, prepare, settings.batch_size_per_gpu, settings.num_workers_per_gpu, on_device):
+    for item in batches(keys, prepare, settings.batch_size_per_gpu, settings.num_workers_per_gpu, on_device,
+                        overlap):
         if isinstance(item, Unreadable):
             unreadable[item.key] = item.reason
             done += 1

@@ -36,3 +36,34 @@ def test_unreadable_images_are_reported_in_place(tmp_path):
     assert isinstance(found[0], Unreadable) and found[0].key == str(bad) and "empty" in found[0].reason
     assert sorted(k for b in found[1:] for k in b.keys) == sorted([keys[0], keys[2]])
     assert [k for b in list(batches(keys, rect, 2, 0))[1:] for k in b.keys] == [k for b in found[1:] for k in b.keys]
+
+
+def test_without_overlap_nothing_is_decoded_while_the_model_runs(tmp_path):
+    """The model on the decoders' CPU cores: images are decoded between its forwards, never during one (a decode
+    thread preempting an OpenMP thread stalls the forward); with overlap (a GPU model) decoding goes on meanwhile."""
+    import threading
+    import time
+
+    path = str(tmp_path / "a.png")
+    cv2.imwrite(path, np.zeros((40, 80, 3), np.uint8))
+    busy, lock = [], threading.Lock()
+
+    def slow_prepare(image):
+        started = time.perf_counter()
+        time.sleep(0.005)
+        with lock:
+            busy.append((started, time.perf_counter()))
+        return rect(image)
+
+    def overlaps(overlap: bool) -> int:
+        busy.clear()
+        model_runs = []
+        for batch in batches([path] * 48, slow_prepare, 8, 2, overlap=overlap):
+            started = time.perf_counter()
+            time.sleep(0.03)  # the forward
+            model_runs.append((started, time.perf_counter()))
+        with lock:
+            return sum(a < d and c < b for a, b in busy for c, d in model_runs)
+
+    assert overlaps(False) == 0
+    assert overlaps(True) > 0
