@@ -52,7 +52,7 @@ def parse_args(argv=None):
                         "fewer than the 1x pool, so any growth with the pool shows; it holds ~4 batches + workers)")
     p.add_argument("--rss-algorithm", default="aldd")
     p.add_argument("--p5-reps", type=int, default=3)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: quality,voc,p3,p4,p5,p6,p7,p8")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: quality,voc,p3,p4,p5,p6,p7,p8,p9")
     p.add_argument("--render", action="store_true",
                    help="run nothing: regenerate the markdown from the JSON results already written")
     p.add_argument("--profile", action="store_true",
@@ -305,6 +305,14 @@ def main(argv=None) -> int:
             path = os.path.join(os.path.dirname(args.json), f"profile-{algo}.txt")
             speed.profile_mining(coco.paths, detector, config(algo), path)
             log.info("profile of %s: %s", algo, path)
+    if "p9" not in args.skip:  # P1 again as a slope: the per-run costs of small segments cancel
+        large = min(100, len(pool))
+        small = min(20, large // 2)
+        sp["slope"] = {algo: speed.marginal_ratio(pool, detector, config(algo), small, large,
+                                                  1 if args.quick else 3, batch) for algo in ("entropy", "aldd")}
+        for algo, slope in sp["slope"].items():
+            log.info("P9 %-7s slope %d→%d images: %.2f img/s, P0 paired %.2f, ratio %.3f", algo, small, large,
+                     slope["images_per_s"], slope["p0_paired"], slope["ratio"])
     rates = [r["images_per_s"] for r in p0_all]
     sp["p0"] = {"images_per_s": pooled_rate(p0_all), "batch": batch, "measurements": len(p0_all),
                 "images_each": len(segments[0]), "min": min(rates), "max": max(rates)}

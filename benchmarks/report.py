@@ -45,6 +45,8 @@ def summarise(r: dict) -> dict:
             s["P7_nvjpeg_cores"] = r["p7"]["nvjpeg_cores"]
     if "p8" in r:
         s["P8"] = r["p8"]["ratio"]
+    for algo, slope in r.get("speed", {}).get("slope", {}).items():
+        s[f"P9_{algo}"] = slope["ratio"]
     for name, q in r.get("quality", {}).items():
         rows = q["rows"]
         rnd, det = rows["random"], rows["detections"]
@@ -133,6 +135,11 @@ def speed_rows(r: dict) -> list[list[str]]:
                      f"**{fmt(s['P8'])}** end to end ({fmt(two['images_per_s'], 2)} vs {fmt(one['images_per_s'], 2)} "
                      f"img/s on {one['images']} images, model loads and worker starts included); from the first "
                      f"image scored: {fmt(p8.get('steady_ratio'))}", "(report)", None))
+    for algo, slope in r.get("speed", {}).get("slope", {}).items():
+        rows.append((f"P9 {algo}", f"P1 as a slope: mining {algo} between {slope['small']} and {slope['large']} images "
+                     "÷ P0 on the extra images",
+                     f"**{fmt(slope['ratio'])}** ({fmt(slope['images_per_s'], 2)} vs {fmt(slope['p0_paired'], 2)} "
+                     f"img/s; pairs {', '.join(fmt(x, 2) for x in slope['pair_ratios'])})", "(report)", None))
     return [[label, what, measured, target, _met(s["targets"], key)] for label, what, measured, target, key in rows]
 
 
@@ -340,6 +347,9 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
   (`read_image` + `letterbox`, the CPU path) against torchvision's CPU `decode_jpeg` + `letterbox_tensor`
   (executor/gpu_decode.py), in 4 segments, who goes first rotating; on CUDA also the batched nvJPEG path
   (`decode_batch`, a batch of images a call), with and without copying the originals back to the host.
+- **P9**: P1 measured as the issue's yardstick does: the slope of `executor.tasks.mine`'s wall time between a
+  20- and a 100-image pool (per-run costs such as settings, shard and result files cancel), ÷ P0 on the 80
+  extra images' canvases; 3 pairs (1 with `--quick`), the median.
 - **P8**: `executor.tasks.mine` (entropy, report off) on at least 96 images (the pool repeated as symlinks)
   with `cpu_processes: 2` ÷ `cpu_processes: 1`, `cpu_threads` set so each worker has 1 thread (the scores
   are then bit-identical, and result.tsv is checked to be the same bytes); each run loads its own model,

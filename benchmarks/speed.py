@@ -217,6 +217,23 @@ def mine_timed(keys, detector, config: dict) -> dict:
             "breakdown": breakdown(total, clock)}
 
 
+def marginal_ratio(keys, detector, config: dict, small: int, large: int, pairs: int, batch: int) -> dict:
+    """Mining's marginal rate, the slope of `executor.tasks.mine`'s wall time between a `small`- and a
+    `large`-image pool (the per-run costs, settings to result file, cancel), ÷ P0 on the extra images'
+    canvases, in `pairs` pairs (who goes first alternating); medians over the pairs."""
+    extra = decoded_canvases(keys[small:large], detector)
+    slopes, p0s = [], []
+    for i in range(pairs):
+        seconds = {}
+        for n in ((small, large) if i % 2 == 0 else (large, small)):
+            seconds[n] = mine_timed(keys[:n], detector, config)["seconds"]
+        slopes.append((large - small) / max(seconds[large] - seconds[small], 1e-9))
+        p0s.append(forward_throughput(detector, extra, batch, len(extra))["images_per_s"])
+    ratios = [a / b for a, b in zip(slopes, p0s)]
+    return {"small": small, "large": large, "pairs": pairs, "images_per_s": float(np.median(slopes)),
+            "p0_paired": float(np.median(p0s)), "pair_ratios": ratios, "ratio": float(np.median(ratios))}
+
+
 def profile_mining(keys, detector, config: dict, path: str, top: int = 40) -> str:
     """cProfile of one mine() run; the top functions by cumulative time are written to `path`."""
     import cProfile
