@@ -355,10 +355,9 @@ def run_in_family(args) -> int:
 
 
 def run_task(args, config: dict, paths: list[str], names: list[str], shards: str) -> int:
+    from executor.config import SEGMENTATION, build_settings
     from executor.formats import write_detections
     from executor.tasks import Job, run as run_tasks
-
-    from executor.config import SEGMENTATION, build_settings
 
     tasks = ["mining"] if args.command == "mine" else ["infer"]
     detections = args.infer_out if args.command == "mine" else args.out

@@ -156,14 +156,14 @@ def restrict(det, conf_thres: float, max_det: int):
     return det.subset(np.where(det.conf > conf_thres)[0][:max_det])
 
 
-def infer_record(det, image, names: Sequence[str]):
-    """What infer-result.json says of one image: its box records (detection), or its size and instances with
-    their masks (segmentation)."""
+def infer_record(det, box, names: Sequence[str]):
+    """What infer-result.json says of one image: its box records (detection), or its size (from its letterbox
+    map `box`) and instances with their masks (segmentation)."""
     if det.masks is None:
         return [box_record(xyxy, names[cls], conf) for xyxy, cls, conf in zip(det.xyxy, det.cls, det.conf)]
     instances = [instance_record(xyxy, names[cls], conf, rle)
                  for xyxy, cls, conf, rle in zip(det.xyxy, det.cls, det.conf, det.masks.rles())]
-    return {"height": int(image.shape[0]), "width": int(image.shape[1]), "instances": instances}
+    return {"height": int(box.height), "width": int(box.width), "instances": instances}
 
 
 @dataclass
@@ -205,8 +205,8 @@ class Pass:
                     found = (recorder and recorder.reusable(batch, self.infer_detector)) or \
                         self.infer_detector.predict(batch)
                     names = self.infer_detector.names
-                    records.update((key, infer_record(det, image, names))
-                                   for key, det, image in zip(batch.keys, found, batch.images))
+                    records.update((key, infer_record(det, box, names))
+                                   for key, det, box in zip(batch.keys, found, batch.boxes))
         scores.update((key, UNREADABLE_SCORE) for key in unreadable)
         return {"mining": scores, "infer": records, "side": side}
 
@@ -222,7 +222,8 @@ class Pass:
         if self.side.get("boxes") or self.side.get("class_counts"):
             found = (recorder and recorder.reusable(batch, detector)) or detector.tapped_detections(batch)
         detector.tap.clear()
-        found = found and [dataclasses.replace(det, masks=None) for det in found]  # a shard keeps no prototypes
+        if found is not None:  # the side data outlive the batch: keep no prototypes alive
+            found = [dataclasses.replace(det, masks=None) for det in found]
         return {key: (None if embeddings is None else embeddings[i], None if found is None else found[i])
                 for i, key in enumerate(batch.keys)}
 

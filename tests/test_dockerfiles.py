@@ -87,15 +87,19 @@ def render(instructions, values):
             for word, args in instructions]
 
 
-def labels_of(instructions):
-    """LABEL key=value pairs (values unquoted)."""
-    labels = {}
+def key_values(instructions, instruction: str) -> dict:
+    """The key=value pairs of every `instruction` (LABEL, ENV) among `instructions` (values unquoted)."""
+    found = {}
     for word, args in instructions:
-        if word == "LABEL":
+        if word == instruction:
             for item in shlex.split(args):
                 key, _, value = item.partition("=")
-                labels[key] = value
-    return labels
+                found[key] = value
+    return found
+
+
+def labels_of(instructions):
+    return key_values(instructions, "LABEL")
 
 
 def stages(instructions):
@@ -125,14 +129,7 @@ def lineage(all_stages, index=-1):
 
 
 def env_of(stage):
-    """ENV key=value pairs of a stage (values unquoted)."""
-    env = {}
-    for word, args in stage:
-        if word == "ENV":
-            for item in shlex.split(args):
-                key, _, value = item.partition("=")
-                env[key] = value
-    return env
+    return key_values(stage, "ENV")
 
 
 def copies(stage):
