@@ -222,8 +222,8 @@ def main(argv=None) -> int:
     started = time.time()
     gpu_id = "0" if args.device == "cuda" else ""
 
-    def config(algorithm: str) -> dict:
-        return speed.mining_config(args.weights, algorithm, gpu_id)
+    def config(algorithm: str, **extra) -> dict:
+        return speed.mining_config(args.weights, algorithm, gpu_id, **extra)
 
     base = build_settings("mining", config("entropy"))
     detector = Models().detector(base, "")
@@ -306,10 +306,14 @@ def main(argv=None) -> int:
             speed.profile_mining(coco.paths, detector, config(algo), path)
             log.info("profile of %s: %s", algo, path)
     if "p9" not in args.skip:  # P1 again as a slope: the per-run costs of small segments cancel
-        large = min(100, len(pool))
-        small = min(20, large // 2)
-        sp["slope"] = {algo: speed.marginal_ratio(pool, detector, config(algo), small, large,
-                                                  1 if args.quick else 3, batch) for algo in ("entropy", "aldd")}
+        # the small pool above what the report shows (top 24 + 12 samples: its thumbnails then cost the same in
+        # both runs), the large one all of coco-val
+        large = min(200, len(pool))
+        small = min(40, large // 2)
+        # aldd-no-report: without the report's boxes ALDD's maps come from the head's class branch alone
+        variants = {"entropy": config("entropy"), "aldd": config("aldd"), "aldd-no-report": config("aldd", report=False)}
+        sp["slope"] = {name: speed.marginal_ratio(pool, detector, conf, small, large, 1 if args.quick else 3, batch)
+                       for name, conf in variants.items()}
         for algo, slope in sp["slope"].items():
             log.info("P9 %-7s slope %d→%d images: %.2f img/s, P0 paired %.2f, ratio %.3f", algo, small, large,
                      slope["images_per_s"], slope["p0_paired"], slope["ratio"])

@@ -139,7 +139,10 @@ def speed_rows(r: dict) -> list[list[str]]:
         rows.append((f"P9 {algo}", f"P1 as a slope: mining {algo} between {slope['small']} and {slope['large']} images "
                      "÷ P0 on the extra images",
                      f"**{fmt(slope['ratio'])}** ({fmt(slope['images_per_s'], 2)} vs {fmt(slope['p0_paired'], 2)} "
-                     f"img/s; pairs {', '.join(fmt(x, 2) for x in slope['pair_ratios'])})", "(report)", None))
+                     f"img/s; pairs {', '.join(fmt(x, 2) for x in slope['pair_ratios'])}"
+                     + (f"; ÷ its own network, the class branch alone at {fmt(slope['p0_classes'], 2)} img/s: "
+                        f"{fmt(slope['own_network_ratio'])}" if "own_network_ratio" in slope else "") + ")",
+                     "(report)", None))
     return [[label, what, measured, target, _met(s["targets"], key)] for label, what, measured, target, key in rows]
 
 
@@ -348,8 +351,12 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
   (executor/gpu_decode.py), in 4 segments, who goes first rotating; on CUDA also the batched nvJPEG path
   (`decode_batch`, a batch of images a call), with and without copying the originals back to the host.
 - **P9**: P1 measured as the issue's yardstick does: the slope of `executor.tasks.mine`'s wall time between a
-  20- and a 100-image pool (per-run costs such as settings, shard and result files cancel), ÷ P0 on the 80
-  extra images' canvases; 3 pairs (1 with `--quick`), the median.
+  40- and a 200-image pool (per-run costs such as settings, shard and result files cancel; 40 is above the
+  36 images whose thumbnails the report draws, so those cost the same in both), ÷ P0 on the 160 extra
+  images' canvases; 3 pairs (1 with `--quick`, on the smaller quick pool), the median. With the template defaults (the report on,
+  which needs every image's boxes) for entropy and aldd, and for `aldd-no-report` (report off: ALDD's maps
+  then come from the network up to the head plus the head's class branch, `executor.model.ClassMapsNet`,
+  without the box branch), which is also given ÷ that network's own rate on the same canvases.
 - **P8**: `executor.tasks.mine` (entropy, report off) on at least 96 images (the pool repeated as symlinks)
   with `cpu_processes: 2` ÷ `cpu_processes: 1`, `cpu_threads` set so each worker has 1 thread (the scores
   are then bit-identical, and result.tsv is checked to be the same bytes); each run loads its own model,

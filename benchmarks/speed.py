@@ -62,18 +62,19 @@ def to_input(canvases: list[np.ndarray], device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def forward_throughput(detector, canvases: list[np.ndarray], batch: int, images: int, start: int = 0) -> dict:
-    """Images/s of `detector.net` alone over `images` images taken cyclically from `canvases` from
-    `start` on, in batches of at most `batch` canvases of one shape. Input preparation is outside the
-    timed region."""
-    device = detector.device
+def forward_throughput(detector, canvases: list[np.ndarray], batch: int, images: int, start: int = 0,
+                       net=None) -> dict:
+    """Images/s of `detector.net` (or `net`, e.g. its `class_net`) alone over `images` images taken cyclically
+    from `canvases` from `start` on, in batches of at most `batch` canvases of one shape. Input preparation is
+    outside the timed region."""
+    device, net = detector.device, net or detector.net
     taken = [canvases[(start + j) % len(canvases)] for j in range(images)]
     seconds = 0.0
     for chunk in same_shape_chunks(taken, batch):
         x = to_input([taken[k] for k in chunk], device)
         sync(device)
         t0 = time.perf_counter()
-        detector.net(x)
+        net(x)
         sync(device)
         seconds += time.perf_counter() - t0
     return {"images": images, "seconds": seconds, "images_per_s": images / seconds}
@@ -130,8 +131,9 @@ def instrumented(detector, scorer_class, clock: Clock):
         setattr(owner, name, clock.wrap(label, original, **timing))
         patches.append((owner, name, original, in_dict))
 
-    if hasattr(detector, "net"):
-        patch(detector, "net", "network", synchronize=True)  # shared by the copies with_postprocess makes
+    for name in ("net", "class_net"):  # the whole network; the class branch alone (ALDD's maps)
+        if getattr(detector, name, None) is not None:
+            patch(detector, name, "network", synchronize=True)  # shared by the copies with_postprocess makes
     # on the classes: executor.tasks.mine builds its own scorer and mines with a copy of the detector
     # (Models.detector: with_postprocess); every prediction (candidates, CALD's views) goes through
     # predict_canvases, ALDD's maps through predict_maps
@@ -222,16 +224,25 @@ def marginal_ratio(keys, detector, config: dict, small: int, large: int, pairs: 
     `large`-image pool (the per-run costs, settings to result file, cancel), ÷ P0 on the extra images'
     canvases, in `pairs` pairs (who goes first alternating); medians over the pairs."""
     extra = decoded_canvases(keys[small:large], detector)
-    slopes, p0s = [], []
+    # ALDD's maps without the report's boxes come from the head's class branch alone: its own network too
+    own_network = getattr(detector, "class_net", None) if config["mining_algorithm"] == "aldd" and \
+        config.get("report") is False else None
+    slopes, p0s, owns = [], [], []
     for i in range(pairs):
         seconds = {}
         for n in ((small, large) if i % 2 == 0 else (large, small)):
             seconds[n] = mine_timed(keys[:n], detector, config)["seconds"]
         slopes.append((large - small) / max(seconds[large] - seconds[small], 1e-9))
         p0s.append(forward_throughput(detector, extra, batch, len(extra))["images_per_s"])
+        if own_network is not None:  # ALDD's maps skip the head's box branch
+            owns.append(forward_throughput(detector, extra, batch, len(extra), net=own_network)["images_per_s"])
     ratios = [a / b for a, b in zip(slopes, p0s)]
-    return {"small": small, "large": large, "pairs": pairs, "images_per_s": float(np.median(slopes)),
-            "p0_paired": float(np.median(p0s)), "pair_ratios": ratios, "ratio": float(np.median(ratios))}
+    out = {"small": small, "large": large, "pairs": pairs, "images_per_s": float(np.median(slopes)),
+           "p0_paired": float(np.median(p0s)), "pair_ratios": ratios, "ratio": float(np.median(ratios))}
+    if owns:
+        out["p0_classes"] = float(np.median(owns))
+        out["own_network_ratio"] = float(np.median([a / b for a, b in zip(slopes, owns)]))
+    return out
 
 
 def profile_mining(keys, detector, config: dict, path: str, top: int = 40) -> str:

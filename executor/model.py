@@ -8,7 +8,9 @@ with the M mask prototypes (B, M, H/4, W/4) of a segmentation model beside it. F
 - post-NMS `Detections` per image, each box with its full class-probability vector and, for a segmentation
   model, its mask (made from the prototypes only when asked for: executor.masks.PredictedMasks), and
 - dense class-probability maps per head level (B, C, H/stride, W/stride), for ALDD: the A anchor
-  points are the cells of the three levels, level by level, row-major.
+  points are the cells of the three levels, level by level, row-major. The PyTorch backend makes these with
+  the network up to the head and the head's class branch alone (`ClassMapsNet`): the box and mask branches,
+  a fifth of yolov8n's work, serve nobody there.
 The same post-processing serves the PyTorch and the ONNX Runtime backends, so both return the same boxes.
 The detector implements mining.base.Detector and decides the geometry: `img_size` (the requested size rounded
 up to a stride multiple) and `rect_stride` (None for a fixed square input).
@@ -45,6 +47,9 @@ MAX_NMS = 30000  # multi-label candidates per image before NMS, as Ultralytics' 
 # cost a GPU more than the larger kernel; on CPU the kernel is O(N^2) in the boxes it sees, so per image wins.
 WHOLE_BATCH_DEVICES = ("cuda",)
 TASKS_SERVED = ("detect", "segment")  # the Ultralytics tasks this adapter predicts with
+# Heads whose one-to-many class branch `cv3` (one module per level, logits (B, C, h, w)) gives exactly the
+# class rows of their decoded output, after a sigmoid (tested against the whole head)
+CLASS_BRANCH_HEADS = ("Detect", "Segment", "Segment26")
 
 
 # ---------------------------------------------------------------- devices
@@ -92,14 +97,16 @@ def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def candidates(probs: torch.Tensor, conf_thres: float, multi_label: bool):
-    """(anchor, class, score) of the boxes NMS considers: each anchor's best class above conf_thres, or, with
-    `multi_label` (Ultralytics' validator), every (anchor, class) pair above it, the MAX_NMS best."""
+    """(anchor, class, score) of the boxes NMS considers in one image's class rows `probs` (C, A): each anchor's
+    best class above conf_thres, or, with `multi_label` (Ultralytics' validator), every (anchor, class) pair above
+    it, the MAX_NMS best. Reductions run along the classes of the head's own layout (no transposed copy), and
+    only the anchors above the threshold look for their class."""
     if not multi_label:
-        score, cls = probs.max(1)
-        keep = score > conf_thres
-        return torch.where(keep)[0], cls[keep], score[keep]
-    anchor, cls = torch.nonzero(probs > conf_thres, as_tuple=True)
-    score = probs[anchor, cls]
+        best = probs.amax(0)
+        anchor = torch.where(best > conf_thres)[0]
+        return anchor, probs[:, anchor].argmax(0), best[anchor]  # argmax: the first of equal maxima, as max()
+    anchor, cls = torch.nonzero(probs.T > conf_thres, as_tuple=True)
+    score = probs[cls, anchor]
     if len(score) > MAX_NMS:
         top = score.topk(MAX_NMS).indices
         anchor, cls, score = anchor[top], cls[top], score[top]
@@ -119,7 +126,7 @@ def postprocess(raw: torch.Tensor, boxes: Sequence[Letterbox], conf_thres: float
     results = []
     for i, (pred, box) in enumerate(zip(raw.transpose(1, 2), boxes)):  # (A, 4+C+M) per image
         probs = pred[:, 4:4 + num_classes]
-        anchor, cls, score = candidates(probs, conf_thres, multi_label)
+        anchor, cls, score = candidates(raw[i, 4:4 + num_classes], conf_thres, multi_label)
         xyxy = xywh_to_xyxy(pred[anchor, :4])
         order = batched_nms(xyxy, score, cls, iou_thres)[:max_det]
         original = box.to_original(xyxy[order].float().cpu().numpy())
@@ -149,7 +156,7 @@ def _postprocess_whole_batch(raw: torch.Tensor, boxes: Sequence[Letterbox], conf
     """`postprocess` with one NMS over the whole batch (each (image, class) its own group; boxes in float64 so the
     group offsets cost no precision) and one copy of every kept row to the host."""
     preds = raw.transpose(1, 2)  # (B, A, 4+C+M)
-    picks = [candidates(pred[:, 4:4 + num_classes], conf_thres, multi_label) for pred in preds]
+    picks = [candidates(rows[4:4 + num_classes], conf_thres, multi_label) for rows in raw]
     image = torch.cat([torch.full_like(anchor, i) for i, (anchor, _, _) in enumerate(picks)])
     anchor, cls, score = (torch.cat([p[k] for p in picks]) for k in range(3))
     rows = preds[image, anchor]
@@ -365,6 +372,7 @@ class TorchDetector(Detector):
         super().__init__(weights, **post)
         self.device = device
         net, names, strides, self.task, self.num_masks = load_torch_model(weights)
+        self.class_net = ClassMapsNet(net) if ClassMapsNet.serves(net) else None
         self.names = names
         self.strides = strides
         self.img_size = self.input_size(img_size)
@@ -376,8 +384,9 @@ class TorchDetector(Detector):
         self.net = net
         torch.set_num_threads(threads)  # after loading: Ultralytics' device set-up changes it
 
-    @torch.inference_mode()
-    def head(self, canvases: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def network_input(self, canvases: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 canvases → the network's input: float [0, 1] NCHW on the device (channels_last on
+        CPU: ~30% faster convolutions there)."""
         if isinstance(canvases, torch.Tensor):  # letterboxed on the device already (gpu_decode)
             x = canvases
         else:
@@ -385,8 +394,19 @@ class TorchDetector(Detector):
             if self.pin_memory:  # page-locked host memory: the copy to the GPU runs asynchronously
                 x = x.pin_memory()
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
+
+    @torch.inference_mode()
+    def predict_maps(self, batch: Batch) -> list[torch.Tensor]:
+        """The class branch alone, unless this forward is armed for the executor (the raw output it keeps
+        needs the whole head)."""
+        if self.class_net is None or self.tap.wants(batch.canvases):
+            return super().predict_maps(batch)
+        return self.class_net(self.network_input(batch.canvases))
+
+    @torch.inference_mode()
+    def head(self, canvases: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.network_input(canvases)
         tap = self.tap if self.tap.wants(canvases) else None
         if tap is not None:
             tap.active = True
@@ -416,6 +436,34 @@ class TorchDetector(Detector):
         log.info("embeddings: the Detect head's %d input channels, pooled per level, from the same forward",
                  self.embedding_dim)
         return True
+
+
+class ClassMapsNet(torch.nn.Module):
+    """An Ultralytics detection or segmentation model up to its head, then only the head's class branch: the
+    sigmoid class maps (B, C, h_l, w_l) per level, finest first, equal to the class rows of the whole head's
+    output. The layers are the model's own (shared, not copied), routed as its forward routes them: layer
+    `f` names the earlier outputs a layer reads (-1: the previous one), `save` which outputs are kept."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.layers, self.save = net.model, set(net.save)
+
+    @staticmethod
+    def serves(net: torch.nn.Module) -> bool:
+        head = net.model[-1]
+        return (type(head).__name__ in CLASS_BRANCH_HEADS and not head.end2end
+                and getattr(head, "cv3", None) is not None and len(head.cv3) == head.nl)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        *body, head = self.layers
+        kept = []
+        for layer in body:
+            if layer.f != -1:
+                x = kept[layer.f] if isinstance(layer.f, int) else [x if j == -1 else kept[j] for j in layer.f]
+            x = layer(x)
+            kept.append(x if layer.i in self.save else None)
+        features = [x if j == -1 else kept[j] for j in head.f]
+        return [branch(level).sigmoid() for branch, level in zip(head.cv3, features)]
 
 
 def head_outputs(out) -> tuple[torch.Tensor, torch.Tensor | None]:

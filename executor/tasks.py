@@ -185,6 +185,13 @@ class Pass:
     def geometry(self) -> Detector | None:
         return self.mining_detector or self.infer_detector
 
+    @property
+    def infer_shares_forward(self) -> bool:
+        """Infer's model is the scorer's (one loaded network, one tap), so infer can read the boxes of the
+        scorer's own forward (ALDD's, whose maps alone would skip the box branch) instead of running another."""
+        return (self.infer_detector is not None and self.mining_detector is not None
+                and self.infer_detector.tap is self.mining_detector.tap)
+
     def run(self, keys: Sequence[str], report: Callable[[int], None], unreadable: dict[str, str]) -> dict:
         """{"mining": scores, "infer": box records} of `keys` (the tasks of this pass), images decoded once."""
         scores: dict[str, float] = {}
@@ -195,18 +202,22 @@ class Pass:
         for batch in image_batches(keys, self.geometry, self.loop_settings, report, unreadable):
             with out_of_memory_hint(batch, batch_size):
                 recorder = Recorder(self.mining_detector) if self.mining_detector else None
-                if tapped is not None:
-                    tapped.tap.arm(batch)
+                # the scorer's forward of the batch keeps what the side data and infer read of it
+                armed = [d.tap for d in (tapped, self.infer_detector if self.infer_shares_forward else None) if d]
+                for tap in armed:
+                    tap.arm(batch)
                 if self.scorer is not None:
                     scores.update(zip(batch.keys, self.scorer.score(batch, recorder).tolist()))
                 if tapped is not None:
                     side.update(self.side_data(batch, tapped, recorder))
                 if self.infer_detector is not None:
                     found = (recorder and recorder.reusable(batch, self.infer_detector)) or \
-                        self.infer_detector.predict(batch)
+                        self.infer_detector.tapped_detections(batch)
                     names = self.infer_detector.names
                     records.update((key, infer_record(det, box, names))
                                    for key, det, box in zip(batch.keys, found, batch.boxes))
+                for tap in armed:  # keep no output of this batch alive into the next
+                    tap.clear()
         scores.update((key, UNREADABLE_SCORE) for key in unreadable)
         return {"mining": scores, "infer": records, "side": side}
 
@@ -221,7 +232,6 @@ class Pass:
         found = None
         if self.side.get("boxes") or self.side.get("class_counts"):
             found = (recorder and recorder.reusable(batch, detector)) or detector.tapped_detections(batch)
-        detector.tap.clear()
         if found is not None:  # the side data outlive the batch: keep no prototypes alive
             found = [dataclasses.replace(det, masks=None) for det in found]
         return {key: (None if embeddings is None else embeddings[i], None if found is None else found[i])

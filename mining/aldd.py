@@ -123,8 +123,12 @@ def aldd_scores(class_maps: Sequence[torch.Tensor], class_weights: torch.Tensor 
     batch, classes, h, w = maps[0].shape
     device = maps[0].device
     per_class = torch.zeros(batch, classes, dtype=torch.float32, device=device)
+    # one memory layout whatever the maps' own (views of the whole head's output, or the class branch's
+    # channels_last maps): a float32 convolution's last bits depend on it, and a score must not
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format  # the faster on CPU
     for images, cls in _chunks(batch, classes, h * w, device):
-        per_class[images, cls] = cell_scores([m[images, cls].float().clamp(EPS, 1.0 - EPS) for m in maps])
+        per_class[images, cls] = cell_scores([m[images, cls].float().clamp(EPS, 1.0 - EPS).contiguous(
+            memory_format=layout) for m in maps])
     # NaN maps (a broken model) propagate to their image's classes; report those as 0, never NaN
     per_class = torch.nan_to_num_(per_class, nan=0.0, posinf=0.0, neginf=0.0)
     if class_weights is None:

@@ -499,8 +499,8 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
     for indices, shape in rect_batches(val.samples[:8], segmenter.img_size, 8, 32):
         canvases, boxes = zip(*[letterbox(read_image(val.samples[i].image), 320, canvas_shape=shape) for i in indices])
         raw, proto = segmenter.head(np.stack(canvases))
-        for pred, protos, box in zip(raw.transpose(1, 2), proto, boxes):
-            anchor, cls, score = candidates(pred[:, 4:4 + len(names)], 0.25, False)
+        for rows, pred, protos, box in zip(raw, raw.transpose(1, 2), proto, boxes):
+            anchor, cls, score = candidates(rows[4:4 + len(names)], 0.25, False)
             xyxy = xywh_to_xyxy(pred[anchor, :4])
             order = batched_nms(xyxy, score, cls, 0.7)
             coefficients, original = pred[anchor[order], 4 + len(names):], box.to_original(xyxy[order].numpy())

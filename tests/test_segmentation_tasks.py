@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
 from executor.config import SEGMENTATION, TEMPLATES_VAR, family_templates
@@ -212,7 +213,7 @@ def test_seg_mining_in_the_same_pass_ranks_like_the_detection_model(seg_infer_ru
 def test_aldd_with_a_seg_model_reads_the_class_maps_of_the_detection_head(seg_weights):
     """ALDD's dense class maps come from the class rows only (the mask coefficients after them are cut off):
     the seg model seeded from yolov8n.pt gives yolov8n.pt's scores."""
-    from executor.model import load_detector
+    from executor.model import class_maps, load_detector
     from mining.aldd import AlddScorer
     from tests.platform import batch_of
 
@@ -220,6 +221,18 @@ def test_aldd_with_a_seg_model_reads_the_class_maps_of_the_detection_head(seg_we
     det = load_detector(str(WEIGHTS), "auto", "", 320, conf_thres=0.25, iou_thres=0.45, max_det=100)
     batch = batch_of([p for p in coco_images(12) if p.name in {"000000000139.jpg", "000000010764.jpg"}], seg)
     assert [tuple(m.shape) for m in seg.predict_maps(batch)] == [tuple(m.shape) for m in det.predict_maps(batch)]
+    # the class branch alone: no box, mask-coefficient or prototype branch runs, and the maps are the head's
+    head, ran = seg.net.model[-1], []
+    handles = [m.register_forward_hook(lambda *a, name=name: ran.append(name))
+               for name, m in (("box", head.cv2[0]), ("coefficients", head.cv4[0]), ("prototypes", head.proto))]
+    try:
+        alone = seg.predict_maps(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == []
+    whole = class_maps(seg.forward(batch.canvases), batch.canvases.shape[1:3], seg.strides, seg.num_classes)
+    assert all(torch.equal(a, w) for a, w in zip(alone, whole))
     scorer = AlddScorer(class_distribution_scores=[])
     np.testing.assert_allclose(scorer.score(batch, seg), scorer.score(batch, det), rtol=1e-4)
 

@@ -157,7 +157,7 @@ def test_a_failing_worker_ends_the_task_with_its_own_code(tmp_path):
     assert yaml.safe_load((env_path.parent / "config.yaml").read_text())["cpu_processes"] == 2
 
 
-@pytest.mark.parametrize("algorithm", ["entropy", "cald"])
+@pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald"])
 def test_mining_and_infer_share_one_pass_and_match_separate_runs(tmp_path, algorithm):
     env = make_env(tmp_path, run_mining=True, run_infer=True, candidates=IMAGES,
                    config={"img_size": 160, "mining_algorithm": algorithm})  # one /in: cald seeds by image path

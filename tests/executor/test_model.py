@@ -47,6 +47,58 @@ def test_class_maps_match_the_head(detector):
     assert peak == pytest.approx(top_person, rel=1e-5)
 
 
+def branch_calls(detector) -> dict:
+    """Counts of forward calls of the head as a whole and of its box branch, by forward hooks."""
+    head, calls = detector.net.model[-1], {"head": 0, "box branch": 0}
+
+    def count(name):
+        def hook(module, args, output):
+            calls[name] += 1
+        return hook
+
+    handles = [head.register_forward_hook(count("head")), head.cv2[0].register_forward_hook(count("box branch"))]
+    return calls, handles
+
+
+def test_aldd_maps_come_from_the_class_branch_alone(detector):
+    """predict_maps runs the network up to the head and the head's class branch only, with exactly the maps of
+    the whole head; a forward armed for the executor (whose raw output infer or the side data read) runs the
+    whole head."""
+    from executor.model import ClassMapsNet
+
+    batch = batch_of(SAME_SHAPE, detector)
+    assert isinstance(detector.class_net, ClassMapsNet)
+    whole = class_maps(detector.forward(batch.canvases), batch.canvases.shape[1:3], detector.strides, 80)
+    calls, handles = branch_calls(detector)
+    try:
+        alone = detector.predict_maps(batch)
+        assert calls == {"head": 0, "box branch": 0}
+        for a, w in zip(alone, whole):
+            assert a.shape == w.shape and torch.equal(a, w)
+        detector.tap.arm(batch)
+        armed = detector.predict_maps(batch)
+        assert calls == {"head": 1, "box branch": 1} and detector.tap.raw is not None
+        assert all(torch.equal(a, w) for a, w in zip(armed, whole))
+    finally:
+        detector.tap.clear()
+        for handle in handles:
+            handle.remove()
+
+
+def test_candidates_are_each_anchors_best_class_or_every_pair_above_the_threshold():
+    from executor.model import candidates
+
+    probs = torch.tensor([[0.5, 0.1, 0.7, 0.3],
+                          [0.5, 0.2, 0.9, 0.6],
+                          [0.2, 0.05, 0.9, 0.6]])  # (C, A); anchor 0 and anchor 2 have tied maxima
+    anchor, cls, score = candidates(probs, 0.25, multi_label=False)
+    assert anchor.tolist() == [0, 2, 3] and cls.tolist() == [0, 1, 1]  # a tie goes to the first class, as max()
+    assert score.tolist() == pytest.approx([0.5, 0.9, 0.6])
+    anchor, cls, score = candidates(probs, 0.25, multi_label=True)  # anchor by anchor, classes in order
+    assert list(zip(anchor.tolist(), cls.tolist())) == [(0, 0), (0, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2)]
+    assert score.tolist() == pytest.approx([0.5, 0.5, 0.7, 0.9, 0.9, 0.3, 0.6, 0.6])
+
+
 def test_class_maps_are_level_by_level_row_major():
     raw = torch.arange(2 * 5 * (16 + 4 + 1), dtype=torch.float32).reshape(2, 5, 21)
     maps = class_maps(raw, (32, 32), strides=(8, 16, 32))

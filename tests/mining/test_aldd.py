@@ -94,6 +94,20 @@ def test_non_contiguous_views_like_the_adapter():
     assert torch.allclose(aldd_scores(views), aldd_scores([v.contiguous() for v in views]))
 
 
+def test_scores_do_not_depend_on_the_maps_memory_layout():
+    """Bit for bit whatever the layout: the whole head's views, contiguous maps, the class branch's channels_last
+    maps (a float32 convolution's last bits depend on the layout it runs on; 8 classes on 64x64 show it)."""
+    torch.manual_seed(0)
+    raw = torch.rand(2, 4 + 8, 64 * 64 + 32 * 32 + 16 * 16) ** 4
+    views, start = [], 0
+    for side in (64, 32, 16):
+        views.append(raw[:, 4:, start:start + side * side].unflatten(2, (side, side)))
+        start += side * side
+    scores = aldd_scores(views)
+    assert torch.equal(scores, aldd_scores([v.contiguous() for v in views]))
+    assert torch.equal(scores, aldd_scores([v.contiguous(memory_format=torch.channels_last) for v in views]))
+
+
 def test_finite_on_exact_zeros_ones_and_nan():
     maps = maps_for()
     maps[0][0, 0] = 0.0
