@@ -19,10 +19,14 @@ def summarise(r: dict) -> dict:
     sp = r.get("speed", {})
     runs = sp.get("runs", {})
     s["P0"] = sp.get("p0", {}).get("images_per_s", float("nan"))
+    slopes = sp.get("slope", {})
     for algo in ("entropy", "aldd"):
         if algo in runs:
             s[f"P1_{algo}"] = _median(runs[algo], "ratio_to_p0")
-            s["targets"][f"P1 {algo} >= 0.90"] = s[f"P1_{algo}"] >= TARGETS["P1"]
+        # the target is judged on the yardstick, P9 (the slope: per-run costs cancel), where it was run
+        if algo in slopes or algo in runs:
+            s["targets"][p1_target(algo, slopes)] = (slopes[algo]["ratio"] if algo in slopes
+                                                     else s[f"P1_{algo}"]) >= TARGETS["P1"]
     if "cald" in runs:
         s["P2_cald"] = _median(runs["cald"], "ratio_to_p0") * (1 + CALD_VIEWS)
         s["targets"]["P2 cald x5 >= 0.85"] = s["P2_cald"] >= TARGETS["P2"]
@@ -61,6 +65,10 @@ def summarise(r: dict) -> dict:
     return s
 
 
+def p1_target(algo: str, slopes: dict) -> str:
+    return f"P1 {algo} >= 0.90" + (" (P9 slope)" if algo in slopes else "")
+
+
 def fmt(x, digits=3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -81,12 +89,15 @@ def speed_rows(r: dict) -> list[list[str]]:
     rows = [("P0", "raw batched forward (model only)", f"{fmt(s['P0'], 2)} img/s (batch {p0.get('batch')}, "
              f"{p0.get('measurements')} paired runs of ~{p0.get('images_each')} images, range {fmt(p0.get('min'), 2)}-"
              f"{fmt(p0.get('max'), 2)})", "limit", None)]  # (label, what, measured, target, key of s["targets"])
+    slopes = sp.get("slope", {})
     for algo in ("entropy", "aldd"):
         if algo in runs:
             run = runs[algo][0]
-            rows.append((f"P1 {algo}", f"mining {algo} ÷ P0", ratio_cell(
-                s[f"P1_{algo}"], f"{fmt(run['images_per_s'], 2)} img/s", run.get("segment_ratios"),
-                run.get("ratio_pooled")), ">= 0.90", f"P1 {algo} >= 0.90"))
+            judged = algo not in slopes  # else P9 carries the target
+            rows.append((f"P1 {algo}", f"mining {algo} ÷ P0" + ("" if judged else ", per-run costs included"),
+                         ratio_cell(s[f"P1_{algo}"], f"{fmt(run['images_per_s'], 2)} img/s",
+                                    run.get("segment_ratios"), run.get("ratio_pooled")),
+                         ">= 0.90" if judged else "(report; see P9)", p1_target(algo, slopes) if judged else None))
     if "cald" in runs:
         run, passes = runs["cald"][0], 1 + CALD_VIEWS
         rows.append(("P2 cald", "mining cald × 5 ÷ P0", ratio_cell(
@@ -142,7 +153,8 @@ def speed_rows(r: dict) -> list[list[str]]:
                      f"img/s; pairs {', '.join(fmt(x, 2) for x in slope['pair_ratios'])}"
                      + (f"; ÷ its own network, the class branch alone at {fmt(slope['p0_classes'], 2)} img/s: "
                         f"{fmt(slope['own_network_ratio'])}" if "own_network_ratio" in slope else "") + ")",
-                     "(report)", None))
+                     ">= 0.90" if algo in ("entropy", "aldd") else "(report)",
+                     p1_target(algo, slopes) if algo in ("entropy", "aldd") else None))
     return [[label, what, measured, target, _met(s["targets"], key)] for label, what, measured, target, key in rows]
 
 
@@ -326,7 +338,9 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
   the model's memory layout beforehand; only the forward is timed. The P0 in the table is pooled over all
   paired P0 runs (its range is over segments).
 - **P1**: `executor.tasks.mine` (decode and letterbox in worker threads, batching, the scorer, progress,
-  writing result.tsv) with the model already loaded, wall time ÷ images. **P2**: the same for CALD, times 5 (the reference pass and four views), ÷ P0: the
+  writing result.tsv and the report) with the model already loaded, wall time ÷ images. Each segment is a
+  whole run of ~26 images, so P1 includes per-run costs (settings, shard files, the merge, the report's
+  thumbnails) that a real pool spreads over far more images; the P1 target is judged on P9, the slope. **P2**: the same for CALD, times 5 (the reference pass and four views), ÷ P0: the
   share of the hardware CALD's five forwards per image get.
 - **P3**: entropy mining ÷ `YOLO(weights).predict(source=<folder>, stream=True, batch, imgsz, conf=0.25)`
   on the same images, interleaved segment by segment with the entropy runs and their P0 runs. Note that

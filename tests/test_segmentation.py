@@ -450,12 +450,12 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
     """Our pycocotools maskAP@0.5 from our own predictions vs Ultralytics' val mask mAP50 of the same weights on
     the same split. No COCO -seg checkpoint exists offline, so yolov8n-seg is seeded from the shared yolov8n.pt and
     its head trained on the val images themselves (neck frozen: the fresh mask head would otherwise wreck it on
-    so few images), until its masks are worth measuring (Ultralytics' mask mAP50 about 0.3).
+    so few images) for 12 epochs, until its masks are worth measuring (Ultralytics' mask mAP50 about 0.3).
 
     Ultralytics' val has two mask modes: by default it compares masks at a quarter of the network input's
     resolution (process_mask); with save_txt (or save_json) at the input's full resolution (process_mask_native).
-    Ours compare at the original image's: they agree with the second within 0.01; the first is lower (about
-    0.04 here), see docs/training.md."""
+    Ours compare at the original image's: they agree with the second within 0.01, and better than with the
+    first (which differs by a few hundredths, lower for better-trained masks), see docs/training.md."""
     from pycocotools import mask as mask_utils
     from ultralytics import YOLO
 
@@ -475,8 +475,8 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
                               names, "seg-coco:raw", masks=True)
     data_yaml = export_yolo(str(tmp_path / "yolo"), (train, val), names)
     model = YOLO("yolov8n-seg.yaml", task="segment")
-    model.train(data=data_yaml, pretrained=str(WEIGHTS_DIR / "yolov8n.pt"), epochs=30, imgsz=320, batch=8,
-                optimizer="AdamW", lr0=0.002, warmup_epochs=0, freeze=22, mosaic=0.0, val=False, amp=False,
+    model.train(data=data_yaml, pretrained=str(WEIGHTS_DIR / "yolov8n.pt"), epochs=12, imgsz=320, batch=8,
+                optimizer="AdamW", lr0=0.005, warmup_epochs=0, freeze=22, mosaic=0.0, val=False, amp=False,
                 device="cpu", plots=False, project=str(tmp_path), name="fit", workers=0, verbose=False)
     weights = str(tmp_path / "fit" / "weights" / "last.pt")
     segmenter = load_detector(weights, "torch", "", 320, conf_thres=0.001, iou_thres=0.7, max_det=300,
@@ -492,7 +492,8 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
     assert ours.maskAP > 0.2
     assert abs(ours.mAP - theirs["default"].box.map50) < 0.01
     assert abs(ours.maskAP - theirs["native"].seg.map50) < 0.01
-    assert theirs["default"].seg.map50 < ours.maskAP  # masks compared at a quarter of the resolution lose IoU
+    # ours compare masks at full resolution, as Ultralytics' native mode does, not at its default quarter
+    assert abs(ours.maskAP - theirs["native"].seg.map50) < abs(ours.maskAP - theirs["default"].seg.map50)
 
     # the box-by-box masks of the evaluation against the full-size ones of Ultralytics' helpers
     ious = []
