@@ -48,8 +48,8 @@ MAX_NMS = 30000  # multi-label candidates per image before NMS, as Ultralytics' 
 WHOLE_BATCH_DEVICES = ("cuda",)
 TASKS_SERVED = ("detect", "segment")  # the Ultralytics tasks this adapter predicts with
 # Heads whose one-to-many class branch `cv3` (one module per level, logits (B, C, h, w)) gives exactly the
-# class rows of their decoded output, after a sigmoid (tested against the whole head)
-CLASS_BRANCH_HEADS = ("Detect", "Segment", "Segment26")
+# class rows of their decoded output, after a sigmoid (tested against the whole head); others run it whole
+CLASS_BRANCH_HEADS = ("Detect", "Segment")
 
 
 # ---------------------------------------------------------------- devices
