@@ -18,6 +18,7 @@ from executor import __version__
 log = logging.getLogger("quarry")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".unknown")
 FORMATS = ("ymir", "coco", "yolo")
+FILE_SUFFIXES = (".json", ".txt", ".tsv", ".csv", ".yaml", ".yml", ".xml")  # not a folder for --format yolo
 # config key → the flag that sets it (for messages)
 FLAG_OF = {"img_size": "--imgsz", "batch_size_per_gpu": "--batch", "gpu_id": "--device", "conf_thres": "--conf",
            "iou_thres": "--iou", "num_workers_per_gpu": "--workers", "backend": "--backend", "seed": "--seed",
@@ -180,6 +181,11 @@ def check_weights(args, needs_model: bool) -> None:
         raise UsageError(f"--model {args.weights}: no such file{hint}")
 
 
+def gpu_id_of(device: str) -> str:
+    """--device as config gpu_id: cpu → '', cuda:0 → 0, 0,1 as it is."""
+    return "" if device.strip().lower() == "cpu" else device.lower().replace("cuda:", "")
+
+
 def config_of(args) -> dict:
     """The flags as config keys (templates give every default, as in platform mode), checked: a bad value
     names the flag."""
@@ -188,9 +194,7 @@ def config_of(args) -> dict:
     from executor.config import build_settings
     from executor.errors import ConfigError
 
-    device = args.gpu_id
-    if device is not None:
-        device = "" if device.strip().lower() == "cpu" else device.lower().replace("cuda:", "")
+    device = None if args.gpu_id is None else gpu_id_of(args.gpu_id)
     named = {"img_size": args.img_size, "batch_size_per_gpu": args.batch_size, "gpu_id": device,
              "conf_thres": args.conf_thres, "iou_thres": args.iou_thres, "num_workers_per_gpu": args.workers,
              "backend": args.backend, "seed": getattr(args, "seed", None), "cpu_processes": args.nproc,
@@ -218,6 +222,15 @@ def config_of(args) -> dict:
     return config
 
 
+def check_label_folder(flag: str, path: str) -> None:
+    """--format yolo writes a folder of label files: a name like x.json asks for a file."""
+    stem, suffix = os.path.splitext(path)  # a trailing / says "a folder": no suffix
+    if suffix.lower() in FILE_SUFFIXES and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: --format yolo writes a folder of label files (one .txt per image); give a "
+                         f"folder, e.g. {stem}/, or --format coco for one file")
+    check_output_folder(flag, path, True)
+
+
 def check_yolo_boxes(config: dict) -> None:
     from executor.config import SEGMENTATION, build_settings
 
@@ -241,7 +254,7 @@ def check_mine(args, pool: int, config: dict) -> None:
         if args.format == "yolo":
             check_yolo_boxes(config)
         check_output_file("--infer-out", args.infer_out) if args.format != "yolo" else \
-            check_output_folder("--infer-out", args.infer_out, True)
+            check_label_folder("--infer-out", args.infer_out)
         if os.path.abspath(args.infer_out) == os.path.abspath(args.out):
             raise UsageError("--infer-out and --out name the same file")
     diverse = config.get("selection") == "diverse"
@@ -331,7 +344,7 @@ def run_in_family(args) -> int:
             check_mine(args, len(paths), config)
         elif args.format == "yolo":
             check_yolo_boxes(config)
-            check_output_folder("--out", args.out, True)
+            check_label_folder("--out", args.out)
         else:
             check_output_file("--out", args.out)
     except UsageError as exc:
@@ -357,7 +370,8 @@ def run_in_family(args) -> int:
 def run_task(args, config: dict, paths: list[str], names: list[str], shards: str) -> int:
     from executor.config import SEGMENTATION, build_settings
     from executor.formats import write_detections
-    from executor.tasks import Job, run as run_tasks
+    from executor.tasks import Job, Models, model_class_names, run as run_tasks
+    from executor.workers import clear
 
     tasks = ["mining"] if args.command == "mine" else ["infer"]
     detections = args.infer_out if args.command == "mine" else args.out
@@ -373,7 +387,8 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
     job = Job(candidates=paths, names=names, mining_result=args.out if mining else "",
               infer_result=raw_infer or "", shards_dir=shards, labeled=labeled,
               report_html=(args.report or f"{stem}.report.html") if mining else "",
-              mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "")
+              mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",
+              infer_unreadable_none=bool(rewrite))
     from executor.runtime import cpu_threads
 
     settings = build_settings(tasks[0], config)
@@ -381,14 +396,17 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
              settings.batch_size_per_gpu, settings.img_size,
              f"GPU {settings.gpu_id}" if settings.gpu_id else f"CPU, {cpu_threads(settings.cpu_threads)} threads"
              + (f" in {settings.cpu_processes} processes" if settings.cpu_processes > 1 else ""))
-    results = run_tasks(tasks, job, config, progress_bar(len(paths)))
+    models = Models()
+    results = run_tasks(tasks, job, config, progress_bar(len(paths)), models)
     if all(value is None for value in results.values()):
         return 0  # a rank of a torchrun job that leaves the merge to rank 0
-    if raw_infer and raw_infer != detections:
-        write_detections(raw_infer, detections, args.format, dict(zip(names, paths)))
-        os.unlink(raw_infer)
-        if os.path.isdir(shards) and not os.listdir(shards):
-            os.rmdir(shards)
+    if rewrite:
+        try:
+            write_detections(raw_infer, detections, args.format, dict(zip(names, paths)),
+                             model_class_names(job, config, models))
+        finally:
+            os.unlink(raw_infer)
+            clear(shards)
     if args.command == "mine":
         log.info("wrote %s (%d images, best first)", args.out, len(paths))
         if args.topk:
@@ -399,8 +417,9 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
 
 
 def top_paths(ranking_file: str, count: int) -> list[str]:
+    """The first `count` paths of the ranking, absolute: the top-K list is a --source wherever it lies."""
     with open(ranking_file, encoding="utf-8") as handle:
-        return [line.split("\t")[0] for line, _ in zip(handle, range(count))]
+        return [os.path.abspath(line.split("\t")[0]) for line, _ in zip(handle, range(count))]
 
 
 def write_selection(paths: list[str], args) -> None:

@@ -244,6 +244,7 @@ def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext
     diverse = plan_diverse(job, store, count, settings, context.models) if settings.selection == "diverse" else None
     if diverse is None and not settings.report:
         write_ranked(job.mining_result, ranked_rows(store, count, len(job.candidates)))  # today's path
+        remove_stale_report(job)
         return job.mining_result
     collector = None
     lines: Iterable[Written] = written_rows(store, count, diverse, len(job.candidates))
@@ -263,7 +264,18 @@ def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext
     seconds = time.monotonic() - context.started
     if collector is not None:
         write_mining_report(job, store, count, settings, collector, diverse, seconds, context.started_at)
+    else:
+        remove_stale_report(job)
     return job.mining_result
+
+
+def remove_stale_report(job: Job) -> None:
+    """A run without a report removes the report an earlier run left at its place: it describes another
+    ranking."""
+    for path in report_paths(job):
+        if os.path.isfile(path):
+            os.unlink(path)
+            log.info("removed %s of an earlier run (this run writes no report)", path)
 
 
 def write_mining_report(job: Job, store: ShardStore, count: int, settings: Settings, collector, diverse, seconds,

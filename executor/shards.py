@@ -263,12 +263,14 @@ def ranked_rows(store: ShardStore, count: int, total: int, located: bool = False
         raise NoReadableImages(f"none of the {total} images could be read; first: {first}")
 
 
-def named_records(store: ShardStore, count: int, names: Mapping[str, str]) -> Iterator[tuple[str, list]]:
-    """(result name, box records) of every image in index order, checked like ranked_rows."""
+def named_records(store: ShardStore, count: int, names: Mapping[str, str], unreadable_as_none: bool = False
+                  ) -> Iterator[tuple[str, list | None]]:
+    """(result name, box records) of every image in index order, checked like ranked_rows; an unreadable image
+    has none ([], or None with `unreadable_as_none`)."""
     unreadable, first = 0, ""
     for key, record, reason in store.records(count):
         if reason:
             unreadable, first = unreadable + 1, first or reason
-        yield names[key], record or []
+        yield names[key], (None if unreadable_as_none else []) if reason else record
     if names and unreadable == len(names):
         raise NoReadableImages(f"none of the {len(names)} images could be read; first: {first}")

@@ -58,6 +58,8 @@ class Job:
     report_html: str = ""                   # the mining report (default: mining-report.html beside mining_result;
     #                                         its numbers go to the same name with .json)
     labeled: Sequence[str] = ()             # selection diverse: already-labelled images (their near-copies go down)
+    infer_unreadable_none: bool = False     # local callers: an unreadable image's boxes are null in infer_result,
+    #                                         not [] (the platform's form: no boxes)
 
 
 MINING_SCORES_NAME = "mining-scores.tsv"
@@ -277,9 +279,12 @@ def side_spec(task: str, settings: Settings, models_dir: str) -> dict | None:
     return spec
 
 
+def shards_folder(job: Job) -> str:
+    return job.shards_dir or os.path.join(job.work_dir or ".", "shards")
+
+
 def shard_store(task: str, job: Job, settings: Settings) -> tuple[ShardStore, list[Shard]]:
-    folder = job.shards_dir or os.path.join(job.work_dir or ".", "shards")
-    return (ShardStore(folder, task, run_identity(task, settings, job.models_dir),
+    return (ShardStore(shards_folder(job), task, run_identity(task, settings, job.models_dir),
                        side_spec(task, settings, job.models_dir)), plan(job.candidates, settings.shard_size))
 
 
@@ -334,10 +339,10 @@ def work_shards(tasks: Sequence[str], job: Job, config: Mapping, todo: Sequence[
 
 
 def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, models: Models
-                 ) -> tuple[dict[str, ShardStore], int] | None:
+                 ) -> tuple[dict[str, ShardStore], int, int] | None:
     """Every shard of the job complete for every task of `tasks` (reusing those an earlier run finished), on
-    every worker the settings ask for. Returns the stores and the shard count to merge, or None on a rank of an
-    outer torchrun that does not merge."""
+    every worker the settings ask for. Returns the stores, the shard count to merge and how many images this run
+    scored (the rest were reused), or None on a rank of an outer torchrun that does not merge."""
     stores, shards = {}, []
     for task in tasks:
         stores[task], shards = shard_store(task, job, build_settings(task, config))
@@ -362,7 +367,7 @@ def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Prog
     elif todo:
         run = work_shards if len(devices) > 1 else functools.partial(work_shards, models=models)
         run_workers(run, (tuple(tasks), job, config, todo), devices, folder, done_before, total, progress)
-    return stores, len(shards)
+    return stores, len(shards), total - done_before
 
 
 def one_pass(job: Job, config: Mapping) -> bool:
@@ -384,13 +389,19 @@ def write_infer(job: Job, store: ShardStore, count: int, context) -> str:
     """infer-result.json: ymir's detection form, or for a segmentation model the COCO result (ymir-protocol §5.4)
     whose categories are the model's classes (the model is already loaded unless other processes scored)."""
     names = result_names(job)
-    settings = build_settings("infer", context.config)
-    if settings.object_type == SEGMENTATION:
-        class_names = context.models.detector(settings, job.models_dir).names
-        write_instances_result(job.infer_result, lambda: named_records(store, count, names), class_names)
+    if build_settings("infer", context.config).object_type == SEGMENTATION:
+        write_instances_result(job.infer_result, lambda: named_records(store, count, names),
+                               model_class_names(job, context.config, context.models))
     else:
-        write_infer_result(job.infer_result, named_records(store, count, names), job.infer_list_key)
+        write_infer_result(job.infer_result, named_records(store, count, names, job.infer_unreadable_none),
+                           job.infer_list_key)
     return job.infer_result
+
+
+def model_class_names(job: Job, config: Mapping, models: Models) -> list[str]:
+    """The infer model's class names in model order (config class_names when given), from the model loaded for
+    the run (loaded here when other processes scored)."""
+    return list(models.detector(build_settings("infer", config), job.models_dir).names)
 
 
 def scan(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, models: Models) -> dict:
@@ -399,22 +410,32 @@ def scan(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, mo
         result_names(job)  # a name clash fails before any image is read
     start = time.monotonic()
     started_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    merged = score_shards(tasks, job, config, progress, models)
+    try:
+        merged = score_shards(tasks, job, config, progress, models)
+    except BaseException:
+        clear(shards_folder(job))  # finished shards stay for a rerun; a folder left empty goes
+        raise
     if merged is None:
         return {task: None for task in tasks}
     from executor.ranking import MiningContext, write_mining  # gather → select → write → report
 
-    stores, count = merged
+    stores, count, scored = merged
     context = MiningContext(config, models, start, started_at)
     writers = {"mining": write_mining, "infer": write_infer}
     written = {task: writers[task](job, stores[task], count, context) for task in tasks}
     for store in stores.values():
         store.remove(count)
-    clear(next(iter(stores.values())).folder)
-    elapsed = time.monotonic() - start
-    log.info("%s of %d images in %.1f s (%.1f images/s)", " + ".join(tasks), len(job.candidates), elapsed,
-             len(job.candidates) / max(elapsed, 1e-9))
+    clear(shards_folder(job))
+    log.info("%s", throughput(tasks, len(job.candidates), scored, time.monotonic() - start))
     return written
+
+
+def throughput(tasks: Sequence[str], total: int, scored: int, seconds: float) -> str:
+    """The line that ends a run: its rate counts the images this run scored, not shards reused from an earlier
+    run."""
+    reused = total - scored
+    return (f"{' + '.join(tasks)} of {total} images in {seconds:.1f} s ({scored / max(seconds, 1e-9):.1f} images/s"
+            + (f": {scored} scored in this run, {reused} reused from an earlier run's shards)" if reused else ")"))
 
 
 def mine(job: Job, config: Mapping, progress: Progress, models: Models) -> str | None:
@@ -448,13 +469,15 @@ def train(job: Job, config: Mapping, progress: Progress, models: Models) -> None
 TASKS = {"training": train, "mining": mine, "infer": infer}
 
 
-def run(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress = lambda fraction: None) -> dict:
+def run(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress = lambda fraction: None,
+        models: Models | None = None) -> dict:
     """Run `tasks` (names of TASKS, in order) on one job; each gets an equal share of the progress range, but
-    mining and infer share one pass over the images whenever they can. Returns each task's result by name."""
+    mining and infer share one pass over the images whenever they can. Returns each task's result by name.
+    `models`: where the run keeps the models it loads (a caller's, to ask them afterwards)."""
     unknown = [name for name in tasks if name not in TASKS]
     if unknown or not tasks:
         raise ValueError(f"unknown tasks {unknown}; expected some of {', '.join(TASKS)}")
-    models = Models()
+    models = models if models is not None else Models()
     if list(tasks) == ["mining", "infer"] and one_pass(job, config):
         results = scan(tasks, job, config, progress, models)
     else:

@@ -96,25 +96,38 @@ def instance_record(xyxy: Sequence[float], class_name: str, score: float, rle: d
             "confidence": round(float(score), 6), "segmentation": rle, "area": area}
 
 
+def class_ids(class_names: Sequence[str]) -> dict[str, int]:
+    """Class name → its index in the model (the first, should a model name two classes alike)."""
+    ids: dict[str, int] = {}
+    for number, name in enumerate(class_names):
+        ids.setdefault(name, number)
+    return ids
+
+
+def coco_categories(class_names: Sequence[str]) -> list[dict]:
+    """COCO `categories`: every class of the model in model order, id = class index + 1."""
+    return [{"id": number, "name": name, "supercategory": ""} for number, name in enumerate(class_names, 1)]
+
+
 def write_instances_result(path: str, per_image: Callable[[], Iterable[tuple[str, dict | list]]],
                            class_names: Sequence[str]) -> None:
     """The COCO result of instance segmentation (ymir-protocol §5.4) from (name, record) pairs in image order,
     a record being {height, width, instances: [instance_record]} (an unreadable image: [] or None, listed with
     size 0 x 0 and no annotations). `per_image` is called twice (images, then annotations: streamed)."""
-    category = {name: number for number, name in enumerate(class_names, 1)}
+    category = class_ids(class_names)
     with atomic_writer(path) as handle:
         handle.write('{"images":[')
         for image_id, (name, record) in enumerate(per_image(), 1):
             size = record if isinstance(record, dict) else {}
             entry = {"id": image_id, "file_name": name, "width": size.get("width", 0), "height": size.get("height", 0)}
             handle.write(("," if image_id > 1 else "") + json.dumps(entry, separators=(",", ":")))
-        categories = [{"id": number, "name": name, "supercategory": ""} for name, number in category.items()]
-        handle.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + ',"annotations":[')
+        handle.write('],"categories":' + json.dumps(coco_categories(class_names), separators=(",", ":"))
+                     + ',"annotations":[')
         count = 0
         for image_id, (_, record) in enumerate(per_image(), 1):
             for instance in record.get("instances", []) if isinstance(record, dict) else []:
                 count += 1
-                entry = {"id": count, "image_id": image_id, "category_id": category[instance["class_name"]],
+                entry = {"id": count, "image_id": image_id, "category_id": category[instance["class_name"]] + 1,
                          "segmentation": instance["segmentation"], "bbox": instance["bbox"], "area": instance["area"],
                          "iscrowd": 0, "confidence": instance["confidence"]}
                 handle.write(("," if count > 1 else "") + json.dumps(entry, separators=(",", ":")))

@@ -1,6 +1,7 @@
 """The local command line: Ultralytics-style names, checks before the first image, outputs for labelling
 tools, make-in, interrupts. Usage errors run in-process (no model is loaded before the checks)."""
 import json
+import logging
 import os
 import shutil
 import signal
@@ -13,8 +14,8 @@ import yaml
 
 from executor import __version__, cli
 from executor.errors import DatasetError
-from executor.tasks import Job, result_names
-from tests.platform import REPO, WEIGHTS, coco_images, run_start
+from executor.tasks import Job, result_names, run as run_tasks, work_shards
+from tests.platform import REPO, WEIGHTS, coco_images, coco_names, run_start
 
 COCO8 = REPO.parent / "shared" / "data" / "coco8"
 
@@ -93,6 +94,49 @@ def test_paths_are_checked_before_any_image(capsys, images, tmp_path):
     assert status == 2 and "is not empty" in err and "--exist-ok" in err
 
 
+@pytest.mark.parametrize("command, flag", [("infer", "--out"), ("mine", "--infer-out")])
+def test_format_yolo_into_a_file_name_is_a_usage_error(capsys, images, tmp_path, command, flag):
+    out = ["--out", tmp_path / "x.json"] if command == "infer" else ["--out", tmp_path / "r.tsv", "--infer-out",
+                                                                     tmp_path / "x.json"]
+    status, err = run_cli(capsys, command, "--model", WEIGHTS, "--source", images, "--format", "yolo", *out)
+    assert status == 2 and f"{flag} {tmp_path / 'x.json'}: --format yolo writes a folder" in err, err
+    assert "e.g. " + str(tmp_path / "x") + "/" in err and not (tmp_path / "x.json").exists()
+
+
+def test_a_failed_run_leaves_no_empty_shards_folder(capsys, images, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    for command, out in (("infer", tmp_path / "det.json"), ("mine", tmp_path / "r.tsv")):
+        assert cli.run(parse(command, "--model", broken, "--source", images, "--out", out)) == 1
+        assert not os.path.exists(f"{out}.shards") and not out.exists()
+
+
+def test_a_rerun_without_report_removes_the_stale_one(images, tmp_path):
+    out = tmp_path / "ranked.tsv"
+    mine = ["mine", "--algorithm", "random", "--source", images, "--out", out]
+    assert cli.run(parse(*mine)) == 0
+    report, numbers = tmp_path / "ranked.report.html", tmp_path / "ranked.report.json"
+    assert report.is_file() and numbers.is_file()
+    assert cli.run(parse(*mine, "--seed", 1, "--no-report")) == 0
+    assert out.is_file() and not report.exists() and not numbers.exists()
+
+
+def test_the_last_line_counts_only_what_this_run_scored(caplog, images, tmp_path):
+    from executor.tasks import throughput
+
+    assert throughput(["mining"], 5, 5, 2.0) == "mining of 5 images in 2.0 s (2.5 images/s)"
+    assert throughput(["mining", "infer"], 5, 1, 2.0) == (
+        "mining + infer of 5 images in 2.0 s (0.5 images/s: 1 scored in this run, 4 reused from an earlier run's "
+        "shards)")
+    paths = cli.list_images(str(images))[0]
+    job = Job(candidates=paths, mining_result=str(tmp_path / "r.tsv"), shards_dir=str(tmp_path / "shards"))
+    config = {"mining_algorithm": "random", "shard_size": 2, "report": False}
+    work_shards(["mining"], job, config, [0, 1], 0, 1, "", lambda done: None)  # an earlier run's first 2 shards
+    caplog.set_level(logging.INFO)
+    run_tasks(["mining"], job, config)
+    assert "1 scored in this run, 4 reused from an earlier run's shards)" in caplog.text
+
+
 def test_random_needs_no_model_and_warns_when_given_one(capsys, caplog, images, tmp_path):
     status = cli.run(parse("mine", "--algorithm", "random", "--model", WEIGHTS, "--source", images,
                            "--out", tmp_path / "r.tsv"))
@@ -122,26 +166,51 @@ def test_mine_with_selection_and_detections_of_the_same_pass(images, tmp_path):
     data = json.loads(coco.read_text())
     assert sorted(im["file_name"] for im in data["images"]) == sorted(cli.list_images(str(images))[1])
     assert all(im["width"] > 0 for im in data["images"]) and data["annotations"]
-    assert {a["category_id"] for a in data["annotations"]} <= {c["id"] for c in data["categories"]}
+    # the model's classes in model order, whatever this batch found: batches merge without renumbering
+    assert data["categories"] == [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(coco_names(), 1)]
     assert "mining + infer of 5 images" in done.stdout + done.stderr
     assert not (tmp_path / "ranked.tsv.shards").exists()
 
 
 @pytest.mark.slow
 def test_infer_formats_keep_every_image(images, tmp_path):
+    (images / "b" / "broken.jpg").write_bytes(b"not an image")
     ymir, yolo = tmp_path / "det.json", tmp_path / "labels"
     assert run_start("infer", "--model", WEIGHTS, "--source", images, "--out", ymir, "--imgsz", 320).returncode == 0
     detection = json.loads(ymir.read_text())["detection"]
-    assert {"a/same.jpg", "b/same.jpg"} <= set(detection) and len(detection) == 5  # no image lost to a basename
+    assert {"a/same.jpg", "b/same.jpg"} <= set(detection) and len(detection) == 6  # no image lost to a basename
+    assert detection["b/broken.jpg"] == {"boxes": []}  # the platform's form: no boxes
     assert run_start("infer", "--model", WEIGHTS, "--source", images, "--out", yolo, "--imgsz", 320,
                      "--format", "yolo").returncode == 0
-    classes = (yolo / "classes.txt").read_text().split("\n")
+    assert (yolo / "classes.txt").read_text().splitlines() == coco_names()  # the model's, in model order
+    assert not (yolo / "b" / "broken.txt").exists()  # unreadable: no label file ("labelled, nothing here")
+    del detection["b/broken.jpg"]
     for name, boxes in detection.items():
         lines = (yolo / (os.path.splitext(name)[0] + ".txt")).read_text().splitlines()
         assert len(lines) == len(boxes["boxes"])
         for line, box in zip(lines, boxes["boxes"]):
             cls, *xywh = line.split()
-            assert classes[int(cls)] == box["class_name"] and all(0 <= float(v) <= 1 for v in xywh)
+            assert coco_names()[int(cls)] == box["class_name"] and all(0 <= float(v) <= 1 for v in xywh)
+
+
+@pytest.mark.slow
+def test_the_top_k_list_of_mine_is_a_source_wherever_out_is(capsys, monkeypatch, images, tmp_path):
+    monkeypatch.chdir(images.parent)  # the source typed relative to the current folder, --out in another one
+    (tmp_path / "runs").mkdir()
+    assert cli.run(parse("mine", "--algorithm", "random", "--source", "images", "--out", "runs/ranked.tsv",
+                         "--topk", 3, "--no-report")) == 0
+    top = [line.split("\t")[0] for line in (tmp_path / "runs/ranked.tsv").read_text().splitlines()[:3]]
+    chosen = tmp_path / "runs" / "ranked.top3.txt"
+    assert chosen.read_text().splitlines() == [str(tmp_path / p) for p in top]
+    status = cli.run(parse("infer", "--model", WEIGHTS, "--source", chosen, "--out", "pre.json", "--imgsz", 160))
+    assert status == 0, capsys.readouterr().err
+    assert sorted(json.loads((tmp_path / "pre.json").read_text())["detection"]) == sorted(
+        str(tmp_path / p) for p in top)
+    assert cli.run(parse("infer", "--model", WEIGHTS, "--source", chosen, "--out", "labels", "--imgsz", 160,
+                         "--format", "yolo")) == 0
+    labels = sorted(str(p.relative_to(tmp_path / "labels")) for p in (tmp_path / "labels").rglob("*.txt"))
+    assert labels == sorted([str(tmp_path / os.path.splitext(p)[0])[1:] + ".txt" for p in top] + ["classes.txt"])
+    assert not list(images.rglob("*.txt"))  # nothing written beside the images
 
 
 @pytest.mark.slow
