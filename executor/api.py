@@ -1,13 +1,15 @@
 """A small Python API over the same tasks the command line runs.
 
     from executor.api import mine, infer
-    ranking = mine("images/", "yolov8n.pt", algorithm="entropy", img_size=640)   # [(path, score)], best first
-    boxes = infer(["a.jpg", "b.jpg"], "yolov8n.pt", conf_thres=0.3)             # {path: [box records]}
+    ranking = mine("images/", "yolov8n.pt", algorithm="entropy", imgsz=640)   # [(path, score)], best first
+    boxes = infer(["a.jpg", "b.jpg"], "yolov8n.pt", conf=0.3)                 # {path: [box records] or None}
 
-`images` is a folder (recursive), a glob, a .txt/.tsv list, or a sequence of paths; any template key may be
-given as a keyword (the templates hold the defaults). Errors are the executor's (executor.errors).
+`images` is a folder (recursive), a glob, a .txt/.tsv list, or a sequence of paths. Settings are keywords: the
+command line's names (model, imgsz, conf, iou, batch, device, workers, threads, nproc, seed, backend, selection,
+dedup_similarity, diverse_pool, diversity_weight, report_top_n: `start.py mine --help`) or any template key
+(img_size, conf_thres, ...; the templates hold the defaults). One setting under two names is a TypeError; other
+errors are the executor's (executor.errors).
 """
-import json
 import os
 import tempfile
 from typing import Sequence
@@ -24,7 +26,22 @@ def _paths(images) -> list[str]:
 
 
 def _config(weights, settings: dict) -> dict:
-    config = dict(settings)
+    """The keywords as config keys: a command line name becomes the key its flag sets (device as --device takes
+    it: cpu, 0, cuda:0, 0,1), `model` is `weights`."""
+    from executor.cli import FLAG_OF, gpu_id_of
+
+    settings = dict(settings)
+    if "model" in settings:
+        if weights:
+            raise TypeError("weights and model= name the same file; give one")
+        weights = settings.pop("model")
+    key_of = {flag[2:].replace("-", "_"): key for key, flag in FLAG_OF.items() if key != "model_params_path"}
+    config, named = {}, {}
+    for name, value in settings.items():
+        key = key_of.get(name, name)
+        if key in config:
+            raise TypeError(f"{named[key]}= and {name}= both set {key}; give one")
+        config[key], named[key] = gpu_id_of(str(value)) if name == "device" else value, name
     if weights:
         config["model_params_path"] = [os.path.abspath(str(weights))]
     return config
@@ -35,25 +52,34 @@ def mine(images, weights=None, algorithm: str | None = None, **settings) -> list
     from executor.tasks import Job, run
 
     prepare_process_env()
+    config = _config(weights, settings)
     if algorithm:
-        settings["mining_algorithm"] = algorithm
+        config["mining_algorithm"] = algorithm
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
         out = os.path.join(scratch, "ranked.tsv")
         run(["mining"], Job(candidates=_paths(images), mining_result=out, shards_dir=os.path.join(scratch, "shards")),
-            _config(weights, settings))
+            config)
         with open(out, encoding="utf-8") as handle:
             return [(key, float(score)) for key, score in (line.rstrip("\n").split("\t") for line in handle)]
 
 
-def infer(images: Sequence[str] | str, weights, **settings) -> dict[str, list[dict]]:
-    """Box records ({box: {x, y, w, h}, class_name, score}, original pixels) of every image, by path."""
-    from executor.tasks import Job, run
+def infer(images: Sequence[str] | str, weights=None, **settings) -> dict[str, list[dict] | None]:
+    """Box records of every image, by path: {box: {x, y, w, h} in original pixels, class_id (the model's class
+    index), class_name, score}; None for an image that could not be read ([]: read, nothing found)."""
+    from executor.formats import read_ymir
+    from executor.tasks import Job, Models, model_class_names, run
+    from executor.writers import class_ids
 
     prepare_process_env()
     paths = _paths(images)
+    config, models = _config(weights, settings), Models()
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
-        out = os.path.join(scratch, "infer.json")
-        run(["infer"], Job(candidates=paths, names=paths, infer_result=out, shards_dir=os.path.join(scratch, "s")),
-            _config(weights, settings))
-        with open(out, encoding="utf-8") as handle:
-            return {name: entry["boxes"] for name, entry in json.load(handle)["detection"].items()}
+        job = Job(candidates=paths, names=paths, infer_result=os.path.join(scratch, "infer.json"),
+                  shards_dir=os.path.join(scratch, "s"), infer_unreadable_none=True)
+        run(["infer"], job, config, models=models)
+        boxes = read_ymir(job.infer_result)
+    ids = class_ids(model_class_names(job, config, models))
+    for found in boxes.values():
+        for record in found or []:
+            record["class_id"] = ids[record["class_name"]]
+    return boxes
