@@ -58,6 +58,8 @@ class Job:
     report_html: str = ""                   # the mining report (default: mining-report.html beside mining_result;
     #                                         its numbers go to the same name with .json)
     labeled: Sequence[str] = ()             # selection diverse: already-labelled images (their near-copies go down)
+    selected: int = 0                       # start.py mine --topk: how many the user selects (the report's cut and
+    #                                         its thumbnails, at most report_top_n); 0: not told (the platform's top_k)
 
 
 MINING_SCORES_NAME = "mining-scores.tsv"
