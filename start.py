@@ -47,7 +47,7 @@ def run_platform(env_path: str, default_monitor: bool = True) -> int:
     at the end: code from executor.errors.error_code, monitor.txt state 4 with a one-line message and the
     traceback, result files of this run removed, exit status 1. Until env.yaml names its monitor file, a failure
     goes to /out/monitor.txt, but only in a real platform run (no --env): a local rehearsal never writes /out."""
-    from executor.config import confine_model_paths, parse_env, read_yaml_mapping
+    from executor.config import confine_model_paths, parse_env, read_yaml_mapping, without_unknown_keys
     from executor.errors import error_code, one_line
     from executor.monitor import Monitor
 
@@ -67,6 +67,7 @@ def run_platform(env_path: str, default_monitor: bool = True) -> int:
         from executor.tasks import run
 
         names = ["training"] if env.run_training else ["mining"] * env.run_mining + ["infer"] * env.run_infer
+        config = without_unknown_keys(config, names)  # a stray key is warned about once, not in every step
         job = platform_job(env)
         if env.run_mining:  # the side files of mining go with result.tsv if the run fails
             from executor.tasks import mining_scores_path, report_paths

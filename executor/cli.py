@@ -101,7 +101,8 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
                                         "near-copies in the pool go down")
     mine.add_argument("--report", help="the mining report (default OUT.report.html, its numbers in .json beside)")
     mine.add_argument("--no-report", action="store_true", help="write no report")
-    mine.add_argument("--report-top-n", type=int, help="thumbnails of the best images in the report (default 24)")
+    mine.add_argument("--report-top-n", type=int, help="thumbnails of the best images in the report (default 24; "
+                                                       "with --topk K at most K)")
     mine.add_argument("--raw-scores", help="diverse: every image's raw algorithm score (default OUT.scores.tsv)")
     infer = sub.add_parser("infer", parents=[common], help="detect objects in local images",
                            description="Detect objects in local images.")
@@ -186,11 +187,18 @@ def gpu_id_of(device: str) -> str:
     return "" if device.strip().lower() == "cpu" else device.lower().replace("cuda:", "")
 
 
+def requested_tasks(args) -> list[str]:
+    """The tasks a command runs: mine (plus infer with --infer-out), infer, or make-in's --task."""
+    if args.command == "make-in":
+        return [args.task]
+    if args.command == "infer":
+        return ["infer"]
+    return ["mining", "infer"] if args.infer_out else ["mining"]
+
+
 def config_of(args) -> dict:
     """The flags as config keys (templates give every default, as in platform mode), checked: a bad value
     names the flag."""
-    import yaml
-
     from executor.config import build_settings
     from executor.errors import ConfigError
 
@@ -206,12 +214,9 @@ def config_of(args) -> dict:
              "report": False if getattr(args, "no_report", False) else None,
              "model_params_path": [os.path.abspath(args.weights)] if args.weights else None}
     config = {k: v for k, v in named.items() if v is not None}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        config[key.strip()] = yaml.safe_load(value)
-    for task in ("mining",) if args.command == "mine" else ("infer",):
+    tasks = requested_tasks(args)
+    config.update(set_values(args.set, tasks))
+    for task in tasks:
         try:
             build_settings(task, config)
         except ConfigError as exc:
@@ -229,6 +234,49 @@ def check_label_folder(flag: str, path: str) -> None:
         raise UsageError(f"{flag} {path}: --format yolo writes a folder of label files (one .txt per image); give a "
                          f"folder, e.g. {stem}/, or --format coco for one file")
     check_output_folder(flag, path, True)
+
+
+def set_values(items, tasks: list[str], flags: dict = FLAG_OF) -> dict:
+    """--set KEY=VALUE items as config values for `tasks`. A key in no template of the model's family is a usage
+    error naming what it is close to (a key, or one of `flags`, config key → the command's flag that sets it); a key
+    of another task's template only (training's epochs for mine) is left out with one warning."""
+    import yaml
+
+    from executor.config import PLATFORM_KEYS, TASKS, active_templates_dir, template_keys
+
+    templates = template_keys()
+    used = set().union(*(templates[task] for task in tasks)) | PLATFORM_KEYS
+    values = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        owners = [task for task in TASKS if key in templates[task]]
+        if key in used:
+            values[key] = yaml.safe_load(value)
+        elif owners:
+            log.warning("--set %s: a key of the %s template%s, not used by %s; ignored%s", key, " and ".join(owners),
+                        "s" if len(owners) > 1 else "", " + ".join(tasks), typo_hint(key, used, flags))
+        else:
+            template = os.path.join(active_templates_dir(), f"{tasks[0]}-template.yaml")
+            raise UsageError(f"--set {item}: unknown key {key!r} (the keys are those of {template})"
+                             + typo_hint(key, used, flags))
+    return values
+
+
+def typo_hint(key: str, keys: set[str], flags: dict) -> str:
+    """'; did you mean img_size (or the flag --imgsz)?' for a mistyped key, matched against `keys` and the `flags`
+    that set them (config key → flag); '' when nothing is close."""
+    from executor.config import close_keys
+
+    names = {name: name for name in keys}
+    names.update({flag.lstrip("-").replace("-", "_"): name for name, flag in flags.items() if name in keys})
+    matches = dict.fromkeys(names[name] for name in close_keys(key, names))
+    if not matches:
+        return ""
+    return "; did you mean " + " or ".join(f"{name} (or the flag {flags[name]})" if name in flags else name
+                                           for name in matches) + "?"
 
 
 def check_yolo_boxes(config: dict) -> None:
@@ -373,10 +421,8 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
     from executor.tasks import Job, Models, model_class_names, run as run_tasks
     from executor.workers import clear
 
-    tasks = ["mining"] if args.command == "mine" else ["infer"]
+    tasks = requested_tasks(args)
     detections = args.infer_out if args.command == "mine" else args.out
-    if args.command == "mine" and args.infer_out:
-        tasks.append("infer")
     # a segmentation model's infer result is already the COCO result: --format coco is that file
     segmentation = build_settings("infer", config).object_type == SEGMENTATION
     rewrite = detections and args.format != "ymir" and not segmentation
@@ -388,7 +434,8 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
               infer_result=raw_infer or "", shards_dir=shards, labeled=labeled,
               report_html=(args.report or f"{stem}.report.html") if mining else "",
               mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",
-              infer_unreadable_none=bool(rewrite))
+              infer_unreadable_none=bool(rewrite),
+              selected=(args.topk or 0) if mining else 0)
     from executor.runtime import cpu_threads
 
     settings = build_settings(tasks[0], config)

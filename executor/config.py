@@ -4,11 +4,12 @@ The templates are the only place defaults are written. Every value is coerced on
 of its key; an invalid value is a ConfigError (300001) naming the key and what is allowed. Keys that
 neither the template nor the platform knows are logged as warnings and otherwise ignored.
 """
+import difflib
 import logging
 import os
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -446,6 +447,37 @@ def load_template(task: str, templates_dir: str | None = None) -> dict:
     return read_yaml_mapping(os.path.join(folder, f"{task}-template.yaml"), f"{task} template")
 
 
+def template_keys(templates_dir: str | None = None) -> dict[str, set[str]]:
+    """task → the keys of its template, in the family of `templates_dir` (default: active_templates_dir())."""
+    folder = templates_dir or active_templates_dir()
+    return {task: set(load_template(task, folder)) for task in TASKS}
+
+
+def close_keys(key: str, known: Iterable[str]) -> list[str]:
+    """The known names a mistyped `key` is closest to, best first (difflib; at most 3, maybe none). The cutoff
+    0.7 keeps imgsz → img_size and batch_size → batch_size_per_gpu but not batch_size → shm_size."""
+    return difflib.get_close_matches(key, sorted(set(known)), n=3, cutoff=0.7)
+
+
+def unused_key_warning(key: str, tasks: Sequence[str], known: Iterable[str]) -> str:
+    """What the log says of a config key that `tasks` ignore, with the known keys it may be a typo of."""
+    close = close_keys(key, known)
+    hint = f"; did you mean {' or '.join(repr(k) for k in close)}?" if close else ""
+    return f"config key '{key}' is not used by {' or '.join(tasks)} and is ignored{hint}"
+
+
+def without_unknown_keys(config: Mapping, tasks: Sequence[str], templates_dir: str | None = None) -> dict:
+    """`config` less the keys that no template of the family holds and the platform does not add, each logged once
+    as a warning with its close matches (platform mode: a stray key in config.yaml never fails the task)."""
+    templates = template_keys(templates_dir)
+    known = set().union(*templates.values()) | PLATFORM_KEYS
+    used = set().union(*(templates[task] for task in tasks))
+    for key in config:
+        if key not in known:
+            log.warning("%s", unused_key_warning(key, tasks, used))
+    return {key: value for key, value in config.items() if key in known}
+
+
 def build_settings(task: str, config: Mapping, templates_dir: str | None = None) -> Settings:
     """config.yaml values over the task's template, each coerced by its rule. `templates_dir`: the family's
     templates (default: active_templates_dir()); its manifest's object_type becomes `settings.object_type`, and a
@@ -454,7 +486,7 @@ def build_settings(task: str, config: Mapping, templates_dir: str | None = None)
     template = load_template(task, folder)
     for key in config:
         if key not in template and key not in PLATFORM_KEYS and key not in RULES:
-            log.warning("config key '%s' is not used by %s and is ignored", key, task)
+            log.warning("%s", unused_key_warning(key, [task], template))
     known = {k: v for k, v in config.items() if k in template or k in PLATFORM_KEYS}
     merged = {**PLATFORM_DEFAULTS, **template, **known}
     values = {}

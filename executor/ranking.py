@@ -252,7 +252,8 @@ def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext
         from executor.report import ReportCollector
 
         track = [p for kept, copies in diverse.groups for p in (kept, *copies)] if diverse else ()
-        collector = ReportCollector(settings.report_top_n, raw=diverse is not None, track=track)
+        thumbnails = min(settings.report_top_n, job.selected) if job.selected else settings.report_top_n
+        collector = ReportCollector(thumbnails, raw=diverse is not None, track=track, selected=job.selected or None)
         lines = collector.watch(lines)
     if diverse is None:
         write_ranked(job.mining_result, checked(lines, len(job.candidates)))
@@ -290,7 +291,7 @@ def write_mining_report(job: Job, store: ShardStore, count: int, settings: Setti
             extra["duplicate_groups"] = list(diverse.groups)
             if diverse.projection is not None and len(diverse.projection):
                 selected = np.zeros(len(diverse.projection), bool)
-                selected[:min(settings.report_top_n, len(diverse.head), len(selected))] = True
+                selected[:min(job.selected or settings.report_top_n, len(diverse.head), len(selected))] = True
                 extra.update(projection=pca_2d(diverse.projection), projection_selected=selected,
                              projection_note=f"of the diversity shortlist (the top "
                                              f"{len(diverse.head_duplicates) + len(diverse.head)} images by score; "

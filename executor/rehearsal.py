@@ -12,7 +12,7 @@ import shutil
 
 import yaml
 
-from executor.cli import UsageError as RehearsalError
+from executor.cli import UsageError as RehearsalError, requested_tasks, set_values
 from executor.config import load_template
 from executor.writers import atomic_write_text
 
@@ -53,10 +53,7 @@ def make_in(args, paths: list[str], names: list[str]) -> str:
     if os.path.isdir(root) and os.listdir(root):
         raise RehearsalError(f"--out {args.out} is not empty; choose a new folder")
     out_root = os.path.join(os.path.dirname(root), "out")
-    config = dict(load_template(args.task))
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        config[key.strip()] = yaml.safe_load(value)
+    config = {**load_template(args.task), **set_values(args.set, requested_tasks(args), flags={})}
     models = os.path.join(root, "models")
     os.makedirs(models, exist_ok=True)
     if args.weights:

@@ -59,8 +59,11 @@ class ReportImage:
 class ReportData:
     """Everything the report shows. `run` holds model (path), model_sha256, algorithm, params (dict), seed,
     selection, pool_size, seconds, images_per_s, versions {quarry, torch, ultralytics, python} and started_at
-    (other keys are shown too). `scores` is every readable image's written score in rank order. Class counts
-    are predicted boxes per class over the top N and over the whole pool. `duplicate_groups` holds (kept path,
+    (other keys are shown too). `scores` is every readable image's written score in rank order. `top` holds
+    the thumbnails (the top N); `selected` is how many images the user selects (start.py mine --topk K), which
+    may be more than are shown, or None where nobody says (platform mode: the platform's top_k is never told), and
+    then the top N are the selection. The plots' cut follows the selection (`cut`). Class counts are predicted
+    boxes per class over the selection and over the whole pool. `duplicate_groups` holds (kept path,
     [pushed-down copies]) when selection "diverse" ran; `projection` a (K, 2) PCA of the shown images'
     embeddings with `projection_selected` (K,) marking the selected ones."""
     run: dict
@@ -80,6 +83,7 @@ class ReportData:
     score_kind: str = "written"
     projection_note: str = ""  # which images the projection shows (default: "of the shown images")
     duplicate_ranks: dict = None  # path → rank in result.tsv of the images in duplicate_groups (when known)
+    selected: int | None = None   # start.py mine --topk: the images selected (None: the top N shown are)
 
     def __post_init__(self):
         self.duplicate_ranks = dict(self.duplicate_ranks or {})
@@ -101,6 +105,11 @@ class ReportData:
     @property
     def top_n(self) -> int:
         return max((item.rank for item in self.top), default=0)
+
+    @property
+    def cut(self) -> int:
+        """The images above the cut of the plots and the class comparison: the selection, else the top N."""
+        return self.top_n if self.selected is None else int(self.selected)
 
 
 def pca_2d(embeddings: np.ndarray) -> np.ndarray:
@@ -185,7 +194,8 @@ def report_json(data: ReportData) -> dict:
         "unreadable": [{"path": str(p), "reason": str(r)} for p, r in data.unreadable],
         "scores": summary,
         "score_kind": data.score_kind,
-        "histogram": _histogram(scores, data.top_n),
+        "selected": data.selected,
+        "histogram": _histogram(scores, data.cut),
         "top": [_item_record(item, data.class_names) for item in data.top],
         "middle": [_item_record(item, data.class_names) for item in data.middle],
         "bottom": [_item_record(item, data.class_names) for item in data.bottom],
@@ -251,16 +261,35 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: float | None) -> str:
-    """A score for reading: 4 decimals in the usual range, scientific notation outside it."""
-    if value is None:
-        return "–"
-    value = float(value)
-    if not math.isfinite(value):
-        return str(value)
-    if value == 0 or 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4f}"
-    return f"{value:.3e}"
+@dataclass(frozen=True)
+class ScoreFormat:
+    """One notation for every score of a report, plots included: 4 decimals, or scientific notation for all when
+    any score would lose its digits in 4 decimals (non-zero below 1e-3) or be long (1e5 and above)."""
+    scientific: bool
+
+    @classmethod
+    def of(cls, data: "ReportData") -> "ScoreFormat":
+        shown = [v for item in (*data.top, *data.middle, *data.bottom) for v in (item.score, item.raw_score)
+                 if v is not None]
+        values = np.abs(np.concatenate([data.scores, np.asarray(shown, dtype=np.float64)]))
+        values = values[np.isfinite(values) & (values > 0)]
+        return cls(len(values) > 0 and bool(values.min() < 1e-3 or values.max() >= 1e5))
+
+    def __call__(self, value: float | None) -> str:
+        """A score for reading ('–' for none)."""
+        if value is None:
+            return "–"
+        value = float(value)
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.3e}" if self.scientific else f"{value:.4f}"
+
+    def tick(self, value: float) -> str:
+        """An axis label of a score axis: as short as the notation allows (2.5e-05, 0.25)."""
+        if not self.scientific or value == 0:
+            return f"{value:g}"
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -304,7 +333,9 @@ class _Axes:
         span = self.height - self.top - self.bottom
         return self.height - self.bottom - (value - self.y0) / (self.y1 - self.y0) * span
 
-    def frame(self, x_label: str, y_label: str, x_ticks=None, y_ticks=None) -> list[str]:
+    def frame(self, x_label: str, y_label: str, x_ticks=None, y_ticks=None, x_text=_tick_label,
+              y_text=_tick_label) -> list[str]:
+        """Grid, axes, ticks and labels; `x_text`/`y_text` write the tick values (a score axis: ScoreFormat.tick)."""
         parts = []
         bottom, left = self.height - self.bottom, self.left
         for tick in (y_ticks if y_ticks is not None else _nice_ticks(self.y0, self.y1)):
@@ -313,13 +344,13 @@ class _Axes:
                 parts.append(f'<line class="grid" x1="{left}" x2="{self.width - self.right}" '
                              f'y1="{ty:.1f}" y2="{ty:.1f}"/>')
                 parts.append(f'<text class="tick" x="{left - 6}" y="{ty + 4:.1f}" '
-                             f'text-anchor="end">{_tick_label(tick)}</text>')
+                             f'text-anchor="end">{y_text(tick)}</text>')
         for tick in (x_ticks if x_ticks is not None else _nice_ticks(self.x0, self.x1)):
             if self.x0 <= tick <= self.x1:
                 tx = self.x(tick)
                 parts.append(f'<line class="axis" x1="{tx:.1f}" x2="{tx:.1f}" y1="{bottom}" y2="{bottom + 5}"/>')
                 parts.append(f'<text class="tick" x="{tx:.1f}" y="{bottom + 18}" '
-                             f'text-anchor="middle">{_tick_label(tick)}</text>')
+                             f'text-anchor="middle">{x_text(tick)}</text>')
         parts.append(f'<line class="axis" x1="{left}" x2="{self.width - self.right}" y1="{bottom}" y2="{bottom}"/>')
         parts.append(f'<line class="axis" x1="{left}" x2="{left}" y1="{self.top}" y2="{bottom}"/>')
         parts.append(f'<text class="label" x="{(left + self.width - self.right) / 2:.1f}" y="{self.height - 8}" '
@@ -336,20 +367,20 @@ def _svg(width: int, height: int, title: str, parts: list[str]) -> str:
             + "".join(parts) + "</svg>")
 
 
-def _histogram_svg(hist: dict, raw: bool = False) -> str:
+def _histogram_svg(hist: dict, fmt: ScoreFormat, raw: bool = False) -> str:
     edges, counts, top_counts = hist["bin_edges"], hist["counts"], hist["top_counts"]
     if not counts:
         return '<p class="empty">No readable image was scored.</p>'
     width, height = 620, 290
     axes = _Axes(width, height, (edges[0], edges[-1]), (0, max(counts) * 1.08))
-    parts = axes.frame("score", "images")
+    parts = axes.frame("score", "images", x_text=fmt.tick)
     for low, high, count, top in zip(edges[:-1], edges[1:], counts, top_counts):
         if count == 0:
             continue
         x0, x1 = axes.x(low), axes.x(high)
         w = max(0.8, x1 - x0 - 1)
         y_all, y_rest = axes.y(count), axes.y(count - top)
-        tip = f"{_fmt(low)} – {_fmt(high)}: {count} images, {top} of them in the top {hist['top_n']}"
+        tip = f"{fmt(low)} – {fmt(high)}: {count} images, {top} of them in the top {hist['top_n']}"
         parts.append(f'<g><title>{_esc(tip)}</title>'
                      f'<rect x="{x0 + 0.5:.1f}" y="{y_all:.1f}" width="{w:.1f}" height="{axes.y(0) - y_all:.1f}" '
                      f'fill="{POOL_COLOUR}"/>')
@@ -362,13 +393,13 @@ def _histogram_svg(hist: dict, raw: bool = False) -> str:
         parts.append(f'<line class="cut" x1="{cx:.1f}" x2="{cx:.1f}" y1="{axes.top}" y2="{axes.y(0):.1f}"/>')
         anchor, dx = ("end", -5) if cx > width * 0.6 else ("start", 5)
         parts.append(f'<text class="cut-label" x="{cx + dx:.1f}" y="{axes.top + 12}" text-anchor="{anchor}">'
-                     + (f'lowest raw score in the top {hist["top_n"]}: {_fmt(hist["cut_score"])}' if raw else
-                        f'top {hist["top_n"]} cut: score ≥ {_fmt(hist["cut_score"])}') + '</text>')
+                     + (f'lowest raw score in the top {hist["top_n"]}: {fmt(hist["cut_score"])}' if raw else
+                        f'top {hist["top_n"]} cut: score ≥ {fmt(hist["cut_score"])}') + '</text>')
     return _svg(width, height, f"Histogram of the {'raw' if raw else 'written'} scores, top N stacked in orange",
                 parts)
 
 
-def _rank_svg(scores: np.ndarray, top_n: int, raw: bool = False) -> str:
+def _rank_svg(scores: np.ndarray, top_n: int, fmt: ScoreFormat, raw: bool = False) -> str:
     count = len(scores)
     if count == 0:
         return '<p class="empty">No readable image was scored.</p>'
@@ -376,7 +407,7 @@ def _rank_svg(scores: np.ndarray, top_n: int, raw: bool = False) -> str:
     low, high = float(scores.min()), float(scores.max())
     pad = (high - low) * 0.05 or 0.5
     axes = _Axes(width, height, (1, max(count, 2)), (low - pad, high + pad))
-    parts = axes.frame("rank (1 = written first)", "raw score" if raw else "score")
+    parts = axes.frame("rank (1 = written first)", "raw score" if raw else "score", y_text=fmt.tick)
     keep = np.unique(np.concatenate([np.linspace(0, count - 1, min(count, MAX_RANK_POINTS)).round().astype(np.int64),
                                      np.arange(min(top_n, count))[:: max(1, top_n // 200)],
                                      [min(max(top_n - 1, 0), count - 1), min(top_n, count - 1)]]))
@@ -418,14 +449,14 @@ def _class_svg(data: ReportData, json_name: str | None) -> str:
     height = 34 + row_h * len(rows) + 8
     biggest = max(max(top_share[i], pool_share[i]) for i in rows) or 1.0
     parts = [f'<rect x="{label_w}" y="6" width="12" height="10" fill="{TOP_COLOUR}"/>'
-             f'<text class="tick" x="{label_w + 16}" y="15">top {data.top_n} ({top_total} boxes)</text>'
+             f'<text class="tick" x="{label_w + 16}" y="15">top {data.cut} ({top_total} boxes)</text>'
              f'<rect x="{label_w + 190}" y="6" width="12" height="10" fill="{POOL_COLOUR}"/>'
              f'<text class="tick" x="{label_w + 206}" y="15">whole pool ({pool_total} boxes)</text>']
     for row, i in enumerate(rows):
         y = 30 + row * row_h
         name = _class_name(data.class_names, i)
         parts.append(f'<text class="tick" x="{label_w - 8}" y="{y + 15}" text-anchor="end">{_esc(name)}</text>')
-        for offset, share, count, colour, who in ((0, top_share[i], top[i], TOP_COLOUR, f"top {data.top_n}"),
+        for offset, share, count, colour, who in ((0, top_share[i], top[i], TOP_COLOUR, f"top {data.cut}"),
                                                   (11, pool_share[i], pool[i], POOL_COLOUR, "pool")):
             w = share / biggest * bar_w
             parts.append(f'<g><title>{_esc(name)}, {who}: {count} boxes = {share:.1%}</title>'
@@ -519,7 +550,7 @@ figure.card figcaption { padding: 6px 8px 8px; font-size: 12.5px; }
 .rank { font-weight: 700; font-size: 14px; margin-right: 6px; }
 .score { font-weight: 600; }
 .raw { color: var(--muted); margin-left: 6px; }
-.path { color: var(--muted); word-break: break-all; margin-top: 2px; }
+.path { color: var(--muted); margin-top: 2px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .path b { color: var(--ink); font-weight: 600; }
 .boxes { color: var(--muted); margin-top: 2px; }
 .bad { color: #b42318; font-weight: 600; }
@@ -623,12 +654,13 @@ def _path_html(path: str, base: str | None = None) -> str:
     """The path with its file name in bold; shown relative to `base` (the page says so) when it lies under it."""
     shown = os.path.relpath(path, base) if base and path.startswith(base + os.sep) else path
     folder, name = os.path.split(shown)
+    # one line, cut with an ellipsis (CSS) when too long; the whole path in the tooltip
     return f'<div class="path" title="{_esc(path)}">{_esc(folder + os.sep) if folder else ""}<b>{_esc(name)}</b></div>'
 
 
-def _card(item: ReportImage, section: str, data: ReportData, base: str | None) -> str:
+def _card(item: ReportImage, section: str, data: ReportData, base: str | None, fmt: ScoreFormat) -> str:
     image, error = render_thumbnail(item.path, data.class_names, item)
-    raw = f'<span class="raw">raw {_fmt(item.raw_score)}</span>' if item.raw_score is not None else ""
+    raw = f'<span class="raw">raw {fmt(item.raw_score)}</span>' if item.raw_score is not None else ""
     classes = _class_summary(data.class_names, item.classes)
     boxes = (f"{len(item.xyxy)} box{'es' if len(item.xyxy) != 1 else ''}: "
              + ", ".join(f"{_esc(n)} {c}" for n, c in classes.items())) if len(item.xyxy) else "no boxes"
@@ -638,14 +670,14 @@ def _card(item: ReportImage, section: str, data: ReportData, base: str | None) -
             f'width="{image.shape[1]}" height="{image.shape[0]}" alt="{_esc(alt)}" data-section="{section}" '
             f'data-rank="{int(item.rank)}" data-path="{_esc(item.path)}" data-score="{float(item.score)!r}"'
             f'{" data-unreadable=" + chr(34) + "1" + chr(34) if error else ""}></div>'
-            f'<figcaption><span class="rank">#{int(item.rank)}</span><span class="score">{_fmt(item.score)}</span>{raw}'
+            f'<figcaption><span class="rank">#{int(item.rank)}</span><span class="score">{fmt(item.score)}</span>{raw}'
             f'{_path_html(item.path, base)}<div class="boxes">{boxes}</div>{problem}</figcaption></figure>')
 
 
-def _cards(items: Sequence[ReportImage], section: str, data: ReportData, base: str | None) -> str:
+def _cards(items: Sequence[ReportImage], section: str, data: ReportData, base: str | None, fmt: ScoreFormat) -> str:
     if not items:
         return '<p class="empty">None.</p>'
-    return '<div class="grid-cards">' + "".join(_card(item, section, data, base) for item in items) + "</div>"
+    return '<div class="grid-cards">' + "".join(_card(item, section, data, base, fmt) for item in items) + "</div>"
 
 
 def _duplicates_html(groups: Sequence[tuple[str, list[str]]], data: ReportData, base: str | None,
@@ -678,15 +710,31 @@ def _in_json(json_name: str | None) -> str:
     return f" are listed in {_esc(json_name)}" if json_name else " are not shown"
 
 
+def _top_title(data: ReportData) -> str:
+    """'Top 24' (the top N shown), or with a selection 'Top 100 selected'."""
+    return f"Top {data.top_n}" if data.selected is None else f"Top {data.cut} selected"
+
+
+def _thumbnails_note(data: ReportData) -> str:
+    """What the thumbnails leave out of the selection ('' when they show all of it)."""
+    if data.top_n >= data.cut:
+        return ""
+    return f"thumbnails of the first {data.top_n} (--report-top-n)"
+
+
 def report_html(data: ReportData, json_name: str | None = "mining-report.json") -> str:
     """The page; `json_name` is the file the page points to for what it leaves out (None: no JSON written)."""
     run = data.run
-    hist = _histogram(data.scores, data.top_n)
+    fmt = ScoreFormat.of(data)
+    cut = data.cut
+    hist = _histogram(data.scores, cut)
     algorithm = str(run.get("algorithm", "?"))
     pool = run.get("pool_size", len(data.scores) + len(data.unreadable))
-    figures = [(f"{pool}", "images in the pool"), (f"{data.top_n}", "top N shown"),
-               (_fmt(hist["cut_score"]), f"lowest raw score in the top {data.top_n}" if data.score_kind == "raw"
-                else f"score of rank {data.top_n}"),
+    counts = [(f"{data.top_n}", "top N shown")] if data.selected is None else \
+        [(f"{cut}", "selected"), (f"{data.top_n}", "thumbnails")]
+    figures = [(f"{pool}", "images in the pool"), *counts,
+               (fmt(hist["cut_score"]), f"lowest raw score in the top {cut}" if data.score_kind == "raw"
+                else f"score of rank {cut}"),
                (f"{len(data.unreadable)}", "unreadable")]
     if isinstance(run.get("seconds"), (int, float, np.number)):
         figures.append((f"{float(run['seconds']):.1f} s", "mining time"))
@@ -694,7 +742,7 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
         figures.append((f"{float(run['images_per_s']):.1f}", "images / s"))
     figures_html = "".join(f'<div class="figure"><div class="v">{_esc(v)}</div><div class="k">{_esc(k)}</div></div>'
                            for v, k in figures)
-    sections = [("run", "Run"), ("scores", "Scores"), ("top", f"Top {data.top_n}"), ("contrast", "Middle and bottom"),
+    sections = [("run", "Run"), ("scores", "Scores"), ("top", f"Top {cut}"), ("contrast", "Middle and bottom"),
                 ("classes", "Classes")]
     if data.duplicate_groups:
         sections.append(("duplicates", "Near-duplicates"))
@@ -705,7 +753,9 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
     shown = [item.path for item in (*data.top, *data.middle, *data.bottom)]
     shown += [p for kept, copies in data.duplicate_groups for p in (kept, *copies)]
     base = _common_dir(shown)
-    explain = ("Score: the score written to result.tsv" + ("; raw: the algorithm's own score where selection "
+    thumbnails = _thumbnails_note(data)
+    explain = ((f"{_esc(thumbnails.capitalize())}. " if thumbnails else "")
+               + "Score: the score written to result.tsv" + ("; raw: the algorithm's own score where selection "
                "reordered the ranking" if any(i.raw_score is not None for i in data.top) else "") + ". "
                + (f"Paths are relative to <code>{_esc(base)}</code>." if base else ""))
     selection = run.get("selection")
@@ -721,19 +771,19 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
         '<section id="scores"><h2>Scores</h2><p class="note">'
         + (f'Every readable image\'s raw {_esc(algorithm)} score ({len(data.scores)} images): selection reordered '
            f'the ranking, so result.tsv holds each image\'s selection priority and the raw scores are in '
-           f'{_esc(run.get("raw_scores_file") or "the raw scores file")}; the top {data.top_n} in orange, the '
+           f'{_esc(run.get("raw_scores_file") or "the raw scores file")}; the top {cut} in orange, the '
            f'dashed line is the lowest raw score among them.' if raw_kind else
-           f'Every readable image\'s written score ({len(data.scores)} images); the top {data.top_n} in orange, '
-           f'the dashed line is the top-N cut.') + '</p>'
-        f'<div class="plots">{_histogram_svg(hist, raw_kind)}{_rank_svg(data.scores, data.top_n, raw_kind)}'
+           f'Every readable image\'s written score ({len(data.scores)} images); the top {cut} in orange, '
+           f'the dashed line is the top-{cut} cut.') + '</p>'
+        f'<div class="plots">{_histogram_svg(hist, fmt, raw_kind)}{_rank_svg(data.scores, cut, fmt, raw_kind)}'
         f'</div></section>',
-        f'<section id="top"><h2>Top {data.top_n}, in result order</h2>{legend}'
-        f'<p class="note">{explain}</p>{_cards(data.top, "top", data, base)}</section>',
+        f'<section id="top"><h2>{_esc(_top_title(data))}, in result order</h2>{legend}'
+        f'<p class="note">{explain}</p>{_cards(data.top, "top", data, base, fmt)}</section>',
         f'<section id="contrast"><h2>For contrast</h2><h3>From the middle of the ranking</h3>'
-        f'{_cards(data.middle, "middle", data, base)}<h3>From the bottom of the ranking</h3>'
-        f'{_cards(data.bottom, "bottom", data, base)}</section>',
+        f'{_cards(data.middle, "middle", data, base, fmt)}<h3>From the bottom of the ranking</h3>'
+        f'{_cards(data.bottom, "bottom", data, base, fmt)}</section>',
         f'<section id="classes"><h2>Predicted boxes per class</h2><p class="note">Share of all predicted boxes, '
-        f'so the top {data.top_n} and the pool compare; counts in brackets.</p>{_class_svg(data, json_name)}</section>',
+        f'so the top {cut} and the pool compare; counts in brackets.</p>{_class_svg(data, json_name)}</section>',
     ]
     if data.duplicate_groups:
         body.append(f'<section id="duplicates"><h2>Near-duplicate groups</h2><p class="note">Selection kept the '
@@ -742,7 +792,7 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
     if data.projection is not None:
         body.append(f'<section id="projection"><h2>Embedding projection</h2><p class="note">2-D PCA of the '
                     f'embeddings {_esc(data.projection_note or "of the shown images")}; the top '
-                    f'{data.top_n} in orange.</p>'
+                    f'{cut} in orange.</p>'
                     f'{_scatter_svg(data.projection, data.projection_selected)}</section>')
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
     body.append(f'<footer>Written by Quarry {_esc(versions.get("quarry", ""))}. Self-contained: images are embedded, '
@@ -770,15 +820,16 @@ class ReportCollector:
     """Watches result.tsv's lines as they are written (executor.tasks.Written: the row with its shard and line,
     the written and the raw score) and keeps what the report needs, in memory flat in the pool size apart from 8
     bytes per image (its score) plus 8 (where it came from) and the unreadable list: the top N lines, and
-    afterwards, from the shard files, the middle and bottom samples and the predicted boxes of what is shown.
-    A failure in here is kept (self.error), never raised into the writing of result.tsv."""
+    afterwards, from the shard files, the middle and bottom samples, the predicted boxes of what is shown and the
+    class counts of the selection (`selected`, start.py mine --topk; None: the top N). A failure in here is kept
+    (self.error), never raised into the writing of result.tsv."""
     MIDDLE = 6
     BOTTOM = 6
 
-    def __init__(self, top_n: int, raw: bool, track=()):
+    def __init__(self, top_n: int, raw: bool, track=(), selected: int | None = None):
         import array
 
-        self.top_n, self.raw = int(top_n), raw
+        self.top_n, self.raw, self.selected = int(top_n), raw, selected
         self.track, self.ranks = set(track), {}  # paths whose rank the report names (duplicate groups)
         self.scores = array.array("d")   # written (or, with raw, the raw) score per readable line, in order
         self.where = array.array("q")    # shard << 32 | line
@@ -826,6 +877,9 @@ class ReportCollector:
         if with_boxes and count:
             names = [str(n) for n in store.side_arrays(0, ["class_names"]).get("class_names", [])]
         pool = np.zeros(len(names), np.int64)
+        top_counts = np.zeros(len(names), np.int64)
+        cut = self.top_n if self.selected is None else self.selected
+        where = np.frombuffer(self.where, dtype=np.int64)[:cut] if len(self.where) else np.zeros(0, np.int64)
         boxes_by_shard: dict[int, dict] = {}
         wanted: dict[int, set] = {}
         shown = [(line.row.shard, line.row.line) for line in self.top] + \
@@ -835,7 +889,11 @@ class ReportCollector:
         if with_boxes:
             for shard in range(count):
                 arrays = store.side_arrays(shard, ["box_start", "box_xyxy", "box_conf", "box_cls"])
-                pool += np.bincount(arrays["box_cls"], minlength=len(names))[:len(names)]
+                pool += _class_counts(arrays["box_cls"], len(names))
+                chosen = np.zeros(len(arrays["box_start"]) - 1, bool)
+                chosen[where[where >> 32 == shard] & 0xFFFFFFFF] = True
+                top_counts += _class_counts(arrays["box_cls"][np.repeat(chosen, np.diff(arrays["box_start"]))],
+                                            len(names))
                 if shard in wanted:
                     boxes_by_shard[shard] = arrays
         keys = {}
@@ -862,18 +920,23 @@ class ReportCollector:
             written = float(scores[rank]) if not self.raw else (len(scores) - rank) / len(scores)
             return item(shard, line, rank + 1, written, float(scores[rank]) if self.raw else None)
 
-        top_counts = np.zeros(len(names), np.int64)
-        for image in top:
-            np.add.at(top_counts, image.classes[(image.classes >= 0) & (image.classes < len(names))], 1)
         return ReportData(run=run, unreadable=list(self.unreadable), scores=scores.copy(), class_names=names,
                           class_counts_top=top_counts, class_counts_pool=pool, top=top,
                           middle=[sample(r) for r in middle], bottom=[sample(r) for r in bottom],
-                          score_kind="raw" if self.raw else "written", duplicate_ranks=dict(self.ranks), **extra)
+                          score_kind="raw" if self.raw else "written", duplicate_ranks=dict(self.ranks),
+                          selected=self.selected, **extra)
+
+
+def _class_counts(classes: np.ndarray, count: int) -> np.ndarray:
+    """Boxes per class index 0..count-1 (indices outside are not counted)."""
+    classes = np.asarray(classes, dtype=np.int64)
+    return np.bincount(classes[(classes >= 0) & (classes < count)], minlength=count)
 
 
 # ---------------------------------------------------------------------------------------------- TensorBoard
 
-def _grid(items: Sequence[ReportImage], class_names: Sequence[str], cell: int = 192, columns: int = 10) -> np.ndarray:
+def _grid(items: Sequence[ReportImage], class_names: Sequence[str], fmt: ScoreFormat, cell: int = 192,
+          columns: int = 10) -> np.ndarray:
     """Top-N thumbnails with boxes, letterboxed onto white cells in rank order, rank and score under each."""
     columns = max(1, min(columns, len(items)))
     rows = -(-len(items) // columns)
@@ -886,7 +949,7 @@ def _grid(items: Sequence[ReportImage], class_names: Sequence[str], cell: int = 
         h, w = image.shape[:2]
         y, x = top + (cell - h) // 2, left + (cell - w) // 2
         grid[y:y + h, x:x + w] = image
-        cv2.putText(grid, f"#{item.rank} {_fmt(item.score)}", (left + 4, top + cell + 15), cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.putText(grid, f"#{item.rank} {fmt(item.score)}", (left + 4, top + cell + 15), cv2.FONT_HERSHEY_SIMPLEX,
                     0.45, (30, 30, 30), 1, cv2.LINE_AA)
     return grid
 
@@ -900,9 +963,12 @@ def _markdown_summary(data: ReportData) -> str:
             lines.append(f"| {title} | `{json.dumps(_jsonable(value), ensure_ascii=False)}` |")
     lines.append(f"| Scored | {len(data.scores)} |")
     lines.append(f"| Unreadable | {len(data.unreadable)} |")
-    lines += ["", f"Top {data.top_n}:", "", "| rank | score | raw score | boxes | path |", "|---|---|---|---|---|"]
+    thumbnails = _thumbnails_note(data)
+    lines += ["", f"{_top_title(data)}{'; ' + thumbnails if thumbnails else ''}:", "",
+              "| rank | score | raw score | boxes | path |", "|---|---|---|---|---|"]
+    fmt = ScoreFormat.of(data)
     for item in data.top:
-        lines.append(f"| {item.rank} | {_fmt(item.score)} | {_fmt(item.raw_score)} | {len(item.xyxy)} | {item.path} |")
+        lines.append(f"| {item.rank} | {fmt(item.score)} | {fmt(item.raw_score)} | {len(item.xyxy)} | {item.path} |")
     for path, reason in data.unreadable[:50]:
         lines.append(f"\nunreadable: {path} ({reason})")
     return "\n".join(lines)
@@ -915,10 +981,11 @@ def write_tensorboard(logdir: str, data: ReportData) -> None:
 
     with SummaryWriter(logdir) as writer:
         if len(data.scores):
-            hist = _histogram(data.scores, data.top_n)
+            hist = _histogram(data.scores, data.cut)
             writer.add_histogram("mining/score", data.scores, 0, bins=np.asarray(hist["bin_edges"]))
         if data.top:
-            writer.add_image("mining/top", _grid(data.top, data.class_names), 0, dataformats="HWC")
+            writer.add_image("mining/top", _grid(data.top, data.class_names, ScoreFormat.of(data)), 0,
+                             dataformats="HWC")
         writer.add_text("mining/summary", _markdown_summary(data), 0)
         for key in ("seconds", "images_per_s"):
             if isinstance(data.run.get(key), (int, float, np.number)):

@@ -132,11 +132,9 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 def parse_sets(items: Sequence[str]) -> dict:
     """--set KEY=VALUE (values read as YAML scalars/lists) for any template key; unknown keys are a ConfigError."""
-    import difflib
-
     import yaml
 
-    from executor.config import load_template
+    from executor.config import close_keys, load_template
 
     known = set(load_template("training")) | set(load_template("mining")) | set(load_template("infer")) | \
         {"gpu_id", "class_names", "evaluate_config"}
@@ -147,7 +145,7 @@ def parse_sets(items: Sequence[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=3)
+            close = close_keys(key, known)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"--set {key}: not a key of the training, mining or infer template{hint}")
         try:
@@ -951,7 +949,8 @@ def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> arg
     cmd.add_argument("--data", required=True, help="an Ultralytics data.yaml (train = the pool, val = the fixed val "
                                                    "split, YOLO labels) or a folder with train-index.tsv and "
                                                    "val-index.tsv (ymir index files) and names.txt")
-    cmd.add_argument("--weights", required=True, help="starting weights (.pt) of every training round")
+    cmd.add_argument("--weights", "--model", dest="weights", required=True,
+                     help="starting weights (.pt) of every training round")
     cmd.add_argument("--algorithms", default="random,entropy",
                      help=f"comma-separated, of {', '.join(algorithm_names())}; a mining algorithm may name a "
                           "selection mode, e.g. entropy:diverse (default %(default)s)")
@@ -960,7 +959,8 @@ def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> arg
     cmd.add_argument("--rounds", type=int, default=3, help="mining rounds after round 0 (default %(default)s)")
     cmd.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list such as 0,7 (default 3)")
     cmd.add_argument("--epochs", type=int, help="training epochs per round (template default 100)")
-    cmd.add_argument("--img-size", type=int, help="training, evaluation and mining size (template default 640)")
+    cmd.add_argument("--img-size", "--imgsz", dest="img_size", type=int,
+                     help="training, evaluation and mining size (template default 640)")
     cmd.add_argument("--batch", type=int, help="training batch, also the mining batch (template default 16)")
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="any training/mining template key, e.g. --set lr0=0.005 --set gpu_id=0 "

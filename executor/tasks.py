@@ -60,6 +60,8 @@ class Job:
     labeled: Sequence[str] = ()             # selection diverse: already-labelled images (their near-copies go down)
     infer_unreadable_none: bool = False     # local callers: an unreadable image's boxes are null in infer_result,
     #                                         not [] (the platform's form: no boxes)
+    selected: int = 0                       # start.py mine --topk: how many the user selects (the report's cut and
+    #                                         its thumbnails, at most report_top_n); 0: not told (the platform's top_k)
 
 
 MINING_SCORES_NAME = "mining-scores.tsv"

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from executor import __version__, cli
+from executor.config import TEMPLATES_DIR
 from executor.errors import DatasetError
 from executor.tasks import Job, result_names, run as run_tasks, work_shards
 from tests.platform import REPO, WEIGHTS, coco_images, coco_names, run_start
@@ -79,6 +80,56 @@ def test_usage_errors_name_the_flag_and_exit_2(capsys, images, tmp_path, extra, 
     assert "code" not in err and not (tmp_path / "r.tsv").exists()
 
 
+@pytest.mark.parametrize("command, typed, needle", [
+    ("mine", "imgsz=320", "did you mean img_size (or the flag --imgsz)?"),
+    ("mine", "batch_size=4", "did you mean batch_size_per_gpu (or the flag --batch)?"),
+    ("mine", "algorithm=cald", "did you mean mining_algorithm (or the flag --algorithm)?"),
+    ("infer", "conf=0.3", "did you mean conf_thres (or the flag --conf)?"),
+    ("infer", "entropy_agregation=max", ""),  # close to a mining key only: infer reads no such key
+    ("mine", "entropy_agregation=max", "did you mean entropy_aggregation?"),
+    ("mine", "zzz=1", ""),
+])
+def test_a_set_typo_is_a_usage_error_with_the_close_matches(capsys, caplog, images, tmp_path, command, typed, needle):
+    key = typed.split("=")[0]
+    status, err = run_cli(capsys, command, "--model", WEIGHTS, "--source", images, "--out", tmp_path / "r.tsv",
+                          "--set", typed)
+    template = os.path.join(TEMPLATES_DIR, f"{'mining' if command == 'mine' else 'infer'}-template.yaml")
+    assert status == 2 and err.count("error") == 1, err
+    expected = f"error: --set {typed}: unknown key '{key}' (the keys are those of {template})"
+    assert err.rstrip().endswith(expected + (f"; {needle}" if needle else "")), err
+    assert not caplog.records and not (tmp_path / "r.tsv").exists()
+
+
+def test_a_set_key_of_another_task_is_one_warning_and_left_out(caplog, images, tmp_path):
+    args = parse("mine", "--algorithm", "random", "--source", images, "--out", tmp_path / "r.tsv", "--no-report",
+                 "--set", "epochs=3", "--set", "shard_size=2")
+    assert cli.run(args) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["--set epochs: a key of the training template, not used by mining; ignored"]
+    config = cli.config_of(args)
+    assert "epochs" not in config and config["shard_size"] == 2
+    caplog.clear()
+    config = cli.config_of(parse("infer", "--model", WEIGHTS, "--source", images, "--out", tmp_path / "d.json",
+                                 "--set", "seed=3", "--set", "model=yolov8s.pt"))
+    assert "seed" not in config and "model" not in config
+    assert [r.getMessage() for r in caplog.records] == [
+        "--set seed: a key of the training and mining templates, not used by infer; ignored",
+        "--set model: a key of the training template, not used by infer; ignored; did you mean model_params_path "
+        "(or the flag --model)?"]
+    caplog.clear()
+    with_infer = cli.config_of(parse("mine", "--model", WEIGHTS, "--source", images, "--out", tmp_path / "r.tsv",
+                                     "--infer-out", tmp_path / "d.json", "--set", "report_top_n=3"))
+    assert with_infer["report_top_n"] == 3 and not caplog.records  # mining reads it, infer ignores it silently
+
+
+def test_make_in_rejects_a_set_typo_before_writing(capsys, images, tmp_path):
+    status, err = run_cli(capsys, "make-in", "--task", "mining", "--images", images, "--out", tmp_path / "in",
+                          "--set", "imgsz=320")
+    assert status == 2 and "--set imgsz=320: unknown key 'imgsz'" in err and err.rstrip().endswith(
+        "did you mean img_size?")  # make-in has no --imgsz flag
+    assert not (tmp_path / "in").exists()
+
+
 def test_paths_are_checked_before_any_image(capsys, images, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -142,6 +193,20 @@ def test_random_needs_no_model_and_warns_when_given_one(capsys, caplog, images, 
                            "--out", tmp_path / "r.tsv"))
     assert status == 0 and "is not used" in caplog.text
     assert len((tmp_path / "r.tsv").read_text().splitlines()) == 5
+
+
+def test_the_report_cuts_at_topk(images, tmp_path):
+    status = cli.run(parse("mine", "--algorithm", "random", "--source", images, "--out", tmp_path / "r.tsv",
+                           "--topk", 4, "--report-top-n", 2))
+    assert status == 0
+    ranked = [line.split("\t") for line in (tmp_path / "r.tsv").read_text().splitlines()]
+    report = json.loads((tmp_path / "r.report.json").read_text())
+    assert report["selected"] == 4 and len(report["top"]) == 2
+    assert report["histogram"]["top_n"] == 4 and report["histogram"]["cut_score"] == float(ranked[3][1])
+    assert "Top 4 selected" in (tmp_path / "r.report.html").read_text()
+    assert cli.run(parse("mine", "--algorithm", "random", "--source", images, "--out", tmp_path / "all.tsv")) == 0
+    report = json.loads((tmp_path / "all.report.json").read_text())
+    assert report["selected"] is None and len(report["top"]) == 5 and report["histogram"]["top_n"] == 5
 
 
 def test_names_are_relative_to_the_source_and_platform_basenames_must_be_unique(images):

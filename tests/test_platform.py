@@ -67,6 +67,16 @@ def test_random_needs_no_weights(tmp_path):
     assert len(read_result_tsv(env)) == 3
 
 
+def test_an_unknown_config_key_is_one_warning_with_its_close_matches(tmp_path):
+    env = make_env(tmp_path, run_mining=True, config={"mining_algorithm": "random", "imgsz": 320, "epochs": 3},
+                   weights=None, candidates=coco_images(3))
+    done = run_start("--env", env)
+    assert done.returncode == 0, done.stdout
+    warnings = [line for line in done.stdout.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings  # not once per task and step; epochs is a (training) template key
+    assert warnings[0].endswith("config key 'imgsz' is not used by mining and is ignored; did you mean 'img_size'?")
+
+
 def failure(tmp_path, env, code, needle):
     done = run_start("--env", env)
     assert done.returncode != 0

@@ -17,9 +17,9 @@ from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields,
 IMAGES = [str(p) for p in coco_images(30)]
 
 
-def synthetic(tmp_path, selection="score", top_n=5, shard_size=8, copies=True):
-    """30 coco images in shards of 8 with side files; image 1 a near-copy of image 0 (embedding), boxes of
-    classes 0/1. Returns the job and the written result lines."""
+def synthetic(tmp_path, selection="score", top_n=5, shard_size=8, copies=True, selected=0):
+    """30 coco images in shards of 8 with side files; image 1 a near-copy of image 0 (embedding), image n with n % 3
+    boxes of class n % 2; `selected`: start.py mine --topk. Returns the job and the written result lines."""
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((len(IMAGES), 8))
     if copies:
@@ -38,7 +38,7 @@ def synthetic(tmp_path, selection="score", top_n=5, shard_size=8, copies=True):
             side[key] = (emb[n].astype(np.float16), det)
         store.write_scores(shard, {k: scores[k] for k in shard.keys}, {}, side)
     job = tasks.Job(candidates=IMAGES, mining_result=str(tmp_path / "out" / "result.tsv"),
-                    tensorboard_dir=str(tmp_path / "out" / "tensorboard"))
+                    tensorboard_dir=str(tmp_path / "out" / "tensorboard"), selected=selected)
     config = {"mining_algorithm": "entropy", "selection": selection, "report_top_n": top_n,
               "shard_size": shard_size, "model_params_path": [str(WEIGHTS)]}
     ranking.write_mining(job, store, len(plan(IMAGES, shard_size)), ranking.MiningContext(config, tasks.Models(), 0.0,
@@ -65,6 +65,26 @@ def test_report_is_built_from_the_run(tmp_path):
     assert (out / "mining-report.html").stat().st_size > 50_000  # thumbnails embedded
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert not (out / "mining-scores.tsv").exists()  # score order: the written score is the raw score
+
+
+def test_the_report_cuts_at_the_selection_and_shows_at_most_report_top_n(tmp_path):
+    """start.py mine --topk 12 (Job.selected) with report_top_n 5: five thumbnails, while the cut, the class counts
+    of the top and the projection's selected points follow the 12; --topk 3 shows three thumbnails."""
+    job, lines = synthetic(tmp_path / "a", top_n=5, selected=12)
+    data = json.loads((tmp_path / "a" / "out" / "mining-report.json").read_text())
+    assert data["selected"] == 12 and [t["path"] for t in data["top"]] == [k for k, _ in lines[:5]]
+    assert data["histogram"]["top_n"] == 12 and data["histogram"]["cut_score"] == float(lines[11][1])
+    assert sum(data["class_counts"]["top"]) == sum(IMAGES.index(k) % 3 for k, _ in lines[:12])
+    assert data["class_counts"]["top"][1] == sum(IMAGES.index(k) % 3 for k, _ in lines[:12] if IMAGES.index(k) % 2)
+    page = (tmp_path / "a" / "out" / "mining-report.html").read_text()
+    assert "Top 12 selected, in result order" in page and "Thumbnails of the first 5 (--report-top-n)" in page
+    job, lines = synthetic(tmp_path / "b", top_n=5, selected=3)
+    data = json.loads((tmp_path / "b" / "out" / "mining-report.json").read_text())
+    assert data["selected"] == 3 and [t["path"] for t in data["top"]] == [k for k, _ in lines[:3]]
+    assert sum(data["class_counts"]["top"]) == sum(IMAGES.index(k) % 3 for k, _ in lines[:3])
+    synthetic(tmp_path / "c", selection="diverse", top_n=5, selected=12)
+    data = json.loads((tmp_path / "c" / "out" / "mining-report.json").read_text())
+    assert sum(data["projection"]["selected"]) == 12 and len(data["top"]) == 5 and data["histogram"]["top_n"] == 12
 
 
 def test_report_of_a_diverse_run_shows_groups_projection_and_raw_scores(tmp_path):

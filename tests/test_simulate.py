@@ -206,6 +206,42 @@ def test_flags(tmp_path):
     assert simulate.run_cli(args) == 2  # a bad flag: a usage error
 
 
+def test_model_and_imgsz_are_weights_and_img_size(tmp_path):
+    parser = argparse.ArgumentParser()
+    simulate.add_parser(parser.add_subparsers(dest="command"))
+    common = ["simulate", "--data", "d.yaml", "--initial", "5", "--budget", "3", "--out", str(tmp_path)]
+    ultralytics = simulate.plan_from_args(parser.parse_args([*common, "--model", "w.pt", "--imgsz", "320"]))
+    ours = simulate.plan_from_args(parser.parse_args([*common, "--weights", "w.pt", "--img-size", "320"]))
+    assert ultralytics == ours and ours.weights == "w.pt" and ours.config == {"img_size": 320}
+
+
+def test_the_readme_example_is_a_valid_plan_with_highway_classes_named_as_in_coco(tmp_path):
+    """The README's simulate command, parsed by start.py's parser (its ../shared is the shared folder beside the
+    clone): a plan that passes the checks, whose class_names rename highway's motorbike to COCO's motorcycle
+    (docs/simulation.md) and nothing else, so that every class is one of the COCO weights' classes."""
+    import re
+    import shlex
+
+    from ultralytics import YOLO
+
+    import start
+    from executor import cli
+    from executor.config import read_yaml_mapping
+
+    readme = (Path(simulate.__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"```bash\n(\.venv/bin/python start\.py simulate .*?)```", readme, re.S).group(1)
+    words = shlex.split(command.replace("\\\n", " "))
+    argv = [word.replace("../shared/", f"{SHARED}/") for word in words[2:]]
+    argv[argv.index("--out") + 1] = str(tmp_path / "sim")
+    plan = simulate.plan_from_args(cli.build_parser(start.extra_commands()).parse_args(argv))
+    plan.check()
+    assert plan.weights == str(WEIGHTS) and plan.data == str(HIGHWAY / "data.yaml") and plan.seeds == (0, 1)
+    names = simulate.yaml_names(read_yaml_mapping(plan.data, "--data"), "--data")
+    renamed = plan.config["class_names"]
+    assert [(a, b) for a, b in zip(names, renamed) if a != b] == [("motorbike", "motorcycle")]
+    assert len(renamed) == len(names) and set(renamed) <= set(YOLO(str(WEIGHTS)).names.values())
+
+
 # ---------------------------------------------------------------- mechanics (stand-in trainer)
 
 def test_rounds_grow_by_the_budget_without_repeats_and_seeds_decide_the_picks(tiny, tmp_path):

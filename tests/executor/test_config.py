@@ -3,7 +3,8 @@ import yaml
 
 import start
 
-from executor.config import build_settings, gpu_list, parse_env, read_yaml_mapping, resolve_weights, to_bool
+from executor.config import (build_settings, gpu_list, parse_env, read_yaml_mapping, resolve_weights, to_bool,
+                             without_unknown_keys)
 from executor.errors import ConfigError, ModelError
 
 
@@ -52,6 +53,20 @@ def test_unknown_key_is_a_warning(caplog):
     settings = build_settings("mining", {"no_such_key": 3})
     assert "no_such_key" not in settings
     assert "no_such_key" in caplog.text
+
+
+def test_unknown_keys_are_warned_about_once_with_their_close_matches(caplog):
+    config = {"imgsz": 320, "entropy_agg": "max", "conf_thres": 0.3, "epochs": 3, "task_id": "t"}
+    kept = without_unknown_keys(config, ["mining", "infer"])
+    assert kept == {"conf_thres": 0.3, "epochs": 3, "task_id": "t"}  # template and platform keys stay
+    assert [r.getMessage() for r in caplog.records] == [
+        "config key 'imgsz' is not used by mining or infer and is ignored; did you mean 'img_size'?",
+        "config key 'entropy_agg' is not used by mining or infer and is ignored; did you mean 'entropy_aggregation'?"]
+    caplog.clear()
+    build_settings("infer", {"imgsz": 320, "zzz": 1})
+    assert [r.getMessage() for r in caplog.records] == [
+        "config key 'imgsz' is not used by infer and is ignored; did you mean 'img_size'?",
+        "config key 'zzz' is not used by infer and is ignored"]
 
 
 def env_of(data):

@@ -191,14 +191,107 @@ def test_json_holds_the_same_numbers(written):
 def test_html_shows_the_run_and_its_numbers(written):
     data, out = written
     text = (out / "mining-report.html").read_text(encoding="utf-8")
+    fmt = report.ScoreFormat.of(data)
     for needle in (data.run["model"], data.run["model_sha256"], "aldd", "img_size", "640", "diverse",
                    "12.5 s", "images/s", "2.14.1", "8.4.190", "/in/images/bad.png", "image file is empty",
-                   "top 12 cut", report._fmt(data.scores[11]), "Near-duplicate", "Embedding projection"):
+                   "top 12 cut", fmt(data.scores[11]), "Near-duplicate", "Embedding projection"):
         assert needle in text, needle
     for item in data.top:
-        assert f'#{item.rank}</span><span class="score">{report._fmt(item.score)}</span>' in text
+        assert f'#{item.rank}</span><span class="score">{fmt(item.score)}</span>' in text
         if item.raw_score is not None:
-            assert f"raw {report._fmt(item.raw_score)}" in text
+            assert f"raw {fmt(item.raw_score)}" in text
+
+
+def test_the_cut_follows_the_selection_and_the_page_says_what_the_thumbnails_show(tmp_path):
+    """start.py mine --topk 20 with 12 thumbnails: the plots' cut, the class comparison and the JSON follow the 20
+    selected; the page names both numbers."""
+    data = make_data(tmp_path, unreadable_top=False)
+    data.selected = 20
+    write_report(str(tmp_path / "r.html"), str(tmp_path / "r.json"), data)
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    fmt = report.ScoreFormat.of(data)
+    assert "<h2>Top 20 selected, in result order</h2>" in text
+    assert "Thumbnails of the first 12 (--report-top-n)." in text and '<a href="#top">Top 20</a>' in text
+    assert f"top 20 cut: score ≥ {fmt(data.scores[19])}" in text and ">top 20</text>" in text  # histogram, rank plot
+    assert f'<div class="v">{fmt(data.scores[19])}</div><div class="k">score of rank 20</div>' in text
+    assert '<div class="v">20</div><div class="k">selected</div>' in text
+    assert '<div class="v">12</div><div class="k">thumbnails</div>' in text
+    assert "Top 12" not in text and "top 12" not in text
+    assert len([a for tag, a in _parse(tmp_path / "r.html") if a.get("data-section") == "top"]) == 12
+    saved = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert saved["selected"] == 20 and len(saved["top"]) == 12
+    assert saved["histogram"]["top_n"] == 20 and saved["histogram"]["cut_score"] == data.scores[19]
+    assert sum(saved["histogram"]["top_counts"]) == 20
+    data.selected = 12  # as many selected as shown: no note
+    write_report(str(tmp_path / "s.html"), None, data)
+    same = (tmp_path / "s.html").read_text(encoding="utf-8")
+    assert "<h2>Top 12 selected, in result order</h2>" in same and "Thumbnails of the first" not in same
+    data.selected = None  # platform mode: the top N shown are the cut
+    write_report(str(tmp_path / "p.html"), str(tmp_path / "p.json"), data)
+    platform = (tmp_path / "p.html").read_text(encoding="utf-8")
+    assert "<h2>Top 12, in result order</h2>" in platform and "selected" not in platform.split("<main>")[0]
+    assert json.loads((tmp_path / "p.json").read_text())["selected"] is None
+
+
+SCIENTIFIC = r"-?\d\.\d{3}e[+-]\d{2}"
+FIXED = r"-?\d+\.\d{4}"
+
+
+def _scores_on_page(text: str) -> list[str]:
+    """Every score the page writes as text: cards (score and raw), the header's cut, the histogram's cut label and
+    bar tooltips, and the tick labels of the histogram's score axis."""
+    import re
+
+    number = r"([-+0-9.e–]+|nan|inf)"
+    found = re.findall(r'<span class="score">([^<]*)</span>', text) + re.findall(rf"raw {number}</span>", text)
+    found += re.findall(r'<div class="v">([^<]*)</div><div class="k">(?:score of rank|lowest raw)', text)
+    found += re.findall(rf"score ≥ {number}<", text)
+    for low, high in re.findall(rf"<title>{number} – {number}: \d+ images", text):
+        found += [low, high]
+    histogram = text[text.index('aria-label="Histogram'):].split("</svg>", 1)[0]
+    found += re.findall(r'<text class="tick"[^>]*text-anchor="middle">([^<]*)</text>', histogram)
+    return found
+
+
+def test_scores_are_written_in_one_notation_throughout_the_page(tmp_path):
+    """Scores from 0.8 down to 1e-5: every one in scientific notation (no 0.8000 beside 1.000e-05); scores in the
+    usual range: every one with 4 decimals. The tensorboard summary uses the same notation."""
+    import re
+
+    data = make_data(tmp_path, n_top=6, n_middle=2, n_bottom=2, unreadable_top=False, extras=False)
+    data.scores = np.geomspace(0.8, 1e-5, len(data.scores))
+    for item in (*data.top, *data.middle, *data.bottom):
+        item.score = float(data.scores[item.rank - 1])
+        item.raw_score = None if item.raw_score is None else item.score * 1.25
+    write_report(str(tmp_path / "tiny.html"), None, data)
+    scores = _scores_on_page((tmp_path / "tiny.html").read_text(encoding="utf-8"))
+    ticks = [s for s in scores if not re.fullmatch(SCIENTIFIC, s)]
+    assert len(scores) > 20 and all(re.fullmatch(r"0|-?\d(\.\d+)?e[+-]\d{2}", s) for s in ticks), scores
+    assert "8.000e-01" in scores and "1.000e-05" in scores and "0.8000" not in scores
+    assert re.search(SCIENTIFIC, report._markdown_summary(data)) and not re.search(FIXED + r" \|",
+                                                                                 report._markdown_summary(data))
+    usual = make_data(tmp_path, n_top=6, n_middle=2, n_bottom=2, unreadable_top=False, extras=False)
+    write_report(str(tmp_path / "usual.html"), None, usual)
+    scores = _scores_on_page((tmp_path / "usual.html").read_text(encoding="utf-8"))
+    assert len(scores) > 20 and all(re.fullmatch(FIXED + r"|-?\d+(\.\d+)?", s) for s in scores), scores
+    fmt = report.ScoreFormat(scientific=True)
+    assert (fmt(1e-5), fmt(0.8), fmt(None), fmt.tick(2.5e-05), fmt.tick(1e-4), fmt.tick(0)) == \
+        ("1.000e-05", "8.000e-01", "–", "2.5e-05", "1e-04", "0")
+    assert report.ScoreFormat(scientific=False)(0.00001) == "0.0000"
+
+
+def test_long_file_names_stay_on_one_line_with_the_whole_path_on_hover(tmp_path):
+    data = make_data(tmp_path, n_top=2, n_middle=0, n_bottom=0, unreadable_top=False, extras=False)
+    long_name = tmp_path / ("a_very_long_file_name_from_a_camera_export_" * 4 + ".jpg")
+    long_name.write_bytes(open(data.top[1].path, "rb").read())
+    data.top[1] = ReportImage(str(long_name), 2, data.top[1].score, None, [[0, 0, 5, 5]], [0], [0.9])
+    write_report(str(tmp_path / "r.html"), None, data)
+    paths = [a for tag, a in _parse(tmp_path / "r.html") if tag == "div" and a.get("class") == "path"]
+    assert [a["title"] for a in paths] == [data.top[0].path, str(long_name)]
+    rule = next(line for line in report.CSS.splitlines() if line.startswith(".path {"))
+    for declaration in ("white-space: nowrap", "overflow: hidden", "text-overflow: ellipsis"):
+        assert declaration in rule, rule
+    assert "word-break" not in rule
 
 
 def test_both_files_are_written_atomically(tmp_path, monkeypatch):
