@@ -304,7 +304,15 @@ def model_family(weights: str | None):
 
 def run(args) -> int:
     """A local mine or infer command, with the templates of its model's family; returns the exit status."""
-    with model_family(getattr(args, "weights", None)):
+    from executor.errors import ConfigError
+
+    weights = getattr(args, "weights", None)
+    with contextlib.ExitStack() as family:
+        try:
+            family.enter_context(model_family(weights))
+        except ConfigError as exc:  # e.g. an installation without this family's templates
+            log.error("--model %s: %s", weights, exc)
+            return 1
         return run_in_family(args)
 
 
