@@ -339,7 +339,7 @@ RULES: dict[str, Rule] = {
     "gpu_decode": auto_or_boolean(),
     "cpu_threads": integer(0, 1024),
     "cpu_processes": integer(1, 256),
-    "shard_size": integer(1, 10**7),
+    "shard_size": integer(0, 10**7),  # 0: auto (executor.shards.auto_shard_size)
     "seed": integer(0, 2**32 - 1),
     "backend": choice("auto", "torch", "onnx"),
     "selection": choice("score", "diverse"),
