@@ -276,7 +276,11 @@ def progress_bar(total: int):
         if bar.n >= total:
             bar.close()
 
-    progress.close = lambda: state["bar"] and state["bar"].close()
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    progress.close = close
     return progress
 
 

@@ -376,7 +376,7 @@ def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Prog
             run = work_shards if len(devices) > 1 else functools.partial(work_shards, models=models)
             run_workers(run, (tuple(tasks), job, config, todo), devices, folder, done_before, total, progress)
     except KeyboardInterrupt:
-        clear(folder)  # the workers' progress files, and the folder when no shard is in it
+        clear(folder)  # and the folder itself when no shard was finished
         raise interrupted(stores, shards) from None
     return stores, shards
 
