@@ -321,7 +321,7 @@ def check_mine(args, pool: int, config: dict) -> None:
 # ---------------------------------------------------------------- running
 
 def progress_bar(total: int):
-    """A tqdm bar drawn from the first image on (not while the model loads)."""
+    """A tqdm bar drawn from the first image on (not while the model loads); `.close()` ends it early."""
     from tqdm import tqdm
 
     state = {"bar": None}
@@ -337,6 +337,11 @@ def progress_bar(total: int):
         if bar.n >= total:
             bar.close()
 
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    progress.close = close
     return progress
 
 
@@ -365,14 +370,22 @@ def model_family(weights: str | None):
 
 def run(args) -> int:
     """A local mine or infer command, with the templates of its model's family; returns the exit status."""
-    with model_family(getattr(args, "weights", None)):
+    from executor.errors import ConfigError
+
+    weights = getattr(args, "weights", None)
+    with contextlib.ExitStack() as family:
+        try:
+            family.enter_context(model_family(weights))
+        except ConfigError as exc:  # e.g. an installation without this family's templates
+            log.error("--model %s: %s", weights, exc)
+            return 1
         return run_in_family(args)
 
 
 def run_in_family(args) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from executor.errors import one_line
+    from executor.errors import Interrupted, one_line
 
     try:
         paths, names = list_images(args.images)
@@ -402,12 +415,17 @@ def run_in_family(args) -> int:
         log.error("%s", one_line(exc))
         return 1
     shards = f"{args.out.rstrip(os.sep)}.shards"
+    progress = progress_bar(len(paths))
     try:
         with logging_redirect_tqdm():
-            return run_task(args, config, paths, names, shards)
+            return run_task(args, config, paths, names, shards, progress)
+    except Interrupted as exc:  # while scoring or merging: what the shards folder keeps
+        progress.close()  # now, not at exit: the message stays the last line
+        print(f"\n{exc}" + ("; run the same command again to resume" if exc.kept else ""), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished shards are kept in {shards}; run the same command again to resume",
-              file=sys.stderr)
+        progress.close()
+        print("\ninterrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         log.error("%s", one_line(exc))
@@ -415,7 +433,7 @@ def run_in_family(args) -> int:
         return 1
 
 
-def run_task(args, config: dict, paths: list[str], names: list[str], shards: str) -> int:
+def run_task(args, config: dict, paths: list[str], names: list[str], shards: str, progress) -> int:
     from executor.config import SEGMENTATION, build_settings
     from executor.formats import write_detections
     from executor.tasks import Job, Models, model_class_names, run as run_tasks
@@ -444,7 +462,7 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
              f"GPU {settings.gpu_id}" if settings.gpu_id else f"CPU, {cpu_threads(settings.cpu_threads)} threads"
              + (f" in {settings.cpu_processes} processes" if settings.cpu_processes > 1 else ""))
     models = Models()
-    results = run_tasks(tasks, job, config, progress_bar(len(paths)), models)
+    results = run_tasks(tasks, job, config, progress, models)
     if all(value is None for value in results.values()):
         return 0  # a rank of a torchrun job that leaves the merge to rank 0
     if rewrite:

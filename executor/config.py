@@ -340,7 +340,7 @@ RULES: dict[str, Rule] = {
     "gpu_decode": auto_or_boolean(),
     "cpu_threads": integer(0, 1024),
     "cpu_processes": integer(1, 256),
-    "shard_size": integer(1, 10**7),
+    "shard_size": integer(0, 10**7),  # 0: auto (executor.shards.auto_shard_size)
     "seed": integer(0, 2**32 - 1),
     "backend": choice("auto", "torch", "onnx"),
     "selection": choice("score", "diverse"),
@@ -420,11 +420,17 @@ def active_templates_dir() -> str:
 
 
 def family_templates(object_type: int) -> str:
-    """The repository's templates folder of a family (2 detection, 4 instance segmentation)."""
+    """The repository's templates folder of a family (2 detection, 4 instance segmentation); a ConfigError
+    when this installation lacks it (an install that left the family's templates out)."""
     if object_type not in FAMILY_TEMPLATES:
         raise ConfigError(f"object_type {object_type!r} is not served by this executor; expected one of "
                           + ", ".join(f"{k} ({v})" for k, v in FAMILIES.items()))
-    return FAMILY_TEMPLATES[object_type]
+    folder = FAMILY_TEMPLATES[object_type]
+    if not os.path.isfile(os.path.join(folder, "manifest.yaml")):
+        family = FAMILIES[object_type]
+        raise ConfigError(f"this Quarry installation has no {family} templates ({folder} has no manifest.yaml), "
+                          f"so it cannot run {family} models; reinstall Quarry from a complete clone (pip install .)")
+    return folder
 
 
 def manifest_object_type(folder: str) -> int:

@@ -60,6 +60,16 @@ class Terminated(QuarryError):
     code = CONTAINER_ERROR
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) while shards were scored or merged: how much of the work the shards folder keeps for a
+    rerun (`kept` of `shards` shards, `images` images)."""
+
+    def __init__(self, folder: str, kept: int, shards: int, images: int):
+        self.folder, self.kept, self.shards, self.images = folder, kept, shards, images
+        super().__init__(f"interrupted: {kept} of {shards} shards ({images} images) are finished and kept in {folder}"
+                         if kept else "interrupted before any shard was finished: nothing is kept")
+
+
 # Framework errors we don't raise ourselves, recognised by their text (torch, CUDA, cuDNN, cuBLAS, the OS).
 # First match wins; the exception's type name is part of the text.
 TEXT_CODES = (

@@ -1,9 +1,9 @@
 """Shards: the unit of work, of restart and of merging for mining and inference over large pools.
 
-The candidate list is cut into consecutive shards of `shard_size` images. Each finished shard is one file,
-written atomically (temp file + rename) with a fingerprint of everything its content depends on (weights
-sha256, algorithm and parameters, network size, post-processing, the shard's own keys), so a rerun after a
-kill reuses a shard only if it is complete and was made by the same run; a stale or half-written one is
+The candidate list is cut into consecutive shards of `shard_size` images (0: auto_shard_size). Each finished
+shard is one file, written atomically (temp file + rename) with a fingerprint of everything its content depends
+on (weights sha256, algorithm and parameters, network size, post-processing, the shard's own keys), so a rerun
+after a kill reuses a shard only if it is complete and was made by the same run; a stale or half-written one is
 never reused. Batches never span shards, so a shard's content is the same whichever process made it.
 
 A mining shard holds `key<TAB>score` lines sorted best first (ties in index order); the merge is a k-way
@@ -66,6 +66,18 @@ class Shard:
     index: int
     start: int   # position of its first key in the candidate list
     keys: Sequence[str]
+
+
+# shard_size 0 (auto): about SHARDS_PER_WORKER shards per worker, within [MIN_AUTO_SHARD, MAX_AUTO_SHARD] images
+SHARDS_PER_WORKER, MIN_AUTO_SHARD, MAX_AUTO_SHARD = 8, 64, 2048
+
+
+def auto_shard_size(pool: int, workers: int) -> int:
+    """The shard size of shard_size 0: ceil(pool / (8 * workers)), so each worker finishes several shards (what
+    a Ctrl-C keeps) and the workers end close together; at least 64 images, as each shard costs two files and a
+    part-filled batch; at most 2048, as before. Only the pool size and the worker count decide it, so every
+    worker and a rerun plan the same shards."""
+    return min(MAX_AUTO_SHARD, max(MIN_AUTO_SHARD, -(-pool // (SHARDS_PER_WORKER * max(1, workers)))))
 
 
 def plan(keys: Sequence[str], shard_size: int) -> list[Shard]:

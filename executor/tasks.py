@@ -19,14 +19,14 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from executor.config import SEGMENTATION, TASK_OF_OBJECT_TYPE, Settings, build_settings, resolve_weights
-from executor.errors import DatasetError
+from executor.errors import DatasetError, Interrupted
 from executor.gpu_decode import device_letterbox
 from executor.images import letterbox
 from executor.loop import Unreadable, batches, out_of_memory_hint
 from executor.model import EMBEDDING_VERSION, Detector, load_detector, visible_gpus
 from executor.monitor import Progress, span
 from executor.runtime import cpu_threads
-from executor.shards import Shard, ShardStore, file_sha256, named_records, plan, shards_of_rank
+from executor.shards import Shard, ShardStore, auto_shard_size, file_sha256, named_records, plan, shards_of_rank
 from executor.workers import clear, outer_rank, run_workers, wait_for
 from executor.writers import (UNREADABLE_SCORE, box_record, instance_record, write_infer_result,
                               write_instances_result)
@@ -297,6 +297,18 @@ def worker_devices(settings: Settings) -> list[str]:
     return [str(g) for g in gpus] if gpus else [""] * settings.cpu_processes
 
 
+def with_shard_size(task: str, job: Job, config: Mapping) -> Mapping:
+    """`config` with shard_size 0 (auto) made the size for this pool and number of workers (the ranks of an outer
+    torchrun, else one per GPU of gpu_id or cpu_processes): decided once before any worker starts, and the same
+    on every rank and on a rerun."""
+    settings = build_settings(task, config)
+    if settings.shard_size:
+        return config
+    outer = outer_rank()
+    workers = outer[1] if outer else len(worker_devices(settings))
+    return {**config, "shard_size": auto_shard_size(len(job.candidates), workers)}
+
+
 def work_shards(tasks: Sequence[str], job: Job, config: Mapping, todo: Sequence[int], rank: int, world: int,
                 device: str, report: Callable[[int], None], models: Models | None = None) -> None:
     """Score and/or detect (`tasks`) the shards of `todo` that belong to worker `rank` of `world`, in one pass
@@ -341,10 +353,11 @@ def work_shards(tasks: Sequence[str], job: Job, config: Mapping, todo: Sequence[
 
 
 def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, models: Models
-                 ) -> tuple[dict[str, ShardStore], int, int] | None:
+                 ) -> tuple[dict[str, ShardStore], list[Shard], int] | None:
     """Every shard of the job complete for every task of `tasks` (reusing those an earlier run finished), on
-    every worker the settings ask for. Returns the stores, the shard count to merge and how many images this run
-    scored (the rest were reused), or None on a rank of an outer torchrun that does not merge."""
+    every worker the settings ask for. Returns the stores, the shards to merge and how many images this run
+    scored (the rest were reused), or None on a rank of an outer torchrun that does not merge. A Ctrl-C raises
+    Interrupted, saying what is kept."""
     stores, shards = {}, []
     for task in tasks:
         stores[task], shards = shard_store(task, job, build_settings(task, config))
@@ -357,19 +370,29 @@ def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Prog
     devices = worker_devices(build_settings(tasks[0], config))
     folder = next(iter(stores.values())).folder
     outer = outer_rank()
-    if outer is not None:  # one rank of a torchrun job over a shared folder
-        rank, world = outer
-        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-        work_shards(tasks, job, config, todo, rank, world, devices[local % len(devices)],
-                    lambda done: progress((done_before + done) / max(1, total)), models)
-        if rank != 0:
-            return None
-        wait_for(lambda: sum(len(s.keys) for s in shards if all(st.complete(s) for st in stores.values())), total,
-                 progress)
-    elif todo:
-        run = work_shards if len(devices) > 1 else functools.partial(work_shards, models=models)
-        run_workers(run, (tuple(tasks), job, config, todo), devices, folder, done_before, total, progress)
-    return stores, len(shards), total - done_before
+    try:
+        if outer is not None:  # one rank of a torchrun job over a shared folder
+            rank, world = outer
+            local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+            work_shards(tasks, job, config, todo, rank, world, devices[local % len(devices)],
+                        lambda done: progress((done_before + done) / max(1, total)), models)
+            if rank != 0:
+                return None
+            wait_for(lambda: sum(len(s.keys) for s in shards if all(st.complete(s) for st in stores.values())),
+                     total, progress)
+        elif todo:
+            run = work_shards if len(devices) > 1 else functools.partial(work_shards, models=models)
+            run_workers(run, (tuple(tasks), job, config, todo), devices, folder, done_before, total, progress)
+    except KeyboardInterrupt:
+        clear(folder)  # and the folder itself when no shard was finished
+        raise interrupted(stores, shards) from None
+    return stores, shards, total - done_before
+
+
+def interrupted(stores: Mapping[str, ShardStore], shards: Sequence[Shard]) -> Interrupted:
+    """What a Ctrl-C leaves for a rerun: the shards complete for every task."""
+    kept = [shard for shard in shards if all(store.complete(shard) for store in stores.values())]
+    return Interrupted(next(iter(stores.values())).folder, len(kept), len(shards), sum(len(s.keys) for s in kept))
 
 
 def one_pass(job: Job, config: Mapping) -> bool:
@@ -412,6 +435,7 @@ def scan(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, mo
         result_names(job)  # a name clash fails before any image is read
     start = time.monotonic()
     started_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    config = with_shard_size(tasks[0], job, config)
     try:
         merged = score_shards(tasks, job, config, progress, models)
     except BaseException:
@@ -421,10 +445,14 @@ def scan(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, mo
         return {task: None for task in tasks}
     from executor.ranking import MiningContext, write_mining  # gather → select → write → report
 
-    stores, count, scored = merged
+    stores, shards, scored = merged
+    count = len(shards)
     context = MiningContext(config, models, start, started_at)
     writers = {"mining": write_mining, "infer": write_infer}
-    written = {task: writers[task](job, stores[task], count, context) for task in tasks}
+    try:
+        written = {task: writers[task](job, stores[task], count, context) for task in tasks}
+    except KeyboardInterrupt:
+        raise interrupted(stores, shards) from None
     for store in stores.values():
         store.remove(count)
     clear(shards_folder(job))

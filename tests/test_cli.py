@@ -317,3 +317,38 @@ def test_ctrl_c_keeps_finished_shards_and_the_rerun_resumes(tmp_path):
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{kept} of 15 shards are complete from an earlier run" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_an_ordinary_folder_keeps_whole_shards_or_says_nothing_finished(tmp_path):
+    pool, out = tmp_path / "pool", tmp_path / "ranked.tsv"
+    pool.mkdir()
+    for image in coco_images():  # 206 images, default shard_size (auto): 4 shards of at most 64
+        os.symlink(image, pool / image.name)
+    command = [sys.executable, str(REPO / "start.py"), "mine", "--model", str(WEIGHTS), "--source", str(pool),
+               "--out", str(out), "--imgsz", "160"]
+    shards = tmp_path / "ranked.tsv.shards"
+
+    def start():
+        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def interrupt(process) -> str:
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130, stdout[-2000:] + stderr[-2000:]
+        return stderr.strip().splitlines()[-1]
+
+    process = start()  # interrupted right after the model loaded, before any shard finished
+    next(line for line in process.stdout if "executor.model: loaded" in line)
+    said = interrupt(process)
+    assert said == "interrupted before any shard was finished: nothing is kept" and not shards.exists()
+    process = start()  # interrupted once the first shard file is there
+    deadline = time.monotonic() + 300
+    while not list(shards.glob("mining-*.txt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    said = interrupt(process)
+    kept = len(list(shards.glob("mining-*.txt")))
+    assert 1 <= kept < 4 and not out.exists()
+    assert said == (f"interrupted: {kept} of 4 shards ({64 * kept} images) are finished and kept in {shards}; "
+                    "run the same command again to resume")

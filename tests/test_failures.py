@@ -867,24 +867,27 @@ def test_local_lists_may_hold_relative_paths(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_fails_through_the_error_path(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_fails_through_the_error_path(tmp_path, processes):
     import signal
     import time
 
     env = make_env(tmp_path, run_mining=True, weights=WEIGHTS, candidates=coco_images(),
-                   config={"mining_algorithm": "entropy", "img_size": 640})
+                   config={"mining_algorithm": "entropy", "img_size": 640, "cpu_processes": processes})
     process = subprocess.Popen([sys.executable, str(REPO / "start.py"), "--env", str(env)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    monitor = tmp_path / "out" / "monitor.txt"
+    # one process: once it started; two: once a worker scores (the elastic agent then holds the signal)
+    started = tmp_path / "out" / ("monitor.txt" if processes == 1 else "shards/progress-*.txt")
     deadline = time.monotonic() + 120
-    while not monitor.exists() and time.monotonic() < deadline and process.poll() is None:
+    while not list(started.parent.glob(started.name)) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 1, output[-2000:]
-    lines = monitor.read_text().splitlines()
-    assert lines[0].split("\t")[3:] == ["4", "160004"] and "terminated by signal 15" in lines[1]
+    lines = (tmp_path / "out" / "monitor.txt").read_text().splitlines()
+    assert lines[0].split("\t")[3:] == ["4", "160004"] and "terminated by signal 15 (SIGTERM)" in lines[1]
     assert not (tmp_path / "out" / "result.tsv").exists()
+    assert not list((tmp_path / "out").glob("shards/*-*.json")) + list((tmp_path / "out").glob("shards/progress-*"))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
+from tests.platform import COCO_VAL, REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
 
 pytestmark = pytest.mark.slow
 IMAGES = coco_images(12)
@@ -176,3 +176,29 @@ def test_mining_and_infer_share_one_pass_and_match_separate_runs(tmp_path, algor
             assert f"mining + infer of {len(IMAGES)} images" in done.stdout  # one pass over the images
     assert outputs["both", "result.tsv"] == outputs["mining", "result.tsv"]
     assert outputs["both", "infer-result.json"] == outputs["infer", "infer-result.json"]
+
+
+@pytest.mark.parametrize("whom", ["the launcher", "every process (a terminal's Ctrl-C)"])
+def test_ctrl_c_with_two_workers_is_one_line_and_leaves_only_finished_shards(tmp_path, whom):
+    out, shards = tmp_path / "ranked.tsv", tmp_path / "ranked.tsv.shards"
+    command = [sys.executable, str(REPO / "start.py"), "mine", "--model", str(WEIGHTS), "--source",
+               str(COCO_VAL / "images"), "--out", str(out), "--imgsz", "160", "--nproc", "2", "--set", "shard_size=8"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(shards.glob("mining-*.txt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if whom == "the launcher":
+        process.send_signal(signal.SIGINT)
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    for needle in ("Traceback", "SignalException", "site-packages", "death signal"):
+        assert needle not in stdout + stderr, stdout[-3000:] + stderr[-3000:]
+    kept = sorted(path.name for path in shards.glob("mining-*.txt"))
+    side_files = [name.replace(".txt", ".npz") for name in kept]  # what the report reads
+    assert kept and sorted(os.listdir(shards)) == sorted(kept + side_files)  # no error-*.json, progress, temp file
+    images = sum(len((shards / name).read_text().splitlines()) - 1 for name in kept)  # a header, then one per image
+    assert stderr.strip().splitlines()[-1] == (f"interrupted: {len(kept)} of 26 shards ({images} images) are "
+                                               f"finished and kept in {shards}; run the same command again to resume")

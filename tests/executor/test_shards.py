@@ -1,0 +1,61 @@
+"""The shard plan: shard_size 0 (the default) takes its size from the pool and the number of workers only."""
+import pytest
+
+from executor.config import FAMILY_TEMPLATES, build_settings
+from executor.errors import ConfigError, Interrupted
+from executor.shards import auto_shard_size, plan, shards_of_rank
+from executor.tasks import Job, with_shard_size
+
+POOL = Job(candidates=[f"img{i:04d}.jpg" for i in range(1704)])
+
+
+@pytest.fixture(autouse=True)
+def no_outer_torchrun(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("pool, workers, size", [
+    (1704, 1, 213),      # an ordinary folder: 8 shards, not one
+    (1704, 2, 107),      # 16 shards, 8 per worker
+    (206, 1, 64),        # at least 64 images a shard
+    (0, 1, 64),
+    (10**7, 4, 2048),    # at most 2048
+    (16384, 1, 2048),
+    (16385, 1, 2048),
+])
+def test_auto_shard_size_from_the_pool_and_the_workers(pool, workers, size):
+    assert auto_shard_size(pool, workers) == size
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TEMPLATES))
+@pytest.mark.parametrize("task", ["mining", "infer"])
+def test_shard_size_0_is_auto_and_the_default(family, task):
+    assert build_settings(task, {}, FAMILY_TEMPLATES[family]).shard_size == 0
+
+
+def test_auto_follows_the_workers_and_a_positive_size_still_wins():
+    assert with_shard_size("mining", POOL, {})["shard_size"] == 213
+    assert with_shard_size("infer", POOL, {"cpu_processes": 2})["shard_size"] == 107
+    assert with_shard_size("mining", POOL, {"shard_size": 100, "cpu_processes": 2})["shard_size"] == 100
+    with pytest.raises(ConfigError, match="'shard_size'"):
+        build_settings("mining", {"shard_size": -1})
+
+
+def test_every_rank_of_a_torchrun_plans_the_same_shards(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    mine = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        size = with_shard_size("mining", POOL, {})["shard_size"]
+        assert size == 71  # ceil(1704 / 24)
+        mine += [shard.index for shard in shards_of_rank(plan(POOL.candidates, size), rank, 3)]
+    assert sorted(mine) == list(range(len(plan(POOL.candidates, 71)))) and len(mine) == 24
+
+
+def test_an_interrupt_says_what_is_kept():
+    assert str(Interrupted("out.shards", 3, 8, 639)) == \
+        "interrupted: 3 of 8 shards (639 images) are finished and kept in out.shards"
+    assert str(Interrupted("out.shards", 0, 8, 0)) == "interrupted before any shard was finished: nothing is kept"
+    assert isinstance(Interrupted("out.shards", 0, 8, 0), KeyboardInterrupt)
