@@ -15,12 +15,14 @@ from typing import Sequence
 from executor.runtime import prepare_process_env
 
 
-def _paths(images) -> list[str]:
+def _listed(images) -> tuple[list[str], list[str]]:
+    """(paths, result keys): as the CLI's --source names them for a folder, glob or list; a sequence as given."""
     if isinstance(images, (str, os.PathLike)):
         from executor.cli import list_images
 
-        return list_images(str(images))[0]
-    return [str(p) for p in images]
+        return list_images(str(images))
+    paths = [str(p) for p in images]
+    return paths, paths
 
 
 def _config(weights, settings: dict) -> dict:
@@ -39,8 +41,9 @@ def mine(images, weights=None, algorithm: str | None = None, **settings) -> list
         settings["mining_algorithm"] = algorithm
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
         out = os.path.join(scratch, "ranked.tsv")
-        run(["mining"], Job(candidates=_paths(images), mining_result=out, shards_dir=os.path.join(scratch, "shards")),
-            _config(weights, settings))
+        paths, names = _listed(images)  # random and CALD draw by the names: the same wherever the folder is
+        job = Job(candidates=paths, names=names, mining_result=out, shards_dir=os.path.join(scratch, "shards"))
+        run(["mining"], job, _config(weights, settings))
         with open(out, encoding="utf-8") as handle:
             return [(key, float(score)) for key, score in (line.rstrip("\n").split("\t") for line in handle)]
 
@@ -50,7 +53,7 @@ def infer(images: Sequence[str] | str, weights, **settings) -> dict[str, list[di
     from executor.tasks import Job, run
 
     prepare_process_env()
-    paths = _paths(images)
+    paths = _listed(images)[0]
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
         out = os.path.join(scratch, "infer.json")
         run(["infer"], Job(candidates=paths, names=paths, infer_result=out, shards_dir=os.path.join(scratch, "s")),
