@@ -17,12 +17,14 @@ from typing import Sequence
 from executor.runtime import prepare_process_env
 
 
-def _paths(images) -> list[str]:
+def _listed(images) -> tuple[list[str], list[str]]:
+    """(paths, result keys): as the CLI's --source names them for a folder, glob or list; a sequence as given."""
     if isinstance(images, (str, os.PathLike)):
         from executor.cli import list_images
 
-        return list_images(str(images))[0]
-    return [str(p) for p in images]
+        return list_images(str(images))
+    paths = [str(p) for p in images]
+    return paths, paths
 
 
 def _config(weights, settings: dict) -> dict:
@@ -57,8 +59,9 @@ def mine(images, weights=None, algorithm: str | None = None, **settings) -> list
         config["mining_algorithm"] = algorithm
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
         out = os.path.join(scratch, "ranked.tsv")
-        run(["mining"], Job(candidates=_paths(images), mining_result=out, shards_dir=os.path.join(scratch, "shards")),
-            config)
+        paths, names = _listed(images)  # random and CALD draw by the names: the same wherever the folder is
+        job = Job(candidates=paths, names=names, mining_result=out, shards_dir=os.path.join(scratch, "shards"))
+        run(["mining"], job, config)
         with open(out, encoding="utf-8") as handle:
             return [(key, float(score)) for key, score in (line.rstrip("\n").split("\t") for line in handle)]
 
@@ -71,7 +74,7 @@ def infer(images: Sequence[str] | str, weights=None, **settings) -> dict[str, li
     from executor.writers import class_ids
 
     prepare_process_env()
-    paths = _paths(images)
+    paths = _listed(images)[0]
     config, models = _config(weights, settings), Models()
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
         job = Job(candidates=paths, names=paths, infer_result=os.path.join(scratch, "infer.json"),

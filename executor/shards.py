@@ -2,9 +2,9 @@
 
 The candidate list is cut into consecutive shards of `shard_size` images (0: auto_shard_size). Each finished
 shard is one file, written atomically (temp file + rename) with a fingerprint of everything its content depends
-on (weights sha256, algorithm and parameters, network size, post-processing, the shard's own keys), so a rerun
-after a kill reuses a shard only if it is complete and was made by the same run; a stale or half-written one is
-never reused. Batches never span shards, so a shard's content is the same whichever process made it.
+on (weights sha256, algorithm and parameters, network size, post-processing, the shard's own keys and their
+result keys), so a rerun after a kill reuses a shard only if it is complete and was made by the same run; a
+stale or half-written one is never reused. Batches never span shards, so a shard's content is the same whichever process made it.
 
 A mining shard holds `key<TAB>score` lines sorted best first (ties in index order); the merge is a k-way
 merge by (-score, shard, position), which is exactly the stable sort of the whole list: its memory is one
@@ -53,11 +53,16 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(run: dict, keys: Sequence[str]) -> str:
-    """sha256 of the run's identity (a JSON-able dict) and the shard's keys."""
+def fingerprint(run: dict, keys: Sequence[str], names: Sequence[str] = ()) -> str:
+    """sha256 of the run's identity (a JSON-able dict), the shard's keys and their result keys (when given: random
+    and CALD draw from them)."""
     digest = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode())
     for key in keys:
         digest.update(b"\0" + key.encode("utf-8", "surrogateescape"))
+    if names:
+        digest.update(b"\0names")
+        for name in names:
+            digest.update(b"\0" + name.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -66,6 +71,7 @@ class Shard:
     index: int
     start: int   # position of its first key in the candidate list
     keys: Sequence[str]
+    names: Sequence[str] = ()  # the keys' result keys, where the job gives them (Job.names)
 
 
 # shard_size 0 (auto): about SHARDS_PER_WORKER shards per worker, within [MIN_AUTO_SHARD, MAX_AUTO_SHARD] images
@@ -80,8 +86,8 @@ def auto_shard_size(pool: int, workers: int) -> int:
     return min(MAX_AUTO_SHARD, max(MIN_AUTO_SHARD, -(-pool // (SHARDS_PER_WORKER * max(1, workers)))))
 
 
-def plan(keys: Sequence[str], shard_size: int) -> list[Shard]:
-    return [Shard(i, start, keys[start:start + shard_size])
+def plan(keys: Sequence[str], shard_size: int, names: Sequence[str] = ()) -> list[Shard]:
+    return [Shard(i, start, keys[start:start + shard_size], names[start:start + shard_size])
             for i, start in enumerate(range(0, len(keys), shard_size))]
 
 
@@ -119,7 +125,8 @@ class ShardStore:
 
     def header(self, shard: Shard) -> str:
         if shard.index not in self._headers:
-            self._headers[shard.index] = f"{MAGIC} {self.kind} {fingerprint(self.run, shard.keys)} {len(shard.keys)}\n"
+            digest = fingerprint(self.run, shard.keys, shard.names)
+            self._headers[shard.index] = f"{MAGIC} {self.kind} {digest} {len(shard.keys)}\n"
         return self._headers[shard.index]
 
     def side_path(self, shard: Shard | int) -> str:
@@ -127,7 +134,7 @@ class ShardStore:
         return os.path.join(self.folder, f"{self.kind}-{index:06d}.npz")
 
     def side_fingerprint(self, shard: Shard) -> str:
-        return fingerprint({"run": self.run, "side": self.side}, shard.keys)
+        return fingerprint({"run": self.run, "side": self.side}, shard.keys, shard.names)
 
     def complete(self, shard: Shard) -> bool:
         """The shard's file exists, was made by this run for these keys, and holds one line per key (and so does

@@ -430,14 +430,15 @@ def read_ranking(path: str) -> list[str]:
         return [line.split("\t")[0] for line in handle if line.strip()]
 
 
-def count_ranking(infer_json: str, keys: Sequence[str], seed: int) -> list[tuple[str, float]]:
+def count_ranking(infer_json: str, keys: Sequence[str], names: Sequence[str], seed: int) -> list[tuple[str, float]]:
     """The `detections` baseline from infer-result.json: the box count, ties broken by the seed's random
-    score (in [0, 0.5), so the count always decides first)."""
+    score of each key's name (its path relative to the pool root; in [0, 0.5), so the count always decides
+    first)."""
     from mining.random_score import random_scores
 
     with open(infer_json, encoding="utf-8") as handle:
         found = json.load(handle)["detection"]
-    ties = random_scores(keys, seed)
+    ties = random_scores(names, seed)
     return [(key, len(found.get(key, {}).get("boxes", [])) + 0.5 * float(tie)) for key, tie in zip(keys, ties)]
 
 
@@ -457,16 +458,17 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
             "seed": seed}
     name, selection = split_algorithm(algorithm)
     shards = os.path.join(folder, "shards")
+    names = [data.rel(path) for path in candidates]  # random and CALD draw by them: the same wherever the pool is
     if algorithm == "detections":
         infer_json = os.path.join(folder, "infer-result.json")
         run(["infer"], Job(candidates=list(candidates), infer_result=infer_json, names=list(candidates),
                            models_dir="", shards_dir=shards, work_dir=folder), base, progress)
-        write_mining_result(ranking, count_ranking(infer_json, candidates, seed))
+        write_mining_result(ranking, count_ranking(infer_json, candidates, names, seed))
         os.unlink(infer_json)
     else:
         mining = {**base, "mining_algorithm": name, **({"selection": selection} if selection else {})}
-        run(["mining"], Job(candidates=list(candidates), mining_result=ranking, models_dir="", shards_dir=shards,
-                            work_dir=folder, labeled=list(labelled)), mining, progress)
+        run(["mining"], Job(candidates=list(candidates), names=names, mining_result=ranking, models_dir="",
+                            shards_dir=shards, work_dir=folder, labeled=list(labelled)), mining, progress)
     shutil.rmtree(shards, ignore_errors=True)
     return read_ranking(ranking)
 

@@ -52,7 +52,9 @@ class Job:
     work_dir: str = ""                      # the YOLO dataset, Ultralytics' run dir, the stage book
     weights_dirs: Sequence[str] = ()        # bundled pretrained weights (<model>.pt)
     multi_stage_result: bool = True         # protocol >= 1.0.0 result.yaml
-    names: Sequence[str] = ()               # infer-result.json key per candidate (default: unique basenames)
+    names: Sequence[str] = ()               # result key per candidate: infer-result.json's (default: unique
+    #                                         basenames) and the key of random's and CALD's per-image seed (default:
+    #                                         the candidate path)
     shards_dir: str = ""                    # finished shards, shared by every worker (default: work_dir/shards)
     mining_scores: str = ""                 # selection diverse: path<TAB>raw score (default: beside mining_result)
     report_html: str = ""                   # the mining report (default: mining-report.html beside mining_result;
@@ -112,8 +114,10 @@ def weights_for(settings: Settings, models_dir: str) -> str:
 # ---------------------------------------------------------------- the loop's consumers
 
 def image_batches(keys: Sequence[str], detector: Detector | None, settings: Settings, report: Callable[[int], None],
-                  unreadable: dict[str, str]) -> Iterator[Batch]:
-    """The loop's batches (unreadable images go to `unreadable` with their reason); report(images done)."""
+                  unreadable: dict[str, str], names: Sequence[str] = ()) -> Iterator[Batch]:
+    """The loop's batches (unreadable images go to `unreadable` with their reason); report(images done).
+    `names`: the result key of each of `keys`, handed to the scorer as Batch.names."""
+    name_of = dict(zip(keys, names))
     prepare = detector.letterbox if detector else (lambda image: letterbox(image, settings.img_size))
     on_device = device_letterbox(settings.get("gpu_decode", "auto"), detector)  # None: OpenCV in threads
     overlap = detector is not None and not detector.uses_cpu_cores  # the model on a GPU: decode meanwhile
@@ -124,6 +128,8 @@ def image_batches(keys: Sequence[str], detector: Detector | None, settings: Sett
             unreadable[item.key] = item.reason
             done += 1
         else:
+            if name_of:
+                item.names = [name_of[key] for key in item.keys]
             yield item
             done += len(item.keys)
         report(done)
@@ -196,14 +202,16 @@ class Pass:
         return (self.infer_detector is not None and self.mining_detector is not None
                 and self.infer_detector.tap is self.mining_detector.tap)
 
-    def run(self, keys: Sequence[str], report: Callable[[int], None], unreadable: dict[str, str]) -> dict:
-        """{"mining": scores, "infer": box records} of `keys` (the tasks of this pass), images decoded once."""
+    def run(self, keys: Sequence[str], report: Callable[[int], None], unreadable: dict[str, str],
+            names: Sequence[str] = ()) -> dict:
+        """{"mining": scores, "infer": box records} of `keys` (the tasks of this pass; `names`: their result keys),
+        images decoded once."""
         scores: dict[str, float] = {}
         records: dict[str, list] = {}
         side: dict[str, tuple] = {}
         batch_size = self.loop_settings.batch_size_per_gpu
         tapped = self.tap_detector if self.side else None
-        for batch in image_batches(keys, self.geometry, self.loop_settings, report, unreadable):
+        for batch in image_batches(keys, self.geometry, self.loop_settings, report, unreadable, names):
             with out_of_memory_hint(batch, batch_size):
                 recorder = Recorder(self.mining_detector) if self.mining_detector else None
                 # the scorer's forward of the batch keeps what the side data and infer read of it
@@ -285,9 +293,16 @@ def shards_folder(job: Job) -> str:
     return job.shards_dir or os.path.join(job.work_dir or ".", "shards")
 
 
+def job_shards(job: Job, shard_size: int) -> list[Shard]:
+    """The job's candidates cut into shards, each with its result keys."""
+    if job.names and len(job.names) != len(job.candidates):
+        raise ValueError(f"Job.names holds {len(job.names)} result keys for {len(job.candidates)} candidates")
+    return plan(job.candidates, shard_size, job.names)
+
+
 def shard_store(task: str, job: Job, settings: Settings) -> tuple[ShardStore, list[Shard]]:
     return (ShardStore(shards_folder(job), task, run_identity(task, settings, job.models_dir),
-                       side_spec(task, settings, job.models_dir)), plan(job.candidates, settings.shard_size))
+                       side_spec(task, settings, job.models_dir)), job_shards(job, settings.shard_size))
 
 
 def worker_devices(settings: Settings) -> list[str]:
@@ -316,7 +331,7 @@ def work_shards(tasks: Sequence[str], job: Job, config: Mapping, todo: Sequence[
     threads = max(1, cpu_threads(build_settings(tasks[0], config).cpu_threads) // world)
     settings = {task: build_settings(task, {**config, "gpu_id": device, "cpu_threads": threads}) for task in tasks}
     stores = {task: shard_store(task, job, settings[task])[0] for task in tasks}
-    shards = plan(job.candidates, settings[tasks[0]].shard_size)
+    shards = job_shards(job, settings[tasks[0]].shard_size)
     mine_now = shards_of_rank([shards[i] for i in todo], rank, world)
     if not mine_now:
         return
@@ -339,7 +354,7 @@ def work_shards(tasks: Sequence[str], job: Job, config: Mapping, todo: Sequence[
     started = time.perf_counter()
     for shard in mine_now:
         unreadable: dict[str, str] = {}
-        found = work.run(shard.keys, lambda done, base=finished: report(base + done), unreadable)
+        found = work.run(shard.keys, lambda done, base=finished: report(base + done), unreadable, shard.names)
         if "mining" in tasks:
             stores["mining"].write_scores(shard, found["mining"], unreadable, found["side"])
         if "infer" in tasks:

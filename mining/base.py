@@ -58,6 +58,12 @@ class Batch:
     boxes: list[Any]          # how each original maps into its canvas (opaque here: the detector reads it)
     device_images: list | None = None  # the originals as (H, W, 3) uint8 tensors on the detector's device, when
     #                                    the executor decoded them there (CALD builds its views from them)
+    names: list[str] | None = None     # the result keys, where they are not the paths (the CLI's: relative to
+    #                                    --source); seeds are drawn from them, so a moved pool draws the same
+
+    def result_keys(self) -> list[str]:
+        """What the results call each image (names, else keys): the key of its random stream (image_seed)."""
+        return self.names or self.keys
 
 
 class Detector(Protocol):

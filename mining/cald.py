@@ -130,7 +130,7 @@ class CaldScorer(Scorer):
         scores = np.full(len(refs), NO_DETECTION_SCORE, dtype=np.float64)
         owners, moved_boxes, views = [], [], []
         originals = batch.device_images or batch.images  # views are made where the originals are
-        for i, (key, image, ref) in enumerate(zip(batch.keys, originals, refs)):
+        for i, (key, image, ref) in enumerate(zip(batch.result_keys(), originals, refs)):
             if len(ref):
                 rng = np.random.default_rng(image_seed(self.seed, key))
                 for view, moved in make_views(image, ref.xyxy, rng):

@@ -26,4 +26,4 @@ class RandomScorer(Scorer):
         self.seed = seed
 
     def _score(self, batch, detector) -> np.ndarray:
-        return random_scores(batch.keys, self.seed)
+        return random_scores(batch.result_keys(), self.seed)

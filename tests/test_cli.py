@@ -209,6 +209,28 @@ def test_the_report_cuts_at_topk(images, tmp_path):
     assert report["selected"] is None and len(report["top"]) == 5 and report["histogram"]["top_n"] == 5
 
 
+@pytest.mark.parametrize("algorithm", ["random", pytest.param("cald", marks=pytest.mark.slow)])
+def test_a_pool_moved_to_another_folder_ranks_the_same(images, tmp_path, algorithm):
+    """Random and CALD draw per image by its path relative to --source: copies of one pool at two folders give the
+    same ranking and the same scores, their lines differing only by the folder (and the Python API's mine names a
+    folder's images as the CLI does)."""
+    from executor import api
+
+    rankings = []
+    for folder in (tmp_path / "here" / "pool", tmp_path / "moved" / "deeper" / "pool"):
+        shutil.copytree(images, folder)
+        out = folder.parent / "ranked.tsv"
+        assert cli.run(parse("mine", "--algorithm", algorithm, "--model", WEIGHTS, "--source", folder, "--out", out,
+                             "--imgsz", 320, "--seed", 3, "--no-report")) == 0
+        lines = [line.split("\t") for line in out.read_text().splitlines()]
+        rankings.append([(os.path.relpath(path, folder), float(score)) for path, score in lines])
+        if algorithm == "random":
+            ranked = api.mine(str(folder), algorithm="random", seed=3, report=False)
+            assert [(os.path.relpath(path, folder), score) for path, score in ranked] == rankings[-1]
+    assert rankings[0] == rankings[1] and len(rankings[0]) == 5
+    assert len({score for _, score in rankings[0]}) > 1  # the scores tell the images apart
+
+
 def test_names_are_relative_to_the_source_and_platform_basenames_must_be_unique(images):
     paths, names = cli.list_images(str(images))
     assert sorted(names) == sorted(os.path.relpath(p, images) for p in paths) and len(set(names)) == 5

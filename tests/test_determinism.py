@@ -1,12 +1,16 @@
 """The same inputs and seed give byte-identical result.tsv and infer-result.json (CPU; GPU notes in
 docs/errors.md). Two separate processes, with different hash seeds, each run mining and infer with every
 algorithm over one shared /in; each algorithm's files must match byte for byte across the processes, and
-infer's must also be the same whichever mining algorithm ran before it in the same call."""
+infer's must also be the same whichever mining algorithm ran before it in the same call. Random and CALD draw per
+image by its result key (fast tests below; a pool moved to another folder: tests/test_cli.py)."""
 import os
 
 import pytest
 import yaml
 
+from executor.shards import ShardStore, plan
+from executor.tasks import Job, job_shards, run
+from mining.random_score import random_scores
 from tests.platform import WEIGHTS, coco_images, make_env
 from tests.test_failures import Case, assert_succeeded, run_group
 
@@ -59,3 +63,33 @@ def test_mining_and_infer_give_the_same_bytes(two_runs, algorithm):
 def test_infer_does_not_depend_on_the_mining_before_it(two_runs):
     results = {(two_runs["a"][a]["root"] / "out" / "infer-result.json").read_bytes() for a in ALGORITHMS}
     assert len(results) == 1
+
+
+def mined_scores(job: Job) -> dict[str, float]:
+    run(["mining"], job, {"mining_algorithm": "random", "seed": 5, "report": False})
+    lines = open(job.mining_result, encoding="utf-8").read().splitlines()
+    return {key: float(score) for key, score in (line.split("\t") for line in lines)}
+
+
+def test_random_draws_by_the_result_key(tmp_path):
+    """Platform mode (a Job without names) draws each image by its candidate path as the index lists it, as it
+    always did; the CLI by Job.names (paths relative to --source). result.tsv is keyed by the paths either way."""
+    paths = [str(p) for p in coco_images(3)]
+    names = [f"pool/{os.path.basename(p)}" for p in paths]
+    common = {"mining_result": str(tmp_path / "result.tsv"), "shards_dir": str(tmp_path / "shards")}
+    platform = mined_scores(Job(candidates=paths, **common))
+    assert platform == dict(zip(paths, random_scores(paths, 5).tolist()))
+    named = mined_scores(Job(candidates=paths, names=names, **common))
+    assert named == dict(zip(paths, random_scores(names, 5).tolist())) and named != platform
+
+
+def test_a_shard_scored_under_other_result_keys_is_not_reused(tmp_path):
+    paths = [str(p) for p in coco_images(3)]
+    names = [f"pool/{os.path.basename(p)}" for p in paths]
+    [shard] = plan(paths, 8, names)
+    ShardStore(str(tmp_path), "mining", {"run": 1}).write_scores(shard, dict.fromkeys(paths, 0.5), {})
+    assert ShardStore(str(tmp_path), "mining", {"run": 1}).complete(shard)
+    for other in ([f"moved/{os.path.basename(p)}" for p in paths], ()):
+        assert not ShardStore(str(tmp_path), "mining", {"run": 1}).complete(plan(paths, 8, other)[0])
+    with pytest.raises(ValueError, match="2 result keys for 3 candidates"):
+        job_shards(Job(candidates=paths, names=names[:2]), 8)

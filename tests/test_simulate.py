@@ -258,6 +258,28 @@ def test_rounds_grow_by_the_budget_without_repeats_and_seeds_decide_the_picks(ti
     assert "| random | 2 |" in (tmp_path / "a" / "simulation.md").read_text()
 
 
+def test_data_moved_to_another_folder_gives_the_same_picks(tiny, tmp_path):
+    """N0 and the random mining of every round draw by each image's path relative to the data root."""
+    moved = tmp_path / "elsewhere" / "deeper" / "tiny"
+    shutil.copytree(tiny.parent, moved)
+    fake_run(tiny, tmp_path / "here")
+    fake_run(moved / tiny.name, tmp_path / "there")
+    assert picks(tmp_path / "here", "random", 0) == picks(tmp_path / "there", "random", 0)
+
+
+def test_detections_ties_are_broken_by_the_relative_path(tmp_path):
+    names = [f"train/images/{i}.jpg" for i in range(6)]
+    rankings = []
+    for root in ("/data/here", "/mnt/moved/there"):
+        keys = [f"{root}/{name}" for name in names]
+        found = {"detection": {key: {"boxes": [{}] * (i % 2)} for i, key in enumerate(keys)}}
+        (tmp_path / "infer.json").write_text(json.dumps(found))
+        ranked = simulate.count_ranking(str(tmp_path / "infer.json"), keys, names, 4)
+        rankings.append([(os.path.relpath(key, root), score) for key, score in ranked])
+        assert sorted(int(score) for _, score in ranked) == [0, 0, 0, 1, 1, 1]
+    assert rankings[0] == rankings[1]
+
+
 def test_a_killed_run_resumes_to_the_same_files(tiny, tmp_path):
     fake_run(tiny, tmp_path / "whole", seeds=(0, 1))
 

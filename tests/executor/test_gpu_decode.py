@@ -1,7 +1,9 @@
 """Decoding and letterboxing on a torch device (executor/gpu_decode.py): which files take the device path, and that
 both paths give the same canvases within rounding, the same canvas shapes and so the same batches. On CPU,
 torchvision's CPU decode_jpeg stands in for nvJPEG; the CUDA tests run on a machine with a GPU."""
+import dataclasses
 import io
+import os
 
 import cv2
 import numpy as np
@@ -16,6 +18,7 @@ from executor.gpu_decode import (DeviceLetterbox, cpu_reason, decode_batch, devi
                                  letterbox_tensor)
 from executor.images import letterbox, read_image
 from executor.loop import Unreadable, batches
+from executor.tasks import Recorder
 from tests.platform import COCO_VAL
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -313,22 +316,60 @@ def test_cuda_scores_do_not_depend_on_the_path():
     assert np.corrcoef(a, b)[0, 1] > 0.99 and np.median(np.abs(a - b) / np.maximum(a, 1e-6)) < 0.05
 
 
+class ViewRecorder(Recorder):
+    """The detector as CALD sees it, keeping the reference detections and those of the views."""
+
+    def __init__(self, detector):
+        super().__init__(detector)
+        self.views = []
+
+    def predict_views(self, views, batch_size):
+        self.views = self.detector.predict_views(views, batch_size)
+        return self.views
+
+
+def cald_draw(batch, name: str, detector, seed: int) -> tuple[float, list]:
+    """CALD's score of a one-image batch drawn as the result key `name`, and the discrete choices it rests on: the
+    classes of the boxes kept in the reference and in each view, and the cutout patches."""
+    from mining.augment import cutout_patches
+    from mining.base import image_seed
+    from mining.cald import CaldScorer
+
+    seen = ViewRecorder(detector)
+    [score] = CaldScorer(seed=seed).score(dataclasses.replace(batch, names=[name]), seen)
+    [ref] = seen.calls[-1][3]
+    height, width = batch.images[0].shape[:2]
+    patches = cutout_patches(height, width, ref.xyxy, np.random.default_rng(image_seed(seed, name)))
+    return score, [sorted(det.cls.tolist()) for det in [ref, *seen.views]] + [patches.tolist()]
+
+
+# result keys drawn per image: a sweep, plus a draw where the torch path keeps a cutout-view box at confidence
+# 0.257, just above conf_thres 0.25, that OpenCV's path drops: 0.91 against 0.70, as issue 23 saw in one clone
+CALD_DRAWS = [(IMAGES[i], f"pool-{j}/{os.path.basename(IMAGES[i])}") for i in (0, 1, 3) for j in range(3)] + \
+    [(IMAGES[3], "k196")]
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
 def test_cald_builds_its_views_where_the_originals_were_decoded(device):
-    """With the originals decoded on the device, CALD makes its four views there and the detector letterboxes
-    them there: the same scores as the host path within rounding (the same cutout draws, pixels within a few
-    levels)."""
-    from mining.cald import CaldScorer
+    """With the originals decoded on the device, CALD makes its four views there (within a grey level of OpenCV's)
+    and the detector letterboxes them there. Wherever both paths keep the same boxes (in the reference, hence the
+    same cutout patches, and in every view) the scores agree within rounding; a box at the confidence threshold
+    may be kept on one path only, and the score jumps with it."""
     from tests.platform import template_detector
 
     detector = template_detector(320, gpu_id="0" if device == "cuda" else "")
-    keys = IMAGES[:6]
-    scores = []
+    paths = sorted({path for path, _ in CALD_DRAWS})
+    decoded = []
     for target in (None, DeviceLetterbox(torch.device(device), detector.img_size, detector.rect_stride)):
-        found = {}
-        for batch in batches(keys, detector.letterbox, 6, 0, target):
-            assert (batch.device_images is None) == (target is None)
-            found.update(zip(batch.keys, CaldScorer(seed=2).score(batch, detector)))
-        scores.append(np.array([found[k] for k in keys]))
-    host, on_device = scores
-    assert (host > 0).all() and np.abs(host - on_device).max() < 0.05, (host, on_device)
+        found = {batch.keys[0]: batch for batch in batches(paths, detector.letterbox, 1, 0, target)}
+        assert all((batch.device_images is None) == (target is None) for batch in found.values())
+        decoded.append(found)
+    same_choices = 0
+    for path, name in CALD_DRAWS:
+        (host, host_choices), (on_device, device_choices) = (cald_draw(by_path[path], name, detector, 2)
+                                                              for by_path in decoded)
+        assert host > 0 and on_device > 0
+        if host_choices == device_choices:
+            same_choices += 1
+            assert abs(host - on_device) < 0.02, (path, name, host, on_device)
+    assert same_choices >= len(CALD_DRAWS) // 2  # most draws keep the same boxes: the check above is not idle

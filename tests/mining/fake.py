@@ -22,9 +22,9 @@ def fake_detections(image: np.ndarray, conf_thres: float) -> Detections:
                       np.zeros(0, np.int64), probs)
 
 
-def image_batch(keys, images) -> Batch:
+def image_batch(keys, images, names=None) -> Batch:
     canvases = np.stack([image[:32, :32] for image in images])
-    return Batch(list(keys), list(images), canvases, [None] * len(keys))
+    return Batch(list(keys), list(images), canvases, [None] * len(keys), names=names)
 
 
 class FakeDetector:

@@ -8,6 +8,7 @@ import pytest
 from executor.config import RULES, build_settings
 from mining import SCORERS, get_scorer, scorer_params
 from mining.base import Scorer
+from mining.random_score import random_scores
 from tests.mining.fake import FakeDetector, image_batch, random_images
 from tests.platform import REPO
 
@@ -82,6 +83,23 @@ def test_seed_changes_the_scores_and_only_the_seed(name):
     first = scores(name, 3, seed=1)
     np.testing.assert_array_equal(first, scores(name, 2, seed=1))
     assert not np.array_equal(first, scores(name, 3, seed=2))
+
+
+@pytest.mark.parametrize("name", ["random", "cald"])
+def test_images_draw_by_their_result_keys(name):
+    """Batch.names (the results' keys, e.g. relative to the CLI's --source) seed random and CALD, not the paths: the
+    same pool at another path scores the same; without names the paths are the result keys."""
+    names = [f"sub/img{i}.jpg" for i in range(len(KEYS))]
+    moved = [f"/elsewhere/deeper{key}" for key in KEYS]
+    s = scorer(name, seed=3)
+    here = s.score(image_batch(KEYS, IMAGES, names), FakeDetector())
+    np.testing.assert_array_equal(s.score(image_batch(moved, IMAGES, names), FakeDetector()), here)
+    by_path = s.score(image_batch(KEYS, IMAGES), FakeDetector())
+    assert not np.array_equal(by_path, here)
+    np.testing.assert_array_equal(by_path, s.score(image_batch(KEYS, IMAGES, list(KEYS)), FakeDetector()))
+    if name == "random":
+        np.testing.assert_array_equal(here, random_scores(names, 3))
+        np.testing.assert_array_equal(by_path, random_scores(KEYS, 3))
 
 
 @pytest.mark.parametrize("bad", [[np.nan, 1.0], [-0.5, 1.0], [1.0]])
