@@ -1,23 +1,28 @@
 """Selection benchmark: does `selection: diverse` remove redundancy without losing what the score finds?
 
-    python -m benchmarks.selection [--quick] [--highway 300] [--json benchmarks/results/selection.json]
+    python -m benchmarks.selection [--quick] [--json benchmarks/results/selection.json] [--pairs-png FILE]
 
 On CPU with the real yolov8n, through the executor's own pass (executor.tasks.Pass: one forward per image, the
-embedding taken from it by the detector's tap), then the selection step of a mining run:
+embedding taken from it by the detector's tap, the photo hash and thumbnail from the decoded original), then the
+selection step of a mining run:
 
-1. planted duplicates: coco-val plus, for every fourth image, three near-copies made with OpenCV (re-encoded at
-   JPEG quality 40 and resized to 80%; cropped to the central 90%; brightness +25 and re-encoded), i.e. 52
-   groups of four; how many group members beyond the first the top 20% holds (score vs diverse), and the
-   similarity of each copy kind to its original against the nearest distinct image (what dedup_similarity
-   must separate);
-2. redundancy: mean over the top 20% of each image's highest cosine similarity to another top-20% image,
-   score vs diverse, on coco-val, voc2007 and a sample of ../shared/data/highway;
-3. quality: error capture Q1 (20% of images) and Q2 (20% of objects) of benchmarks/quality.py for entropy and
+1. planted duplicates: for every fourth coco-val image, and for every eighth of the 1,704 highway train photos,
+   four near-copies made with OpenCV (re-encoded at JPEG quality 40 and resized to 80%; a crop of 85-95% of
+   each side at a random place, seeded; gamma 0.8 plus Gaussian noise; mirrored); per kind, how many copies the
+   de-duplication flags (recall), how many originals it flags (false alarms), and how many group members beyond
+   the first the top 20% holds (score vs diverse);
+2. a real pool of one domain: how many of the 1,704 highway train photos are flagged at each threshold (the
+   originals only), the byte-identical pairs among them, and a picture of 20 flagged pairs (--pairs-png) to judge
+   by eye;
+3. redundancy: mean over the top 20% of each image's highest cosine similarity to another top-20% image,
+   score vs diverse, on coco-val, voc2007 and highway;
+4. quality: error capture Q1 (20% of images) and Q2 (20% of objects) of benchmarks/quality.py for entropy and
    cald, score vs diverse, on coco-val and voc2007;
-4. cost: the selection step of executor.tasks (plan + streamed write) on a 10,000-image pool of shard files
-   with cached embeddings, against the mining time of such a pool; the embedding's share of mining time
-   (pooling time measured inside the forward, and an A/B of the pass with and without embeddings); the
-   report's cost on a 1,000-image pool.
+5. re-selection: the highway pool mined once (shards kept), then mined again with other selection settings:
+   the second run's seconds and the forwards it ran (none);
+6. cost: the selection step of executor.ranking (plan + streamed write) on 10,000- and 50,000-image pools of
+   shard files, against the mining time of such a pool; the embedding's share of mining time; the report's
+   cost on a 1,000-image pool.
 
 Prints one table; --json writes every number.
 """
@@ -40,16 +45,19 @@ from executor.runtime import prepare_process_env  # noqa: E402
 log = logging.getLogger("benchmarks.selection")
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 BUDGET = 0.2
-COPY_KINDS = ("jpeg40+resize80", "crop90", "brightness+25")
+COPY_KINDS = ("jpeg40+resize80", "crop85-95", "gamma+noise", "mirrored")
 
 
 # ---------------------------------------------------------------- pools
 
-def planted_pool(images: list[str], folder: str, every: int = 4) -> tuple[list[str], np.ndarray, list[str]]:
-    """`images` plus three near-copies of every `every`-th one, written to `folder`. Returns (paths, group id per
-    path: -1 for images without copies, kind per path: '' for originals)."""
+def planted_pool(images: list[str], folder: str, every: int, seed: int = 0
+                 ) -> tuple[list[str], np.ndarray, list[str]]:
+    """`images` plus four near-copies (COPY_KINDS) of every `every`-th one, written to `folder`. Returns (paths,
+    group id per path: -1 for images without copies, kind per path: '' for originals)."""
     import cv2
 
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
     paths, groups, kinds = list(images), [-1] * len(images), [""] * len(images)
     for n, path in enumerate(images):
         if n % every:
@@ -59,9 +67,11 @@ def planted_pool(images: list[str], folder: str, every: int = 4) -> tuple[list[s
         h, w = image.shape[:2]
         stem = os.path.splitext(os.path.basename(path))[0]
         small = cv2.resize(image, (int(w * 0.8), int(h * 0.8)), interpolation=cv2.INTER_AREA)
-        crop = image[int(h * 0.05):int(h * 0.95), int(w * 0.05):int(w * 0.95)]
-        bright = np.clip(image.astype(np.int16) + 25, 0, 255).astype(np.uint8)
-        for kind, copy, quality in zip(COPY_KINDS, (small, crop, bright), (40, 95, 90)):
+        ch, cw = int(h * rng.uniform(0.85, 0.95)), int(w * rng.uniform(0.85, 0.95))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        noisy = np.clip(255 * (image / 255.0) ** 0.8 + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+        for kind, copy, quality in zip(COPY_KINDS, (small, image[y:y + ch, x:x + cw], noisy, image[:, ::-1]),
+                                       (40, 95, 90, 95)):
             target = os.path.join(folder, f"{stem}-{kind}.jpg")
             cv2.imwrite(target, copy, [cv2.IMWRITE_JPEG_QUALITY, quality])
             paths.append(target)
@@ -70,12 +80,10 @@ def planted_pool(images: list[str], folder: str, every: int = 4) -> tuple[list[s
     return paths, np.array(groups), kinds
 
 
-def highway_sample(count: int, seed: int = 0) -> list[str]:
-    root = os.path.join(SHARED, "data", "highway")
-    found = sorted(os.path.join(d, name) for d, _, names in os.walk(root) for name in names
-                   if name.lower().endswith((".jpg", ".jpeg", ".png")))
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(found, size=min(count, len(found)), replace=False).tolist())
+def highway_train() -> list[str]:
+    root = os.path.join(SHARED, "data", "highway", "train", "images")
+    return sorted(os.path.join(root, name) for name in os.listdir(root)
+                  if name.lower().endswith((".jpg", ".jpeg", ".png")))
 
 
 # ---------------------------------------------------------------- one pass: scores, embeddings, boxes
@@ -93,7 +101,7 @@ def mine_pass(paths: list[str], algorithm: str, weights: str, embeddings: bool =
         detector.enable_embeddings()
     work = Pass({"mining": settings}, scorer=open_scorer(settings),
                 mining_detector=detector if SCORERS[algorithm].needs_model else None,
-                side={"embeddings": embeddings, "boxes": True}, tap_detector=detector)
+                side={"embeddings": embeddings, "hashes": embeddings, "boxes": True}, tap_detector=detector)
     unreadable: dict = {}
     pooled = detector.tap.seconds
     started = time.perf_counter()
@@ -104,6 +112,8 @@ def mine_pass(paths: list[str], algorithm: str, weights: str, embeddings: bool =
     side = found["side"]
     return {"scores": np.array([found["mining"][p] for p in paths]),
             "embeddings": (np.stack([side[p][0] for p in paths]).astype(np.float32) if embeddings else None),
+            "hashes": np.stack([side[p][2][0] for p in paths]) if embeddings else None,
+            "thumbnails": np.stack([side[p][2][1] for p in paths]) if embeddings else None,
             "detections": [side[p][1] for p in paths], "seconds": seconds,
             "pool_seconds": detector.tap.seconds - pooled, "extra_forward_seconds": work.forward_seconds,
             "images": len(paths)}
@@ -121,31 +131,39 @@ def cached_pass(cache: dict, name: str, paths, algorithm, weights) -> dict:
 
 # ---------------------------------------------------------------- orders and metrics
 
-def orders(scores: np.ndarray, embeddings: np.ndarray, **params) -> dict[str, np.ndarray]:
+def orders(run: dict, scores: np.ndarray | None = None, **params) -> dict[str, np.ndarray]:
     """{"score": score order, "diverse": the order of mining.selection.rank_diverse with `params` and the executor's
-    score scale} (the executor's own step for pools up to its shortlist: here every image is in it)."""
-    from executor.tasks import SCORE_SCALE
+    score scale} of a pass (the executor's own step for pools up to its shortlist: here every image is in it)."""
+    scores = run["scores"] if scores is None else scores
+    return {"score": np.argsort(-scores, kind="stable"), "diverse": diverse(run, scores, **params).order}
+
+
+def diverse(run: dict, scores: np.ndarray | None = None, rows=None, **params):
+    """rank_diverse of a pass (or of its `rows`) as the executor calls it: hashes, thumbnails, the score scale."""
+    from executor.ranking import SCORE_SCALE
     from mining.selection import rank_diverse
 
-    params = {"score_scale": SCORE_SCALE, **params}
-    return {"score": np.argsort(-scores, kind="stable"), "diverse": rank_diverse(scores, embeddings, **params).order}
+    rows = np.arange(len(run["scores"])) if rows is None else np.asarray(rows)
+    scores = run["scores"] if scores is None else scores
+    return rank_diverse(scores[rows], run["embeddings"][rows], hashes=run["hashes"][rows],
+                        thumbnails=run["thumbnails"][rows], **{"score_scale": SCORE_SCALE, **params})
 
 
-def copies_flagged(scores, embeddings, groups, threshold) -> dict:
-    """Planted copies flagged as near-duplicates (all members but each group's best-scored one should be), and
-    images flagged that should not be (originals without copies, or a group's best member)."""
-    from mining.selection import rank_diverse
-
-    dup = rank_diverse(scores, embeddings, dedup_similarity=threshold, diversity_weight=0.0).is_duplicate
-    right = should = wrong = 0
+def copies_flagged(run, groups, kinds, threshold) -> dict:
+    """Per copy kind, the planted copies flagged as near-duplicates (all members but each group's best-scored one
+    should be; counted for the copies that are not their group's best), and the originals flagged that should
+    not be (originals without copies, or a group's best member)."""
+    dup = diverse(run, dedup_similarity=threshold, diversity_weight=0.0).is_duplicate
+    scores, kinds = run["scores"], np.array(kinds)
+    should = np.zeros(len(scores), bool)
     for g in np.unique(groups[groups >= 0]):
         idx = np.flatnonzero(groups == g)
-        best = idx[np.argmax(scores[idx])]
-        others = idx[idx != best]
-        should += len(others)
-        right += int(dup[others].sum())
-        wrong += int(dup[best])
-    return {"copies_flagged": right, "copies": should, "wrongly_flagged": wrong + int(dup[groups < 0].sum())}
+        should[idx[idx != idx[np.argmax(scores[idx])]]] = True
+    by_kind = {kind: [int(dup[should & (kinds == kind)].sum()), int((should & (kinds == kind)).sum())]
+               for kind in ("",) + COPY_KINDS}
+    right, total = sum(v[0] for v in by_kind.values()), sum(v[1] for v in by_kind.values())
+    return {"copies_flagged": right, "copies": total, "recall": right / max(total, 1), "by_kind": by_kind,
+            "wrongly_flagged": int((dup & ~should).sum())}
 
 
 def as_scores(order: np.ndarray) -> np.ndarray:
@@ -176,34 +194,35 @@ def extra_members(groups: np.ndarray, top: np.ndarray) -> dict:
             "groups_present": int(len(ids))}
 
 
-def copy_similarities(embeddings: np.ndarray, groups: np.ndarray, kinds: list[str]) -> dict:
-    """Cosine of each copy kind to its original, and each original's nearest *other* original or copy of
-    another group (the distinct-image similarity that must stay below the threshold)."""
-    e = unit(embeddings)
+def copy_similarities(run: dict, groups: np.ndarray, kinds: list[str]) -> dict:
+    """Per copy kind, the photo-hash similarity of each copy to its original (what dedup_similarity must reach)
+    and, for the originals, the nearest other original (what it must stay above)."""
+    from mining.duplicates import signs, similarity
+
+    h = signs(run["hashes"])
     out = {}
     first = {g: i for i, (g, k) in enumerate(zip(groups, kinds)) if g >= 0 and k == ""}
     for kind in COPY_KINDS:
-        sims = [float(e[i] @ e[first[g]]) for i, (g, k) in enumerate(zip(groups, kinds)) if k == kind]
+        sims = [float(similarity(h[i:i + 1], h[first[g]:first[g] + 1])[0, 0])
+                for i, (g, k) in enumerate(zip(groups, kinds)) if k == kind]
         out[kind] = {"min": min(sims), "p10": float(np.percentile(sims, 10)), "median": float(np.median(sims))}
-    sims = e @ e.T
-    same = (groups[:, None] == groups[None, :]) & (groups[:, None] >= 0)
-    sims[same] = -np.inf
-    np.fill_diagonal(sims, -np.inf)
-    originals = np.array([k == "" for k in kinds])
-    nearest = sims[originals].max(axis=1)
+    originals = np.flatnonzero(np.array([k == "" for k in kinds]))
+    nearest = nearest_other(h[originals])
     out["distinct_nearest"] = {"max": float(nearest.max()), "p99": float(np.percentile(nearest, 99)),
                                "p90": float(np.percentile(nearest, 90)), "median": float(np.median(nearest))}
     return out
 
 
-def nearest_distinct(embeddings: np.ndarray) -> dict:
-    e = unit(embeddings)
-    sims = e @ e.T
-    np.fill_diagonal(sims, -np.inf)
-    nearest = sims.max(axis=1)
-    return {"max": float(nearest.max()), "p99": float(np.percentile(nearest, 99)),
-            "p90": float(np.percentile(nearest, 90)), "median": float(np.median(nearest)),
-            "pairs_above": {str(t): int((np.triu(sims, 1) >= t).sum()) for t in (0.9, 0.93, 0.95, 0.97)}}
+def nearest_other(h: np.ndarray, block: int = 512) -> np.ndarray:
+    """Each row's highest photo-hash similarity to another row (signs rows), in blocks."""
+    from mining.duplicates import similarity
+
+    out = np.empty(len(h))
+    for b0 in range(0, len(h), block):
+        sims = similarity(h[b0:b0 + block], h)
+        sims[np.arange(len(sims)), np.arange(b0, b0 + len(sims))] = -np.inf
+        out[b0:b0 + block] = sims.max(axis=1)
+    return out
 
 
 def errors_of(dataset, detections) -> tuple[np.ndarray, np.ndarray]:
@@ -216,9 +235,9 @@ def errors_of(dataset, detections) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- cost: the selection step on 10,000 images
 
-def synthetic_store(folder: str, embeddings: np.ndarray, scores: np.ndarray, detections, names, shard_size: int,
-                    images: list[str] | None = None):
-    """Shard files (scores + side files with embeddings and boxes) of a pool made of the given rows, as workers
+def synthetic_store(folder: str, embeddings: np.ndarray, hashes: np.ndarray, thumbnails: np.ndarray, scores: np.ndarray,
+                    detections, names, shard_size: int, images: list[str] | None = None):
+    """Shard files (scores + side files with embeddings, photo hashes and boxes) of a pool made of the given rows, as workers
     write them; keys are symlinks to `images` (repeated) when given, so the report reads real images."""
     from executor.shards import ShardStore, plan
 
@@ -228,18 +247,20 @@ def synthetic_store(folder: str, embeddings: np.ndarray, scores: np.ndarray, det
         keys = [os.path.join(folder, "pool", f"{n:06d}.jpg") for n in range(len(scores))]
         for n, key in enumerate(keys):
             os.symlink(images[n % len(images)], key)
-    store = ShardStore(folder, "mining", {"benchmark": len(keys)}, {"embeddings": "cached", "boxes": True,
-                                                                    "class_counts": False})
+    store = ShardStore(folder, "mining", {"benchmark": len(keys)}, {"embeddings": "cached", "hashes": "cached",
+                                                                    "boxes": True, "class_counts": False})
     store.embedding_dim, store.class_names = embeddings.shape[1], list(names)
     for shard in plan(keys, shard_size):
         rows = range(shard.start, shard.start + len(shard.keys))
         store.write_scores(shard, {k: float(scores[r]) for k, r in zip(shard.keys, rows)}, {},
-                           {k: (embeddings[r].astype(np.float16), detections[r]) for k, r in zip(shard.keys, rows)})
+                           {k: (embeddings[r].astype(np.float16), detections[r], (hashes[r], thumbnails[r]))
+                            for k, r in zip(shard.keys, rows)})
     return store, keys
 
 
 def time_write(store, keys, settings: dict, folder: str, report: bool, weights: str) -> float:
-    from executor.tasks import Job, MiningContext, Models, write_mining
+    from executor.ranking import MiningContext, write_mining
+    from executor.tasks import Job, Models
 
     config = {"selection": "diverse", "report": report, "shard_size": 2048, "model_params_path": [weights],
               **settings}
@@ -258,14 +279,14 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default=os.path.join(SHARED, "weights", "yolov8n.pt"))
     p.add_argument("--coco", default=os.path.join(SHARED, "data", "coco-val"))
     p.add_argument("--voc", default=os.path.join(SHARED, "data", "voc2007"))
-    p.add_argument("--highway", type=int, default=300, help="highway images sampled (default 300)")
-    p.add_argument("--quick", action="store_true", help="40 COCO / 20 VOC / 40 highway images, entropy only")
-    p.add_argument("--thresholds", default="0.95,0.96,0.97,0.975,0.98", help="dedup_similarity values to compare")
-    p.add_argument("--weights-diversity", default="0.05,0.1,0.15,0.2,0.3,0.5",
+    p.add_argument("--quick", action="store_true", help="40 COCO / 20 VOC / 200 highway images, entropy only")
+    p.add_argument("--thresholds", default="0.8,0.85,0.9", help="dedup_similarity values to compare")
+    p.add_argument("--weights-diversity", default="0.05,0.15,0.3,0.5",
                    help="diversity_weight values to compare (at the template's dedup_similarity)")
     p.add_argument("--pools", default="10000,50000", help="pool sizes of the selection-step timing")
     p.add_argument("--cache", default="", help="pickle of the passes: reused when it exists, else written")
     p.add_argument("--json", default="", help="write every number here")
+    p.add_argument("--pairs-png", default="", help="draw 20 flagged highway pairs here, to judge by eye")
     args = p.parse_args(argv)
     prepare_process_env()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -273,6 +294,7 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     import pickle
+    import shutil
 
     from benchmarks import gt, quality
     from executor.config import build_settings
@@ -281,10 +303,10 @@ def main(argv=None) -> int:
     template = build_settings("mining", {})
     default = {"dedup_similarity": template.dedup_similarity, "diversity_weight": template.diversity_weight}
     names = Models().detector(build_settings("mining", {"model_params_path": [args.weights]}), "").names
-    limit_coco, limit_voc = (40, 20) if args.quick else (None, None)
+    limit_coco, limit_voc, limit_highway = (40, 20, 200) if args.quick else (None, None, None)
     coco = gt.load_coco(args.coco, names, limit_coco)
     voc = gt.load_voc(args.voc, names, limit_voc)
-    highway = highway_sample(40 if args.quick else args.highway)
+    highway = highway_train()[:limit_highway]
     algorithms = ("entropy",) if args.quick else ("entropy", "cald")
     thresholds = [float(t) for t in args.thresholds.split(",")]
     weights = [float(w) for w in args.weights_diversity.split(",")]
@@ -296,8 +318,10 @@ def main(argv=None) -> int:
     if args.cache and os.path.isfile(args.cache):
         with open(args.cache, "rb") as handle:
             cache = pickle.load(handle)
-    paths, groups, kinds = planted_pool(coco.paths, scratch)
-    passes = {"planted": paths, "coco-val": coco.paths, "voc2007": voc.paths, "highway": highway}
+    planted = {"coco-val": planted_pool(coco.paths, os.path.join(scratch, "coco"), every=4),
+               "highway": planted_pool(highway, os.path.join(scratch, "highway"), every=8)}
+    passes = {"planted coco-val": planted["coco-val"][0], "coco-val": coco.paths, "voc2007": voc.paths,
+              "planted highway": planted["highway"][0]}
     for name, keys in passes.items():
         for algorithm in (algorithms if name in ("coco-val", "voc2007") else ("entropy",)):
             if (name, algorithm) in cache and cache[name, algorithm]["images"] != len(keys):
@@ -305,45 +329,56 @@ def main(argv=None) -> int:
             cached_pass(cache, name, keys, algorithm, args.weights)
     if args.cache:
         with open(args.cache, "wb") as handle:
-            pickle.dump({k: {**v, "detections": v["detections"]} for k, v in cache.items()}, handle)
+            pickle.dump(cache, handle)
 
-    # 1. planted duplicates
-    run = cache["planted", "entropy"]
-    k = int(round(BUDGET * len(paths)))
-    planted = {"pool": len(paths), "groups": int(len(np.unique(groups[groups >= 0]))), "top": k,
-               "similarity": copy_similarities(run["embeddings"], groups, kinds), "by_threshold": {}}
-    planted["score"] = extra_members(groups, np.argsort(-run["scores"], kind="stable")[:k])
-    for t in thresholds:
-        order = orders(run["scores"], run["embeddings"], dedup_similarity=t,
-                       diversity_weight=default["diversity_weight"])["diverse"]
-        planted["by_threshold"][str(t)] = {**extra_members(groups, order[:k]),
-                                           **copies_flagged(run["scores"], run["embeddings"], groups, t)}
-    results["planted"] = planted
+    # 1. planted duplicates, on coco-val and on highway (does the threshold carry over?)
+    results["planted"] = {}
+    for name, (paths, groups, kinds) in planted.items():
+        run = cache[f"planted {name}", "entropy"]
+        k = int(round(BUDGET * len(paths)))
+        order = orders(run, dedup_similarity=default["dedup_similarity"],
+                       diversity_weight=default["diversity_weight"])
+        results["planted"][name] = {
+            "pool": len(paths), "groups": int(len(np.unique(groups[groups >= 0]))), "top": k,
+            "similarity": copy_similarities(run, groups, kinds),
+            "score": extra_members(groups, order["score"][:k]), "diverse": extra_members(groups, order["diverse"][:k]),
+            "by_threshold": {str(t): copies_flagged(run, groups, kinds, t) for t in thresholds}}
 
-    # 2. redundancy, 3. quality: thresholds at the default weight, weights at the default threshold
+    # 2. a real pool of one domain: the highway train photos alone
+    run = cache["planted highway", "entropy"]
+    originals = np.arange(len(highway))
+    flagged = {str(t): diverse(run, rows=originals, dedup_similarity=t, diversity_weight=0.0) for t in thresholds}
+    at_default = flagged[str(default["dedup_similarity"])]
+    identical = identical_pairs(highway)
+    results["highway_pool"] = {
+        "images": len(highway), "flagged": {t: int(r.is_duplicate.sum()) for t, r in flagged.items()},
+        "byte_identical_pairs": len(identical),
+        "byte_identical_flagged": int(sum(at_default.is_duplicate[a] or at_default.is_duplicate[b]
+                                          for a, b in identical)),
+        "flagged_pairs": [[os.path.basename(highway[i]), os.path.basename(highway[int(at_default.duplicate_of[i])])]
+                          for i in np.flatnonzero(at_default.duplicate_of >= 0)]}
+    if args.pairs_png:
+        draw_pairs(args.pairs_png, [(highway[i], highway[int(at_default.duplicate_of[i])])
+                                    for i in np.flatnonzero(at_default.duplicate_of >= 0)])
+
+    # 3. redundancy, 4. quality: thresholds at the default weight, weights at the default threshold
     grid = [(t, default["diversity_weight"]) for t in thresholds] + \
         [(default["dedup_similarity"], w) for w in weights if w != default["diversity_weight"]]
-    results["redundancy"], results["quality"], results["nearest_distinct"], results["flagged"] = {}, {}, {}, {}
+    results["redundancy"], results["quality"] = {}, {}
+    highway_run = {key: (value[:len(highway)] if isinstance(value, np.ndarray) else value)
+                   for key, value in run.items()}
     for name, dataset in (("coco-val", coco), ("voc2007", voc), ("highway", None)):
-        keys = passes[name]
-        run = cache[name, "entropy"]
-        k = int(round(BUDGET * len(keys)))
-        results["nearest_distinct"][name] = nearest_distinct(run["embeddings"])
-        from mining.selection import rank_diverse
-
-        results["flagged"][name] = {str(t): int(rank_diverse(run["scores"], run["embeddings"], dedup_similarity=t,
-                                                             diversity_weight=0.0).is_duplicate.sum())
-                                    for t in thresholds}
+        run = highway_run if dataset is None else cache[name, "entropy"]
+        count = len(run["scores"])
+        k = int(round(BUDGET * count))
         row = {"score": redundancy(run["embeddings"], np.argsort(-run["scores"], kind="stable")[:k]),
                "random (20 draws)": float(np.mean([redundancy(run["embeddings"],
-                                                              np.random.default_rng(i).permutation(len(keys))[:k])
+                                                              np.random.default_rng(i).permutation(count)[:k])
                                                    for i in range(20)])),
-               "k-center (w=1)": redundancy(run["embeddings"], orders(run["scores"], run["embeddings"],
-                                                                      dedup_similarity=default["dedup_similarity"],
-                                                                      diversity_weight=1.0)["diverse"][:k])}
+               "k-center (w=1)": redundancy(run["embeddings"], orders(run, diversity_weight=1.0)["diverse"][:k])}
         for t, w in grid:
-            o = orders(run["scores"], run["embeddings"], dedup_similarity=t, diversity_weight=w)
-            row[f"t={t} w={w}"] = redundancy(run["embeddings"], o["diverse"][:k])
+            row[f"t={t} w={w}"] = redundancy(run["embeddings"],
+                                             orders(run, dedup_similarity=t, diversity_weight=w)["diverse"][:k])
         results["redundancy"][name] = row
         if dataset is None:
             continue
@@ -353,13 +388,15 @@ def main(argv=None) -> int:
             q = {"score": {"q1": quality.capture_images(scores, errors),
                            "q2": quality.capture_objects(scores, errors, objects)}}
             for t, w in grid:
-                o = orders(scores, run["embeddings"], dedup_similarity=t, diversity_weight=w)
-                s = as_scores(o["diverse"])
+                s = as_scores(orders(run, scores, dedup_similarity=t, diversity_weight=w)["diverse"])
                 q[f"t={t} w={w}"] = {"q1": quality.capture_images(s, errors),
                                      "q2": quality.capture_objects(s, errors, objects)}
             results["quality"][f"{name}/{algorithm}"] = q
 
-    # 4. cost
+    # 5. re-selection of a scored pool with other selection settings
+    results["reselection"] = reselection(highway, args.weights, os.path.join(scratch, "reselect"))
+
+    # 6. cost
     ent = cache["coco-val", "entropy"]
     per_image = ent["seconds"] / ent["images"]
     results["embedding"] = {"pool_seconds": ent["pool_seconds"], "pass_seconds": ent["seconds"],
@@ -373,26 +410,29 @@ def main(argv=None) -> int:
         reps = -(-pool // len(coco.paths))
         cost = {"mining_seconds_estimate": per_image * pool}
         for variant in ("repeated", "distinct"):
-            if variant == "repeated":  # the coco images repeated (exact copies apart from float16 rounding)
-                emb = np.tile(ent["embeddings"], (reps, 1))[:pool]
+            tile = lambda a: np.concatenate([a] * reps)[:pool]  # noqa: E731
+            if variant == "repeated":  # the coco images repeated: exact copies (apart from float16 rounding)
+                emb, hashes, thumbs = tile(ent["embeddings"]), tile(ent["hashes"]), tile(ent["thumbnails"])
             else:  # no duplicates at all: the kept set is the whole shortlist (the slowest case)
                 emb = unit(rng.standard_normal((pool, ent["embeddings"].shape[1])))
+                hashes = rng.integers(0, 256, (pool,) + ent["hashes"].shape[1:], dtype=np.uint8)
+                thumbs = rng.integers(0, 256, (pool,) + ent["thumbnails"].shape[1:], dtype=np.uint8)
             scores = np.tile(ent["scores"], reps)[:pool] + rng.random(pool) * 1e-3
             folder = tempfile.mkdtemp(dir=scratch)
-            store, keys = synthetic_store(folder, emb, scores, (ent["detections"] * reps)[:pool], names, 2048)
+            store, keys = synthetic_store(folder, emb, hashes, thumbs, scores, (ent["detections"] * reps)[:pool],
+                                          names, 2048)
             plain = time_write(store, keys, {"selection": "score"}, folder, False, args.weights)
             total = time_write(store, keys, {}, folder, False, args.weights)
             cost[variant] = {"selection_s": total - plain, "write_with_selection_s": total, "plain_write_s": plain,
                              "share_of_mining": (total - plain) / cost["mining_seconds_estimate"]}
-            import shutil
-
             shutil.rmtree(folder, ignore_errors=True)
         results["cost"]["pools"][str(pool)] = cost
     # the report on a pool of 1,000 images (report cost = write with report minus write without)
     folder = tempfile.mkdtemp(dir=scratch)
     r1k = -(-1000 // len(coco.paths))
-    emb1k = np.tile(ent["embeddings"], (r1k, 1))[:1000]
-    store, keys = synthetic_store(folder, emb1k, np.tile(ent["scores"], r1k)[:1000] + rng.random(1000) * 1e-3,
+    tile = lambda a: np.concatenate([a] * r1k)[:1000]  # noqa: E731
+    store, keys = synthetic_store(folder, tile(ent["embeddings"]), tile(ent["hashes"]), tile(ent["thumbnails"]),
+                                  np.tile(ent["scores"], r1k)[:1000] + rng.random(1000) * 1e-3,
                                   (ent["detections"] * r1k)[:1000], names, 2048, coco.paths)
     without = time_write(store, keys, {"selection": "score"}, folder, False, args.weights)
     with_report = time_write(store, keys, {"selection": "score"}, folder, True, args.weights)
@@ -407,28 +447,80 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=1, default=float)
-    import shutil
-
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def identical_pairs(paths: list[str]) -> list[tuple[int, int]]:
+    """Index pairs of byte-identical files."""
+    from executor.shards import file_sha256
+
+    first: dict[str, int] = {}
+    pairs = []
+    for i, path in enumerate(paths):
+        digest = file_sha256(path)
+        if digest in first:
+            pairs.append((first[digest], i))
+        else:
+            first.setdefault(digest, i)
+    return pairs
+
+
+def draw_pairs(target: str, pairs: list[tuple[str, str]], count: int = 20) -> None:
+    """A picture of `count` flagged pairs (sampled, seeded): the copy left, the image it nearly copies right."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    picked = [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(count, len(pairs)), replace=False))]
+    rows = []
+    for copy, kept in picked:
+        tiles = [cv2.resize(cv2.imread(p), (240, 180), interpolation=cv2.INTER_AREA) for p in (copy, kept)]
+        rows.append(np.concatenate([tiles[0], np.full((180, 8, 3), 255, np.uint8), tiles[1]], axis=1))
+    columns = [np.concatenate(rows[i:i + 10], axis=0) for i in range(0, len(rows), 10)]
+    height = max((c.shape[0] for c in columns), default=0)
+    columns = [np.pad(c, ((0, height - c.shape[0]), (0, 16), (0, 0)), constant_values=255) for c in columns]
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    cv2.imwrite(target, np.concatenate(columns, axis=1) if columns else np.full((10, 10, 3), 255, np.uint8))
+
+
+def reselection(paths: list[str], weights: str, folder: str) -> dict:
+    """Mine `paths` once with selection diverse (shards kept, at img_size 320 to save time), then again with other
+    selection settings: the second run's seconds, and whether it scored anything (its shard files untouched)."""
+    from executor.tasks import Job, run
+
+    job = Job(candidates=paths, mining_result=os.path.join(folder, "result.tsv"),
+              shards_dir=os.path.join(folder, "shards"), keep_shards=True)
+    config = {"model_params_path": [weights], "img_size": 320, "selection": "diverse", "report": False}
+    started = time.perf_counter()
+    run(["mining"], job, config)
+    first = time.perf_counter() - started
+    stamps = {name: os.stat(os.path.join(job.shards_dir, name)).st_mtime_ns for name in os.listdir(job.shards_dir)}
+    started = time.perf_counter()
+    run(["mining"], job, {**config, "dedup_similarity": 0.9, "diversity_weight": 0.3})
+    second = time.perf_counter() - started
+    after = {name: os.stat(os.path.join(job.shards_dir, name)).st_mtime_ns for name in os.listdir(job.shards_dir)}
+    return {"images": len(paths), "first_run_s": first, "reselection_s": second,
+            "shards_rewritten": sum(after.get(name) != stamp for name, stamp in stamps.items())}
 
 
 def table(r: dict) -> str:
     d = r["settings"]["defaults"]
     lines = [f"template defaults: dedup_similarity {d['dedup_similarity']}, diversity_weight {d['diversity_weight']}"]
-    p = r["planted"]
-    lines.append(f"planted duplicates: {p['pool']} images, {p['groups']} groups of 4, top 20% = {p['top']} images")
-    lines.append(f"  score:            {p['score']['extra_members']} extra group members in the top, "
-                 f"{p['score']['groups_with_copies']} groups with more than one")
-    for t, v in p["by_threshold"].items():
-        lines.append(f"  diverse t={t:5s}: {v['extra_members']} extra, {v['groups_with_copies']} groups with more than "
-                     f"one; copies flagged {v['copies_flagged']}/{v['copies']}, wrongly flagged {v['wrongly_flagged']}")
-    for kind, v in p["similarity"].items():
-        lines.append(f"  cos {kind:18s} " + " ".join(f"{a} {b:.4f}" for a, b in v.items()))
-    lines.append("nearest other image (cosine) and images flagged as near-duplicates per threshold:")
-    for name, v in r["nearest_distinct"].items():
-        lines.append(f"  {name:9s} median {v['median']:.3f} p90 {v['p90']:.3f} p99 {v['p99']:.3f} max {v['max']:.3f}; "
-                     f"flagged {r['flagged'][name]}")
+    for name, p in r["planted"].items():
+        lines.append(f"planted near-copies in {name}: {p['pool']} images, {p['groups']} groups of 5, "
+                     f"top 20% = {p['top']} images: extra group members in it, score {p['score']['extra_members']}, "
+                     f"diverse {p['diverse']['extra_members']}")
+        for t, v in p["by_threshold"].items():
+            kinds = ", ".join(f"{kind or 'originals outscored by a copy'} {a}/{b}"
+                              for kind, (a, b) in v["by_kind"].items() if b)
+            lines.append(f"  t={t:5s}: copies flagged {v['copies_flagged']}/{v['copies']} (recall {v['recall']:.3f}: "
+                         f"{kinds}), originals wrongly flagged {v['wrongly_flagged']}")
+        for kind, v in p["similarity"].items():
+            lines.append(f"  hash similarity {kind:18s} " + " ".join(f"{a} {b:.3f}" for a, b in v.items()))
+    h = r["highway_pool"]
+    lines.append(f"highway train ({h['images']} photos): flagged per threshold "
+                 + ", ".join(f"{t}: {n} ({100 * n / h['images']:.1f}%)" for t, n in h["flagged"].items())
+                 + f"; byte-identical pairs {h['byte_identical_pairs']}, flagged {h['byte_identical_flagged']}")
     lines.append("redundancy of the top 20% (mean max cosine to another top image; lower = more varied):")
     for name, row in r["redundancy"].items():
         lines.append(f"  {name:9s} " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
@@ -437,6 +529,10 @@ def table(r: dict) -> str:
         base = row["score"]
         lines.append(f"  {name:16s} score {base['q1']:.3f}/{base['q2']:.3f}  " + "  ".join(
             f"{k} {v['q1'] - base['q1']:+.3f}/{v['q2'] - base['q2']:+.3f}" for k, v in row.items() if k != "score"))
+    s = r["reselection"]
+    lines.append(f"re-selection of {s['images']} scored images with other settings: {s['reselection_s']:.1f} s "
+                 f"(the first run, scoring at img_size 320: {s['first_run_s']:.1f} s); shard files rewritten: "
+                 f"{s['shards_rewritten']}")
     e = r["embedding"]
     lines.append(f"embedding: D={e['dim']}, pooling {e['pool_seconds']:.3f} s of a {e['pass_seconds']:.1f} s pass "
                  f"({e['share']:.2%}); A/B on 64 images, seconds: without {e['ab_64_images']['off_s']} with "

@@ -92,7 +92,8 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
     mine.add_argument("--selection", choices=("score", "diverse"),
                       help="score: by score (default); diverse: near-duplicates pushed down, the top mixed for "
                            "variety, so every prefix of the ranking is a good batch (docs/mining.md)")
-    mine.add_argument("--dedup-similarity", type=float, help="diverse: cosine similarity that makes a near-duplicate")
+    mine.add_argument("--dedup-similarity", type=float,
+                      help="diverse: share of agreeing photo-hash bits that makes a near-duplicate (default 0.85)")
     mine.add_argument("--diverse-pool", type=int, help="diverse: how many top images by score are reordered")
     mine.add_argument("--diversity-weight", type=float, help="diverse: weight of variety against score, in [0, 1]")
     mine.add_argument("--class-balance", action="store_true", default=None,
@@ -104,6 +105,9 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
     mine.add_argument("--report-top-n", type=int, help="thumbnails of the best images in the report (default 24; "
                                                        "with --topk K at most K)")
     mine.add_argument("--raw-scores", help="diverse: every image's raw algorithm score (default OUT.scores.tsv)")
+    mine.add_argument("--drop-shards", action="store_true",
+                      help="remove OUT.shards/ after the merge (by default the scores stay, so running again with "
+                           "other selection or report flags re-selects in seconds without scoring again)")
     infer = sub.add_parser("infer", parents=[common], help="detect objects in local images",
                            description="Detect objects in local images.")
     add_model_flags(infer, "infer")
@@ -450,6 +454,7 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
     labeled = tuple(list_images(args.labeled)[0]) if mining and args.labeled else ()
     job = Job(candidates=paths, names=names, mining_result=args.out if mining else "",
               infer_result=raw_infer or "", shards_dir=shards, labeled=labeled,
+              keep_shards=mining and not args.drop_shards,
               report_html=(args.report or f"{stem}.report.html") if mining else "",
               mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",
               infer_unreadable_none=bool(rewrite),
@@ -474,6 +479,9 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
             clear(shards)
     if args.command == "mine":
         log.info("wrote %s (%d images, best first)", args.out, len(paths))
+        if job.keep_shards:
+            log.info("the scores stay in %s: the same command with other selection or report flags re-selects "
+                     "without scoring again (--drop-shards removes them)", shards)
         if args.topk:
             write_selection(top_paths(args.out, args.topk), args)
     if detections:

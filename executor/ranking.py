@@ -19,6 +19,7 @@ from executor.shards import Row, ShardStore, file_sha256, plan, ranked_rows
 from executor.tasks import Job, Models, image_batches, mining_scores_path, report_paths, weights_for
 from executor.writers import UNREADABLE_SCORE, atomic_writer, format_score, write_ranked
 from mining import SCORERS, scorer_params
+from mining.duplicates import photo_hash, signs, similarity, thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,19 @@ class Diverse:
     groups: list                        # (kept path, [copies]) in the kept image's written order, for the report
     duplicates: int                     # images moved below every non-duplicate
     projection: np.ndarray | None       # shortlist embeddings in written order (non-duplicates, then duplicates)
+    similarities: np.ndarray            # histogram of each image's nearest photo-hash similarity (report)
+    threshold: float                    # dedup_similarity
     seconds: float = 0.0
 
     def priority(self, rank: int) -> float:
         return (self.readable - rank) / self.readable
+
+    @property
+    def flagged_warning(self) -> str:
+        """Why a pool with many near-duplicates deserves a look (shown when over FLAGGED_WARNING of it)."""
+        return (f"{self.duplicates} of {self.readable} images ({100 * self.duplicates / self.readable:.0f}%) are "
+                f"near-duplicates at dedup_similarity {self.threshold}: check a few groups in the report, or raise "
+                "dedup_similarity if they are different photos")
 
 
 SCORE_SCALE = "rank"    # the MMR gain's score term: the rank in the shortlist (docs/mining.md#selection)
@@ -56,6 +66,8 @@ MAX_GROUPS = 200        # duplicate groups kept for the report (the JSON lists t
 MAX_COPIES = 50         # copies kept per group
 PROJECTION_POINTS = 2000
 DEDUP_BLOCK = 1024      # rows of one similarity product in the pass over the rest of the pool
+FLAGGED_WARNING = 0.10  # a larger share of near-duplicates is warned of (log and report)
+SIMILARITY_BINS = 50
 
 
 def selection_params(settings: Settings) -> dict:
@@ -69,23 +81,36 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def labeled_embeddings(job: Job, settings: Settings, models: Models) -> tuple[np.ndarray | None, list[str]]:
-    """Embeddings of job.labeled (one forward each, in this process), and their paths; unreadable ones skipped."""
+@dataclass
+class Labeled:
+    """The already-labelled images as selection compares them: embeddings (MMR), photo hashes (near-copies)."""
+    embeddings: np.ndarray | None = None
+    hashes: np.ndarray | None = None
+    thumbnails: np.ndarray | None = None
+    paths: tuple = ()
+
+
+def labeled_images(job: Job, settings: Settings, models: Models) -> Labeled:
+    """job.labeled embedded and hashed (one forward each, in this process); unreadable ones skipped."""
     if not job.labeled:
-        return None, []
+        return Labeled()
     detector = models.detector(settings, job.models_dir)
     if not detector.enable_embeddings():
-        return None, []
-    rows, paths, unreadable = [], [], {}
+        return Labeled()
+    rows, hashes, thumbnails, paths, unreadable = [], [], [], [], {}
     for batch in image_batches(list(job.labeled), detector, settings, lambda done: None, unreadable):
         rows.append(detector.embed(batch).astype(np.float32))
+        hashes += [photo_hash(image) for image in batch.images]
+        thumbnails += [thumbnail(image) for image in batch.images]
         paths += batch.keys
         detector.tap.clear()
     if unreadable:
         log.warning("%d labelled images could not be read and are not compared with: %s", len(unreadable),
                     ", ".join(list(unreadable)[:5]))
     log.info("selection: %d labelled images embedded", len(paths))
-    return (unit_rows(np.concatenate(rows)) if rows else None), paths
+    if not rows:
+        return Labeled()
+    return Labeled(unit_rows(np.concatenate(rows)), np.stack(hashes), np.stack(thumbnails), tuple(paths))
 
 
 def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, models: Models) -> Diverse | None:
@@ -110,8 +135,8 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
             break
         head_rows.append(row)
     merged.close()  # the shard files it holds open
-    names = ["embeddings"] + (["class_counts"] if settings.class_balance else [])
-    embeddings, classes = None, None
+    names = ["embeddings", "hashes", "thumbnails"] + (["class_counts"] if settings.class_balance else [])
+    embeddings, hashes, thumbnails, classes = None, None, None, None
     by_shard: dict[int, list[int]] = {}
     for position, row in enumerate(head_rows):
         by_shard.setdefault(row.shard, []).append(position)
@@ -120,18 +145,27 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
         lines = [head_rows[p].line for p in positions]
         if embeddings is None:
             embeddings = np.zeros((len(head_rows), arrays["embeddings"].shape[1]), np.float32)
+            hashes = np.zeros((len(head_rows),) + arrays["hashes"].shape[1:], np.uint8)
+            thumbnails = np.zeros((len(head_rows),) + arrays["thumbnails"].shape[1:], np.uint8)
             if "class_counts" in arrays:
                 classes = np.zeros((len(head_rows), arrays["class_counts"].shape[1]), np.float64)
         embeddings[positions] = arrays["embeddings"][lines]
+        hashes[positions] = arrays["hashes"][lines]
+        thumbnails[positions] = arrays["thumbnails"][lines]
         if classes is not None:
             classes[positions] = arrays["class_counts"][lines]
     if not np.linalg.norm(embeddings, axis=1).all():
         log.warning("selection 'diverse': some shortlist images have no embedding; result.tsv keeps the score order")
         return None
-    labeled, labeled_paths = labeled_embeddings(job, settings, models)
-    ranked = rank_diverse([r.score for r in head_rows], embeddings, dedup_similarity=settings.dedup_similarity,
-                          diverse_pool=len(head_rows), diversity_weight=settings.diversity_weight, classes=classes,
-                          class_balance=settings.class_balance, labeled=labeled, score_scale=SCORE_SCALE)
+    labeled = labeled_images(job, settings, models)
+    labeled_paths = list(labeled.paths)
+    ranked = rank_diverse([r.score for r in head_rows], embeddings, hashes=hashes, thumbnails=thumbnails,
+                          dedup_similarity=settings.dedup_similarity, diverse_pool=len(head_rows),
+                          diversity_weight=settings.diversity_weight, classes=classes,
+                          class_balance=settings.class_balance, labeled=labeled.embeddings,
+                          labeled_hashes=labeled.hashes, labeled_thumbnails=labeled.thumbnails,
+                          score_scale=SCORE_SCALE)
+    nearest = [ranked.nearest_similarity]
     kept = ranked.diverse_count
     order = ranked.order
     head = [head_rows[i] for i in order[:kept]]
@@ -144,8 +178,8 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
         elif ranked.labeled_duplicate_of[i] >= 0:
             group_of.setdefault(labeled_paths[ranked.labeled_duplicate_of[i]], []).append(head_rows[i].key)
     # the rest of the pool, one shard at a time: a near-copy of a kept shortlist image or a labelled one goes down
-    kept_rows = unit_rows(embeddings[order[:kept]])
-    against = kept_rows if labeled is None else np.concatenate([kept_rows, labeled])
+    kept_hashes = hashes[order[:kept]]
+    against = signs(kept_hashes if labeled.hashes is None else np.concatenate([kept_hashes, labeled.hashes]))
     against_paths = [r.key for r in head] + labeled_paths
     in_head = {(r.shard, r.line) for r in head_rows}
     shards = plan(job.candidates, settings.shard_size)
@@ -153,15 +187,16 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
     threshold = float(settings.dedup_similarity)
     rest_duplicates = 0
     for shard in range(count):
-        arrays = store.side_arrays(shard, ["embeddings", "readable", "order"])
+        arrays = store.side_arrays(shard, ["hashes", "readable", "order"])
         lines = [line for line in range(int(arrays["readable"])) if (shard, line) not in in_head]
         flags = np.zeros(len(arrays["order"]), bool)
         keys = shards[shard].keys
         for b0 in range(0, len(lines) if len(against) else 0, DEDUP_BLOCK):
             block = lines[b0:b0 + DEDUP_BLOCK]
-            sims = unit_rows(arrays["embeddings"][block]) @ against.T
+            sims = similarity(signs(arrays["hashes"][block]), against)
             best = sims.argmax(axis=1)
-            hit = sims[np.arange(len(block)), best].astype(np.float64) >= threshold
+            nearest.append(sims[np.arange(len(block)), best])
+            hit = nearest[-1].astype(np.float64) >= threshold
             flags[np.asarray(block)[hit]] = True
             for line, match in zip(np.asarray(block)[hit], best[hit]):
                 copies = group_of.setdefault(against_paths[match], [])
@@ -175,10 +210,20 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
     points = np.concatenate([embeddings[order[:kept]][:PROJECTION_POINTS * 3 // 4],
                              embeddings[order[kept:]][:PROJECTION_POINTS // 4]])
     plan_ = Diverse(readable, head, head_duplicates, in_head, duplicate_lines, groups,
-                    len(head_duplicates) + rest_duplicates, points, time.monotonic() - started)
+                    len(head_duplicates) + rest_duplicates, points, similarity_histogram(np.concatenate(nearest)),
+                    threshold, time.monotonic() - started)
     log.info("selection 'diverse': shortlist of %d, %d near-duplicates pushed down (%d in the shortlist), "
              "%.2f s", len(head_rows), plan_.duplicates, len(head_duplicates), plan_.seconds)
+    if plan_.duplicates > FLAGGED_WARNING * readable:
+        log.warning("selection 'diverse': %s", plan_.flagged_warning)
     return plan_
+
+
+def similarity_histogram(nearest: np.ndarray) -> np.ndarray:
+    """Counts of each image's highest photo-hash similarity to an image placed above it (or a labelled one), in
+    SIMILARITY_BINS bins over [0.5, 1] (lower values in the first)."""
+    found = np.clip(nearest[np.isfinite(nearest)].astype(np.float64), 0.5, 1.0)
+    return np.histogram(found, bins=SIMILARITY_BINS, range=(0.5, 1.0))[0]
 
 
 def written_rows(store: ShardStore, count: int, diverse: Diverse | None, total: int) -> Iterator[Written]:
@@ -289,6 +334,11 @@ def write_mining_report(job: Job, store: ShardStore, count: int, settings: Setti
         extra = {}
         if diverse is not None:
             extra["duplicate_groups"] = list(diverse.groups)
+            extra["near_duplicates"] = {
+                "threshold": diverse.threshold, "flagged": diverse.duplicates, "readable": diverse.readable,
+                "bin_edges": np.linspace(0.5, 1.0, SIMILARITY_BINS + 1).round(4).tolist(),
+                "counts": diverse.similarities.tolist(),
+                "warning": diverse.flagged_warning if diverse.duplicates > FLAGGED_WARNING * diverse.readable else ""}
             if diverse.projection is not None and len(diverse.projection):
                 selected = np.zeros(len(diverse.projection), bool)
                 selected[:min(job.selected or settings.report_top_n, len(diverse.head), len(selected))] = True

@@ -84,6 +84,9 @@ class ReportData:
     projection_note: str = ""  # which images the projection shows (default: "of the shown images")
     duplicate_ranks: dict = None  # path → rank in result.tsv of the images in duplicate_groups (when known)
     selected: int | None = None   # start.py mine --topk: the images selected (None: the top N shown are)
+    # selection diverse: {"threshold", "bin_edges", "counts" (each image's nearest photo-hash similarity to an
+    # image above it), "flagged", "readable", "warning" ("" unless many are flagged)}
+    near_duplicates: dict | None = None
 
     def __post_init__(self):
         self.duplicate_ranks = dict(self.duplicate_ranks or {})
@@ -206,6 +209,7 @@ def report_json(data: ReportData) -> dict:
                                   "copy_ranks": [data.duplicate_ranks.get(c) for c in copies]}
                                  if data.duplicate_ranks else {})}
                              for kept, copies in data.duplicate_groups],
+        "near_duplicates": data.near_duplicates,
         "projection": None if data.projection is None else {
             "points": data.projection.tolist(), "selected": data.projection_selected.tolist()},
     }
@@ -560,6 +564,7 @@ figure.card figcaption { padding: 6px 8px 8px; font-size: 12.5px; }
 .dup figure.card { flex: 0 0 176px; }
 .dup figure.kept { border: 2px solid var(--top); }
 .note, .empty { color: var(--muted); }
+.warning { border-left: 4px solid #c0392b; padding: 6px 10px; background: #fdecea; }
 details summary { cursor: pointer; }
 footer { color: var(--muted); font-size: 12px; margin-top: 36px; border-top: 1px solid var(--line); padding-top: 8px; }
 @media print { nav { display: none; } figure.card { break-inside: avoid; } }
@@ -680,6 +685,37 @@ def _cards(items: Sequence[ReportImage], section: str, data: ReportData, base: s
     return '<div class="grid-cards">' + "".join(_card(item, section, data, base, fmt) for item in items) + "</div>"
 
 
+def _near_duplicates_html(found: dict | None) -> str:
+    """The warning (many flagged) and the histogram of each image's nearest photo-hash similarity, with the
+    threshold from which an image counts as a copy."""
+    if not found:
+        return ""
+    warning = f'<p class="warning">{_esc(found["warning"])}</p>' if found.get("warning") else ""
+    summary = (f'<p class="note">{found["flagged"]} of {found["readable"]} images are near-duplicates: the same '
+               f'photo as one placed above them (share of agreeing perceptual-hash bits ≥ {found["threshold"]}, or a '
+               f'crop of it). Different photos agree on about half of the bits.</p>')
+    return warning + summary + _similarity_svg(found["bin_edges"], found["counts"], found["threshold"])
+
+
+def _similarity_svg(edges: Sequence[float], counts: Sequence[int], threshold: float) -> str:
+    if not sum(counts):
+        return ""
+    width, height = 620, 250
+    axes = _Axes(width, height, (edges[0], edges[-1]), (0, max(counts) * 1.08))
+    parts = axes.frame("highest photo-hash similarity to an image above", "images")
+    for low, high, count in zip(edges[:-1], edges[1:], counts):
+        if count:
+            x0, y = axes.x(low), axes.y(count)
+            parts.append(f'<rect x="{x0 + 0.5:.1f}" y="{y:.1f}" width="{max(0.8, axes.x(high) - x0 - 1):.1f}" '
+                         f'height="{axes.y(0) - y:.1f}" fill="{TOP_COLOUR if low >= threshold else POOL_COLOUR}">'
+                         f'<title>{low:.2f} – {high:.2f}: {count} images</title></rect>')
+    cx = axes.x(threshold)
+    parts.append(f'<line class="cut" x1="{cx:.1f}" x2="{cx:.1f}" y1="{axes.top}" y2="{axes.y(0):.1f}"/>'
+                 f'<text class="cut-label" x="{cx - 5:.1f}" y="{axes.top + 12}" text-anchor="end">'
+                 f'dedup_similarity {threshold}</text>')
+    return _svg(width, height, "Histogram of each image's highest photo-hash similarity to an image above it", parts)
+
+
 def _duplicates_html(groups: Sequence[tuple[str, list[str]]], data: ReportData, base: str | None,
                      json_name: str | None) -> str:
     ranks = {**{item.path: item.rank for item in (*data.top, *data.middle, *data.bottom)}, **data.duplicate_ranks}
@@ -744,7 +780,7 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
                            for v, k in figures)
     sections = [("run", "Run"), ("scores", "Scores"), ("top", f"Top {cut}"), ("contrast", "Middle and bottom"),
                 ("classes", "Classes")]
-    if data.duplicate_groups:
+    if data.duplicate_groups or data.near_duplicates:
         sections.append(("duplicates", "Near-duplicates"))
     if data.projection is not None:
         sections.append(("projection", "Projection"))
@@ -785,10 +821,13 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
         f'<section id="classes"><h2>Predicted boxes per class</h2><p class="note">Share of all predicted boxes, '
         f'so the top {cut} and the pool compare; counts in brackets.</p>{_class_svg(data, json_name)}</section>',
     ]
-    if data.duplicate_groups:
-        body.append(f'<section id="duplicates"><h2>Near-duplicate groups</h2><p class="note">Selection kept the '
-                    f'first image of each group (orange frame) and pushed its copies down the ranking.</p>'
-                    f'{_duplicates_html(list(data.duplicate_groups), data, base, json_name)}</section>')
+    if data.duplicate_groups or data.near_duplicates:
+        body.append('<section id="duplicates"><h2>Near-duplicates</h2>' + _near_duplicates_html(data.near_duplicates)
+                    + (f'<h3>Groups</h3><p class="note">Selection kept the first image of each group (orange frame) '
+                       f'and pushed its copies down the ranking.</p>'
+                       f'{_duplicates_html(list(data.duplicate_groups), data, base, json_name)}'
+                       if data.duplicate_groups else '<p class="note">No near-duplicates were found.</p>')
+                    + '</section>')
     if data.projection is not None:
         body.append(f'<section id="projection"><h2>Embedding projection</h2><p class="note">2-D PCA of the '
                     f'embeddings {_esc(data.projection_note or "of the shown images")}; the top '
@@ -971,6 +1010,8 @@ def _markdown_summary(data: ReportData) -> str:
         lines.append(f"| {item.rank} | {fmt(item.score)} | {fmt(item.raw_score)} | {len(item.xyxy)} | {item.path} |")
     for path, reason in data.unreadable[:50]:
         lines.append(f"\nunreadable: {path} ({reason})")
+    if data.near_duplicates and data.near_duplicates.get("warning"):
+        lines.append(f"\n**{data.near_duplicates['warning']}**")
     return "\n".join(lines)
 
 

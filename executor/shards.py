@@ -12,10 +12,14 @@ line per shard, whatever the pool size. An infer shard holds one JSON line per i
 
 A mining shard may have a side file `mining-NNNNNN.npz` (uncompressed numpy arrays, written atomically) with
 what selection and the report need, row r describing the shard's r-th line: `order` (the line's index in the
-shard's keys), `embeddings` (n, D) float16 (selection: diverse), `class_counts` (n, C) uint16 (class_balance),
+shard's keys), `embeddings` (n, D) float16, `hashes` (n, 3, 32) uint8 photo hashes and `thumbnails` (n, 32, 32)
+uint8 (selection: diverse),
+`class_counts` (n, C) uint16 (class_balance),
 the predicted boxes (report: `box_start` (n+1,) offsets into `box_xyxy` (M, 4), `box_conf` (M,), `box_cls` (M,))
-and `readable` (how many rows are not unreadable). Its fingerprint covers the run and what it holds; a shard is
-complete only when both of its files are, so resume and several workers treat the pair as one unit.
+and `readable` (how many rows are not unreadable). Its fingerprint covers the run and its `spec` says what it holds:
+it serves any later run that needs no more than that (so the same pool re-selected with the report off, or other
+selection settings, reuses it); a shard is complete only when both of its files are, so resume and several
+workers treat the pair as one unit.
 """
 import functools
 import hashlib
@@ -30,6 +34,7 @@ import numpy as np
 
 from executor.errors import NoReadableImages
 from executor.writers import atomic_write_text, format_score
+from mining.duplicates import CROPS, HASH_BYTES, THUMB
 
 MAGIC = "# quarry-shard 1"
 
@@ -110,6 +115,13 @@ def score_order(keys: Sequence[str], scores: Mapping[str, float]) -> list[int]:
     return sorted(range(len(keys)), key=lambda i: -scores[keys[i]])
 
 
+def holds(held: Mapping, needed: Mapping) -> bool:
+    """A side file made for the spec `held` serves a run that needs `needed`: everything it asks for is there, of
+    the same kind (a file with more, e.g. the report's boxes, serves a run without the report)."""
+    return all(json.dumps(held.get(key), sort_keys=True, default=str) == json.dumps(value, sort_keys=True, default=str)
+               for key, value in needed.items() if value)
+
+
 class ShardStore:
     """The shard files of one task (`kind`: 'mining' or 'infer') in a folder shared by every worker. `side`: what
     the run's side files must hold (None: no side files), part of their fingerprint."""
@@ -134,7 +146,7 @@ class ShardStore:
         return os.path.join(self.folder, f"{self.kind}-{index:06d}.npz")
 
     def side_fingerprint(self, shard: Shard) -> str:
-        return fingerprint({"run": self.run, "side": self.side}, shard.keys, shard.names)
+        return fingerprint({"run": self.run, "side file": 2}, shard.keys, shard.names)
 
     def complete(self, shard: Shard) -> bool:
         """The shard's file exists, was made by this run for these keys, and holds one line per key (and so does
@@ -153,14 +165,15 @@ class ShardStore:
         try:
             with np.load(self.side_path(shard), allow_pickle=False) as data:
                 return str(data["fingerprint"]) == self.side_fingerprint(shard) and \
-                    data["order"].shape == (len(shard.keys),)
+                    data["order"].shape == (len(shard.keys),) and holds(json.loads(str(data["spec"])), self.side)
         except Exception:  # noqa: BLE001 — missing, half-written, foreign: not complete
             return False
 
     def write_scores(self, shard: Shard, scores: dict[str, float], unreadable: dict[str, str],
                      side: dict | None = None) -> None:
         """key<TAB>score, best first, ties in index order; an unreadable image's line ends with its reason.
-        `side`: per key (embedding or None, detections or None), written first to the side file."""
+        `side`: per key (embedding, detections, (photo hash, thumbnail); each may be None), written first to the
+        side file."""
         order = score_order(shard.keys, scores)
         if self.side is not None:
             self.write_side(shard, order, side or {}, unreadable)
@@ -170,7 +183,9 @@ class ShardStore:
 
     def write_side(self, shard: Shard, order: Sequence[int], side: Mapping[str, tuple], unreadable) -> None:
         keys = [shard.keys[i] for i in order]
-        arrays = {"fingerprint": np.array(self.side_fingerprint(shard)), "order": np.asarray(order, np.int32),
+        arrays = {"fingerprint": np.array(self.side_fingerprint(shard)),
+                  "spec": np.array(json.dumps(self.side, sort_keys=True, default=str)),
+                  "order": np.asarray(order, np.int32),
                   "readable": np.array(sum(1 for k in keys if k not in unreadable), np.int64),
                   "class_names": np.array([str(n) for n in self.class_names], dtype=str)}
         dim, classes = self.embedding_dim, len(self.class_names)
@@ -180,6 +195,13 @@ class ShardStore:
                 if key in side and side[key][0] is not None:
                     rows[r] = side[key][0]
             arrays["embeddings"] = rows
+        if self.side.get("hashes"):
+            hashes = np.zeros((len(keys), len(CROPS), HASH_BYTES), np.uint8)
+            thumbnails = np.zeros((len(keys), THUMB, THUMB), np.uint8)
+            for r, key in enumerate(keys):
+                if key in side and side[key][2] is not None:
+                    hashes[r], thumbnails[r] = side[key][2]
+            arrays["hashes"], arrays["thumbnails"] = hashes, thumbnails
         if self.side.get("boxes") or self.side.get("class_counts"):
             found = [side[k][1] if k in side and side[k][1] is not None else None for k in keys]
             sizes = np.array([0 if d is None else len(d) for d in found], np.int64)

@@ -32,6 +32,7 @@ from executor.writers import (UNREADABLE_SCORE, box_record, instance_record, wri
                               write_instances_result)
 from mining import SCORERS, get_scorer, scorer_params
 from mining.base import Batch
+from mining.duplicates import HASH_VERSION, THUMB_VERSION, photo_hash, thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class Job:
     #                                         not [] (the platform's form: no boxes)
     selected: int = 0                       # start.py mine --topk: how many the user selects (the report's cut and
     #                                         its thumbnails, at most report_top_n); 0: not told (the platform's top_k)
+    keep_shards: bool = False               # leave the finished shards after the merge, so a rerun with other
+    #                                         selection or report settings re-selects without scoring again
 
 
 MINING_SCORES_NAME = "mining-scores.tsv"
@@ -234,8 +237,10 @@ class Pass:
         return {"mining": scores, "infer": records, "side": side}
 
     def side_data(self, batch: Batch, detector: Detector, recorder: "Recorder | None") -> dict[str, tuple]:
-        """key → (embedding or None, detections at mining's conf_thres/max_det or None), from the forward the
-        scorer just ran (a forward of its own only for an algorithm that runs none, such as random)."""
+        """key → (embedding or None, detections at mining's conf_thres/max_det or None, (photo hash, thumbnail) or
+        None), from
+        the forward the scorer just ran (a forward of its own only for an algorithm that runs none, such as
+        random) and the decoded originals."""
         started, pooled = time.perf_counter(), detector.tap.seconds
         forwarded = self.side.get("embeddings") and detector.tap.embeddings is None  # nothing ran: forward now
         embeddings = detector.embed(batch) if self.side.get("embeddings") else None
@@ -246,7 +251,9 @@ class Pass:
             found = (recorder and recorder.reusable(batch, detector)) or detector.tapped_detections(batch)
         if found is not None:  # the side data outlive the batch: keep no prototypes alive
             found = [dataclasses.replace(det, masks=None) for det in found]
-        return {key: (None if embeddings is None else embeddings[i], None if found is None else found[i])
+        photos = [(photo_hash(image), thumbnail(image)) for image in batch.images] if self.side.get("hashes") else None
+        return {key: (None if embeddings is None else embeddings[i], None if found is None else found[i],
+                      None if photos is None else photos[i])
                 for i, key in enumerate(batch.keys)}
 
 
@@ -280,7 +287,9 @@ def side_spec(task: str, settings: Settings, models_dir: str) -> dict | None:
         return None
     diverse = settings.selection == "diverse"
     with_model = SCORERS[settings.mining_algorithm].needs_model or diverse
-    spec = {"embeddings": EMBEDDING_VERSION if diverse else "", "class_counts": diverse and settings.class_balance,
+    spec = {"embeddings": EMBEDDING_VERSION if diverse else "",
+            "hashes": f"{HASH_VERSION}+{THUMB_VERSION}" if diverse else "",
+            "class_counts": diverse and settings.class_balance,
             "boxes": bool(settings.report and with_model)}
     if not any(spec.values()):
         return None
@@ -468,8 +477,9 @@ def scan(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, mo
         written = {task: writers[task](job, stores[task], count, context) for task in tasks}
     except KeyboardInterrupt:
         raise interrupted(stores, shards) from None
-    for store in stores.values():
-        store.remove(count)
+    if not job.keep_shards:
+        for store in stores.values():
+            store.remove(count)
     clear(shards_folder(job))
     log.info("%s", throughput(tasks, len(job.candidates), scored, time.monotonic() - start))
     return written

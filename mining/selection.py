@@ -7,17 +7,18 @@ Pure numpy (no executor imports); the caller keeps the raw scores and writes `Ra
 rank_by_score(scores)
     Today's order: stable sort by -score (ties keep input order), priority = the scores, no duplicates.
 
-rank_diverse(scores, embeddings, ...), in three steps:
+rank_diverse(scores, embeddings, hashes=..., ...), in three steps:
 
-1. Near-duplicates (greedy "leader" de-duplication in score order). Walking the images by score (ties by
-   index), an image whose cosine similarity to a non-duplicate placed above it, or to any row of `labeled`,
-   is >= dedup_similarity is a duplicate: `duplicate_of` names the most similar such pool image (ties: the
-   earliest placed) and `labeled_duplicate_of` the most similar labelled row. Duplicates go below every
-   non-duplicate, in score order. An image is compared with non-duplicates only: a duplicate is moved to the
-   end, so it is not "above" anything, and every duplicate_of points at a kept (non-duplicate) image.
-   Cost: O(N * K * D) flops for K kept images, done in blocks with float32 BLAS (the similarities only meet a
-   threshold; float32 is ~2x faster and off by ~1e-7); memory O(block * chunk) besides an (N, D) float32 copy.
-   This quadratic pass dominates large pools: ~0.3 s at N = 10000, ~2 s at N = 30000, D = 256, on 2 busy cores.
+1. Near-duplicates (greedy "leader" de-duplication in score order), told by photo hashes (mining/duplicates.py:
+   "the same photo", re-encoded, resized, cropped about the centre, recoloured or mirrored), not by the
+   embedding, which puts every photo of one domain close together. Walking the images by score (ties by
+   index), an image whose hash similarity (share of agreeing bits) to a non-duplicate placed above it, or to
+   any row of `labeled_hashes`, is >= dedup_similarity is a duplicate: `duplicate_of` names the most similar
+   such pool image (ties: the earliest placed) and `labeled_duplicate_of` the most similar labelled row.
+   Duplicates go below every non-duplicate, in score order. An image is compared with non-duplicates only: a
+   duplicate is moved to the end, so it is not "above" anything, and every duplicate_of points at a kept
+   (non-duplicate) image. Cost: O(N * K) hash comparisons for K kept images (10 float32 products of 255-long
+   +-1 vectors each), done in blocks; memory O(block * chunk) besides an (N, 3, 255) float32 copy.
 
 2. Diversity over a shortlist (the top `diverse_pool` non-duplicates by score), with Maximal Marginal Relevance
    (J. Carbonell and J. Goldstein, "The Use of MMR, Diversity-Based Reranking for Reordering Documents and
@@ -53,10 +54,12 @@ from typing import Optional
 
 import numpy as np
 
+from mining import duplicates
+
 # Library defaults of rank_diverse (its hand-made unit tests are written against them). The executor passes the
-# mining template's values instead (dedup_similarity 0.97, diversity_weight 0.15, score_scale "rank"), measured
-# on real embeddings in docs/mining.md#selection-every-prefix-a-non-redundant-batch-selection-diverse.
-DEFAULT_DEDUP_SIMILARITY = 0.95
+# mining template's values instead (dedup_similarity 0.85, diversity_weight 0.15, score_scale "rank"), measured
+# on real images in docs/mining.md#selection-every-prefix-a-non-redundant-batch-selection-diverse.
+DEFAULT_DEDUP_SIMILARITY = 0.85
 DEFAULT_DIVERSITY_WEIGHT = 0.5
 # Default shortlist: clamp(N // 10, 1000, 5000), capped by the number of non-duplicates. The platform's top_k is
 # unknown; 10% of the pool covers the usual request sizes, at least 1000 so small pools are ordered entirely,
@@ -66,6 +69,8 @@ DEFAULT_POOL_MIN = 1000
 DEFAULT_POOL_MAX = 5000
 
 _BLOCK = 256    # rows de-duplicated together (the within-block walk is sequential)
+CROP_CANDIDATES = 3  # images above (nearest by embedding) a crop is looked for in: the photo it came from is
+#                      among the 3 nearest for 98% of planted crops on highway, the nearest for 94%
 _CHUNK = 8192   # columns of one similarity product: block x chunk float32 = 8 MiB
 
 
@@ -77,6 +82,8 @@ class Ranked:
     # (N,) int64 per input index: the row of `labeled` it nearly copies, -1 if none (all -1 without `labeled`)
     labeled_duplicate_of: Optional[np.ndarray] = None
     diverse_count: int = 0    # how many leading entries of `order` were ordered by the diversity greedy
+    # (N,) per input index: the highest hash similarity to a kept image above it or a labelled one (-inf: none)
+    nearest_similarity: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if self.labeled_duplicate_of is None:
@@ -136,12 +143,16 @@ def rank_by_score(scores) -> Ranked:
     return Ranked(order=order, priority=s[order].copy(), duplicate_of=np.full(len(s), -1, dtype=np.int64))
 
 
-def _best_match(x: np.ndarray, rows: np.ndarray, usable: Optional[np.ndarray] = None):
-    """Per row of x: (max cosine similarity, argmax) over `rows` (first index wins ties), chunked over rows."""
-    best_sim = np.full(len(x), -np.inf, dtype=x.dtype)
+def _cosine(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return x @ rows.T
+
+
+def _best_match(x: np.ndarray, rows: np.ndarray, usable: Optional[np.ndarray] = None, similarity=_cosine):
+    """Per row of x: (max similarity, argmax) over `rows` (first index wins ties), chunked over rows."""
+    best_sim = np.full(len(x), -np.inf, dtype=np.float32)
     best = np.full(len(x), -1, dtype=np.int64)
     for c0 in range(0, len(rows), _CHUNK):
-        sim = x @ rows[c0:c0 + _CHUNK].T
+        sim = similarity(x, rows[c0:c0 + _CHUNK])
         if usable is not None:
             sim[:, ~usable[c0:c0 + _CHUNK]] = -np.inf
         j = sim.argmax(axis=1)
@@ -151,39 +162,89 @@ def _best_match(x: np.ndarray, rows: np.ndarray, usable: Optional[np.ndarray] = 
     return best_sim, best
 
 
-def _deduplicate(e_sorted: np.ndarray, labeled: Optional[np.ndarray], threshold: float):
-    """Leader de-duplication down the score order.
+def _nearest_kept(prev: tuple, within_row: np.ndarray, local_kept: np.ndarray, b0: int) -> tuple[float, int]:
+    """(similarity, position) of the most similar kept image above: the best of earlier blocks (`prev`) or of
+    this block's kept images before this one (an earlier block keeps a tie)."""
+    sim, where = float(prev[0]), int(prev[1])
+    if local_kept.any():
+        row = np.where(local_kept, within_row, -np.inf)
+        k = int(row.argmax())
+        if row[k] > sim:
+            sim, where = float(row[k]), b0 + k
+    return sim, where
 
-    Returns, per *position* in the score order: kept mask, position of the matched pool image, matched labeled row.
+
+def _deduplicate(h_sorted: np.ndarray, labeled: Optional[np.ndarray], threshold: float,
+                 crops: Optional[tuple] = None):
+    """Leader de-duplication down the score order, on photo hashes (`duplicates.signs` rows), and with `crops` =
+    (unit embeddings, thumbnails, labelled unit embeddings or None, labelled thumbnails or None), in score order,
+    on a crop match with one of the image's CROP_CANDIDATES nearest images above it (or labelled) by embedding:
+    the image then joins that image's group (its leader, when it is itself a duplicate).
+
+    Returns, per *position* in the score order: kept mask, position of the matched pool image, matched labeled row,
+    and the highest hash similarity to a kept image above it or a labelled one (-inf for none).
     """
-    n = len(e_sorted)
+    n = len(h_sorted)
     kept = np.zeros(n, dtype=bool)
     match = np.full(n, -1, dtype=np.int64)
     lab_match = np.full(n, -1, dtype=np.int64)
+    nearest = np.full(n, -np.inf)
+    none = (np.full(_BLOCK, -np.inf), np.full(_BLOCK, -1, dtype=np.int64))
     for b0 in range(0, n, _BLOCK):
-        x = e_sorted[b0:b0 + _BLOCK]
+        x = h_sorted[b0:b0 + _BLOCK]
         b = len(x)
         if labeled is not None and len(labeled):
-            lab_sim, lab_best = _best_match(x, labeled)
+            lab_sim, lab_best = _best_match(x, labeled, similarity=duplicates.similarity)
             hit = lab_sim.astype(np.float64) >= threshold  # compare in float64, not at float32(threshold)
             lab_match[b0:b0 + b][hit] = lab_best[hit]
-        prev_sim, prev_best = (_best_match(x, e_sorted[:b0], kept[:b0]) if b0 and kept[:b0].any()
-                               else (np.full(b, -np.inf), np.full(b, -1, dtype=np.int64)))
-        within = x @ x.T
+            nearest[b0:b0 + b] = lab_sim
+        earlier = b0 and kept[:b0].any()
+        prev = _best_match(x, h_sorted[:b0], kept[:b0], duplicates.similarity) if earlier else none
+        within = duplicates.similarity(x, x)
+        if crops is not None:
+            e, thumbs, lab_e, lab_thumbs = crops
+            above = _nearest_rows(e[b0:b0 + b], e[:b0 + b], b0)
+            lab_near = _nearest_rows(e[b0:b0 + b], lab_e, None) if lab_e is not None and len(lab_e) else None
         local_kept = np.zeros(b, dtype=bool)
         for j in range(b):
-            sim, where = float(prev_sim[j]), int(prev_best[j])
-            if local_kept[:j].any():
-                row = np.where(local_kept[:j], within[j, :j], -np.inf)
-                k = int(row.argmax())
-                if row[k] > sim:  # strict: an earlier block keeps a tie
-                    sim, where = float(row[k]), b0 + k
+            sim, where = _nearest_kept((prev[0][j], prev[1][j]), within[j, :j], local_kept[:j], b0)
+            nearest[b0 + j] = max(nearest[b0 + j], sim)
+            if sim < threshold and crops is not None:  # not the same hash: a crop of an image near it?
+                if lab_match[b0 + j] < 0 and lab_near is not None:
+                    lab_match[b0 + j] = _crop_of(thumbs[b0 + j], lab_near[j], lab_thumbs)
+                found = _crop_of(thumbs[b0 + j], above[j], thumbs)
+                if found >= 0 and (kept[found] if found < b0 else local_kept[found - b0]):
+                    sim, where = np.inf, found
+                elif found >= 0 and match[found] >= 0:
+                    sim, where = np.inf, int(match[found])
+                elif found >= 0 and lab_match[b0 + j] < 0:
+                    lab_match[b0 + j] = lab_match[found]
             if sim >= threshold:
                 match[b0 + j] = where
-            if sim < threshold and lab_match[b0 + j] < 0:
+            elif lab_match[b0 + j] < 0:
                 local_kept[j] = True
         kept[b0:b0 + b] = local_kept
-    return kept, match, lab_match
+    return kept, match, lab_match, nearest
+
+
+def _nearest_rows(x: np.ndarray, rows: np.ndarray, first: Optional[int]) -> np.ndarray:
+    """(len(x), CROP_CANDIDATES) indices of the most similar `rows` by cosine, best first (-1 where fewer); with
+    `first`, x[j] is row first + j of `rows` and only the rows above it count."""
+    sims = x @ rows.T
+    if first is not None:
+        sims[np.arange(len(rows))[None, :] >= first + np.arange(len(x))[:, None]] = -np.inf
+    k = min(CROP_CANDIDATES, sims.shape[1])
+    best = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    best[np.take_along_axis(sims, best, axis=1) == -np.inf] = -1
+    return best
+
+
+def _crop_of(thumb: np.ndarray, candidates: np.ndarray, thumbs: np.ndarray) -> int:
+    """The first of `candidates` (indices into thumbs, -1: none) that `thumb` is a crop of, or -1."""
+    for c in candidates:
+        if c >= 0 and duplicates.crop_match(thumb, thumbs[c]) >= duplicates.CROP_MATCH:
+            return int(c)
+    return -1
 
 
 def _class_balance(cls: np.ndarray, target: np.ndarray, placed_mass: np.ndarray) -> np.ndarray:
@@ -241,21 +302,45 @@ def default_diverse_pool(n: int) -> int:
     return min(n, max(DEFAULT_POOL_MIN, min(int(n * DEFAULT_POOL_FRACTION), DEFAULT_POOL_MAX)))
 
 
-def rank_diverse(scores, embeddings, *, dedup_similarity: float = DEFAULT_DEDUP_SIMILARITY,
+def _hash_signs(hashes, name: str, n: Optional[int]) -> np.ndarray:
+    h = np.asarray(hashes)
+    shape = (len(duplicates.CROPS), duplicates.HASH_BYTES)
+    if h.ndim != 3 or h.shape[1:] != shape or h.dtype != np.uint8 or (n is not None and len(h) != n):
+        raise ValueError(f"{name} must be uint8 photo hashes ({'N' if n is None else n}, {shape[0]}, {shape[1]}), "
+                         f"got {h.dtype} {h.shape}")
+    return duplicates.signs(h)
+
+
+def _thumbnails(thumbnails, name: str, n: int) -> np.ndarray:
+    t = np.asarray(thumbnails)
+    shape = (n, duplicates.THUMB, duplicates.THUMB)
+    if t.shape != shape or t.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 thumbnails {shape}, got {t.dtype} {t.shape}")
+    return t
+
+
+def rank_diverse(scores, embeddings, *, hashes, thumbnails=None, dedup_similarity: float = DEFAULT_DEDUP_SIMILARITY,
                  diverse_pool: Optional[int] = None, diversity_weight: float = DEFAULT_DIVERSITY_WEIGHT,
-                 classes=None, class_balance: bool = False, labeled=None, score_scale: str = "minmax") -> Ranked:
+                 classes=None, class_balance: bool = False, labeled=None, labeled_hashes=None,
+                 labeled_thumbnails=None, score_scale: str = "minmax") -> Ranked:
     """Non-redundant order: de-duplicate, MMR over the top `diverse_pool` non-duplicates, then score order,
     then the duplicates (see the module docstring for the exact rules).
 
     scores: (N,) finite >= 0. embeddings: (N, D) finite, no all-zero rows (L2-normalised here).
-    dedup_similarity in (0, 1]. diverse_pool: int >= 0 or None (default_diverse_pool(N)); 0 = score order.
+    hashes: (N, len(CROPS), HASH_BYTES) uint8 photo hashes (mining.duplicates.photo_hash), what near-duplicates
+    are told by. dedup_similarity in (0, 1]: the share of agreeing hash bits that makes a near-duplicate.
+    thumbnails: (N, THUMB, THUMB) uint8 (mining.duplicates.thumbnail), or None: with them, an image is also a
+    near-duplicate when it is a crop (duplicates.crop_match) of its nearest kept image by embedding.
+    diverse_pool: int >= 0 or None (default_diverse_pool(N)); 0 = score order.
     diversity_weight in [0, 1]. classes: (N, C) finite >= 0, required by class_balance=True.
-    labeled: (M, D) embeddings of already-labelled images (M may be 0), or None.
+    labeled, labeled_hashes, labeled_thumbnails: (M, D) embeddings, (M, ...) hashes and thumbnails of
+    already-labelled images (M may be 0), or None.
     score_scale: "minmax" or "rank", how the shortlist's scores are put on [0, 1] for the MMR gain.
     """
     s = _scores(scores, non_negative=True)
     n = len(s)
     e = _unit_rows(embeddings, "embeddings", n, None)
+    h = _hash_signs(hashes, "hashes", n)
     dim = e.shape[1]
     if isinstance(dedup_similarity, bool) or not np.isscalar(dedup_similarity) \
             or not 0.0 < float(dedup_similarity) <= 1.0:
@@ -270,7 +355,9 @@ def rank_diverse(scores, embeddings, *, dedup_similarity: float = DEFAULT_DEDUP_
         raise ValueError(f"score_scale must be 'minmax' or 'rank', got {score_scale!r}")
     if not isinstance(class_balance, (bool, np.bool_)):
         raise ValueError(f"class_balance must be a bool, got {class_balance!r}")
-    lab = None
+    lab, lab_h = None, None
+    if labeled_hashes is not None and len(labeled_hashes):
+        lab_h = _hash_signs(labeled_hashes, "labeled_hashes", None if labeled is None else len(labeled))
     if labeled is not None:
         lab = np.asarray(labeled, dtype=np.float64)
         if lab.ndim == 2 and lab.shape[0] == 0:
@@ -291,8 +378,16 @@ def rank_diverse(scores, embeddings, *, dedup_similarity: float = DEFAULT_DEDUP_
     w = float(diversity_weight)
 
     by_score = _score_order(s)
-    kept, match, lab_match = _deduplicate(e[by_score].astype(np.float32),
-                                          None if lab is None else lab.astype(np.float32), float(dedup_similarity))
+    crops = None
+    if thumbnails is not None:
+        thumbs = _thumbnails(thumbnails, "thumbnails", n)
+        lab_thumbs = None if labeled_thumbnails is None or lab is None else \
+            _thumbnails(labeled_thumbnails, "labeled_thumbnails", len(lab))
+        crops = (e[by_score].astype(np.float32), thumbs[by_score],
+                 None if lab_thumbs is None else lab.astype(np.float32), lab_thumbs)
+    kept, match, lab_match, nearest = _deduplicate(h[by_score], lab_h, float(dedup_similarity), crops)
+    nearest_similarity = np.empty(n)
+    nearest_similarity[by_score] = nearest
     duplicate_of = np.full(n, -1, dtype=np.int64)
     labeled_duplicate_of = np.full(n, -1, dtype=np.int64)
     has_match = match >= 0
@@ -306,4 +401,4 @@ def rank_diverse(scores, embeddings, *, dedup_similarity: float = DEFAULT_DEDUP_
     picks = _mmr_order(e[shortlist], s[shortlist], w, lab, cls[shortlist] if class_balance else None, score_scale)
     order = np.concatenate([shortlist[picks], unique[pool:], by_score[~kept]]).astype(np.int64)
     return Ranked(order=order, priority=_priority(n), duplicate_of=duplicate_of,
-                  labeled_duplicate_of=labeled_duplicate_of, diverse_count=pool)
+                  labeled_duplicate_of=labeled_duplicate_of, diverse_count=pool, nearest_similarity=nearest_similarity)

@@ -12,20 +12,22 @@ import pytest
 from executor import ranking, report, tasks
 from executor.shards import ShardStore, plan
 from mining.base import Detections
+from tests.mining.photos import hashes_of, thumbnails_of
 from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
 
 IMAGES = [str(p) for p in coco_images(30)]
 
 
 def synthetic(tmp_path, selection="score", top_n=5, shard_size=8, copies=True, selected=0):
-    """30 coco images in shards of 8 with side files; image 1 a near-copy of image 0 (embedding), image n with n % 3
-    boxes of class n % 2; `selected`: start.py mine --topk. Returns the job and the written result lines."""
+    """30 coco images in shards of 8 with side files; image 1 a near-copy of image 0 (its photo hash), image n with
+    n % 3 boxes of class n % 2; `selected`: start.py mine --topk. Returns the job and the written result lines."""
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((len(IMAGES), 8))
-    if copies:
-        emb[1] = emb[0] + 1e-3
+    photos = [0] + list(range(len(IMAGES) - 1)) if copies else list(range(len(IMAGES)))
+    hashes, thumbs = hashes_of(photos), thumbnails_of(photos)
     scores = {k: float(s) for k, s in zip(IMAGES, np.linspace(1, 0.1, len(IMAGES)))}
-    spec = {"embeddings": "test" if selection == "diverse" else "", "class_counts": False, "boxes": True}
+    diverse = "test" if selection == "diverse" else ""
+    spec = {"embeddings": diverse, "hashes": diverse, "class_counts": False, "boxes": True}
     store = ShardStore(str(tmp_path / "shards"), "mining", {"test": 1}, spec)
     store.embedding_dim, store.class_names = (8 if selection == "diverse" else 0), ["person", "bicycle"]
     for shard in plan(IMAGES, shard_size):
@@ -35,7 +37,7 @@ def synthetic(tmp_path, selection="score", top_n=5, shard_size=8, copies=True, s
             det = Detections(np.array([[10, 10, 100, 120]] * (n % 3), np.float32).reshape(-1, 4),
                              np.full(n % 3, 0.6, np.float32),
                              np.array([n % 2] * (n % 3), np.int64), np.zeros((n % 3, 2), np.float32))
-            side[key] = (emb[n].astype(np.float16), det)
+            side[key] = (emb[n].astype(np.float16), det, (hashes[n], thumbs[n]))
         store.write_scores(shard, {k: scores[k] for k in shard.keys}, {}, side)
     job = tasks.Job(candidates=IMAGES, mining_result=str(tmp_path / "out" / "result.tsv"),
                     tensorboard_dir=str(tmp_path / "out" / "tensorboard"), selected=selected)
@@ -126,12 +128,13 @@ def test_side_spec_follows_the_settings():
     def spec(**config):
         return tasks.side_spec("mining", build_settings("mining", {"model_params_path": [str(WEIGHTS)], **config}), "")
 
-    assert spec() == {"embeddings": "", "class_counts": False, "boxes": True}
+    assert spec() == {"embeddings": "", "hashes": "", "class_counts": False, "boxes": True}
     assert spec(report=False) is None
     assert spec(report=False, mining_algorithm="random") is None
     assert spec(mining_algorithm="random") is None  # no model runs: no boxes to show
     diverse = spec(selection="diverse", class_balance=True, mining_algorithm="random")
-    assert diverse["embeddings"] and diverse["class_counts"] and diverse["boxes"] and "model" in diverse
+    assert diverse["embeddings"] and diverse["hashes"] and diverse["class_counts"] and diverse["boxes"] and \
+        "model" in diverse
 
 
 # ---------------------------------------------------------------- through start.py (slow)

@@ -1,6 +1,7 @@
 """Selection wired into mining (issue 15): side files of the shards, the diverse plan applied to the streamed
 merge, and, with the real model (slow), planted near-duplicates through start.py, determinism, several worker
 processes and both backends."""
+import json
 import math
 import os
 import shutil
@@ -14,6 +15,7 @@ from executor.config import build_settings
 from executor.shards import ShardStore, plan
 from mining.base import Detections
 from mining.selection import rank_diverse
+from tests.mining.photos import distinct, hashes_of, thumbnails_of
 from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
 
 # the hand-made set of tests/mining/test_selection.py: A and its near-copy A', B and B', an outlier C, and E
@@ -23,6 +25,9 @@ SIX_EMB = np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.1], [0.0, 3.0, 0.0, 
                     [0.0, 0.0, 1.0, 0.0], [0.9, math.sqrt(1 - 0.81), 0.0, 0.0]])
 SIX_SCORES = [0.9, 0.8, 0.7, 0.6, 0.75, 0.85]
 KEYS = [f"/pool/{name}.jpg" for name in ("A", "A2", "B", "B2", "C", "E")]
+SIX_PHOTOS = [0, 0, 1, 1, 2, 3]  # A2 and B2 are copies of A and B (hashes with 10 bits changed); E is another photo
+SIX_HASHES = hashes_of(SIX_PHOTOS, [0, 10, 0, 10, 0, 0])
+SIX_THUMBS = thumbnails_of(SIX_PHOTOS)
 
 
 def detections(classes):
@@ -31,9 +36,14 @@ def detections(classes):
                       np.asarray(classes, np.int64), np.zeros((n, 3), np.float32))
 
 
-def synthetic_store(folder, keys, scores, embeddings, shard_size, unreadable=(), classes=None, spec=None):
-    """Shard files as the workers write them, with side files (embeddings, boxes)."""
-    spec = spec or {"embeddings": "test", "class_counts": classes is not None, "boxes": True}
+def synthetic_store(folder, keys, scores, embeddings, shard_size, unreadable=(), classes=None, spec=None,
+                    hashes=None, thumbnails=None):
+    """Shard files as the workers write them, with side files (embeddings, photo hashes, boxes); hashes and
+    thumbnails default to SIX_HASHES / SIX_THUMBS for the six keys, else to distinct photos."""
+    spec = spec or {"embeddings": "test", "hashes": "test", "class_counts": classes is not None, "boxes": True}
+    six = len(keys) == len(KEYS) and hashes is None
+    hashes = SIX_HASHES if six else (distinct(len(keys)) if hashes is None else hashes)
+    thumbnails = SIX_THUMBS if six else (thumbnails_of(range(len(keys))) if thumbnails is None else thumbnails)
     store = ShardStore(str(folder), "mining", {"test": 1}, spec)
     store.embedding_dim, store.class_names = embeddings.shape[1], ["a", "b", "c"]
     score_of = dict(zip(keys, scores))
@@ -41,7 +51,8 @@ def synthetic_store(folder, keys, scores, embeddings, shard_size, unreadable=(),
         score_of[key] = -1.0
     for shard in plan(keys, shard_size):
         side = {k: (embeddings[keys.index(k)].astype(np.float16),
-                    detections(classes[keys.index(k)] if classes is not None else [0]))
+                    detections(classes[keys.index(k)] if classes is not None else [0]),
+                    (hashes[keys.index(k)], thumbnails[keys.index(k)]))
                 for k in shard.keys if k not in unreadable}
         store.write_scores(shard, {k: score_of[k] for k in shard.keys},
                            {k: "unreadable: test" for k in shard.keys if k in unreadable}, side)
@@ -71,6 +82,14 @@ def test_a_shard_is_complete_only_with_its_side_file(tmp_path):
     assert not other.complete(shards[0])  # another side spec: its side files are not these
     plain = ShardStore(str(tmp_path), "mining", {"test": 1})
     assert plain.complete(shards[1])  # a run without side files reuses the score file alone
+    # a side file holding more than a run needs serves it (the report's boxes, for a run with the report off);
+    # one holding less does not (class counts)
+    no_report = ShardStore(str(tmp_path), "mining", {"test": 1}, {"embeddings": "test", "hashes": "test",
+                                                                  "class_counts": False, "boxes": False})
+    assert no_report.complete(shards[0])
+    balanced = ShardStore(str(tmp_path), "mining", {"test": 1}, {"embeddings": "test", "hashes": "test",
+                                                                 "class_counts": True, "boxes": True})
+    assert not balanced.complete(shards[0])
     (tmp_path / os.path.basename(store.side_path(1))).write_bytes(b"PK\x03\x04 half a zip")
     assert not store.complete(shards[1])
 
@@ -95,8 +114,9 @@ def test_diverse_on_the_whole_pool_is_rank_diverse_exactly(tmp_path):
     # MMR with the shortlist's score ranks (1, 2/3, 1/3, 0 for A, E, C, B) and w = 0.5: A; then C (1/6 + 1/2)
     # beats E (1/3 + 0.05) and B (1/2); then B (1/2) beats E (1/3 + 0.05 * 1/1); then E. Copies last.
     assert [KEYS.index(k) for k in keys] == [A, C, B, E, A2, B2]
-    expected = rank_diverse(SIX_SCORES, SIX_EMB.astype(np.float16).astype(np.float64), diversity_weight=0.5,
-                            dedup_similarity=0.97, score_scale="rank").order.tolist()
+    expected = rank_diverse(SIX_SCORES, SIX_EMB.astype(np.float16).astype(np.float64), hashes=SIX_HASHES,
+                            thumbnails=SIX_THUMBS, diversity_weight=0.5, dedup_similarity=0.85,
+                            score_scale="rank").order.tolist()
     assert [KEYS.index(k) for k in keys] == expected
     assert written == [6 / 6, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]  # the priority, strictly decreasing
     assert [k for k, _ in raw] == keys  # raw scores in the written order
@@ -136,8 +156,9 @@ def test_labelled_near_copies_go_down(tmp_path, monkeypatch):
     """An image nearly copying a labelled one is placed below the rest, and nothing is placed near the
     labelled images first: with C labelled, C's copy goes down and the order starts away from C."""
     store, count = synthetic_store(tmp_path, KEYS, SIX_SCORES, SIX_EMB, 4)
-    monkeypatch.setattr(ranking, "labeled_embeddings",
-                        lambda job, settings, models: (np.array([[0.0, 0.0, 1.0, 0.01]]), ["/labelled/C.jpg"]))
+    labelled_c = ranking.Labeled(np.array([[0.0, 0.0, 1.0, 0.01]], np.float32), hashes_of([2], [6]),
+                                 thumbnails_of([2]), ("/labelled/C.jpg",))
+    monkeypatch.setattr(ranking, "labeled_images", lambda job, settings, models: labelled_c)
     job = tasks.Job(candidates=KEYS, mining_result=str(tmp_path / "result.tsv"), labeled=("/labelled/C.jpg",))
     config = {"mining_algorithm": "random", "report": False, "selection": "diverse", "shard_size": 4,
               "diversity_weight": 0.5}
@@ -161,15 +182,35 @@ def test_class_balance_reads_the_class_counts(tmp_path):
 
 
 def test_no_embeddings_keeps_the_score_order_with_a_warning(tmp_path, caplog):
-    store = ShardStore(str(tmp_path), "mining", {"test": 1}, {"embeddings": "test", "class_counts": False,
-                                                             "boxes": True})
+    store = ShardStore(str(tmp_path), "mining", {"test": 1}, {"embeddings": "test", "hashes": "test",
+                                                             "class_counts": False, "boxes": True})
     store.class_names = ["a"]  # embedding_dim 0: what an ONNX model without embeddings leaves
     for shard in plan(KEYS, 4):
         store.write_scores(shard, dict(zip(shard.keys, SIX_SCORES[shard.start:])), {},
-                           {k: (None, detections([0])) for k in shard.keys})
+                           {k: (None, detections([0]), None) for k in shard.keys})
     keys, written, raw = write(tmp_path, store, 2, KEYS, selection="diverse", shard_size=4)
     assert written == sorted(SIX_SCORES, reverse=True) and raw is None
     assert "no embeddings" in caplog.text
+
+
+@pytest.mark.parametrize("copies, warned", [(3, True), (1, False)])
+def test_a_pool_with_many_near_duplicates_is_warned_of(tmp_path, caplog, copies, warned):
+    """More than 10% of the pool flagged: a warning that says how many and what to check; 1 in 10 is no warning."""
+    keys = [f"/pool/{n}.jpg" for n in range(10)]
+    photos = list(range(10 - copies)) + list(range(copies))  # the last `copies` images copy the first ones
+    store, count = synthetic_store(tmp_path, keys, [1.0 - n / 10 for n in range(10)], np.eye(10), 10,
+                                   hashes=hashes_of(photos), thumbnails=thumbnails_of(photos))
+    write(tmp_path, store, count, keys, selection="diverse", shard_size=10, report=True,
+          model_params_path=[str(WEIGHTS)])  # the report names the weights (random mining runs none)
+    assert ("3 of 10 images (30%) are near-duplicates at dedup_similarity 0.85" in caplog.text) == warned
+    assert ("near-duplicates at dedup_similarity" in caplog.text) == warned
+    found = json.loads((tmp_path / "mining-report.json").read_text())["near_duplicates"]
+    assert found["flagged"] == copies and found["readable"] == 10 and found["threshold"] == 0.85
+    assert sum(found["counts"]) == 9 and len(found["bin_edges"]) == len(found["counts"]) + 1  # all but the first
+    assert sum(c for c, low in zip(found["counts"], found["bin_edges"]) if low >= 0.85) == copies
+    assert bool(found["warning"]) == warned
+    page = (tmp_path / "mining-report.html").read_text()
+    assert "photo-hash similarity" in page and ('class="warning"' in page) == warned
 
 
 def test_template_keys_and_rules():
@@ -369,3 +410,32 @@ def test_random_with_diverse_runs_the_model_for_embeddings_only(pool, tmp_path):
     order = groups_in_order(tmp_path, pool)
     n_unique = len(coco_images(9))
     assert sorted(g for g in order[:n_unique] if g >= 0) == list(range(GROUPS))
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_selection_settings_reselects_without_a_forward(tmp_path, monkeypatch, caplog):
+    """Shards kept after the merge (the CLI's default): the same pool with other selection settings is merged and
+    selected again from the side files; no model is loaded, no shard file is written again."""
+    images = [str(p) for p in coco_images(6)]
+    job = tasks.Job(candidates=images, mining_result=str(tmp_path / "result.tsv"),
+                    shards_dir=str(tmp_path / "shards"), keep_shards=True)
+    config = {"model_params_path": [str(WEIGHTS)], "img_size": 160, "selection": "diverse"}
+    tasks.run(["mining"], job, config)
+    first = (tmp_path / "result.tsv").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "shards").iterdir()}
+    assert any(p.suffix == ".npz" for p in stamps)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("re-selection loaded a model")
+
+    monkeypatch.setattr(tasks.Models, "detector", no_model)
+    caplog.set_level("INFO", "executor")
+    tasks.run(["mining"], job, {**config, "dedup_similarity": 0.01})  # every image but the first a "copy"
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "shards").iterdir()} == stamps
+    assert "5 of 6 images (83%) are near-duplicates at dedup_similarity 0.01" in caplog.text
+    assert "1 of 1 shards are complete from an earlier run" in caplog.text
+    again = (tmp_path / "result.tsv").read_text()
+    assert sorted(line.split("\t")[0] for line in again.splitlines()) == sorted(
+        line.split("\t")[0] for line in first.splitlines())
+    raw = dict(line.split("\t") for line in (tmp_path / "mining-scores.tsv").read_text().splitlines())
+    assert set(raw) == set(images)  # every raw score read back from the kept shards

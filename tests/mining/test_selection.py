@@ -4,7 +4,9 @@ import time
 import numpy as np
 import pytest
 
+from mining import duplicates
 from mining.selection import Ranked, default_diverse_pool, rank_by_score, rank_diverse
+from tests.mining.photos import distinct, hashes_of, pack, photo_bits, thumbnails_of
 
 
 def unit(angle_deg: float) -> list:
@@ -13,8 +15,10 @@ def unit(angle_deg: float) -> list:
 
 
 # Six images: A and its near-copy A', B (unnormalised) and its near-copy B', an orthogonal outlier C,
-# and E, close to A (cos 0.9, below the 0.95 duplicate threshold) but with the second-best score.
+# and E, close to A in the embedding (cos 0.9: the same kind of scene) but another photo, with the second-best
+# score. Near-copies are told by the photo hash: A' and B' have their originals' hashes with 10 bits changed.
 A, A2, B, B2, C, E = 0, 1, 2, 3, 4, 5
+SIX_HASHES = hashes_of([0, 0, 1, 1, 2, 3], [0, 10, 0, 10, 0, 0])
 SIX_EMB = np.array([[1.0, 0.0, 0.0, 0.0],
                     [1.0, 0.0, 0.0, 0.1],     # cos(A, A') = 0.995
                     [0.0, 3.0, 0.0, 0.0],     # scale must not matter
@@ -71,7 +75,7 @@ def test_rank_by_score_validation_and_edges():
 # --- rank_diverse: exact hand-made case -------------------------------------------------------------------
 
 def test_six_images_exact_order():
-    r = rank_diverse(SIX_SCORES, SIX_EMB)
+    r = rank_diverse(SIX_SCORES, SIX_EMB, hashes=SIX_HASHES)
     check_ranked(r, 6)
     # score order would be A, E, A', C, B, B'. A' and B' are near-copies: at the end, in score order.
     # MMR (w = 0.5) over A, E, C, B (score_norm 1, 0.75, 0.25, 0): A first; then C (0.125 + 0.5) beats
@@ -86,15 +90,15 @@ def test_six_images_exact_order():
 
 def test_weight_zero_and_pool_zero_give_score_order_of_non_duplicates():
     expected = [A, E, C, B, A2, B2]
-    assert rank_diverse(SIX_SCORES, SIX_EMB, diversity_weight=0.0).order.tolist() == expected
-    r = rank_diverse(SIX_SCORES, SIX_EMB, diverse_pool=0)
+    assert rank_diverse(SIX_SCORES, SIX_EMB, hashes=SIX_HASHES, diversity_weight=0.0).order.tolist() == expected
+    r = rank_diverse(SIX_SCORES, SIX_EMB, hashes=SIX_HASHES, diverse_pool=0)
     assert r.order.tolist() == expected and r.diverse_count == 0
     # a shortlist of 2: MMR orders A, E (E is the only other candidate), then C, B by score
-    assert rank_diverse(SIX_SCORES, SIX_EMB, diverse_pool=2).order.tolist() == expected
+    assert rank_diverse(SIX_SCORES, SIX_EMB, hashes=SIX_HASHES, diverse_pool=2).order.tolist() == expected
 
 
 def test_dedup_threshold_one_keeps_near_copies():
-    r = rank_diverse(SIX_SCORES, SIX_EMB, dedup_similarity=1.0)
+    r = rank_diverse(SIX_SCORES, SIX_EMB, hashes=SIX_HASHES, dedup_similarity=1.0)
     assert not r.is_duplicate.any()
     assert r.order[0] == A and r.diverse_count == 6
 
@@ -103,12 +107,12 @@ def test_dedup_threshold_one_keeps_near_copies():
 
 def test_duplicates_go_below_all_non_duplicates_and_point_at_their_original():
     rng = np.random.default_rng(1)
-    base = rng.standard_normal((50, 32))
     originals = rng.choice(50, size=10, replace=False)
-    copies = base[originals] + 1e-3 * rng.standard_normal((10, 32))
-    emb = np.concatenate([base, copies])
+    photos = list(range(50)) + originals.tolist()   # images 50..59 show the photos of 10 others, 8 bits changed
+    hashes = hashes_of(photos, [0] * 50 + [8] * 10)
+    emb = rng.standard_normal((60, 32))              # the embeddings play no part in what is a duplicate
     scores = rng.random(60)
-    r = rank_diverse(scores, emb)
+    r = rank_diverse(scores, emb, hashes=hashes)
     check_ranked(r, 60)
     assert r.is_duplicate.sum() == 10
     for k, orig in enumerate(originals):
@@ -118,25 +122,43 @@ def test_duplicates_go_below_all_non_duplicates_and_point_at_their_original():
     tail = r.order[50:]
     assert r.is_duplicate[tail].all() and not r.is_duplicate[r.order[:50]].any()
     assert list(tail) == sorted(tail, key=lambda i: (-scores[i], i))  # duplicates keep score order
+    assert (r.nearest_similarity[r.is_duplicate] >= 0.85).all() and (r.nearest_similarity[~r.is_duplicate] < 0.85).all()
+
+
+def test_a_pool_of_near_identical_scenes_is_not_flagged_but_its_true_copies_are():
+    # one domain: every embedding within cosine 0.999 of the others (what a COCO detector's neck gives road
+    # scenes), but 30 different photos, two of them re-encoded (5 bits changed) and one mirrored
+    rng = np.random.default_rng(4)
+    emb = np.ones((33, 16)) + 0.01 * rng.standard_normal((33, 16))
+    bits = np.array([photo_bits(p) for p in range(30)] + [photo_bits(3), photo_bits(7), photo_bits(11)])
+    bits[30:32, :, :5] ^= True
+    mirror = np.zeros(duplicates.BITS, bool)
+    mirror[np.tile(np.arange(duplicates.SIDE), duplicates.SIDE)[1:] % 2 == 1] = True
+    bits[32] ^= mirror                                 # the mirrored photo's hash: odd horizontal frequencies flip
+    scores = np.linspace(1.0, 0.01, 33)
+    r = rank_diverse(scores, emb, hashes=pack(bits))
+    assert np.flatnonzero(r.is_duplicate).tolist() == [30, 31, 32]
+    assert r.duplicate_of[30:].tolist() == [3, 7, 11]
 
 
 def test_duplicate_points_at_the_most_similar_kept_image_and_chains_do_not_propagate():
-    # P1 at 0 deg, P2 at 20 deg (cos 0.94: both kept); X at 12 deg is >= 0.95 to both, closer to P2
-    r = rank_diverse([0.9, 0.8, 0.7], [unit(0), unit(20), unit(12)])
+    emb = [unit(0), unit(40), unit(80)]
+    # P1, P2 = P1 with 60 bits changed (76% agree: both kept); X = P1 with 35 changed, 25 from P2: closer to P2
+    r = rank_diverse([0.9, 0.8, 0.7], emb, hashes=hashes_of([0, 0, 0], [0, 60, 35]))
     assert r.duplicate_of.tolist() == [-1, -1, 1]
-    # A, A' at 16 deg (cos 0.961: duplicate), A'' at 32 deg: near A' (a duplicate, moved to the end) but not A
-    r = rank_diverse([0.9, 0.8, 0.7], [unit(0), unit(16), unit(32)])
+    # A, A' = A with 30 bits changed (88%: a duplicate), A'' with 60 changed: near A' (moved to the end) but not A
+    r = rank_diverse([0.9, 0.8, 0.7], emb, hashes=hashes_of([0, 0, 0], [0, 30, 60]))
     assert r.duplicate_of.tolist() == [-1, 0, -1]
     assert r.order.tolist()[-1] == 1
 
 
 def test_many_duplicates_across_blocks():
-    # more rows than one de-duplication block: every copy of each of 3 directions points at the best-scored one
+    # more rows than one de-duplication block: every copy of each of 3 photos points at the best-scored one
     rng = np.random.default_rng(2)
     labels = np.arange(700) % 3
-    emb = np.eye(8)[labels] + 1e-4 * rng.standard_normal((700, 8))
+    hashes = hashes_of(labels.tolist(), rng.integers(0, 6, 700).tolist())
     scores = rng.random(700)
-    r = rank_diverse(scores, emb)
+    r = rank_diverse(scores, rng.standard_normal((700, 8)), hashes=hashes)
     heads = [int(np.flatnonzero(labels == c)[np.argmax(scores[labels == c])]) for c in range(3)]
     assert sorted(r.order[:3].tolist()) == sorted(heads)
     assert (r.duplicate_of[heads] == -1).all()
@@ -151,7 +173,7 @@ def test_every_prefix_covers_more_clusters_than_score_order():
     by_score = clusters_covered(rank_by_score(scores).order, labels)
     assert by_score[19] == 1 and by_score[20] == 2                # score order stays in cluster 0 for 20 picks
     for pool, weight, all_five_by in ((None, 0.5, 10), (None, 0.8, 5), (30, 0.5, None)):
-        diverse = clusters_covered(rank_diverse(scores, emb, diverse_pool=pool, diversity_weight=weight).order,
+        diverse = clusters_covered(rank_diverse(scores, emb, hashes=distinct(len(scores)), diverse_pool=pool, diversity_weight=weight).order,
                                    labels)
         assert (diverse >= by_score).all()
         assert (diverse[1:20] > by_score[1:20]).all()
@@ -163,7 +185,7 @@ def test_every_prefix_covers_more_clusters_than_score_order():
 
 def test_below_the_shortlist_the_order_is_by_score():
     scores, emb, _ = clustered_set()
-    r = rank_diverse(scores, emb, diverse_pool=30)
+    r = rank_diverse(scores, emb, hashes=distinct(len(scores)), diverse_pool=30)
     assert r.diverse_count == 30
     rest = r.order[30:][~r.is_duplicate[r.order[30:]]]
     assert list(rest) == sorted(rest, key=lambda i: (-scores[i], i))
@@ -174,7 +196,7 @@ def test_below_the_shortlist_the_order_is_by_score():
 
 def test_priority_strictly_decreasing_and_positive():
     scores, emb, _ = clustered_set()
-    r = rank_diverse(scores, emb)
+    r = rank_diverse(scores, emb, hashes=distinct(len(scores)))
     assert (np.diff(r.priority) < 0).all() and (r.priority > 0).all() and r.priority[0] == 1.0
     assert len(set(map(repr, r.priority.tolist()))) == len(scores)  # distinct as written to result.tsv
 
@@ -183,20 +205,22 @@ def test_priority_strictly_decreasing_and_positive():
 
 def test_labeled_suppresses_near_copies_and_pushes_down_look_alikes():
     labeled = np.array([[1.0, 0.0, 0.0, 0.0]])
-    emb = np.array([[1.0, 0.0, 0.0, 0.01],     # 0: a near-copy of the labelled image
-                    unit(math.degrees(math.acos(0.9))),  # 1: cos 0.9 to it: not a copy, but close
+    labeled_hashes = hashes_of([9])
+    emb = np.array([[1.0, 0.0, 0.0, 0.01],     # 0: a near-copy of the labelled image (its photo, 6 bits changed)
+                    unit(math.degrees(math.acos(0.9))),  # 1: cos 0.9 to it, another photo: not a copy, but close
                     [0.0, 0.0, 1.0, 0.0],      # 2
                     [0.0, 0.0, 0.0, 1.0]])     # 3
+    hashes = hashes_of([9, 1, 2, 3], [6, 0, 0, 0])
     scores = [0.5, 0.9, 0.85, 0.1]
-    free = rank_diverse(scores, emb)
+    free = rank_diverse(scores, emb, hashes=hashes)
     assert free.order[:2].tolist() == [1, 2] and not free.is_duplicate.any()
-    r = rank_diverse(scores, emb, labeled=labeled)
+    r = rank_diverse(scores, emb, hashes=hashes, labeled=labeled, labeled_hashes=labeled_hashes)
     assert r.labeled_duplicate_of.tolist() == [0, -1, -1, -1]
     assert r.duplicate_of.tolist() == [-1, -1, -1, -1]
     assert r.is_duplicate.tolist() == [True, False, False, False]
     # shortlist 1, 2, 3 (score_norm 1, 0.94, 0): 2 (0.47 + 0.5) beats 1 (0.5 + 0.05, close to the labelled image)
     assert r.order.tolist() == [2, 1, 3, 0]
-    empty = rank_diverse(scores, emb, labeled=np.zeros((0, 4)))
+    empty = rank_diverse(scores, emb, hashes=hashes, labeled=np.zeros((0, 4)), labeled_hashes=distinct(0))
     assert empty.order.tolist() == free.order.tolist()
 
 
@@ -206,12 +230,12 @@ def test_class_balance_moves_the_missing_class_up():
     emb = np.eye(4)  # all orthogonal: the distance term is the same for every candidate
     scores = [0.9, 0.85, 0.8, 0.7]
     classes = np.array([[1, 0], [1, 0], [1, 0], [0, 1]])
-    assert rank_diverse(scores, emb, classes=classes).order.tolist() == [0, 1, 2, 3]  # ignored unless asked
-    r = rank_diverse(scores, emb, classes=classes, class_balance=True)
+    assert rank_diverse(scores, emb, hashes=distinct(4), classes=classes).order.tolist() == [0, 1, 2, 3]  # ignored unless asked
+    r = rank_diverse(scores, emb, hashes=distinct(4), classes=classes, class_balance=True)
     # after image 0 the prefix is all class 0 (target 3/4, 1/4): image 3's class has deficit 1, gain x2
     assert r.order.tolist() == [0, 3, 1, 2]
     counts = np.array([[4, 0], [2, 0], [3, 0], [0, 1]])  # counts work too
-    assert rank_diverse(scores, emb, classes=counts, class_balance=True).order.tolist() == [0, 3, 1, 2]
+    assert rank_diverse(scores, emb, hashes=distinct(4), classes=counts, class_balance=True).order.tolist() == [0, 3, 1, 2]
 
 
 # --- determinism, edges, validation -----------------------------------------------------------------------
@@ -223,20 +247,24 @@ def test_deterministic_and_inputs_untouched():
     scores = np.round(rng.random(300), 1)  # many score ties
     classes = rng.integers(0, 3, size=(300, 4))
     labeled = rng.standard_normal((20, 16))
-    copies = [a.copy() for a in (emb, scores, classes, labeled)]
-    kwargs = dict(classes=classes, class_balance=True, labeled=labeled, diverse_pool=150)
+    hashes = hashes_of(list(range(100)) + list(range(10)) + list(range(110, 300)), [0] * 100 + [3] * 10 + [0] * 190)
+    copies = [a.copy() for a in (emb, scores, classes, labeled, hashes)]
+    kwargs = dict(hashes=hashes, classes=classes, class_balance=True, labeled=labeled,
+                  labeled_hashes=hashes_of(range(500, 520)), diverse_pool=150)
     r1, r2 = rank_diverse(scores, emb, **kwargs), rank_diverse(scores, emb, **kwargs)
     for name in ("order", "priority", "duplicate_of", "labeled_duplicate_of"):
         assert np.array_equal(getattr(r1, name), getattr(r2, name))
-    for before, after in zip(copies, (emb, scores, classes, labeled)):
+    assert r1.is_duplicate.sum() == 10
+    for before, after in zip(copies, (emb, scores, classes, labeled, hashes)):
         assert np.array_equal(before, after)
 
 
 def test_zero_and_one_image():
-    r = rank_diverse(np.zeros(0), np.zeros((0, 8)))
+    r = rank_diverse(np.zeros(0), np.zeros((0, 8)), hashes=distinct(0))
     check_ranked(r, 0)
     assert r.diverse_count == 0
-    r = rank_diverse([0.3], [[0.0, 2.0]], labeled=[[1.0, 0.0]], classes=[[1]], class_balance=True)
+    r = rank_diverse([0.3], [[0.0, 2.0]], hashes=distinct(1), labeled=[[1.0, 0.0]], labeled_hashes=distinct(1),
+                     classes=[[1]], class_balance=True)
     assert r.order.tolist() == [0] and r.priority.tolist() == [1.0] and r.duplicate_of.tolist() == [-1]
 
 
@@ -267,9 +295,13 @@ def test_default_diverse_pool():
     (dict(labeled=np.ones((2, 3))), "labeled"),
     (dict(labeled=np.zeros((0, 3))), "labeled"),
     (dict(labeled=[[0.0, 0.0]]), "zero"),
+    (dict(hashes=np.zeros((2, 3, 32), np.int64)), "hashes"),
+    (dict(hashes=np.zeros((3, 3, 32), np.uint8)), "hashes"),
+    (dict(hashes=np.zeros((2, 32), np.uint8)), "hashes"),
+    (dict(labeled=np.eye(2)[:1], labeled_hashes=np.zeros((2, 3, 32), np.uint8)), "labeled_hashes"),
 ])
 def test_validation(kwargs, match):
-    args = dict(scores=[0.1, 0.2], embeddings=np.eye(2))
+    args = dict(scores=[0.1, 0.2], embeddings=np.eye(2), hashes=distinct(2))
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         rank_diverse(args.pop("scores"), args.pop("embeddings"), **args)
@@ -279,8 +311,28 @@ def test_timing_print(capsys):
     rng = np.random.default_rng(0)
     scores, emb = rng.random(10000), rng.standard_normal((10000, 256))
     start = time.perf_counter()
-    r = rank_diverse(scores, emb, diverse_pool=2000)
+    r = rank_diverse(scores, emb, hashes=hashes_of(range(10000)), diverse_pool=2000)
     elapsed = time.perf_counter() - start
     assert r.diverse_count == 2000
     with capsys.disabled():
         print(f"\nrank_diverse N=10000 D=256 diverse_pool=2000: {elapsed:.2f} s")
+
+
+# --- crops: the nearest image by embedding, confirmed on the thumbnails -------------------------------------
+
+def test_a_crop_of_the_nearest_kept_image_is_a_duplicate_and_a_look_alike_is_not():
+    import cv2
+
+    thumbs = thumbnails_of([0, 1, 2, 3])
+    big = cv2.resize(thumbs[0], (100, 100), interpolation=cv2.INTER_CUBIC)
+    thumbs[1] = cv2.resize(big[4:92, 9:97], (duplicates.THUMB, duplicates.THUMB), interpolation=cv2.INTER_AREA)
+    # 1: a crop of 0 off the centre (its hash is another photo's); 2: as near 0 by embedding, another picture
+    emb = np.array([unit(0), unit(2), unit(2), unit(90)])
+    scores = [0.9, 0.8, 0.7, 0.6]
+    r = rank_diverse(scores, emb, hashes=distinct(4), thumbnails=thumbs)
+    assert r.duplicate_of.tolist() == [-1, 0, -1, -1]
+    assert not rank_diverse(scores, emb, hashes=distinct(4)).is_duplicate.any()  # without thumbnails: hashes only
+    # the crop of a labelled image goes down too
+    r = rank_diverse(scores[1:], emb[1:], hashes=distinct(3), thumbnails=thumbs[1:], labeled=emb[:1],
+                     labeled_hashes=hashes_of([9]), labeled_thumbnails=thumbs[:1])
+    assert r.labeled_duplicate_of.tolist() == [0, -1, -1]
