@@ -4,6 +4,7 @@ Scores are bit-identical for the same per-process thread count (a float32 convol
 how many threads split it), so the one-worker reference runs with the thread count each worker gets.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,11 +44,13 @@ def mine_pool(pool, out, *extra, algorithm="entropy", **kwargs):
 def test_two_cli_workers_write_what_one_writes(pool, tmp_path, algorithm):
     one, two = tmp_path / "one.tsv", tmp_path / "two.tsv"
     assert mine_pool(pool, one, "--set", "cpu_threads=1", algorithm=algorithm).returncode == 0
-    done = mine_pool(pool, two, "--nproc", "2", "--set", "cpu_threads=2", algorithm=algorithm)
+    done = mine_pool(pool, two, "--nproc", "2", "--set", "cpu_threads=2", "--drop-shards", algorithm=algorithm)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "starting 2 workers" in done.stdout
     assert two.read_bytes() == one.read_bytes() and len(one.read_text().splitlines()) == len(IMAGES)
-    assert not (tmp_path / "two.tsv.shards").exists()  # cleaned up after the merge
+    assert not (tmp_path / "two.tsv.shards").exists()  # --drop-shards: removed after the merge
+    kept = os.listdir(tmp_path / "one.tsv.shards")  # by default the scores stay for a re-selection, nothing else
+    assert kept and all(re.fullmatch(r"mining-\d{6}\.(txt|npz)", name) for name in kept)
 
 
 def test_platform_cpu_processes_give_the_same_mining_and_infer(tmp_path):
