@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from executor import simulate
 from executor.errors import ConfigError, DatasetError, ModelError
-from executor.simulate import Plan, Simulation, Trained
+from executor.simulate import simulate
+from executor.simulate.simulate import Plan, Simulation, Trained
 from tests.ymir_builders import SHARED, WEIGHTS_DIR
 
 HIGHWAY = SHARED / "data" / "highway"
@@ -99,7 +99,7 @@ def check_growth(out, budget=8, initial=8, rounds=2) -> None:
 def test_yolo_labels_become_ark_with_the_same_boxes(tiny, tmp_path):
     data = simulate.prepare_data(str(tiny), str(tmp_path), {})
     assert len(data.pool) == 40 and len(data.val_samples) == 10 and data.class_names == NAMES
-    from executor.dataset import read_dataset
+    from executor.protocol.dataset import read_dataset
 
     train, _ = read_dataset(str(tmp_path / "dataset" / "train-index.tsv"), data.val_index, NAMES, "ark:raw")
     sample = next(s for s in train.samples if len(s.boxes))
@@ -225,10 +225,10 @@ def test_the_readme_example_is_a_valid_plan_with_highway_classes_named_as_in_coc
     from ultralytics import YOLO
 
     import start
-    from executor import cli
-    from executor.config import read_yaml_mapping
+    from executor.cli import commands as cli
+    from executor.protocol.yaml_file import read_yaml_mapping
 
-    readme = (Path(simulate.__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(simulate.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     command = re.search(r"```bash\n(\.venv/bin/python start\.py simulate .*?)```", readme, re.S).group(1)
     words = shlex.split(command.replace("\\\n", " "))
     argv = [word.replace("../shared/", f"{SHARED}/") for word in words[2:]]

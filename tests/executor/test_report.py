@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from executor import drawing, report
-from executor.drawing import confidence_colour, draw_detections, thumbnail
-from executor.report import ReportData, ReportImage, pca_2d, write_report, write_tensorboard
+from executor.report import drawing, report
+from executor.report.drawing import confidence_colour, draw_detections, thumbnail
+from executor.report.report import ReportData, ReportImage, pca_2d, write_report, write_tensorboard
 
 COCO = "/work/shared/data/coco-val"
 NAMES = ["person", "bicycle", "car", "motorcycle", "bus", "truck", "dog", "cat", "chair", "dining table"]

@@ -1,10 +1,12 @@
 """The shard plan: shard_size 0 (the default) takes its size from the pool and the number of workers only."""
 import pytest
 
-from executor.config import FAMILY_TEMPLATES, build_settings
 from executor.errors import ConfigError, Interrupted
-from executor.shards import auto_shard_size, plan, shards_of_rank
-from executor.tasks import Job, with_shard_size
+from executor.pipeline.job import Job
+from executor.pipeline.scoring import with_shard_size
+from executor.pipeline.shards import auto_shard_size, plan, shards_of_rank
+from executor.protocol.settings import build_settings
+from executor.protocol.templates import FAMILY_TEMPLATES
 
 POOL = Job(candidates=[f"img{i:04d}.jpg" for i in range(1704)])
 

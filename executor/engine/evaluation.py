@@ -21,10 +21,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from executor.dataset import Sample
+from executor.engine.detector import Detector
+from executor.engine.images import letterbox, read_image
 from executor.errors import ImageError
-from executor.images import letterbox, read_image
-from executor.model import Detector
+from executor.shared import Sample
 from mining.base import Detections
 from mining.boxes import box_iou, greedy_match
 

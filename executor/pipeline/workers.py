@@ -21,8 +21,8 @@ import uuid
 from typing import Callable, Sequence
 
 from executor.errors import QuarryError, Terminated, error_code, one_line
-from executor.monitor import Progress
-from executor.writers import atomic_write_text
+from executor.protocol.monitor import Progress
+from executor.protocol.writers import atomic_write_text
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5

@@ -13,11 +13,12 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from executor.config import Settings, build_settings
 from executor.errors import NoReadableImages
-from executor.shards import Row, ShardStore, file_sha256, plan, ranked_rows
-from executor.tasks import Job, Models, image_batches, mining_scores_path, report_paths, weights_for
-from executor.writers import UNREADABLE_SCORE, atomic_writer, format_score, write_ranked
+from executor.pipeline.job import Job, mining_scores_path, report_paths
+from executor.pipeline.passes import Models, image_batches, weights_for
+from executor.pipeline.shards import Row, ShardStore, file_sha256, plan, ranked_rows
+from executor.protocol.settings import Settings, build_settings
+from executor.protocol.writers import UNREADABLE_SCORE, atomic_writer, format_score, write_ranked
 from mining import SCORERS, scorer_params
 from mining.duplicates import photo_hash, signs, similarity, thumbnail
 
@@ -294,7 +295,7 @@ def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext
     collector = None
     lines: Iterable[Written] = written_rows(store, count, diverse, len(job.candidates))
     if settings.report:
-        from executor.report import ReportCollector
+        from executor.report.report import ReportCollector
 
         track = [p for kept, copies in diverse.groups for p in (kept, *copies)] if diverse else ()
         thumbnails = min(settings.report_top_n, job.selected) if job.selected else settings.report_top_n
@@ -329,7 +330,7 @@ def write_mining_report(job: Job, store: ShardStore, count: int, settings: Setti
     """The report, from what the run computed; any failure is a warning: result.tsv is the product."""
     started = time.monotonic()
     try:
-        from executor.report import pca_2d, write_report, write_tensorboard
+        from executor.report.report import pca_2d, write_report, write_tensorboard
 
         extra = {}
         if diverse is not None:

@@ -6,19 +6,19 @@ counterpart, executor/evaluation.py, whose batching, NMS and box metrics it shar
   image's size, the prediction each detection's mask at that size.
 - mAP / mAR / tp / fp / fn: of the same detections' boxes, exactly as for detection.
 
-Predictions are made as Ultralytics' validator makes them, by the inference adapter (executor.model, the same
+Predictions are made as Ultralytics' validator makes them, by the inference adapter (executor.engine, the same
 as for detection): the val images in its rectangular batches, our letterbox, the segmentation model's forward,
 multi-label class-aware NMS at IoU 0.7 with conf 0.001 and 300 per image, and each mask from the prototypes at
-the original image's size inside its box (executor.masks.box_mask_rles: the masks of Ultralytics'
+the original image's size inside its box (executor.engine.masks.box_mask_rles: the masks of Ultralytics'
 process_mask + scale_masks up to a pixel at edges). Ultralytics' val compares masks at a quarter of the network
 input's resolution by default; here they are compared at the original's.
 """
 from typing import Callable, Sequence
 
-from executor.dataset import Sample
-from executor.evaluation import (VAL_CONF, VAL_IOU, VAL_MAX_DET, Metrics, coco_metrics, coco_summary,
-                                 count_matches, predict_samples, primary_labels)
-from executor.model import Detector
+from executor.engine.detector import Detector
+from executor.engine.evaluation import (VAL_CONF, VAL_IOU, VAL_MAX_DET, Metrics, coco_metrics, coco_summary,
+                                        count_matches, predict_samples, primary_labels)
+from executor.shared import Sample
 from mining.base import Detections
 
 

@@ -9,8 +9,8 @@ trained on them from the starting weights (round 0, shared by the algorithms of 
 `budget`, train again from the starting weights on everything labelled so far, and evaluate mAP50 and mAP50-95
 on the fixed val split. So the curve of an algorithm has rounds + 1 points: N0, N0 + B, ..., N0 + rounds * B.
 
-Everything Quarry ships is used as it is: `executor.training.run_training` trains, its `Evaluator` (our
-pycocotools evaluation, batched like Ultralytics' validator) measures, `executor.tasks.run(["mining"])` ranks.
+Everything Quarry ships is used as it is: `executor.pipeline.training.run_training` trains, its `Evaluator` (our
+pycocotools evaluation, batched like Ultralytics' validator) measures, `executor.pipeline.tasks.run(["mining"])` ranks.
 The baseline `detections` (most boxes at conf_thres first) counts the boxes of Quarry's own infer task.
 
 Outputs in --out: simulation.json (plan + every round), simulation.csv (one row per round), simulation.md (the
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from executor.errors import ConfigError, DatasetError, ModelError, QuarryError, one_line
-from executor.shards import file_sha256
-from executor.writers import atomic_write_text
+from executor.pipeline.shards import file_sha256
+from executor.protocol.writers import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Plan:
             if selection and name in BASELINES:
                 raise ConfigError(f"--algorithms {spec!r}: the {name} baseline has no selection modes")
             if selection:
-                from executor.config import RULES
+                from executor.protocol.settings import RULES
 
                 try:
                     RULES["selection"]("selection", selection)
@@ -134,7 +134,8 @@ def parse_sets(items: Sequence[str]) -> dict:
     """--set KEY=VALUE (values read as YAML scalars/lists) for any template key; unknown keys are a ConfigError."""
     import yaml
 
-    from executor.config import close_keys, load_template
+    from executor.protocol.settings import close_keys
+    from executor.protocol.templates import load_template
 
     known = set(load_template("training")) | set(load_template("mining")) | set(load_template("infer")) | \
         {"gpu_id", "class_names", "evaluate_config"}
@@ -164,7 +165,7 @@ class Data:
     pool: list[str]                 # usable pool images (absolute paths as indexed), sorted
     annotation: dict[str, str]      # pool image → its annotation file (for the per-round train index)
     val_index: str
-    val_samples: list               # executor.dataset.Sample of the val split
+    val_samples: list               # executor.shared.Sample of the val split
     class_names: list[str]
     root: str                       # pool paths are recorded relative to this folder
     left_out: dict[str, str]        # pool images not used, and why
@@ -238,7 +239,7 @@ def convert_yolo_split(images: Sequence[str], class_names: Sequence[str], folder
     """One data.yaml split as a ymir training index with ARK annotations (written under `folder`)."""
     from ultralytics.data.utils import img2label_paths
 
-    from executor.dataset import probe_image, yolo_label_to_ark
+    from executor.protocol.dataset import probe_image, yolo_label_to_ark
 
     labels = img2label_paths(list(images))
     if not any(os.path.isfile(p) for p in labels):
@@ -259,11 +260,11 @@ def convert_yolo_split(images: Sequence[str], class_names: Sequence[str], folder
 
 
 def prepare_data(spec: str, out: str, config: Mapping) -> Data:
-    """The pool and the fixed val split from --data, validated by executor.dataset (and converted to ymir's
+    """The pool and the fixed val split from --data, validated by executor.protocol.dataset (and converted to ymir's
     index + ARK form first when --data is a data.yaml)."""
-    from executor.config import read_yaml_mapping
-    from executor.dataset import read_dataset
-    from executor.index import read_training_index
+    from executor.protocol.yaml_file import read_yaml_mapping
+    from executor.protocol.dataset import read_dataset
+    from executor.protocol.index import read_training_index
 
     spec = os.path.abspath(spec)
     renamed = list(config.get("class_names") or [])
@@ -348,7 +349,7 @@ class Trained:
 
 
 class QuarryTrainer:
-    """Round training with executor.training.run_training, evaluation with its Evaluator on the val split.
+    """Round training with executor.pipeline.training.run_training, evaluation with its Evaluator on the val split.
 
     The training validates on `train_val_index` (Ultralytics' per-epoch val and best epoch, result.yaml): the
     whole val split unless --train-val names fewer images; the round's mAP is always on the whole split."""
@@ -358,15 +359,15 @@ class QuarryTrainer:
         self.train_val_index = train_val_index or data.val_index
 
     def settings(self, seed: int):
-        from executor.config import build_settings
+        from executor.protocol.settings import build_settings
 
         return build_settings("training", {**self.config, "class_names": self.data.class_names,
                                            "pretrained_model_params": [self.start_weights], "seed": seed})
 
     def __call__(self, folder: str, images: Sequence[str], seed: int, progress: Progress) -> Trained:
-        from executor.monitor import span
-        from executor.tasks import Job
-        from executor.training import Evaluator, run_training
+        from executor.protocol.monitor import span
+        from executor.pipeline.job import Job
+        from executor.pipeline.training import Evaluator, run_training
 
         index = os.path.join(folder, "train-index.tsv")
         atomic_write_text(index, "".join(f"{p}\t{self.data.annotation[p]}\n" for p in images))
@@ -396,15 +397,15 @@ class QuarryTrainer:
 
 
 def evaluate_start(weights: str, data: Data, config: Mapping) -> dict | None:
-    """The starting weights before any training, on the val split (executor.evaluation.evaluate): the data's
+    """The starting weights before any training, on the val split (executor.engine.evaluation.evaluate): the data's
     classes found by name among the model's (case-insensitive); None when one of them is not there."""
     from dataclasses import replace
 
     import numpy as np
 
-    from executor.config import build_settings
-    from executor.evaluation import VAL_IOU, VAL_MAX_DET, evaluate
-    from executor.model import load_detector
+    from executor.protocol.settings import build_settings
+    from executor.engine.evaluation import VAL_IOU, VAL_MAX_DET, evaluate
+    from executor.engine.loading import load_detector
 
     settings = build_settings("training", dict(config))
     thresholds = dict(settings.evaluate_config)
@@ -447,8 +448,9 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
     """`candidates` ranked best first by `algorithm` ('name' or 'name:selection') with the model `weights`
     (Quarry's mining task, told which images are labelled already; for the `detections` baseline, its infer
     task); the ranking is kept in folder/mining.tsv. The mining report is off unless --set report=true."""
-    from executor.tasks import Job, run
-    from executor.writers import write_mining_result
+    from executor.pipeline.job import Job
+    from executor.pipeline.tasks import run
+    from executor.protocol.writers import write_mining_result
 
     ranking = os.path.join(folder, "mining.tsv")
     if os.path.isfile(ranking):  # mined before a kill (written atomically): the same model, the same candidates
@@ -554,7 +556,7 @@ class Simulation:
 
     def train_val_index(self) -> str:
         """The val index the training sees: the first --train-val usable val images (sorted), or all of them."""
-        from executor.index import read_training_index
+        from executor.protocol.index import read_training_index
 
         count = self.plan.train_val
         if not count or count >= len(self.data.val_samples):
@@ -567,9 +569,9 @@ class Simulation:
 
     def check_config(self) -> None:
         """Every setting checked before anything runs (build_settings and Ultralytics' argument checker)."""
-        from executor import trainer
-        from executor.config import build_settings
-        from executor.training import parse_args_options
+        from executor.engine import trainer
+        from executor.protocol.settings import build_settings
+        from executor.pipeline.training import parse_args_options
         from mining import SCORERS
 
         config = {k: v for k, v in self.plan.config.items() if k != "class_names"}

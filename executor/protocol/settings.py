@@ -4,38 +4,17 @@ The templates are the only place defaults are written. Every value is coerced on
 of its key; an invalid value is a ConfigError (300001) naming the key and what is allowed. Keys that
 neither the template nor the platform knows are logged as warnings and otherwise ignored.
 """
+
 import difflib
 import logging
 import os
-from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import yaml
-
-from executor.errors import ConfigError, ModelError
+from executor.errors import ConfigError
+from executor.protocol.templates import active_templates_dir, load_template, manifest_object_type, template_keys
+from executor.shared import FAMILIES, gpu_list
 
 log = logging.getLogger(__name__)
-TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
-TASKS = ("training", "mining", "infer")
-
-# ---------------------------------------------------------------- task families (manifest object_type)
-# One code base serves two families; each has its own templates and manifest (ymir-protocol §3). Which one this
-# process serves is the object_type of the manifest beside the templates it reads (active_templates_dir()).
-DETECTION, SEGMENTATION = 2, 4
-FAMILIES = {DETECTION: "detection", SEGMENTATION: "instance segmentation"}
-FAMILY_TEMPLATES = {DETECTION: TEMPLATES_DIR, SEGMENTATION: os.path.join(TEMPLATES_DIR, "segmentation")}
-# The Ultralytics task of each family (manifest object_type → task), and the words for tasks in messages.
-TASK_OF_OBJECT_TYPE = {DETECTION: "detect", SEGMENTATION: "segment"}
-OBJECT_TYPE_OF_TASK = {task: object_type for object_type, task in TASK_OF_OBJECT_TYPE.items()}
-TASK_WORDS = {"detect": "detection", "segment": "segmentation", "pose": "pose", "obb": "oriented-box",
-              "classify": "classification", "semseg": "semantic segmentation"}
-TEMPLATES_VAR = "QUARRY_TEMPLATES"  # the image sets /img-man: the very files the platform read on import
-IMAGE_TEMPLATES_DIR = "/img-man"    # where an image keeps its templates and manifest (ymir-protocol §3)
-
-
-def task_words(task: str) -> str:
-    return f"{TASK_WORDS.get(task, task)} ('{task}')"
 
 
 # Keys the platform adds to config.yaml (ymir-protocol §4.2); known, so never warned about.
@@ -48,92 +27,6 @@ PLATFORM_KEYS = {
 # Platform keys the code reads, with their value when the platform (or a local run) leaves them out.
 PLATFORM_DEFAULTS = {"gpu_id": "", "class_names": [], "model_params_path": [], "pretrained_model_params": [],
                      "evaluate_config": {}}
-
-
-# ---------------------------------------------------------------- reading YAML files
-
-def read_yaml_mapping(path: str, what: str) -> dict:
-    """A YAML file that must hold a mapping; every failure names the file."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"{what} not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} {path} cannot be read: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must be a YAML mapping, not {type(data).__name__}")
-    return data
-
-
-# ---------------------------------------------------------------- env.yaml
-
-def version_tuple(text: str) -> tuple:
-    try:
-        return tuple(int(part) for part in str(text).strip().split("."))
-    except ValueError as exc:
-        raise ConfigError(f"env.yaml key 'protocol_version': {text!r} is not a version like 1.1.0") from exc
-
-
-@dataclass(frozen=True)
-class Env:
-    """env.yaml with the platform's defaults for every missing key (ymir-protocol §4.1)."""
-    task_id: str = "quarry"
-    protocol_version: str = "0.0.1"
-    run_training: bool = False
-    run_mining: bool = False
-    run_infer: bool = False
-    input: Mapping[str, str] = field(default_factory=dict)
-    output: Mapping[str, str] = field(default_factory=dict)
-
-    def input_path(self, key: str) -> str:
-        return self.input.get(key, "")
-
-    def output_path(self, key: str) -> str:
-        return self.output.get(key, "")
-
-    @property
-    def infer_list_key(self) -> str | tuple[str, str]:
-        """ymir 2.x (protocol >= 1.1.0) reads `boxes`; older platforms read `annotations`. Protocol 1.0.0 gets
-        both: ymir 1.3 before 292c6dc reads only `annotations`, the SDK (and tools checking against it) `boxes`."""
-        version = version_tuple(self.protocol_version)
-        if version >= (1, 1, 0):
-            return "boxes"
-        return ("boxes", "annotations") if version >= (1, 0, 0) else "annotations"
-
-    @property
-    def multi_stage_result(self) -> bool:
-        """protocol >= 1.0.0 takes the multi-stage result.yaml; older ones the legacy {model, map}."""
-        return version_tuple(self.protocol_version) >= (1, 0, 0)
-
-
-def parse_env(data: Mapping, source: str, default_input: Mapping[str, str], default_output: Mapping[str, str]) -> Env:
-    """An Env from the parsed env.yaml, missing paths taken from the defaults (the platform's /in and /out
-    layout, which start.py knows); flags checked so exactly one kind of job is asked for."""
-    def section(name: str, defaults: dict) -> Mapping[str, str]:
-        given = data.get(name) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"{source}: key '{name}' must be a mapping")
-        return MappingProxyType({**defaults, **{k: str(v or "") for k, v in given.items()}})
-
-    flags = {}
-    for key in ("run_training", "run_mining", "run_infer"):
-        try:
-            flags[key] = to_bool(key, data.get(key, False))
-        except ConfigError:
-            raise ConfigError(f"{source}: key '{key}': {data.get(key)!r} is not a boolean (true/false)") from None
-    if not any(flags.values()):
-        raise ConfigError(f"{source}: none of run_training, run_mining, run_infer is true: nothing to do")
-    if flags["run_training"] and (flags["run_mining"] or flags["run_infer"]):
-        raise ConfigError(f"{source}: run_training cannot be combined with run_mining or run_infer")
-    version = str(data.get("protocol_version") or "0.0.1")
-    version_tuple(version)
-    return Env(task_id=str(data.get("task_id") or "quarry"), protocol_version=version, **flags,
-               input=section("input", dict(default_input)), output=section("output", dict(default_output)))
 
 
 # ---------------------------------------------------------------- value rules
@@ -230,16 +123,6 @@ def float_list() -> Rule:
         return values
 
     return rule
-
-
-def gpu_list(value: Any) -> list[int]:
-    """'' / None / 'cpu' = no GPU; '0', 0, '0,1' = container-local CUDA ids. The one gpu_id parser."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "cpu", "none")):
-        return []
-    parts = [p.strip() for p in str(value).split(",") if p.strip()]
-    if not all(p.isdigit() for p in parts):
-        raise ValueError(f"{value!r} is not comma-separated GPU numbers")
-    return [int(p) for p in parts]
 
 
 def gpu_ids() -> Rule:
@@ -340,7 +223,7 @@ RULES: dict[str, Rule] = {
     "gpu_decode": auto_or_boolean(),
     "cpu_threads": integer(0, 1024),
     "cpu_processes": integer(1, 256),
-    "shard_size": integer(0, 10**7),  # 0: auto (executor.shards.auto_shard_size)
+    "shard_size": integer(0, 10**7),  # 0: auto (executor.pipeline.shards.auto_shard_size)
     "seed": integer(0, 2**32 - 1),
     "backend": choice("auto", "torch", "onnx"),
     "selection": choice("score", "diverse"),
@@ -403,62 +286,6 @@ class Settings(Mapping):
         return f"Settings({self._values!r})"
 
 
-def active_templates_dir() -> str:
-    """The templates (and manifest) this process serves: $QUARRY_TEMPLATES when set (the image sets /img-man,
-    where its build arg TEMPLATES put them); else /img-man when it holds a manifest.yaml (an image built
-    otherwise, or the verifier harness, which mounts the image's template folder there); else the repository's
-    templates/ (detection). The local CLI passes the folder of its model's family instead (family_templates)."""
-    given = os.environ.get(TEMPLATES_VAR, "").strip()
-    if given:
-        if not os.path.isfile(os.path.join(given, "manifest.yaml")):
-            raise ConfigError(f"environment variable {TEMPLATES_VAR}={given!r}: no manifest.yaml there (the "
-                              "folder of the *-template.yaml files and manifest.yaml)")
-        return given
-    if os.path.isfile(os.path.join(IMAGE_TEMPLATES_DIR, "manifest.yaml")):
-        return IMAGE_TEMPLATES_DIR
-    return TEMPLATES_DIR
-
-
-def family_templates(object_type: int) -> str:
-    """The repository's templates folder of a family (2 detection, 4 instance segmentation); a ConfigError
-    when this installation lacks it (an install that left the family's templates out)."""
-    if object_type not in FAMILY_TEMPLATES:
-        raise ConfigError(f"object_type {object_type!r} is not served by this executor; expected one of "
-                          + ", ".join(f"{k} ({v})" for k, v in FAMILIES.items()))
-    folder = FAMILY_TEMPLATES[object_type]
-    if not os.path.isfile(os.path.join(folder, "manifest.yaml")):
-        family = FAMILIES[object_type]
-        raise ConfigError(f"this Quarry installation has no {family} templates ({folder} has no manifest.yaml), "
-                          f"so it cannot run {family} models; reinstall Quarry from a complete clone (pip install .)")
-    return folder
-
-
-def manifest_object_type(folder: str) -> int:
-    """The object_type of `folder`/manifest.yaml (2 when there is none, as ymir defaults); only the families
-    this executor serves are accepted (an int: templates at the folder's root, ymir-protocol §3)."""
-    path = os.path.join(folder, "manifest.yaml")
-    if not os.path.isfile(path):
-        return DETECTION
-    value = read_yaml_mapping(path, "manifest").get("object_type", DETECTION)
-    if isinstance(value, bool) or not isinstance(value, int) or value not in FAMILIES:
-        raise ConfigError(f"manifest {path}: object_type {value!r} is not served by this executor; expected one of "
-                          + ", ".join(f"{k} ({v})" for k, v in FAMILIES.items()))
-    return value
-
-
-def load_template(task: str, templates_dir: str | None = None) -> dict:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}")
-    folder = templates_dir or active_templates_dir()
-    return read_yaml_mapping(os.path.join(folder, f"{task}-template.yaml"), f"{task} template")
-
-
-def template_keys(templates_dir: str | None = None) -> dict[str, set[str]]:
-    """task → the keys of its template, in the family of `templates_dir` (default: active_templates_dir())."""
-    folder = templates_dir or active_templates_dir()
-    return {task: set(load_template(task, folder)) for task in TASKS}
-
-
 def close_keys(key: str, known: Iterable[str]) -> list[str]:
     """The known names a mistyped `key` is closest to, best first (difflib; at most 3, maybe none). The cutoff
     0.7 keeps imgsz → img_size and batch_size → batch_size_per_gpu but not batch_size → shm_size."""
@@ -506,51 +333,3 @@ def build_settings(task: str, config: Mapping, templates_dir: str | None = None)
                           f"serves object_type {served} ({FAMILIES[served]}, {os.path.join(folder, 'manifest.yaml')})")
     values["object_type"] = served
     return Settings(values)
-
-
-# ---------------------------------------------------------------- weights
-
-MODEL_PATH_KEYS = ("model_params_path", "pretrained_model_params")
-
-
-def inside(path: str, folder: str) -> bool:
-    """`path` lies in `folder` (both normalised; no symlinks followed: the platform binds their targets)."""
-    folder = os.path.normpath(folder)
-    return bool(folder) and (path == folder or path.startswith(folder.rstrip(os.sep) + os.sep))
-
-
-def confine_model_paths(config: dict, env: "Env") -> dict:
-    """config.yaml with the model paths the platform gives (model_params_path, pretrained_model_params) made
-    absolute and normalised: a relative path is taken relative to input.models_dir (ymir 1.x wrote them so)
-    and must stay inside it; an absolute one must lie inside the input directory (input.root_dir).
-    Anything else is a ConfigError naming the key and the path, before any file is opened."""
-    models_dir = os.path.normpath(env.input_path("models_dir"))
-    roots = [r for r in (env.input_path("root_dir"), models_dir) if r]
-    confined = dict(config)
-    for key in MODEL_PATH_KEYS:
-        if key not in config:
-            continue
-        paths = []
-        for given in RULES[key](key, config[key]):
-            path = os.path.normpath(os.path.join(models_dir, given))
-            allowed = [models_dir] if not os.path.isabs(given) else roots
-            if not any(inside(path, root) for root in allowed):
-                where = f"input.models_dir {models_dir}" if not os.path.isabs(given) else \
-                    "the input directory " + " or ".join(dict.fromkeys(os.path.normpath(r) for r in roots))
-                raise ConfigError(f"config key '{key}': {given!r} is outside {where}; model files are only "
-                                  "loaded from the platform's model directory")
-            paths.append(path)
-        confined[key] = paths
-    return confined
-
-
-def resolve_weights(paths: tuple, models_dir: str, suffixes: tuple = (".pt",)) -> str:
-    """The weights file among `paths` (absolute or relative to models_dir): prefer a file named
-    best*<suffix>, else the newest. Raises ModelError naming what was looked at."""
-    candidates = [os.path.join(models_dir, p) if models_dir else p for p in paths]
-    found = [p for p in candidates if os.path.isfile(p) and p.lower().endswith(suffixes)]
-    if not found:
-        looked = ", ".join(candidates) or "(model_params_path is empty)"
-        raise ModelError(f"no {'/'.join(suffixes)} weights file found among: {looked}")
-    best = [p for p in found if os.path.basename(p).lower().startswith("best")]
-    return max(best or found, key=lambda p: (os.path.getmtime(p), p))

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Callable, Sequence
 
-from executor.writers import atomic_write_text
+from executor.protocol.writers import atomic_write_text
 
 RUNNING = 2
 FAILED = 4

@@ -18,14 +18,17 @@ from typing import Sequence
 import torch
 import yaml
 
-from executor import trainer
-from executor.config import DETECTION, FAMILIES, SEGMENTATION, Settings, resolve_weights
-from executor.dataset import Sample, export_yolo, read_dataset, summary
+from executor.engine import trainer
+from executor.engine.evaluation import VAL_IOU, VAL_MAX_DET, Metrics, evaluate
+from executor.engine.loading import export_onnx, load_detector
 from executor.errors import ConfigError, ModelError
-from executor.evaluation import VAL_IOU, VAL_MAX_DET, Metrics, evaluate
-from executor.model import export_onnx, load_detector
-from executor.monitor import Progress, span
-from executor.writers import atomic_write_text, write_training_result
+from executor.protocol.dataset import export_yolo, read_dataset, summary
+from executor.protocol.env import resolve_weights
+from executor.protocol.monitor import Progress, span
+from executor.protocol.settings import Settings
+from executor.protocol.writers import atomic_write_text, write_training_result
+from executor.shared import DETECTION, FAMILIES, SEGMENTATION
+from executor.shared import Sample
 
 log = logging.getLogger(__name__)
 PREPARE, TRAIN = (0.0, 0.05), (0.05, 0.90)
@@ -303,7 +306,7 @@ class Evaluator:
                                      conf_thres=self.conf_thr, iou_thres=VAL_IOU, max_det=VAL_MAX_DET,
                                      task="segment" if self.masks else "detect")
             if self.masks:
-                from executor.seg_eval import evaluate_segmentation
+                from executor.engine.seg_eval import evaluate_segmentation
 
                 return evaluate_segmentation(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size,
                                              progress)

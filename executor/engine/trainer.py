@@ -9,9 +9,9 @@ import math
 import os
 from dataclasses import dataclass
 
-from executor.config import TASK_OF_OBJECT_TYPE, TASK_WORDS, task_words  # noqa: F401 (the family's task)
+from executor.engine.device import visible_gpus
 from executor.errors import ConfigError, ModelError, NanError, OutOfMemory, error_code
-from executor.model import visible_gpus
+from executor.shared import TASK_OF_OBJECT_TYPE, TASK_WORDS, task_words  # noqa: F401 (the family's task)
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ beside Quarry's own. Everything is checked before the first image is read: paths
 each other. Usage errors exit 2 (argparse's convention), failures 1, an interrupt 130; messages name the flag
 typed, not the config key behind it, and platform error codes stay in platform mode.
 """
+
 import argparse
 import contextlib
 import glob
@@ -14,22 +15,14 @@ import shutil
 import sys
 
 from executor import __version__
+from executor.cli.flags import FLAG_OF, UsageError, requested_tasks, set_values
 
 log = logging.getLogger("quarry")
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".unknown")
 FORMATS = ("ymir", "coco", "yolo")
 FILE_SUFFIXES = (".json", ".txt", ".tsv", ".csv", ".yaml", ".yml", ".xml")  # not a folder for --format yolo
-# config key → the flag that sets it (for messages)
-FLAG_OF = {"img_size": "--imgsz", "batch_size_per_gpu": "--batch", "gpu_id": "--device", "conf_thres": "--conf",
-           "iou_thres": "--iou", "num_workers_per_gpu": "--workers", "backend": "--backend", "seed": "--seed",
-           "mining_algorithm": "--algorithm", "cpu_processes": "--nproc", "cpu_threads": "--threads",
-           "selection": "--selection", "dedup_similarity": "--dedup-similarity", "diverse_pool": "--diverse-pool",
-           "diversity_weight": "--diversity-weight", "report_top_n": "--report-top-n",
-           "model_params_path": "--model"}
-
-
-class UsageError(Exception):
-    """A command line that cannot be run as typed (exit status 2)."""
 
 
 # ---------------------------------------------------------------- the parser
@@ -132,7 +125,7 @@ def list_images(spec: str) -> tuple[list[str], list[str]]:
     """(paths, names): a folder (recursively; names relative to it), a glob (names relative to its fixed part),
     or a list file (names as listed). A missing path and an empty folder are different errors."""
     if os.path.isfile(spec) and spec.lower().endswith((".txt", ".tsv")):
-        from executor.index import read_candidate_index
+        from executor.protocol.index import read_candidate_index
 
         paths = read_candidate_index(spec, relative_to_index=True)
         base = os.path.dirname(os.path.abspath(spec))
@@ -191,19 +184,10 @@ def gpu_id_of(device: str) -> str:
     return "" if device.strip().lower() == "cpu" else device.lower().replace("cuda:", "")
 
 
-def requested_tasks(args) -> list[str]:
-    """The tasks a command runs: mine (plus infer with --infer-out), infer, or make-in's --task."""
-    if args.command == "make-in":
-        return [args.task]
-    if args.command == "infer":
-        return ["infer"]
-    return ["mining", "infer"] if args.infer_out else ["mining"]
-
-
 def config_of(args) -> dict:
     """The flags as config keys (templates give every default, as in platform mode), checked: a bad value
     names the flag."""
-    from executor.config import build_settings
+    from executor.protocol.settings import build_settings
     from executor.errors import ConfigError
 
     device = None if args.gpu_id is None else gpu_id_of(args.gpu_id)
@@ -240,51 +224,9 @@ def check_label_folder(flag: str, path: str) -> None:
     check_output_folder(flag, path, True)
 
 
-def set_values(items, tasks: list[str], flags: dict = FLAG_OF) -> dict:
-    """--set KEY=VALUE items as config values for `tasks`. A key in no template of the model's family is a usage
-    error naming what it is close to (a key, or one of `flags`, config key → the command's flag that sets it); a key
-    of another task's template only (training's epochs for mine) is left out with one warning."""
-    import yaml
-
-    from executor.config import PLATFORM_KEYS, TASKS, active_templates_dir, template_keys
-
-    templates = template_keys()
-    used = set().union(*(templates[task] for task in tasks)) | PLATFORM_KEYS
-    values = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        owners = [task for task in TASKS if key in templates[task]]
-        if key in used:
-            values[key] = yaml.safe_load(value)
-        elif owners:
-            log.warning("--set %s: a key of the %s template%s, not used by %s; ignored%s", key, " and ".join(owners),
-                        "s" if len(owners) > 1 else "", " + ".join(tasks), typo_hint(key, used, flags))
-        else:
-            template = os.path.join(active_templates_dir(), f"{tasks[0]}-template.yaml")
-            raise UsageError(f"--set {item}: unknown key {key!r} (the keys are those of {template})"
-                             + typo_hint(key, used, flags))
-    return values
-
-
-def typo_hint(key: str, keys: set[str], flags: dict) -> str:
-    """'; did you mean img_size (or the flag --imgsz)?' for a mistyped key, matched against `keys` and the `flags`
-    that set them (config key → flag); '' when nothing is close."""
-    from executor.config import close_keys
-
-    names = {name: name for name in keys}
-    names.update({flag.lstrip("-").replace("-", "_"): name for name, flag in flags.items() if name in keys})
-    matches = dict.fromkeys(names[name] for name in close_keys(key, names))
-    if not matches:
-        return ""
-    return "; did you mean " + " or ".join(f"{name} (or the flag {flags[name]})" if name in flags else name
-                                           for name in matches) + "?"
-
-
 def check_yolo_boxes(config: dict) -> None:
-    from executor.config import SEGMENTATION, build_settings
+    from executor.protocol.settings import build_settings
+    from executor.shared import SEGMENTATION
 
     if build_settings("infer", config).object_type == SEGMENTATION:
         raise UsageError("--format yolo writes boxes; a segmentation model's masks are written with --format ymir "
@@ -354,8 +296,9 @@ def model_family(weights: str | None):
     """The templates of the model's own family while the command runs (a -seg checkpoint or export is a
     segmentation model: segmentation defaults, masks in the infer result); worker processes inherit them. Without
     a readable model (random mining, or an error the loader will report), the active templates stay."""
-    from executor.config import OBJECT_TYPE_OF_TASK, TEMPLATES_VAR, family_templates
-    from executor.model import model_task
+    from executor.protocol.templates import TEMPLATES_VAR, family_templates
+    from executor.shared import OBJECT_TYPE_OF_TASK
+    from executor.engine.loading import model_task
 
     task = model_task(weights) if weights and os.path.isfile(weights) else None
     if task not in OBJECT_TYPE_OF_TASK:
@@ -394,11 +337,11 @@ def run_in_family(args) -> int:
     try:
         paths, names = list_images(args.images)
         if args.command == "make-in":
-            from executor.rehearsal import make_in
+            from executor.cli.make_in import make_in
 
             make_in(args, paths, names)
             return 0
-        from executor.config import build_settings
+        from executor.protocol.settings import build_settings
         from mining import SCORERS
 
         config = config_of(args)
@@ -438,10 +381,13 @@ def run_in_family(args) -> int:
 
 
 def run_task(args, config: dict, paths: list[str], names: list[str], shards: str, progress) -> int:
-    from executor.config import SEGMENTATION, build_settings
-    from executor.formats import write_detections
-    from executor.tasks import Job, Models, model_class_names, run as run_tasks
-    from executor.workers import clear
+    from executor.protocol.settings import build_settings
+    from executor.shared import SEGMENTATION
+    from executor.cli.formats import write_detections
+    from executor.pipeline.job import Job
+    from executor.pipeline.passes import Models
+    from executor.pipeline.tasks import model_class_names, run as run_tasks
+    from executor.pipeline.workers import clear
 
     tasks = requested_tasks(args)
     detections = args.infer_out if args.command == "mine" else args.out
@@ -459,7 +405,7 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
               mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",
               infer_unreadable_none=bool(rewrite),
               selected=(args.topk or 0) if mining else 0)
-    from executor.runtime import cpu_threads
+    from executor.engine.runtime import cpu_threads
 
     settings = build_settings(tasks[0], config)
     log.info("%s: %d images from %s (batch %d, img_size %d, %s)", " + ".join(tasks), len(paths), args.images,
@@ -497,7 +443,7 @@ def top_paths(ranking_file: str, count: int) -> list[str]:
 
 def write_selection(paths: list[str], args) -> None:
     """The top-k list next to --out, and optionally the images themselves in --select-dir (a fresh folder)."""
-    from executor.writers import atomic_write_text
+    from executor.protocol.writers import atomic_write_text
 
     topk_file = os.path.splitext(args.out)[0] + f".top{len(paths)}.txt"
     atomic_write_text(topk_file, "".join(p + "\n" for p in paths))

@@ -1,12 +1,12 @@
 """Decoding and letterboxing batches of images on a torch device: JPEGs through torchvision's batched
 `decode_jpeg` (nvJPEG on CUDA; libjpeg-turbo on CPU), the resize and the grey padding in torch, with the
-geometry of executor.images.letterbox.
+geometry of executor.engine.images.letterbox.
 
 Which path a file takes depends on its bytes alone (`cpu_reason`): a complete baseline, extended or progressive
 8-bit JPEG with 1 (grey) or 3 (YCbCr, usual chroma subsampling) components and no EXIF orientation other than 1
 is decoded on the device. Every other file (PNG and the other formats, CMYK/YCCK or RGB-coded JPEGs, 12-bit,
 EXIF-rotated, truncated or unparsable ones) and any file the device decoder raises on is decoded by
-executor.images.read_image (OpenCV: EXIF rotation, CMYK, 16-bit, the same errors for broken files) on the CPU,
+executor.engine.images.read_image (OpenCV: EXIF rotation, CMYK, 16-bit, the same errors for broken files) on the CPU,
 then letterboxed on the device like the rest. Both paths give the same canvases within rounding
 (tests/executor/test_gpu_decode.py), and the same canvas shapes, so the loop makes the same batches.
 
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from executor.errors import ConfigError, ImageError
-from executor.images import PAD_VALUE, Letterbox, letterbox_geometry, read_image
+from executor.engine.images import PAD_VALUE, Letterbox, letterbox_geometry, read_image
+from executor.errors import ImageError
 
 log = logging.getLogger(__name__)
 # torchvision 0.29 warns on every call that its image decoders will move to TorchCodec; the pin holds them
@@ -154,7 +154,7 @@ def gpu_decodable(data: bytes) -> bool:
 
 def letterbox_tensor(image: torch.Tensor, size: int, stride: int | None = None,
                      canvas_shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, Letterbox]:
-    """executor.images.letterbox of a (3, H, W) uint8 tensor, on its device: the same geometry and grey, the
+    """executor.engine.images.letterbox of a (3, H, W) uint8 tensor, on its device: the same geometry and grey, the
     resize bilinear as cv2.INTER_LINEAR samples it (half-pixel centres, no antialiasing), rounded to uint8.
     Returns the (H', W', 3) uint8 canvas, channels last like the CPU path's."""
     _, height, width = image.shape
@@ -261,20 +261,3 @@ class DeviceLetterbox:
 
     def decode(self, sources: Sequence[Source]) -> list[Prepared | ImageError]:
         return decode_sources(sources, self.device, self.size, self.stride)
-
-
-def device_letterbox(setting, detector) -> DeviceLetterbox | None:
-    """The template key gpu_decode ('auto', True, False) for `detector`: where the loop decodes (None: OpenCV
-    in worker threads). auto = on when the model is a PyTorch one on a CUDA device; True without one is a
-    ConfigError; no model (random scoring) means no network input to feed: off."""
-    from executor.model import TorchDetector
-
-    if setting is False or detector is None:
-        return None
-    cuda = isinstance(detector, TorchDetector) and detector.device.type == "cuda"
-    if not cuda:
-        if setting is True:
-            raise ConfigError(f"config key 'gpu_decode': true needs a PyTorch model on a CUDA GPU; this one runs "
-                              f"on {getattr(detector, 'device', 'cpu')} ({type(detector).__name__}); use auto or false")
-        return None
-    return DeviceLetterbox(detector.device, detector.img_size, detector.rect_stride)

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from executor.drawing import draw_detections, ramp_stops, thumbnail
-from executor.images import read_image
-from executor.writers import atomic_write_text
+from executor.engine.images import read_image
+from executor.protocol.writers import atomic_write_text
+from executor.report.drawing import draw_detections, ramp_stops, thumbnail
 
 THUMB_SIDE = 256          # longer side of a thumbnail on the page, pixels
 DUPLICATE_THUMB_SIDE = 160
@@ -856,7 +856,7 @@ def write_report(html_path: str, json_path: str | None, data: ReportData) -> Non
 # ---------------------------------------------------------------------------------------------- from a run
 
 class ReportCollector:
-    """Watches result.tsv's lines as they are written (executor.tasks.Written: the row with its shard and line,
+    """Watches result.tsv's lines as they are written (executor.pipeline.ranking.Written: the row with its shard and line,
     the written and the raw score) and keeps what the report needs, in memory flat in the pool size apart from 8
     bytes per image (its score) plus 8 (where it came from) and the unreadable list: the top N lines, and
     afterwards, from the shard files, the middle and bottom samples, the predicted boxes of what is shown and the

@@ -33,7 +33,7 @@ from typing import Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from executor.errors import NoReadableImages
-from executor.writers import atomic_write_text, format_score
+from executor.protocol.writers import atomic_write_text, format_score
 from mining.duplicates import CROPS, HASH_BYTES, THUMB
 
 MAGIC = "# quarry-shard 1"

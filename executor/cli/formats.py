@@ -15,8 +15,8 @@ import json
 import os
 from typing import Mapping, Sequence
 
-from executor.dataset import probe_image
-from executor.writers import atomic_write_text, class_ids, coco_categories
+from executor.protocol.dataset import probe_image
+from executor.protocol.writers import atomic_write_text, class_ids, coco_categories
 
 
 def read_ymir(path: str) -> dict[str, list[dict] | None]:

@@ -12,9 +12,9 @@ import shutil
 
 import yaml
 
-from executor.cli import UsageError as RehearsalError, requested_tasks, set_values
-from executor.config import load_template
-from executor.writers import atomic_write_text
+from executor.cli.flags import UsageError as RehearsalError, requested_tasks, set_values
+from executor.protocol.templates import load_template
+from executor.protocol.writers import atomic_write_text
 
 TASK_FLAGS = {"mining": "run_mining", "infer": "run_infer", "training": "run_training"}
 
@@ -97,7 +97,7 @@ def make_in(args, paths: list[str], names: list[str]) -> str:
 
 
 def write_training_index(args, root, paths, names, assets, class_names) -> dict:
-    from executor.dataset import probe_image, yolo_label_to_ark
+    from executor.protocol.dataset import probe_image, yolo_label_to_ark
 
     if not args.labels:
         raise RehearsalError("--labels is required for --task training (a folder of YOLO txt labels)")

@@ -12,6 +12,7 @@ Instance segmentation (`masks=True`, seg-coco annotations): each non-crowd annot
 one polygon (executor/masks.py, with its validation rules), its box is the polygon's, and the YOLO export
 writes Ultralytics' segment labels `class x1 y1 x2 y2 ...`.
 """
+
 import json
 import logging
 import os
@@ -24,11 +25,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from executor.engine.images import truncated_jpeg
 from executor.errors import DatasetError, NoReadableImages
-from executor.images import truncated_jpeg
-from executor.index import read_training_index
+from executor.protocol.index import read_training_index
+from executor.shared import Sample
 
 log = logging.getLogger(__name__)
+
 
 FORMATS = {"ark": "ark", "det-ark": "ark", "voc": "voc", "det-voc": "voc", "coco": "coco", "seg-coco": "coco"}
 DEFAULT_FORMAT = "voc"  # ymir 2.x exports VOC when export_format is empty (ymir-protocol §4.4)
@@ -37,20 +40,6 @@ SUFFIX_FORMAT = {".txt": "ark", ".xml": "voc", ".json": "coco"}
 IMAGE_SUFFIX = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif", "WEBP": "webp"}
 EXIF_ORIENTATION = 0x0112
 MIN_SIZE = 10
-
-
-# ---------------------------------------------------------------- types
-
-@dataclass
-class Sample:
-    image: str            # absolute asset path, as in the index
-    width: int            # decoded size (EXIF orientation applied)
-    height: int
-    suffix: str           # a real image suffix for the format found in the file ('jpg', 'png', ...)
-    boxes: np.ndarray     # (N, 4) float32 x1, y1, x2, y2 in pixels, clipped to the image
-    classes: np.ndarray   # (N,) int64 indices into class_names
-    segments: list | None = None  # segmentation: per box its (K, 2) float32 polygon in pixels (Ultralytics' label)
-    masks: list | None = None     # segmentation: per box its annotated mask as COCO RLE (the evaluation's truth)
 
 
 @dataclass
@@ -247,7 +236,7 @@ class CocoFile:
     def instances_for(self, asset: str, width: int, height: int, stats: "SplitStats") -> list:
         """(class index, masks.Instance, where) of every usable non-crowd annotation of `asset`; crowd regions and
         degenerate masks dropped and counted in `stats`; broken or outside masks and unknown classes raise."""
-        from executor.masks import instance_from_coco
+        from executor.engine.masks import instance_from_coco
 
         found = []
         for ann, cls, where in self._usable(asset, stats.dropped):
@@ -308,7 +297,7 @@ def clean_boxes(raw: list[RawBox], width: int, height: int, stats: SplitStats) -
 
 def segmented_sample(asset: str, width: int, height: int, suffix: str, instances: list) -> Sample:
     """A sample whose boxes are its instances' polygon boxes."""
-    from executor.masks import polygon_box
+    from executor.engine.masks import polygon_box
 
     boxes = np.asarray([polygon_box(inst.polygon) for _, inst, _ in instances], np.float32).reshape(-1, 4)
     classes = np.asarray([cls for cls, _, _ in instances], np.int64)
@@ -393,7 +382,7 @@ def yolo_label_lines(sample: Sample) -> list[str]:
     """`class cx cy w h` normalised to [0, 1], one line per box; with segments, `class x1 y1 x2 y2 ...` per
     instance polygon (Ultralytics' segment labels)."""
     if sample.segments is not None:
-        from executor.masks import yolo_segment_line
+        from executor.engine.masks import yolo_segment_line
 
         return [yolo_segment_line(int(cls), polygon, sample.width, sample.height)
                 for polygon, cls in zip(sample.segments, sample.classes.tolist())]
@@ -440,7 +429,7 @@ def export_yolo(root: str, splits: Sequence[Split], class_names: Sequence[str]) 
 
 def yolo_label_to_ark(label_file: str, width: int, height: int, class_names: Sequence[str]) -> list[str]:
     """YOLO `cls cx cy w h` (normalised; polygons `cls x y x y ...` become their box) → ARK lines with the
-    inclusive pixel corners ymir writes (executor.dataset reads xmax + 1)."""
+    inclusive pixel corners ymir writes (executor.protocol.dataset reads xmax + 1)."""
     lines = []
     with open(label_file, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):

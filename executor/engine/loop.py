@@ -25,9 +25,10 @@ import cv2
 import numpy as np
 import torch
 
-from executor.errors import ImageError, OutOfMemory, QuarryError, error_code, one_line
-from executor.gpu_decode import DeviceLetterbox, read_source
-from executor.images import Letterbox, read_image
+from executor.engine.gpu_decode import DeviceLetterbox, read_source
+from executor.engine.images import Letterbox, read_image
+from executor.engine.torch_detector import TorchDetector
+from executor.errors import ConfigError, ImageError, OutOfMemory, QuarryError, error_code, one_line
 from mining.base import Batch
 
 log = logging.getLogger(__name__)
@@ -161,3 +162,18 @@ def out_of_memory_hint(batch: Batch, batch_size: int):
         raise OutOfMemory(f"out of memory on a batch of {len(batch.keys)} images of {batch.canvases.shape[2]}x"
                           f"{batch.canvases.shape[1]} (config key 'batch_size_per_gpu' {batch_size}); lower "
                           f"batch_size_per_gpu or img_size ({one_line(exc)})") from exc
+
+
+def device_letterbox(setting, detector) -> DeviceLetterbox | None:
+    """The template key gpu_decode ('auto', True, False) for `detector`: where the loop decodes (None: OpenCV
+    in worker threads). auto = on when the model is a PyTorch one on a CUDA device; True without one is a
+    ConfigError; no model (random scoring) means no network input to feed: off."""
+    if setting is False or detector is None:
+        return None
+    cuda = isinstance(detector, TorchDetector) and detector.device.type == "cuda"
+    if not cuda:
+        if setting is True:
+            raise ConfigError(f"config key 'gpu_decode': true needs a PyTorch model on a CUDA GPU; this one runs "
+                              f"on {getattr(detector, 'device', 'cpu')} ({type(detector).__name__}); use auto or false")
+        return None
+    return DeviceLetterbox(detector.device, detector.img_size, detector.rect_stride)
