@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     args = cli.build_parser(extra_commands=extra_commands()).parse_args(argv)
     configure_logging(getattr(args, "verbose", False))
     if args.command == "simulate":
-        from executor.simulate.simulate import run_cli
+        from executor.simulate.command import run_cli
 
         return run_cli(args)
     if args.command:
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
 
 def extra_commands() -> list:
     try:
-        from executor.simulate.simulate import add_parser
+        from executor.simulate.command import add_parser
     except ImportError:  # not part of this checkout
         return []
     return [lambda sub, common: add_parser(sub)]

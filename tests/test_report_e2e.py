@@ -14,7 +14,7 @@ from executor.pipeline.job import Job
 from executor.pipeline.passes import Models
 from executor.pipeline.scoring import side_spec
 from executor.pipeline.shards import ShardStore, plan
-from executor.report import report
+from executor.report import page as report_page
 from mining.base import Detections
 from tests.mining.photos import hashes_of, thumbnails_of
 from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
@@ -110,7 +110,7 @@ def test_report_of_a_diverse_run_shows_groups_projection_and_raw_scores(tmp_path
 
 def test_a_failing_report_leaves_the_result_and_warns(tmp_path, monkeypatch, caplog):
     reference, _ = synthetic(tmp_path / "a")
-    monkeypatch.setattr(report, "write_report", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(report_page, "write_report", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     job, lines = synthetic(tmp_path / "b")
     assert (tmp_path / "b" / "out" / "result.tsv").read_text() == (tmp_path / "a" / "out" / "result.tsv").read_text()
     assert not (tmp_path / "b" / "out" / "mining-report.html").exists()
@@ -176,7 +176,7 @@ def test_a_failing_report_never_fails_the_platform_task(platform_run, tmp_path):
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(
         f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.report.report as r\n"
+        "import executor.report.page as r\n"
         "def _broken(*a, **k):\n    raise RuntimeError('injected report failure')\n"
         "r.write_report = _broken\n")
     env = make_env(tmp_path / "run", run_mining=True, candidates=coco_images(16),

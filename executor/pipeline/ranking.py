@@ -295,7 +295,7 @@ def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext
     collector = None
     lines: Iterable[Written] = written_rows(store, count, diverse, len(job.candidates))
     if settings.report:
-        from executor.report.report import ReportCollector
+        from executor.report.collect import ReportCollector
 
         track = [p for kept, copies in diverse.groups for p in (kept, *copies)] if diverse else ()
         thumbnails = min(settings.report_top_n, job.selected) if job.selected else settings.report_top_n
@@ -330,7 +330,9 @@ def write_mining_report(job: Job, store: ShardStore, count: int, settings: Setti
     """The report, from what the run computed; any failure is a warning: result.tsv is the product."""
     started = time.monotonic()
     try:
-        from executor.report.report import pca_2d, write_report, write_tensorboard
+        from executor.report.board import write_tensorboard
+        from executor.report.collect import pca_2d
+        from executor.report.page import write_report
 
         extra = {}
         if diverse is not None:
