@@ -7,7 +7,7 @@
     python start.py infer --model W --source DIR ...    detect on a local folder (ymir, coco or yolo output)
     python start.py make-in --task mining ...           write an /in folder to rehearse platform mode
 
-This file knows /in, /out, the environment and the platform's exit path; executor/cli.py the local command
+This file knows /in, /out, the environment and the platform's exit path; executor/cli/commands.py the local command
 line; everything below takes plain arguments (executor.pipeline.tasks.run).
 """
 import sys
@@ -19,7 +19,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import traceback  # noqa: E402
 
-from executor.engine.runtime import prepare_process_env  # noqa: E402
+from executor.runtime import prepare_process_env  # noqa: E402
 
 DEFAULT_ENV = "/in/env.yaml"
 DEFAULT_MONITOR = "/out/monitor.txt"

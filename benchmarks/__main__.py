@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from executor.engine.runtime import prepare_process_env  # noqa: E402
+from executor.runtime import prepare_process_env  # noqa: E402
 
 log = logging.getLogger("benchmarks")
 ALGORITHMS = ("entropy", "aldd", "cald")

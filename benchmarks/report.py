@@ -326,7 +326,7 @@ METHOD = """## What is measured
 
 **Speed.** All figures come from one process (P4 and P5 from child processes it starts) with the same
 model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (16), which
-`executor/loop.py` uses for a pool of any size; P0, P1, P2, P3, P5 and P6 all use it.
+`executor/engine/loop.py` uses for a pool of any size; P0, P1, P2, P3, P5 and P6 all use it.
 
 - **Pairing.** The pool is cut into 8 contiguous segments. For each algorithm, segment after segment,
   the timed run and a P0 run on the *same* segment images go back to back (which goes first rotates), so
@@ -362,7 +362,7 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
   in a temp dir) ÷ with `backend: torch`, CPU, same images and batch, paired segment by segment like P1.
 - **P7**: decode + letterbox of the COCO pool in one thread (torch and OpenCV limited to one): OpenCV
   (`read_image` + `letterbox`, the CPU path) against torchvision's CPU `decode_jpeg` + `letterbox_tensor`
-  (executor/gpu_decode.py), in 4 segments, who goes first rotating; on CUDA also the batched nvJPEG path
+  (executor/engine/gpu_decode.py), in 4 segments, who goes first rotating; on CUDA also the batched nvJPEG path
   (`decode_batch`, a batch of images a call), with and without copying the originals back to the host.
 - **P9**: P1 measured as the issue's yardstick does: the slope of `executor.pipeline.tasks.mine`'s wall time between a
   40- and a 200-image pool (per-run costs such as settings, shard and result files cancel; 40 is above the

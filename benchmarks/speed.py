@@ -8,7 +8,7 @@
 - P4 `peak_rss_ratio` and P5 `first_progress`: `start.py` in platform mode in child processes.
 - P6 `onnx_vs_torch`: `executor.pipeline.tasks.infer` with backend onnx vs torch.
 - P7 `decode_throughput`: decode + letterbox in one thread, OpenCV (the CPU path) against torchvision's
-  decode_jpeg + letterbox_tensor (executor/gpu_decode.py) on the CPU and, on CUDA, the batched nvJPEG path.
+  decode_jpeg + letterbox_tensor (executor/engine/gpu_decode.py) on the CPU and, on CUDA, the batched nvJPEG path.
 - P8 `cpu_workers_ratio`: `executor.pipeline.tasks.mine` with 2 CPU worker processes ÷ 1, one thread each.
 """
 import json

@@ -5,7 +5,7 @@ import pytest
 
 # Tests import the project as the executor does, and run offline like it (start.py sets the same).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from executor.engine.runtime import prepare_process_env  # noqa: E402
+from executor.runtime import prepare_process_env  # noqa: E402
 
 prepare_process_env()
 PLATFORM_DIRS = ("/in", "/out")

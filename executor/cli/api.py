@@ -14,7 +14,7 @@ import os
 import tempfile
 from typing import Sequence
 
-from executor.engine.runtime import prepare_process_env
+from executor.runtime import prepare_process_env
 
 
 def _listed(images) -> tuple[list[str], list[str]]:

@@ -405,7 +405,7 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
               mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",
               infer_unreadable_none=bool(rewrite),
               selected=(args.topk or 0) if mining else 0)
-    from executor.engine.runtime import cpu_threads
+    from executor.runtime import cpu_threads
 
     settings = build_settings(tasks[0], config)
     log.info("%s: %d images from %s (batch %d, img_size %d, %s)", " + ".join(tasks), len(paths), args.images,

@@ -1,4 +1,4 @@
-"""The inference adapter: the only module that loads a model for prediction (training: executor/trainer.py).
+"""The inference adapter: the only module that loads a model for prediction (training: executor/engine/trainer.py).
 
 It turns a YOLOv8/YOLO11 detection or instance-segmentation checkpoint (or its ONNX export) into our own types
 once. One forward pass of a letterboxed batch yields the head's decoded output `raw` (B, 4 + C + M, A): per

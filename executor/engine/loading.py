@@ -11,9 +11,9 @@ import torch
 from executor.engine.detector import Detector
 from executor.engine.device import select_device
 from executor.engine.onnx_detector import OnnxDetector
-from executor.engine.runtime import cpu_threads
 from executor.engine.torch_detector import TorchDetector
 from executor.errors import ConfigError, ModelError
+from executor.runtime import cpu_threads
 from executor.shared import TASK_WORDS, task_words
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def load_detector(weights: str, backend: str, gpu_id: str, img_size: int, *, con
                   max_det: int, class_names: Sequence[str] = (), pin_memory: bool = False,
                   threads: int = 0, task: str | None = None) -> Detector:
     """The detector for `weights` (.pt → PyTorch, .onnx → ONNX Runtime, unless `backend` says so); `threads`:
-    CPU threads (0: executor.engine.runtime.cpu_threads' choice); `task`: the family this image serves ('detect',
+    CPU threads (0: executor.runtime.cpu_threads' choice); `task`: the family this image serves ('detect',
     'segment'): a model of the other family is a ModelError naming both (None: whichever the model is)."""
     device = select_device(gpu_id)
     use_onnx = backend == "onnx" or (backend == "auto" and weights.lower().endswith(".onnx"))

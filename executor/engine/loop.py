@@ -3,7 +3,7 @@ batch (with the model on the same CPU cores: between its forwards, on every core
 canvas shape, in the order they fill, with the unreadable images reported as they come (an unreadable image
 never aborts the job).
 
-With `on_device` (template key gpu_decode, executor/gpu_decode.py) the files are read in those threads (and the
+With `on_device` (template key gpu_decode, executor/engine/gpu_decode.py) the files are read in those threads (and the
 few the device cannot decode are decoded there by OpenCV), then decoded and letterboxed on the device a batch
 at a time, up to two batches ahead, in a thread of its own: the canvases are then a device tensor. The same
 images give the same canvas shapes either way, so the batches are the same, in the same order.

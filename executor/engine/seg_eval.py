@@ -1,5 +1,5 @@
 """Instance-segmentation metrics on a labelled split, from our own predictions (the detection metrics'
-counterpart, executor/evaluation.py, whose batching, NMS and box metrics it shares).
+counterpart, executor/engine/evaluation.py, whose batching, NMS and box metrics it shares).
 
 - maskAP: COCO AP at mask IoU 0.5 (pycocotools, iouType 'segm', 101-point), averaged over the classes that have
   ground truth; the truth is each instance's annotated mask (RLE of its polygons or its RLE) at the original

@@ -1,6 +1,6 @@
 """The training adapter: Ultralytics training seen through our own types (the only module that trains).
 
-EpochReport in, hooks out: executor/training.py implements the hooks and never touches the trainer.
+EpochReport in, hooks out: executor/pipeline/training.py implements the hooks and never touches the trainer.
 Everything here runs in the training process, or, for multi-GPU runs, in Ultralytics' DDP workers, which
 receive the bridge pickled (so it holds no open files).
 """

@@ -2,7 +2,7 @@
 
 `selection: score` writes the merge as it is; `selection: diverse` plans a reordering on the shortlist's
 embeddings (mining/selection.py) and writes its priority as the score, with every image's raw score in a side
-file. The report (executor/report.py) is built from what the write saw, and its failure never fails the task.
+file. The report (executor/report/) is built from what the write saw, and its failure never fails the task.
 """
 import logging
 import os

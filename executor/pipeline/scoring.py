@@ -10,14 +10,14 @@ from typing import Callable, Mapping, Sequence
 
 from executor.engine.device import visible_gpus
 from executor.engine.embeddings import EMBEDDING_VERSION
-from executor.engine.runtime import cpu_threads
 from executor.errors import Interrupted
 from executor.pipeline.job import Job
 from executor.pipeline.passes import Models, Pass, open_scorer, weights_for
 from executor.pipeline.shards import Shard, ShardStore, auto_shard_size, file_sha256, plan, shards_of_rank
-from executor.pipeline.workers import clear, outer_rank, run_workers, wait_for
+from executor.pipeline.workers import clear, run_workers, wait_for
 from executor.protocol.monitor import Progress
 from executor.protocol.settings import Settings, build_settings
+from executor.runtime import cpu_threads, local_rank, outer_rank
 from mining import SCORERS, scorer_params
 from mining.duplicates import HASH_VERSION, THUMB_VERSION
 
@@ -159,7 +159,7 @@ def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Prog
     try:
         if outer is not None:  # one rank of a torchrun job over a shared folder
             rank, world = outer
-            local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+            local = local_rank()
             work_shards(tasks, job, config, todo, rank, world, devices[local % len(devices)],
                         lambda done: progress((done_before + done) / max(1, total)), models)
             if rank != 0:

@@ -5,7 +5,7 @@ Progress: 0-5 % dataset, 5-90 % epochs (and batches), 90-100 % final evaluation 
 Stages: `best` (Ultralytics' best.pt) and, unless save_best_only, `epoch_<k>` every save_period epochs
 (at most 10 kept). result.yaml is rewritten after every saved stage, so a crash leaves a usable package.
 The family is settings.object_type (the image's manifest): 2 detection, 4 instance segmentation (seg-coco masks,
-a segmentation model, maskAP from executor/seg_eval.py next to the box metrics).
+a segmentation model, maskAP from executor/engine/seg_eval.py next to the box metrics).
 """
 import json
 import logging
@@ -288,7 +288,7 @@ def describe(metrics: Metrics) -> str:
 
 class Evaluator:
     """Our metrics of a weights file on the val split (picklable: DDP workers evaluate epoch stages); with
-    `masks` (instance segmentation) mask and box metrics of a segmentation model (executor/seg_eval.py)."""
+    `masks` (instance segmentation) mask and box metrics of a segmentation model (executor/engine/seg_eval.py)."""
 
     def __init__(self, samples: list[Sample], class_names: list[str], settings: Settings, evaluate_config: dict,
                  batch_size: int, masks: bool = False):

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 from executor.errors import QuarryError, Terminated, error_code, one_line
 from executor.protocol.monitor import Progress
 from executor.protocol.writers import atomic_write_text
+from executor.runtime import worker_rank
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -55,12 +56,6 @@ def clear(folder: str) -> None:
         os.unlink(path)
     if os.path.isdir(folder) and not os.listdir(folder):
         os.rmdir(folder)
-
-
-def outer_rank() -> tuple[int, int] | None:
-    """(RANK, WORLD_SIZE) when this process was started by an outer torchrun with several ranks."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else None
 
 
 def run_workers(work: Work, args: tuple, devices: Sequence[str], folder: str, done_before: int, total: int,
@@ -172,7 +167,7 @@ def _quiet_agent():
 def worker_main(work: Work, args: tuple, devices: list[str], folder: str) -> None:
     """The body of one spawned worker: its rank from the launcher's environment, its own device."""
     _die_with_parent()
-    rank, world = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    rank, world = worker_rank()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {rank} %(name)s: %(message)s")
     last = [0.0]
 

@@ -9,7 +9,7 @@ crowd regions) are dropped and counted; a class outside `class_names` is a Datas
 and line; unreadable images are skipped and counted; an empty train or val split is a DatasetError.
 
 Instance segmentation (`masks=True`, seg-coco annotations): each non-crowd annotation's polygons or RLE become
-one polygon (executor/masks.py, with its validation rules), its box is the polygon's, and the YOLO export
+one polygon (executor/engine/masks.py, with its validation rules), its box is the polygon's, and the YOLO export
 writes Ultralytics' segment labels `class x1 y1 x2 y2 ...`.
 """
 

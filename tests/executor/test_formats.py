@@ -1,4 +1,4 @@
-"""Pre-labels for labelling tools (executor/formats.py): class ids are the model's, whatever a batch found, and
+"""Pre-labels for labelling tools (executor/cli/formats.py): class ids are the model's, whatever a batch found, and
 an unreadable image is told apart from one with nothing in it."""
 import json
 

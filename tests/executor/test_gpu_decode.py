@@ -1,4 +1,4 @@
-"""Decoding and letterboxing on a torch device (executor/gpu_decode.py): which files take the device path, and that
+"""Decoding and letterboxing on a torch device (executor/engine/gpu_decode.py): which files take the device path, and that
 both paths give the same canvases within rounding, the same canvas shapes and so the same batches. On CPU,
 torchvision's CPU decode_jpeg stands in for nvJPEG; the CUDA tests run on a machine with a GPU."""
 import dataclasses

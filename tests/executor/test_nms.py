@@ -38,7 +38,7 @@ def test_classes_never_suppress_each_other():
 
 
 def test_mining_never_imports_torchvision():
-    code = ("import sys; from executor.engine.runtime import prepare_process_env; prepare_process_env(); "
+    code = ("import sys; from executor.runtime import prepare_process_env; prepare_process_env(); "
             "import executor.pipeline.tasks, mining, torch; from executor.engine.nms import batched_nms; "
             "batched_nms(torch.tensor([[0., 0, 1, 1]]), torch.tensor([1.]), torch.tensor([0]), 0.5); "
             "print('torchvision' in sys.modules)")

@@ -1,4 +1,4 @@
-"""The mining report (executor/report.py) and box drawing (executor/drawing.py), on real COCO val images with
+"""The mining report (executor/report/) and box drawing (executor/report/drawing.py), on real COCO val images with
 their ground-truth boxes standing in for predictions."""
 import base64
 import json

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from executor.engine.runtime import cgroup_cpu_limit, cpu_threads, usable_cpus
+from executor.runtime import cgroup_cpu_limit, cpu_threads, usable_cpus
 from tests.platform import REPO
 
 
@@ -36,7 +36,7 @@ def test_importing_ultralytics_does_not_change_the_thread_count(user_setting):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "QUARRY_OMP_NUM_THREADS")}
     if user_setting:
         env["OMP_NUM_THREADS"] = user_setting
-    code = ("from executor.engine.runtime import prepare_process_env, cpu_threads, usable_cpus; prepare_process_env(); "
+    code = ("from executor.runtime import prepare_process_env, cpu_threads, usable_cpus; prepare_process_env(); "
             "import ultralytics, os; print(os.environ.get('OMP_NUM_THREADS'), cpu_threads(), usable_cpus())")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     omp, threads, usable = out.stdout.split()[-3:]

@@ -1,6 +1,9 @@
-"""Process environment for running offline, as any uid, with no writable HOME (called by start.py only).
+"""The process and its environment, the one module below the entry points that reads os.environ: the environment
+for running offline, as any uid, with no writable HOME (prepare_process_env: start.py, the API, benchmarks), the
+CPUs and threads this process may use, and the ranks a launcher (torchrun, our own worker spawn) gave it.
 
-Must run before torch, ultralytics or matplotlib are imported: they read these variables at import.
+prepare_process_env must run before torch, ultralytics or matplotlib are imported: they read these variables at
+import.
 """
 import os
 import shutil
@@ -94,3 +97,21 @@ def cpu_threads(requested: int = 0) -> int:
     except ValueError:
         from_env = 0
     return from_env if from_env > 0 else usable_cpus()
+
+
+# ---------------------------------------------------------------- ranks given by a launcher
+
+def outer_rank() -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) when this process was started by an outer torchrun with several ranks."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else None
+
+
+def local_rank() -> int:
+    """LOCAL_RANK of an outer torchrun: which of this node's devices is this rank's."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def worker_rank() -> tuple[int, int]:
+    """(LOCAL_RANK, LOCAL_WORLD_SIZE) of a worker we spawned (workers.py): set by the launcher, always present."""
+    return int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
