@@ -47,11 +47,11 @@ def run_platform(env_path: str, default_monitor: bool = True) -> int:
     at the end: code from executor.errors.error_code, monitor.txt state 4 with a one-line message and the
     traceback, result files of this run removed, exit status 1. Until env.yaml names its monitor file, a failure
     goes to /out/monitor.txt, but only in a real platform run (no --env): a local rehearsal never writes /out."""
+    from executor.errors import error_code, one_line
     from executor.protocol.env import confine_model_paths, parse_env
+    from executor.protocol.monitor import Monitor
     from executor.protocol.settings import without_unknown_keys
     from executor.protocol.yaml_file import read_yaml_mapping
-    from executor.errors import error_code, one_line
-    from executor.protocol.monitor import Monitor
 
     usable = default_monitor and os.access(os.path.dirname(DEFAULT_MONITOR), os.W_OK)
     monitor = Monitor(DEFAULT_MONITOR if usable else None)
@@ -151,8 +151,8 @@ def stop_on_sigterm() -> None:
 
 def platform_job(env):
     """The Job of an env.yaml: its paths, the candidates of its index, the /out layout of training."""
-    from executor.protocol.index import read_candidate_index
     from executor.pipeline.job import Job
+    from executor.protocol.index import read_candidate_index
 
     out_root = env.output_path("root_dir")
     candidates = () if env.run_training else read_candidate_index(env.input_path("candidate_index_file"))

@@ -203,8 +203,8 @@ def main(argv=None) -> int:
     import torch
 
     from benchmarks import gt, report, speed
-    from executor.protocol.settings import build_settings
     from executor.pipeline.passes import Models
+    from executor.protocol.settings import build_settings
 
     if args.render:
         with open(args.json, encoding="utf-8") as handle:

@@ -90,8 +90,8 @@ def highway_train() -> list[str]:
 
 def mine_pass(paths: list[str], algorithm: str, weights: str, embeddings: bool = True, img_size: int = 640) -> dict:
     """Scores, embeddings and boxes (mining's conf_thres) of `paths` through executor.pipeline.passes.Pass, timed."""
-    from executor.protocol.settings import build_settings
     from executor.pipeline.passes import Models, Pass, open_scorer
+    from executor.protocol.settings import build_settings
     from mining import SCORERS
 
     settings = build_settings("mining", {"mining_algorithm": algorithm, "model_params_path": [weights],
@@ -259,9 +259,9 @@ def synthetic_store(folder: str, embeddings: np.ndarray, hashes: np.ndarray, thu
 
 
 def time_write(store, keys, settings: dict, folder: str, report: bool, weights: str) -> float:
-    from executor.pipeline.ranking import MiningContext, write_mining
     from executor.pipeline.job import Job
     from executor.pipeline.passes import Models
+    from executor.pipeline.ranking import MiningContext, write_mining
 
     config = {"selection": "diverse", "report": report, "shard_size": 2048, "model_params_path": [weights],
               **settings}
@@ -298,8 +298,8 @@ def main(argv=None) -> int:
     import shutil
 
     from benchmarks import gt, quality
-    from executor.protocol.settings import build_settings
     from executor.pipeline.passes import Models
+    from executor.protocol.settings import build_settings
 
     template = build_settings("mining", {})
     default = {"dedup_similarity": template.dedup_similarity, "diversity_weight": template.diversity_weight}

@@ -1,6 +1,6 @@
-"""The process and its environment, the one module below the entry points that reads os.environ: the environment
-for running offline, as any uid, with no writable HOME (prepare_process_env: start.py, the API, benchmarks), the
-CPUs and threads this process may use, and the ranks a launcher (torchrun, our own worker spawn) gave it.
+"""The process and its environment: running offline, as any uid, with no writable HOME (prepare_process_env:
+start.py, the Python API, benchmarks), the CPUs and threads this process may use, and the ranks a launcher
+(torchrun, our own worker spawn) gave it. engine/ and pipeline/ read no environment variable themselves.
 
 prepare_process_env must run before torch, ultralytics or matplotlib are imported: they read these variables at
 import.

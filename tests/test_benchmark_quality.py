@@ -156,10 +156,10 @@ def test_timed_mining_scores_what_ships(algorithm, tmp_path):
     """The speed benchmark's instrumented run (whose scores feed the quality table) must score exactly as
     executor.pipeline.tasks.mine does on its own, e.g. entropy through its copy of the detector with looser NMS."""
     from benchmarks import speed
-    from executor.protocol.settings import build_settings
     from executor.pipeline.job import Job
     from executor.pipeline.passes import Models
     from executor.pipeline.tasks import mine
+    from executor.protocol.settings import build_settings
     from mining import SCORERS
     from tests.platform import WEIGHTS, coco_images
 

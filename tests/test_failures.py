@@ -747,9 +747,9 @@ def test_framework_errors_map_to_codes(make, code):
 def test_out_of_memory_in_the_loop_names_the_batch_size():
     import torch
 
-    from executor.protocol.settings import build_settings
     from executor.errors import OutOfMemory, error_code
     from executor.pipeline.passes import Pass
+    from executor.protocol.settings import build_settings
 
     class OutOfMemoryScorer:
         def score(self, batch, detector):
@@ -840,8 +840,8 @@ def test_a_failed_training_removes_the_stages_it_wrote(tmp_path):
 ])
 def test_model_paths_are_confined_to_the_input_directory(tmp_path, given, expected):
     import start
-    from executor.protocol.env import confine_model_paths, parse_env
     from executor.errors import ConfigError
+    from executor.protocol.env import confine_model_paths, parse_env
 
     indir = str(tmp_path / "in")
     env = parse_env({"run_mining": True, "input": {"root_dir": indir, "models_dir": f"{indir}/models"}},

@@ -380,9 +380,9 @@ def test_region_rle_is_pycocotools_encoding_of_the_full_mask():
 
 
 def test_mask_metrics_of_perfect_and_of_shifted_predictions():
-    from executor.shared import Sample
     from executor.engine.masks import encode
     from executor.engine.seg_eval import mask_metrics
+    from executor.shared import Sample
     from mining.base import Detections
 
     truth = np.zeros((2, 50, 100), np.uint8)
@@ -461,14 +461,14 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
     from pycocotools import mask as mask_utils
     from ultralytics import YOLO
 
-    from executor.protocol.dataset import read_dataset
     from executor.engine.evaluation import rect_batches
     from executor.engine.images import letterbox, read_image
-    from executor.engine.masks import box_mask_rles, encode, predicted_masks
-    from executor.engine.postprocess import candidates, xywh_to_xyxy
-    from executor.engine.nms import batched_nms
     from executor.engine.loading import load_detector
+    from executor.engine.masks import box_mask_rles, encode, predicted_masks
+    from executor.engine.nms import batched_nms
+    from executor.engine.postprocess import candidates, xywh_to_xyxy
     from executor.engine.seg_eval import evaluate_segmentation
+    from executor.protocol.dataset import read_dataset
     from tests.ymir_builders import write_coco_val_dataset
 
     names = write_coco_val_dataset(tmp_path / "in", 0, 32)

@@ -96,8 +96,8 @@ def test_onnx_seg_export_gives_the_torch_masks(seg_weights, tmp_path):
 
 @pytest.mark.parametrize("served, model", [("segment", "detection"), ("detect", "segmentation")])
 def test_a_model_of_the_other_family_is_a_model_error_naming_both(seg_weights, served, model):
-    from executor.errors import ModelError
     from executor.engine.loading import load_detector
+    from executor.errors import ModelError
 
     weights = WEIGHTS if model == "detection" else seg_weights
     with pytest.raises(ModelError) as err:

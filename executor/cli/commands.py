@@ -187,8 +187,8 @@ def gpu_id_of(device: str) -> str:
 def config_of(args) -> dict:
     """The flags as config keys (templates give every default, as in platform mode), checked: a bad value
     names the flag."""
-    from executor.protocol.settings import build_settings
     from executor.errors import ConfigError
+    from executor.protocol.settings import build_settings
 
     device = None if args.gpu_id is None else gpu_id_of(args.gpu_id)
     named = {"img_size": args.img_size, "batch_size_per_gpu": args.batch_size, "gpu_id": device,
@@ -296,9 +296,9 @@ def model_family(weights: str | None):
     """The templates of the model's own family while the command runs (a -seg checkpoint or export is a
     segmentation model: segmentation defaults, masks in the infer result); worker processes inherit them. Without
     a readable model (random mining, or an error the loader will report), the active templates stay."""
+    from executor.engine.loading import model_task
     from executor.protocol.templates import TEMPLATES_VAR, family_templates
     from executor.shared import OBJECT_TYPE_OF_TASK
-    from executor.engine.loading import model_task
 
     task = model_task(weights) if weights and os.path.isfile(weights) else None
     if task not in OBJECT_TYPE_OF_TASK:
@@ -381,13 +381,13 @@ def run_in_family(args) -> int:
 
 
 def run_task(args, config: dict, paths: list[str], names: list[str], shards: str, progress) -> int:
-    from executor.protocol.settings import build_settings
-    from executor.shared import SEGMENTATION
     from executor.cli.formats import write_detections
     from executor.pipeline.job import Job
     from executor.pipeline.passes import Models
     from executor.pipeline.tasks import model_class_names, run as run_tasks
     from executor.pipeline.workers import clear
+    from executor.protocol.settings import build_settings
+    from executor.shared import SEGMENTATION
 
     tasks = requested_tasks(args)
     detections = args.infer_out if args.command == "mine" else args.out

@@ -8,8 +8,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from executor.report.collect import ReportData, ReportImage, _histogram, _jsonable
-from executor.report.page import ScoreFormat, _RUN_FIELDS, _thumbnails_note, _top_title, render_thumbnail
+from executor.report.collect import ReportData, ReportImage, jsonable, score_histogram
+from executor.report.page import RUN_FIELDS, ScoreFormat, render_thumbnail, thumbnails_note, top_title
 
 
 # ---------------------------------------------------------------------------------------------- TensorBoard
@@ -36,14 +36,14 @@ def _grid(items: Sequence[ReportImage], class_names: Sequence[str], fmt: ScoreFo
 def _markdown_summary(data: ReportData) -> str:
     run = data.run
     lines = ["| | |", "|---|---|"]
-    for key, title in _RUN_FIELDS:
+    for key, title in RUN_FIELDS:
         if key in run:
             value = run[key]
-            lines.append(f"| {title} | `{json.dumps(_jsonable(value), ensure_ascii=False)}` |")
+            lines.append(f"| {title} | `{json.dumps(jsonable(value), ensure_ascii=False)}` |")
     lines.append(f"| Scored | {len(data.scores)} |")
     lines.append(f"| Unreadable | {len(data.unreadable)} |")
-    thumbnails = _thumbnails_note(data)
-    lines += ["", f"{_top_title(data)}{'; ' + thumbnails if thumbnails else ''}:", "",
+    thumbnails = thumbnails_note(data)
+    lines += ["", f"{top_title(data)}{'; ' + thumbnails if thumbnails else ''}:", "",
               "| rank | score | raw score | boxes | path |", "|---|---|---|---|---|"]
     fmt = ScoreFormat.of(data)
     for item in data.top:
@@ -62,7 +62,7 @@ def write_tensorboard(logdir: str, data: ReportData) -> None:
 
     with SummaryWriter(logdir) as writer:
         if len(data.scores):
-            hist = _histogram(data.scores, data.cut)
+            hist = score_histogram(data.scores, data.cut)
             writer.add_histogram("mining/score", data.scores, 0, bins=np.asarray(hist["bin_edges"]))
         if data.top:
             writer.add_image("mining/top", _grid(data.top, data.class_names, ScoreFormat.of(data)), 0,

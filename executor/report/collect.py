@@ -114,16 +114,16 @@ def pca_2d(embeddings: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- numbers
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON-safe copy: numpy scalars / arrays to Python, non-finite floats to None, unknown objects to str."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if value is None or isinstance(value, (bool, int, str)):
@@ -131,7 +131,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _histogram(scores: np.ndarray, top_n: int) -> dict:
+def score_histogram(scores: np.ndarray, top_n: int) -> dict:
     """Bins over every readable score, and how many of each bin's images are in the top N; `cut_score` is the
     lowest score in the top N (the score of rank N when the scores are the written, non-increasing ones)."""
     if len(scores) == 0:
@@ -144,13 +144,13 @@ def _histogram(scores: np.ndarray, top_n: int) -> dict:
             "top_n": top_n, "cut_score": float(scores[:top_n].min()) if top_n else None}
 
 
-def _class_summary(class_names: Sequence[str], classes: np.ndarray) -> dict[str, int]:
+def class_summary(class_names: Sequence[str], classes: np.ndarray) -> dict[str, int]:
     names, counts = np.unique(classes, return_counts=True)
-    pairs = sorted(((_class_name(class_names, c), int(n)) for c, n in zip(names, counts)), key=lambda p: (-p[1], p[0]))
+    pairs = sorted(((class_name_of(class_names, c), int(n)) for c, n in zip(names, counts)), key=lambda p: (-p[1], p[0]))
     return dict(pairs)
 
 
-def _class_name(class_names: Sequence[str], index: int) -> str:
+def class_name_of(class_names: Sequence[str], index: int) -> str:
     index = int(index)
     return str(class_names[index]) if 0 <= index < len(class_names) else f"class {index}"
 
@@ -158,7 +158,7 @@ def _class_name(class_names: Sequence[str], index: int) -> str:
 def _item_record(item: ReportImage, class_names: Sequence[str]) -> dict:
     return {"path": item.path, "rank": int(item.rank), "score": float(item.score),
             "raw_score": None if item.raw_score is None else float(item.raw_score),
-            "box_count": int(len(item.xyxy)), "classes": _class_summary(class_names, item.classes)}
+            "box_count": int(len(item.xyxy)), "classes": class_summary(class_names, item.classes)}
 
 
 def report_json(data: ReportData) -> dict:
@@ -169,12 +169,12 @@ def report_json(data: ReportData) -> dict:
         summary.update(min=float(scores.min()), max=float(scores.max()), mean=float(scores.mean()),
                        median=float(np.median(scores)))
     payload = {
-        "run": _jsonable(data.run),
+        "run": jsonable(data.run),
         "unreadable": [{"path": str(p), "reason": str(r)} for p, r in data.unreadable],
         "scores": summary,
         "score_kind": data.score_kind,
         "selected": data.selected,
-        "histogram": _histogram(scores, data.cut),
+        "histogram": score_histogram(scores, data.cut),
         "top": [_item_record(item, data.class_names) for item in data.top],
         "middle": [_item_record(item, data.class_names) for item in data.middle],
         "bottom": [_item_record(item, data.class_names) for item in data.bottom],
@@ -189,7 +189,7 @@ def report_json(data: ReportData) -> dict:
         "projection": None if data.projection is None else {
             "points": data.projection.tolist(), "selected": data.projection_selected.tolist()},
     }
-    return _jsonable(payload)
+    return jsonable(payload)
 
 
 # ---------------------------------------------------------------------------------------------- from a run

@@ -19,8 +19,8 @@ import numpy as np
 
 from executor.engine.images import read_image
 from executor.protocol.writers import atomic_write_text
-from executor.report.collect import (ReportData, ReportImage, _class_name, _class_summary, _histogram, _jsonable,
-                                     report_json)
+from executor.report.collect import (ReportData, ReportImage, class_name_of, class_summary, jsonable, report_json,
+                                     score_histogram)
 from executor.report.drawing import draw_detections, ramp_stops, thumbnail
 
 
@@ -67,7 +67,7 @@ def render_thumbnail(path: str, class_names: Sequence[str], item: ReportImage | 
     if item is not None and len(item.xyxy):
         scale_x, scale_y = small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]
         boxes = item.xyxy * np.array([scale_x, scale_y, scale_x, scale_y])
-        labels = [_class_name(class_names, c) for c in item.classes]
+        labels = [class_name_of(class_names, c) for c in item.classes]
         small = draw_detections(small, boxes, labels, item.conf)
     return small, None
 
@@ -279,7 +279,7 @@ def _class_svg(data: ReportData, json_name: str | None) -> str:
              f'<text class="tick" x="{label_w + 206}" y="15">whole pool ({pool_total} boxes)</text>']
     for row, i in enumerate(rows):
         y = 30 + row * row_h
-        name = _class_name(data.class_names, i)
+        name = class_name_of(data.class_names, i)
         parts.append(f'<text class="tick" x="{label_w - 8}" y="{y + 15}" text-anchor="end">{_esc(name)}</text>')
         for offset, share, count, colour, who in ((0, top_share[i], top[i], TOP_COLOUR, f"top {data.cut}"),
                                                   (11, pool_share[i], pool[i], POOL_COLOUR, "pool")):
@@ -391,7 +391,7 @@ footer { color: var(--muted); font-size: 12px; margin-top: 36px; border-top: 1px
 @media print { nav { display: none; } figure.card { break-inside: avoid; } }
 """ % {"top": TOP_COLOUR, "pool": POOL_COLOUR}
 
-_RUN_FIELDS = [("model", "Model"), ("model_sha256", "Model SHA-256"), ("backend", "Backend"),
+RUN_FIELDS = [("model", "Model"), ("model_sha256", "Model SHA-256"), ("backend", "Backend"),
                ("algorithm", "Algorithm"), ("params", "Parameters"), ("seed", "Seed"), ("selection", "Selection"),
                ("selection_params", "Selection parameters"), ("shortlist", "Diversity shortlist"),
                ("duplicates_pushed_down", "Near-duplicates pushed down"), ("labeled_images", "Labelled images"),
@@ -409,13 +409,13 @@ _OPTIONAL_RUN_FIELDS = {"backend", "selection_params", "shortlist", "duplicates_
 def _value_html(value: Any) -> str:
     if isinstance(value, str):
         return _esc(value)
-    return f"<code>{_esc(json.dumps(_jsonable(value), ensure_ascii=False))}</code>"
+    return f"<code>{_esc(json.dumps(jsonable(value), ensure_ascii=False))}</code>"
 
 
 def _run_rows(data: ReportData) -> str:
     run = data.run
     rows = []
-    for key, title in _RUN_FIELDS:
+    for key, title in RUN_FIELDS:
         value = run.get(key)
         if key in _OPTIONAL_RUN_FIELDS and key not in run:
             continue
@@ -444,7 +444,7 @@ def _run_rows(data: ReportData) -> str:
         else:
             cell = _value_html(value)
         rows.append(f"<tr><th>{_esc(title)}</th><td>{cell}</td></tr>")
-    known = {key for key, _ in _RUN_FIELDS}
+    known = {key for key, _ in RUN_FIELDS}
     for key, value in run.items():
         if key not in known:
             rows.append(f"<tr><th>{_esc(key)}</th><td>{_value_html(value)}</td></tr>")
@@ -487,7 +487,7 @@ def _path_html(path: str, base: str | None = None) -> str:
 def _card(item: ReportImage, section: str, data: ReportData, base: str | None, fmt: ScoreFormat) -> str:
     image, error = render_thumbnail(item.path, data.class_names, item)
     raw = f'<span class="raw">raw {fmt(item.raw_score)}</span>' if item.raw_score is not None else ""
-    classes = _class_summary(data.class_names, item.classes)
+    classes = class_summary(data.class_names, item.classes)
     boxes = (f"{len(item.xyxy)} box{'es' if len(item.xyxy) != 1 else ''}: "
              + ", ".join(f"{_esc(n)} {c}" for n, c in classes.items())) if len(item.xyxy) else "no boxes"
     problem = f'<div class="bad">image unreadable: {_esc(error)}</div>' if error else ""
@@ -567,12 +567,12 @@ def _in_json(json_name: str | None) -> str:
     return f" are listed in {_esc(json_name)}" if json_name else " are not shown"
 
 
-def _top_title(data: ReportData) -> str:
+def top_title(data: ReportData) -> str:
     """'Top 24' (the top N shown), or with a selection 'Top 100 selected'."""
     return f"Top {data.top_n}" if data.selected is None else f"Top {data.cut} selected"
 
 
-def _thumbnails_note(data: ReportData) -> str:
+def thumbnails_note(data: ReportData) -> str:
     """What the thumbnails leave out of the selection ('' when they show all of it)."""
     if data.top_n >= data.cut:
         return ""
@@ -584,7 +584,7 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
     run = data.run
     fmt = ScoreFormat.of(data)
     cut = data.cut
-    hist = _histogram(data.scores, cut)
+    hist = score_histogram(data.scores, cut)
     algorithm = str(run.get("algorithm", "?"))
     pool = run.get("pool_size", len(data.scores) + len(data.unreadable))
     counts = [(f"{data.top_n}", "top N shown")] if data.selected is None else \
@@ -610,7 +610,7 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
     shown = [item.path for item in (*data.top, *data.middle, *data.bottom)]
     shown += [p for kept, copies in data.duplicate_groups for p in (kept, *copies)]
     base = _common_dir(shown)
-    thumbnails = _thumbnails_note(data)
+    thumbnails = thumbnails_note(data)
     explain = ((f"{_esc(thumbnails.capitalize())}. " if thumbnails else "")
                + "Score: the score written to result.tsv" + ("; raw: the algorithm's own score where selection "
                "reordered the ranking" if any(i.raw_score is not None for i in data.top) else "") + ". "
@@ -634,7 +634,7 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
            f'the dashed line is the top-{cut} cut.') + '</p>'
         f'<div class="plots">{_histogram_svg(hist, fmt, raw_kind)}{_rank_svg(data.scores, cut, fmt, raw_kind)}'
         f'</div></section>',
-        f'<section id="top"><h2>{_esc(_top_title(data))}, in result order</h2>{legend}'
+        f'<section id="top"><h2>{_esc(top_title(data))}, in result order</h2>{legend}'
         f'<p class="note">{explain}</p>{_cards(data.top, "top", data, base, fmt)}</section>',
         f'<section id="contrast"><h2>For contrast</h2><h3>From the middle of the ranking</h3>'
         f'{_cards(data.middle, "middle", data, base, fmt)}<h3>From the bottom of the ranking</h3>'

@@ -236,9 +236,9 @@ def convert_yolo_split(images: Sequence[str], class_names: Sequence[str], folder
 def prepare_data(spec: str, out: str, config: Mapping) -> Data:
     """The pool and the fixed val split from --data, validated by executor.protocol.dataset (and converted to ymir's
     index + ARK form first when --data is a data.yaml)."""
-    from executor.protocol.yaml_file import read_yaml_mapping
     from executor.protocol.dataset import read_dataset
     from executor.protocol.index import read_training_index
+    from executor.protocol.yaml_file import read_yaml_mapping
 
     spec = os.path.abspath(spec)
     renamed = list(config.get("class_names") or [])

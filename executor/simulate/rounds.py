@@ -48,9 +48,9 @@ class QuarryTrainer:
                                            "pretrained_model_params": [self.start_weights], "seed": seed})
 
     def __call__(self, folder: str, images: Sequence[str], seed: int, progress: Progress) -> Trained:
-        from executor.protocol.monitor import span
         from executor.pipeline.job import Job
         from executor.pipeline.training import Evaluator, run_training
+        from executor.protocol.monitor import span
 
         index = os.path.join(folder, "train-index.tsv")
         atomic_write_text(index, "".join(f"{p}\t{self.data.annotation[p]}\n" for p in images))
@@ -86,9 +86,9 @@ def evaluate_start(weights: str, data: Data, config: Mapping) -> dict | None:
 
     import numpy as np
 
-    from executor.protocol.settings import build_settings
     from executor.engine.evaluation import VAL_IOU, VAL_MAX_DET, evaluate
     from executor.engine.loading import load_detector
+    from executor.protocol.settings import build_settings
 
     settings = build_settings("training", dict(config))
     thresholds = dict(settings.evaluate_config)

@@ -112,8 +112,8 @@ class Simulation:
     def check_config(self) -> None:
         """Every setting checked before anything runs (build_settings and Ultralytics' argument checker)."""
         from executor.engine import trainer
-        from executor.protocol.settings import build_settings
         from executor.pipeline.training import parse_args_options
+        from executor.protocol.settings import build_settings
         from mining import SCORERS
 
         config = {k: v for k, v in self.plan.config.items() if k != "class_names"}

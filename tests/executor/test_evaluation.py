@@ -63,8 +63,8 @@ def test_map_agrees_with_ultralytics_val(tmp_path):
     """Our pycocotools mAP@0.5 from our own predictions vs `ultralytics val` on the same split (COCO weights)."""
     from ultralytics import YOLO
 
-    from executor.protocol.dataset import export_yolo, read_dataset
     from executor.engine.evaluation import evaluate
+    from executor.protocol.dataset import export_yolo, read_dataset
     from tests.platform import template_detector
     from tests.ymir_builders import WEIGHTS_DIR, write_coco_val_dataset
 
