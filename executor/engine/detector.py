@@ -1,4 +1,5 @@
-"""The inference adapter: the only module that loads a model for prediction (training: executor/engine/trainer.py).
+"""The inference adapter, what its two backends share (torch_detector.py, onnx_detector.py); loading.py is the
+only module that loads a model for prediction (training: executor/engine/trainer.py).
 
 It turns a YOLOv8/YOLO11 detection or instance-segmentation checkpoint (or its ONNX export) into our own types
 once. One forward pass of a letterboxed batch yields the head's decoded output `raw` (B, 4 + C + M, A): per

@@ -1,4 +1,4 @@
-"""Typed settings: env.yaml (what to run, where) and config.yaml merged over templates/<task>-template.yaml.
+"""Typed settings: config.yaml merged over templates/<task>-template.yaml (env.yaml, what to run and where: env.py).
 
 The templates are the only place defaults are written. Every value is coerced once, here, by the rule
 of its key; an invalid value is a ConfigError (300001) naming the key and what is allowed. Keys that
