@@ -153,6 +153,7 @@ def platform_job(env):
     """The Job of an env.yaml: its paths, the candidates of its index, the /out layout of training."""
     from executor.pipeline.job import Job
     from executor.protocol.index import read_candidate_index
+    from executor.runtime import outer_ranks
 
     out_root = env.output_path("root_dir")
     candidates = () if env.run_training else read_candidate_index(env.input_path("candidate_index_file"))
@@ -162,7 +163,7 @@ def platform_job(env):
                val_index=env.input_path("val_index_file"), models_out=env.output_path("models_dir"),
                training_result=env.output_path("training_result_file"),
                tensorboard_dir=env.output_path("tensorboard_dir"), work_dir=out_root,
-               weights_dirs=weights_dirs(), multi_stage_result=env.multi_stage_result)
+               weights_dirs=weights_dirs(), multi_stage_result=env.multi_stage_result, outer=outer_ranks())
 
 
 def weights_dirs() -> tuple[str, ...]:

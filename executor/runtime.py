@@ -101,15 +101,13 @@ def cpu_threads(requested: int = 0) -> int:
 
 # ---------------------------------------------------------------- ranks given by a launcher
 
-def outer_rank() -> tuple[int, int] | None:
-    """(RANK, WORLD_SIZE) when this process was started by an outer torchrun with several ranks."""
+def outer_ranks() -> tuple[int, int, int] | None:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) when this process was started by an outer torchrun with several ranks (the
+    entry points put it in the Job); LOCAL_RANK says which of this node's devices is this rank's."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else None
-
-
-def local_rank() -> int:
-    """LOCAL_RANK of an outer torchrun: which of this node's devices is this rank's."""
-    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if world <= 1:
+        return None
+    return int(os.environ.get("RANK", "0") or 0), world, int(os.environ.get("LOCAL_RANK", "0") or 0)
 
 
 def worker_rank() -> tuple[int, int]:

@@ -14,7 +14,7 @@ import os
 import tempfile
 from typing import Sequence
 
-from executor.runtime import prepare_process_env
+from executor.runtime import outer_ranks, prepare_process_env
 
 
 def _listed(images) -> tuple[list[str], list[str]]:
@@ -62,7 +62,8 @@ def mine(images, weights=None, algorithm: str | None = None, **settings) -> list
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
         out = os.path.join(scratch, "ranked.tsv")
         paths, names = _listed(images)  # random and CALD draw by the names: the same wherever the folder is
-        job = Job(candidates=paths, names=names, mining_result=out, shards_dir=os.path.join(scratch, "shards"))
+        job = Job(candidates=paths, names=names, mining_result=out, shards_dir=os.path.join(scratch, "shards"),
+                  outer=outer_ranks())
         run(["mining"], job, config)
         with open(out, encoding="utf-8") as handle:
             return [(key, float(score)) for key, score in (line.rstrip("\n").split("\t") for line in handle)]
@@ -82,7 +83,7 @@ def infer(images: Sequence[str] | str, weights=None, **settings) -> dict[str, li
     config, models = _config(weights, settings), Models()
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
         job = Job(candidates=paths, names=paths, infer_result=os.path.join(scratch, "infer.json"),
-                  shards_dir=os.path.join(scratch, "s"), infer_unreadable_none=True)
+                  shards_dir=os.path.join(scratch, "s"), infer_unreadable_none=True, outer=outer_ranks())
         run(["infer"], job, config, models=models)
         boxes = read_ymir(job.infer_result)
     ids = class_ids(model_class_names(job, config, models))

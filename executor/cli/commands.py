@@ -387,6 +387,7 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
     from executor.pipeline.tasks import model_class_names, run as run_tasks
     from executor.pipeline.workers import clear
     from executor.protocol.settings import build_settings
+    from executor.runtime import outer_ranks
     from executor.shared import SEGMENTATION
 
     tasks = requested_tasks(args)
@@ -399,7 +400,7 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
     stem = os.path.splitext(args.out)[0]
     labeled = tuple(list_images(args.labeled)[0]) if mining and args.labeled else ()
     job = Job(candidates=paths, names=names, mining_result=args.out if mining else "",
-              infer_result=raw_infer or "", shards_dir=shards, labeled=labeled,
+              infer_result=raw_infer or "", shards_dir=shards, labeled=labeled, outer=outer_ranks(),
               keep_shards=mining and not args.drop_shards,
               report_html=(args.report or f"{stem}.report.html") if mining else "",
               mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",

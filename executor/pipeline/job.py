@@ -39,6 +39,8 @@ class Job:
     #                                         its thumbnails, at most report_top_n); 0: not told (the platform's top_k)
     keep_shards: bool = False               # leave the finished shards after the merge, so a rerun with other
     #                                         selection or report settings re-selects without scoring again
+    outer: tuple[int, int, int] | None = None  # (RANK, WORLD_SIZE, LOCAL_RANK) of an outer torchrun with several
+    #                                         ranks (the entry points read it: executor.runtime.outer_ranks)
 
 
 MINING_SCORES_NAME = "mining-scores.tsv"

@@ -17,7 +17,7 @@ from executor.pipeline.shards import Shard, ShardStore, auto_shard_size, file_sh
 from executor.pipeline.workers import clear, run_workers, wait_for
 from executor.protocol.monitor import Progress
 from executor.protocol.settings import Settings, build_settings
-from executor.runtime import cpu_threads, local_rank, outer_rank
+from executor.runtime import cpu_threads
 from mining import SCORERS, scorer_params
 from mining.duplicates import HASH_VERSION, THUMB_VERSION
 
@@ -90,8 +90,7 @@ def with_shard_size(task: str, job: Job, config: Mapping) -> Mapping:
     settings = build_settings(task, config)
     if settings.shard_size:
         return config
-    outer = outer_rank()
-    workers = outer[1] if outer else len(worker_devices(settings))
+    workers = job.outer[1] if job.outer else len(worker_devices(settings))
     return {**config, "shard_size": auto_shard_size(len(job.candidates), workers)}
 
 
@@ -155,11 +154,9 @@ def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Prog
     total = len(job.candidates)
     devices = worker_devices(build_settings(tasks[0], config))
     folder = next(iter(stores.values())).folder
-    outer = outer_rank()
     try:
-        if outer is not None:  # one rank of a torchrun job over a shared folder
-            rank, world = outer
-            local = local_rank()
+        if job.outer is not None:  # one rank of a torchrun job over a shared folder
+            rank, world, local = job.outer
             work_shards(tasks, job, config, todo, rank, world, devices[local % len(devices)],
                         lambda done: progress((done_before + done) / max(1, total)), models)
             if rank != 0:

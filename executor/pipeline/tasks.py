@@ -1,11 +1,11 @@
 """The tasks behind one registry: platform mode and the local CLI both call `run` with plain arguments.
 
 Mining is score → gather → select → write → report: workers score shards of the candidate list
-(executor/pipeline/scoring.py, shards.py, workers.py), each shard written when done, with a side file of what selection and
-the report need (embeddings, predicted boxes) taken from the same forward; the gather is a streamed merge of
-the shards, checked; `selection: diverse` reorders it (mining/selection.py, on the shortlist's embeddings
-only); the result is written once, atomically; then the report (executor/report/), whose failure never fails
-the task. Inference is the same with the detector's boxes as records.
+(executor/pipeline/scoring.py, shards.py, workers.py), each shard written when done, with a side file of what
+selection and the report need (embeddings, predicted boxes) taken from the same forward; the gather is a streamed
+merge of the shards, checked; `selection: diverse` reorders it (mining/selection.py, on the shortlist's
+embeddings only); the result is written once, atomically; then the report (executor/report/), whose failure
+never fails the task. Inference is the same with the detector's boxes as records.
 """
 
 import datetime

@@ -134,6 +134,7 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
     from executor.pipeline.job import Job
     from executor.pipeline.tasks import run
     from executor.protocol.writers import write_mining_result
+    from executor.runtime import outer_ranks
 
     ranking = os.path.join(folder, "mining.tsv")
     if os.path.isfile(ranking):  # mined before a kill (written atomically): the same model, the same candidates
@@ -147,13 +148,14 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
     if algorithm == "detections":
         infer_json = os.path.join(folder, "infer-result.json")
         run(["infer"], Job(candidates=list(candidates), infer_result=infer_json, names=list(candidates),
-                           models_dir="", shards_dir=shards, work_dir=folder), base, progress)
+                           models_dir="", shards_dir=shards, work_dir=folder, outer=outer_ranks()), base, progress)
         write_mining_result(ranking, count_ranking(infer_json, candidates, names, seed))
         os.unlink(infer_json)
     else:
         mining = {**base, "mining_algorithm": name, **({"selection": selection} if selection else {})}
         run(["mining"], Job(candidates=list(candidates), names=names, mining_result=ranking, models_dir="",
-                            shards_dir=shards, work_dir=folder, labeled=list(labelled)), mining, progress)
+                            shards_dir=shards, work_dir=folder, labeled=list(labelled), outer=outer_ranks()), mining,
+            progress)
     shutil.rmtree(shards, ignore_errors=True)
     return read_ranking(ranking)
 
