@@ -7,8 +7,8 @@
     python start.py infer --model W --source DIR ...    detect on a local folder (ymir, coco or yolo output)
     python start.py make-in --task mining ...           write an /in folder to rehearse platform mode
 
-This file knows /in, /out, the environment and the platform's exit path; executor/cli.py the local command
-line; everything below takes plain arguments (executor.tasks.run).
+This file knows /in, /out, the environment and the platform's exit path; executor/cli/commands.py the local command
+line; everything below takes plain arguments (executor.pipeline.tasks.run).
 """
 import sys
 
@@ -47,9 +47,11 @@ def run_platform(env_path: str, default_monitor: bool = True) -> int:
     at the end: code from executor.errors.error_code, monitor.txt state 4 with a one-line message and the
     traceback, result files of this run removed, exit status 1. Until env.yaml names its monitor file, a failure
     goes to /out/monitor.txt, but only in a real platform run (no --env): a local rehearsal never writes /out."""
-    from executor.config import confine_model_paths, parse_env, read_yaml_mapping, without_unknown_keys
     from executor.errors import error_code, one_line
-    from executor.monitor import Monitor
+    from executor.protocol.env import confine_model_paths, parse_env
+    from executor.protocol.monitor import Monitor
+    from executor.protocol.settings import without_unknown_keys
+    from executor.protocol.yaml_file import read_yaml_mapping
 
     usable = default_monitor and os.access(os.path.dirname(DEFAULT_MONITOR), os.W_OK)
     monitor = Monitor(DEFAULT_MONITOR if usable else None)
@@ -64,13 +66,13 @@ def run_platform(env_path: str, default_monitor: bool = True) -> int:
         created = CreatedOutputs(env)
         config = read_yaml_mapping(env.input_path("config_file"), "config.yaml")
         config = confine_model_paths(config, env)
-        from executor.tasks import run
+        from executor.pipeline.tasks import run
 
         names = ["training"] if env.run_training else ["mining"] * env.run_mining + ["infer"] * env.run_infer
         config = without_unknown_keys(config, names)  # a stray key is warned about once, not in every step
         job = platform_job(env)
         if env.run_mining:  # the side files of mining go with result.tsv if the run fails
-            from executor.tasks import mining_scores_path, report_paths
+            from executor.pipeline.job import mining_scores_path, report_paths
 
             created.add([mining_scores_path(job), *report_paths(job)])
         run(names, job, config, monitor.progress)
@@ -149,8 +151,9 @@ def stop_on_sigterm() -> None:
 
 def platform_job(env):
     """The Job of an env.yaml: its paths, the candidates of its index, the /out layout of training."""
-    from executor.index import read_candidate_index
-    from executor.tasks import Job
+    from executor.pipeline.job import Job
+    from executor.protocol.index import read_candidate_index
+    from executor.runtime import outer_ranks
 
     out_root = env.output_path("root_dir")
     candidates = () if env.run_training else read_candidate_index(env.input_path("candidate_index_file"))
@@ -160,7 +163,7 @@ def platform_job(env):
                val_index=env.input_path("val_index_file"), models_out=env.output_path("models_dir"),
                training_result=env.output_path("training_result_file"),
                tensorboard_dir=env.output_path("tensorboard_dir"), work_dir=out_root,
-               weights_dirs=weights_dirs(), multi_stage_result=env.multi_stage_result)
+               weights_dirs=weights_dirs(), multi_stage_result=env.multi_stage_result, outer=outer_ranks())
 
 
 def weights_dirs() -> tuple[str, ...]:
@@ -169,12 +172,12 @@ def weights_dirs() -> tuple[str, ...]:
 
 def main(argv=None) -> int:
     prepare_process_env()  # before the parser imports torch (through mining's registry)
-    from executor import cli
+    from executor.cli import commands as cli
 
     args = cli.build_parser(extra_commands=extra_commands()).parse_args(argv)
     configure_logging(getattr(args, "verbose", False))
     if args.command == "simulate":
-        from executor.simulate import run_cli
+        from executor.simulate.command import run_cli
 
         return run_cli(args)
     if args.command:
@@ -184,7 +187,7 @@ def main(argv=None) -> int:
 
 def extra_commands() -> list:
     try:
-        from executor.simulate import add_parser
+        from executor.simulate.command import add_parser
     except ImportError:  # not part of this checkout
         return []
     return [lambda sub, common: add_parser(sub)]

@@ -129,7 +129,7 @@ def detect_pass(keys, detector, settings) -> dict:
     Greedy class-aware NMS visits boxes by falling score, so a box under conf_thres never suppresses one
     above it: the boxes >= conf_thres are exactly those a run at conf_thres keeps (max_det is raised so the
     cut at 100 boxes cannot differ either). evaluate_quality splits them at conf_thres."""
-    from executor.loop import Unreadable, batches
+    from executor.engine.loop import Unreadable, batches
 
     detector = detector.with_postprocess(ANALYSIS_CONF, detector.iou_thres, 1000)
     found = {}
@@ -203,8 +203,8 @@ def main(argv=None) -> int:
     import torch
 
     from benchmarks import gt, report, speed
-    from executor.config import build_settings
-    from executor.tasks import Models
+    from executor.pipeline.passes import Models
+    from executor.protocol.settings import build_settings
 
     if args.render:
         with open(args.json, encoding="utf-8") as handle:
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
 
     coco = gt.load_coco(args.coco, detector.names, args.images)
     pool = coco.paths * args.pool_repeat
-    batch = base.batch_size_per_gpu  # what executor.loop batches any pool with
+    batch = base.batch_size_per_gpu  # what executor.engine.loop batches any pool with
     log.info("speed pool: %d images (%d distinct), batch %d", len(pool), len(coco.paths), batch)
     canvas_of = dict(zip(coco.paths, speed.decoded_canvases(coco.paths, detector)))
     speed.warm_up(detector, list(canvas_of.values()), batch)

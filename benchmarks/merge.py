@@ -3,7 +3,7 @@
     python -m benchmarks.merge [--sizes 100000,1000000,10000000] [--shard-size 2048]
 
 For each pool size: shard files are written as workers write them (not timed), then one child process runs
-the gather → merge → write of executor.tasks (streamed k-way merge into result.tsv) and reports its wall time
+the gather → merge → write of executor.pipeline (streamed k-way merge into result.tsv) and reports its wall time
 and peak RSS. Prints one JSON line per size.
 """
 import argparse
@@ -36,7 +36,7 @@ def list_mb(count: int) -> float:
 
 
 def write_shards(folder: str, count: int, shard_size: int):
-    from executor.shards import ShardStore, plan
+    from executor.pipeline.shards import ShardStore, plan
 
     keys = synthetic_keys(count)
     rng = random.Random(1)
@@ -49,8 +49,8 @@ def write_shards(folder: str, count: int, shard_size: int):
 
 def merge_child(folder: str, count: int, shard_size: int, out: str) -> None:
     """The timed part, in its own process so its peak RSS is its own."""
-    from executor.shards import ShardStore, ranked_rows
-    from executor.writers import write_ranked
+    from executor.pipeline.shards import ShardStore, ranked_rows
+    from executor.protocol.writers import write_ranked
 
     start = time.perf_counter()
     store = ShardStore(folder, "mining", {"benchmark": count})

@@ -126,7 +126,7 @@ def speed_rows(r: dict) -> list[list[str]]:
                      f"{fmt(p5.get('import_torch_ultralytics_s'), 2)} s)", "<= 5 s (CPU)", "P5 <= 5 s (CPU)"))
     if "P6" in s:
         p6 = r["p6"]
-        rows.append(("P6", "ONNX Runtime ÷ PyTorch inference (executor.tasks.infer, CPU)", ratio_cell(
+        rows.append(("P6", "ONNX Runtime ÷ PyTorch inference (executor.pipeline.tasks.infer, CPU)", ratio_cell(
             s["P6"], f"{fmt(p6['onnx']['images_per_s'], 2)} vs {fmt(p6['torch']['images_per_s'], 2)} img/s",
             p6.get("segment_ratios", [s["P6"]]), p6.get("ratio_pooled")), "(report)", None))
     if "P7" in s:
@@ -326,7 +326,7 @@ METHOD = """## What is measured
 
 **Speed.** All figures come from one process (P4 and P5 from child processes it starts) with the same
 model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (16), which
-`executor/loop.py` uses for a pool of any size; P0, P1, P2, P3, P5 and P6 all use it.
+`executor/engine/loop.py` uses for a pool of any size; P0, P1, P2, P3, P5 and P6 all use it.
 
 - **Pairing.** The pool is cut into 8 contiguous segments. For each algorithm, segment after segment,
   the timed run and a P0 run on the *same* segment images go back to back (which goes first rotates), so
@@ -337,7 +337,7 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
 - **P0**, the limit: `detector.net` alone on images decoded, letterboxed, converted to float and put in
   the model's memory layout beforehand; only the forward is timed. The P0 in the table is pooled over all
   paired P0 runs (its range is over segments).
-- **P1**: `executor.tasks.mine` (decode and letterbox in worker threads, batching, the scorer, progress,
+- **P1**: `executor.pipeline.tasks.mine` (decode and letterbox in worker threads, batching, the scorer, progress,
   writing result.tsv and the report) with the model already loaded, wall time ÷ images. Each segment is a
   whole run of ~26 images, so P1 includes per-run costs (settings, shard files, the merge, the report's
   thumbnails) that a real pool spreads over far more images; the P1 target is judged on P9, the slope. **P2**: the same for CALD, times 5 (the reference pass and four views), ÷ P0: the
@@ -358,20 +358,20 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
   scores were held.
 - **P5**: `start.py` in platform mode on the COCO pool (template defaults: entropy): seconds from spawning
   the process to the first `monitor.txt` line with state 2 and progress > 0 (polled every 5 ms).
-- **P6**: `executor.tasks.infer` with `backend: onnx` (an Ultralytics ONNX export, dynamic batch, made
+- **P6**: `executor.pipeline.tasks.infer` with `backend: onnx` (an Ultralytics ONNX export, dynamic batch, made
   in a temp dir) ÷ with `backend: torch`, CPU, same images and batch, paired segment by segment like P1.
 - **P7**: decode + letterbox of the COCO pool in one thread (torch and OpenCV limited to one): OpenCV
   (`read_image` + `letterbox`, the CPU path) against torchvision's CPU `decode_jpeg` + `letterbox_tensor`
-  (executor/gpu_decode.py), in 4 segments, who goes first rotating; on CUDA also the batched nvJPEG path
+  (executor/engine/gpu_decode.py), in 4 segments, who goes first rotating; on CUDA also the batched nvJPEG path
   (`decode_batch`, a batch of images a call), with and without copying the originals back to the host.
-- **P9**: P1 measured as the issue's yardstick does: the slope of `executor.tasks.mine`'s wall time between a
+- **P9**: P1 measured as the issue's yardstick does: the slope of `executor.pipeline.tasks.mine`'s wall time between a
   40- and a 200-image pool (per-run costs such as settings, shard and result files cancel; 40 is above the
   36 images whose thumbnails the report draws, so those cost the same in both), ÷ P0 on the 160 extra
   images' canvases; 3 pairs (1 with `--quick`, on the smaller quick pool), the median. With the template defaults (the report on,
   which needs every image's boxes) for entropy and aldd, and for `aldd-no-report` (report off: ALDD's maps
-  then come from the network up to the head plus the head's class branch, `executor.model.ClassMapsNet`,
+  then come from the network up to the head plus the head's class branch, `executor.engine.torch_detector.ClassMapsNet`,
   without the box branch), which is also given ÷ that network's own rate on the same canvases.
-- **P8**: `executor.tasks.mine` (entropy, report off) on at least 96 images (the pool repeated as symlinks)
+- **P8**: `executor.pipeline.tasks.mine` (entropy, report off) on at least 96 images (the pool repeated as symlinks)
   with `cpu_processes: 2` ÷ `cpu_processes: 1`, `cpu_threads` set so each worker has 1 thread (the scores
   are then bit-identical, and result.tsv is checked to be the same bytes); each run loads its own model,
   and 2 workers start their processes. Also given from the first scored image on (the steady state).
@@ -383,7 +383,7 @@ unmatched ground-truth box of their class with the largest IoU. COCO `iscrowd` b
 regions match by intersection over the detection's area, as COCO does), and so are detections of classes
 a dataset never labels (a COCO model's "bench" in a VOC image). Classes are mapped by name
 (`benchmarks/gt.py`; VOC names through `coco_names.txt`). Rankings: the scores of
-`executor.tasks.mine` for each algorithm; `random` = the project's random scorer, mean over seeds 0-9;
+`executor.pipeline.tasks.mine` for each algorithm; `random` = the project's random scorer, mean over seeds 0-9;
 `detections` = number of boxes the model keeps. Tied scores are broken at random (Q1/Q2 are averaged over
 200 tie-breaks).
 

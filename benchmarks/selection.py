@@ -2,7 +2,7 @@
 
     python -m benchmarks.selection [--quick] [--json benchmarks/results/selection.json] [--pairs-png FILE]
 
-On CPU with the real yolov8n, through the executor's own pass (executor.tasks.Pass: one forward per image, the
+On CPU with the real yolov8n, through the executor's own pass (executor.pipeline.passes.Pass: one forward per image, the
 embedding taken from it by the detector's tap, the photo hash and thumbnail from the decoded original), then the
 selection step of a mining run:
 
@@ -20,7 +20,7 @@ selection step of a mining run:
    cald, score vs diverse, on coco-val and voc2007;
 5. re-selection: the highway pool mined once (shards kept), then mined again with other selection settings:
    the second run's seconds and the forwards it ran (none);
-6. cost: the selection step of executor.ranking (plan + streamed write) on 10,000- and 50,000-image pools of
+6. cost: the selection step of executor.pipeline.ranking (plan + streamed write) on 10,000- and 50,000-image pools of
    shard files, against the mining time of such a pool; the embedding's share of mining time; the report's
    cost on a 1,000-image pool.
 
@@ -89,9 +89,9 @@ def highway_train() -> list[str]:
 # ---------------------------------------------------------------- one pass: scores, embeddings, boxes
 
 def mine_pass(paths: list[str], algorithm: str, weights: str, embeddings: bool = True, img_size: int = 640) -> dict:
-    """Scores, embeddings and boxes (mining's conf_thres) of `paths` through executor.tasks.Pass, timed."""
-    from executor.config import build_settings
-    from executor.tasks import Models, Pass, open_scorer
+    """Scores, embeddings and boxes (mining's conf_thres) of `paths` through executor.pipeline.passes.Pass, timed."""
+    from executor.pipeline.passes import Models, Pass, open_scorer
+    from executor.protocol.settings import build_settings
     from mining import SCORERS
 
     settings = build_settings("mining", {"mining_algorithm": algorithm, "model_params_path": [weights],
@@ -140,7 +140,7 @@ def orders(run: dict, scores: np.ndarray | None = None, **params) -> dict[str, n
 
 def diverse(run: dict, scores: np.ndarray | None = None, rows=None, **params):
     """rank_diverse of a pass (or of its `rows`) as the executor calls it: hashes, thumbnails, the score scale."""
-    from executor.ranking import SCORE_SCALE
+    from executor.pipeline.ranking import SCORE_SCALE
     from mining.selection import rank_diverse
 
     rows = np.arange(len(run["scores"])) if rows is None else np.asarray(rows)
@@ -239,7 +239,7 @@ def synthetic_store(folder: str, embeddings: np.ndarray, hashes: np.ndarray, thu
                     detections, names, shard_size: int, images: list[str] | None = None):
     """Shard files (scores + side files with embeddings, photo hashes and boxes) of a pool made of the given rows, as workers
     write them; keys are symlinks to `images` (repeated) when given, so the report reads real images."""
-    from executor.shards import ShardStore, plan
+    from executor.pipeline.shards import ShardStore, plan
 
     keys = [f"/in/assets/{n % 256:02x}/{n:040x}.jpg" for n in range(len(scores))]
     if images:
@@ -259,8 +259,9 @@ def synthetic_store(folder: str, embeddings: np.ndarray, hashes: np.ndarray, thu
 
 
 def time_write(store, keys, settings: dict, folder: str, report: bool, weights: str) -> float:
-    from executor.ranking import MiningContext, write_mining
-    from executor.tasks import Job, Models
+    from executor.pipeline.job import Job
+    from executor.pipeline.passes import Models
+    from executor.pipeline.ranking import MiningContext, write_mining
 
     config = {"selection": "diverse", "report": report, "shard_size": 2048, "model_params_path": [weights],
               **settings}
@@ -297,8 +298,8 @@ def main(argv=None) -> int:
     import shutil
 
     from benchmarks import gt, quality
-    from executor.config import build_settings
-    from executor.tasks import Models
+    from executor.pipeline.passes import Models
+    from executor.protocol.settings import build_settings
 
     template = build_settings("mining", {})
     default = {"dedup_similarity": template.dedup_similarity, "diversity_weight": template.diversity_weight}
@@ -453,7 +454,7 @@ def main(argv=None) -> int:
 
 def identical_pairs(paths: list[str]) -> list[tuple[int, int]]:
     """Index pairs of byte-identical files."""
-    from executor.shards import file_sha256
+    from executor.pipeline.shards import file_sha256
 
     first: dict[str, int] = {}
     pairs = []
@@ -486,7 +487,8 @@ def draw_pairs(target: str, pairs: list[tuple[str, str]], count: int = 20) -> No
 def reselection(paths: list[str], weights: str, folder: str) -> dict:
     """Mine `paths` once with selection diverse (shards kept, at img_size 320 to save time), then again with other
     selection settings: the second run's seconds, and whether it scored anything (its shard files untouched)."""
-    from executor.tasks import Job, run
+    from executor.pipeline.job import Job
+    from executor.pipeline.tasks import run
 
     job = Job(candidates=paths, mining_result=os.path.join(folder, "result.tsv"),
               shards_dir=os.path.join(folder, "shards"), keep_shards=True)

@@ -2,14 +2,14 @@
 
 - P0 `forward_throughput`: the model's raw batched forward (`detector.net`) on images decoded,
   letterboxed, converted to float and moved to the device beforehand; only the forward is timed.
-- P1/P2 `mine_timed`: `executor.tasks.mine` (threaded decode + letterbox, batching, the scorer) on the
+- P1/P2 `mine_timed`: `executor.pipeline.tasks.mine` (threaded decode + letterbox, batching, the scorer) on the
   same images with the same settings, timed end to end, with a breakdown of where the time went.
 - P3 `UltralyticsPredict`: what a user would script instead, `YOLO(w).predict(stream=True)`.
 - P4 `peak_rss_ratio` and P5 `first_progress`: `start.py` in platform mode in child processes.
-- P6 `onnx_vs_torch`: `executor.tasks.infer` with backend onnx vs torch.
+- P6 `onnx_vs_torch`: `executor.pipeline.tasks.infer` with backend onnx vs torch.
 - P7 `decode_throughput`: decode + letterbox in one thread, OpenCV (the CPU path) against torchvision's
-  decode_jpeg + letterbox_tensor (executor/gpu_decode.py) on the CPU and, on CUDA, the batched nvJPEG path.
-- P8 `cpu_workers_ratio`: `executor.tasks.mine` with 2 CPU worker processes ÷ 1, one thread each.
+  decode_jpeg + letterbox_tensor (executor/engine/gpu_decode.py) on the CPU and, on CUDA, the batched nvJPEG path.
+- P8 `cpu_workers_ratio`: `executor.pipeline.tasks.mine` with 2 CPU worker processes ÷ 1, one thread each.
 """
 import json
 import os
@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from executor.config import build_settings
-from executor.images import same_shape_chunks
-from executor.loop import decode
-from executor.tasks import Job, Models, infer, mine
+from executor.engine.images import same_shape_chunks
+from executor.engine.loop import decode
+from executor.pipeline.job import Job
+from executor.pipeline.passes import Models
+from executor.pipeline.tasks import infer, mine
+from executor.protocol.settings import build_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,7 +136,7 @@ def instrumented(detector, scorer_class, clock: Clock):
     for name in ("net", "class_net"):  # the whole network; the class branch alone (ALDD's maps)
         if getattr(detector, name, None) is not None:
             patch(detector, name, "network", synchronize=True)  # shared by the copies with_postprocess makes
-    # on the classes: executor.tasks.mine builds its own scorer and mines with a copy of the detector
+    # on the classes: executor.pipeline.tasks.mine builds its own scorer and mines with a copy of the detector
     # (Models.detector: with_postprocess); every prediction (candidates, CALD's views) goes through
     # predict_canvases, ALDD's maps through predict_maps
     cls = type(detector)
@@ -176,7 +178,7 @@ def breakdown(total: float, clock: Clock) -> dict:
 
 
 def shipped(task, keys, detector, config: dict, progress=lambda fraction: None, read=lambda job: None) -> tuple:
-    """executor.tasks.mine or infer on `keys` with `config`, given `detector` already loaded (as one run's
+    """executor.pipeline.tasks.mine or infer on `keys` with `config`, given `detector` already loaded (as one run's
     Models cache holds it: the task takes it with its own settings' NMS), writing into a temporary folder.
     Returns read(job), called once the task is done (its result files are still there), and the seconds the
     task took."""
@@ -207,7 +209,7 @@ def inferred_boxes(job) -> int:
 
 
 def mine_timed(keys, detector, config: dict) -> dict:
-    """executor.tasks.mine on `keys`, timed end to end: scores, images/s and a time breakdown."""
+    """executor.pipeline.tasks.mine on `keys`, timed end to end: scores, images/s and a time breakdown."""
     from mining import SCORERS
 
     clock = Clock(detector.device)
@@ -220,7 +222,7 @@ def mine_timed(keys, detector, config: dict) -> dict:
 
 
 def marginal_ratio(keys, detector, config: dict, small: int, large: int, pairs: int, batch: int) -> dict:
-    """Mining's marginal rate, the slope of `executor.tasks.mine`'s wall time between a `small`- and a
+    """Mining's marginal rate, the slope of `executor.pipeline.tasks.mine`'s wall time between a `small`- and a
     `large`-image pool (the per-run costs, settings to result file, cancel), ÷ P0 on the extra images'
     canvases, in `pairs` pairs (who goes first alternating); medians over the pairs."""
     extra = decoded_canvases(keys[small:large], detector)
@@ -298,7 +300,7 @@ class UltralyticsPredict:
 
 def export_onnx(weights: str, folder: str, img_size: int) -> str:
     """The project's ONNX export (any batch, height and width) of `weights`, inside `folder`."""
-    from executor.model import export_onnx as export
+    from executor.engine.loading import export_onnx as export
 
     path = os.path.join(folder, "model.onnx")
     export(weights, path, img_size, 0, dynamic=True)
@@ -311,7 +313,7 @@ def infer_timed(keys, detector, config: dict) -> dict:
 
 
 def onnx_vs_torch(weights: str, segments, torch_detector, folder: str) -> dict:
-    """executor.tasks.infer with backend onnx and with backend torch (infer template defaults, CPU), segment by
+    """executor.pipeline.tasks.infer with backend onnx and with backend torch (infer template defaults, CPU), segment by
     segment on the same images (who goes first alternates); the ratio is the median over segments of onnx
     img/s ÷ torch img/s."""
     onnx_path = export_onnx(weights, folder, torch_detector.img_size)
@@ -344,8 +346,8 @@ def decode_throughput(paths: list[str], size: int, stride: int | None, device: t
     segment, who goes first rotating; each way warmed up on a few images first."""
     import cv2
 
-    from executor.gpu_decode import decode_batch
-    from executor.images import letterbox
+    from executor.engine.gpu_decode import decode_batch
+    from executor.engine.images import letterbox
 
     def opencv(seg):
         for path in seg:
@@ -394,7 +396,7 @@ def decode_throughput(paths: list[str], size: int, stride: int | None, device: t
 # ---------------------------------------------------------------- P8: CPU worker processes
 
 def cpu_workers_ratio(weights: str, keys: list[str], algorithm: str = "entropy") -> dict:
-    """executor.tasks.mine on `keys` with 2 CPU worker processes ÷ with 1, one thread each (so the scores are
+    """executor.pipeline.tasks.mine on `keys` with 2 CPU worker processes ÷ with 1, one thread each (so the scores are
     bit-identical: result.tsv must be the same bytes), a fresh model in each run, report off. Timed end to end
     (model load, and for 2 workers their start, included) and in the steady state (from the first progress)."""
     shard = max(1, -(-len(keys) // 4))

@@ -1,6 +1,9 @@
-"""Process environment for running offline, as any uid, with no writable HOME (called by start.py only).
+"""The process and its environment: running offline, as any uid, with no writable HOME (prepare_process_env:
+start.py, the Python API, benchmarks), the CPUs and threads this process may use, and the ranks a launcher
+(torchrun, our own worker spawn) gave it. engine/ and pipeline/ read no environment variable themselves.
 
-Must run before torch, ultralytics or matplotlib are imported: they read these variables at import.
+prepare_process_env must run before torch, ultralytics or matplotlib are imported: they read these variables at
+import.
 """
 import os
 import shutil
@@ -94,3 +97,19 @@ def cpu_threads(requested: int = 0) -> int:
     except ValueError:
         from_env = 0
     return from_env if from_env > 0 else usable_cpus()
+
+
+# ---------------------------------------------------------------- ranks given by a launcher
+
+def outer_ranks() -> tuple[int, int, int] | None:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) when this process was started by an outer torchrun with several ranks (the
+    entry points put it in the Job); LOCAL_RANK says which of this node's devices is this rank's."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    return int(os.environ.get("RANK", "0") or 0), world, int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def worker_rank() -> tuple[int, int]:
+    """(LOCAL_RANK, LOCAL_WORLD_SIZE) of a worker we spawned (workers.py): set by the launcher, always present."""
+    return int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])

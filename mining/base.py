@@ -67,7 +67,7 @@ class Batch:
 
 
 class Detector(Protocol):
-    """The predictions a scorer may ask for (executor/model.py implements them for torch and ONNX)."""
+    """The predictions a scorer may ask for (executor/engine/ implements them for torch and ONNX)."""
     num_classes: int
 
     def predict(self, batch: Batch, conf_thres: float | None = None, capped: bool = True) -> list[Detections]:

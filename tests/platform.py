@@ -91,8 +91,8 @@ def read_result_tsv(env_path: Path) -> list[tuple[str, float]]:
 
 def template_detector(img_size: int = 640, weights=WEIGHTS, **overrides):
     """The real detector with the infer template's post-processing (what a run with defaults loads)."""
-    from executor.config import build_settings
-    from executor.model import load_detector
+    from executor.engine.loading import load_detector
+    from executor.protocol.settings import build_settings
 
     s = build_settings("infer", {"img_size": img_size, **overrides})
     return load_detector(str(weights), s.backend, s.gpu_id, s.img_size, conf_thres=s.conf_thres,
@@ -103,7 +103,7 @@ def batch_of(paths, detector):
     """A mining.base.Batch of image files letterboxed for `detector` (one canvas shape required)."""
     import numpy as np
 
-    from executor.images import read_image
+    from executor.engine.images import read_image
     from mining.base import Batch
 
     images = [read_image(str(p)) for p in paths]

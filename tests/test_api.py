@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from executor import api
+from executor.cli import api
 from tests.platform import WEIGHTS, coco_images, coco_names
 
 

@@ -154,10 +154,12 @@ def test_voc_loader_renames_and_ignores_difficult(tmp_path):
 @pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald"])
 def test_timed_mining_scores_what_ships(algorithm, tmp_path):
     """The speed benchmark's instrumented run (whose scores feed the quality table) must score exactly as
-    executor.tasks.mine does on its own, e.g. entropy through its copy of the detector with looser NMS."""
+    executor.pipeline.tasks.mine does on its own, e.g. entropy through its copy of the detector with looser NMS."""
     from benchmarks import speed
-    from executor.config import build_settings
-    from executor.tasks import Job, Models, mine
+    from executor.pipeline.job import Job
+    from executor.pipeline.passes import Models
+    from executor.pipeline.tasks import mine
+    from executor.protocol.settings import build_settings
     from mining import SCORERS
     from tests.platform import WEIGHTS, coco_images
 

@@ -13,10 +13,13 @@ import time
 import pytest
 import yaml
 
-from executor import __version__, cli
-from executor.config import TEMPLATES_DIR
+from executor import __version__
+from executor.cli import commands as cli
 from executor.errors import DatasetError
-from executor.tasks import Job, result_names, run as run_tasks, work_shards
+from executor.pipeline.job import Job, result_names
+from executor.pipeline.scoring import work_shards
+from executor.pipeline.tasks import run as run_tasks
+from executor.protocol.templates import TEMPLATES_DIR
 from tests.platform import REPO, WEIGHTS, coco_images, coco_names, run_start
 
 COCO8 = REPO.parent / "shared" / "data" / "coco8"
@@ -174,7 +177,7 @@ def test_a_rerun_without_report_removes_the_stale_one(images, tmp_path):
 
 
 def test_the_last_line_counts_only_what_this_run_scored(caplog, images, tmp_path):
-    from executor.tasks import throughput
+    from executor.pipeline.tasks import throughput
 
     assert throughput(["mining"], 5, 5, 2.0) == "mining of 5 images in 2.0 s (2.5 images/s)"
     assert throughput(["mining", "infer"], 5, 1, 2.0) == (
@@ -364,7 +367,7 @@ def test_ctrl_c_on_an_ordinary_folder_keeps_whole_shards_or_says_nothing_finishe
         return stderr.strip().splitlines()[-1]
 
     process = start()  # interrupted right after the model loaded, before any shard finished
-    next(line for line in process.stdout if "executor.model: loaded" in line)
+    next(line for line in process.stdout if "executor.engine.loading: loaded" in line)
     said = interrupt(process)
     assert said == "interrupted before any shard was finished: nothing is kept" and not shards.exists()
     process = start()  # interrupted once the first shard file is there

@@ -8,8 +8,10 @@ import os
 import pytest
 import yaml
 
-from executor.shards import ShardStore, plan
-from executor.tasks import Job, job_shards, run
+from executor.pipeline.job import Job
+from executor.pipeline.scoring import job_shards
+from executor.pipeline.shards import ShardStore, plan
+from executor.pipeline.tasks import run
 from mining.random_score import random_scores
 from tests.platform import WEIGHTS, coco_images, make_env
 from tests.test_failures import Case, assert_succeeded, run_group

@@ -283,8 +283,8 @@ def test_templates_and_manifest_go_to_img_man(raw, dockerfile):
 
 def test_the_executor_reads_its_family_from_img_man(dockerfile):
     # The build arg TEMPLATES decides what goes to /img-man; QUARRY_TEMPLATES makes the executor read its defaults
-    # and its family (the manifest's object_type) from those very files (executor.config.active_templates_dir).
-    from executor.config import TEMPLATES_VAR
+    # and its family (the manifest's object_type) from those very files (executor.protocol.templates.active_templates_dir).
+    from executor.protocol.templates import TEMPLATES_VAR
 
     assert env_of(dockerfile["image"]).get(TEMPLATES_VAR) == "/img-man"
 

@@ -596,7 +596,7 @@ def test_training_skips_and_counts_broken_images_and_boxes(model_runs):
     skipped = {4 + len(ODD): "truncated image", 5 + len(ODD): "unreadable image", 6 + len(ODD): "unreadable image",
                len(assets) - 1: "missing image"}
     for position, reason in skipped.items():  # each named in a warning with its index line
-        assert f"WARNING executor.dataset: {index} line {position + 1}: {reason}: {assets[position]}, skipped" in log
+        assert f"WARNING executor.protocol.dataset: {index} line {position + 1}: {reason}: {assets[position]}, skipped" in log
     import numpy as np
 
     cache = result["root"] / "out" / "yolo_dataset" / "labels" / "train.cache"
@@ -659,7 +659,8 @@ def seg_cases(seg_weights: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def seg_runs(tmp_path_factory, seg_weights):
-    from executor.config import SEGMENTATION, TEMPLATES_VAR, family_templates
+    from executor.protocol.templates import TEMPLATES_VAR, family_templates
+    from executor.shared import SEGMENTATION
 
     cases = seg_cases(seg_weights)
     return cases, run_group(tmp_path_factory.mktemp("seg"), cases, extra_env={
@@ -716,7 +717,7 @@ def test_mining_and_infer_list_broken_images_and_keep_going(broken_image_run):
     assert all(detection[os.path.basename(k)]["boxes"] == [] for k in broken)
     assert any(detection[os.path.basename(k)]["boxes"] for k in odd)  # the odd ones were really seen
     for key in broken:  # each named in a warning, once: mining and infer share one pass over the images
-        assert sum(f"WARNING executor.loop: skipping unreadable image" in line and key in line
+        assert sum(f"WARNING executor.engine.loop: skipping unreadable image" in line and key in line
                    for line in log.splitlines()) == 1, key
 
 
@@ -746,9 +747,9 @@ def test_framework_errors_map_to_codes(make, code):
 def test_out_of_memory_in_the_loop_names_the_batch_size():
     import torch
 
-    from executor.config import build_settings
     from executor.errors import OutOfMemory, error_code
-    from executor.tasks import Pass
+    from executor.pipeline.passes import Pass
+    from executor.protocol.settings import build_settings
 
     class OutOfMemoryScorer:
         def score(self, batch, detector):
@@ -784,7 +785,7 @@ class FakeYolo:
 def test_training_nan_and_out_of_memory_map_to_codes(monkeypatch, tmp_path, error, code, needle):
     import ultralytics
 
-    from executor import trainer as adapter
+    from executor.engine import trainer as adapter
     from executor.errors import error_code, one_line
 
     monkeypatch.setattr(ultralytics, "YOLO", FakeYolo)
@@ -810,7 +811,7 @@ def test_unexpected_errors_name_where_they_were_raised():
 def test_a_failed_training_removes_the_stages_it_wrote(tmp_path):
     sys.path.insert(0, str(REPO))
     import start
-    from executor.config import parse_env
+    from executor.protocol.env import parse_env
 
     models = tmp_path / "out" / "models"
     (models / "earlier").mkdir(parents=True)
@@ -839,8 +840,8 @@ def test_a_failed_training_removes_the_stages_it_wrote(tmp_path):
 ])
 def test_model_paths_are_confined_to_the_input_directory(tmp_path, given, expected):
     import start
-    from executor.config import confine_model_paths, parse_env
     from executor.errors import ConfigError
+    from executor.protocol.env import confine_model_paths, parse_env
 
     indir = str(tmp_path / "in")
     env = parse_env({"run_mining": True, "input": {"root_dir": indir, "models_dir": f"{indir}/models"}},
@@ -856,7 +857,7 @@ def test_model_paths_are_confined_to_the_input_directory(tmp_path, given, expect
 
 def test_local_lists_may_hold_relative_paths(tmp_path):
     from executor.errors import DatasetError
-    from executor.index import read_candidate_index
+    from executor.protocol.index import read_candidate_index
 
     listing = tmp_path / "list.txt"
     listing.write_text("a.jpg\r\nsub/b.jpg\n\n/abs/c.jpg\n")

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
+from executor.engine.images import letterbox, read_image
+from executor.engine.loading import export_onnx
 from executor.errors import ConfigError, ModelError
-from executor.images import letterbox, read_image
-from executor.model import export_onnx
 from tests.platform import VOC, WEIGHTS, coco_images, make_env, monitor_fields, run_start, template_detector
 
 pytestmark = pytest.mark.slow

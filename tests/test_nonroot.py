@@ -60,7 +60,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv")
 def test_mining_and_infer_as_unprivileged_uid(shared_tmp, family, request):
     """Both families: the segmentation image (its templates, as QUARRY_TEMPLATES names them in the image) with a
     seg model writes the COCO result with masks."""
-    from executor.config import SEGMENTATION, TEMPLATES_VAR, family_templates
+    from executor.protocol.templates import TEMPLATES_VAR, family_templates
+    from executor.shared import SEGMENTATION
 
     seg = family == "segmentation"
     env = make_env(shared_tmp, run_mining=True, run_infer=True, candidates=coco_images(3),

@@ -9,9 +9,10 @@ import zipfile
 
 import pytest
 
-from executor import config
-from executor.config import SEGMENTATION, TEMPLATES_DIR, TEMPLATES_VAR
 from executor.errors import ConfigError
+from executor.protocol import templates
+from executor.protocol.templates import TEMPLATES_DIR, TEMPLATES_VAR
+from executor.shared import SEGMENTATION
 from tests.platform import REPO, coco_images
 
 # what pyproject.toml builds the wheel from (its packages, py-modules and dynamic metadata files)
@@ -45,9 +46,9 @@ def build_wheel(folder) -> str:
 
 
 def test_missing_family_templates_are_named_in_the_users_terms(monkeypatch, tmp_path):
-    monkeypatch.setitem(config.FAMILY_TEMPLATES, SEGMENTATION, str(tmp_path / "segmentation"))
+    monkeypatch.setitem(templates.FAMILY_TEMPLATES, SEGMENTATION, str(tmp_path / "segmentation"))
     with pytest.raises(ConfigError) as caught:
-        config.family_templates(SEGMENTATION)
+        templates.family_templates(SEGMENTATION)
     message = str(caught.value)
     assert message.startswith("this Quarry installation has no instance segmentation templates")
     assert str(tmp_path / "segmentation") in message and "reinstall" in message and TEMPLATES_VAR not in message

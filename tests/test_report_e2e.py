@@ -9,8 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from executor import ranking, report, tasks
-from executor.shards import ShardStore, plan
+from executor.pipeline import ranking
+from executor.pipeline.job import Job
+from executor.pipeline.passes import Models
+from executor.pipeline.scoring import side_spec
+from executor.pipeline.shards import ShardStore, plan
+from executor.report import page as report_page
 from mining.base import Detections
 from tests.mining.photos import hashes_of, thumbnails_of
 from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
@@ -39,11 +43,11 @@ def synthetic(tmp_path, selection="score", top_n=5, shard_size=8, copies=True, s
                              np.array([n % 2] * (n % 3), np.int64), np.zeros((n % 3, 2), np.float32))
             side[key] = (emb[n].astype(np.float16), det, (hashes[n], thumbs[n]))
         store.write_scores(shard, {k: scores[k] for k in shard.keys}, {}, side)
-    job = tasks.Job(candidates=IMAGES, mining_result=str(tmp_path / "out" / "result.tsv"),
+    job = Job(candidates=IMAGES, mining_result=str(tmp_path / "out" / "result.tsv"),
                     tensorboard_dir=str(tmp_path / "out" / "tensorboard"), selected=selected)
     config = {"mining_algorithm": "entropy", "selection": selection, "report_top_n": top_n,
               "shard_size": shard_size, "model_params_path": [str(WEIGHTS)]}
-    ranking.write_mining(job, store, len(plan(IMAGES, shard_size)), ranking.MiningContext(config, tasks.Models(), 0.0,
+    ranking.write_mining(job, store, len(plan(IMAGES, shard_size)), ranking.MiningContext(config, Models(), 0.0,
                                                                                       "2026-12-01T00:00:00+00:00"))
     lines = [line.split("\t") for line in (tmp_path / "out" / "result.tsv").read_text().splitlines()]
     return job, lines
@@ -106,7 +110,7 @@ def test_report_of_a_diverse_run_shows_groups_projection_and_raw_scores(tmp_path
 
 def test_a_failing_report_leaves_the_result_and_warns(tmp_path, monkeypatch, caplog):
     reference, _ = synthetic(tmp_path / "a")
-    monkeypatch.setattr(report, "write_report", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(report_page, "write_report", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     job, lines = synthetic(tmp_path / "b")
     assert (tmp_path / "b" / "out" / "result.tsv").read_text() == (tmp_path / "a" / "out" / "result.tsv").read_text()
     assert not (tmp_path / "b" / "out" / "mining-report.html").exists()
@@ -117,16 +121,16 @@ def test_report_off_writes_nothing_else(tmp_path):
     store = ShardStore(str(tmp_path / "shards"), "mining", {"test": 1})
     for shard in plan(IMAGES, 8):
         store.write_scores(shard, {k: 1.0 / (1 + IMAGES.index(k)) for k in shard.keys}, {})
-    job = tasks.Job(candidates=IMAGES, mining_result=str(tmp_path / "out" / "result.tsv"))
-    ranking.write_mining(job, store, 4, ranking.MiningContext({"report": False, "shard_size": 8}, tasks.Models(), 0.0, ""))
+    job = Job(candidates=IMAGES, mining_result=str(tmp_path / "out" / "result.tsv"))
+    ranking.write_mining(job, store, 4, ranking.MiningContext({"report": False, "shard_size": 8}, Models(), 0.0, ""))
     assert sorted(os.listdir(tmp_path / "out")) == ["result.tsv"]
 
 
 def test_side_spec_follows_the_settings():
-    from executor.config import build_settings
+    from executor.protocol.settings import build_settings
 
     def spec(**config):
-        return tasks.side_spec("mining", build_settings("mining", {"model_params_path": [str(WEIGHTS)], **config}), "")
+        return side_spec("mining", build_settings("mining", {"model_params_path": [str(WEIGHTS)], **config}), "")
 
     assert spec() == {"embeddings": "", "hashes": "", "class_counts": False, "boxes": True}
     assert spec(report=False) is None
@@ -172,7 +176,7 @@ def test_a_failing_report_never_fails_the_platform_task(platform_run, tmp_path):
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(
         f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.report as r\n"
+        "import executor.report.page as r\n"
         "def _broken(*a, **k):\n    raise RuntimeError('injected report failure')\n"
         "r.write_report = _broken\n")
     env = make_env(tmp_path / "run", run_mining=True, candidates=coco_images(16),

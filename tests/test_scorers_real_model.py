@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from executor.config import build_settings
-from executor.images import read_image
+from executor.engine.images import read_image
+from executor.protocol.settings import build_settings
 from mining import SCORERS, get_scorer, scorer_params
 from mining.base import Batch
 from tests.platform import VOC, coco_images, template_detector

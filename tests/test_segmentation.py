@@ -13,11 +13,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from executor import trainer as adapter
-from executor.config import (FAMILY_TEMPLATES, PLATFORM_KEYS, RULES, SEGMENTATION, TASKS, TEMPLATES_DIR,
-                             TEMPLATES_VAR, active_templates_dir, build_settings, manifest_object_type)
-from executor.dataset import export_yolo, read_split
+from executor.engine import trainer as adapter
 from executor.errors import ConfigError, DatasetError, ModelError
+from executor.protocol.dataset import export_yolo, read_split
+from executor.protocol.settings import PLATFORM_KEYS, RULES, build_settings
+from executor.protocol.templates import (FAMILY_TEMPLATES, TASKS, TEMPLATES_DIR, TEMPLATES_VAR, active_templates_dir,
+                                         manifest_object_type)
+from executor.shared import SEGMENTATION
 from tests.mining.fake import GivenMasks
 from tests.ymir_builders import WEIGHTS_DIR
 
@@ -52,10 +54,10 @@ def test_segmentation_templates_and_manifest():
 
 
 def test_family_follows_the_templates_folder(monkeypatch, tmp_path):
-    import executor.config
+    import executor.protocol.templates
 
     image_dir = tmp_path / "img-man"
-    monkeypatch.setattr(executor.config, "IMAGE_TEMPLATES_DIR", str(image_dir))
+    monkeypatch.setattr(executor.protocol.templates, "IMAGE_TEMPLATES_DIR", str(image_dir))
     monkeypatch.delenv(TEMPLATES_VAR, raising=False)
     assert active_templates_dir() == TEMPLATES_DIR  # a checkout: the repository's detection templates
     shutil.copytree(SEG_TEMPLATES, image_dir)  # what the verifier harness mounts at /img-man
@@ -118,7 +120,7 @@ def test_a_checkpoint_of_the_other_family_is_a_model_error_naming_both(monkeypat
 
 
 def test_segmentation_weights_choice(tmp_path):
-    from executor.training import choose_weights
+    from executor.pipeline.training import choose_weights
 
     seg = build_settings("training", {}, SEG_TEMPLATES)
     dirs = [str(tmp_path), str(WEIGHTS_DIR)]
@@ -279,7 +281,7 @@ def test_segmentation_needs_coco_annotations(tmp_path):
 
 
 def test_the_shared_coco_val_converts_with_its_crowd_regions_dropped(tmp_path):
-    from executor.dataset import read_dataset
+    from executor.protocol.dataset import read_dataset
     from tests.ymir_builders import write_coco_val_dataset
 
     names = write_coco_val_dataset(tmp_path / "in", 10, 10)
@@ -301,7 +303,7 @@ def test_the_shared_coco_val_converts_with_its_crowd_regions_dropped(tmp_path):
 # ---------------------------------------------------------------- result.yaml
 
 def test_result_yaml_of_instance_segmentation(tmp_path):
-    from executor.training import BEST, StageBook
+    from executor.pipeline.training import BEST, StageBook
 
     models = tmp_path / "models"
     book = StageBook(str(models), str(models / "result.yaml"), True, {"iou_thr": 0.5, "conf_thr": 0.005},
@@ -335,8 +337,8 @@ def rle_iou(a: dict, b: dict) -> float:
 def test_predicted_masks_land_on_the_original_image():
     import torch
 
-    from executor.images import letterbox
-    from executor.masks import box_mask_rles, encode, predicted_masks
+    from executor.engine.images import letterbox
+    from executor.engine.masks import box_mask_rles, encode, predicted_masks
 
     image = np.zeros((300, 400, 3), np.uint8)
     canvas, box = letterbox(image, 160, canvas_shape=(160, 192))  # ratio 0.4, padded 16 left, 20 top
@@ -365,7 +367,7 @@ def test_predicted_masks_land_on_the_original_image():
 
 
 def test_region_rle_is_pycocotools_encoding_of_the_full_mask():
-    from executor.masks import encode, region_rle
+    from executor.engine.masks import encode, region_rle
 
     rng = np.random.default_rng(0)
     for top, left, h, w in ((0, 0, 5, 7), (3, 9, 10, 4), (20, 0, 10, 30), (0, 29, 30, 1)):
@@ -378,9 +380,9 @@ def test_region_rle_is_pycocotools_encoding_of_the_full_mask():
 
 
 def test_mask_metrics_of_perfect_and_of_shifted_predictions():
-    from executor.dataset import Sample
-    from executor.masks import encode
-    from executor.seg_eval import mask_metrics
+    from executor.engine.masks import encode
+    from executor.engine.seg_eval import mask_metrics
+    from executor.shared import Sample
     from mining.base import Detections
 
     truth = np.zeros((2, 50, 100), np.uint8)
@@ -459,14 +461,14 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
     from pycocotools import mask as mask_utils
     from ultralytics import YOLO
 
-    from executor.dataset import read_dataset
-    from executor.evaluation import rect_batches
-    from executor.images import letterbox, read_image
-    from executor.masks import box_mask_rles, encode, predicted_masks
-    from executor.model import candidates, xywh_to_xyxy
-    from executor.nms import batched_nms
-    from executor.model import load_detector
-    from executor.seg_eval import evaluate_segmentation
+    from executor.engine.evaluation import rect_batches
+    from executor.engine.images import letterbox, read_image
+    from executor.engine.loading import load_detector
+    from executor.engine.masks import box_mask_rles, encode, predicted_masks
+    from executor.engine.nms import batched_nms
+    from executor.engine.postprocess import candidates, xywh_to_xyxy
+    from executor.engine.seg_eval import evaluate_segmentation
+    from executor.protocol.dataset import read_dataset
     from tests.ymir_builders import write_coco_val_dataset
 
     names = write_coco_val_dataset(tmp_path / "in", 0, 32)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from executor.config import SEGMENTATION, TEMPLATES_VAR, family_templates
+from executor.protocol.templates import TEMPLATES_VAR, family_templates
+from executor.shared import SEGMENTATION
 from tests.platform import WEIGHTS, coco_images, make_env, monitor_fields, read_result_tsv, run_start
 
 SEG_ENV = {**os.environ, TEMPLATES_VAR: family_templates(SEGMENTATION)}
@@ -25,7 +26,7 @@ def coco_rle(rle: dict) -> dict:
 
 
 def seg_detector(weights, img_size=640, **post):
-    from executor.model import load_detector
+    from executor.engine.loading import load_detector
 
     return load_detector(str(weights), "auto", "", img_size, conf_thres=post.get("conf", 0.25), iou_thres=0.45,
                          max_det=100, task="segment")
@@ -34,7 +35,7 @@ def seg_detector(weights, img_size=640, **post):
 # ---------------------------------------------------------------- the adapter
 
 def test_a_seg_model_finds_the_boxes_of_its_detection_backbone_with_masks_inside_them(seg_weights):
-    from executor.model import load_detector
+    from executor.engine.loading import load_detector
     from tests.platform import batch_of
 
     paths = coco_images(3)[:1] + coco_images(6)[4:5]
@@ -61,7 +62,7 @@ def test_a_seg_model_finds_the_boxes_of_its_detection_backbone_with_masks_inside
 
 
 def test_whole_batch_postprocess_keeps_the_masks_of_per_image_postprocess(seg_weights):
-    from executor.model import postprocess
+    from executor.engine.postprocess import postprocess
     from tests.platform import batch_of
 
     seg = seg_detector(seg_weights, 320)
@@ -75,7 +76,7 @@ def test_whole_batch_postprocess_keeps_the_masks_of_per_image_postprocess(seg_we
 
 
 def test_onnx_seg_export_gives_the_torch_masks(seg_weights, tmp_path):
-    from executor.model import export_onnx, load_detector
+    from executor.engine.loading import export_onnx, load_detector
     from tests.platform import batch_of
 
     onnx_path = tmp_path / "seg.onnx"
@@ -95,8 +96,8 @@ def test_onnx_seg_export_gives_the_torch_masks(seg_weights, tmp_path):
 
 @pytest.mark.parametrize("served, model", [("segment", "detection"), ("detect", "segmentation")])
 def test_a_model_of_the_other_family_is_a_model_error_naming_both(seg_weights, served, model):
+    from executor.engine.loading import load_detector
     from executor.errors import ModelError
-    from executor.model import load_detector
 
     weights = WEIGHTS if model == "detection" else seg_weights
     with pytest.raises(ModelError) as err:
@@ -185,7 +186,7 @@ def test_seg_infer_writes_the_coco_result_with_rle_masks_for_every_candidate(seg
         x, y, w, h = a["bbox"]
         assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= sizes[a["image_id"]][1] + 0.01
     # the boxes are the detection backbone's: the same as yolov8n.pt's detections of the same images
-    from executor.model import load_detector
+    from executor.engine.loading import load_detector
     from tests.platform import batch_of
 
     det = load_detector(str(WEIGHTS), "auto", "", 320, conf_thres=0.25, iou_thres=0.45, max_det=100)
@@ -213,7 +214,8 @@ def test_seg_mining_in_the_same_pass_ranks_like_the_detection_model(seg_infer_ru
 def test_aldd_with_a_seg_model_reads_the_class_maps_of_the_detection_head(seg_weights):
     """ALDD's dense class maps come from the class rows only (the mask coefficients after them are cut off):
     the seg model seeded from yolov8n.pt gives yolov8n.pt's scores."""
-    from executor.model import class_maps, load_detector
+    from executor.engine.loading import load_detector
+    from executor.engine.postprocess import class_maps
     from mining.aldd import AlddScorer
     from tests.platform import batch_of
 

@@ -10,9 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from executor import ranking, tasks
-from executor.config import build_settings
-from executor.shards import ShardStore, plan
+from executor.pipeline import tasks
+from executor.pipeline import ranking
+from executor.pipeline.job import Job
+from executor.pipeline.passes import Models
+from executor.pipeline.shards import ShardStore, plan
+from executor.protocol.settings import build_settings
 from mining.base import Detections
 from mining.selection import rank_diverse
 from tests.mining.photos import distinct, hashes_of, thumbnails_of
@@ -60,9 +63,9 @@ def synthetic_store(folder, keys, scores, embeddings, shard_size, unreadable=(),
 
 
 def write(tmp_path, store, count, keys, **config):
-    job = tasks.Job(candidates=keys, mining_result=str(tmp_path / "result.tsv"))
+    job = Job(candidates=keys, mining_result=str(tmp_path / "result.tsv"))
     config = {"mining_algorithm": "random", "report": False, **config}
-    ranking.write_mining(job, store, count, ranking.MiningContext(config, tasks.Models(), 0.0, ""))
+    ranking.write_mining(job, store, count, ranking.MiningContext(config, Models(), 0.0, ""))
     lines = [line.split("\t") for line in (tmp_path / "result.tsv").read_text().splitlines()]
     raw = [line.split("\t") for line in (tmp_path / "mining-scores.tsv").read_text().splitlines()] \
         if (tmp_path / "mining-scores.tsv").exists() else None
@@ -159,10 +162,10 @@ def test_labelled_near_copies_go_down(tmp_path, monkeypatch):
     labelled_c = ranking.Labeled(np.array([[0.0, 0.0, 1.0, 0.01]], np.float32), hashes_of([2], [6]),
                                  thumbnails_of([2]), ("/labelled/C.jpg",))
     monkeypatch.setattr(ranking, "labeled_images", lambda job, settings, models: labelled_c)
-    job = tasks.Job(candidates=KEYS, mining_result=str(tmp_path / "result.tsv"), labeled=("/labelled/C.jpg",))
+    job = Job(candidates=KEYS, mining_result=str(tmp_path / "result.tsv"), labeled=("/labelled/C.jpg",))
     config = {"mining_algorithm": "random", "report": False, "selection": "diverse", "shard_size": 4,
               "diversity_weight": 0.5}
-    ranking.write_mining(job, store, count, ranking.MiningContext(config, tasks.Models(), 0.0, ""))
+    ranking.write_mining(job, store, count, ranking.MiningContext(config, Models(), 0.0, ""))
     order = [KEYS.index(line.split("\t")[0]) for line in (tmp_path / "result.tsv").read_text().splitlines()]
     assert order[-1] == B2 and order[-2] == C and order[-3] == A2  # C copies the labelled C; then score order
     assert order[:3] == [A, B, E]
@@ -340,7 +343,7 @@ def test_resume_reuses_complete_shards_with_their_side_files(pool, tmp_path):
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(
         f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.ranking as r\n"
+        "import executor.pipeline.ranking as r\n"
         "def _stop(*a, **k):\n    raise SystemExit(3)\n"
         "r.write_mining = _stop\n")  # every shard is complete, nothing merged
     root = tmp_path / "run"
@@ -360,7 +363,7 @@ def test_resume_reuses_complete_shards_with_their_side_files(pool, tmp_path):
 
 @pytest.fixture(scope="module")
 def onnx_models(tmp_path_factory):
-    from executor.model import export_onnx
+    from executor.engine.loading import export_onnx
 
     folder = tmp_path_factory.mktemp("onnx")
     export_onnx(str(WEIGHTS), str(folder / "yolov8n.onnx"), 320, 0)
@@ -385,7 +388,7 @@ def test_onnx_without_embeddings_falls_back_to_the_score_order(pool, onnx_models
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(
         f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.model as m\n"
+        "import executor.engine.onnx_detector as m\n"
         "def _none(*a, **k):\n    raise m.ModelError('injected: no head found')\n"
         "m.onnx_with_head_inputs = _none\n")
     results = []
@@ -417,7 +420,7 @@ def test_a_rerun_with_other_selection_settings_reselects_without_a_forward(tmp_p
     """Shards kept after the merge (the CLI's default): the same pool with other selection settings is merged and
     selected again from the side files; no model is loaded, no shard file is written again."""
     images = [str(p) for p in coco_images(6)]
-    job = tasks.Job(candidates=images, mining_result=str(tmp_path / "result.tsv"),
+    job = Job(candidates=images, mining_result=str(tmp_path / "result.tsv"),
                     shards_dir=str(tmp_path / "shards"), keep_shards=True)
     config = {"model_params_path": [str(WEIGHTS)], "img_size": 160, "selection": "diverse"}
     tasks.run(["mining"], job, config)
@@ -428,7 +431,7 @@ def test_a_rerun_with_other_selection_settings_reselects_without_a_forward(tmp_p
     def no_model(*args, **kwargs):
         raise AssertionError("re-selection loaded a model")
 
-    monkeypatch.setattr(tasks.Models, "detector", no_model)
+    monkeypatch.setattr(Models, "detector", no_model)
     caplog.set_level("INFO", "executor")
     tasks.run(["mining"], job, {**config, "dedup_similarity": 0.01})  # every image but the first a "copy"
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "shards").iterdir()} == stamps

@@ -1,4 +1,4 @@
-"""The active-learning simulator (executor/simulate.py): data conversion and checks, the loop's mechanics with a
+"""The active-learning simulator (executor/simulate/): data conversion and checks, the loop's mechanics with a
 stand-in trainer (fast), and one tiny real plan with Quarry's training, evaluation and mining (slow)."""
 import argparse
 import json
@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from executor import simulate
 from executor.errors import ConfigError, DatasetError, ModelError
-from executor.simulate import Plan, Simulation, Trained
+from executor.simulate import command as sim_command, plan as sim_plan, rounds as sim_rounds, summary as sim_summary
+from executor.simulate.plan import Plan
+from executor.simulate.rounds import Trained
+from executor.simulate.state import Simulation
 from tests.ymir_builders import SHARED, WEIGHTS_DIR
 
 HIGHWAY = SHARED / "data" / "highway"
@@ -97,9 +99,9 @@ def check_growth(out, budget=8, initial=8, rounds=2) -> None:
 # ---------------------------------------------------------------- data
 
 def test_yolo_labels_become_ark_with_the_same_boxes(tiny, tmp_path):
-    data = simulate.prepare_data(str(tiny), str(tmp_path), {})
+    data = sim_plan.prepare_data(str(tiny), str(tmp_path), {})
     assert len(data.pool) == 40 and len(data.val_samples) == 10 and data.class_names == NAMES
-    from executor.dataset import read_dataset
+    from executor.protocol.dataset import read_dataset
 
     train, _ = read_dataset(str(tmp_path / "dataset" / "train-index.tsv"), data.val_index, NAMES, "ark:raw")
     sample = next(s for s in train.samples if len(s.boxes))
@@ -113,15 +115,15 @@ def test_yolo_labels_become_ark_with_the_same_boxes(tiny, tmp_path):
 
 
 def test_index_folder_input_gives_the_same_pool(tiny, tmp_path):
-    converted = simulate.prepare_data(str(tiny), str(tmp_path / "a"), {})
+    converted = sim_plan.prepare_data(str(tiny), str(tmp_path / "a"), {})
     folder = tmp_path / "a" / "dataset"  # train-index.tsv, val-index.tsv, names.txt
-    again = simulate.prepare_data(str(folder), str(tmp_path / "b"), {})
+    again = sim_plan.prepare_data(str(folder), str(tmp_path / "b"), {})
     assert again.pool == converted.pool and again.class_names == NAMES
     assert len(again.val_samples) == len(converted.val_samples)
     (folder / "names.txt").unlink()
     with pytest.raises(ConfigError, match="class_names"):
-        simulate.prepare_data(str(folder), str(tmp_path / "c"), {})
-    assert simulate.prepare_data(str(folder), str(tmp_path / "c"), {"class_names": NAMES}).class_names == NAMES
+        sim_plan.prepare_data(str(folder), str(tmp_path / "c"), {})
+    assert sim_plan.prepare_data(str(folder), str(tmp_path / "c"), {"class_names": NAMES}).class_names == NAMES
 
 
 def test_a_val_image_copied_into_the_pool_is_left_out(tiny, tmp_path, caplog):
@@ -130,7 +132,7 @@ def test_a_val_image_copied_into_the_pool_is_left_out(tiny, tmp_path, caplog):
     twin = sorted((root / "valid" / "images").iterdir())[0]
     shutil.copy(twin, root / "train" / "images" / ("copy_" + twin.name))
     with caplog.at_level(logging.WARNING):
-        data = simulate.prepare_data(str(root / "data.yaml"), str(tmp_path / "out"), {})
+        data = sim_plan.prepare_data(str(root / "data.yaml"), str(tmp_path / "out"), {})
     assert len(data.pool) == 40 and list(data.left_out) == [f"train/images/copy_{twin.name}"]
     assert "byte-identical" in caplog.text
 
@@ -190,28 +192,28 @@ def test_out_must_be_new_empty_or_a_simulation(tiny, tmp_path):
 
 def test_flags(tmp_path):
     parser = argparse.ArgumentParser()
-    simulate.add_parser(parser.add_subparsers(dest="command"))
+    sim_command.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["simulate", "--data", "d.yaml", "--weights", "w.pt", "--initial", "5", "--budget", "3",
                               "--seeds", "2", "--epochs", "4", "--img-size", "320", "--batch", "8", "--set",
                               "lr0=0.005", "--set", "class_names=a,b", "--algorithms", "random,cald,random",
                               "--out", str(tmp_path)])
-    p = simulate.plan_from_args(args)
+    p = sim_command.plan_from_args(args)
     assert p.seeds == (0, 1) and p.algorithms == ("random", "cald") and p.rounds == 3
     assert p.config == {"lr0": 0.005, "class_names": ["a", "b"], "epochs": 4, "img_size": 320,
                         "batch_size_per_gpu": 8}
-    assert simulate.parse_seeds("0,7") == (0, 7)
+    assert sim_plan.parse_seeds("0,7") == (0, 7)
     with pytest.raises(ConfigError, match="not a key of the training, mining or infer template.*img_size"):
-        simulate.parse_sets(["img_szie=3"])
+        sim_plan.parse_sets(["img_szie=3"])
     args.set, args.algorithms = None, "nope"
-    assert simulate.run_cli(args) == 2  # a bad flag: a usage error
+    assert sim_command.run_cli(args) == 2  # a bad flag: a usage error
 
 
 def test_model_and_imgsz_are_weights_and_img_size(tmp_path):
     parser = argparse.ArgumentParser()
-    simulate.add_parser(parser.add_subparsers(dest="command"))
+    sim_command.add_parser(parser.add_subparsers(dest="command"))
     common = ["simulate", "--data", "d.yaml", "--initial", "5", "--budget", "3", "--out", str(tmp_path)]
-    ultralytics = simulate.plan_from_args(parser.parse_args([*common, "--model", "w.pt", "--imgsz", "320"]))
-    ours = simulate.plan_from_args(parser.parse_args([*common, "--weights", "w.pt", "--img-size", "320"]))
+    ultralytics = sim_command.plan_from_args(parser.parse_args([*common, "--model", "w.pt", "--imgsz", "320"]))
+    ours = sim_command.plan_from_args(parser.parse_args([*common, "--weights", "w.pt", "--img-size", "320"]))
     assert ultralytics == ours and ours.weights == "w.pt" and ours.config == {"img_size": 320}
 
 
@@ -225,18 +227,18 @@ def test_the_readme_example_is_a_valid_plan_with_highway_classes_named_as_in_coc
     from ultralytics import YOLO
 
     import start
-    from executor import cli
-    from executor.config import read_yaml_mapping
+    from executor.cli import commands as cli
+    from executor.protocol.yaml_file import read_yaml_mapping
 
-    readme = (Path(simulate.__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(sim_command.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     command = re.search(r"```bash\n(\.venv/bin/python start\.py simulate .*?)```", readme, re.S).group(1)
     words = shlex.split(command.replace("\\\n", " "))
     argv = [word.replace("../shared/", f"{SHARED}/") for word in words[2:]]
     argv[argv.index("--out") + 1] = str(tmp_path / "sim")
-    plan = simulate.plan_from_args(cli.build_parser(start.extra_commands()).parse_args(argv))
+    plan = sim_command.plan_from_args(cli.build_parser(start.extra_commands()).parse_args(argv))
     plan.check()
     assert plan.weights == str(WEIGHTS) and plan.data == str(HIGHWAY / "data.yaml") and plan.seeds == (0, 1)
-    names = simulate.yaml_names(read_yaml_mapping(plan.data, "--data"), "--data")
+    names = sim_plan.yaml_names(read_yaml_mapping(plan.data, "--data"), "--data")
     renamed = plan.config["class_names"]
     assert [(a, b) for a, b in zip(names, renamed) if a != b] == [("motorbike", "motorcycle")]
     assert len(renamed) == len(names) and set(renamed) <= set(YOLO(str(WEIGHTS)).names.values())
@@ -274,7 +276,7 @@ def test_detections_ties_are_broken_by_the_relative_path(tmp_path):
         keys = [f"{root}/{name}" for name in names]
         found = {"detection": {key: {"boxes": [{}] * (i % 2)} for i, key in enumerate(keys)}}
         (tmp_path / "infer.json").write_text(json.dumps(found))
-        ranked = simulate.count_ranking(str(tmp_path / "infer.json"), keys, names, 4)
+        ranked = sim_rounds.count_ranking(str(tmp_path / "infer.json"), keys, names, 4)
         rankings.append([(os.path.relpath(key, root), score) for key, score in ranked])
         assert sorted(int(score) for _, score in ranked) == [0, 0, 0, 1, 1, 1]
     assert rankings[0] == rankings[1]
@@ -307,19 +309,19 @@ def test_a_rerun_may_add_rounds_but_not_change_the_plan(tiny, tmp_path):
 
 
 def test_summary_numbers():
-    assert simulate.area([0, 10, 20], [0.2, 0.4, 0.4]) == pytest.approx(0.35)
+    assert sim_summary.area([0, 10, 20], [0.2, 0.4, 0.4]) == pytest.approx(0.35)
     runs = []
     for algorithm, offset in (("random", 0.0), ("entropy", 0.05)):
         for seed, noise in ((0, 0.0), (1, -0.08)):
             rounds = [{"labelled": n, "mAP50": 0.3 + k * 0.1 + (offset + noise) * (k > 0), "mAP50_95": 0.1,
                        "mine_s": 2.0, "train_s": 5.0} for k, n in enumerate((10, 20, 30))]
             runs.append({"algorithm": algorithm, "seed": seed, "rounds": rounds})
-    summary = simulate.summarize(runs, rounds=2)
+    summary = sim_summary.summarize(runs, rounds=2)
     entropy = summary["algorithms"]["entropy"]
     assert entropy["vs_random_last50"]["mean"] == pytest.approx(0.05)
     assert entropy["vs_random_last50"]["wins"] == 2 and entropy["last50"]["n"] == 2
     assert entropy["vs_random_auc50"]["mean"] == pytest.approx(0.05 * 0.75)
-    text = simulate.table(summary)
+    text = sim_summary.table(summary)
     assert "| entropy | 2 | 0.510 [0.470, 0.550] |" in text and "+0.050 [+0.050, +0.050] (2/2 seeds > 0)" in text
 
 
@@ -367,7 +369,7 @@ def test_tiny_real_plan_random_entropy_detections(tiny, tmp_path):
     sim = Simulation(plan(tiny, out, **kw), progress=False)
     round0 = next(r for r in after["runs"] if r["algorithm"] == "entropy")["rounds"][0]
     candidates = [p for p in sim.data.pool if sim.data.rel(p) not in set(round0["added"])]
-    again = simulate.mine("entropy", str(out / round0["weights"]), candidates, str(tmp_path / "remine"), sim.data,
+    again = sim_rounds.mine("entropy", str(out / round0["weights"]), candidates, str(tmp_path / "remine"), sim.data,
                           sim.config, 0, lambda f: None)
     assert [sim.data.rel(p) for p in again[:8]] == picks(out, "entropy", 0)[1]
     md = (out / "simulation.md").read_text()

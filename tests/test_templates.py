@@ -9,7 +9,8 @@ import os
 import pytest
 import yaml
 
-from executor.config import PLATFORM_KEYS, RULES, TASKS, TEMPLATES_DIR, build_settings
+from executor.protocol.settings import PLATFORM_KEYS, RULES, build_settings
+from executor.protocol.templates import TASKS, TEMPLATES_DIR
 
 TASK_TEMPLATES = sorted(
     name for name in os.listdir(TEMPLATES_DIR) if name.endswith("-template.yaml")
@@ -30,7 +31,7 @@ def test_templates_present():
     assert "mining-template.yaml" in TASK_TEMPLATES
     assert "infer-template.yaml" in TASK_TEMPLATES
     for name in TASK_TEMPLATES:
-        assert task_of(name) in TASKS, f"{name}: no task {task_of(name)!r} in executor.config.TASKS {TASKS}"
+        assert task_of(name) in TASKS, f"{name}: no task {task_of(name)!r} in executor.protocol.templates.TASKS {TASKS}"
 
 
 @pytest.mark.parametrize("name", TASK_TEMPLATES + ["manifest.yaml"])
@@ -47,7 +48,7 @@ def test_template_is_flat_mapping(name):
 def test_template_keys_are_known(name):
     # Every key is coerced by a rule (or is one the platform consumes), so none is silently ignored.
     unknown = sorted(set(load(name)) - set(RULES) - PLATFORM_KEYS)
-    assert not unknown, f"{name}: keys without a rule in executor.config.RULES: {unknown}"
+    assert not unknown, f"{name}: keys without a rule in executor.protocol.settings.RULES: {unknown}"
 
 
 @pytest.mark.parametrize("name", TASK_TEMPLATES)

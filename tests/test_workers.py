@@ -122,7 +122,7 @@ def test_a_changed_parameter_invalidates_the_shards(pool, tmp_path):
     (tmp_path / "hooks").mkdir()
     (tmp_path / "hooks" / "sitecustomize.py").write_text(
         f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.ranking as r\n"
+        "import executor.pipeline.ranking as r\n"
         "def _stop(*a, **k):\n    raise SystemExit(3)\n"
         "r.write_mining = _stop\n")  # every shard is complete, nothing merged
     assert mine_pool(pool, out, "--seed", "1", algorithm="cald", env=env).returncode != 0
@@ -137,7 +137,7 @@ def test_a_failing_worker_ends_the_task_with_its_own_code(tmp_path):
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(  # rank 1 fails as a broken model would, rank 0 would run for long
         f"import os, sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.tasks as t\n"
+        "import executor.pipeline.passes as t\n"
         "from executor.errors import ModelError\n"
         "loading = t.Models.detector\n"
         "def broken(*a, **k):\n"

@@ -3,9 +3,11 @@ import yaml
 
 import start
 
-from executor.config import (build_settings, gpu_list, parse_env, read_yaml_mapping, resolve_weights, to_bool,
-                             without_unknown_keys)
 from executor.errors import ConfigError, ModelError
+from executor.protocol.env import parse_env, resolve_weights
+from executor.protocol.settings import build_settings, to_bool, without_unknown_keys
+from executor.protocol.yaml_file import read_yaml_mapping
+from executor.shared import gpu_list
 
 
 def test_template_defaults_are_typed():

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from executor.dataset import annotation_format, export_yolo, read_dataset, read_split, yolo_label_lines
 from executor.errors import DatasetError
+from executor.protocol.dataset import annotation_format, export_yolo, read_dataset, read_split, yolo_label_lines
 from tests.ymir_builders import (Item, coco_val_names, voc_items, voc_names, write_coco_val_dataset,
                                  write_dataset)
 

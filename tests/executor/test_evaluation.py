@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from executor.dataset import Sample
-from executor.evaluation import coco_metrics, count_matches, primary_labels
+from executor.engine.evaluation import coco_metrics, count_matches, primary_labels
+from executor.shared import Sample
 from mining.base import Detections
 
 
@@ -63,8 +63,8 @@ def test_map_agrees_with_ultralytics_val(tmp_path):
     """Our pycocotools mAP@0.5 from our own predictions vs `ultralytics val` on the same split (COCO weights)."""
     from ultralytics import YOLO
 
-    from executor.dataset import export_yolo, read_dataset
-    from executor.evaluation import evaluate
+    from executor.engine.evaluation import evaluate
+    from executor.protocol.dataset import export_yolo, read_dataset
     from tests.platform import template_detector
     from tests.ymir_builders import WEIGHTS_DIR, write_coco_val_dataset
 
@@ -84,8 +84,8 @@ def test_map_agrees_with_ultralytics_val(tmp_path):
 
 
 def test_rect_batches_follow_aspect_ratio_like_ultralytics():
-    from executor.evaluation import rect_batches
-    from executor.images import letterbox
+    from executor.engine.evaluation import rect_batches
+    from executor.engine.images import letterbox
     samples = [sample([], [], size=s) for s in ((640, 480), (480, 640), (500, 500), (640, 427))]
     batches = rect_batches(samples, 320, 2)
     assert [b[0] for b in batches] == [[3, 0], [2, 1]]  # sorted by height / width

@@ -1,11 +1,11 @@
-"""Pre-labels for labelling tools (executor/formats.py): class ids are the model's, whatever a batch found, and
+"""Pre-labels for labelling tools (executor/cli/formats.py): class ids are the model's, whatever a batch found, and
 an unreadable image is told apart from one with nothing in it."""
 import json
 
 import pytest
 
-from executor.formats import write_detections
-from executor.writers import box_record, write_infer_result
+from executor.cli.formats import write_detections
+from executor.protocol.writers import box_record, write_infer_result
 from tests.platform import coco_images
 
 MODEL = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -57,7 +57,7 @@ def test_coco_categories_are_the_model_classes_from_1(tmp_path, two_batches):
 
 
 def test_label_files_stay_in_the_label_folder(tmp_path):
-    from executor.formats import label_path
+    from executor.cli.formats import label_path
 
     assert label_path(str(tmp_path), "a/x.jpg") == str(tmp_path / "a" / "x.txt")
     # a list of images outside its folder names them by absolute path: mirrored under the folder

@@ -1,4 +1,4 @@
-"""Decoding and letterboxing on a torch device (executor/gpu_decode.py): which files take the device path, and that
+"""Decoding and letterboxing on a torch device (executor/engine/gpu_decode.py): which files take the device path, and that
 both paths give the same canvases within rounding, the same canvas shapes and so the same batches. On CPU,
 torchvision's CPU decode_jpeg stands in for nvJPEG; the CUDA tests run on a machine with a GPU."""
 import dataclasses
@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from executor import gpu_decode
-from executor.config import build_settings
+from executor.engine import gpu_decode
+from executor.engine.gpu_decode import DeviceLetterbox, cpu_reason, decode_batch, gpu_decodable, letterbox_tensor
+from executor.engine.images import letterbox, read_image
+from executor.engine.loop import device_letterbox
+from executor.engine.loop import Unreadable, batches
 from executor.errors import ConfigError, ImageError
-from executor.gpu_decode import (DeviceLetterbox, cpu_reason, decode_batch, device_letterbox, gpu_decodable,
-                                 letterbox_tensor)
-from executor.images import letterbox, read_image
-from executor.loop import Unreadable, batches
-from executor.tasks import Recorder
+from executor.pipeline.passes import Recorder
+from executor.protocol.settings import build_settings
 from tests.platform import COCO_VAL
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -254,7 +254,7 @@ def test_gpu_decode_setting():
 
 
 def test_gpu_decode_resolved_for_the_detector():
-    from executor.model import TorchDetector
+    from executor.engine.torch_detector import TorchDetector
 
     on_gpu = TorchDetector.__new__(TorchDetector)  # no weights needed: only its device and geometry are read
     on_gpu.device, on_gpu.img_size, on_gpu.rect_stride = torch.device("cuda:1"), 640, 32

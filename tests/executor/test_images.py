@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
+from executor.engine.images import PAD_VALUE, letterbox, read_image, same_shape_chunks
 from executor.errors import ImageError
-from executor.images import PAD_VALUE, letterbox, read_image, same_shape_chunks
 from tests.platform import COCO_VAL
 
 JPEG = COCO_VAL / "images" / "000000000139.jpg"

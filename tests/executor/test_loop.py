@@ -1,8 +1,8 @@
 import cv2
 import numpy as np
 
-from executor.images import letterbox
-from executor.loop import Unreadable, batches
+from executor.engine.images import letterbox
+from executor.engine.loop import Unreadable, batches
 from mining.base import Batch
 from tests.platform import COCO_VAL
 

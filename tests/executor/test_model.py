@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+from executor.engine.device import select_device
+from executor.engine.images import Letterbox
+from executor.engine.loading import load_detector
+from executor.engine.postprocess import class_maps, postprocess
 from executor.errors import ConfigError, ModelError, NoGpuError
-from executor.images import Letterbox
-from executor.model import class_maps, load_detector, postprocess, select_device
 from mining.base import Detections
 from tests.platform import COCO_VAL, WEIGHTS, batch_of, template_detector
 
@@ -64,7 +66,7 @@ def test_aldd_maps_come_from_the_class_branch_alone(detector):
     """predict_maps runs the network up to the head and the head's class branch only, with exactly the maps of
     the whole head; a forward armed for the executor (whose raw output infer or the side data read) runs the
     whole head."""
-    from executor.model import ClassMapsNet
+    from executor.engine.torch_detector import ClassMapsNet
 
     batch = batch_of(SAME_SHAPE, detector)
     assert isinstance(detector.class_net, ClassMapsNet)
@@ -86,7 +88,7 @@ def test_aldd_maps_come_from_the_class_branch_alone(detector):
 
 
 def test_candidates_are_each_anchors_best_class_or_every_pair_above_the_threshold():
-    from executor.model import candidates
+    from executor.engine.postprocess import candidates
 
     probs = torch.tensor([[0.5, 0.1, 0.7, 0.3],
                           [0.5, 0.2, 0.9, 0.6],

@@ -3,8 +3,9 @@ import os
 
 import pytest
 
-from executor.monitor import Monitor, span
-from executor.writers import atomic_write_text, box_record, mining_lines, write_infer_result, write_mining_result
+from executor.protocol.monitor import Monitor, span
+from executor.protocol.writers import (atomic_write_text, box_record, mining_lines, write_infer_result,
+                                       write_mining_result)
 
 
 def test_monitor_line_and_spans(tmp_path):

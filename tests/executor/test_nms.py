@@ -1,11 +1,11 @@
-"""executor.nms: the same boxes as torchvision.ops.batched_nms, without importing torchvision."""
+"""executor.engine.nms: the same boxes as torchvision.ops.batched_nms, without importing torchvision."""
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from executor.nms import PER_CLASS_ABOVE, batched_nms
+from executor.engine.nms import PER_CLASS_ABOVE, batched_nms
 from tests.platform import REPO
 
 
@@ -39,7 +39,7 @@ def test_classes_never_suppress_each_other():
 
 def test_mining_never_imports_torchvision():
     code = ("import sys; from executor.runtime import prepare_process_env; prepare_process_env(); "
-            "import executor.tasks, mining, torch; from executor.nms import batched_nms; "
+            "import executor.pipeline.tasks, mining, torch; from executor.engine.nms import batched_nms; "
             "batched_nms(torch.tensor([[0., 0, 1, 1]]), torch.tensor([1.]), torch.tensor([0]), 0.5); "
             "print('torchvision' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -1,8 +1,8 @@
-"""One pass over the images serves mining and infer (executor.tasks.Pass): each batch is forwarded once."""
+"""One pass over the images serves mining and infer (executor.pipeline.passes.Pass): each batch is forwarded once."""
 import pytest
 
-from executor.config import build_settings
-from executor.tasks import Pass, open_scorer
+from executor.pipeline.passes import Pass, open_scorer
+from executor.protocol.settings import build_settings
 from tests.platform import coco_images, template_detector
 
 IMAGES = [str(p) for p in coco_images(6)]

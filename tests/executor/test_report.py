@@ -1,4 +1,4 @@
-"""The mining report (executor/report.py) and box drawing (executor/drawing.py), on real COCO val images with
+"""The mining report (executor/report/) and box drawing (executor/report/drawing.py), on real COCO val images with
 their ground-truth boxes standing in for predictions."""
 import base64
 import json
@@ -10,9 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from executor import drawing, report
-from executor.drawing import confidence_colour, draw_detections, thumbnail
-from executor.report import ReportData, ReportImage, pca_2d, write_report, write_tensorboard
+from executor.report import board, drawing, page
+from executor.report.board import write_tensorboard
+from executor.report.collect import ReportData, ReportImage, pca_2d
+from executor.report.drawing import confidence_colour, draw_detections, thumbnail
+from executor.report.page import write_report
 
 COCO = "/work/shared/data/coco-val"
 NAMES = ["person", "bicycle", "car", "motorcycle", "bus", "truck", "dog", "cat", "chair", "dining table"]
@@ -134,7 +136,7 @@ def test_page_is_self_contained(written):
         assert attrs["src"].startswith("data:image/jpeg;base64,")
         decoded = _decode_data_uri(attrs["src"])
         assert decoded.shape[:2] == (int(attrs["height"]), int(attrs["width"]))
-        assert max(decoded.shape[:2]) <= report.THUMB_SIDE
+        assert max(decoded.shape[:2]) <= page.THUMB_SIDE
     for tag, attrs in tags:
         for key in ("src", "href", "srcset", "action", "poster", "data"):
             value = attrs.get(key)
@@ -191,7 +193,7 @@ def test_json_holds_the_same_numbers(written):
 def test_html_shows_the_run_and_its_numbers(written):
     data, out = written
     text = (out / "mining-report.html").read_text(encoding="utf-8")
-    fmt = report.ScoreFormat.of(data)
+    fmt = page.ScoreFormat.of(data)
     for needle in (data.run["model"], data.run["model_sha256"], "aldd", "img_size", "640", "diverse",
                    "12.5 s", "images/s", "2.14.1", "8.4.190", "/in/images/bad.png", "image file is empty",
                    "top 12 cut", fmt(data.scores[11]), "Near-duplicate", "Embedding projection"):
@@ -209,7 +211,7 @@ def test_the_cut_follows_the_selection_and_the_page_says_what_the_thumbnails_sho
     data.selected = 20
     write_report(str(tmp_path / "r.html"), str(tmp_path / "r.json"), data)
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
-    fmt = report.ScoreFormat.of(data)
+    fmt = page.ScoreFormat.of(data)
     assert "<h2>Top 20 selected, in result order</h2>" in text
     assert "Thumbnails of the first 12 (--report-top-n)." in text and '<a href="#top">Top 20</a>' in text
     assert f"top 20 cut: score ≥ {fmt(data.scores[19])}" in text and ">top 20</text>" in text  # histogram, rank plot
@@ -268,16 +270,16 @@ def test_scores_are_written_in_one_notation_throughout_the_page(tmp_path):
     ticks = [s for s in scores if not re.fullmatch(SCIENTIFIC, s)]
     assert len(scores) > 20 and all(re.fullmatch(r"0|-?\d(\.\d+)?e[+-]\d{2}", s) for s in ticks), scores
     assert "8.000e-01" in scores and "1.000e-05" in scores and "0.8000" not in scores
-    assert re.search(SCIENTIFIC, report._markdown_summary(data)) and not re.search(FIXED + r" \|",
-                                                                                 report._markdown_summary(data))
+    assert re.search(SCIENTIFIC, board._markdown_summary(data)) and not re.search(FIXED + r" \|",
+                                                                                 board._markdown_summary(data))
     usual = make_data(tmp_path, n_top=6, n_middle=2, n_bottom=2, unreadable_top=False, extras=False)
     write_report(str(tmp_path / "usual.html"), None, usual)
     scores = _scores_on_page((tmp_path / "usual.html").read_text(encoding="utf-8"))
     assert len(scores) > 20 and all(re.fullmatch(FIXED + r"|-?\d+(\.\d+)?", s) for s in scores), scores
-    fmt = report.ScoreFormat(scientific=True)
+    fmt = page.ScoreFormat(scientific=True)
     assert (fmt(1e-5), fmt(0.8), fmt(None), fmt.tick(2.5e-05), fmt.tick(1e-4), fmt.tick(0)) == \
         ("1.000e-05", "8.000e-01", "–", "2.5e-05", "1e-04", "0")
-    assert report.ScoreFormat(scientific=False)(0.00001) == "0.0000"
+    assert page.ScoreFormat(scientific=False)(0.00001) == "0.0000"
 
 
 def test_long_file_names_stay_on_one_line_with_the_whole_path_on_hover(tmp_path):
@@ -288,7 +290,7 @@ def test_long_file_names_stay_on_one_line_with_the_whole_path_on_hover(tmp_path)
     write_report(str(tmp_path / "r.html"), None, data)
     paths = [a for tag, a in _parse(tmp_path / "r.html") if tag == "div" and a.get("class") == "path"]
     assert [a["title"] for a in paths] == [data.top[0].path, str(long_name)]
-    rule = next(line for line in report.CSS.splitlines() if line.startswith(".path {"))
+    rule = next(line for line in page.CSS.splitlines() if line.startswith(".path {"))
     for declaration in ("white-space: nowrap", "overflow: hidden", "text-overflow: ellipsis"):
         assert declaration in rule, rule
     assert "word-break" not in rule

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from executor.report import write_report
+from executor.report.page import write_report
 
 from .test_report import COCO, make_data
 

@@ -1,10 +1,15 @@
 """The shard plan: shard_size 0 (the default) takes its size from the pool and the number of workers only."""
+import dataclasses
+
 import pytest
 
-from executor.config import FAMILY_TEMPLATES, build_settings
 from executor.errors import ConfigError, Interrupted
-from executor.shards import auto_shard_size, plan, shards_of_rank
-from executor.tasks import Job, with_shard_size
+from executor.pipeline.job import Job
+from executor.pipeline.scoring import with_shard_size
+from executor.pipeline.shards import auto_shard_size, plan, shards_of_rank
+from executor.protocol.settings import build_settings
+from executor.protocol.templates import FAMILY_TEMPLATES
+from executor.runtime import outer_ranks
 
 POOL = Job(candidates=[f"img{i:04d}.jpg" for i in range(1704)])
 
@@ -48,7 +53,8 @@ def test_every_rank_of_a_torchrun_plans_the_same_shards(monkeypatch):
     for rank in range(3):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("LOCAL_RANK", str(rank))
-        size = with_shard_size("mining", POOL, {})["shard_size"]
+        assert outer_ranks() == (rank, 3, rank)
+        size = with_shard_size("mining", dataclasses.replace(POOL, outer=outer_ranks()), {})["shard_size"]
         assert size == 71  # ceil(1704 / 24)
         mine += [shard.index for shard in shards_of_rank(plan(POOL.candidates, size), rank, 3)]
     assert sorted(mine) == list(range(len(plan(POOL.candidates, 71)))) and len(mine) == 24

@@ -4,12 +4,12 @@ import re
 import pytest
 import yaml
 
-from executor import trainer as adapter
-from executor.config import build_settings
+from executor.engine import trainer as adapter
 from executor.errors import ConfigError, ModelError, NoGpuError
-from executor.training import (BEST, MAX_STAGES, StageBook, TrainingHooks, bundled_weights, choose_weights,
-                               parse_args_options)
-from executor.writers import write_training_result
+from executor.pipeline.training import (BEST, MAX_STAGES, StageBook, TrainingHooks, bundled_weights, choose_weights,
+                                        parse_args_options)
+from executor.protocol.settings import build_settings
+from executor.protocol.writers import write_training_result
 from tests.ymir_builders import WEIGHTS_DIR, read_scalars
 
 
@@ -218,7 +218,7 @@ def test_stage_book_legacy_form_lists_root_files(tmp_path):
 
 class FakeEvaluator:
     def __call__(self, weights, progress=None):
-        from executor.evaluation import Metrics
+        from executor.engine.evaluation import Metrics
         assert os.path.isfile(weights)
         return Metrics(0.25, 0.5, 0.1, 4, 5, 6)
 

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from executor.config import RULES, build_settings
+from executor.protocol.settings import RULES, build_settings
 from mining import SCORERS, get_scorer, scorer_params
 from mining.base import Scorer
 from mining.random_score import random_scores

@@ -1,0 +1,93 @@
+"""A small Python API over the same tasks the command line runs.
+
+    from executor.api import mine, infer
+    ranking = mine("images/", "yolov8n.pt", algorithm="entropy", imgsz=640)   # [(path, score)], best first
+    boxes = infer(["a.jpg", "b.jpg"], "yolov8n.pt", conf=0.3)                 # {path: [box records] or None}
+
+`images` is a folder (recursive), a glob, a .txt/.tsv list, or a sequence of paths. Settings are keywords: the
+command line's names (model, imgsz, conf, iou, batch, device, workers, threads, nproc, seed, backend, selection,
+dedup_similarity, diverse_pool, diversity_weight, report_top_n: `start.py mine --help`) or any template key
+(img_size, conf_thres, ...; the templates hold the defaults). One setting under two names is a TypeError; other
+errors are the executor's (executor.errors).
+"""
+import os
+import tempfile
+from typing import Sequence
+
+from executor.runtime import outer_ranks, prepare_process_env
+
+
+def _listed(images) -> tuple[list[str], list[str]]:
+    """(paths, result keys): as the CLI's --source names them for a folder, glob or list; a sequence as given."""
+    if isinstance(images, (str, os.PathLike)):
+        from executor.cli.commands import list_images
+
+        return list_images(str(images))
+    paths = [str(p) for p in images]
+    return paths, paths
+
+
+def _config(weights, settings: dict) -> dict:
+    """The keywords as config keys: a command line name becomes the key its flag sets (device as --device takes
+    it: cpu, 0, cuda:0, 0,1), `model` is `weights`."""
+    from executor.cli.commands import gpu_id_of
+    from executor.cli.flags import FLAG_OF
+
+    settings = dict(settings)
+    if "model" in settings:
+        if weights:
+            raise TypeError("weights and model= name the same file; give one")
+        weights = settings.pop("model")
+    key_of = {flag[2:].replace("-", "_"): key for key, flag in FLAG_OF.items() if key != "model_params_path"}
+    config, named = {}, {}
+    for name, value in settings.items():
+        key = key_of.get(name, name)
+        if key in config:
+            raise TypeError(f"{named[key]}= and {name}= both set {key}; give one")
+        config[key], named[key] = gpu_id_of(str(value)) if name == "device" else value, name
+    if weights:
+        config["model_params_path"] = [os.path.abspath(str(weights))]
+    return config
+
+
+def mine(images, weights=None, algorithm: str | None = None, **settings) -> list[tuple[str, float]]:
+    """(path, score) of every image, most worth labelling first; unreadable images last with score -1."""
+    from executor.pipeline.job import Job
+    from executor.pipeline.tasks import run
+
+    prepare_process_env()
+    config = _config(weights, settings)
+    if algorithm:
+        config["mining_algorithm"] = algorithm
+    with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
+        out = os.path.join(scratch, "ranked.tsv")
+        paths, names = _listed(images)  # random and CALD draw by the names: the same wherever the folder is
+        job = Job(candidates=paths, names=names, mining_result=out, shards_dir=os.path.join(scratch, "shards"),
+                  outer=outer_ranks())
+        run(["mining"], job, config)
+        with open(out, encoding="utf-8") as handle:
+            return [(key, float(score)) for key, score in (line.rstrip("\n").split("\t") for line in handle)]
+
+
+def infer(images: Sequence[str] | str, weights=None, **settings) -> dict[str, list[dict] | None]:
+    """Box records of every image, by path: {box: {x, y, w, h} in original pixels, class_id (the model's class
+    index), class_name, score}; None for an image that could not be read ([]: read, nothing found)."""
+    from executor.cli.formats import read_ymir
+    from executor.pipeline.job import Job
+    from executor.pipeline.passes import Models
+    from executor.pipeline.tasks import model_class_names, run
+    from executor.protocol.writers import class_ids
+
+    prepare_process_env()
+    paths = _listed(images)[0]
+    config, models = _config(weights, settings), Models()
+    with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
+        job = Job(candidates=paths, names=paths, infer_result=os.path.join(scratch, "infer.json"),
+                  shards_dir=os.path.join(scratch, "s"), infer_unreadable_none=True, outer=outer_ranks())
+        run(["infer"], job, config, models=models)
+        boxes = read_ymir(job.infer_result)
+    ids = class_ids(model_class_names(job, config, models))
+    for found in boxes.values():
+        for record in found or []:
+            record["class_id"] = ids[record["class_name"]]
+    return boxes

@@ -1,0 +1,462 @@
+"""The local command line: `start.py mine|infer|make-in …` for people with a folder of images and no platform.
+
+Names an Ultralytics user already types (--model, --source, --imgsz, --conf, --iou, --device, --batch) stand
+beside Quarry's own. Everything is checked before the first image is read: paths, ranges, flags that need
+each other. Usage errors exit 2 (argparse's convention), failures 1, an interrupt 130; messages name the flag
+typed, not the config key behind it, and platform error codes stay in platform mode.
+"""
+
+import argparse
+import contextlib
+import glob
+import logging
+import os
+import shutil
+import sys
+
+from executor import __version__
+from executor.cli.flags import FLAG_OF, UsageError, requested_tasks, set_values
+
+log = logging.getLogger("quarry")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".unknown")
+FORMATS = ("ymir", "coco", "yolo")
+FILE_SUFFIXES = (".json", ".txt", ".tsv", ".csv", ".yaml", ".yml", ".xml")  # not a folder for --format yolo
+
+
+# ---------------------------------------------------------------- the parser
+
+def common_flags() -> argparse.ArgumentParser:
+    """Flags every subcommand takes, anywhere on the line."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("--version", action="version", version=f"quarry {__version__}")
+    return common
+
+
+def add_model_flags(cmd: argparse.ArgumentParser, task: str) -> None:
+    cmd.add_argument("--model", "--weights", dest="weights",
+                     help="model file: an Ultralytics .pt or its ONNX export (a path: weights are never downloaded)")
+    cmd.add_argument("--source", "--images", dest="images", required=True,
+                     help="a folder (searched recursively), a glob in quotes, or a .txt/.tsv list of paths")
+    cmd.add_argument("--out", required=True, help="output file (.tsv ranking for mine; .json, or a folder for "
+                                                  "--format yolo, for infer)")
+    cmd.add_argument("--imgsz", "--img-size", dest="img_size", type=int,
+                     help="long side of the network input in pixels (default 640)")
+    cmd.add_argument("--batch", "--batch-size", dest="batch_size", type=int, help="images per forward pass (default 16)")
+    cmd.add_argument("--workers", type=int, help="image decoding threads (default 4)")
+    cmd.add_argument("--device", "--gpu-id", dest="gpu_id",
+                     help="cpu (default), 0, cuda:0, or 0,1 (one worker per GPU)")
+    cmd.add_argument("--conf", "--conf-thres", dest="conf_thres", type=float, help="minimum box score (default 0.25)")
+    cmd.add_argument("--iou", "--iou-thres", dest="iou_thres", type=float, help="NMS IoU threshold (default 0.45)")
+    cmd.add_argument("--backend", choices=("auto", "torch", "onnx"), help="inference backend (default auto)")
+    cmd.add_argument("--threads", type=int, help="CPU threads for the model (default: OMP_NUM_THREADS, else the "
+                                                 "CPUs this process may use)")
+    cmd.add_argument("--nproc", type=int, help="CPU worker processes, each scoring its own shards (default 1)")
+    cmd.add_argument("--format", choices=FORMATS, default="ymir",
+                     help="detections as ymir infer-result JSON (default), a COCO dataset JSON, or YOLO txt labels "
+                          "per image mirroring the source tree (a folder)" if task == "infer" else
+                     "format of --infer-out (default ymir)")
+    cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="any other template key, e.g. --set class_distribution_scores=1,1,0.5")
+
+
+def build_parser(extra_commands=()) -> argparse.ArgumentParser:
+    """The parser of the whole command line; `extra_commands`: callables adding more subcommands."""
+    from mining import SCORERS
+
+    common = common_flags()
+    parser = argparse.ArgumentParser(prog="quarry", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Quarry: mining, inference and training for YMIR platforms and "
+                                                 "local folders. With no subcommand: platform mode (/in → /out).")
+    parser.add_argument("--env", default=None, help="platform mode: env.yaml to read (default /in/env.yaml)")
+    sub = parser.add_subparsers(dest="command")
+    mine = sub.add_parser("mine", parents=[common], help="rank local images, most worth labelling first",
+                          description="Rank local images, most worth labelling first.")
+    add_model_flags(mine, "mining")
+    mine.add_argument("--algorithm", choices=tuple(SCORERS), help="mining algorithm (default entropy)")
+    mine.add_argument("--seed", type=int, help="seed for random and cald (default 0)")
+    mine.add_argument("--topk", type=int, help="also write the K best paths to OUT.topK.txt")
+    mine.add_argument("--select-dir", help="with --topk: copy the K best images into this (empty) folder")
+    mine.add_argument("--link", action="store_true", help="with --select-dir: symlink instead of copying")
+    mine.add_argument("--exist-ok", action="store_true", help="with --select-dir: replace a folder that is not empty")
+    mine.add_argument("--infer-out", help="also write the detections of the same pass to this file (see --format)")
+    mine.add_argument("--selection", choices=("score", "diverse"),
+                      help="score: by score (default); diverse: near-duplicates pushed down, the top mixed for "
+                           "variety, so every prefix of the ranking is a good batch (docs/mining.md)")
+    mine.add_argument("--dedup-similarity", type=float,
+                      help="diverse: share of agreeing photo-hash bits that makes a near-duplicate (default 0.85)")
+    mine.add_argument("--diverse-pool", type=int, help="diverse: how many top images by score are reordered")
+    mine.add_argument("--diversity-weight", type=float, help="diverse: weight of variety against score, in [0, 1]")
+    mine.add_argument("--class-balance", action="store_true", default=None,
+                      help="diverse: keep the predicted classes of the top close to the pool's mix")
+    mine.add_argument("--labeled", help="diverse: images already labelled (folder, glob or list): their "
+                                        "near-copies in the pool go down")
+    mine.add_argument("--report", help="the mining report (default OUT.report.html, its numbers in .json beside)")
+    mine.add_argument("--no-report", action="store_true", help="write no report")
+    mine.add_argument("--report-top-n", type=int, help="thumbnails of the best images in the report (default 24; "
+                                                       "with --topk K at most K)")
+    mine.add_argument("--raw-scores", help="diverse: every image's raw algorithm score (default OUT.scores.tsv)")
+    mine.add_argument("--drop-shards", action="store_true",
+                      help="remove OUT.shards/ after the merge (by default the scores stay, so running again with "
+                           "other selection or report flags re-selects in seconds without scoring again)")
+    infer = sub.add_parser("infer", parents=[common], help="detect objects in local images",
+                           description="Detect objects in local images.")
+    add_model_flags(infer, "infer")
+    make_in = sub.add_parser("make-in", parents=[common], help="write a platform /in folder from local files, to "
+                             "rehearse platform mode with start.py --env IN/env.yaml")
+    make_in.add_argument("--task", choices=("mining", "infer", "training"), required=True)
+    make_in.add_argument("--images", "--source", dest="images", required=True, help="folder, glob or list of images")
+    make_in.add_argument("--labels", help="training: folder of YOLO label txt files (same relative paths as the "
+                                          "images, or Ultralytics' images/ → labels/ layout)")
+    make_in.add_argument("--names", help="training: class names, comma-separated (default: from --data-yaml)")
+    make_in.add_argument("--weights", "--model", dest="weights", help="model file copied to IN/models")
+    make_in.add_argument("--out", required=True, help="the /in folder to write (an empty or new folder)")
+    make_in.add_argument("--set", action="append", metavar="KEY=VALUE", help="config.yaml value over the template")
+    for add in extra_commands:
+        add(sub, common)
+    return parser
+
+
+# ---------------------------------------------------------------- checks before the first image
+
+def list_images(spec: str) -> tuple[list[str], list[str]]:
+    """(paths, names): a folder (recursively; names relative to it), a glob (names relative to its fixed part),
+    or a list file (names as listed). A missing path and an empty folder are different errors."""
+    if os.path.isfile(spec) and spec.lower().endswith((".txt", ".tsv")):
+        from executor.protocol.index import read_candidate_index
+
+        paths = read_candidate_index(spec, relative_to_index=True)
+        base = os.path.dirname(os.path.abspath(spec))
+        return paths, [os.path.relpath(p, base) if p.startswith(base + os.sep) else p for p in paths]
+    if os.path.isdir(spec):
+        paths = sorted(os.path.join(root, name) for root, _, names in os.walk(spec) for name in names
+                       if name.lower().endswith(IMAGE_SUFFIXES))
+        if not paths:
+            raise UsageError(f"--source {spec}: the folder holds no images ({', '.join(IMAGE_SUFFIXES[:-1])})")
+        return paths, [os.path.relpath(p, spec) for p in paths]
+    if not glob.has_magic(spec):
+        raise UsageError(f"--source {spec}: no such file or folder")
+    paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    if not paths:
+        raise UsageError(f"--source {spec}: the pattern matches no files")
+    fixed = spec[:min((spec.find(c) for c in "*?[" if c in spec))]
+    base = fixed if fixed.endswith(os.sep) else os.path.dirname(fixed)
+    return paths, [os.path.relpath(p, base or ".") for p in paths]
+
+
+def check_output_file(flag: str, path: str) -> None:
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {os.path.join(path, 'ranked.tsv')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {folder} is not writable")
+
+
+def check_output_folder(flag: str, path: str, exist_ok: bool) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a file; give a folder")
+    if os.path.isdir(path) and os.listdir(path) and not exist_ok:
+        raise UsageError(f"{flag} {path} is not empty; choose a new folder or add --exist-ok to replace it")
+    parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path.rstrip(os.sep)))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: {parent} does not exist or is not writable")
+
+
+def check_weights(args, needs_model: bool) -> None:
+    if not needs_model:
+        if args.weights:
+            log.warning("--model %s is not used: this algorithm needs no model", args.weights)
+        return
+    if not args.weights:
+        raise UsageError("--model is required: give a weights file (.pt or .onnx)")
+    if not os.path.isfile(args.weights):
+        hint = (" (weights are never downloaded: give the path of a local file, e.g. "
+                "../shared/weights/yolov8n.pt)") if os.sep not in args.weights else ""
+        raise UsageError(f"--model {args.weights}: no such file{hint}")
+
+
+def gpu_id_of(device: str) -> str:
+    """--device as config gpu_id: cpu → '', cuda:0 → 0, 0,1 as it is."""
+    return "" if device.strip().lower() == "cpu" else device.lower().replace("cuda:", "")
+
+
+def config_of(args) -> dict:
+    """The flags as config keys (templates give every default, as in platform mode), checked: a bad value
+    names the flag."""
+    from executor.errors import ConfigError
+    from executor.protocol.settings import build_settings
+
+    device = None if args.gpu_id is None else gpu_id_of(args.gpu_id)
+    named = {"img_size": args.img_size, "batch_size_per_gpu": args.batch_size, "gpu_id": device,
+             "conf_thres": args.conf_thres, "iou_thres": args.iou_thres, "num_workers_per_gpu": args.workers,
+             "backend": args.backend, "seed": getattr(args, "seed", None), "cpu_processes": args.nproc,
+             "cpu_threads": args.threads, "mining_algorithm": getattr(args, "algorithm", None),
+             "selection": getattr(args, "selection", None), "dedup_similarity": getattr(args, "dedup_similarity", None),
+             "diverse_pool": getattr(args, "diverse_pool", None),
+             "diversity_weight": getattr(args, "diversity_weight", None),
+             "class_balance": getattr(args, "class_balance", None), "report_top_n": getattr(args, "report_top_n", None),
+             "report": False if getattr(args, "no_report", False) else None,
+             "model_params_path": [os.path.abspath(args.weights)] if args.weights else None}
+    config = {k: v for k, v in named.items() if v is not None}
+    tasks = requested_tasks(args)
+    config.update(set_values(args.set, tasks))
+    for task in tasks:
+        try:
+            build_settings(task, config)
+        except ConfigError as exc:
+            message = str(exc)
+            for key, flag in FLAG_OF.items():
+                message = message.replace(f"config key '{key}'", flag)
+            raise UsageError(message) from None
+    return config
+
+
+def check_label_folder(flag: str, path: str) -> None:
+    """--format yolo writes a folder of label files: a name like x.json asks for a file."""
+    stem, suffix = os.path.splitext(path)  # a trailing / says "a folder": no suffix
+    if suffix.lower() in FILE_SUFFIXES and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: --format yolo writes a folder of label files (one .txt per image); give a "
+                         f"folder, e.g. {stem}/, or --format coco for one file")
+    check_output_folder(flag, path, True)
+
+
+def check_yolo_boxes(config: dict) -> None:
+    from executor.protocol.settings import build_settings
+    from executor.shared import SEGMENTATION
+
+    if build_settings("infer", config).object_type == SEGMENTATION:
+        raise UsageError("--format yolo writes boxes; a segmentation model's masks are written with --format ymir "
+                         "or coco (the COCO result with RLE masks)")
+
+
+def check_mine(args, pool: int, config: dict) -> None:
+    if args.topk is not None and not 1 <= args.topk <= pool:
+        raise UsageError(f"--topk {args.topk}: choose a number from 1 to {pool} (the images found)")
+    if args.select_dir and args.topk is None:
+        raise UsageError("--select-dir needs --topk (how many images to select)")
+    if args.link and not args.select_dir:
+        raise UsageError("--link needs --select-dir")
+    if args.exist_ok and not args.select_dir:
+        raise UsageError("--exist-ok needs --select-dir")
+    if args.select_dir:
+        check_output_folder("--select-dir", args.select_dir, args.exist_ok)
+    if args.infer_out:
+        if args.format == "yolo":
+            check_yolo_boxes(config)
+        check_output_file("--infer-out", args.infer_out) if args.format != "yolo" else \
+            check_label_folder("--infer-out", args.infer_out)
+        if os.path.abspath(args.infer_out) == os.path.abspath(args.out):
+            raise UsageError("--infer-out and --out name the same file")
+    diverse = config.get("selection") == "diverse"
+    for flag, given in (("--labeled", args.labeled), ("--raw-scores", args.raw_scores),
+                        ("--dedup-similarity", args.dedup_similarity), ("--diverse-pool", args.diverse_pool),
+                        ("--diversity-weight", args.diversity_weight), ("--class-balance", args.class_balance)):
+        if given is not None and not diverse:
+            raise UsageError(f"{flag} needs --selection diverse")
+    if args.report and args.no_report:
+        raise UsageError("--report and --no-report contradict each other")
+    for flag, path in (("--report", args.report), ("--raw-scores", args.raw_scores)):
+        if path:
+            check_output_file(flag, path)
+
+
+# ---------------------------------------------------------------- running
+
+def progress_bar(total: int):
+    """A tqdm bar drawn from the first image on (not while the model loads); `.close()` ends it early."""
+    from tqdm import tqdm
+
+    state = {"bar": None}
+
+    def progress(fraction: float) -> None:
+        done = round(fraction * total)
+        if state["bar"] is None:
+            if done <= 0:
+                return
+            state["bar"] = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr)
+        bar = state["bar"]
+        bar.update(done - bar.n)
+        if bar.n >= total:
+            bar.close()
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    progress.close = close
+    return progress
+
+
+@contextlib.contextmanager
+def model_family(weights: str | None):
+    """The templates of the model's own family while the command runs (a -seg checkpoint or export is a
+    segmentation model: segmentation defaults, masks in the infer result); worker processes inherit them. Without
+    a readable model (random mining, or an error the loader will report), the active templates stay."""
+    from executor.engine.loading import model_task
+    from executor.protocol.templates import TEMPLATES_VAR, family_templates
+    from executor.shared import OBJECT_TYPE_OF_TASK
+
+    task = model_task(weights) if weights and os.path.isfile(weights) else None
+    if task not in OBJECT_TYPE_OF_TASK:
+        yield
+        return
+    before = os.environ.get(TEMPLATES_VAR)
+    os.environ[TEMPLATES_VAR] = family_templates(OBJECT_TYPE_OF_TASK[task])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TEMPLATES_VAR, None)
+        else:
+            os.environ[TEMPLATES_VAR] = before
+
+
+def run(args) -> int:
+    """A local mine or infer command, with the templates of its model's family; returns the exit status."""
+    from executor.errors import ConfigError
+
+    weights = getattr(args, "weights", None)
+    with contextlib.ExitStack() as family:
+        try:
+            family.enter_context(model_family(weights))
+        except ConfigError as exc:  # e.g. an installation without this family's templates
+            log.error("--model %s: %s", weights, exc)
+            return 1
+        return run_in_family(args)
+
+
+def run_in_family(args) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from executor.errors import Interrupted, one_line
+
+    try:
+        paths, names = list_images(args.images)
+        if args.command == "make-in":
+            from executor.cli.make_in import make_in
+
+            make_in(args, paths, names)
+            return 0
+        from executor.protocol.settings import build_settings
+        from mining import SCORERS
+
+        config = config_of(args)
+        algorithm = build_settings("mining", config).mining_algorithm if args.command == "mine" else ""
+        check_weights(args, args.command == "infer" or SCORERS[algorithm].needs_model)
+        if args.command == "mine":
+            check_output_file("--out", args.out)
+            check_mine(args, len(paths), config)
+        elif args.format == "yolo":
+            check_yolo_boxes(config)
+            check_label_folder("--out", args.out)
+        else:
+            check_output_file("--out", args.out)
+    except UsageError as exc:
+        print(f"quarry {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # e.g. an unreadable list file
+        log.error("%s", one_line(exc))
+        return 1
+    shards = f"{args.out.rstrip(os.sep)}.shards"
+    progress = progress_bar(len(paths))
+    try:
+        with logging_redirect_tqdm():
+            return run_task(args, config, paths, names, shards, progress)
+    except Interrupted as exc:  # while scoring or merging: what the shards folder keeps
+        progress.close()  # now, not at exit: the message stays the last line
+        print(f"\n{exc}" + ("; run the same command again to resume" if exc.kept else ""), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        progress.close()
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        log.error("%s", one_line(exc))
+        log.debug("traceback", exc_info=True)
+        return 1
+
+
+def run_task(args, config: dict, paths: list[str], names: list[str], shards: str, progress) -> int:
+    from executor.cli.formats import write_detections
+    from executor.pipeline.job import Job
+    from executor.pipeline.passes import Models
+    from executor.pipeline.tasks import model_class_names, run as run_tasks
+    from executor.pipeline.workers import clear
+    from executor.protocol.settings import build_settings
+    from executor.runtime import outer_ranks
+    from executor.shared import SEGMENTATION
+
+    tasks = requested_tasks(args)
+    detections = args.infer_out if args.command == "mine" else args.out
+    # a segmentation model's infer result is already the COCO result: --format coco is that file
+    segmentation = build_settings("infer", config).object_type == SEGMENTATION
+    rewrite = detections and args.format != "ymir" and not segmentation
+    raw_infer = os.path.join(shards, "detections.json") if rewrite else detections
+    mining = args.command == "mine"
+    stem = os.path.splitext(args.out)[0]
+    labeled = tuple(list_images(args.labeled)[0]) if mining and args.labeled else ()
+    job = Job(candidates=paths, names=names, mining_result=args.out if mining else "",
+              infer_result=raw_infer or "", shards_dir=shards, labeled=labeled, outer=outer_ranks(),
+              keep_shards=mining and not args.drop_shards,
+              report_html=(args.report or f"{stem}.report.html") if mining else "",
+              mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",
+              infer_unreadable_none=bool(rewrite),
+              selected=(args.topk or 0) if mining else 0)
+    from executor.runtime import cpu_threads
+
+    settings = build_settings(tasks[0], config)
+    log.info("%s: %d images from %s (batch %d, img_size %d, %s)", " + ".join(tasks), len(paths), args.images,
+             settings.batch_size_per_gpu, settings.img_size,
+             f"GPU {settings.gpu_id}" if settings.gpu_id else f"CPU, {cpu_threads(settings.cpu_threads)} threads"
+             + (f" in {settings.cpu_processes} processes" if settings.cpu_processes > 1 else ""))
+    models = Models()
+    results = run_tasks(tasks, job, config, progress, models)
+    if all(value is None for value in results.values()):
+        return 0  # a rank of a torchrun job that leaves the merge to rank 0
+    if rewrite:
+        try:
+            write_detections(raw_infer, detections, args.format, dict(zip(names, paths)),
+                             model_class_names(job, config, models))
+        finally:
+            os.unlink(raw_infer)
+            clear(shards)
+    if args.command == "mine":
+        log.info("wrote %s (%d images, best first)", args.out, len(paths))
+        if job.keep_shards:
+            log.info("the scores stay in %s: the same command with other selection or report flags re-selects "
+                     "without scoring again (--drop-shards removes them)", shards)
+        if args.topk:
+            write_selection(top_paths(args.out, args.topk), args)
+    if detections:
+        log.info("wrote the detections to %s (%s)", detections, args.format)
+    return 0
+
+
+def top_paths(ranking_file: str, count: int) -> list[str]:
+    """The first `count` paths of the ranking, absolute: the top-K list is a --source wherever it lies."""
+    with open(ranking_file, encoding="utf-8") as handle:
+        return [os.path.abspath(line.split("\t")[0]) for line, _ in zip(handle, range(count))]
+
+
+def write_selection(paths: list[str], args) -> None:
+    """The top-k list next to --out, and optionally the images themselves in --select-dir (a fresh folder)."""
+    from executor.protocol.writers import atomic_write_text
+
+    topk_file = os.path.splitext(args.out)[0] + f".top{len(paths)}.txt"
+    atomic_write_text(topk_file, "".join(p + "\n" for p in paths))
+    log.info("wrote the %d selected images to %s", len(paths), topk_file)
+    if args.select_dir:
+        if os.path.isdir(args.select_dir):
+            shutil.rmtree(args.select_dir)  # empty, or --exist-ok: checked before the run
+        os.makedirs(args.select_dir)
+        for rank, path in enumerate(paths, 1):
+            target = os.path.join(args.select_dir, f"{rank:05d}_{os.path.basename(path)}")
+            if args.link:
+                os.symlink(os.path.abspath(path), target)
+            else:
+                shutil.copy2(path, target)
+        log.info("%s the selected images into %s", "linked" if args.link else "copied", args.select_dir)

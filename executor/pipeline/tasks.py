@@ -1,0 +1,139 @@
+"""The tasks behind one registry: platform mode and the local CLI both call `run` with plain arguments.
+
+Mining is score → gather → select → write → report: workers score shards of the candidate list
+(executor/pipeline/scoring.py, shards.py, workers.py), each shard written when done, with a side file of what
+selection and the report need (embeddings, predicted boxes) taken from the same forward; the gather is a streamed
+merge of the shards, checked; `selection: diverse` reorders it (mining/selection.py, on the shortlist's
+embeddings only); the result is written once, atomically; then the report (executor/report/), whose failure
+never fails the task. Inference is the same with the detector's boxes as records.
+"""
+
+import datetime
+import logging
+import time
+from typing import Mapping, Sequence
+
+from executor.pipeline.job import Job, result_names
+from executor.pipeline.passes import Models, weights_for
+from executor.pipeline.ranking import MiningContext, write_mining  # gather → select → write → report
+from executor.pipeline.scoring import interrupted, score_shards, shards_folder, with_shard_size
+from executor.pipeline.shards import ShardStore, named_records
+from executor.pipeline.workers import clear
+from executor.protocol.monitor import Progress, span
+from executor.protocol.settings import build_settings
+from executor.protocol.writers import write_infer_result, write_instances_result
+from executor.shared import SEGMENTATION
+from mining import SCORERS
+
+log = logging.getLogger(__name__)
+
+
+def one_pass(job: Job, config: Mapping) -> bool:
+    """Mining and infer can share one pass over the images: the same network input, and the same model
+    whenever mining uses one."""
+    mining, infer = build_settings("mining", config), build_settings("infer", config)
+    if (mining.img_size, mining.batch_size_per_gpu, mining.shard_size) != (infer.img_size, infer.batch_size_per_gpu,
+                                                                           infer.shard_size):
+        return False
+    if not SCORERS[mining.mining_algorithm].needs_model:
+        return True
+    return weights_for(mining, job.models_dir) == weights_for(infer, job.models_dir) and \
+        mining.backend == infer.backend
+
+
+# ---------------------------------------------------------------- the tasks
+
+def write_infer(job: Job, store: ShardStore, count: int, context) -> str:
+    """infer-result.json: ymir's detection form, or for a segmentation model the COCO result (ymir-protocol §5.4)
+    whose categories are the model's classes (the model is already loaded unless other processes scored)."""
+    names = result_names(job)
+    if build_settings("infer", context.config).object_type == SEGMENTATION:
+        write_instances_result(job.infer_result, lambda: named_records(store, count, names),
+                               model_class_names(job, context.config, context.models))
+    else:
+        write_infer_result(job.infer_result, named_records(store, count, names, job.infer_unreadable_none),
+                           job.infer_list_key)
+    return job.infer_result
+
+
+def model_class_names(job: Job, config: Mapping, models: Models) -> list[str]:
+    """The infer model's class names in model order (config class_names when given), from the model loaded for
+    the run (loaded here when other processes scored)."""
+    return list(models.detector(build_settings("infer", config), job.models_dir).names)
+
+
+def scan(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, models: Models) -> dict:
+    """One pass over the candidates for `tasks` (mining and/or infer): shards, then each result written."""
+    if "infer" in tasks:
+        result_names(job)  # a name clash fails before any image is read
+    start = time.monotonic()
+    started_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    config = with_shard_size(tasks[0], job, config)
+    try:
+        merged = score_shards(tasks, job, config, progress, models)
+    except BaseException:
+        clear(shards_folder(job))  # finished shards stay for a rerun; a folder left empty goes
+        raise
+    if merged is None:
+        return {task: None for task in tasks}
+    stores, shards, scored = merged
+    count = len(shards)
+    context = MiningContext(config, models, start, started_at)
+    writers = {"mining": write_mining, "infer": write_infer}
+    try:
+        written = {task: writers[task](job, stores[task], count, context) for task in tasks}
+    except KeyboardInterrupt:
+        raise interrupted(stores, shards) from None
+    if not job.keep_shards:
+        for store in stores.values():
+            store.remove(count)
+    clear(shards_folder(job))
+    log.info("%s", throughput(tasks, len(job.candidates), scored, time.monotonic() - start))
+    return written
+
+
+def throughput(tasks: Sequence[str], total: int, scored: int, seconds: float) -> str:
+    """The line that ends a run: its rate counts the images this run scored, not shards reused from an earlier
+    run."""
+    reused = total - scored
+    return (f"{' + '.join(tasks)} of {total} images in {seconds:.1f} s ({scored / max(seconds, 1e-9):.1f} images/s"
+            + (f": {scored} scored in this run, {reused} reused from an earlier run's shards)" if reused else ")"))
+
+
+def mine(job: Job, config: Mapping, progress: Progress, models: Models) -> str | None:
+    """Score every candidate, write result.tsv (best first); returns its path (None on a non-merging rank)."""
+    return scan(["mining"], job, config, progress, models)["mining"]
+
+
+def infer(job: Job, config: Mapping, progress: Progress, models: Models) -> str | None:
+    """Boxes of every candidate (unreadable: none), written to infer-result.json in index order."""
+    return scan(["infer"], job, config, progress, models)["infer"]
+
+
+def train(job: Job, config: Mapping, progress: Progress, models: Models) -> None:
+    from executor.pipeline.training import run_training  # imports Ultralytics' trainer: only when training
+
+    run_training(job, build_settings("training", config), progress)
+
+
+TASKS = {"training": train, "mining": mine, "infer": infer}
+
+
+def run(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress = lambda fraction: None,
+        models: Models | None = None) -> dict:
+    """Run `tasks` (names of TASKS, in order) on one job; each gets an equal share of the progress range, but
+    mining and infer share one pass over the images whenever they can. Returns each task's result by name.
+    `models`: where the run keeps the models it loads (a caller's, to ask them afterwards)."""
+    unknown = [name for name in tasks if name not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown tasks {unknown}; expected some of {', '.join(TASKS)}")
+    models = models if models is not None else Models()
+    if list(tasks) == ["mining", "infer"] and one_pass(job, config):
+        results = scan(tasks, job, config, progress, models)
+    else:
+        results = {}
+        for number, name in enumerate(tasks):
+            lo, hi = number / len(tasks), (number + 1) / len(tasks)
+            results[name] = TASKS[name](job, config, span(progress, lo, hi), models)
+    progress(1.0)
+    return results

@@ -1,0 +1,391 @@
+"""Training: settings → dataset (read, validated, exported as YOLO) → Ultralytics training with our hooks →
+our own evaluation → model stages in result.yaml, best weights exported to ONNX. Wiring only.
+
+Progress: 0-5 % dataset, 5-90 % epochs (and batches), 90-100 % final evaluation and export.
+Stages: `best` (Ultralytics' best.pt) and, unless save_best_only, `epoch_<k>` every save_period epochs
+(at most 10 kept). result.yaml is rewritten after every saved stage, so a crash leaves a usable package.
+The family is settings.object_type (the image's manifest): 2 detection, 4 instance segmentation (seg-coco masks,
+a segmentation model, maskAP from executor/engine/seg_eval.py next to the box metrics).
+"""
+import json
+import logging
+import os
+import shlex
+import shutil
+import time
+from typing import Sequence
+
+import torch
+import yaml
+
+from executor.engine import trainer
+from executor.engine.evaluation import VAL_IOU, VAL_MAX_DET, Metrics, evaluate
+from executor.engine.loading import export_onnx, load_detector
+from executor.errors import ConfigError, ModelError
+from executor.protocol.dataset import export_yolo, read_dataset, summary
+from executor.protocol.env import resolve_weights
+from executor.protocol.monitor import Progress, span
+from executor.protocol.settings import Settings
+from executor.protocol.writers import atomic_write_text, write_training_result
+from executor.shared import DETECTION, FAMILIES, SEGMENTATION
+from executor.shared import Sample
+
+log = logging.getLogger(__name__)
+PREPARE, TRAIN = (0.0, 0.05), (0.05, 0.90)
+FINISH = (TRAIN[1], 1.0)
+MAX_STAGES = 11  # the SDK keeps the best stage and the 10 most recent ones
+BEST = "best"
+
+
+# ---------------------------------------------------------------- weights and arguments
+
+def bundled_weights(model_name: str, dirs: Sequence[str]) -> str | None:
+    """`<model>.pt` in the first directory that has it."""
+    stem = os.path.splitext(os.path.basename(model_name.strip()))[0]
+    for folder in dirs:
+        path = os.path.join(folder, f"{stem}.pt")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def object_type(settings: Settings) -> int:
+    return settings.get("object_type") or DETECTION
+
+
+def train_task(settings: Settings) -> str:
+    """The Ultralytics task the image's family trains ('detect', 'segment')."""
+    return trainer.TASK_OF_OBJECT_TYPE[object_type(settings)]
+
+
+def choose_weights(settings: Settings, models_dir: str, dirs: Sequence[str]) -> str:
+    """pretrained_model_params, else the bundled weights of `model`, else (segmentation) the bundled weights of
+    its detection counterpart (yolov8n-seg → yolov8n.pt, whose matching tensors the adapter transfers), else its
+    YAML (from scratch). Never a name that Ultralytics would download."""
+    pretrained = settings.get("pretrained_model_params") or ()
+    if pretrained:
+        path = resolve_weights(tuple(pretrained), models_dir, (".pt",))
+        log.info("training starts from pretrained_model_params: %s", path)
+        return path
+    model_yaml = trainer.model_yaml(settings.model, train_task(settings))
+    path = bundled_weights(settings.model, dirs)
+    if path:
+        log.info("training starts from the bundled weights of %s: %s", settings.model, path)
+        return path
+    if train_task(settings) == "segment":
+        stem = os.path.splitext(os.path.basename(model_yaml))[0]
+        detection = bundled_weights(stem[:-len("-seg")], dirs) if stem.endswith("-seg") else None
+        if detection:
+            log.info("training starts from %s, seeded with the bundled detection weights %s", stem, detection)
+            return detection
+    log.warning("no weights for model %s (no pretrained_model_params, no bundled weights in %s): "
+                "training from scratch (%s)", settings.model, os.pathsep.join(dirs) or "''", model_yaml)
+    return model_yaml
+
+
+def parse_args_options(text: str) -> dict:
+    """'mosaic=0.5 close_mosaic=0 --fliplr=0.2 --rect' → {mosaic: 0.5, close_mosaic: 0, fliplr: 0.2, rect: True}.
+    Values are YAML scalars or flow lists (safe_load: never evaluated as code); 'none' / 'null' → None."""
+    try:
+        tokens = shlex.split(text or "")
+    except ValueError as exc:
+        raise ConfigError(f"config key 'args_options': {exc}") from None
+    args = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        bare = key.startswith("-") and not sep
+        key = key.lstrip("-").replace("-", "_").strip()
+        if not key or not key.isidentifier() or (not sep and not bare):
+            raise ConfigError(f"config key 'args_options': {token!r} is not key=value")
+        if bare:
+            parsed = True
+        elif value.strip().lower() in ("none", "null", ""):
+            parsed = None
+        else:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"config key 'args_options': cannot read the value of {token!r}") from None
+            if isinstance(parsed, dict):
+                raise ConfigError(f"config key 'args_options': {token!r}: mappings are not allowed")
+        if key in args:
+            log.warning("args_options sets '%s' twice; the last value is used", key)
+        args[key] = parsed
+    return args
+
+
+# ---------------------------------------------------------------- stages and result.yaml
+
+class StageBook:
+    """The model stages of this run; result.yaml (and a JSON copy of the book) rewritten after each change.
+
+    The files of the best stage are also hard-linked into models_dir itself: the legacy result form needs
+    them there, and tools that list models_dir's top level (the ymir verifier's tmi) find the weights."""
+
+    def __init__(self, models_dir: str, result_file: str, multi_stage: bool, evaluate_config: dict, state_file: str,
+                 object_type: int = DETECTION):
+        self.models_dir, self.result_file, self.state_file = models_dir, result_file, state_file
+        self.multi_stage, self.evaluate_config = multi_stage, evaluate_config
+        self.object_type = object_type
+        self.stages: dict[str, dict] = {}
+        self.attachments: dict[str, list[str]] = {}
+        self.root_files: list[str] = []
+
+    def stage_path(self, stage: str, file: str) -> str:
+        return os.path.join(self.models_dir, stage, file)
+
+    def attachment_path(self, section: str, file: str) -> str:
+        return os.path.join(self.models_dir, "attachments", section, file)
+
+    def add(self, stage: str, files: list[str], metrics: dict) -> None:
+        self.stages.pop(stage, None)  # re-added stages count as the newest
+        self.stages[stage] = {"files": list(files), "timestamp": int(time.time()), **metrics}
+        while len(self.stages) > MAX_STAGES:
+            oldest = min((n for n in self.stages if n != BEST), key=lambda n: self.stages[n]["timestamp"])
+            del self.stages[oldest]
+            shutil.rmtree(os.path.join(self.models_dir, oldest), ignore_errors=True)
+        self.write()
+
+    def attach(self, section: str, files: list[str]) -> None:
+        self.attachments[section] = list(files)
+        self.write()
+
+    def best_stage_name(self) -> str:
+        """The SDK's rule: highest maskAP when the stages have one (segmentation), else highest mAP; the newest
+        on ties."""
+        order = {name: i for i, name in enumerate(self.stages)}  # within one second, the later addition
+
+        def metric(name: str) -> float:
+            stage = self.stages[name]
+            return stage["maskAP"] if stage.get("maskAP") is not None else stage["mAP"]
+
+        return max(self.stages, key=lambda n: (metric(n), self.stages[n]["timestamp"], order[n]))
+
+    def _link_root(self, sources: list[str]) -> list[str]:
+        names = []
+        for source in sources:
+            name = os.path.basename(source)
+            target, tmp = os.path.join(self.models_dir, name), os.path.join(self.models_dir, f".{name}.link")
+            names.append(name)
+            if os.path.exists(target) and os.path.samefile(source, target):
+                continue  # (rename onto another link of the same file would do nothing)
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        for stale in set(self.root_files) - set(names):
+            if os.path.exists(os.path.join(self.models_dir, stale)):
+                os.unlink(os.path.join(self.models_dir, stale))
+        self.root_files = names
+        return names
+
+    def write(self) -> None:
+        if not self.stages:
+            return
+        best = self.best_stage_name()
+        sources = [self.stage_path(best, f) for f in self.stages[best]["files"]]
+        sources += [self.attachment_path(s, f) for s, files in self.attachments.items() for f in files]
+        legacy = self._link_root([p for p in sources if os.path.isfile(p)])
+        write_training_result(self.result_file, self.stages, best, self.multi_stage, self.evaluate_config,
+                              self.attachments, legacy, object_type=self.object_type)
+        atomic_write_text(self.state_file, json.dumps({"stages": self.stages, "attachments": self.attachments,
+                                                       "root_files": self.root_files}))
+
+    def reload(self) -> None:
+        """The book as last written (DDP workers write it in another process)."""
+        if os.path.isfile(self.state_file):
+            with open(self.state_file, encoding="utf-8") as handle:
+                state = json.load(handle)
+            self.stages, self.attachments = state["stages"], state["attachments"]
+            self.root_files = state["root_files"]
+
+
+# ---------------------------------------------------------------- hooks called during training
+
+class TrainingHooks:
+    """Progress, tensorboard scalars and stage saving, called by the adapter's trainer bridge (rank 0)."""
+
+    def __init__(self, progress: Progress, tensorboard_dir: str, book: StageBook, evaluator: "Evaluator",
+                 save_period: int, save_best_only: bool):
+        self.progress, self.tensorboard_dir, self.book, self.evaluator = progress, tensorboard_dir, book, evaluator
+        self.save_period = save_period if not save_best_only else 0
+        self._writer = None
+        self._last_fraction = -1.0
+        self.ultralytics_best: dict = {}  # Ultralytics' own validation of best.pt (not seen here under DDP)
+
+    def __getstate__(self):  # pickled for DDP workers: no open event file
+        return {**self.__dict__, "_writer": None}
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=self.tensorboard_dir)
+        return self._writer
+
+    def scalars(self, values: dict, step: int, prefix: str = "") -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(prefix + tag, float(value), step)
+        self.writer.flush()
+
+    def text(self, tag: str, value: str) -> None:
+        self.writer.add_text(tag, value, 0)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def on_batch(self, epoch: int, epochs: int, fraction: float) -> None:
+        done = (epoch - 1 + fraction) / max(1, epochs)
+        if done - self._last_fraction >= 0.005:  # about 200 updates per run at most
+            self._last_fraction = done
+            self.progress(done)
+
+    def on_epoch(self, report: trainer.EpochReport) -> None:
+        self.progress(report.epoch / max(1, report.epochs))
+        self.scalars(report.scalars, report.epoch)
+        log.info("epoch %d/%d: %s", report.epoch, report.epochs,
+                 ", ".join(f"{k} {v:.4g}" for k, v in report.scalars.items() if not k.startswith("lr/")))
+        if report.best_improved:  # provisional: Ultralytics' val mAP until our evaluation at the end
+            trainer.export_weights(report.best, self.book.stage_path(BEST, "best.pt"))
+            provisional = {"mAP": report.map50 or 0.0}
+            if self.book.object_type == SEGMENTATION:
+                provisional.update(maskAP=report.mask_map50 or 0.0, boxAP=report.map50 or 0.0)
+            self.book.add(BEST, ["best.pt"], provisional)
+        if self.save_period > 0 and report.epoch % self.save_period == 0:
+            stage = f"epoch_{report.epoch}"
+            weights = self.book.stage_path(stage, f"{stage}.pt")
+            trainer.export_weights(report.last, weights)
+            metrics = self.evaluator(weights)
+            self.book.add(stage, [f"{stage}.pt"], metrics.stage_fields())
+            self.scalars(eval_scalars(metrics), report.epoch, prefix="eval/")
+            log.info("stage %s: %s", stage, describe(metrics))
+
+    def on_final(self, scalars: dict) -> None:
+        self.ultralytics_best = scalars
+        log.info("Ultralytics' validation of best.pt: %s",
+                 ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith("metrics/")))
+
+
+def eval_scalars(metrics: Metrics) -> dict:
+    """Tensorboard scalars of our metrics (under eval/ for epoch stages, best/ for the final best stage)."""
+    values = {"mAP50": metrics.mAP, "mAR50": metrics.mAR}
+    if metrics.maskAP is not None:
+        values.update(maskAP50=metrics.maskAP)
+    return values
+
+
+def describe(metrics: Metrics) -> str:
+    text = f"mAP@0.5 {metrics.mAP:.4f}, mAR {metrics.mAR:.4f}"
+    return text if metrics.maskAP is None else f"maskAP@0.5 {metrics.maskAP:.4f}, box {text}"
+
+
+class Evaluator:
+    """Our metrics of a weights file on the val split (picklable: DDP workers evaluate epoch stages); with
+    `masks` (instance segmentation) mask and box metrics of a segmentation model (executor/engine/seg_eval.py)."""
+
+    def __init__(self, samples: list[Sample], class_names: list[str], settings: Settings, evaluate_config: dict,
+                 batch_size: int, masks: bool = False):
+        self.samples, self.class_names, self.img_size = samples, class_names, settings.img_size
+        self.gpu_id = settings.gpu_id.split(",")[0]
+        self.iou_thr, self.conf_thr = evaluate_config["iou_thr"], evaluate_config["conf_thr"]
+        self.batch_size = batch_size
+        self.masks = masks
+
+    def __call__(self, weights: str, progress: Progress = lambda f: None) -> Metrics:
+        threads = torch.get_num_threads()  # the detector takes every core; training resumes with its own count
+        try:
+            # the thresholds are the validator's (evaluation sets them); these only build the detector
+            detector = load_detector(weights, "torch", self.gpu_id, self.img_size, class_names=self.class_names,
+                                     conf_thres=self.conf_thr, iou_thres=VAL_IOU, max_det=VAL_MAX_DET,
+                                     task="segment" if self.masks else "detect")
+            if self.masks:
+                from executor.engine.seg_eval import evaluate_segmentation
+
+                return evaluate_segmentation(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size,
+                                             progress)
+            return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress)
+        finally:
+            torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- the task
+
+def run_training(job, settings: Settings, progress: Progress) -> None:
+    """Train on job.training_index / job.val_index; stages and result.yaml under job.models_out."""
+    class_names = list(settings.class_names)
+    evaluate_config = dict(settings.evaluate_config)
+    extra = trainer.check_train_args(parse_args_options(settings.args_options))
+    device = trainer.train_device(settings.gpu_id)
+    task = train_task(settings)
+    segmentation = task == "segment"
+    model_yaml = trainer.model_yaml(settings.model, task) if segmentation else None  # seeded from a detection .pt
+    source = choose_weights(settings, job.models_dir, job.weights_dirs)
+    log.info("this image trains %s models (object_type %d)", FAMILIES[object_type(settings)], object_type(settings))
+
+    span(progress, *PREPARE)(0.0)
+    train, val = read_dataset(job.training_index, job.val_index, class_names, settings.export_format,
+                              masks=segmentation)
+    data_yaml = export_yolo(os.path.join(job.work_dir, "yolo_dataset"), (train, val), class_names)
+    span(progress, *PREPARE)(1.0)
+
+    book = StageBook(job.models_out, job.training_result, job.multi_stage_result, evaluate_config,
+                     os.path.join(job.work_dir, "training-stages.json"), object_type(settings))
+    evaluator = Evaluator(val.samples, class_names, settings, evaluate_config,
+                          2 * settings.batch_size_per_gpu, masks=segmentation)  # as Ultralytics validates in training
+    hooks = TrainingHooks(span(progress, *TRAIN), job.tensorboard_dir, book, evaluator,
+                          settings.save_period, settings.save_best_only)
+    hooks.text("dataset", "\n\n".join(summary(s, class_names) for s in (train, val)))
+    args = trainer.train_args(settings, device, extra)
+    log.info("training %s for %d epochs: %s", source, settings.epochs, args)
+    started = time.monotonic()
+    try:
+        result = trainer.train_model(source, data_yaml, args, hooks, os.path.join(job.work_dir, "ultralytics", "train"),
+                                     task, model_yaml)
+        log.info("training took %.1f s", time.monotonic() - started)
+        book.reload()
+        finish(result, book, hooks, evaluator, settings, span(progress, *FINISH))
+    finally:
+        hooks.close()
+
+
+def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, evaluator: Evaluator,
+           settings: Settings, progress: Progress) -> None:
+    """The best stage with our metrics, its ONNX export as an attachment, result.yaml."""
+    checkpoint = result.best or result.last
+    if checkpoint is None:
+        raise ModelError(f"training wrote no weights under {result.run_dir}")
+    if result.best is None:
+        log.warning("Ultralytics saved no best.pt; the best stage uses the last weights")
+    best = book.stage_path(BEST, "best.pt")
+    trainer.export_weights(checkpoint, best)
+    metrics = evaluator(best, lambda f: progress(0.6 * f))
+    book.add(BEST, ["best.pt"], metrics.stage_fields())
+    best_scalars = {**eval_scalars(metrics), "mAP50_95": metrics.mAP50_95}
+    if metrics.maskAP is not None:
+        best_scalars["maskAP50_95"] = metrics.maskAP50_95
+        log.info("best stage: maskAP@0.5 %.4f, maskAP@[.5:.95] %.4f", metrics.maskAP, metrics.maskAP50_95)
+    hooks.scalars(best_scalars, 0, prefix="best/")
+    log.info("best stage: mAP@0.5 %.4f, mAR@0.5 %.4f, mAP@[.5:.95] %.4f, tp %d, fp %d, fn %d (iou %.2f, conf %.3f)",
+             metrics.mAP, metrics.mAR, metrics.mAP50_95, metrics.tp, metrics.fp, metrics.fn,
+             evaluator.iou_thr, evaluator.conf_thr)
+    if "metrics/mAP50" in hooks.ultralytics_best:
+        log.info("mAP@0.5 of best.pt on the val split: ours %.4f, Ultralytics val %.4f", metrics.mAP,
+                 hooks.ultralytics_best["metrics/mAP50"])
+    if metrics.maskAP is not None and "metrics/mask_mAP50" in hooks.ultralytics_best:
+        log.info("mask mAP@0.5 of best.pt on the val split: ours %.4f, Ultralytics val %.4f", metrics.maskAP,
+                 hooks.ultralytics_best["metrics/mask_mAP50"])
+    onnx = book.attachment_path("onnx", "best.onnx")
+    try:
+        export_onnx(best, onnx, settings.img_size, settings.opset)
+    except Exception:  # the package is complete without it; the failure is in the log with its traceback
+        log.exception("ONNX export of %s failed; the model package has no onnx attachment", best)
+    else:
+        book.attach("onnx", [os.path.basename(onnx)])
+    progress(1.0)

@@ -1,0 +1,1 @@
+"""The mining report: HTML page, JSON, TensorBoard view, and the drawing they share."""

@@ -1,0 +1,109 @@
+"""Does mining pay? An active-learning loop on a labelled pool, with Quarry's own training, evaluation and mining.
+
+    python start.py simulate --data DATA --weights W.pt --algorithms random,entropy \\
+        --initial 100 --budget 100 --rounds 3 --seeds 3 --epochs 5 --img-size 320 --out DIR
+
+Per seed, N0 pool images are drawn at random (the same N0 for every algorithm of that seed) and a model is
+trained on them from the starting weights (round 0, shared by the algorithms of the seed). Then, per algorithm,
+`rounds` times: mine the rest of the pool with the model of the previous round, reveal the labels of the top
+`budget`, train again from the starting weights on everything labelled so far, and evaluate mAP50 and mAP50-95
+on the fixed val split. So the curve of an algorithm has rounds + 1 points: N0, N0 + B, ..., N0 + rounds * B.
+
+Everything Quarry ships is used as it is: `executor.pipeline.training.run_training` trains, its `Evaluator` (our
+pycocotools evaluation, batched like Ultralytics' validator) measures, `executor.pipeline.tasks.run(["mining"])` ranks.
+The baseline `detections` (most boxes at conf_thres first) counts the boxes of Quarry's own infer task.
+
+Outputs in --out: simulation.json (plan + every round), simulation.csv (one row per round), simulation.md (the
+table), simulation.png (mAP against labelled images), and runs/ (per round: the train index, best.pt, the
+mining ranking). Every finished round is written atomically; a rerun with the same plan continues where a kill
+stopped it (rounds, seeds and algorithms may change between runs; the data, weights, N0, B and training
+settings may not).
+"""
+
+import argparse
+import logging
+import os
+
+from executor.errors import ConfigError, QuarryError, one_line
+from executor.simulate.plan import Plan, algorithm_names, parse_seeds, parse_sets
+from executor.simulate.state import Simulation
+from executor.simulate.summary import table
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- command line
+
+def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """`simulate` and its flags on an argparse subparsers object (start.py calls this); `common`: a parent parser
+    of flags every subcommand takes."""
+    cmd = subparsers.add_parser(
+        "simulate", parents=[common] if common else [],
+        help="active-learning loop on a labelled pool: does mining beat random on your data?",
+        description="Per algorithm and seed: N0 random images, then ROUNDS x (mine the rest of the pool with the "
+                    "last model, reveal the top BUDGET, retrain from --weights, evaluate on the val split). "
+                    "Writes simulation.{json,csv,md,png} to --out; a rerun continues a killed one.")
+    cmd.add_argument("--data", required=True, help="an Ultralytics data.yaml (train = the pool, val = the fixed val "
+                                                   "split, YOLO labels) or a folder with train-index.tsv and "
+                                                   "val-index.tsv (ymir index files) and names.txt")
+    cmd.add_argument("--weights", "--model", dest="weights", required=True,
+                     help="starting weights (.pt) of every training round")
+    cmd.add_argument("--algorithms", default="random,entropy",
+                     help=f"comma-separated, of {', '.join(algorithm_names())}; a mining algorithm may name a "
+                          "selection mode, e.g. entropy:diverse (default %(default)s)")
+    cmd.add_argument("--initial", type=int, required=True, help="N0: images labelled at random before round 1")
+    cmd.add_argument("--budget", type=int, required=True, help="B: images revealed per round")
+    cmd.add_argument("--rounds", type=int, default=3, help="mining rounds after round 0 (default %(default)s)")
+    cmd.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list such as 0,7 (default 3)")
+    cmd.add_argument("--epochs", type=int, help="training epochs per round (template default 100)")
+    cmd.add_argument("--img-size", "--imgsz", dest="img_size", type=int,
+                     help="training, evaluation and mining size (template default 640)")
+    cmd.add_argument("--batch", type=int, help="training batch, also the mining batch (template default 16)")
+    cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="any training/mining template key, e.g. --set lr0=0.005 --set gpu_id=0 "
+                          "--set class_names=bus,car,motorcycle,person,truck (renames the data's classes)")
+    cmd.add_argument("--train-val", type=int, default=0, metavar="N",
+                     help="val images the training itself validates on (Ultralytics' per-epoch val and best-epoch "
+                          "choice, result.yaml): the first N, default all; the reported mAP always uses the whole "
+                          "val split. With --set args_options=val=False (best = last epoch) a small N saves two "
+                          "val passes per round")
+    cmd.add_argument("--out", required=True, help="output folder (a rerun with the same plan continues)")
+    cmd.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return cmd
+
+
+def plan_from_args(args) -> Plan:
+    config = parse_sets(getattr(args, "set", None) or [])
+    for key, value in (("epochs", args.epochs), ("img_size", args.img_size), ("batch_size_per_gpu", args.batch)):
+        if value is not None:
+            config[key] = value
+    algorithms = tuple(dict.fromkeys(a.strip() for a in str(args.algorithms).split(",") if a.strip()))
+    return Plan(data=args.data, weights=args.weights, out=args.out, algorithms=algorithms, initial=args.initial,
+                budget=args.budget, rounds=args.rounds, seeds=parse_seeds(args.seeds), config=config,
+                train_val=getattr(args, "train_val", 0) or 0)
+
+
+def run_cli(args) -> int:
+    """start.py simulate: run the plan, print the table. Exit status 0, 2 for a bad flag or --set value (the
+    message names it), 1 for any other failure (bad data, weights, training), 130 when interrupted."""
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        plan = plan_from_args(args)
+        with logging_redirect_tqdm():
+            simulation = Simulation(plan, progress=not getattr(args, "no_progress", False))
+            summary = simulation.run()
+        print(table(summary), end="")
+        print(f"\nwrote {os.path.join(simulation.out, 'simulation.md')} (and .json, .csv, .png)")
+        return 0
+    except KeyboardInterrupt:
+        log.error("interrupted; the finished rounds are kept: rerun the same command to continue")
+        return 130
+    except ConfigError as exc:  # a flag or --set value (checked before anything runs): a usage error
+        log.error("%s", one_line(exc))
+        return 2
+    except Exception as exc:
+        log.error("%s", one_line(exc))
+        if not isinstance(exc, QuarryError):
+            log.debug("traceback", exc_info=True)
+        return 1

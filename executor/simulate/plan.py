@@ -1,0 +1,310 @@
+"""What a simulation runs: the plan (algorithms, seeds, rounds, budget, the config keys it owns) read from the
+command line, and the data: a YOLO dataset's pool and fixed val split, validated and converted to ymir's index.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from executor.errors import ConfigError, DatasetError, ModelError
+from executor.pipeline.shards import file_sha256
+from executor.protocol.writers import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+BASELINES = ("detections",)   # offered besides mining.SCORERS, not registered there
+# keys the simulation sets itself (the flag or source to use instead)
+OWNED_KEYS = {"pretrained_model_params": "--weights", "model_params_path": "--weights", "seed": "--seeds",
+              "mining_algorithm": "--algorithms"}
+NAMES_FILES = ("names.txt", "classes.txt", "labels.txt")
+
+
+def algorithm_names() -> list[str]:
+    from mining import SCORERS
+
+    return [*SCORERS, *BASELINES]
+
+
+# ---------------------------------------------------------------- the plan
+
+@dataclass(frozen=True)
+class Plan:
+    data: str                        # a data.yaml, or a folder with train-index.tsv and val-index.tsv
+    weights: str                     # the starting weights (.pt) of every training
+    out: str
+    algorithms: tuple[str, ...] = ("random", "entropy")
+    initial: int = 100               # N0
+    budget: int = 100                # B per round
+    rounds: int = 3                  # R mining rounds after round 0
+    seeds: tuple[int, ...] = (0,)
+    config: Mapping = field(default_factory=dict)  # template keys (training and mining), flags and --set
+    train_val: int = 0               # val images the training itself validates on (0 = all); mAP uses all
+
+    def check(self) -> None:
+        known = algorithm_names()
+        if not self.algorithms:
+            raise ConfigError("--algorithms: no algorithm given")
+        for spec in self.algorithms:
+            name, selection = split_algorithm(spec)
+            if name not in known:
+                raise ConfigError(f"--algorithms: unknown algorithm {name!r}; expected some of {', '.join(known)} "
+                                  "(a mining algorithm may name a selection mode: entropy:diverse)")
+            if selection and name in BASELINES:
+                raise ConfigError(f"--algorithms {spec!r}: the {name} baseline has no selection modes")
+            if selection:
+                from executor.protocol.settings import RULES
+
+                try:
+                    RULES["selection"]("selection", selection)
+                except ConfigError as exc:
+                    raise ConfigError(f"--algorithms {spec!r}: {exc}") from None
+        for flag, value, low in (("--initial", self.initial, 1), ("--budget", self.budget, 1),
+                                 ("--rounds", self.rounds, 1), ("--train-val", self.train_val, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{flag}: {value!r} is not allowed; expected an integer >= {low}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"--seeds: {self.seeds!r}: expected a count (3 = seeds 0, 1, 2) or distinct "
+                              "non-negative seeds such as 0,7")
+        for key, flag in OWNED_KEYS.items():
+            if key in self.config:
+                raise ConfigError(f"--set {key}: set by the simulation; use {flag}")
+        if not os.path.isfile(self.weights):
+            raise ModelError(f"--weights: file not found: {self.weights}")
+        if not self.weights.lower().endswith((".pt", ".pth")):
+            raise ModelError(f"--weights {self.weights}: training needs an Ultralytics .pt checkpoint")
+        if not self.out:
+            raise ConfigError("--out: no output folder given")
+
+    @property
+    def labelled_max(self) -> int:
+        return self.initial + self.rounds * self.budget
+
+
+def split_algorithm(spec: str) -> tuple[str, str]:
+    """'entropy' → ('entropy', ''); 'entropy:diverse' → ('entropy', 'diverse') (the mining key `selection`)."""
+    name, _, selection = spec.partition(":")
+    return name.strip(), selection.strip()
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'3' → (0, 1, 2); '0,7' → (0, 7)."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--seeds: {text!r} is not a count or a comma-separated list of seeds") from None
+    if len(parts) == 1 and "," not in str(text):
+        if numbers[0] < 1:
+            raise ConfigError(f"--seeds: {text!r}: the count must be at least 1")
+        return tuple(range(numbers[0]))
+    return tuple(numbers)
+
+
+def parse_sets(items: Sequence[str]) -> dict:
+    """--set KEY=VALUE (values read as YAML scalars/lists) for any template key; unknown keys are a ConfigError."""
+    import yaml
+
+    from executor.protocol.settings import close_keys
+    from executor.protocol.templates import load_template
+
+    known = set(load_template("training")) | set(load_template("mining")) | set(load_template("infer")) | \
+        {"gpu_id", "class_names", "evaluate_config"}
+    values = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in known:
+            close = close_keys(key, known)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"--set {key}: not a key of the training, mining or infer template{hint}")
+        try:
+            values[key] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: cannot read the value") from None
+        if key == "class_names" and isinstance(values[key], str):
+            values[key] = [n.strip() for n in values[key].split(",") if n.strip()]
+    return values
+
+
+# ---------------------------------------------------------------- the data
+
+@dataclass
+class Data:
+    pool: list[str]                 # usable pool images (absolute paths as indexed), sorted
+    annotation: dict[str, str]      # pool image → its annotation file (for the per-round train index)
+    val_index: str
+    val_samples: list               # executor.shared.Sample of the val split
+    class_names: list[str]
+    root: str                       # pool paths are recorded relative to this folder
+    left_out: dict[str, str]        # pool images not used, and why
+    fingerprint: str                # of every pool and val image with its boxes
+
+    def rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root)
+
+    def abs(self, rel: str) -> str:
+        """The pool path recorded as `rel` (exactly as the index lists it)."""
+        if not hasattr(self, "_by_rel"):
+            self._by_rel = {self.rel(p): p for p in self.pool}
+        return self._by_rel[rel]
+
+
+def read_names_file(folder: str) -> list[str]:
+    for name in NAMES_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                return [line.split("\t")[-1].strip() for line in handle if line.strip()]
+    return []
+
+
+def yaml_names(data: Mapping, where: str) -> list[str]:
+    names = data.get("names")
+    if isinstance(names, dict):
+        try:
+            order = sorted(names, key=int)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{where}: 'names' keys must be class indices 0, 1, ...") from None
+        if [int(k) for k in order] != list(range(len(order))):
+            raise DatasetError(f"{where}: 'names' must number the classes 0..{len(order) - 1} without gaps")
+        names = [names[k] for k in order]
+    if not isinstance(names, list) or not names:
+        raise DatasetError(f"{where}: 'names' must list the class names")
+    if data.get("nc") is not None and int(data["nc"]) != len(names):
+        log.warning("%s: nc %s but %d names; the names are used", where, data["nc"], len(names))
+    return [str(n) for n in names]
+
+
+def split_images(root: str, entry, where: str) -> list[str]:
+    """Image paths of a data.yaml split entry: folders (recursive), .txt lists, or a list of those."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    entries = entry if isinstance(entry, (list, tuple)) else [entry]
+    found: list[str] = []
+    for item in entries:
+        if not isinstance(item, str) or not item.strip():
+            raise DatasetError(f"{where}: {item!r} is not a folder or list file")
+        path = os.path.normpath(item if os.path.isabs(item) else os.path.join(root, item))
+        if os.path.isdir(path):
+            for folder, _, names in os.walk(path):
+                found += [os.path.join(folder, n) for n in names if n.rsplit(".", 1)[-1].lower() in IMG_FORMATS]
+        elif os.path.isfile(path) and path.lower().endswith(".txt"):
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    line = line.strip()
+                    if line:
+                        base = os.path.dirname(path) if line.startswith("./") else root
+                        found.append(os.path.normpath(line if os.path.isabs(line) else os.path.join(base, line)))
+        else:
+            raise DatasetError(f"{where}: {path} is neither a folder nor a .txt list of images")
+    if not found:
+        raise DatasetError(f"{where}: no images found in {', '.join(map(str, entries))}")
+    return sorted(set(found))
+
+
+def convert_yolo_split(images: Sequence[str], class_names: Sequence[str], folder: str, index_file: str,
+                       where: str) -> None:
+    """One data.yaml split as a ymir training index with ARK annotations (written under `folder`)."""
+    from ultralytics.data.utils import img2label_paths
+
+    from executor.protocol.dataset import probe_image, yolo_label_to_ark
+
+    labels = img2label_paths(list(images))
+    if not any(os.path.isfile(p) for p in labels):
+        raise DatasetError(f"{where}: no YOLO label files for its {len(images)} images (looked for e.g. "
+                           f"{labels[0]}: labels/ beside images/, one .txt per image)")
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for image, label in zip(images, labels):
+        stem = os.path.splitext(os.path.basename(image))[0]
+        target = os.path.join(folder, f"{hashlib.sha1(image.encode()).hexdigest()[:10]}_{stem}.txt")
+        probed = probe_image(image)
+        lines = []
+        if os.path.isfile(label) and not isinstance(probed, str):  # no label file: a negative image
+            lines = yolo_label_to_ark(label, probed[0], probed[1], class_names)
+        atomic_write_text(target, "".join(lines))  # unreadable images are skipped (and counted) when read
+        rows.append(f"{os.path.abspath(image)}\t{target}\n")
+    atomic_write_text(index_file, "".join(rows))
+
+
+def prepare_data(spec: str, out: str, config: Mapping) -> Data:
+    """The pool and the fixed val split from --data, validated by executor.protocol.dataset (and converted to ymir's
+    index + ARK form first when --data is a data.yaml)."""
+    from executor.protocol.dataset import read_dataset
+    from executor.protocol.index import read_training_index
+    from executor.protocol.yaml_file import read_yaml_mapping
+
+    spec = os.path.abspath(spec)
+    renamed = list(config.get("class_names") or [])
+    if os.path.isdir(spec):
+        train_index, val_index = (os.path.join(spec, f) for f in ("train-index.tsv", "val-index.tsv"))
+        missing = [p for p in (train_index, val_index) if not os.path.isfile(p)]
+        if missing:
+            raise DatasetError(f"--data {spec}: a data folder needs train-index.tsv and val-index.tsv "
+                               f"(missing {', '.join(missing)}); or pass a data.yaml")
+        class_names = renamed or read_names_file(spec)
+        if not class_names:
+            raise ConfigError(f"--data {spec}: no class names: add {NAMES_FILES[0]} (one name per line) or "
+                              "--set class_names=a,b,c")
+        root = spec
+    elif os.path.isfile(spec) and spec.lower().endswith((".yaml", ".yml")):
+        data = read_yaml_mapping(spec, "--data")
+        where = f"--data {spec}"
+        class_names = yaml_names(data, where)
+        if renamed:
+            if len(renamed) != len(class_names):
+                raise ConfigError(f"--set class_names: {len(renamed)} names, but {spec} has {len(class_names)} "
+                                  "classes; class_names may only rename them")
+            class_names = [str(n) for n in renamed]
+        base = os.path.dirname(spec)
+        root = os.path.normpath(os.path.join(base, str(data["path"]))) if data.get("path") else base
+        for key in ("train", "val"):
+            if not data.get(key):
+                raise DatasetError(f"{where}: key '{key}' is missing (the {'pool' if key == 'train' else 'val split'})")
+        folder = os.path.join(out, "dataset")
+        train_index, val_index = os.path.join(folder, "train-index.tsv"), os.path.join(folder, "val-index.tsv")
+        for key, index in (("train", train_index), ("val", val_index)):
+            images = split_images(root, data[key], f"{where} key '{key}'")
+            convert_yolo_split(images, class_names, os.path.join(folder, "annotations", key), index,
+                               f"{where} key '{key}'")
+        atomic_write_text(os.path.join(folder, "names.txt"), "".join(f"{n}\n" for n in class_names))
+    else:
+        raise ConfigError(f"--data {spec}: expected a data.yaml or a folder with train-index.tsv and val-index.tsv")
+
+    export_format = str(config.get("export_format", "ark:raw"))
+    train, val = read_dataset(train_index, val_index, class_names, export_format)
+    if not train.stats.boxes_per_class:
+        raise DatasetError(f"--data {spec}: the pool ({train_index}) has no labelled boxes: nothing to learn")
+    if not val.stats.boxes_per_class:
+        raise DatasetError(f"--data {spec}: the val split ({val_index}) has no labelled boxes: mAP is undefined")
+    val_real = {os.path.realpath(s.image): s.image for s in val.samples}
+    both = [s.image for s in train.samples if os.path.realpath(s.image) in val_real]
+    if both:
+        raise DatasetError(f"--data {spec}: the val split overlaps the pool: {len(both)} images are in both "
+                           f"(e.g. {both[0]}); the val split must be kept out of the pool")
+    val_digests = {file_sha256(s.image): s.image for s in val.samples}
+    left_out, samples = {}, []
+    for sample in train.samples:
+        twin = val_digests.get(file_sha256(sample.image))
+        if twin:
+            left_out[sample.image] = f"the same file as val image {twin}"
+        else:
+            samples.append(sample)
+    if left_out:
+        log.warning("%d pool images are byte-identical to val images and are left out of the pool (e.g. %s)",
+                    len(left_out), next(iter(left_out.items())))
+    annotation = {asset: ann for asset, ann, _ in read_training_index(train_index, "train")}
+    pool = sorted({s.image for s in samples})  # (an image listed twice is one image)
+    fingerprint = hashlib.sha256()
+    for sample in sorted(samples, key=lambda s: s.image) + list(val.samples):
+        fingerprint.update(json.dumps([os.path.relpath(sample.image, root), sample.classes.tolist(),
+                                       [round(v, 2) for v in sample.boxes.ravel().tolist()]]).encode())
+    fingerprint.update(json.dumps(class_names).encode())
+    return Data(pool, {k: annotation[k] for k in pool}, val_index, list(val.samples), class_names, root,
+                {os.path.relpath(k, root): v for k, v in left_out.items()}, fingerprint.hexdigest())
