@@ -5,8 +5,8 @@ ymir writes ARK and VOC corners inclusive (`xmax = x + w - 1`), so x2 = xmax + 1
 [x, y, w, h], so x2 = x + w. The three readers therefore give identical boxes for one ymir annotation.
 
 Validation: boxes are clipped to the image; inverted, zero-area and outside-the-image boxes (and COCO
-crowd regions) are dropped and counted; a class outside `class_names` is a DatasetError naming the file
-and line; unreadable images are skipped and counted; an empty train or val split is a DatasetError.
+crowd regions) are dropped and counted, the first NAMED_DROPS degenerate ones of a split named (file and line)
+in a warning; a class outside `class_names` is a DatasetError naming the file and line; unreadable images are skipped and counted; an empty train or val split is a DatasetError.
 
 Instance segmentation (`masks=True`, seg-coco annotations): each non-crowd annotation's polygons or RLE become
 one polygon (executor/engine/masks.py, with its validation rules), its box is the polygon's, and the YOLO export
@@ -272,21 +272,33 @@ def probe_image(path: str) -> tuple[int, int, str] | str:
     return width, height, suffix
 
 
+DEGENERATE = ("inverted (negative size)", "zero area", "outside image")
+NAMED_DROPS = 5  # the first boxes dropped as degenerate in a split are named in the log; the rest only counted
+
+
+def drop_degenerate(stats: SplitStats, reason: str, where: str) -> None:
+    """Count a box dropped for `reason`; name its file (and line) at warning level for the first NAMED_DROPS."""
+    named = sum(stats.dropped[r] for r in DEGENERATE)
+    stats.dropped[reason] += 1
+    if named < NAMED_DROPS:
+        log.warning("%s: %s box dropped%s", where, reason,
+                    " (further ones in this split are only counted)" if named + 1 == NAMED_DROPS else "")
+
+
 def clean_boxes(raw: list[RawBox], width: int, height: int, stats: SplitStats) -> tuple[np.ndarray, np.ndarray]:
-    """Clip to the image, drop (and count) inverted, zero-area and outside boxes."""
+    """Clip to the image, drop (count, and name the first few of) inverted, zero-area and outside boxes."""
     kept_boxes, kept_classes = [], []
     for cls, x1, y1, x2, y2, where in raw:
         if x2 < x1 or y2 < y1:
-            stats.dropped["inverted (negative size)"] += 1
-            log.debug("%s: inverted box dropped", where)
+            drop_degenerate(stats, "inverted (negative size)", where)
             continue
         if x2 == x1 or y2 == y1:
-            stats.dropped["zero area"] += 1
+            drop_degenerate(stats, "zero area", where)
             continue
         cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
         cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
         if cx2 <= cx1 or cy2 <= cy1:
-            stats.dropped["outside image"] += 1
+            drop_degenerate(stats, "outside image", where)
             continue
         if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
             stats.clipped += 1

@@ -106,6 +106,17 @@ def choice(*options: str) -> Rule:
     return rule
 
 
+def algorithm() -> Rule:
+    """A mining algorithm: one of the names in mining.SCORERS (the one list of them), read when a value is checked
+    (mining imports torch: not at this module's import)."""
+    def rule(key: str, value: Any) -> str:
+        from mining import SCORERS
+
+        return choice(*SCORERS)(key, value)
+
+    return rule
+
+
 def text() -> Rule:
     return lambda key, value: "" if value is None else str(value)
 
@@ -210,7 +221,7 @@ def object_type() -> Rule:
 # Rules by key; the template's value of a key is its default. Keys of one task only are harmless here.
 RULES: dict[str, Rule] = {
     "img_size": integer(32, 8192),
-    "mining_algorithm": choice("random", "entropy", "aldd", "cald"),
+    "mining_algorithm": algorithm(),
     "class_distribution_scores": float_list(),
     "conf_thres": number(0.0, 1.0),
     "iou_thres": number(0.0, 1.0),

@@ -154,6 +154,18 @@ def test_boxes_are_clipped_and_bad_ones_dropped_and_counted(tmp_path):
     assert dict(split.stats.dropped) == {"inverted (negative size)": 1, "zero area": 1, "outside image": 1}
 
 
+def test_the_first_degenerate_boxes_are_named_in_a_warning(tmp_path, caplog):
+    objects = [(0, 30, 30, 29, 40)] * 4 + [(1, 200, 10, 220, 20)] * 3 + [(1, 40, 40, 49, 49)]  # 7 dropped, 1 kept
+    with caplog.at_level(logging.WARNING, logger="executor.protocol.dataset"):
+        split = one_split(tmp_path, objects)
+    assert dict(split.stats.dropped) == {"zero area": 4, "outside image": 3}
+    named = [r for r in caplog.records if r.levelno == logging.WARNING and "box dropped" in r.getMessage()]
+    assert len(named) == 5
+    assert all(".txt line" in r.getMessage() for r in named)  # the annotation file and its line
+    assert "line 5: outside image box dropped" in named[-1].getMessage()
+    assert "only counted" in named[-1].getMessage()
+
+
 def test_coco_zero_and_negative_sizes_are_dropped(tmp_path):
     item = Item(image(tmp_path), [(0, 10, 10, 19, 19)])
     write_dataset(tmp_path / "in", [item], [item], NAMES, "coco")

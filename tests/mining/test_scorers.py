@@ -37,6 +37,11 @@ def test_the_registry_is_the_one_list_of_names():
     assert not SCORERS["random"].needs_model and all(SCORERS[n].needs_model for n in ("entropy", "aldd", "cald"))
 
 
+def test_config_validation_reads_the_registry(monkeypatch):
+    monkeypatch.setitem(SCORERS, "coreset", SCORERS["random"])  # an algorithm added to the registry only
+    assert RULES["mining_algorithm"]("mining_algorithm", "coreset") == "coreset"
+
+
 def test_scorers_take_their_template_keys_and_nothing_else():
     template = build_settings("mining", {})
     for name, cls in SCORERS.items():
