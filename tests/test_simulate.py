@@ -202,7 +202,8 @@ def test_flags(tmp_path):
     assert p.config == {"lr0": 0.005, "class_names": ["a", "b"], "epochs": 4, "img_size": 320,
                         "batch_size_per_gpu": 8}
     assert sim_plan.parse_seeds("0,7") == (0, 7)
-    with pytest.raises(ConfigError, match="not a key of the training, mining or infer template.*img_size"):
+    with pytest.raises(ConfigError, match=r"unknown key 'img_szie' \(the keys are those of the "
+                       r"training, mining and infer templates in .*did you mean img_size \(or the flag --img-size\)"):
         sim_plan.parse_sets(["img_szie=3"])
     args.set, args.algorithms = None, "nope"
     assert sim_command.run_cli(args) == 2  # a bad flag: a usage error

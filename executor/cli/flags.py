@@ -1,5 +1,5 @@
 """What the command line and make-in share: the usage error, the config key each flag sets, the tasks a command
-runs, and --set KEY=VALUE items as config values.
+runs, and --set KEY=VALUE items as config values (the one parser of them, simulate's too).
 """
 
 import logging
@@ -30,34 +30,56 @@ def requested_tasks(args) -> list[str]:
     return ["mining", "infer"] if args.infer_out else ["mining"]
 
 
-def set_values(items, tasks: list[str], flags: dict = FLAG_OF) -> dict:
-    """--set KEY=VALUE items as config values for `tasks`. A key in no template of the model's family is a usage
-    error naming what it is close to (a key, or one of `flags`, config key → the command's flag that sets it); a key
-    of another task's template only (training's epochs for mine) is left out with one warning."""
-    import yaml
-
+def set_values(items, tasks: list[str], flags: dict = FLAG_OF, extra_keys: set | None = None,
+               error: type[Exception] = UsageError) -> dict:
+    """--set KEY=VALUE items as config values for `tasks` (the one parser: the command line, make-in, simulate).
+    A value is read as YAML (1,2 a list, true a boolean), an empty one is ''. A malformed item or value is an `error`
+    naming the item. The keys: those of the `tasks`' templates (of the model's family) and `extra_keys`
+    (default: the platform's keys); a key in no template is an `error` naming what it is close to (a key, or one
+    of `flags`, config key → the command's flag that sets it); a key of another task's template only (training's
+    epochs for mine) is left out with one warning."""
     from executor.protocol.settings import PLATFORM_KEYS
-    from executor.protocol.templates import TASKS, active_templates_dir, template_keys
+    from executor.protocol.templates import TASKS, template_keys
 
     templates = template_keys()
-    used = set().union(*(templates[task] for task in tasks)) | PLATFORM_KEYS
+    used = set().union(*(templates[task] for task in tasks)) | (PLATFORM_KEYS if extra_keys is None else extra_keys)
     values = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = split_item(item, error)
         owners = [task for task in TASKS if key in templates[task]]
         if key in used:
-            values[key] = yaml.safe_load(value)
+            values[key] = value
         elif owners:
             log.warning("--set %s: a key of the %s template%s, not used by %s; ignored%s", key, " and ".join(owners),
                         "s" if len(owners) > 1 else "", " + ".join(tasks), typo_hint(key, used, flags))
         else:
-            template = os.path.join(active_templates_dir(), f"{tasks[0]}-template.yaml")
-            raise UsageError(f"--set {item}: unknown key {key!r} (the keys are those of {template})"
-                             + typo_hint(key, used, flags))
+            raise error(f"--set {item}: unknown key {key!r} (the keys are those of {template_files(tasks)})"
+                        + typo_hint(key, used, flags))
     return values
+
+
+def split_item(item: str, error: type[Exception]) -> tuple[str, object]:
+    """'KEY=VALUE' → (key, the value read as YAML; '' when empty); anything else is an `error` naming the item."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise error(f"--set {item!r}: expected KEY=VALUE")
+    try:
+        return key, yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise error(f"--set {item!r}: cannot read the value") from None
+
+
+def template_files(tasks: list[str]) -> str:
+    """Where the keys of `tasks` are written (the active family's templates), for messages."""
+    from executor.protocol.templates import active_templates_dir
+
+    folder = active_templates_dir()
+    if len(tasks) == 1:
+        return os.path.join(folder, f"{tasks[0]}-template.yaml")
+    return f"the {', '.join(tasks[:-1])} and {tasks[-1]} templates in {folder}"
 
 
 def typo_hint(key: str, keys: set[str], flags: dict) -> str:

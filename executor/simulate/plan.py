@@ -20,6 +20,9 @@ BASELINES = ("detections",)   # offered besides mining.SCORERS, not registered t
 # keys the simulation sets itself (the flag or source to use instead)
 OWNED_KEYS = {"pretrained_model_params": "--weights", "model_params_path": "--weights", "seed": "--seeds",
               "mining_algorithm": "--algorithms"}
+# config key → the simulate flag that sets it (for --set typo hints); the platform keys --set may give
+SET_FLAGS = {**OWNED_KEYS, "epochs": "--epochs", "img_size": "--img-size", "batch_size_per_gpu": "--batch"}
+SET_PLATFORM_KEYS = {"gpu_id", "class_names", "evaluate_config"}
 NAMES_FILES = ("names.txt", "classes.txt", "labels.txt")
 
 
@@ -105,30 +108,15 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def parse_sets(items: Sequence[str]) -> dict:
-    """--set KEY=VALUE (values read as YAML scalars/lists) for any template key; unknown keys are a ConfigError."""
-    import yaml
+    """--set KEY=VALUE for any training, mining or infer template key (and gpu_id, class_names, evaluate_config),
+    through the command line's parser (executor/cli/flags.set_values), its errors a ConfigError; class_names may be
+    written a,b,c. The keys the simulation sets itself are refused by Plan.check."""
+    from executor.cli.flags import set_values
 
-    from executor.protocol.settings import close_keys
-    from executor.protocol.templates import load_template
-
-    known = set(load_template("training")) | set(load_template("mining")) | set(load_template("infer")) | \
-        {"gpu_id", "class_names", "evaluate_config"}
-    values = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        if key not in known:
-            close = close_keys(key, known)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"--set {key}: not a key of the training, mining or infer template{hint}")
-        try:
-            values[key] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: cannot read the value") from None
-        if key == "class_names" and isinstance(values[key], str):
-            values[key] = [n.strip() for n in values[key].split(",") if n.strip()]
+    values = set_values(items, ["training", "mining", "infer"], flags=SET_FLAGS, extra_keys=SET_PLATFORM_KEYS,
+                        error=ConfigError)
+    if isinstance(values.get("class_names"), str):
+        values["class_names"] = [n.strip() for n in values["class_names"].split(",") if n.strip()]
     return values
 
 
