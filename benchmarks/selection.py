@@ -372,11 +372,12 @@ def main(argv=None) -> int:
         run = highway_run if dataset is None else cache[name, "entropy"]
         count = len(run["scores"])
         k = int(round(BUDGET * count))
+        k_center = orders(run, dedup_similarity=default["dedup_similarity"], diversity_weight=1.0)["diverse"]
         row = {"score": redundancy(run["embeddings"], np.argsort(-run["scores"], kind="stable")[:k]),
                "random (20 draws)": float(np.mean([redundancy(run["embeddings"],
                                                               np.random.default_rng(i).permutation(count)[:k])
                                                    for i in range(20)])),
-               "k-center (w=1)": redundancy(run["embeddings"], orders(run, diversity_weight=1.0)["diverse"][:k])}
+               "k-center (w=1)": redundancy(run["embeddings"], k_center[:k])}
         for t, w in grid:
             row[f"t={t} w={w}"] = redundancy(run["embeddings"],
                                              orders(run, dedup_similarity=t, diversity_weight=w)["diverse"][:k])

@@ -56,11 +56,9 @@ import numpy as np
 
 from mining import duplicates
 
-# Library defaults of rank_diverse (its hand-made unit tests are written against them). The executor passes the
-# mining template's values instead (dedup_similarity 0.85, diversity_weight 0.15, score_scale "rank"), measured
-# on real images in docs/mining.md#selection-every-prefix-a-non-redundant-batch-selection-diverse.
-DEFAULT_DEDUP_SIMILARITY = 0.85
-DEFAULT_DIVERSITY_WEIGHT = 0.5
+# rank_diverse has no defaults of its own for dedup_similarity, diversity_weight and score_scale: the executor
+# passes the mining template's values (templates/, the only place defaults are written; measured on real images in
+# docs/mining.md#selection-every-prefix-a-non-redundant-batch-selection-diverse) and its score scale "rank".
 # Default shortlist: clamp(N // 10, 1000, 5000), capped by the number of non-duplicates. The platform's top_k is
 # unknown; 10% of the pool covers the usual request sizes, at least 1000 so small pools are ordered entirely,
 # at most 5000 so the O(S^2 * D) greedy stays at a few seconds. Below it the order is by score.
@@ -259,7 +257,7 @@ def _class_balance(cls: np.ndarray, target: np.ndarray, placed_mass: np.ndarray)
 
 
 def _mmr_order(x: np.ndarray, s: np.ndarray, w: float, labeled: Optional[np.ndarray],
-               cls: Optional[np.ndarray], score_scale: str = "minmax") -> np.ndarray:
+               cls: Optional[np.ndarray], score_scale: str) -> np.ndarray:
     """Greedy MMR order of the shortlist (rows already in score order). Returns positions into the shortlist."""
     m = len(x)
     span = s.max() - s.min() if m else 0.0
@@ -319,10 +317,9 @@ def _thumbnails(thumbnails, name: str, n: int) -> np.ndarray:
     return t
 
 
-def rank_diverse(scores, embeddings, *, hashes, thumbnails=None, dedup_similarity: float = DEFAULT_DEDUP_SIMILARITY,
-                 diverse_pool: Optional[int] = None, diversity_weight: float = DEFAULT_DIVERSITY_WEIGHT,
-                 classes=None, class_balance: bool = False, labeled=None, labeled_hashes=None,
-                 labeled_thumbnails=None, score_scale: str = "minmax") -> Ranked:
+def rank_diverse(scores, embeddings, *, hashes, dedup_similarity: float, diversity_weight: float, score_scale: str,
+                 thumbnails=None, diverse_pool: Optional[int] = None, classes=None, class_balance: bool = False,
+                 labeled=None, labeled_hashes=None, labeled_thumbnails=None) -> Ranked:
     """Non-redundant order: de-duplicate, MMR over the top `diverse_pool` non-duplicates, then score order,
     then the duplicates (see the module docstring for the exact rules).
 
@@ -336,6 +333,7 @@ def rank_diverse(scores, embeddings, *, hashes, thumbnails=None, dedup_similarit
     labeled, labeled_hashes, labeled_thumbnails: (M, D) embeddings, (M, ...) hashes and thumbnails of
     already-labelled images (M may be 0), or None.
     score_scale: "minmax" or "rank", how the shortlist's scores are put on [0, 1] for the MMR gain.
+    dedup_similarity, diversity_weight and score_scale are required (the template's values, given by the caller).
     """
     s = _scores(scores, non_negative=True)
     n = len(s)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mining import duplicates
-from mining.selection import Ranked, default_diverse_pool, rank_by_score, rank_diverse
+from mining import selection
+from mining.selection import Ranked, default_diverse_pool, rank_by_score
 from tests.mining.photos import distinct, hashes_of, pack, photo_bits, thumbnails_of
 
 
@@ -26,6 +27,14 @@ SIX_EMB = np.array([[1.0, 0.0, 0.0, 0.0],
                     [0.0, 0.0, 1.0, 0.0],
                     [0.9, math.sqrt(1 - 0.81), 0.0, 0.0]])
 SIX_SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.75, 0.85])
+
+# The values these hand-made cases were written against (given explicitly: rank_diverse has no defaults for them;
+# the executor passes the template's 0.85 / 0.15 and "rank", tests/test_selection_e2e.py)
+WRITTEN_FOR = dict(dedup_similarity=0.85, diversity_weight=0.5, score_scale="minmax")
+
+
+def rank_diverse(scores, embeddings, **kwargs) -> Ranked:
+    return selection.rank_diverse(scores, embeddings, **{**WRITTEN_FOR, **kwargs})
 
 
 def clusters_covered(order, labels):
@@ -266,6 +275,13 @@ def test_zero_and_one_image():
     r = rank_diverse([0.3], [[0.0, 2.0]], hashes=distinct(1), labeled=[[1.0, 0.0]], labeled_hashes=distinct(1),
                      classes=[[1]], class_balance=True)
     assert r.order.tolist() == [0] and r.priority.tolist() == [1.0] and r.duplicate_of.tolist() == [-1]
+
+
+@pytest.mark.parametrize("left_out", sorted(WRITTEN_FOR))
+def test_the_template_values_are_required(left_out):
+    given = {k: v for k, v in WRITTEN_FOR.items() if k != left_out}
+    with pytest.raises(TypeError, match=left_out):
+        selection.rank_diverse(SIX_SCORES, SIX_EMB, hashes=SIX_HASHES, **given)
 
 
 def test_default_diverse_pool():
