@@ -60,6 +60,49 @@ def test_ultralytics_names_and_global_flags_anywhere():
         "gpu_id"] == "0,1"
 
 
+# flag → (the template, its key) that the flag's help names the default of
+HELP_DEFAULTS = {"mine": {"--imgsz": "img_size", "--batch": "batch_size_per_gpu", "--workers": "num_workers_per_gpu",
+                          "--conf": "conf_thres", "--iou": "iou_thres", "--backend": "backend",
+                          "--threads": "cpu_threads", "--nproc": "cpu_processes", "--algorithm": "mining_algorithm",
+                          "--seed": "seed", "--selection": "selection", "--dedup-similarity": "dedup_similarity",
+                          "--diverse-pool": "diverse_pool", "--diversity-weight": "diversity_weight",
+                          "--report-top-n": "report_top_n"},
+                 "simulate": {"--epochs": "epochs", "--img-size": "img_size", "--batch": "batch_size_per_gpu"}}
+TEMPLATE_OF = {"mine": "mining", "simulate": "training"}
+
+
+def help_defaults(capsys, command) -> dict:
+    """flag → the default its help names, from `start.py COMMAND --help`."""
+    import start
+
+    with pytest.raises(SystemExit):
+        start.main([command, "--help"])
+    options = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:")[1])  # one entry per option
+    entry = {flag: " ".join(text.split()) for text in options for flag in re.findall(r"--[\w-]+", text.split("  ")[0])}
+    return {flag: re.search(r"\(default ([^)]*)\)", entry[flag]).group(1) for flag in HELP_DEFAULTS[command]}
+
+
+@pytest.mark.parametrize("command", sorted(HELP_DEFAULTS))
+def test_the_help_names_the_templates_defaults(capsys, command):
+    template = yaml.safe_load(open(os.path.join(TEMPLATES_DIR, f"{TEMPLATE_OF[command]}-template.yaml")))
+    assert help_defaults(capsys, command) == {flag: str(template[key]) for flag, key in HELP_DEFAULTS[command].items()}
+
+
+def test_a_changed_template_changes_the_help(capsys, monkeypatch, tmp_path):
+    from executor.protocol.templates import TEMPLATES_VAR
+
+    folder = tmp_path / "templates"
+    shutil.copytree(TEMPLATES_DIR, folder, ignore=shutil.ignore_patterns("segmentation"))
+    for task, key, value in (("mining", "img_size", 512), ("mining", "diversity_weight", 0.3),
+                             ("training", "epochs", 7)):
+        path = folder / f"{task}-template.yaml"
+        path.write_text(re.sub(rf"^{key}: \S+", f"{key}: {value}", path.read_text(), flags=re.M))
+    monkeypatch.setenv(TEMPLATES_VAR, str(folder))
+    mine = help_defaults(capsys, "mine")
+    assert (mine["--imgsz"], mine["--diversity-weight"]) == ("512", "0.3")
+    assert help_defaults(capsys, "simulate")["--epochs"] == "7"
+
+
 def test_version_anywhere():
     for argv in (["--version"], ["mine", "--version"]):
         done = run_start(*argv)

@@ -1,5 +1,6 @@
 """What the command line and make-in share: the usage error, the config key each flag sets, the tasks a command
-runs, and --set KEY=VALUE items as config values (the one parser of them, simulate's too).
+runs, the template default a flag's help names, and --set KEY=VALUE items as config values (the one parser of
+them, simulate's too).
 """
 
 import logging
@@ -19,6 +20,12 @@ FLAG_OF = {"img_size": "--imgsz", "batch_size_per_gpu": "--batch", "gpu_id": "--
 
 class UsageError(Exception):
     """A command line that cannot be run as typed (exit status 2)."""
+
+
+def help_default(template: dict, key: str) -> str:
+    """' (default VALUE)' for a flag's help, VALUE the template's value of `key`: help strings read the defaults
+    from templates/ (the only place they are written), never restate them."""
+    return f" (default {template[key]})".replace("%", "%%")  # argparse formats help strings with %
 
 
 def requested_tasks(args) -> list[str]:

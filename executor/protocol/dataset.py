@@ -6,7 +6,8 @@ ymir writes ARK and VOC corners inclusive (`xmax = x + w - 1`), so x2 = xmax + 1
 
 Validation: boxes are clipped to the image; inverted, zero-area and outside-the-image boxes (and COCO
 crowd regions) are dropped and counted, the first NAMED_DROPS degenerate ones of a split named (file and line)
-in a warning; a class outside `class_names` is a DatasetError naming the file and line; unreadable images are skipped and counted; an empty train or val split is a DatasetError.
+in a warning; a class outside `class_names` is a DatasetError naming the file and line; unreadable images are
+skipped and counted; an empty train or val split is a DatasetError.
 
 Instance segmentation (`masks=True`, seg-coco annotations): each non-crowd annotation's polygons or RLE become
 one polygon (executor/engine/masks.py, with its validation rules), its box is the polygon's, and the YOLO export

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """`simulate` and its flags on an argparse subparsers object (start.py calls this); `common`: a parent parser
     of flags every subcommand takes."""
+    from executor.cli.flags import help_default
+    from executor.protocol.templates import load_template
+
+    template = load_template("training")  # the defaults the --epochs, --img-size and --batch help names
     cmd = subparsers.add_parser(
         "simulate", parents=[common] if common else [],
         help="active-learning loop on a labelled pool: does mining beat random on your data?",
@@ -55,10 +59,11 @@ def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> arg
     cmd.add_argument("--budget", type=int, required=True, help="B: images revealed per round")
     cmd.add_argument("--rounds", type=int, default=3, help="mining rounds after round 0 (default %(default)s)")
     cmd.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list such as 0,7 (default 3)")
-    cmd.add_argument("--epochs", type=int, help="training epochs per round (template default 100)")
+    cmd.add_argument("--epochs", type=int, help="training epochs per round" + help_default(template, "epochs"))
     cmd.add_argument("--img-size", "--imgsz", dest="img_size", type=int,
-                     help="training, evaluation and mining size (template default 640)")
-    cmd.add_argument("--batch", type=int, help="training batch, also the mining batch (template default 16)")
+                     help="training, evaluation and mining size" + help_default(template, "img_size"))
+    cmd.add_argument("--batch", type=int,
+                     help="training batch, also the mining batch" + help_default(template, "batch_size_per_gpu"))
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="any training/mining template key, e.g. --set lr0=0.005 --set gpu_id=0 "
                           "--set class_names=bus,car,motorcycle,person,truck (renames the data's classes)")
