@@ -31,10 +31,6 @@ def template_files() -> list[str]:
     return sorted(found)
 
 
-# pillow comes with ultralytics (and matplotlib); not declared by us so far: the one known exception
-UNDECLARED = {"PIL"}
-
-
 def imported_packages() -> set[str]:
     """Top-level names of every third-party package start.py, executor/ and mining/ import (in-function too)."""
     files = [REPO / "start.py", *(REPO / "executor").rglob("*.py"), *(REPO / "mining").rglob("*.py")]
@@ -53,7 +49,7 @@ def test_every_imported_package_is_declared_and_pinned_to_the_installed_version(
                 .splitlines() if line.strip() and not line.startswith("#"))
     pins = {name.lower(): version for name, version in pins.items()}
     distributions = importlib.metadata.packages_distributions()
-    for package in sorted(imported_packages() - UNDECLARED):
+    for package in sorted(imported_packages()):
         declared = [d for d in distributions[package] if d.lower() in pins]
         assert declared, f"{package} is imported but requirements.txt declares none of {distributions[package]}"
         assert pins[declared[0].lower()] == importlib.metadata.version(declared[0]), declared[0]
