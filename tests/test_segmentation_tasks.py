@@ -34,6 +34,7 @@ def seg_detector(weights, img_size=640, **post):
 
 # ---------------------------------------------------------------- the adapter
 
+@pytest.mark.slow
 def test_a_seg_model_finds_the_boxes_of_its_detection_backbone_with_masks_inside_them(seg_weights):
     from executor.engine.loading import load_detector
     from tests.platform import batch_of
@@ -61,6 +62,7 @@ def test_a_seg_model_finds_the_boxes_of_its_detection_backbone_with_masks_inside
         assert sub.masks.rles() == [rles[-1], rles[0]]
 
 
+@pytest.mark.slow
 def test_whole_batch_postprocess_keeps_the_masks_of_per_image_postprocess(seg_weights):
     from executor.engine.postprocess import postprocess
     from tests.platform import batch_of
@@ -75,6 +77,7 @@ def test_whole_batch_postprocess_keeps_the_masks_of_per_image_postprocess(seg_we
         assert a.masks.rles() == b.masks.rles()
 
 
+@pytest.mark.slow
 def test_onnx_seg_export_gives_the_torch_masks(seg_weights, tmp_path):
     from executor.engine.loading import export_onnx, load_detector
     from tests.platform import batch_of
@@ -94,6 +97,7 @@ def test_onnx_seg_export_gives_the_torch_masks(seg_weights, tmp_path):
     assert ious and min(ious) > 0.98
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("served, model", [("segment", "detection"), ("detect", "segmentation")])
 def test_a_model_of_the_other_family_is_a_model_error_naming_both(seg_weights, served, model):
     from executor.engine.loading import load_detector
@@ -162,6 +166,7 @@ def seg_infer_run(tmp_path_factory, seg_weights):
     return env, proc
 
 
+@pytest.mark.slow
 def test_seg_infer_writes_the_coco_result_with_rle_masks_for_every_candidate(seg_infer_run, seg_weights):
     env, proc = seg_infer_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -197,6 +202,7 @@ def test_seg_infer_writes_the_coco_result_with_rle_masks_for_every_candidate(seg
                                np.c_[found.xyxy[:, :2], found.xyxy[:, 2:] - found.xyxy[:, :2]], atol=0.02)
 
 
+@pytest.mark.slow
 def test_seg_mining_in_the_same_pass_ranks_like_the_detection_model(seg_infer_run, tmp_path):
     """Entropy reads only the class probabilities, which the seg model shares with yolov8n.pt: the same ranking."""
     env, proc = seg_infer_run
@@ -211,6 +217,7 @@ def test_seg_mining_in_the_same_pass_ranks_like_the_detection_model(seg_infer_ru
     np.testing.assert_allclose([s for _, s in ranked], [s for _, s in theirs], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_aldd_with_a_seg_model_reads_the_class_maps_of_the_detection_head(seg_weights):
     """ALDD's dense class maps come from the class rows only (the mask coefficients after them are cut off):
     the seg model seeded from yolov8n.pt gives yolov8n.pt's scores."""
@@ -253,6 +260,7 @@ def test_cald_mines_with_a_seg_model_deterministically(tmp_path, seg_weights):
     assert len(scores) == 5 and scores[-1] == -1.0 and all(s >= 0 for s in scores[:-1])
 
 
+@pytest.mark.slow
 def test_cald_with_a_seg_model_uses_the_masks(seg_weights):
     """The same images and views, with and without the masks: the mask term changes CALD's scores."""
     from mining.cald import CaldScorer
@@ -280,6 +288,7 @@ def test_cald_with_a_seg_model_uses_the_masks(seg_weights):
 
 # ---------------------------------------------------------------- the local CLI
 
+@pytest.mark.slow
 def test_the_cli_takes_the_family_from_its_model(tmp_path, seg_weights):
     images = tmp_path / "images"
     images.mkdir()
