@@ -60,10 +60,13 @@ def test_ultralytics_names_and_global_flags_anywhere():
         "gpu_id"] == "0,1"
 
 
-def test_version_anywhere():
+def test_version_anywhere(capsys):
+    import start
+
     for argv in (["--version"], ["mine", "--version"]):
-        done = run_start(*argv)
-        assert done.returncode == 0 and done.stdout.strip() == f"quarry {__version__}"
+        with pytest.raises(SystemExit) as done:
+            start.main(argv)
+        assert done.value.code == 0 and capsys.readouterr().out.strip() == f"quarry {__version__}"
 
 
 @pytest.mark.parametrize("extra, needle", [

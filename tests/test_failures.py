@@ -1,8 +1,8 @@
 """Bad input and broken images through start.py: for each case the exit status, monitor.txt (state 4, the
 error code, a one-line message naming the file, line or key at fault, then the traceback) and which result
-files exist afterwards. docs/errors.md is the same table in prose; tests/test_platform.py has the cases
-that were there first (unknown algorithm, missing weights, empty index, bad or missing config.yaml, missing
-env.yaml).
+files exist afterwards. docs/errors.md is the same table in prose; tests/test_platform.py keeps a missing
+env.yaml given with --env (no monitor to write to). A few runs that succeed without a model (random mining
+needs no weights, an unknown config key is one warning) ride along in the input group.
 
 Cases run in groups: one subprocess (this module run with -m, see `drive`) calls start.main for every case
 of a group in turn, so the ~5 s of imports are paid once per group instead of once per case. Each case has
@@ -254,6 +254,24 @@ INPUT_CASES = {
     "index_only_missing_files": Case(300003, "none of the 2 images could be read", all_missing),
     # succeeds: blank lines skipped, a duplicate listed once, a missing file listed last
     "index_blank_duplicate_missing": Case(0, "", index_with_blank_duplicate_and_missing),
+    # models (the first two from tests/test_platform.py)
+    "model_missing": Case(300004, "models/gone/best.pt",
+                          lambda r: make_env(r, run_mining=True, run_infer=True, weights=None,
+                                             candidates=coco_images(1),
+                                             config={"model_params_path": ["gone/best.pt"]})),
+    "infer_fails_after_mining_succeeded": Case(300004, ".onnx",
+                                               lambda r: make_env(r, run_mining=True, run_infer=True,
+                                                                  candidates=coco_images(2),
+                                                                  config={"mining_algorithm": "random",
+                                                                          "backend": "onnx"})),
+    # succeed without a model
+    "random_without_weights": Case(0, "", lambda r: make_env(r, run_mining=True, weights=None,
+                                                             config={"mining_algorithm": "random"},
+                                                             candidates=coco_images(3))),
+    "unknown_config_key": Case(0, "", lambda r: make_env(r, run_mining=True, weights=None,
+                                                         config={"mining_algorithm": "random", "imgsz": 320,
+                                                                 "epochs": 3},
+                                                         candidates=coco_images(3))),
 }
 
 
@@ -291,6 +309,20 @@ def test_blank_lines_duplicates_and_missing_files_in_the_index(input_runs):
     log = result["log"]
     assert "WARNING" in log and f"cannot read image {missing}" in log
     assert "line 6: duplicate entry" in log
+
+
+def test_random_needs_no_weights(input_runs):
+    result = input_runs["random_without_weights"]
+    assert_succeeded(result)
+    assert len((result["root"] / "out" / "result.tsv").read_text().splitlines()) == 3
+
+
+def test_an_unknown_config_key_is_one_warning_with_its_close_matches(input_runs):
+    result = input_runs["unknown_config_key"]
+    assert_succeeded(result)
+    warnings = [line for line in result["log"].splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings  # not once per task and step; epochs is a (training) template key
+    assert warnings[0].endswith("config key 'imgsz' is not used by mining and is ignored; did you mean 'img_size'?")
 
 
 # ---------------------------------------------------------------- models, GPUs, training data
