@@ -31,35 +31,6 @@ def test_mining_and_infer_in_one_run(tmp_path, algorithm):
     assert monitor_fields(env)[2:] == ["1.0000", "2", "0"]
 
 
-@pytest.mark.slow
-def test_unreadable_image_is_listed_last_with_a_warning(tmp_path):
-    env = make_env(tmp_path, run_mining=True, config={**FAST, "mining_algorithm": "entropy"},
-                   candidates=coco_images(3))
-    broken = tmp_path / "in" / "assets" / "00" / "broken.jpg"
-    broken.parent.mkdir(parents=True, exist_ok=True)
-    broken.write_bytes(b"\xff\xd8 truncated")
-    index = env.parent / "candidate-index.tsv"
-    index.write_text(f"{broken}\n" + index.read_text())
-    done = run_start("--env", env)
-    assert done.returncode == 0, done.stdout
-    rows = read_result_tsv(env)
-    assert rows[-1] == (str(broken), -1.0) and len(rows) == 4
-    assert "broken.jpg" in done.stdout and "WARNING" in done.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["random", "cald"])
-def test_same_seed_same_bytes(tmp_path, algorithm):
-    env = make_env(tmp_path, run_mining=True, config={**FAST, "mining_algorithm": algorithm, "seed": 7},
-                   candidates=coco_images(4))
-    outputs = []
-    for _ in range(2):
-        assert run_start("--env", env).returncode == 0
-        outputs.append((tmp_path / "out" / "result.tsv").read_bytes())
-        (tmp_path / "out" / "result.tsv").unlink()
-    assert outputs[0] == outputs[1]
-
-
 def test_missing_env_yaml(tmp_path):
     done = run_start("--env", tmp_path / "nowhere" / "env.yaml")
     assert done.returncode != 0
