@@ -86,6 +86,15 @@ def run_start(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, **kwargs)
 
 
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    """The local command line in this process (what `start.py COMMAND ...` runs after its set-up, without
+    touching logging): its exit status and what it wrote to stderr."""
+    from executor.cli import commands as cli
+
+    status = cli.run(cli.build_parser().parse_args([str(a) for a in argv]))
+    return status, capsys.readouterr().err
+
+
 def monitor_fields(env_path: Path) -> list[str]:
     text = (env_path.parent.parent / "out" / "monitor.txt").read_text()
     return text.splitlines()[0].split("\t")

@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 
 from executor.protocol.templates import TEMPLATES_VAR, family_templates
 from executor.shared import SEGMENTATION
-from tests.platform import WEIGHTS, coco_images, make_env, monitor_fields, read_result_tsv, run_start
+from tests.platform import WEIGHTS, coco_images, make_env, monitor_fields, read_result_tsv, run_cli, run_start
 
 SEG_ENV = {**os.environ, TEMPLATES_VAR: family_templates(SEGMENTATION)}
 
@@ -289,7 +289,7 @@ def test_cald_with_a_seg_model_uses_the_masks(seg_weights):
 # ---------------------------------------------------------------- the local CLI
 
 @pytest.mark.slow
-def test_the_cli_takes_the_family_from_its_model(tmp_path, seg_weights):
+def test_the_cli_takes_the_family_from_its_model(capsys, tmp_path, seg_weights):
     images = tmp_path / "images"
     images.mkdir()
     for path in coco_images(3):
@@ -304,14 +304,14 @@ def test_the_cli_takes_the_family_from_its_model(tmp_path, seg_weights):
     coco = tmp_path / "coco.json"
     proc = run_start("infer", "--model", seg_weights, "--source", images, "--out", coco, *small, "--format", "coco")
     assert proc.returncode == 0 and coco.read_bytes() == out.read_bytes()  # the COCO result is already COCO
-    proc = run_start("infer", "--model", seg_weights, "--source", images, "--out", tmp_path / "yolo",
-                     "--format", "yolo")
-    assert proc.returncode == 2 and "a segmentation model's masks are written with --format ymir" in proc.stderr
+    status, err = run_cli(capsys, "infer", "--model", seg_weights, "--source", images, "--out", tmp_path / "yolo",
+                          "--format", "yolo")
+    assert status == 2 and "a segmentation model's masks are written with --format ymir" in err
     two = tmp_path / "two.json"  # two worker processes: the same bytes
     proc = run_start("infer", "--model", seg_weights, "--source", images, "--out", two, "--imgsz", "320",
                      "--nproc", "2", "--set", "shard_size=1", "--set", "cpu_threads=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert two.read_bytes() == out.read_bytes()
     detection = tmp_path / "boxes.json"  # and a detection model keeps ymir's detection form
-    assert run_start("infer", "--model", WEIGHTS, "--source", images, "--out", detection, "--imgsz", "320").returncode == 0
+    assert run_cli(capsys, "infer", "--model", WEIGHTS, "--source", images, "--out", detection, "--imgsz", "320")[0] == 0
     assert set(json.loads(detection.read_text())) == {"detection"}
