@@ -16,7 +16,8 @@ from pycocotools import mask as mask_utils
 
 from executor.protocol.templates import TEMPLATES_VAR, family_templates
 from executor.shared import SEGMENTATION
-from tests.platform import WEIGHTS, coco_images, make_env, monitor_fields, read_result_tsv, run_cli, run_start
+from tests.platform import (WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, read_result_tsv,
+                            run_cli, run_start)
 
 SEG_ENV = {**os.environ, TEMPLATES_VAR: family_templates(SEGMENTATION)}
 
@@ -209,10 +210,15 @@ def test_seg_mining_in_the_same_pass_ranks_like_the_detection_model(seg_infer_ru
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert proc.stdout.count("skipping unreadable image") == 1  # mining and infer: one pass over the images
     ranked = read_result_tsv(env)
-    det_env = make_env(tmp_path, run_mining=True, weights=WEIGHTS, candidates=seg_candidates(tmp_path),
-                       config={"mining_algorithm": "entropy", "img_size": 320})
-    assert run_start("--env", det_env).returncode == 0
-    theirs = read_result_tsv(det_env)
+    from executor.pipeline.job import Job
+    from executor.pipeline.tasks import run as run_tasks
+
+    result = tmp_path / "result.tsv"  # yolov8n.pt's ranking, driven in this process
+    run_tasks(["mining"], Job(candidates=add_assets(tmp_path / "assets", seg_candidates(tmp_path)),
+                              mining_result=str(result)),
+              {"model_params_path": [str(WEIGHTS)], "class_names": coco_names(), "mining_algorithm": "entropy",
+               "img_size": 320})
+    theirs = [(key, float(score)) for key, score in (line.split("\t") for line in result.read_text().splitlines())]
     assert [os.path.basename(k) for k, _ in ranked] == [os.path.basename(k) for k, _ in theirs]
     np.testing.assert_allclose([s for _, s in ranked], [s for _, s in theirs], rtol=1e-4)
 
