@@ -10,8 +10,8 @@ import pytest
 from executor.engine.images import letterbox, read_image
 from executor.engine.loading import export_onnx
 from executor.errors import ConfigError, ModelError
-from tests.platform import (VOC, WEIGHTS, coco_images, make_env, monitor_fields, run_cli, run_start,
-                            template_detector)
+from tests.platform import (VOC, WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, run_cli,
+                            run_start, template_detector)
 
 pytestmark = pytest.mark.slow
 SAMPLES = [*coco_images(4), *sorted((VOC / "JPEGImages").glob("*.jpg"))[:4]]
@@ -92,12 +92,16 @@ def test_infer_task_result_forms(tmp_path, protocol, key):
     assert monitor_fields(env)[2:4] == ["1.0000", "2"]
 
 
-def test_infer_with_the_onnx_export(tmp_path, onnx_weights):
-    env = make_env(tmp_path, run_infer=True, candidates=coco_images(2), weights=onnx_weights)
-    done = run_start("--env", env)
-    assert done.returncode == 0, done.stdout
-    assert "OnnxDetector" in done.stdout
-    detection = json.loads((tmp_path / "out" / "infer-result.json").read_text())["detection"]
+def test_infer_with_the_onnx_export(tmp_path, onnx_weights, caplog):
+    from executor.pipeline.job import Job
+    from executor.pipeline.tasks import run as run_tasks
+
+    caplog.set_level("INFO", "executor")
+    out = tmp_path / "infer-result.json"  # the infer task driven in this process
+    run_tasks(["infer"], Job(candidates=add_assets(tmp_path / "assets", coco_images(2)), infer_result=str(out)),
+              {"model_params_path": [str(onnx_weights)], "class_names": coco_names()})
+    assert "OnnxDetector" in caplog.text
+    detection = json.loads(out.read_text())["detection"]
     assert len(detection) == 2 and any(entry["boxes"] for entry in detection.values())
 
 
