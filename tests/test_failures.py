@@ -152,6 +152,11 @@ def with_text(env: Path, name: str, text: str | bytes) -> Path:
     return env
 
 
+def without(env: Path, name: str) -> Path:
+    (env.parent / name).unlink()
+    return env
+
+
 def with_index_lines(env: Path, lines: list[str]) -> Path:
     (env.parent / "candidate-index.tsv").write_text("".join(line + "\n" for line in lines))
     return env
@@ -215,12 +220,21 @@ INPUT_CASES = {
     "env_flag_not_boolean": Case(300001, "key 'run_mining': 'perhaps' is not a boolean",
                                  lambda r: edit_env(mining_env(r), run_mining="perhaps")),
     # config.yaml
+    "config_missing": Case(300001, "config.yaml not found: {IN}/config.yaml",
+                           lambda r: without(mining_env(r), "config.yaml")),
+    "config_not_yaml": Case(300001, "config.yaml {IN}/config.yaml is not valid YAML",
+                            lambda r: with_text(mining_env(r), "config.yaml", "img_size: [64\n")),
     "config_not_a_mapping": Case(300001, "config.yaml {IN}/config.yaml must be a YAML mapping, not list",
                                  lambda r: with_text(mining_env(r), "config.yaml", "- 1\n- 2\n")),
     "batch_zero": Case(300001, "config key 'batch_size_per_gpu': 0 is not allowed",
                        lambda r: edit_config(mining_env(r), batch_size_per_gpu=0)),
     "img_size_list": Case(300001, "config key 'img_size': [640, 640]",
                           lambda r: edit_config(mining_env(r), img_size=[640, 640])),
+    "img_size_text": Case(300001, "config key 'img_size': 'huge' is not allowed",
+                          lambda r: edit_config(mining_env(r), img_size="huge")),
+    "algorithm_unknown": Case(300001, "config key 'mining_algorithm': 'coreset' is not allowed; expected one of "
+                                      "random, entropy, aldd, cald",
+                              lambda r: mining_env(r, {"mining_algorithm": "coreset"})),
     "conf_thres_above_one": Case(300001, "config key 'conf_thres': 1.5 is not allowed; expected a number in [0.0, 1.0]",
                                  lambda r: infer_env(r, {"conf_thres": 1.5})),
     "conf_thres_negative": Case(300001, "config key 'conf_thres': -0.1",
@@ -246,6 +260,8 @@ INPUT_CASES = {
                           lambda r: edit_env(mining_env(r), input={
                               **yaml.safe_load((r / "in" / "env.yaml").read_text())["input"],
                               "candidate_index_file": str(r / "in" / "none.tsv")})),
+    "index_empty": Case(300002, "candidate index file is empty: {IN}/candidate-index.tsv",
+                        lambda r: with_text(mining_env(r), "candidate-index.tsv", "")),
     "index_blank_lines_only": Case(300002, "candidate index file is empty: {IN}/candidate-index.tsv",
                                    lambda r: with_index_lines(mining_env(r), ["", "  ", "\t"])),
     "index_relative_path": Case(300002, "{IN}/candidate-index.tsv line 2: 'assets/", relative_index),
