@@ -14,8 +14,8 @@ python3 -c "import torch, ultralytics; print(torch.__version__, ultralytics.__ve
     >> "$OUT/gpu.txt"
 # GPU tests: the whole-batch NMS path against the per-image one on real outputs, nvJPEG against OpenCV, and the
 # other CUDA-only tests
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/executor/test_model.py tests/mining/test_aldd.py \
-    tests/executor/test_gpu_decode.py \
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine/test_detector.py tests/mining/test_aldd.py \
+    tests/engine/test_gpu_decode.py \
     > "$OUT/tests.txt" 2>&1
 # the benchmark on the GPU: P0 (raw batched forward) and every algorithm paired with it, 2 workers on one GPU
 timeout 360 python3 -m benchmarks --device cuda --pool-repeat 20 --skip quality,voc,p4 \

@@ -40,8 +40,11 @@ def add_assets(assets_dir: Path, sources: list[Path]) -> list[str]:
 
 
 def make_env(root: Path, *, run_mining=False, run_infer=False, run_training=False, config=None,
-             candidates=None, protocol_version="1.1.0", weights=WEIGHTS, extra_index_lines=()) -> Path:
-    """A complete /in + /out pair under `root`; returns the env.yaml path. Paths are absolute."""
+             candidates=None, protocol_version="1.1.0", weights=WEIGHTS, extra_index_lines=(),
+             task_id="t-test") -> Path:
+    """A complete /in + /out pair under `root`; returns the env.yaml path. Paths are absolute. The one env.yaml
+    writer of the tests. A training run (tests.ymir_builders.write_training_env) reads the dataset already
+    written under `root`/in (train-index.tsv, val-index.tsv): no candidates, class names or models then."""
     indir, outdir = root / "in", root / "out"
     (indir / "models").mkdir(parents=True, exist_ok=True)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -50,17 +53,21 @@ def make_env(root: Path, *, run_mining=False, run_infer=False, run_training=Fals
         target = indir / "models" / Path(weights).name
         shutil.copy(weights, target)
         model_paths = [str(target)]
-    keys = add_assets(indir / "assets", candidates if candidates is not None else coco_images(6))
+    training = run_training and not (run_mining or run_infer)
     index = indir / "candidate-index.tsv"
-    index.write_text("".join(k + "\n" for k in [*keys, *extra_index_lines]))
-    cfg = {"gpu_id": "", "gpu_count": 0, "task_id": "t-test", "class_names": coco_names(),
-           "model_params_path": model_paths, **(config or {})}
+    if not training:
+        keys = add_assets(indir / "assets", candidates if candidates is not None else coco_images(6))
+        index.write_text("".join(k + "\n" for k in [*keys, *extra_index_lines]))
+    defaults = {} if training else {"class_names": coco_names(), "model_params_path": model_paths}
+    cfg = {"gpu_id": "", "gpu_count": 0, "task_id": task_id, **defaults, **(config or {})}
     (indir / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = {
-        "task_id": "t-test", "run_mining": run_mining, "run_infer": run_infer, "run_training": run_training,
+        "task_id": task_id, "run_mining": run_mining, "run_infer": run_infer, "run_training": run_training,
         "input": {"root_dir": str(indir), "assets_dir": str(indir / "assets"), "models_dir": str(indir / "models"),
                   "annotations_dir": str(indir / "annotations"), "config_file": str(indir / "config.yaml"),
-                  "candidate_index_file": str(index), "training_index_file": "", "val_index_file": ""},
+                  "candidate_index_file": "" if training else str(index),
+                  "training_index_file": str(indir / "train-index.tsv") if training else "",
+                  "val_index_file": str(indir / "val-index.tsv") if training else ""},
         "output": {"root_dir": str(outdir), "models_dir": str(outdir / "models"),
                    "tensorboard_dir": str(outdir / "tensorboard"),
                    "training_result_file": str(outdir / "models" / "result.yaml"),
@@ -77,6 +84,15 @@ def make_env(root: Path, *, run_mining=False, run_infer=False, run_training=Fals
 def run_start(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "start.py"), *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    """The local command line in this process (what `start.py COMMAND ...` runs after its set-up, without
+    touching logging): its exit status and what it wrote to stderr."""
+    from executor.cli import commands as cli
+
+    status = cli.run(cli.build_parser().parse_args([str(a) for a in argv]))
+    return status, capsys.readouterr().err
 
 
 def monitor_fields(env_path: Path) -> list[str]:

@@ -2,7 +2,7 @@
 docs/errors.md). Two separate processes, with different hash seeds, each run mining and infer with every
 algorithm over one shared /in; each algorithm's files must match byte for byte across the processes, and
 infer's must also be the same whichever mining algorithm ran before it in the same call. Random and CALD draw per
-image by its result key (fast tests below; a pool moved to another folder: tests/test_cli.py)."""
+image by its result key (fast tests below; a pool moved to another folder: tests/cli/test_commands.py)."""
 import os
 
 import pytest

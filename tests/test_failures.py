@@ -1,8 +1,8 @@
 """Bad input and broken images through start.py: for each case the exit status, monitor.txt (state 4, the
 error code, a one-line message naming the file, line or key at fault, then the traceback) and which result
-files exist afterwards. docs/errors.md is the same table in prose; tests/test_platform.py has the cases
-that were there first (unknown algorithm, missing weights, empty index, bad or missing config.yaml, missing
-env.yaml).
+files exist afterwards. docs/errors.md is the same table in prose; tests/test_platform.py keeps a missing
+env.yaml given with --env (no monitor to write to). A few runs that succeed without a model (random mining
+needs no weights, an unknown config key is one warning) ride along in the input group.
 
 Cases run in groups: one subprocess (this module run with -m, see `drive`) calls start.main for every case
 of a group in turn, so the ~5 s of imports are paid once per group instead of once per case. Each case has
@@ -152,6 +152,11 @@ def with_text(env: Path, name: str, text: str | bytes) -> Path:
     return env
 
 
+def without(env: Path, name: str) -> Path:
+    (env.parent / name).unlink()
+    return env
+
+
 def with_index_lines(env: Path, lines: list[str]) -> Path:
     (env.parent / "candidate-index.tsv").write_text("".join(line + "\n" for line in lines))
     return env
@@ -215,12 +220,21 @@ INPUT_CASES = {
     "env_flag_not_boolean": Case(300001, "key 'run_mining': 'perhaps' is not a boolean",
                                  lambda r: edit_env(mining_env(r), run_mining="perhaps")),
     # config.yaml
+    "config_missing": Case(300001, "config.yaml not found: {IN}/config.yaml",
+                           lambda r: without(mining_env(r), "config.yaml")),
+    "config_not_yaml": Case(300001, "config.yaml {IN}/config.yaml is not valid YAML",
+                            lambda r: with_text(mining_env(r), "config.yaml", "img_size: [64\n")),
     "config_not_a_mapping": Case(300001, "config.yaml {IN}/config.yaml must be a YAML mapping, not list",
                                  lambda r: with_text(mining_env(r), "config.yaml", "- 1\n- 2\n")),
     "batch_zero": Case(300001, "config key 'batch_size_per_gpu': 0 is not allowed",
                        lambda r: edit_config(mining_env(r), batch_size_per_gpu=0)),
     "img_size_list": Case(300001, "config key 'img_size': [640, 640]",
                           lambda r: edit_config(mining_env(r), img_size=[640, 640])),
+    "img_size_text": Case(300001, "config key 'img_size': 'huge' is not allowed",
+                          lambda r: edit_config(mining_env(r), img_size="huge")),
+    "algorithm_unknown": Case(300001, "config key 'mining_algorithm': 'coreset' is not allowed; expected one of "
+                                      "random, entropy, aldd, cald",
+                              lambda r: mining_env(r, {"mining_algorithm": "coreset"})),
     "conf_thres_above_one": Case(300001, "config key 'conf_thres': 1.5 is not allowed; expected a number in [0.0, 1.0]",
                                  lambda r: infer_env(r, {"conf_thres": 1.5})),
     "conf_thres_negative": Case(300001, "config key 'conf_thres': -0.1",
@@ -246,6 +260,8 @@ INPUT_CASES = {
                           lambda r: edit_env(mining_env(r), input={
                               **yaml.safe_load((r / "in" / "env.yaml").read_text())["input"],
                               "candidate_index_file": str(r / "in" / "none.tsv")})),
+    "index_empty": Case(300002, "candidate index file is empty: {IN}/candidate-index.tsv",
+                        lambda r: with_text(mining_env(r), "candidate-index.tsv", "")),
     "index_blank_lines_only": Case(300002, "candidate index file is empty: {IN}/candidate-index.tsv",
                                    lambda r: with_index_lines(mining_env(r), ["", "  ", "\t"])),
     "index_relative_path": Case(300002, "{IN}/candidate-index.tsv line 2: 'assets/", relative_index),
@@ -254,6 +270,24 @@ INPUT_CASES = {
     "index_only_missing_files": Case(300003, "none of the 2 images could be read", all_missing),
     # succeeds: blank lines skipped, a duplicate listed once, a missing file listed last
     "index_blank_duplicate_missing": Case(0, "", index_with_blank_duplicate_and_missing),
+    # models (the first two from tests/test_platform.py)
+    "model_missing": Case(300004, "models/gone/best.pt",
+                          lambda r: make_env(r, run_mining=True, run_infer=True, weights=None,
+                                             candidates=coco_images(1),
+                                             config={"model_params_path": ["gone/best.pt"]})),
+    "infer_fails_after_mining_succeeded": Case(300004, ".onnx",
+                                               lambda r: make_env(r, run_mining=True, run_infer=True,
+                                                                  candidates=coco_images(2),
+                                                                  config={"mining_algorithm": "random",
+                                                                          "backend": "onnx"})),
+    # succeed without a model
+    "random_without_weights": Case(0, "", lambda r: make_env(r, run_mining=True, weights=None,
+                                                             config={"mining_algorithm": "random"},
+                                                             candidates=coco_images(3))),
+    "unknown_config_key": Case(0, "", lambda r: make_env(r, run_mining=True, weights=None,
+                                                         config={"mining_algorithm": "random", "imgsz": 320,
+                                                                 "epochs": 3},
+                                                         candidates=coco_images(3))),
 }
 
 
@@ -291,6 +325,20 @@ def test_blank_lines_duplicates_and_missing_files_in_the_index(input_runs):
     log = result["log"]
     assert "WARNING" in log and f"cannot read image {missing}" in log
     assert "line 6: duplicate entry" in log
+
+
+def test_random_needs_no_weights(input_runs):
+    result = input_runs["random_without_weights"]
+    assert_succeeded(result)
+    assert len((result["root"] / "out" / "result.tsv").read_text().splitlines()) == 3
+
+
+def test_an_unknown_config_key_is_one_warning_with_its_close_matches(input_runs):
+    result = input_runs["unknown_config_key"]
+    assert_succeeded(result)
+    warnings = [line for line in result["log"].splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings  # not once per task and step; epochs is a (training) template key
+    assert warnings[0].endswith("config key 'imgsz' is not used by mining and is ignored; did you mean 'img_size'?")
 
 
 # ---------------------------------------------------------------- models, GPUs, training data

@@ -10,7 +10,8 @@ import pytest
 from executor.engine.images import letterbox, read_image
 from executor.engine.loading import export_onnx
 from executor.errors import ConfigError, ModelError
-from tests.platform import VOC, WEIGHTS, coco_images, make_env, monitor_fields, run_start, template_detector
+from tests.platform import (VOC, WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, run_cli,
+                            run_start, template_detector)
 
 pytestmark = pytest.mark.slow
 SAMPLES = [*coco_images(4), *sorted((VOC / "JPEGImages").glob("*.jpg"))[:4]]
@@ -91,41 +92,45 @@ def test_infer_task_result_forms(tmp_path, protocol, key):
     assert monitor_fields(env)[2:4] == ["1.0000", "2"]
 
 
-def test_infer_with_the_onnx_export(tmp_path, onnx_weights):
-    env = make_env(tmp_path, run_infer=True, candidates=coco_images(2), weights=onnx_weights)
-    done = run_start("--env", env)
-    assert done.returncode == 0, done.stdout
-    assert "OnnxDetector" in done.stdout
-    detection = json.loads((tmp_path / "out" / "infer-result.json").read_text())["detection"]
+def test_infer_with_the_onnx_export(tmp_path, onnx_weights, caplog):
+    from executor.pipeline.job import Job
+    from executor.pipeline.tasks import run as run_tasks
+
+    caplog.set_level("INFO", "executor")
+    out = tmp_path / "infer-result.json"  # the infer task driven in this process
+    run_tasks(["infer"], Job(candidates=add_assets(tmp_path / "assets", coco_images(2)), infer_result=str(out)),
+              {"model_params_path": [str(onnx_weights)], "class_names": coco_names()})
+    assert "OnnxDetector" in caplog.text
+    detection = json.loads(out.read_text())["detection"]
     assert len(detection) == 2 and any(entry["boxes"] for entry in detection.values())
 
 
-def test_local_cli_mine_topk_and_copy(tmp_path):
+def test_local_cli_mine_topk_and_copy(capsys, tmp_path):
     images = tmp_path / "pool"
     images.mkdir()
     for source in coco_images(5):
         shutil.copy(source, images / source.name)
     (images / "notes.txt").write_text("not an image")
     out = tmp_path / "ranked.tsv"
-    done = run_start("mine", "--weights", WEIGHTS, "--images", images, "--algorithm", "entropy", "--img-size", 320,
-                     "--topk", 2, "--select-dir", tmp_path / "pick", "--out", out)
-    assert done.returncode == 0, done.stdout + done.stderr
+    status, err = run_cli(capsys, "mine", "--weights", WEIGHTS, "--images", images, "--algorithm", "entropy",
+                          "--img-size", 320, "--topk", 2, "--select-dir", tmp_path / "pick", "--out", out)
+    assert status == 0, err
     rows = [line.split("\t") for line in out.read_text().splitlines()]
     assert len(rows) == 5 and [float(s) for _, s in rows] == sorted((float(s) for _, s in rows), reverse=True)
     top = (tmp_path / "ranked.top2.txt").read_text().split()
     assert top == [p for p, _ in rows[:2]]
     picked = sorted(os.listdir(tmp_path / "pick"))
     assert picked == [f"{i:05d}_{os.path.basename(p)}" for i, p in enumerate(top, 1)]
-    assert "img/s" in done.stderr  # the progress bar
+    assert "img/s" in err  # the progress bar
 
 
-def test_local_cli_infer_and_errors(tmp_path):
+def test_local_cli_infer_and_errors(capsys, tmp_path):
     out = tmp_path / "det.json"
-    done = run_start("infer", "--weights", WEIGHTS, "--images", str(coco_images(1)[0]).replace(".jpg", "*"),
-                     "--img-size", 320, "--out", out)
-    assert done.returncode == 0, done.stdout + done.stderr
+    status, err = run_cli(capsys, "infer", "--weights", WEIGHTS, "--images",
+                          str(coco_images(1)[0]).replace(".jpg", "*"), "--img-size", 320, "--out", out)
+    assert status == 0, err
     assert len(json.loads(out.read_text())["detection"]) == 1
-    missing = run_start("mine", "--weights", tmp_path / "none.pt", "--images", coco_images(1)[0].parent,
-                        "--out", tmp_path / "r.tsv")
-    assert missing.returncode == 2 and "none.pt: no such file" in missing.stderr and "300004" not in missing.stderr
+    status, err = run_cli(capsys, "mine", "--weights", tmp_path / "none.pt", "--images", coco_images(1)[0].parent,
+                          "--out", tmp_path / "r.tsv")
+    assert status == 2 and "none.pt: no such file" in err and "300004" not in err
     assert not (tmp_path / "r.tsv").exists()

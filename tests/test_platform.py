@@ -1,4 +1,5 @@
-"""start.py in platform mode, end to end in temporary directories, with the real yolov8n."""
+"""start.py in platform mode, end to end in temporary directories, with the real yolov8n. The failures and the
+runs without a model are in tests/test_failures.py (one subprocess for all of them)."""
 import json
 
 import pytest
@@ -30,80 +31,8 @@ def test_mining_and_infer_in_one_run(tmp_path, algorithm):
     assert monitor_fields(env)[2:] == ["1.0000", "2", "0"]
 
 
-@pytest.mark.slow
-def test_unreadable_image_is_listed_last_with_a_warning(tmp_path):
-    env = make_env(tmp_path, run_mining=True, config={**FAST, "mining_algorithm": "entropy"},
-                   candidates=coco_images(3))
-    broken = tmp_path / "in" / "assets" / "00" / "broken.jpg"
-    broken.parent.mkdir(parents=True, exist_ok=True)
-    broken.write_bytes(b"\xff\xd8 truncated")
-    index = env.parent / "candidate-index.tsv"
-    index.write_text(f"{broken}\n" + index.read_text())
-    done = run_start("--env", env)
-    assert done.returncode == 0, done.stdout
-    rows = read_result_tsv(env)
-    assert rows[-1] == (str(broken), -1.0) and len(rows) == 4
-    assert "broken.jpg" in done.stdout and "WARNING" in done.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["random", "cald"])
-def test_same_seed_same_bytes(tmp_path, algorithm):
-    env = make_env(tmp_path, run_mining=True, config={**FAST, "mining_algorithm": algorithm, "seed": 7},
-                   candidates=coco_images(4))
-    outputs = []
-    for _ in range(2):
-        assert run_start("--env", env).returncode == 0
-        outputs.append((tmp_path / "out" / "result.tsv").read_bytes())
-        (tmp_path / "out" / "result.tsv").unlink()
-    assert outputs[0] == outputs[1]
-
-
-def test_random_needs_no_weights(tmp_path):
-    env = make_env(tmp_path, run_mining=True, config={"mining_algorithm": "random"}, weights=None,
-                   candidates=coco_images(3))
-    done = run_start("--env", env)
-    assert done.returncode == 0, done.stdout
-    assert len(read_result_tsv(env)) == 3
-
-
-def test_an_unknown_config_key_is_one_warning_with_its_close_matches(tmp_path):
-    env = make_env(tmp_path, run_mining=True, config={"mining_algorithm": "random", "imgsz": 320, "epochs": 3},
-                   weights=None, candidates=coco_images(3))
-    done = run_start("--env", env)
-    assert done.returncode == 0, done.stdout
-    warnings = [line for line in done.stdout.splitlines() if "WARNING" in line]
-    assert len(warnings) == 1, warnings  # not once per task and step; epochs is a (training) template key
-    assert warnings[0].endswith("config key 'imgsz' is not used by mining and is ignored; did you mean 'img_size'?")
-
-
-def failure(tmp_path, env, code, needle):
-    done = run_start("--env", env)
-    assert done.returncode != 0
-    fields = monitor_fields(env)
-    assert fields[3:] == ["4", str(code)], fields
-    message = (tmp_path / "out" / "monitor.txt").read_text().splitlines()[1]
-    assert needle in message, message
-    assert not (tmp_path / "out" / "result.tsv").exists()
-    assert not (tmp_path / "out" / "infer-result.json").exists()
-    return message
-
-
-def test_missing_weights(tmp_path):
-    env = make_env(tmp_path, run_mining=True, run_infer=True, weights=None, candidates=coco_images(1),
-                   config={"model_params_path": ["gone/best.pt"]})
-    failure(tmp_path, env, 300004, "models/gone/best.pt")
-
-
 def test_missing_env_yaml(tmp_path):
     done = run_start("--env", tmp_path / "nowhere" / "env.yaml")
     assert done.returncode != 0
     assert "env.yaml not found" in done.stdout and str(tmp_path / "nowhere") in done.stdout
-
-
-def test_mining_failure_after_success_leaves_no_result(tmp_path):
-    env = make_env(tmp_path, run_mining=True, run_infer=True, candidates=coco_images(2),
-                   config={"mining_algorithm": "random", "backend": "onnx"})
-    failure(tmp_path, env, 300004, ".onnx")
-
 

@@ -33,6 +33,8 @@ def test_segmentation_templates_and_manifest():
     names = sorted(n for n in os.listdir(SEG_TEMPLATES) if n.endswith("-template.yaml"))
     assert names == sorted(f"{task}-template.yaml" for task in TASKS)
     assert yaml.safe_load(open(os.path.join(SEG_TEMPLATES, "manifest.yaml"))) == {"object_type": 4}
+    # an int object_type: templates at /img-man/ (a list would mean per-type sub-directories)
+    assert yaml.safe_load(open(os.path.join(TEMPLATES_DIR, "manifest.yaml"))) == {"object_type": 2}
     assert manifest_object_type(SEG_TEMPLATES) == 4 and manifest_object_type(TEMPLATES_DIR) == 2
     for name in names:
         data = yaml.safe_load(open(os.path.join(SEG_TEMPLATES, name)))

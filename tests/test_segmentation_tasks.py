@@ -16,7 +16,8 @@ from pycocotools import mask as mask_utils
 
 from executor.protocol.templates import TEMPLATES_VAR, family_templates
 from executor.shared import SEGMENTATION
-from tests.platform import WEIGHTS, coco_images, make_env, monitor_fields, read_result_tsv, run_start
+from tests.platform import (WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, read_result_tsv,
+                            run_cli, run_start)
 
 SEG_ENV = {**os.environ, TEMPLATES_VAR: family_templates(SEGMENTATION)}
 
@@ -34,6 +35,7 @@ def seg_detector(weights, img_size=640, **post):
 
 # ---------------------------------------------------------------- the adapter
 
+@pytest.mark.slow
 def test_a_seg_model_finds_the_boxes_of_its_detection_backbone_with_masks_inside_them(seg_weights):
     from executor.engine.loading import load_detector
     from tests.platform import batch_of
@@ -61,6 +63,7 @@ def test_a_seg_model_finds_the_boxes_of_its_detection_backbone_with_masks_inside
         assert sub.masks.rles() == [rles[-1], rles[0]]
 
 
+@pytest.mark.slow
 def test_whole_batch_postprocess_keeps_the_masks_of_per_image_postprocess(seg_weights):
     from executor.engine.postprocess import postprocess
     from tests.platform import batch_of
@@ -75,6 +78,7 @@ def test_whole_batch_postprocess_keeps_the_masks_of_per_image_postprocess(seg_we
         assert a.masks.rles() == b.masks.rles()
 
 
+@pytest.mark.slow
 def test_onnx_seg_export_gives_the_torch_masks(seg_weights, tmp_path):
     from executor.engine.loading import export_onnx, load_detector
     from tests.platform import batch_of
@@ -94,6 +98,7 @@ def test_onnx_seg_export_gives_the_torch_masks(seg_weights, tmp_path):
     assert ious and min(ious) > 0.98
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("served, model", [("segment", "detection"), ("detect", "segmentation")])
 def test_a_model_of_the_other_family_is_a_model_error_naming_both(seg_weights, served, model):
     from executor.engine.loading import load_detector
@@ -162,6 +167,7 @@ def seg_infer_run(tmp_path_factory, seg_weights):
     return env, proc
 
 
+@pytest.mark.slow
 def test_seg_infer_writes_the_coco_result_with_rle_masks_for_every_candidate(seg_infer_run, seg_weights):
     env, proc = seg_infer_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -197,20 +203,27 @@ def test_seg_infer_writes_the_coco_result_with_rle_masks_for_every_candidate(seg
                                np.c_[found.xyxy[:, :2], found.xyxy[:, 2:] - found.xyxy[:, :2]], atol=0.02)
 
 
+@pytest.mark.slow
 def test_seg_mining_in_the_same_pass_ranks_like_the_detection_model(seg_infer_run, tmp_path):
     """Entropy reads only the class probabilities, which the seg model shares with yolov8n.pt: the same ranking."""
     env, proc = seg_infer_run
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert proc.stdout.count("skipping unreadable image") == 1  # mining and infer: one pass over the images
     ranked = read_result_tsv(env)
-    det_env = make_env(tmp_path, run_mining=True, weights=WEIGHTS, candidates=seg_candidates(tmp_path),
-                       config={"mining_algorithm": "entropy", "img_size": 320})
-    assert run_start("--env", det_env).returncode == 0
-    theirs = read_result_tsv(det_env)
+    from executor.pipeline.job import Job
+    from executor.pipeline.tasks import run as run_tasks
+
+    result = tmp_path / "result.tsv"  # yolov8n.pt's ranking, driven in this process
+    run_tasks(["mining"], Job(candidates=add_assets(tmp_path / "assets", seg_candidates(tmp_path)),
+                              mining_result=str(result)),
+              {"model_params_path": [str(WEIGHTS)], "class_names": coco_names(), "mining_algorithm": "entropy",
+               "img_size": 320})
+    theirs = [(key, float(score)) for key, score in (line.split("\t") for line in result.read_text().splitlines())]
     assert [os.path.basename(k) for k, _ in ranked] == [os.path.basename(k) for k, _ in theirs]
     np.testing.assert_allclose([s for _, s in ranked], [s for _, s in theirs], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_aldd_with_a_seg_model_reads_the_class_maps_of_the_detection_head(seg_weights):
     """ALDD's dense class maps come from the class rows only (the mask coefficients after them are cut off):
     the seg model seeded from yolov8n.pt gives yolov8n.pt's scores."""
@@ -253,6 +266,7 @@ def test_cald_mines_with_a_seg_model_deterministically(tmp_path, seg_weights):
     assert len(scores) == 5 and scores[-1] == -1.0 and all(s >= 0 for s in scores[:-1])
 
 
+@pytest.mark.slow
 def test_cald_with_a_seg_model_uses_the_masks(seg_weights):
     """The same images and views, with and without the masks: the mask term changes CALD's scores."""
     from mining.cald import CaldScorer
@@ -280,7 +294,8 @@ def test_cald_with_a_seg_model_uses_the_masks(seg_weights):
 
 # ---------------------------------------------------------------- the local CLI
 
-def test_the_cli_takes_the_family_from_its_model(tmp_path, seg_weights):
+@pytest.mark.slow
+def test_the_cli_takes_the_family_from_its_model(capsys, tmp_path, seg_weights):
     images = tmp_path / "images"
     images.mkdir()
     for path in coco_images(3):
@@ -295,14 +310,14 @@ def test_the_cli_takes_the_family_from_its_model(tmp_path, seg_weights):
     coco = tmp_path / "coco.json"
     proc = run_start("infer", "--model", seg_weights, "--source", images, "--out", coco, *small, "--format", "coco")
     assert proc.returncode == 0 and coco.read_bytes() == out.read_bytes()  # the COCO result is already COCO
-    proc = run_start("infer", "--model", seg_weights, "--source", images, "--out", tmp_path / "yolo",
-                     "--format", "yolo")
-    assert proc.returncode == 2 and "a segmentation model's masks are written with --format ymir" in proc.stderr
+    status, err = run_cli(capsys, "infer", "--model", seg_weights, "--source", images, "--out", tmp_path / "yolo",
+                          "--format", "yolo")
+    assert status == 2 and "a segmentation model's masks are written with --format ymir" in err
     two = tmp_path / "two.json"  # two worker processes: the same bytes
     proc = run_start("infer", "--model", seg_weights, "--source", images, "--out", two, "--imgsz", "320",
                      "--nproc", "2", "--set", "shard_size=1", "--set", "cpu_threads=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert two.read_bytes() == out.read_bytes()
     detection = tmp_path / "boxes.json"  # and a detection model keeps ymir's detection form
-    assert run_start("infer", "--model", WEIGHTS, "--source", images, "--out", detection, "--imgsz", "320").returncode == 0
+    assert run_cli(capsys, "infer", "--model", WEIGHTS, "--source", images, "--out", detection, "--imgsz", "320")[0] == 0
     assert set(json.loads(detection.read_text())) == {"detection"}

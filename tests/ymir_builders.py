@@ -11,7 +11,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -165,29 +164,12 @@ def write_coco_val_dataset(root: Path, count_train: int, count_val: int, index_r
 
 def write_training_env(root: Path, class_names: list[str], config: dict | None = None,
                        protocol_version: str | None = "1.1.0") -> Path:
-    """env.yaml and config.yaml for a training run on the dataset already written to `root`/in."""
-    indir, outdir = Path(root) / "in", Path(root) / "out"
-    outdir.mkdir(parents=True, exist_ok=True)
-    (indir / "models").mkdir(parents=True, exist_ok=True)
-    cfg = {"gpu_id": "", "gpu_count": 0, "task_id": "t-train", "class_names": list(class_names), **(config or {})}
-    (indir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    env = {
-        "task_id": "t-train", "run_training": True, "run_mining": False, "run_infer": False,
-        "input": {"root_dir": str(indir), "assets_dir": str(indir / "assets"), "models_dir": str(indir / "models"),
-                  "annotations_dir": str(indir / "annotations"), "config_file": str(indir / "config.yaml"),
-                  "training_index_file": str(indir / "train-index.tsv"),
-                  "val_index_file": str(indir / "val-index.tsv"), "candidate_index_file": ""},
-        "output": {"root_dir": str(outdir), "models_dir": str(outdir / "models"),
-                   "tensorboard_dir": str(outdir / "tensorboard"),
-                   "training_result_file": str(outdir / "models" / "result.yaml"),
-                   "mining_result_file": str(outdir / "result.tsv"),
-                   "infer_result_file": str(outdir / "infer-result.json"),
-                   "monitor_file": str(outdir / "monitor.txt")},
-    }
-    if protocol_version:
-        env["protocol_version"] = protocol_version
-    (indir / "env.yaml").write_text(yaml.safe_dump(env))
-    return indir / "env.yaml"
+    """env.yaml and config.yaml for a training run on the dataset already written to `root`/in
+    (tests.platform.make_env writes them)."""
+    from tests.platform import make_env
+
+    return make_env(Path(root), run_training=True, weights=None, task_id="t-train", protocol_version=protocol_version,
+                    config={"class_names": list(class_names), **(config or {})})
 
 
 # ---------------------------------------------------------------- reading outputs back

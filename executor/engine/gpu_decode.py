@@ -8,7 +8,7 @@ is decoded on the device. Every other file (PNG and the other formats, CMYK/YCCK
 EXIF-rotated, truncated or unparsable ones) and any file the device decoder raises on is decoded by
 executor.engine.images.read_image (OpenCV: EXIF rotation, CMYK, 16-bit, the same errors for broken files) on the CPU,
 then letterboxed on the device like the rest. Both paths give the same canvases within rounding
-(tests/executor/test_gpu_decode.py), and the same canvas shapes, so the loop makes the same batches.
+(tests/engine/test_gpu_decode.py), and the same canvas shapes, so the loop makes the same batches.
 
 The originals (what CALD's views and the report need, Batch.images) are always copied back to the host as RGB
 uint8 (H, W, 3) arrays: one device-to-host copy per image, measured in `python -m benchmarks` (P7).

@@ -136,6 +136,7 @@ def test_levels_that_do_not_nest_rejected():
         aldd_scores([torch.rand(1, 2, 4, 4), torch.rand(1, 3, 2, 2)])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     maps = maps_for(img=128, batch=4, classes=6)

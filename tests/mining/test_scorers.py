@@ -1,4 +1,5 @@
-"""Scorer wiring through the one registry, on a fake detector (the real model: tests/test_scorers_real_model.py)."""
+"""Scorer wiring through the one registry, on a fake detector (the real model:
+tests/mining/test_scorers_real_model.py)."""
 import subprocess
 import sys
 

@@ -323,6 +323,7 @@ def test_validation(kwargs, match):
         rank_diverse(args.pop("scores"), args.pop("embeddings"), **args)
 
 
+@pytest.mark.slow  # a timing print: ten seconds of CPU on 10000 rows
 def test_timing_print(capsys):
     rng = np.random.default_rng(0)
     scores, emb = rng.random(10000), rng.standard_normal((10000, 256))

@@ -20,18 +20,13 @@ from executor.pipeline.job import Job, result_names
 from executor.pipeline.scoring import work_shards
 from executor.pipeline.tasks import run as run_tasks
 from executor.protocol.templates import TEMPLATES_DIR
-from tests.platform import REPO, WEIGHTS, coco_images, coco_names, run_start
+from tests.platform import REPO, WEIGHTS, coco_images, coco_names, run_cli, run_start
 
 COCO8 = REPO.parent / "shared" / "data" / "coco8"
 
 
 def parse(*argv):
     return cli.build_parser().parse_args([str(a) for a in argv])
-
-
-def run_cli(capsys, *argv):
-    status = cli.run(parse(*argv))
-    return status, capsys.readouterr().err
 
 
 @pytest.fixture
@@ -103,10 +98,13 @@ def test_a_changed_template_changes_the_help(capsys, monkeypatch, tmp_path):
     assert help_defaults(capsys, "simulate")["--epochs"] == "7"
 
 
-def test_version_anywhere():
+def test_version_anywhere(capsys):
+    import start
+
     for argv in (["--version"], ["mine", "--version"]):
-        done = run_start(*argv)
-        assert done.returncode == 0 and done.stdout.strip() == f"quarry {__version__}"
+        with pytest.raises(SystemExit) as done:
+            start.main(argv)
+        assert done.value.code == 0 and capsys.readouterr().out.strip() == f"quarry {__version__}"
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -288,11 +286,12 @@ def test_names_are_relative_to_the_source_and_platform_basenames_must_be_unique(
 
 
 @pytest.mark.slow
-def test_mine_with_selection_and_detections_of_the_same_pass(images, tmp_path):
+def test_mine_with_selection_and_detections_of_the_same_pass(capsys, caplog, images, tmp_path):
+    caplog.set_level(logging.INFO)
     out, sel, coco = tmp_path / "ranked.tsv", tmp_path / "selected", tmp_path / "pre-labels.json"
-    done = run_start("mine", "--model", WEIGHTS, "--source", images, "--out", out, "--imgsz", 320, "--topk", 2,
-                     "--select-dir", sel, "--link", "--infer-out", coco, "--format", "coco")
-    assert done.returncode == 0, done.stderr
+    status, err = run_cli(capsys, "mine", "--model", WEIGHTS, "--source", images, "--out", out, "--imgsz", 320,
+                          "--topk", 2, "--select-dir", sel, "--link", "--infer-out", coco, "--format", "coco")
+    assert status == 0, err
     ranked = [line.split("\t")[0] for line in out.read_text().splitlines()]
     assert len(ranked) == 5 and (tmp_path / "ranked.top2.txt").read_text().split() == ranked[:2]
     assert sorted(os.listdir(sel)) == [f"00001_{os.path.basename(ranked[0])}", f"00002_{os.path.basename(ranked[1])}"]
@@ -302,21 +301,21 @@ def test_mine_with_selection_and_detections_of_the_same_pass(images, tmp_path):
     assert all(im["width"] > 0 for im in data["images"]) and data["annotations"]
     # the model's classes in model order, whatever this batch found: batches merge without renumbering
     assert data["categories"] == [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(coco_names(), 1)]
-    assert "mining + infer of 5 images" in done.stdout + done.stderr
+    assert "mining + infer of 5 images" in caplog.text
     kept = os.listdir(tmp_path / "ranked.tsv.shards")  # the shards stay for a re-selection; nothing else does
     assert kept and all(re.fullmatch(r"(mining|infer)-\d{6}\.(txt|npz)", name) for name in kept)
 
 
 @pytest.mark.slow
-def test_infer_formats_keep_every_image(images, tmp_path):
+def test_infer_formats_keep_every_image(capsys, images, tmp_path):
     (images / "b" / "broken.jpg").write_bytes(b"not an image")
     ymir, yolo = tmp_path / "det.json", tmp_path / "labels"
-    assert run_start("infer", "--model", WEIGHTS, "--source", images, "--out", ymir, "--imgsz", 320).returncode == 0
+    assert run_cli(capsys, "infer", "--model", WEIGHTS, "--source", images, "--out", ymir, "--imgsz", 320)[0] == 0
     detection = json.loads(ymir.read_text())["detection"]
     assert {"a/same.jpg", "b/same.jpg"} <= set(detection) and len(detection) == 6  # no image lost to a basename
     assert detection["b/broken.jpg"] == {"boxes": []}  # the platform's form: no boxes
-    assert run_start("infer", "--model", WEIGHTS, "--source", images, "--out", yolo, "--imgsz", 320,
-                     "--format", "yolo").returncode == 0
+    assert run_cli(capsys, "infer", "--model", WEIGHTS, "--source", images, "--out", yolo, "--imgsz", 320,
+                   "--format", "yolo")[0] == 0
     assert (yolo / "classes.txt").read_text().splitlines() == coco_names()  # the model's, in model order
     assert not (yolo / "b" / "broken.txt").exists()  # unreadable: no label file ("labelled, nothing here")
     del detection["b/broken.jpg"]
@@ -349,11 +348,11 @@ def test_the_top_k_list_of_mine_is_a_source_wherever_out_is(capsys, monkeypatch,
 
 
 @pytest.mark.slow
-def test_make_in_rehearses_platform_mode(tmp_path):
+def test_make_in_rehearses_platform_mode(capsys, tmp_path):
     inside = tmp_path / "in"
-    done = run_start("make-in", "--task", "mining", "--images", COCO8 / "images", "--weights", WEIGHTS,
-                     "--out", inside, "--set", "img_size=160", "--set", "mining_algorithm=aldd")
-    assert done.returncode == 0, done.stderr
+    status, err = run_cli(capsys, "make-in", "--task", "mining", "--images", COCO8 / "images", "--weights", WEIGHTS,
+                          "--out", inside, "--set", "img_size=160", "--set", "mining_algorithm=aldd")
+    assert status == 0, err
     env = yaml.safe_load((inside / "env.yaml").read_text())
     config = yaml.safe_load((inside / "config.yaml").read_text())
     assert env["run_mining"] and not env["run_infer"] and config["mining_algorithm"] == "aldd"

@@ -58,9 +58,3 @@ def test_values_edited_as_text_are_accepted(name):
     typed = build_settings(task, {})
     as_text = build_settings(task, {key: "" if v is None else str(v) for key, v in load(name).items()})
     assert dict(as_text) == dict(typed)
-
-
-def test_manifest_is_detection_with_root_templates():
-    manifest = load("manifest.yaml")
-    # An int object_type means templates at /img-man/ (a list would mean per-type sub-directories).
-    assert manifest.get("object_type") == 2

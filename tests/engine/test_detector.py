@@ -23,6 +23,7 @@ def detector():
     return template_detector(640)
 
 
+@pytest.mark.slow
 def test_people_are_found_with_full_class_vectors(detector):
     batch = batch_of([PEOPLE], detector)
     images, (det,) = batch.images, detector.predict(batch)
@@ -37,6 +38,7 @@ def test_people_are_found_with_full_class_vectors(detector):
     assert (det.xyxy[:, 2] > det.xyxy[:, 0]).all()
 
 
+@pytest.mark.slow
 def test_class_maps_match_the_head(detector):
     batch = batch_of(SAME_SHAPE[:2], detector)
     maps, found = detector.predict_maps(batch), detector.predict(batch)
@@ -62,6 +64,7 @@ def branch_calls(detector) -> dict:
     return calls, handles
 
 
+@pytest.mark.slow
 def test_aldd_maps_come_from_the_class_branch_alone(detector):
     """predict_maps runs the network up to the head and the head's class branch only, with exactly the maps of
     the whole head; a forward armed for the executor (whose raw output infer or the side data read) runs the
@@ -115,6 +118,7 @@ def test_class_maps_are_level_by_level_row_major():
     assert maps[0][0, 0, 1, 0] == wide[0, 4, 8] and maps[2][0, 0, 0, 1] == wide[0, 4, 41]
 
 
+@pytest.mark.slow
 def test_batch_composition_does_not_change_detections(detector):
     paths = SAME_SHAPE[:2]
     together = detector.predict(batch_of(paths, detector))
@@ -124,6 +128,7 @@ def test_batch_composition_does_not_change_detections(detector):
         np.testing.assert_allclose(alone.probs, det.probs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_views_are_predicted_like_candidates(detector):
     batch = batch_of(SAME_SHAPE[:2], detector)
     other = batch_of([COCO_VAL / "images" / "000000000802.jpg"], detector)  # a portrait canvas: its own chunk
@@ -133,6 +138,7 @@ def test_views_are_predicted_like_candidates(detector):
         np.testing.assert_allclose(view.xyxy, det.xyxy, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_uncapped_and_lower_threshold_keep_more_boxes(detector):
     batch = batch_of([PEOPLE], detector)
     (capped,) = detector.with_postprocess(0.01, 0.45, 1).predict(batch)
@@ -164,6 +170,10 @@ def test_load_errors(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="broken.pt"):
         load_detector(str(broken), "auto", "", 640, **POST)
+
+
+@pytest.mark.slow
+def test_class_names_must_match_the_checkpoint():
     with pytest.raises(ConfigError, match="3 names .* 80 classes"):
         load_detector(str(WEIGHTS), "auto", "", 640, class_names=["a", "b", "c"], **POST)
 
@@ -182,6 +192,7 @@ def test_detections_validate_shapes():
     assert len(Detections.empty(80)) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conf, max_det, multi_label", [(0.25, 100, False), (0.01, None, False), (0.01, 3, False),
                                                          (0.001, 300, True)])
 def test_whole_batch_nms_keeps_what_per_image_nms_keeps(detector, conf, max_det, multi_label):

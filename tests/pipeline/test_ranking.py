@@ -19,7 +19,7 @@ from executor.protocol.settings import build_settings
 from mining.base import Detections
 from mining.selection import rank_diverse
 from tests.mining.photos import distinct, hashes_of, thumbnails_of
-from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
+from tests.platform import WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, run_start
 
 # the hand-made set of tests/mining/test_selection.py: A and its near-copy A', B and B', an outlier C, and E
 # close to A (cos 0.9, under the 0.95 threshold) with the second-best score
@@ -280,6 +280,15 @@ def mine_env(root, candidates, **config):
     return env, done
 
 
+def mine_in_process(root, candidates, weights, **config):
+    """Mining driven in this process (executor.pipeline.tasks.run with a Job): `candidates` copied to sha1-named
+    assets as make_env does, result.tsv in `root`/out."""
+    (root / "out").mkdir(parents=True)
+    job = Job(candidates=add_assets(root / "assets", candidates), mining_result=str(root / "out" / "result.tsv"))
+    tasks.run(["mining"], job, {"model_params_path": [str(weights)], "class_names": coco_names(), "img_size": 320,
+                                **config})
+
+
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     return planted(tmp_path_factory.mktemp("planted"))
@@ -337,25 +346,29 @@ def test_diverse_is_deterministic_and_the_same_with_two_workers(pool, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_reuses_complete_shards_with_their_side_files(pool, tmp_path):
-    """Shards (and side files) left by a run stopped before the merge are reused; the result is the same."""
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.pipeline.ranking as r\n"
-        "def _stop(*a, **k):\n    raise SystemExit(3)\n"
-        "r.write_mining = _stop\n")  # every shard is complete, nothing merged
+def test_resume_reuses_complete_shards_with_their_side_files(pool, tmp_path, monkeypatch, caplog):
+    """Shards (and side files) left by a run stopped before the merge are reused; the result is the same. Driven
+    in process (tasks.run with a Job, the stop injected with monkeypatch); kill -9 and resume: tests/test_workers.py."""
+    def stop(*args, **kwargs):
+        raise SystemExit(3)  # every shard is complete, nothing merged
+
     root = tmp_path / "run"
-    env = make_env(root, run_mining=True, candidates=pool[0],
-                   config={"img_size": 320, "selection": "diverse", "shard_size": 5})
-    stopped = run_start("--env", env, env=dict(os.environ, PYTHONPATH=str(hooks)))
-    assert stopped.returncode != 0
+    (root / "out").mkdir(parents=True)
+    job = Job(candidates=add_assets(root / "assets", pool[0]), mining_result=str(root / "out" / "result.tsv"),
+              work_dir=str(root / "out"))
+    config = {"model_params_path": [str(WEIGHTS)], "class_names": coco_names(), "img_size": 320,
+              "selection": "diverse", "shard_size": 5}
+    with monkeypatch.context() as patch:
+        patch.setattr(tasks, "write_mining", stop)  # tasks.scan calls it by this name
+        with pytest.raises(SystemExit):
+            tasks.run(["mining"], job, config)
     assert len(list((root / "out" / "shards").glob("mining-*.npz"))) == 4
-    done = run_start("--env", env)
-    assert done.returncode == 0 and "4 of 4 shards are complete from an earlier run" in done.stdout
+    assert not (root / "out" / "result.tsv").exists()
+    caplog.set_level("INFO", "executor")
+    tasks.run(["mining"], job, config)
+    assert "4 of 4 shards are complete from an earlier run" in caplog.text
     fresh = tmp_path / "fresh"
-    mine_env(fresh, pool[0], selection="diverse", shard_size=5)
+    mine_in_process(fresh, pool[0], WEIGHTS, selection="diverse", shard_size=5)
     assert (root / "out" / "result.tsv").read_text().replace(str(root), "R") == \
         (fresh / "out" / "result.tsv").read_text().replace(str(fresh), "R")
     assert not (root / "out" / "shards").exists()
@@ -371,37 +384,33 @@ def onnx_models(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_onnx_backend_gives_embeddings_too(pool, onnx_models, tmp_path):
-    env = make_env(tmp_path, run_mining=True, candidates=pool[0], weights=onnx_models,
-                   config={"img_size": 320, "selection": "diverse"})
-    done = run_start("--env", env)
-    assert done.returncode == 0, done.stdout[-3000:]
-    assert "embeddings: ONNX outputs" in done.stdout
+def test_onnx_backend_gives_embeddings_too(pool, onnx_models, tmp_path, caplog):
+    caplog.set_level("INFO", "executor")
+    mine_in_process(tmp_path, pool[0], onnx_models, selection="diverse")
+    assert "embeddings: ONNX outputs" in caplog.text
     order = groups_in_order(tmp_path, pool)
     n_unique = len(coco_images(9))
     assert sorted(g for g in order[:n_unique] if g >= 0) == list(range(GROUPS))
 
 
 @pytest.mark.slow
-def test_onnx_without_embeddings_falls_back_to_the_score_order(pool, onnx_models, tmp_path):
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.engine.onnx_detector as m\n"
-        "def _none(*a, **k):\n    raise m.ModelError('injected: no head found')\n"
-        "m.onnx_with_head_inputs = _none\n")
+def test_onnx_without_embeddings_falls_back_to_the_score_order(pool, onnx_models, tmp_path, monkeypatch, caplog):
+    import executor.engine.onnx_detector as onnx_detector
+
+    def no_head(*args, **kwargs):
+        raise onnx_detector.ModelError("injected: no head found")
+
+    caplog.set_level("INFO", "executor")
     results = []
-    for name, config, extra in (("diverse", {"selection": "diverse"}, {"PYTHONPATH": str(hooks)}),
-                                ("score", {}, {})):
+    for name, config in (("diverse", {"selection": "diverse"}), ("score", {})):
         root = tmp_path / name
-        env = make_env(root, run_mining=True, candidates=pool[0], weights=onnx_models,
-                       config={"img_size": 320, **config})
-        done = run_start("--env", env, env=dict(os.environ, **extra))
-        assert done.returncode == 0, done.stdout[-3000:]
+        with monkeypatch.context() as patch:
+            if name == "diverse":
+                patch.setattr(onnx_detector, "onnx_with_head_inputs", no_head)
+            mine_in_process(root, pool[0], onnx_models, **config)
         if name == "diverse":
-            assert "no embeddings (ModelError: injected: no head found)" in done.stdout
-            assert "keeps the score order" in done.stdout
+            assert "no embeddings (ModelError: injected: no head found)" in caplog.text
+            assert "keeps the score order" in caplog.text
         results.append((root / "out" / "result.tsv").read_text().replace(str(root), "R"))
     assert results[0] == results[1]
 

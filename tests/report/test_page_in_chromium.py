@@ -18,7 +18,7 @@ import pytest
 
 from executor.report.page import write_report
 
-from .test_report import COCO, make_data
+from .test_page import COCO, make_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

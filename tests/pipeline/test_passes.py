@@ -7,6 +7,8 @@ from tests.platform import coco_images, template_detector
 
 IMAGES = [str(p) for p in coco_images(6)]
 
+pytestmark = pytest.mark.slow  # the real yolov8n
+
 
 @pytest.fixture(scope="module")
 def detector():

@@ -193,7 +193,7 @@ def test_a_failing_report_never_fails_the_platform_task(platform_run, tmp_path):
 
 @pytest.mark.slow
 def test_the_real_report_in_chromium(platform_run):
-    from tests.executor import test_report_browser as browser
+    from tests.report import test_page_in_chromium as browser
 
     if browser.CHROMIUM is None:
         pytest.skip("headless Chromium is not installed")

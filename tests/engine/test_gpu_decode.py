@@ -24,7 +24,11 @@ from tests.platform import COCO_VAL
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 IMAGES = sorted(str(p) for p in (COCO_VAL / "images").glob("*.jpg"))
 JPEG = IMAGES[0]
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def cuda(test):
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 def encoded(image: Image.Image, **options) -> bytes:
@@ -268,6 +272,7 @@ def test_gpu_decode_resolved_for_the_detector():
         device_letterbox(True, on_cpu)
 
 
+@pytest.mark.slow
 def test_the_detector_takes_device_canvases():
     from tests.platform import batch_of, template_detector
 
@@ -297,6 +302,7 @@ def test_cuda_loop_yields_the_same_batches(special):
     same_batches(keys, DeviceLetterbox(torch.device("cuda"), 640, 32), 16, 4)
 
 
+@pytest.mark.slow
 @cuda
 def test_cuda_scores_do_not_depend_on_the_path():
     from mining.entropy import EntropyScorer
@@ -349,7 +355,8 @@ CALD_DRAWS = [(IMAGES[i], f"pool-{j}/{os.path.basename(IMAGES[i])}") for i in (0
     [(IMAGES[3], "k196")]
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 def test_cald_builds_its_views_where_the_originals_were_decoded(device):
     """With the originals decoded on the device, CALD makes its four views there (within a grey level of OpenCV's)
     and the detector letterboxes them there. Wherever both paths keep the same boxes (in the reference, hence the

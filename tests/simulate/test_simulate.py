@@ -218,6 +218,7 @@ def test_model_and_imgsz_are_weights_and_img_size(tmp_path):
     assert ultralytics == ours and ours.weights == "w.pt" and ours.config == {"img_size": 320}
 
 
+@pytest.mark.slow  # loads the COCO weights for their class names
 def test_the_readme_example_is_a_valid_plan_with_highway_classes_named_as_in_coco(tmp_path):
     """The README's simulate command, parsed by start.py's parser (its ../shared is the shared folder beside the
     clone): a plan that passes the checks, whose class_names rename highway's motorbike to COCO's motorcycle
