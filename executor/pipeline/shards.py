@@ -26,14 +26,13 @@ import hashlib
 import heapq
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from executor.errors import NoReadableImages
-from executor.protocol.writers import atomic_write_text, format_score
+from executor.protocol.writers import atomic_write_text, atomic_writer, format_score
 from mining.duplicates import CROPS, HASH_BYTES, THUMB
 
 MAGIC = "# quarry-shard 1"
@@ -219,17 +218,8 @@ class ShardStore:
                 owner = np.repeat(np.arange(len(keys)), sizes)
                 np.add.at(counts, (owner, cls), 1)
                 arrays["class_counts"] = counts
-        os.makedirs(self.folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.side_path(shard))}.", suffix=".tmp",
-                                   dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(tmp, self.side_path(shard))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(self.side_path(shard), binary=True) as handle:
+            np.savez(handle, **arrays)
 
     def side_arrays(self, index: int, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The named arrays of shard `index`'s side file (only those are read)."""

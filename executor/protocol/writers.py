@@ -10,14 +10,15 @@ UNREADABLE_SCORE = -1.0  # sentinel for images that could not be read: below eve
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str) -> Iterator[TextIO]:
-    """A text handle on a temp file beside `path`, renamed onto it when the block ends without an error (and
-    removed when it does not): readers see either the old file or the whole new one."""
+def atomic_writer(path: str, binary: bool = False) -> Iterator[TextIO]:
+    """A text (or `binary`) handle on a temp file beside `path`, renamed onto it when the block ends without an
+    error (and removed when it does not): readers see either the old file or the whole new one. The one way the
+    executor writes a file of its own."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as handle:
             yield handle
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)

@@ -5,8 +5,9 @@ and the learning-curve plot.
 import csv
 import io
 import math
-import os
 from typing import Sequence
+
+from executor.protocol.writers import atomic_writer
 
 
 # ---------------------------------------------------------------- results
@@ -147,7 +148,5 @@ def plot(summary: dict, path: str, title: str, start: dict | None = None) -> Non
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as handle:
+    with atomic_writer(path, binary=True) as handle:
         handle.write(buffer.getvalue())
-    os.replace(tmp, path)

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from executor.protocol.writers import (atomic_write_text, box_record, mining_lines, write_infer_result,
-                                       write_mining_result)
+from executor.protocol.writers import (atomic_write_text, atomic_writer, box_record, mining_lines,
+                                       write_infer_result, write_mining_result)
 
 
 def test_atomic_write_leaves_old_file_on_error(tmp_path):
@@ -18,6 +18,18 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_text(str(path), Boom())
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["r.txt"]
+
+
+def test_the_one_atomic_writer_writes_bytes_too(tmp_path):
+    """Side files (numpy) and the simulator's PNG go through the same writer: bytes land whole or not at all."""
+    path = tmp_path / "side.npz"
+    with atomic_writer(str(path), binary=True) as handle:
+        handle.write(b"\x89first")
+    with pytest.raises(RuntimeError):
+        with atomic_writer(str(path), binary=True) as handle:
+            handle.write(b"half")
+            raise RuntimeError("killed while writing")
+    assert path.read_bytes() == b"\x89first" and os.listdir(tmp_path) == ["side.npz"]
 
 
 def test_mining_lines_sorted_best_first_stable():
