@@ -13,10 +13,9 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from executor.errors import NoReadableImages
 from executor.pipeline.job import Job, mining_scores_path, report_paths
 from executor.pipeline.passes import Models, image_batches, weights_for
-from executor.pipeline.shards import Row, ShardStore, file_sha256, plan, ranked_rows
+from executor.pipeline.shards import Row, ShardStore, file_sha256, plan, ranked_rows, some_readable
 from executor.protocol.settings import Settings, build_settings
 from executor.protocol.writers import UNREADABLE_SCORE, atomic_writer, format_score, write_ranked
 from mining import SCORERS, scorer_params
@@ -265,15 +264,10 @@ def written_rows(store: ShardStore, count: int, diverse: Diverse | None, total: 
 def checked(lines: Iterable[Written], total: int, raw_scores=None) -> Iterator[tuple[str, float]]:
     """(key, written score) of `lines`, each raw score also written to `raw_scores`; all of the `total` images
     unreadable is NoReadableImages at the end of the stream (the writers then never rename their temp files)."""
-    unreadable, first = 0, ""
-    for line in lines:
-        if line.row.reason:
-            unreadable, first = unreadable + 1, first or line.row.reason
+    for line in some_readable(lines, total, lambda line: line.row.reason):
         if raw_scores is not None:
             raw_scores.write(f"{line.row.key}\t{format_score(line.raw)}\n")
         yield line.row.key, line.score
-    if total and unreadable == total:
-        raise NoReadableImages(f"none of the {total} images could be read; first: {first}")
 
 
 @dataclass

@@ -27,7 +27,7 @@ import heapq
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterator, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from executor.protocol.writers import atomic_write_text, atomic_writer, format_s
 from mining.duplicates import CROPS, HASH_BYTES, THUMB
 
 MAGIC = "# quarry-shard 1"
+T = TypeVar("T")
 
 
 def _one_line(text: str) -> str:
@@ -280,28 +281,30 @@ class ShardStore:
                     os.unlink(path)
 
 
-def ranked_rows(store: ShardStore, count: int, total: int, located: bool = False) -> Iterator:
-    """The merged ranking of `count` shards, checked: all of the `total` images unreadable is NoReadableImages
-    (raised at the end of the stream, so the writer never renames its temp file). (key, score) pairs, or with
-    `located` the Row of each line (where it came from, for selection and the report)."""
+def some_readable(items: Iterable[T], total: int, reason: Callable[[T], str]) -> Iterator[T]:
+    """`items` as they stream; when all of the `total` images turn out unreadable (`reason` of each non-empty),
+    NoReadableImages at the end of the stream, so the writer consuming it never renames its temp file."""
     unreadable, first = 0, ""
-    for row in store.merged_rows(count) if located else store.merged_scores(count):
-        reason = row[2]
-        if reason:
-            unreadable, first = unreadable + 1, first or reason
-        yield row if located else row[:2]
+    for item in items:
+        why = reason(item)
+        if why:
+            unreadable, first = unreadable + 1, first or why
+        yield item
     if total and unreadable == total:
         raise NoReadableImages(f"none of the {total} images could be read; first: {first}")
 
 
+def ranked_rows(store: ShardStore, count: int, total: int, located: bool = False) -> Iterator:
+    """The merged ranking of `count` shards, checked (some_readable): (key, score) pairs, or with `located` the
+    Row of each line (where it came from, for selection and the report)."""
+    rows = store.merged_rows(count) if located else store.merged_scores(count)
+    for row in some_readable(rows, total, lambda row: row[2]):
+        yield row if located else row[:2]
+
+
 def named_records(store: ShardStore, count: int, names: Mapping[str, str], unreadable_as_none: bool = False
                   ) -> Iterator[tuple[str, list | None]]:
-    """(result name, box records) of every image in index order, checked like ranked_rows; an unreadable image
+    """(result name, box records) of every image in index order, checked (some_readable); an unreadable image
     has none ([], or None with `unreadable_as_none`)."""
-    unreadable, first = 0, ""
-    for key, record, reason in store.records(count):
-        if reason:
-            unreadable, first = unreadable + 1, first or reason
+    for key, record, reason in some_readable(store.records(count), len(names), lambda item: item[2]):
         yield names[key], (None if unreadable_as_none else []) if reason else record
-    if names and unreadable == len(names):
-        raise NoReadableImages(f"none of the {len(names)} images could be read; first: {first}")
