@@ -65,10 +65,19 @@ def _run(flat: np.ndarray, limit: int) -> int:
     return int(stop[0]) if len(stop) else limit
 
 
+def photo(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(photo_hash, thumbnail) of an image, its borders found once: what selection keeps of each image."""
+    grey = content(image)
+    return _hash(grey), _thumbnail(grey)
+
+
 def photo_hash(image: np.ndarray) -> np.ndarray:
     """(len(CROPS), HASH_BYTES) uint8: the packed hash bits of an RGB or grey uint8 image (H, W[, 3]), its flat
     borders left out."""
-    grey = content(image)
+    return _hash(content(image))
+
+
+def _hash(grey: np.ndarray) -> np.ndarray:
     height, width = grey.shape
     rows = []
     for share in CROPS:
@@ -101,7 +110,11 @@ def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def thumbnail(image: np.ndarray) -> np.ndarray:
     """(THUMB, THUMB) uint8 grey thumbnail of an RGB or grey uint8 image without its flat borders, squeezed to a
     square."""
-    return cv2.resize(content(image), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    return _thumbnail(content(image))
+
+
+def _thumbnail(grey: np.ndarray) -> np.ndarray:
+    return cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
 
 
 def crop_match(a: np.ndarray, b: np.ndarray) -> float:

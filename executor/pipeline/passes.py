@@ -20,7 +20,7 @@ from executor.protocol.writers import UNREADABLE_SCORE, box_record, instance_rec
 from executor.shared import TASK_OF_OBJECT_TYPE
 from mining import get_scorer, scorer_params
 from mining.base import Batch
-from mining.duplicates import photo_hash, thumbnail
+from mining.duplicates import photo
 
 
 @dataclass
@@ -188,7 +188,7 @@ class Pass:
             found = (recorder and recorder.reusable(batch, detector)) or detector.tapped_detections(batch)
         if found is not None:  # the side data outlive the batch: keep no prototypes alive
             found = [dataclasses.replace(det, masks=None) for det in found]
-        photos = [(photo_hash(image), thumbnail(image)) for image in batch.images] if self.side.get("hashes") else None
+        photos = [photo(image) for image in batch.images] if self.side.get("hashes") else None
         return {key: (None if embeddings is None else embeddings[i], None if found is None else found[i],
                       None if photos is None else photos[i])
                 for i, key in enumerate(batch.keys)}

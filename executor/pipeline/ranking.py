@@ -19,7 +19,7 @@ from executor.pipeline.shards import Row, ShardStore, file_sha256, plan, ranked_
 from executor.protocol.settings import Settings, build_settings
 from executor.protocol.writers import UNREADABLE_SCORE, atomic_writer, format_score, write_ranked
 from mining import SCORERS, scorer_params
-from mining.duplicates import photo_hash, signs, similarity, thumbnail
+from mining.duplicates import photo, signs, similarity
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,9 @@ def labeled_images(job: Job, settings: Settings, models: Models) -> Labeled:
     rows, hashes, thumbnails, paths, unreadable = [], [], [], [], {}
     for batch in image_batches(list(job.labeled), detector, settings, lambda done: None, unreadable):
         rows.append(detector.embed(batch).astype(np.float32))
-        hashes += [photo_hash(image) for image in batch.images]
-        thumbnails += [thumbnail(image) for image in batch.images]
+        for found, small in map(photo, batch.images):
+            hashes.append(found)
+            thumbnails.append(small)
         paths += batch.keys
         detector.tap.clear()
     if unreadable:

@@ -90,3 +90,10 @@ def test_grey_flat_and_tiny_images():
     image = np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     assert np.array_equal(duplicates.photo_hash(image), duplicates.photo_hash(grey))
+
+
+def test_photo_is_the_hash_and_the_thumbnail_from_one_border_search():
+    image = cv2.copyMakeBorder(np.random.default_rng(3).integers(0, 255, (50, 70, 3), dtype=np.uint8), 9, 9, 0, 0,
+                               cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    found, small = duplicates.photo(image)
+    assert np.array_equal(found, duplicates.photo_hash(image)) and np.array_equal(small, duplicates.thumbnail(image))
