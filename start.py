@@ -8,7 +8,8 @@
     python start.py make-in --task mining ...           write an /in folder to rehearse platform mode
 
 This file knows /in, /out, the environment and the platform's exit path; executor/cli/commands.py the local command
-line; everything below takes plain arguments (executor.pipeline.tasks.run).
+line; both turn config, job and ranks into one plan (executor/pipeline/plan.py) that executor.pipeline.tasks.run
+takes.
 """
 import sys
 
@@ -66,6 +67,7 @@ def run_platform(env_path: str, default_monitor: bool = True) -> int:
         created = CreatedOutputs(env)
         config = read_yaml_mapping(env.input_path("config_file"), "config.yaml")
         config = confine_model_paths(config, env)
+        from executor.pipeline.plan import make_plan
         from executor.pipeline.tasks import run
 
         names = ["training"] if env.run_training else ["mining"] * env.run_mining + ["infer"] * env.run_infer
@@ -75,7 +77,7 @@ def run_platform(env_path: str, default_monitor: bool = True) -> int:
             from executor.pipeline.job import mining_scores_path, report_paths
 
             created.add([mining_scores_path(job), *report_paths(job)])
-        run(names, job, config, monitor.progress)
+        run(make_plan(names, job, config), monitor.progress)
         monitor.write(1.0)
         return 0
     except BaseException as exc:  # every failure takes this one path, KeyboardInterrupt included

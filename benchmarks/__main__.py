@@ -204,6 +204,7 @@ def main(argv=None) -> int:
 
     from benchmarks import gt, report, speed
     from executor.pipeline.passes import Models
+    from executor.pipeline.plan import weights_for
     from executor.protocol.settings import build_settings
 
     if args.render:
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
         return speed.mining_config(args.weights, algorithm, gpu_id, **extra)
 
     base = build_settings("mining", config("entropy"))
-    detector = Models().detector(base, "")
+    detector = Models().detector(base, weights_for(base, ""))
     results = {"command": ("python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))).strip(),
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": machine_info(detector.device), "load_before": load(), "settings": {

@@ -91,12 +91,13 @@ def highway_train() -> list[str]:
 def mine_pass(paths: list[str], algorithm: str, weights: str, embeddings: bool = True, img_size: int = 640) -> dict:
     """Scores, embeddings and boxes (mining's conf_thres) of `paths` through executor.pipeline.passes.Pass, timed."""
     from executor.pipeline.passes import Models, Pass, open_scorer
+    from executor.pipeline.plan import weights_for
     from executor.protocol.settings import build_settings
     from mining import SCORERS
 
     settings = build_settings("mining", {"mining_algorithm": algorithm, "model_params_path": [weights],
                                          "img_size": img_size, "selection": "diverse" if embeddings else "score"})
-    detector = Models().detector(settings, "")
+    detector = Models().detector(settings, weights_for(settings, ""))
     if embeddings:
         detector.enable_embeddings()
     work = Pass({"mining": settings}, scorer=open_scorer(settings),
@@ -261,6 +262,7 @@ def synthetic_store(folder: str, embeddings: np.ndarray, hashes: np.ndarray, thu
 def time_write(store, keys, settings: dict, folder: str, report: bool, weights: str) -> float:
     from executor.pipeline.job import Job
     from executor.pipeline.passes import Models
+    from executor.pipeline.plan import make_plan
     from executor.pipeline.ranking import MiningContext, write_mining
 
     config = {"selection": "diverse", "report": report, "shard_size": 2048, "model_params_path": [weights],
@@ -268,7 +270,8 @@ def time_write(store, keys, settings: dict, folder: str, report: bool, weights: 
     job = Job(candidates=keys, mining_result=os.path.join(folder, "result.tsv"))
     count = -(-len(keys) // 2048)
     started = time.perf_counter()
-    write_mining(job, store, count, MiningContext(config, Models(), time.monotonic(), ""))
+    plan = make_plan(["mining"], job, config)
+    write_mining(job, store, count, MiningContext(plan, Models(), time.monotonic(), ""))
     return time.perf_counter() - started
 
 
@@ -303,7 +306,7 @@ def main(argv=None) -> int:
 
     template = build_settings("mining", {})
     default = {"dedup_similarity": template.dedup_similarity, "diversity_weight": template.diversity_weight}
-    names = Models().detector(build_settings("mining", {"model_params_path": [args.weights]}), "").names
+    names = Models().detector(build_settings("mining", {}), args.weights).names
     limit_coco, limit_voc, limit_highway = (40, 20, 200) if args.quick else (None, None, None)
     coco = gt.load_coco(args.coco, names, limit_coco)
     voc = gt.load_voc(args.voc, names, limit_voc)
@@ -489,17 +492,18 @@ def reselection(paths: list[str], weights: str, folder: str) -> dict:
     """Mine `paths` once with selection diverse (shards kept, at img_size 320 to save time), then again with other
     selection settings: the second run's seconds, and whether it scored anything (its shard files untouched)."""
     from executor.pipeline.job import Job
+    from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import run
 
     job = Job(candidates=paths, mining_result=os.path.join(folder, "result.tsv"),
               shards_dir=os.path.join(folder, "shards"), keep_shards=True)
     config = {"model_params_path": [weights], "img_size": 320, "selection": "diverse", "report": False}
     started = time.perf_counter()
-    run(["mining"], job, config)
+    run(make_plan(["mining"], job, config))
     first = time.perf_counter() - started
     stamps = {name: os.stat(os.path.join(job.shards_dir, name)).st_mtime_ns for name in os.listdir(job.shards_dir)}
     started = time.perf_counter()
-    run(["mining"], job, {**config, "dedup_similarity": 0.9, "diversity_weight": 0.3})
+    run(make_plan(["mining"], job, {**config, "dedup_similarity": 0.9, "diversity_weight": 0.3}))
     second = time.perf_counter() - started
     after = {name: os.stat(os.path.join(job.shards_dir, name)).st_mtime_ns for name in os.listdir(job.shards_dir)}
     return {"images": len(paths), "first_run_s": first, "reselection_s": second,

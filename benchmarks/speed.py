@@ -29,6 +29,7 @@ from executor.engine.images import same_shape_chunks
 from executor.engine.loop import decode
 from executor.pipeline.job import Job
 from executor.pipeline.passes import Models
+from executor.pipeline.plan import make_plan, weights_for
 from executor.pipeline.tasks import infer, mine
 from executor.protocol.settings import build_settings
 
@@ -177,6 +178,9 @@ def breakdown(total: float, clock: Clock) -> dict:
     }
 
 
+TASK_OF = {"mine": "mining", "infer": "infer"}  # the task function → its name in a plan
+
+
 def shipped(task, keys, detector, config: dict, progress=lambda fraction: None, read=lambda job: None) -> tuple:
     """executor.pipeline.tasks.mine or infer on `keys` with `config`, given `detector` already loaded (as one run's
     Models cache holds it: the task takes it with its own settings' NMS), writing into a temporary folder.
@@ -187,7 +191,7 @@ def shipped(task, keys, detector, config: dict, progress=lambda fraction: None, 
         job = Job(candidates=list(keys), work_dir=folder, mining_result=os.path.join(folder, "result.tsv"),
                   infer_result=os.path.join(folder, "infer-result.json"))
         t0 = time.perf_counter()
-        task(job, config, progress, models)
+        task(make_plan([TASK_OF[task.__name__]], job, config), progress, models)
         seconds = time.perf_counter() - t0
         out = read(job)
     if list(models.loaded.values()) != [detector]:
@@ -320,7 +324,7 @@ def onnx_vs_torch(weights: str, segments, torch_detector, folder: str) -> dict:
     configs = {name: {"model_params_path": [path], "backend": name, "gpu_id": ""}
                for name, path in (("torch", weights), ("onnx", onnx_path))}
     onnx_settings = build_settings("infer", configs["onnx"])
-    onnx_detector = Models().detector(onnx_settings, "")
+    onnx_detector = Models().detector(onnx_settings, weights_for(onnx_settings, ""))
     infer_timed(segments[0][:2 * onnx_settings.batch_size_per_gpu], onnx_detector, configs["onnx"])  # warm-up
     detectors = {"torch": torch_detector, "onnx": onnx_detector}
     runs = {"torch": [], "onnx": []}
@@ -410,7 +414,8 @@ def cpu_workers_ratio(weights: str, keys: list[str], algorithm: str = "entropy")
             with tempfile.TemporaryDirectory(prefix="quarry-bench-workers-") as folder:
                 job = Job(candidates=list(keys), work_dir=folder, mining_result=os.path.join(folder, "result.tsv"))
                 t0 = time.perf_counter()
-                mine(job, config, lambda fraction: seen.append((time.perf_counter() - t0, fraction)), Models())
+                mine(make_plan(["mining"], job, config),
+                     lambda fraction: seen.append((time.perf_counter() - t0, fraction)), Models())
                 seconds = time.perf_counter() - t0
                 with open(job.mining_result, encoding="utf-8") as handle:
                     result = handle.read()

@@ -158,6 +158,7 @@ def test_timed_mining_scores_what_ships(algorithm, tmp_path):
     from benchmarks import speed
     from executor.pipeline.job import Job
     from executor.pipeline.passes import Models
+    from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import mine
     from executor.protocol.settings import build_settings
     from mining import SCORERS
@@ -166,9 +167,9 @@ def test_timed_mining_scores_what_ships(algorithm, tmp_path):
     keys = [str(p) for p in coco_images(3)]
     config = speed.mining_config(str(WEIGHTS), algorithm, img_size=320)
     job = Job(candidates=keys, work_dir=str(tmp_path), mining_result=str(tmp_path / "result.tsv"))
-    mine(job, config, lambda f: None, Models())  # loads the model itself
+    mine(make_plan(["mining"], job, config), lambda f: None, Models())  # loads the model itself
     shipped = speed.mined_scores(job)
-    detector = Models().detector(build_settings("mining", config), "")
+    detector = Models().detector(build_settings("mining", config), str(WEIGHTS))
     net = detector.net
     timed = speed.mine_timed(keys, detector, config)
     np.testing.assert_allclose(timed["scores"], shipped, rtol=1e-6)

@@ -11,6 +11,7 @@ import yaml
 from executor.pipeline.job import Job
 from executor.pipeline.scoring import job_shards
 from executor.pipeline.shards import ShardStore, plan
+from executor.pipeline.plan import make_plan
 from executor.pipeline.tasks import run
 from mining.random_score import random_scores
 from tests.platform import WEIGHTS, coco_images, make_env
@@ -68,7 +69,7 @@ def test_infer_does_not_depend_on_the_mining_before_it(two_runs):
 
 
 def mined_scores(job: Job) -> dict[str, float]:
-    run(["mining"], job, {"mining_algorithm": "random", "seed": 5, "report": False})
+    run(make_plan(["mining"], job, {"mining_algorithm": "random", "seed": 5, "report": False}))
     lines = open(job.mining_result, encoding="utf-8").read().splitlines()
     return {key: float(score) for key, score in (line.split("\t") for line in lines)}
 

@@ -94,12 +94,13 @@ def test_infer_task_result_forms(tmp_path, protocol, key):
 
 def test_infer_with_the_onnx_export(tmp_path, onnx_weights, caplog):
     from executor.pipeline.job import Job
+    from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import run as run_tasks
 
     caplog.set_level("INFO", "executor")
     out = tmp_path / "infer-result.json"  # the infer task driven in this process
-    run_tasks(["infer"], Job(candidates=add_assets(tmp_path / "assets", coco_images(2)), infer_result=str(out)),
-              {"model_params_path": [str(onnx_weights)], "class_names": coco_names()})
+    job = Job(candidates=add_assets(tmp_path / "assets", coco_images(2)), infer_result=str(out))
+    run_tasks(make_plan(["infer"], job, {"model_params_path": [str(onnx_weights)], "class_names": coco_names()}))
     assert "OnnxDetector" in caplog.text
     detection = json.loads(out.read_text())["detection"]
     assert len(detection) == 2 and any(entry["boxes"] for entry in detection.values())

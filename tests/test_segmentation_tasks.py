@@ -211,13 +211,13 @@ def test_seg_mining_in_the_same_pass_ranks_like_the_detection_model(seg_infer_ru
     assert proc.stdout.count("skipping unreadable image") == 1  # mining and infer: one pass over the images
     ranked = read_result_tsv(env)
     from executor.pipeline.job import Job
+    from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import run as run_tasks
 
     result = tmp_path / "result.tsv"  # yolov8n.pt's ranking, driven in this process
-    run_tasks(["mining"], Job(candidates=add_assets(tmp_path / "assets", seg_candidates(tmp_path)),
-                              mining_result=str(result)),
-              {"model_params_path": [str(WEIGHTS)], "class_names": coco_names(), "mining_algorithm": "entropy",
-               "img_size": 320})
+    job = Job(candidates=add_assets(tmp_path / "assets", seg_candidates(tmp_path)), mining_result=str(result))
+    run_tasks(make_plan(["mining"], job, {"model_params_path": [str(WEIGHTS)], "class_names": coco_names(),
+                                          "mining_algorithm": "entropy", "img_size": 320}))
     theirs = [(key, float(score)) for key, score in (line.split("\t") for line in result.read_text().splitlines())]
     assert [os.path.basename(k) for k, _ in ranked] == [os.path.basename(k) for k, _ in theirs]
     np.testing.assert_allclose([s for _, s in ranked], [s for _, s in theirs], rtol=1e-4)

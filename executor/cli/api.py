@@ -53,6 +53,7 @@ def _config(weights, settings: dict) -> dict:
 def mine(images, weights=None, algorithm: str | None = None, **settings) -> list[tuple[str, float]]:
     """(path, score) of every image, most worth labelling first; unreadable images last with score -1."""
     from executor.pipeline.job import Job
+    from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import run
 
     prepare_process_env()
@@ -64,7 +65,7 @@ def mine(images, weights=None, algorithm: str | None = None, **settings) -> list
         paths, names = _listed(images)  # random and CALD draw by the names: the same wherever the folder is
         job = Job(candidates=paths, names=names, mining_result=out, shards_dir=os.path.join(scratch, "shards"),
                   outer=outer_ranks())
-        run(["mining"], job, config)
+        run(make_plan(["mining"], job, config))
         with open(out, encoding="utf-8") as handle:
             return [(key, float(score)) for key, score in (line.rstrip("\n").split("\t") for line in handle)]
 
@@ -75,6 +76,7 @@ def infer(images: Sequence[str] | str, weights=None, **settings) -> dict[str, li
     from executor.cli.formats import read_ymir
     from executor.pipeline.job import Job
     from executor.pipeline.passes import Models
+    from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import model_class_names, run
     from executor.protocol.writers import class_ids
 
@@ -84,9 +86,10 @@ def infer(images: Sequence[str] | str, weights=None, **settings) -> dict[str, li
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
         job = Job(candidates=paths, names=paths, infer_result=os.path.join(scratch, "infer.json"),
                   shards_dir=os.path.join(scratch, "s"), infer_unreadable_none=True, outer=outer_ranks())
-        run(["infer"], job, config, models=models)
+        plan = make_plan(["infer"], job, config)
+        run(plan, models=models)
         boxes = read_ymir(job.infer_result)
-    ids = class_ids(model_class_names(job, config, models))
+    ids = class_ids(model_class_names(plan, models))
     for found in boxes.values():
         for record in found or []:
             record["class_id"] = ids[record["class_name"]]

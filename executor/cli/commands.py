@@ -201,9 +201,9 @@ def gpu_id_of(device: str) -> str:
     return "" if device.strip().lower() == "cpu" else device.lower().replace("cuda:", "")
 
 
-def config_of(args) -> dict:
-    """The flags as config keys (templates give every default, as in platform mode), checked: a bad value
-    names the flag."""
+def config_of(args, templates: str | None = None) -> dict:
+    """The flags as config keys (the templates of `templates`, default the active ones, give every default, as in
+    platform mode), checked: a bad value names the flag."""
     from executor.errors import ConfigError
     from executor.protocol.settings import build_settings
 
@@ -223,7 +223,7 @@ def config_of(args) -> dict:
     config.update(set_values(args.set, tasks))
     for task in tasks:
         try:
-            build_settings(task, config)
+            build_settings(task, config, templates)
         except ConfigError as exc:
             message = str(exc)
             for key, flag in FLAG_OF.items():
@@ -241,16 +241,21 @@ def check_label_folder(flag: str, path: str) -> None:
     check_output_folder(flag, path, True)
 
 
-def check_yolo_boxes(config: dict) -> None:
-    from executor.protocol.settings import build_settings
+def segmentation_family(templates: str | None) -> bool:
+    """The templates (default: the active ones) serve segmentation models."""
+    from executor.protocol.templates import active_templates_dir, manifest_object_type
     from executor.shared import SEGMENTATION
 
-    if build_settings("infer", config).object_type == SEGMENTATION:
+    return manifest_object_type(templates or active_templates_dir()) == SEGMENTATION
+
+
+def check_yolo_boxes(templates: str | None) -> None:
+    if segmentation_family(templates):
         raise UsageError("--format yolo writes boxes; a segmentation model's masks are written with --format ymir "
                          "or coco (the COCO result with RLE masks)")
 
 
-def check_mine(args, pool: int, config: dict) -> None:
+def check_mine(args, pool: int, config: dict, templates: str | None) -> None:
     if args.topk is not None and not 1 <= args.topk <= pool:
         raise UsageError(f"--topk {args.topk}: choose a number from 1 to {pool} (the images found)")
     if args.select_dir and args.topk is None:
@@ -263,7 +268,7 @@ def check_mine(args, pool: int, config: dict) -> None:
         check_output_folder("--select-dir", args.select_dir, args.exist_ok)
     if args.infer_out:
         if args.format == "yolo":
-            check_yolo_boxes(config)
+            check_yolo_boxes(templates)
         check_output_file("--infer-out", args.infer_out) if args.format != "yolo" else \
             check_label_folder("--infer-out", args.infer_out)
         if os.path.abspath(args.infer_out) == os.path.abspath(args.out):
@@ -308,28 +313,16 @@ def progress_bar(total: int):
     return progress
 
 
-@contextlib.contextmanager
-def model_family(weights: str | None):
-    """The templates of the model's own family while the command runs (a -seg checkpoint or export is a
-    segmentation model: segmentation defaults, masks in the infer result); worker processes inherit them. Without
-    a readable model (random mining, or an error the loader will report), the active templates stay."""
+def model_templates(weights: str | None) -> str | None:
+    """The templates of the model's own family (a -seg checkpoint or export is a segmentation model: segmentation
+    defaults, masks in the infer result); None (the active templates) without a readable model (random mining,
+    or an error the loader will report)."""
     from executor.engine.loading import model_task
-    from executor.protocol.templates import TEMPLATES_VAR, family_templates
+    from executor.protocol.templates import family_templates
     from executor.shared import OBJECT_TYPE_OF_TASK
 
     task = model_task(weights) if weights and os.path.isfile(weights) else None
-    if task not in OBJECT_TYPE_OF_TASK:
-        yield
-        return
-    before = os.environ.get(TEMPLATES_VAR)
-    os.environ[TEMPLATES_VAR] = family_templates(OBJECT_TYPE_OF_TASK[task])
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(TEMPLATES_VAR, None)
-        else:
-            os.environ[TEMPLATES_VAR] = before
+    return family_templates(OBJECT_TYPE_OF_TASK[task]) if task in OBJECT_TYPE_OF_TASK else None
 
 
 def run(args) -> int:
@@ -337,16 +330,15 @@ def run(args) -> int:
     from executor.errors import ConfigError
 
     weights = getattr(args, "weights", None)
-    with contextlib.ExitStack() as family:
-        try:
-            family.enter_context(model_family(weights))
-        except ConfigError as exc:  # e.g. an installation without this family's templates
-            log.error("--model %s: %s", weights, exc)
-            return 1
-        return run_in_family(args)
+    try:
+        templates = model_templates(weights)
+    except ConfigError as exc:  # e.g. an installation without this family's templates
+        log.error("--model %s: %s", weights, exc)
+        return 1
+    return run_in_family(args, templates)
 
 
-def run_in_family(args) -> int:
+def run_in_family(args, templates: str | None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from executor.errors import Interrupted, one_line
@@ -361,14 +353,14 @@ def run_in_family(args) -> int:
         from executor.protocol.settings import build_settings
         from mining import SCORERS
 
-        config = config_of(args)
-        algorithm = build_settings("mining", config).mining_algorithm if args.command == "mine" else ""
+        config = config_of(args, templates)
+        algorithm = build_settings("mining", config, templates).mining_algorithm if args.command == "mine" else ""
         check_weights(args, args.command == "infer" or SCORERS[algorithm].needs_model)
         if args.command == "mine":
             check_output_file("--out", args.out)
-            check_mine(args, len(paths), config)
+            check_mine(args, len(paths), config, templates)
         elif args.format == "yolo":
-            check_yolo_boxes(config)
+            check_yolo_boxes(templates)
             check_label_folder("--out", args.out)
         else:
             check_output_file("--out", args.out)
@@ -382,7 +374,7 @@ def run_in_family(args) -> int:
     progress = progress_bar(len(paths))
     try:
         with logging_redirect_tqdm():
-            return run_task(args, config, paths, names, shards, progress)
+            return run_task(args, config, templates, paths, names, shards, progress)
     except Interrupted as exc:  # while scoring or merging: what the shards folder keeps
         progress.close()  # now, not at exit: the message stays the last line
         print(f"\n{exc}" + ("; run the same command again to resume" if exc.kept else ""), file=sys.stderr)
@@ -397,21 +389,20 @@ def run_in_family(args) -> int:
         return 1
 
 
-def run_task(args, config: dict, paths: list[str], names: list[str], shards: str, progress) -> int:
+def run_task(args, config: dict, templates: str | None, paths: list[str], names: list[str], shards: str,
+             progress) -> int:
     from executor.cli.formats import write_detections
     from executor.pipeline.job import Job
     from executor.pipeline.passes import Models
+    from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import model_class_names, run as run_tasks
     from executor.pipeline.workers import clear
-    from executor.protocol.settings import build_settings
     from executor.runtime import outer_ranks
-    from executor.shared import SEGMENTATION
 
     tasks = requested_tasks(args)
     detections = args.infer_out if args.command == "mine" else args.out
     # a segmentation model's infer result is already the COCO result: --format coco is that file
-    segmentation = build_settings("infer", config).object_type == SEGMENTATION
-    rewrite = detections and args.format != "ymir" and not segmentation
+    rewrite = detections and args.format != "ymir" and not segmentation_family(templates)
     raw_infer = os.path.join(shards, "detections.json") if rewrite else detections
     mining = args.command == "mine"
     stem = os.path.splitext(args.out)[0]
@@ -423,21 +414,20 @@ def run_task(args, config: dict, paths: list[str], names: list[str], shards: str
               mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",
               infer_unreadable_none=bool(rewrite),
               selected=(args.topk or 0) if mining else 0)
-    from executor.runtime import cpu_threads
-
-    settings = build_settings(tasks[0], config)
+    plan = make_plan(tasks, job, config, templates)
+    settings = plan.loop
     log.info("%s: %d images from %s (batch %d, img_size %d, %s)", " + ".join(tasks), len(paths), args.images,
              settings.batch_size_per_gpu, settings.img_size,
-             f"GPU {settings.gpu_id}" if settings.gpu_id else f"CPU, {cpu_threads(settings.cpu_threads)} threads"
+             f"GPU {settings.gpu_id}" if settings.gpu_id else f"CPU, {plan.threads} threads"
              + (f" in {settings.cpu_processes} processes" if settings.cpu_processes > 1 else ""))
     models = Models()
-    results = run_tasks(tasks, job, config, progress, models)
+    results = run_tasks(plan, progress, models)
     if all(value is None for value in results.values()):
         return 0  # a rank of a torchrun job that leaves the merge to rank 0
     if rewrite:
         try:
             write_detections(raw_infer, detections, args.format, dict(zip(names, paths)),
-                             model_class_names(job, config, models))
+                             model_class_names(plan, models))
         finally:
             os.unlink(raw_infer)
             clear(shards)

@@ -14,7 +14,6 @@ from executor.engine.images import letterbox
 from executor.engine.loading import load_detector
 from executor.engine.loop import device_letterbox
 from executor.engine.loop import Unreadable, batches, out_of_memory_hint
-from executor.protocol.env import resolve_weights
 from executor.protocol.settings import Settings
 from executor.protocol.writers import UNREADABLE_SCORE, box_record, instance_record
 from executor.shared import TASK_OF_OBJECT_TYPE
@@ -28,8 +27,8 @@ class Models:
     """Detectors loaded during one run, so mining and infer of one call load the model once."""
     loaded: dict = field(default_factory=dict)
 
-    def detector(self, settings: Settings, models_dir: str) -> Detector:
-        weights = weights_for(settings, models_dir)
+    def detector(self, settings: Settings, weights: str) -> Detector:
+        """The model in `weights` with the NMS settings of `settings` (loaded once, for its input size)."""
         post = {"conf_thres": settings.conf_thres, "iou_thres": settings.iou_thres, "max_det": settings.max_det}
         for detector in self.loaded.values():
             if detector.weights == weights and detector.img_size == detector.input_size(settings.img_size):
@@ -39,16 +38,6 @@ class Models:
                                  threads=settings.cpu_threads, task=TASK_OF_OBJECT_TYPE[settings.object_type], **post)
         self.loaded[weights] = detector
         return detector
-
-
-def weights_for(settings: Settings, models_dir: str) -> str:
-    """model_params_path → one weights file: a .pt unless only an .onnx is given (or backend says onnx)."""
-    paths = settings.model_params_path
-    if settings.backend == "onnx":
-        return resolve_weights(paths, models_dir, (".onnx",))
-    if settings.backend == "torch" or any(p.lower().endswith((".pt", ".pth")) for p in paths):
-        return resolve_weights(paths, models_dir, (".pt", ".pth"))
-    return resolve_weights(paths, models_dir, (".pt", ".pth", ".onnx"))
 
 
 # ---------------------------------------------------------------- the loop's consumers

@@ -9,16 +9,17 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from executor.pipeline.job import Job, mining_scores_path, report_paths
-from executor.pipeline.passes import Models, image_batches, weights_for
+from executor.pipeline.passes import Models, image_batches
+from executor.pipeline.plan import Plan
 from executor.pipeline.shards import Row, ShardStore, file_sha256, plan, ranked_rows, some_readable
-from executor.protocol.settings import Settings, build_settings
+from executor.protocol.settings import Settings
 from executor.protocol.writers import UNREADABLE_SCORE, atomic_writer, format_score, write_ranked
-from mining import SCORERS, scorer_params
+from mining import scorer_params
 from mining.duplicates import photo, signs, similarity
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,11 @@ class Labeled:
     paths: tuple = ()
 
 
-def labeled_images(job: Job, settings: Settings, models: Models) -> Labeled:
+def labeled_images(job: Job, settings: Settings, weights: str, models: Models) -> Labeled:
     """job.labeled embedded and hashed (one forward each, in this process); unreadable ones skipped."""
     if not job.labeled:
         return Labeled()
-    detector = models.detector(settings, job.models_dir)
+    detector = models.detector(settings, weights)
     if not detector.enable_embeddings():
         return Labeled()
     rows, hashes, thumbnails, paths, unreadable = [], [], [], [], {}
@@ -114,7 +115,8 @@ def labeled_images(job: Job, settings: Settings, models: Models) -> Labeled:
     return Labeled(unit_rows(np.concatenate(rows)), np.stack(hashes), np.stack(thumbnails), tuple(paths))
 
 
-def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, models: Models) -> Diverse | None:
+def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, weights: str,
+                 models: Models) -> Diverse | None:
     """The diverse order's plan, reading embeddings of the shortlist (and of one shard at a time for the rest),
     or None (score order, with a warning) when the shards carry no embeddings (an ONNX model without them)."""
     from mining.selection import default_diverse_pool, rank_diverse
@@ -158,7 +160,7 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, mo
     if not np.linalg.norm(embeddings, axis=1).all():
         log.warning("selection 'diverse': some shortlist images have no embedding; result.tsv keeps the score order")
         return None
-    labeled = labeled_images(job, settings, models)
+    labeled = labeled_images(job, settings, weights, models)
     labeled_paths = list(labeled.paths)
     ranked = rank_diverse([r.score for r in head_rows], embeddings, hashes=hashes, thumbnails=thumbnails,
                           dedup_similarity=settings.dedup_similarity, diverse_pool=len(head_rows),
@@ -274,15 +276,16 @@ def checked(lines: Iterable[Written], total: int, raw_scores=None) -> Iterator[t
 @dataclass
 class MiningContext:
     """What the write step of mining needs besides the shards: the settings, the loaded models, when it began."""
-    config: Mapping
+    plan: Plan
     models: Models
     started: float      # time.monotonic() when the task began
     started_at: str     # the same moment, UTC, ISO 8601
 
 
 def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext) -> str:
-    settings = build_settings("mining", context.config)
-    diverse = plan_diverse(job, store, count, settings, context.models) if settings.selection == "diverse" else None
+    settings, weights = context.plan.settings["mining"], context.plan.weights["mining"]
+    diverse = plan_diverse(job, store, count, settings, weights, context.models) \
+        if settings.selection == "diverse" else None
     if diverse is None and not settings.report:
         write_ranked(job.mining_result, ranked_rows(store, count, len(job.candidates)))  # today's path
         remove_stale_report(job)
@@ -305,7 +308,7 @@ def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext
                  mining_scores_path(job))
     seconds = time.monotonic() - context.started
     if collector is not None:
-        write_mining_report(job, store, count, settings, collector, diverse, seconds, context.started_at)
+        write_mining_report(context.plan, store, count, collector, diverse, seconds, context.started_at)
     else:
         remove_stale_report(job)
     return job.mining_result
@@ -320,9 +323,9 @@ def remove_stale_report(job: Job) -> None:
             log.info("removed %s of an earlier run (this run writes no report)", path)
 
 
-def write_mining_report(job: Job, store: ShardStore, count: int, settings: Settings, collector, diverse, seconds,
-                        started_at: str):
+def write_mining_report(plan: Plan, store: ShardStore, count: int, collector, diverse, seconds, started_at: str):
     """The report, from what the run computed; any failure is a warning: result.tsv is the product."""
+    job, settings = plan.job, plan.settings["mining"]
     started = time.monotonic()
     try:
         from executor.report.board import write_tensorboard
@@ -344,7 +347,7 @@ def write_mining_report(job: Job, store: ShardStore, count: int, settings: Setti
                              projection_note=f"of the diversity shortlist (the top "
                                              f"{len(diverse.head_duplicates) + len(diverse.head)} images by score; "
                                              f"at most {PROJECTION_POINTS} points)")
-        data = collector.report_data(store, count, run_metadata(job, settings, seconds, diverse, started_at),
+        data = collector.report_data(store, count, run_metadata(plan, seconds, diverse, started_at),
                                      **extra)
         html_path, json_path = report_paths(job)
         write_report(html_path, json_path, data)
@@ -374,12 +377,13 @@ def versions() -> dict:
     return found
 
 
-def run_metadata(job: Job, settings: Settings, seconds: float, diverse: Diverse | None, started_at: str) -> dict:
+def run_metadata(plan: Plan, seconds: float, diverse: Diverse | None, started_at: str) -> dict:
+    job, settings = plan.job, plan.settings["mining"]
     name = settings.mining_algorithm
     params = {"img_size": settings.img_size, **scorer_params(name, settings)}
     run: dict = {}
-    if SCORERS[name].needs_model or settings.selection == "diverse":
-        weights = weights_for(settings, job.models_dir)
+    if plan.needs_model("mining"):
+        weights = plan.weights["mining"]
         run.update(model=weights, model_sha256=file_sha256(weights), backend=settings.backend)
         params.update(conf_thres=settings.conf_thres, iou_thres=settings.iou_thres, max_det=settings.max_det)
     pool = len(job.candidates)

@@ -8,16 +8,15 @@ import os
 import time
 from typing import Callable, Mapping, Sequence
 
-from executor.engine.device import visible_gpus
 from executor.engine.embeddings import EMBEDDING_VERSION
 from executor.errors import Interrupted
 from executor.pipeline.job import Job
-from executor.pipeline.passes import Models, Pass, open_scorer, weights_for
-from executor.pipeline.shards import Shard, ShardStore, auto_shard_size, file_sha256, plan, shards_of_rank
+from executor.pipeline.passes import Models, Pass, open_scorer
+from executor.pipeline.plan import Plan
+from executor.pipeline.shards import Shard, ShardStore, file_sha256, plan as cut, shards_of_rank
 from executor.pipeline.workers import clear, run_workers, wait_for
 from executor.protocol.monitor import Progress
-from executor.protocol.settings import Settings, build_settings
-from executor.runtime import cpu_threads
+from executor.protocol.settings import Settings
 from mining import SCORERS, scorer_params
 from mining.duplicates import HASH_VERSION, THUMB_VERSION
 
@@ -26,37 +25,41 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- shards: score → gather → write
 
-def run_identity(task: str, settings: Settings, models_dir: str) -> dict:
+def run_identity(task: str, plan: Plan) -> dict:
     """Everything a shard's content depends on besides its keys (its fingerprint is made of this)."""
+    settings = plan.settings[task]
     identity = {"task": task, "img_size": settings.img_size}
     if task == "mining":
         name = settings.mining_algorithm
         identity.update(algorithm=name, params=scorer_params(name, settings))
         if not SCORERS[name].needs_model:
             return identity
-    weights = weights_for(settings, models_dir)
-    identity.update(weights=file_sha256(weights), backend=settings.backend, conf_thres=settings.conf_thres,
-                    iou_thres=settings.iou_thres, max_det=settings.max_det, class_names=list(settings.class_names))
-    return identity
+    return {**identity, **model_identity(settings, plan.weights[task])}
 
 
-def side_spec(task: str, settings: Settings, models_dir: str) -> dict | None:
+def model_identity(settings: Settings, weights: str) -> dict:
+    return {"weights": file_sha256(weights), "backend": settings.backend, "conf_thres": settings.conf_thres,
+            "iou_thres": settings.iou_thres, "max_det": settings.max_det, "class_names": list(settings.class_names)}
+
+
+def side_spec(task: str, plan: Plan) -> dict | None:
     """What a mining shard's side file must hold for this run (None: no side file): embeddings for selection
     diverse, per-image predicted class counts for class_balance, predicted boxes for the report (whenever a
     model runs). Part of the side file's fingerprint, never of the score file's: selection and the report
     never change the scores."""
     if task != "mining":
         return None
+    settings = plan.settings[task]
     diverse = settings.selection == "diverse"
-    with_model = SCORERS[settings.mining_algorithm].needs_model or diverse
     spec = {"embeddings": EMBEDDING_VERSION if diverse else "",
             "hashes": f"{HASH_VERSION}+{THUMB_VERSION}" if diverse else "",
             "class_counts": diverse and settings.class_balance,
-            "boxes": bool(settings.report and with_model)}
+            "boxes": bool(settings.report and plan.needs_model(task))}
     if not any(spec.values()):
         return None
     if not SCORERS[settings.mining_algorithm].needs_model:  # the scores' identity does not name the model
-        spec["model"] = run_identity("infer", settings, models_dir)
+        spec["model"] = {"task": "infer", "img_size": settings.img_size,
+                         **model_identity(settings, plan.weights[task])}
     return spec
 
 
@@ -68,55 +71,37 @@ def job_shards(job: Job, shard_size: int) -> list[Shard]:
     """The job's candidates cut into shards, each with its result keys."""
     if job.names and len(job.names) != len(job.candidates):
         raise ValueError(f"Job.names holds {len(job.names)} result keys for {len(job.candidates)} candidates")
-    return plan(job.candidates, shard_size, job.names)
+    return cut(job.candidates, shard_size, job.names)
 
 
-def shard_store(task: str, job: Job, settings: Settings) -> tuple[ShardStore, list[Shard]]:
-    return (ShardStore(shards_folder(job), task, run_identity(task, settings, job.models_dir),
-                       side_spec(task, settings, job.models_dir)), job_shards(job, settings.shard_size))
+def shard_store(task: str, plan: Plan) -> tuple[ShardStore, list[Shard]]:
+    return (ShardStore(shards_folder(plan.job), task, run_identity(task, plan), side_spec(task, plan)),
+            job_shards(plan.job, plan.settings[task].shard_size))
 
 
-def worker_devices(settings: Settings) -> list[str]:
-    """One worker per GPU of gpu_id (each checked before any worker starts), else cpu_processes CPU workers
-    ('' = CPU)."""
-    gpus = visible_gpus(settings.gpu_id)
-    return [str(g) for g in gpus] if gpus else [""] * settings.cpu_processes
-
-
-def with_shard_size(task: str, job: Job, config: Mapping) -> Mapping:
-    """`config` with shard_size 0 (auto) made the size for this pool and number of workers (the ranks of an outer
-    torchrun, else one per GPU of gpu_id or cpu_processes): decided once before any worker starts, and the same
-    on every rank and on a rerun."""
-    settings = build_settings(task, config)
-    if settings.shard_size:
-        return config
-    workers = job.outer[1] if job.outer else len(worker_devices(settings))
-    return {**config, "shard_size": auto_shard_size(len(job.candidates), workers)}
-
-
-def work_shards(tasks: Sequence[str], job: Job, config: Mapping, todo: Sequence[int], rank: int, world: int,
-                device: str, report: Callable[[int], None], models: Models | None = None) -> None:
-    """Score and/or detect (`tasks`) the shards of `todo` that belong to worker `rank` of `world`, in one pass
-    over each shard's images; each shard's files written when it is done."""
-    threads = max(1, cpu_threads(build_settings(tasks[0], config).cpu_threads) // world)
-    settings = {task: build_settings(task, {**config, "gpu_id": device, "cpu_threads": threads}) for task in tasks}
-    stores = {task: shard_store(task, job, settings[task])[0] for task in tasks}
-    shards = job_shards(job, settings[tasks[0]].shard_size)
+def work_shards(plan: Plan, todo: Sequence[int], rank: int, world: int, device: str, report: Callable[[int], None],
+                models: Models | None = None) -> None:
+    """Score and/or detect (the plan's tasks) the shards of `todo` that belong to worker `rank` of `world`, in one
+    pass over each shard's images; each shard's files written when it is done."""
+    plan = plan.on_worker(device, world)
+    tasks, settings = plan.tasks, plan.settings
+    stores = {task: shard_store(task, plan)[0] for task in tasks}
+    shards = job_shards(plan.job, plan.loop.shard_size)
     mine_now = shards_of_rank([shards[i] for i in todo], rank, world)
     if not mine_now:
         return
     models = models or Models()
-    work = Pass(settings)
+    work = Pass({task: settings[task] for task in tasks})
     if "mining" in tasks:
         work.scorer = open_scorer(settings["mining"])
         if SCORERS[settings["mining"].mining_algorithm].needs_model:
-            work.mining_detector = models.detector(settings["mining"], job.models_dir)
+            work.mining_detector = models.detector(settings["mining"], plan.weights["mining"])
     if "infer" in tasks:
-        work.infer_detector = models.detector(settings["infer"], job.models_dir)
+        work.infer_detector = models.detector(settings["infer"], plan.weights["infer"])
     if "mining" in tasks and stores["mining"].side is not None:
         store = stores["mining"]
         work.side = store.side
-        work.tap_detector = work.mining_detector or models.detector(settings["mining"], job.models_dir)
+        work.tap_detector = work.mining_detector or models.detector(settings["mining"], plan.weights["mining"])
         if store.side.get("embeddings"):
             work.tap_detector.enable_embeddings()
         store.embedding_dim, store.class_names = work.tap_detector.embedding_dim, list(work.tap_detector.names)
@@ -137,27 +122,26 @@ def work_shards(tasks: Sequence[str], job: Job, config: Mapping, todo: Sequence[
                  pooled, 100 * pooled / max(elapsed, 1e-9), elapsed, work.forward_seconds)
 
 
-def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, models: Models
-                 ) -> tuple[dict[str, ShardStore], list[Shard], int] | None:
-    """Every shard of the job complete for every task of `tasks` (reusing those an earlier run finished), on
-    every worker the settings ask for. Returns the stores, the shards to merge and how many images this run
-    scored (the rest were reused), or None on a rank of an outer torchrun that does not merge. A Ctrl-C raises
-    Interrupted, saying what is kept."""
+def score_shards(plan: Plan, progress: Progress, models: Models) -> tuple[dict[str, ShardStore], list[Shard], int] | None:
+    """Every shard of the job complete for every task of the plan (reusing those an earlier run finished), on
+    every worker of the plan. Returns the stores, the shards to merge and how many images this run scored (the
+    rest were reused), or None on a rank of an outer torchrun that does not merge. A Ctrl-C raises Interrupted,
+    saying what is kept."""
     stores, shards = {}, []
-    for task in tasks:
-        stores[task], shards = shard_store(task, job, build_settings(task, config))
+    for task in plan.tasks:
+        stores[task], shards = shard_store(task, plan)
     todo = [shard.index for shard in shards if not all(store.complete(shard) for store in stores.values())]
     done_before = sum(len(s.keys) for s in shards) - sum(len(shards[i].keys) for i in todo)
     if done_before:
         log.info("%s: %d of %d shards are complete from an earlier run with the same settings; scoring the other %d",
-                 "+".join(tasks), len(shards) - len(todo), len(shards), len(todo))
-    total = len(job.candidates)
-    devices = worker_devices(build_settings(tasks[0], config))
+                 "+".join(plan.tasks), len(shards) - len(todo), len(shards), len(todo))
+    total = len(plan.job.candidates)
+    devices = plan.devices
     folder = next(iter(stores.values())).folder
     try:
-        if job.outer is not None:  # one rank of a torchrun job over a shared folder
-            rank, world, local = job.outer
-            work_shards(tasks, job, config, todo, rank, world, devices[local % len(devices)],
+        if plan.job.outer is not None:  # one rank of a torchrun job over a shared folder
+            rank, world, local = plan.job.outer
+            work_shards(plan, todo, rank, world, devices[local % len(devices)],
                         lambda done: progress((done_before + done) / max(1, total)), models)
             if rank != 0:
                 return None
@@ -165,7 +149,7 @@ def score_shards(tasks: Sequence[str], job: Job, config: Mapping, progress: Prog
                      total, progress)
         elif todo:
             run = work_shards if len(devices) > 1 else functools.partial(work_shards, models=models)
-            run_workers(run, (tuple(tasks), job, config, todo), devices, folder, done_before, total, progress)
+            run_workers(run, (plan, todo), devices, folder, done_before, total, progress)
     except KeyboardInterrupt:
         clear(folder)  # and the folder itself when no shard was finished
         raise interrupted(stores, shards) from None

@@ -1,4 +1,5 @@
-"""The tasks behind one registry: platform mode and the local CLI both call `run` with plain arguments.
+"""The tasks behind one registry: platform mode, the local CLI, the API and the simulator all call `run` with a plan
+(executor/pipeline/plan.py), made at their edge.
 
 Mining is score → gather → select → write → report: workers score shards of the candidate list
 (executor/pipeline/scoring.py, shards.py, workers.py), each shard written when done, with a side file of what
@@ -11,34 +12,20 @@ never fails the task. Inference is the same with the detector's boxes as records
 import datetime
 import logging
 import time
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from executor.pipeline.job import Job, result_names
-from executor.pipeline.passes import Models, weights_for
+from executor.pipeline.passes import Models
+from executor.pipeline.plan import Plan
 from executor.pipeline.ranking import MiningContext, write_mining  # gather → select → write → report
-from executor.pipeline.scoring import interrupted, score_shards, shards_folder, with_shard_size
+from executor.pipeline.scoring import interrupted, score_shards, shards_folder
 from executor.pipeline.shards import ShardStore, named_records
 from executor.pipeline.workers import clear
 from executor.protocol.monitor import Progress, span
-from executor.protocol.settings import build_settings
 from executor.protocol.writers import write_infer_result, write_instances_result
 from executor.shared import SEGMENTATION
-from mining import SCORERS
 
 log = logging.getLogger(__name__)
-
-
-def one_pass(job: Job, config: Mapping) -> bool:
-    """Mining and infer can share one pass over the images: the same network input, and the same model
-    whenever mining uses one."""
-    mining, infer = build_settings("mining", config), build_settings("infer", config)
-    if (mining.img_size, mining.batch_size_per_gpu, mining.shard_size) != (infer.img_size, infer.batch_size_per_gpu,
-                                                                           infer.shard_size):
-        return False
-    if not SCORERS[mining.mining_algorithm].needs_model:
-        return True
-    return weights_for(mining, job.models_dir) == weights_for(infer, job.models_dir) and \
-        mining.backend == infer.backend
 
 
 # ---------------------------------------------------------------- the tasks
@@ -47,30 +34,30 @@ def write_infer(job: Job, store: ShardStore, count: int, context) -> str:
     """infer-result.json: ymir's detection form, or for a segmentation model the COCO result (ymir-protocol §5.4)
     whose categories are the model's classes (the model is already loaded unless other processes scored)."""
     names = result_names(job)
-    if build_settings("infer", context.config).object_type == SEGMENTATION:
+    if context.plan.settings["infer"].object_type == SEGMENTATION:
         write_instances_result(job.infer_result, lambda: named_records(store, count, names),
-                               model_class_names(job, context.config, context.models))
+                               model_class_names(context.plan, context.models))
     else:
         write_infer_result(job.infer_result, named_records(store, count, names, job.infer_unreadable_none),
                            job.infer_list_key)
     return job.infer_result
 
 
-def model_class_names(job: Job, config: Mapping, models: Models) -> list[str]:
+def model_class_names(plan: Plan, models: Models) -> list[str]:
     """The infer model's class names in model order (config class_names when given), from the model loaded for
     the run (loaded here when other processes scored)."""
-    return list(models.detector(build_settings("infer", config), job.models_dir).names)
+    return list(models.detector(plan.settings["infer"], plan.weights["infer"]).names)
 
 
-def scan(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, models: Models) -> dict:
-    """One pass over the candidates for `tasks` (mining and/or infer): shards, then each result written."""
+def scan(plan: Plan, progress: Progress, models: Models) -> dict:
+    """One pass over the candidates for the plan's tasks (mining and/or infer): shards, then each result written."""
+    job, tasks = plan.job, plan.tasks
     if "infer" in tasks:
         result_names(job)  # a name clash fails before any image is read
     start = time.monotonic()
     started_at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    config = with_shard_size(tasks[0], job, config)
     try:
-        merged = score_shards(tasks, job, config, progress, models)
+        merged = score_shards(plan, progress, models)
     except BaseException:
         clear(shards_folder(job))  # finished shards stay for a rerun; a folder left empty goes
         raise
@@ -78,7 +65,7 @@ def scan(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress, mo
         return {task: None for task in tasks}
     stores, shards, scored = merged
     count = len(shards)
-    context = MiningContext(config, models, start, started_at)
+    context = MiningContext(plan, models, start, started_at)
     writers = {"mining": write_mining, "infer": write_infer}
     try:
         written = {task: writers[task](job, stores[task], count, context) for task in tasks}
@@ -100,40 +87,37 @@ def throughput(tasks: Sequence[str], total: int, scored: int, seconds: float) ->
             + (f": {scored} scored in this run, {reused} reused from an earlier run's shards)" if reused else ")"))
 
 
-def mine(job: Job, config: Mapping, progress: Progress, models: Models) -> str | None:
+def mine(plan: Plan, progress: Progress, models: Models) -> str | None:
     """Score every candidate, write result.tsv (best first); returns its path (None on a non-merging rank)."""
-    return scan(["mining"], job, config, progress, models)["mining"]
+    return scan(plan.only("mining"), progress, models)["mining"]
 
 
-def infer(job: Job, config: Mapping, progress: Progress, models: Models) -> str | None:
+def infer(plan: Plan, progress: Progress, models: Models) -> str | None:
     """Boxes of every candidate (unreadable: none), written to infer-result.json in index order."""
-    return scan(["infer"], job, config, progress, models)["infer"]
+    return scan(plan.only("infer"), progress, models)["infer"]
 
 
-def train(job: Job, config: Mapping, progress: Progress, models: Models) -> None:
+def train(plan: Plan, progress: Progress, models: Models) -> None:
     from executor.pipeline.training import run_training  # imports Ultralytics' trainer: only when training
 
-    run_training(job, build_settings("training", config), progress)
+    run_training(plan.job, plan.settings["training"], progress)
 
 
 TASKS = {"training": train, "mining": mine, "infer": infer}
 
 
-def run(tasks: Sequence[str], job: Job, config: Mapping, progress: Progress = lambda fraction: None,
-        models: Models | None = None) -> dict:
-    """Run `tasks` (names of TASKS, in order) on one job; each gets an equal share of the progress range, but
-    mining and infer share one pass over the images whenever they can. Returns each task's result by name.
-    `models`: where the run keeps the models it loads (a caller's, to ask them afterwards)."""
-    unknown = [name for name in tasks if name not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"unknown tasks {unknown}; expected some of {', '.join(TASKS)}")
+def run(plan: Plan, progress: Progress = lambda fraction: None, models: Models | None = None) -> dict:
+    """Run the plan's tasks in order; each gets an equal share of the progress range, but mining and infer share
+    one pass over the images whenever they can. Returns each task's result by name. `models`: where the run keeps
+    the models it loads (a caller's, to ask them afterwards; a fake's in tests)."""
     models = models if models is not None else Models()
-    if list(tasks) == ["mining", "infer"] and one_pass(job, config):
-        results = scan(tasks, job, config, progress, models)
+    tasks = plan.tasks
+    if list(tasks) == ["mining", "infer"] and plan.one_pass:
+        results = scan(plan, progress, models)
     else:
         results = {}
         for number, name in enumerate(tasks):
             lo, hi = number / len(tasks), (number + 1) / len(tasks)
-            results[name] = TASKS[name](job, config, span(progress, lo, hi), models)
+            results[name] = TASKS[name](plan, span(progress, lo, hi), models)
     progress(1.0)
     return results

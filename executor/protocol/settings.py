@@ -288,10 +288,16 @@ class Settings(Mapping):
         return len(self._values)
 
     def __getattr__(self, key):
+        if key.startswith("_"):  # not a setting (and pickle asks before _values exists)
+            raise AttributeError(key)
         try:
             return self._values[key]
         except KeyError:
             raise AttributeError(key) from None
+
+    def replace(self, **changes) -> "Settings":
+        """These settings with `changes`, values already of their key's type (no rule applies them)."""
+        return Settings({**self._values, **changes})
 
     def __repr__(self):
         return f"Settings({self._values!r})"

@@ -132,6 +132,7 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
     (Quarry's mining task, told which images are labelled already; for the `detections` baseline, its infer
     task); the ranking is kept in folder/mining.tsv. The mining report is off unless --set report=true."""
     from executor.pipeline.job import Job
+    from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import run
     from executor.protocol.writers import write_mining_result
     from executor.runtime import outer_ranks
@@ -147,15 +148,16 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
     names = [data.rel(path) for path in candidates]  # random and CALD draw by them: the same wherever the pool is
     if algorithm == "detections":
         infer_json = os.path.join(folder, "infer-result.json")
-        run(["infer"], Job(candidates=list(candidates), infer_result=infer_json, names=list(candidates),
-                           models_dir="", shards_dir=shards, work_dir=folder, outer=outer_ranks()), base, progress)
+        job = Job(candidates=list(candidates), infer_result=infer_json, names=list(candidates), models_dir="",
+                  shards_dir=shards, work_dir=folder, outer=outer_ranks())
+        run(make_plan(["infer"], job, base), progress)
         write_mining_result(ranking, count_ranking(infer_json, candidates, names, seed))
         os.unlink(infer_json)
     else:
         mining = {**base, "mining_algorithm": name, **({"selection": selection} if selection else {})}
-        run(["mining"], Job(candidates=list(candidates), names=names, mining_result=ranking, models_dir="",
-                            shards_dir=shards, work_dir=folder, labeled=list(labelled), outer=outer_ranks()), mining,
-            progress)
+        job = Job(candidates=list(candidates), names=names, mining_result=ranking, models_dir="", shards_dir=shards,
+                  work_dir=folder, labeled=list(labelled), outer=outer_ranks())
+        run(make_plan(["mining"], job, mining), progress)
     shutil.rmtree(shards, ignore_errors=True)
     return read_ranking(ranking)
 

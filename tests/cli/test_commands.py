@@ -18,6 +18,7 @@ from executor.cli import commands as cli
 from executor.errors import DatasetError
 from executor.pipeline.job import Job, result_names
 from executor.pipeline.scoring import work_shards
+from executor.pipeline.plan import make_plan
 from executor.pipeline.tasks import run as run_tasks
 from executor.protocol.templates import TEMPLATES_DIR
 from tests.platform import REPO, WEIGHTS, coco_images, coco_names, run_cli, run_start
@@ -227,9 +228,10 @@ def test_the_last_line_counts_only_what_this_run_scored(caplog, images, tmp_path
     paths = cli.list_images(str(images))[0]
     job = Job(candidates=paths, mining_result=str(tmp_path / "r.tsv"), shards_dir=str(tmp_path / "shards"))
     config = {"mining_algorithm": "random", "shard_size": 2, "report": False}
-    work_shards(["mining"], job, config, [0, 1], 0, 1, "", lambda done: None)  # an earlier run's first 2 shards
+    plan = make_plan(["mining"], job, config)
+    work_shards(plan, [0, 1], 0, 1, "", lambda done: None)  # an earlier run's first 2 shards
     caplog.set_level(logging.INFO)
-    run_tasks(["mining"], job, config)
+    run_tasks(plan)
     assert "1 scored in this run, 4 reused from an earlier run's shards)" in caplog.text
 
 

@@ -16,8 +16,10 @@ from executor.pipeline.job import Job
 from executor.pipeline.passes import Models
 from executor.pipeline.shards import ShardStore, plan
 from executor.protocol.settings import build_settings
+from executor.pipeline.plan import make_plan
 from mining.base import Detections
 from mining.selection import rank_diverse
+from tests.pipeline.plans import mining_plan
 from tests.mining.photos import distinct, hashes_of, thumbnails_of
 from tests.platform import WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, run_start
 
@@ -65,7 +67,7 @@ def synthetic_store(folder, keys, scores, embeddings, shard_size, unreadable=(),
 def write(tmp_path, store, count, keys, **config):
     job = Job(candidates=keys, mining_result=str(tmp_path / "result.tsv"))
     config = {"mining_algorithm": "random", "report": False, **config}
-    ranking.write_mining(job, store, count, ranking.MiningContext(config, Models(), 0.0, ""))
+    ranking.write_mining(job, store, count, ranking.MiningContext(mining_plan(job, config), Models(), 0.0, ""))
     lines = [line.split("\t") for line in (tmp_path / "result.tsv").read_text().splitlines()]
     raw = [line.split("\t") for line in (tmp_path / "mining-scores.tsv").read_text().splitlines()] \
         if (tmp_path / "mining-scores.tsv").exists() else None
@@ -161,11 +163,11 @@ def test_labelled_near_copies_go_down(tmp_path, monkeypatch):
     store, count = synthetic_store(tmp_path, KEYS, SIX_SCORES, SIX_EMB, 4)
     labelled_c = ranking.Labeled(np.array([[0.0, 0.0, 1.0, 0.01]], np.float32), hashes_of([2], [6]),
                                  thumbnails_of([2]), ("/labelled/C.jpg",))
-    monkeypatch.setattr(ranking, "labeled_images", lambda job, settings, models: labelled_c)
+    monkeypatch.setattr(ranking, "labeled_images", lambda job, settings, weights, models: labelled_c)
     job = Job(candidates=KEYS, mining_result=str(tmp_path / "result.tsv"), labeled=("/labelled/C.jpg",))
     config = {"mining_algorithm": "random", "report": False, "selection": "diverse", "shard_size": 4,
               "diversity_weight": 0.5}
-    ranking.write_mining(job, store, count, ranking.MiningContext(config, Models(), 0.0, ""))
+    ranking.write_mining(job, store, count, ranking.MiningContext(mining_plan(job, config), Models(), 0.0, ""))
     order = [KEYS.index(line.split("\t")[0]) for line in (tmp_path / "result.tsv").read_text().splitlines()]
     assert order[-1] == B2 and order[-2] == C and order[-3] == A2  # C copies the labelled C; then score order
     assert order[:3] == [A, B, E]
@@ -285,8 +287,8 @@ def mine_in_process(root, candidates, weights, **config):
     assets as make_env does, result.tsv in `root`/out."""
     (root / "out").mkdir(parents=True)
     job = Job(candidates=add_assets(root / "assets", candidates), mining_result=str(root / "out" / "result.tsv"))
-    tasks.run(["mining"], job, {"model_params_path": [str(weights)], "class_names": coco_names(), "img_size": 320,
-                                **config})
+    tasks.run(make_plan(["mining"], job, {"model_params_path": [str(weights)], "class_names": coco_names(),
+                                          "img_size": 320, **config}))
 
 
 @pytest.fixture(scope="module")
@@ -361,11 +363,11 @@ def test_resume_reuses_complete_shards_with_their_side_files(pool, tmp_path, mon
     with monkeypatch.context() as patch:
         patch.setattr(tasks, "write_mining", stop)  # tasks.scan calls it by this name
         with pytest.raises(SystemExit):
-            tasks.run(["mining"], job, config)
+            tasks.run(make_plan(["mining"], job, config))
     assert len(list((root / "out" / "shards").glob("mining-*.npz"))) == 4
     assert not (root / "out" / "result.tsv").exists()
     caplog.set_level("INFO", "executor")
-    tasks.run(["mining"], job, config)
+    tasks.run(make_plan(["mining"], job, config))
     assert "4 of 4 shards are complete from an earlier run" in caplog.text
     fresh = tmp_path / "fresh"
     mine_in_process(fresh, pool[0], WEIGHTS, selection="diverse", shard_size=5)
@@ -432,7 +434,7 @@ def test_a_rerun_with_other_selection_settings_reselects_without_a_forward(tmp_p
     job = Job(candidates=images, mining_result=str(tmp_path / "result.tsv"),
                     shards_dir=str(tmp_path / "shards"), keep_shards=True)
     config = {"model_params_path": [str(WEIGHTS)], "img_size": 160, "selection": "diverse"}
-    tasks.run(["mining"], job, config)
+    tasks.run(make_plan(["mining"], job, config))
     first = (tmp_path / "result.tsv").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "shards").iterdir()}
     assert any(p.suffix == ".npz" for p in stamps)
@@ -442,7 +444,7 @@ def test_a_rerun_with_other_selection_settings_reselects_without_a_forward(tmp_p
 
     monkeypatch.setattr(Models, "detector", no_model)
     caplog.set_level("INFO", "executor")
-    tasks.run(["mining"], job, {**config, "dedup_similarity": 0.01})  # every image but the first a "copy"
+    tasks.run(make_plan(["mining"], job, {**config, "dedup_similarity": 0.01}))  # every image but the first a "copy"
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "shards").iterdir()} == stamps
     assert "5 of 6 images (83%) are near-duplicates at dedup_similarity 0.01" in caplog.text
     assert "1 of 1 shards are complete from an earlier run" in caplog.text

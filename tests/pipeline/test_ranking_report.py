@@ -16,6 +16,7 @@ from executor.pipeline.scoring import side_spec
 from executor.pipeline.shards import ShardStore, plan
 from executor.report import page as report_page
 from mining.base import Detections
+from tests.pipeline.plans import mining_plan
 from tests.mining.photos import hashes_of, thumbnails_of
 from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
 
@@ -47,8 +48,8 @@ def synthetic(tmp_path, selection="score", top_n=5, shard_size=8, copies=True, s
                     tensorboard_dir=str(tmp_path / "out" / "tensorboard"), selected=selected)
     config = {"mining_algorithm": "entropy", "selection": selection, "report_top_n": top_n,
               "shard_size": shard_size, "model_params_path": [str(WEIGHTS)]}
-    ranking.write_mining(job, store, len(plan(IMAGES, shard_size)), ranking.MiningContext(config, Models(), 0.0,
-                                                                                      "2026-12-01T00:00:00+00:00"))
+    context = ranking.MiningContext(mining_plan(job, config, str(WEIGHTS)), Models(), 0.0, "2026-12-01T00:00:00+00:00")
+    ranking.write_mining(job, store, len(plan(IMAGES, shard_size)), context)
     lines = [line.split("\t") for line in (tmp_path / "out" / "result.tsv").read_text().splitlines()]
     return job, lines
 
@@ -122,15 +123,16 @@ def test_report_off_writes_nothing_else(tmp_path):
     for shard in plan(IMAGES, 8):
         store.write_scores(shard, {k: 1.0 / (1 + IMAGES.index(k)) for k in shard.keys}, {})
     job = Job(candidates=IMAGES, mining_result=str(tmp_path / "out" / "result.tsv"))
-    ranking.write_mining(job, store, 4, ranking.MiningContext({"report": False, "shard_size": 8}, Models(), 0.0, ""))
+    context = ranking.MiningContext(mining_plan(job, {"report": False, "shard_size": 8}), Models(), 0.0, "")
+    ranking.write_mining(job, store, 4, context)
     assert sorted(os.listdir(tmp_path / "out")) == ["result.tsv"]
 
 
 def test_side_spec_follows_the_settings():
-    from executor.protocol.settings import build_settings
+    from executor.pipeline.plan import make_plan
 
     def spec(**config):
-        return side_spec("mining", build_settings("mining", {"model_params_path": [str(WEIGHTS)], **config}), "")
+        return side_spec("mining", make_plan(["mining"], Job(), {"model_params_path": [str(WEIGHTS)], **config}))
 
     assert spec() == {"embeddings": "", "hashes": "", "class_counts": False, "boxes": True}
     assert spec(report=False) is None

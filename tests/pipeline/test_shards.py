@@ -5,11 +5,12 @@ import pytest
 
 from executor.errors import ConfigError, Interrupted
 from executor.pipeline.job import Job
-from executor.pipeline.scoring import with_shard_size
+from executor.pipeline.plan import make_plan
 from executor.pipeline.shards import auto_shard_size, plan, shards_of_rank
 from executor.protocol.settings import build_settings
 from executor.protocol.templates import FAMILY_TEMPLATES
 from executor.runtime import outer_ranks
+from tests.platform import WEIGHTS
 
 POOL = Job(candidates=[f"img{i:04d}.jpg" for i in range(1704)])
 
@@ -39,10 +40,16 @@ def test_shard_size_0_is_auto_and_the_default(family, task):
     assert build_settings(task, {}, FAMILY_TEMPLATES[family]).shard_size == 0
 
 
+def shard_size(task: str, job: Job, config: dict) -> int:
+    """The shard size the plan decides (random mining and an ONNX-free model path: no model is read)."""
+    config = {"mining_algorithm": "random", "model_params_path": [str(WEIGHTS)], **config}
+    return make_plan([task], job, config).settings[task].shard_size
+
+
 def test_auto_follows_the_workers_and_a_positive_size_still_wins():
-    assert with_shard_size("mining", POOL, {})["shard_size"] == 213
-    assert with_shard_size("infer", POOL, {"cpu_processes": 2})["shard_size"] == 107
-    assert with_shard_size("mining", POOL, {"shard_size": 100, "cpu_processes": 2})["shard_size"] == 100
+    assert shard_size("mining", POOL, {}) == 213
+    assert shard_size("infer", POOL, {"cpu_processes": 2}) == 107
+    assert shard_size("mining", POOL, {"shard_size": 100, "cpu_processes": 2}) == 100
     with pytest.raises(ConfigError, match="'shard_size'"):
         build_settings("mining", {"shard_size": -1})
 
@@ -54,7 +61,7 @@ def test_every_rank_of_a_torchrun_plans_the_same_shards(monkeypatch):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("LOCAL_RANK", str(rank))
         assert outer_ranks() == (rank, 3, rank)
-        size = with_shard_size("mining", dataclasses.replace(POOL, outer=outer_ranks()), {})["shard_size"]
+        size = shard_size("mining", dataclasses.replace(POOL, outer=outer_ranks()), {})
         assert size == 71  # ceil(1704 / 24)
         mine += [shard.index for shard in shards_of_rank(plan(POOL.candidates, size), rank, 3)]
     assert sorted(mine) == list(range(len(plan(POOL.candidates, 71)))) and len(mine) == 24

@@ -1,0 +1,101 @@
+"""The run plan: what one run does, decided once at the edge (start.py, the command line, the API, the simulator)
+from the config, the job and the launcher's ranks. Below the edge the pipeline reads the plan, never a config dict.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from executor.engine.device import visible_gpus
+from executor.pipeline.job import Job
+from executor.pipeline.shards import auto_shard_size
+from executor.protocol.env import resolve_weights
+from executor.protocol.settings import Settings, build_settings
+from executor.runtime import cpu_threads
+from mining import SCORERS
+
+KNOWN_TASKS = ("training", "mining", "infer")
+SCANS = ("mining", "infer")  # the tasks that pass over candidate images
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run. `settings`: each task's typed settings (shard_size 0 already made the size for this pool);
+    `weights`: the weights file each scanning task loads ('' where it runs no model: random mining without
+    selection diverse); `devices`: one worker each, a GPU number or '' for a CPU process; `threads`: the CPU
+    threads of the whole run (each of n workers gets threads // n)."""
+    tasks: tuple[str, ...]
+    job: Job
+    settings: Mapping[str, Settings]
+    weights: Mapping[str, str]
+    devices: tuple[str, ...] = ("",)
+    threads: int = 1
+
+    def needs_model(self, task: str) -> bool:
+        return bool(self.weights.get(task))
+
+    @property
+    def one_pass(self) -> bool:
+        """Mining and infer share one pass over the images: the same network input and shards, and the same
+        model whenever mining runs one."""
+        if set(self.tasks) != set(SCANS):
+            return False
+        mining, infer = self.settings["mining"], self.settings["infer"]
+        keys = ("img_size", "batch_size_per_gpu", "shard_size")
+        if any(mining[key] != infer[key] for key in keys):
+            return False
+        return not self.needs_model("mining") or (self.weights["mining"] == self.weights["infer"]
+                                                  and mining.backend == infer.backend)
+
+    def only(self, *tasks: str) -> "Plan":
+        """This plan for some of its tasks (the others' settings dropped)."""
+        return dataclasses.replace(self, tasks=tuple(tasks))
+
+    @property
+    def loop(self) -> Settings:
+        """The settings of a pass over the images (batch size, decoding threads, img_size): mining's, else infer's."""
+        return self.settings["mining"] if "mining" in self.tasks else self.settings[self.tasks[0]]
+
+    def on_worker(self, device: str, world: int) -> "Plan":
+        """The plan as worker `device` of `world` runs it: its own GPU (or the CPU) and its share of the threads."""
+        threads = max(1, self.threads // world)
+        settings = {task: value.replace(gpu_id=device, cpu_threads=threads) for task, value in self.settings.items()}
+        return dataclasses.replace(self, settings=settings, devices=(device,), threads=threads)
+
+
+def make_plan(tasks: Sequence[str], job: Job, config: Mapping, templates_dir: str | None = None) -> Plan:
+    """The plan of `tasks` (names of KNOWN_TASKS, in order) on `job`: settings from `config` over the templates
+    of `templates_dir` (default: the active ones), every weights file resolved and every GPU checked before any
+    image is read."""
+    unknown = [name for name in tasks if name not in KNOWN_TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown tasks {unknown}; expected some of {', '.join(KNOWN_TASKS)}")
+    settings = {task: build_settings(task, config, templates_dir) for task in tasks}
+    scans = [task for task in tasks if task in SCANS]
+    if not scans:
+        return Plan(tuple(tasks), job, settings, {})
+    first = settings[scans[0]]
+    gpus = visible_gpus(first.gpu_id)
+    devices = tuple(str(g) for g in gpus) if gpus else ("",) * first.cpu_processes
+    if not first.shard_size:  # auto: decided once, the same on every rank and on a rerun
+        workers = job.outer[1] if job.outer else len(devices)
+        size = auto_shard_size(len(job.candidates), workers)
+        settings.update({task: settings[task].replace(shard_size=size) for task in scans})
+    weights = {task: weights_for(settings[task], job.models_dir) if model_needed(task, settings[task]) else ""
+               for task in scans}
+    return Plan(tuple(tasks), job, settings, weights, devices, cpu_threads(first.cpu_threads))
+
+
+def model_needed(task: str, settings: Settings) -> bool:
+    """Infer always runs a model; mining when its algorithm does or selection diverse embeds the images."""
+    return task == "infer" or SCORERS[settings.mining_algorithm].needs_model or settings.selection == "diverse"
+
+
+def weights_for(settings: Settings, models_dir: str) -> str:
+    """model_params_path → one weights file: a .pt unless only an .onnx is given (or backend says onnx)."""
+    paths = settings.model_params_path
+    if settings.backend == "onnx":
+        return resolve_weights(paths, models_dir, (".onnx",))
+    if settings.backend == "torch" or any(p.lower().endswith((".pt", ".pth")) for p in paths):
+        return resolve_weights(paths, models_dir, (".pt", ".pth"))
+    return resolve_weights(paths, models_dir, (".pt", ".pth", ".onnx"))
