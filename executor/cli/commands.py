@@ -186,7 +186,7 @@ def check_output_folder(flag: str, path: str, exist_ok: bool) -> None:
 def check_weights(args, needs_model: bool) -> None:
     if not needs_model:
         if args.weights:
-            log.warning("--model %s is not used: this algorithm needs no model", args.weights)
+            log.warning("--model %s is not used: this algorithm needs no model (and selection diverse is off)", args.weights)
         return
     if not args.weights:
         raise UsageError("--model is required: give a weights file (.pt or .onnx)")
@@ -350,12 +350,12 @@ def run_in_family(args, templates: str | None) -> int:
 
             make_in(args, paths, names)
             return 0
+        from executor.pipeline.plan import model_needed
         from executor.protocol.settings import build_settings
-        from mining import SCORERS
 
         config = config_of(args, templates)
-        algorithm = build_settings("mining", config, templates).mining_algorithm if args.command == "mine" else ""
-        check_weights(args, args.command == "infer" or SCORERS[algorithm].needs_model)
+        check_weights(args, any(model_needed(task, build_settings(task, config, templates))
+                                for task in requested_tasks(args)))
         if args.command == "mine":
             check_output_file("--out", args.out)
             check_mine(args, len(paths), config, templates)

@@ -242,6 +242,14 @@ def test_random_needs_no_model_and_warns_when_given_one(capsys, caplog, images, 
     assert len((tmp_path / "r.tsv").read_text().splitlines()) == 5
 
 
+@pytest.mark.parametrize("extra", [("--selection", "diverse"), ("--infer-out", "d.json")])
+def test_random_still_needs_a_model_to_embed_or_detect(extra, capsys, images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status = cli.run(parse("mine", "--algorithm", "random", "--source", images, "--out", tmp_path / "r.tsv", *extra))
+    assert status == 2 and "--model is required" in capsys.readouterr().err
+    assert not (tmp_path / "r.tsv").exists()
+
+
 def test_the_report_cuts_at_topk(images, tmp_path):
     status = cli.run(parse("mine", "--algorithm", "random", "--source", images, "--out", tmp_path / "r.tsv",
                            "--topk", 4, "--report-top-n", 2))
