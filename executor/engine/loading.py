@@ -13,7 +13,7 @@ from executor.engine.device import select_device
 from executor.engine.onnx_detector import OnnxDetector
 from executor.engine.torch_detector import TorchDetector
 from executor.errors import ConfigError, ModelError
-from executor.runtime import cpu_threads
+from executor.runtime import usable_cpus
 from executor.shared import TASK_WORDS, task_words
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,12 @@ def load_detector(weights: str, backend: str, gpu_id: str, img_size: int, *, con
                   max_det: int, class_names: Sequence[str] = (), pin_memory: bool = False,
                   threads: int = 0, task: str | None = None) -> Detector:
     """The detector for `weights` (.pt → PyTorch, .onnx → ONNX Runtime, unless `backend` says so); `threads`:
-    CPU threads (0: executor.runtime.cpu_threads' choice); `task`: the family this image serves ('detect',
+    CPU threads (0: every CPU this process may use; a run's plan passes its own count); `task`: the family this image serves ('detect',
     'segment'): a model of the other family is a ModelError naming both (None: whichever the model is)."""
     device = select_device(gpu_id)
     use_onnx = backend == "onnx" or (backend == "auto" and weights.lower().endswith(".onnx"))
     detector = (OnnxDetector if use_onnx else TorchDetector)(
-        weights, device, img_size, cpu_threads(threads), pin_memory=pin_memory, conf_thres=conf_thres,
+        weights, device, img_size, threads or usable_cpus(), pin_memory=pin_memory, conf_thres=conf_thres,
         iou_thres=iou_thres, max_det=max_det)
     if task and detector.task != task:
         raise ModelError(f"model {weights} is a {task_words(detector.task)} model, but this image serves "

@@ -20,7 +20,8 @@ SCANS = ("mining", "infer")  # the tasks that pass over candidate images
 
 @dataclass(frozen=True)
 class Plan:
-    """One run. `settings`: each task's typed settings (shard_size 0 already made the size for this pool);
+    """One run. `settings`: each task's typed settings (shard_size 0 already made the size for this pool,
+    cpu_threads the count of the whole run);
     `weights`: the weights file each scanning task loads ('' where it runs no model: random mining without
     selection diverse); `devices`: one worker each, a GPU number or '' for a CPU process; `threads`: the CPU
     threads of the whole run (each of n workers gets threads // n)."""
@@ -72,8 +73,10 @@ def make_plan(tasks: Sequence[str], job: Job, config: Mapping, templates_dir: st
         raise ValueError(f"unknown tasks {unknown}; expected some of {', '.join(KNOWN_TASKS)}")
     settings = {task: build_settings(task, config, templates_dir) for task in tasks}
     scans = [task for task in tasks if task in SCANS]
+    threads = cpu_threads(settings[scans[0]].cpu_threads if scans else 0)  # the one reading of OMP_NUM_THREADS
+    settings = {task: value.replace(cpu_threads=threads) for task, value in settings.items()}
     if not scans:
-        return Plan(tuple(tasks), job, settings, {})
+        return Plan(tuple(tasks), job, settings, {}, threads=threads)
     first = settings[scans[0]]
     gpus = visible_gpus(first.gpu_id)
     devices = tuple(str(g) for g in gpus) if gpus else ("",) * first.cpu_processes
@@ -83,7 +86,7 @@ def make_plan(tasks: Sequence[str], job: Job, config: Mapping, templates_dir: st
         settings.update({task: settings[task].replace(shard_size=size) for task in scans})
     weights = {task: weights_for(settings[task], job.models_dir) if model_needed(task, settings[task]) else ""
                for task in scans}
-    return Plan(tuple(tasks), job, settings, weights, devices, cpu_threads(first.cpu_threads))
+    return Plan(tuple(tasks), job, settings, weights, devices, threads)
 
 
 def model_needed(task: str, settings: Settings) -> bool:

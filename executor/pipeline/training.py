@@ -294,16 +294,18 @@ class Evaluator:
                  batch_size: int, masks: bool = False):
         self.samples, self.class_names, self.img_size = samples, class_names, settings.img_size
         self.gpu_id = settings.gpu_id.split(",")[0]
+        self.threads = settings.get("cpu_threads", 0)  # the plan's count (training's template has no such key)
         self.iou_thr, self.conf_thr = evaluate_config["iou_thr"], evaluate_config["conf_thr"]
         self.batch_size = batch_size
         self.masks = masks
 
     def __call__(self, weights: str, progress: Progress = lambda f: None) -> Metrics:
-        threads = torch.get_num_threads()  # the detector takes every core; training resumes with its own count
+        training_threads = torch.get_num_threads()  # the detector takes every core; training resumes with its own
         try:
             # the thresholds are the validator's (evaluation sets them); these only build the detector
             detector = load_detector(weights, "torch", self.gpu_id, self.img_size, class_names=self.class_names,
-                                     conf_thres=self.conf_thr, iou_thres=VAL_IOU, max_det=VAL_MAX_DET,
+                                     threads=self.threads, conf_thres=self.conf_thr, iou_thres=VAL_IOU,
+                                     max_det=VAL_MAX_DET,
                                      task="segment" if self.masks else "detect")
             if self.masks:
                 from executor.engine.seg_eval import evaluate_segmentation
@@ -312,7 +314,7 @@ class Evaluator:
                                              progress)
             return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress)
         finally:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(training_threads)
 
 
 # ---------------------------------------------------------------- the task
