@@ -30,7 +30,7 @@ def _listed(images) -> tuple[list[str], list[str]]:
 def _config(weights, settings: dict) -> dict:
     """The keywords as config keys: a command line name becomes the key its flag sets (device as --device takes
     it: cpu, 0, cuda:0, 0,1), `model` is `weights`."""
-    from executor.cli.commands import gpu_id_of
+    from executor.cli.flags import gpu_id_of
     from executor.cli.flags import FLAG_OF
 
     settings = dict(settings)

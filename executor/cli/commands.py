@@ -15,7 +15,8 @@ import shutil
 import sys
 
 from executor import __version__
-from executor.cli.flags import FLAG_OF, UsageError, help_default, requested_tasks, set_values
+from executor.cli.flags import (DIVERSE_FLAGS, FLAG_OF, UsageError, add_config_flags, flag_values, requested_tasks,
+                                set_values)
 
 log = logging.getLogger("quarry")
 
@@ -35,38 +36,20 @@ def common_flags() -> argparse.ArgumentParser:
     return common
 
 
-def add_model_flags(cmd: argparse.ArgumentParser, task: str) -> None:
-    """The flags of mine and infer; their defaults in the help are those of the active templates of `task`."""
+def add_model_flags(cmd: argparse.ArgumentParser, command: str) -> None:
+    """The flags of mine and infer; their defaults in the help are those of the active templates of the task."""
     from executor.protocol.templates import load_template
 
-    template = load_template(task)
     cmd.add_argument("--model", "--weights", dest="weights",
                      help="model file: an Ultralytics .pt or its ONNX export (a path: weights are never downloaded)")
     cmd.add_argument("--source", "--images", dest="images", required=True,
                      help="a folder (searched recursively), a glob in quotes, or a .txt/.tsv list of paths")
     cmd.add_argument("--out", required=True, help="output file (.tsv ranking for mine; .json, or a folder for "
                                                   "--format yolo, for infer)")
-    cmd.add_argument("--imgsz", "--img-size", dest="img_size", type=int,
-                     help="long side of the network input in pixels" + help_default(template, "img_size"))
-    cmd.add_argument("--batch", "--batch-size", dest="batch_size", type=int,
-                     help="images per forward pass" + help_default(template, "batch_size_per_gpu"))
-    cmd.add_argument("--workers", type=int,
-                     help="image decoding threads" + help_default(template, "num_workers_per_gpu"))
-    cmd.add_argument("--device", "--gpu-id", dest="gpu_id",
-                     help="cpu (default), 0, cuda:0, or 0,1 (one worker per GPU)")
-    cmd.add_argument("--conf", "--conf-thres", dest="conf_thres", type=float,
-                     help="minimum box score" + help_default(template, "conf_thres"))
-    cmd.add_argument("--iou", "--iou-thres", dest="iou_thres", type=float,
-                     help="NMS IoU threshold" + help_default(template, "iou_thres"))
-    cmd.add_argument("--backend", choices=("auto", "torch", "onnx"),
-                     help="inference backend" + help_default(template, "backend"))
-    cmd.add_argument("--threads", type=int, help="CPU threads for the model" + help_default(template, "cpu_threads")
-                     + "; 0: OMP_NUM_THREADS, else the CPUs this process may use")
-    cmd.add_argument("--nproc", type=int,
-                     help="CPU worker processes, each scoring its own shards" + help_default(template, "cpu_processes"))
+    add_config_flags(cmd, command, load_template("mining" if command == "mine" else "infer"))
     cmd.add_argument("--format", choices=FORMATS, default="ymir",
                      help="detections as ymir infer-result JSON (default), a COCO dataset JSON, or YOLO txt labels "
-                          "per image mirroring the source tree (a folder)" if task == "infer" else
+                          "per image mirroring the source tree (a folder)" if command == "infer" else
                      "format of --infer-out (default ymir)")
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="any other template key, e.g. --set class_distribution_scores=1,1,0.5")
@@ -74,10 +57,6 @@ def add_model_flags(cmd: argparse.ArgumentParser, task: str) -> None:
 
 def build_parser(extra_commands=()) -> argparse.ArgumentParser:
     """The parser of the whole command line; `extra_commands`: callables adding more subcommands."""
-    from executor.protocol.templates import load_template
-    from mining import SCORERS
-
-    template = load_template("mining")  # the defaults the mine flags' help names
     common = common_flags()
     parser = argparse.ArgumentParser(prog="quarry", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Quarry: mining, inference and training for YMIR platforms and "
@@ -86,34 +65,16 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     mine = sub.add_parser("mine", parents=[common], help="rank local images, most worth labelling first",
                           description="Rank local images, most worth labelling first.")
-    add_model_flags(mine, "mining")
-    mine.add_argument("--algorithm", choices=tuple(SCORERS),
-                      help="mining algorithm" + help_default(template, "mining_algorithm"))
-    mine.add_argument("--seed", type=int, help="seed for random and cald" + help_default(template, "seed"))
+    add_model_flags(mine, "mine")
     mine.add_argument("--topk", type=int, help="also write the K best paths to OUT.topK.txt")
     mine.add_argument("--select-dir", help="with --topk: copy the K best images into this (empty) folder")
     mine.add_argument("--link", action="store_true", help="with --select-dir: symlink instead of copying")
     mine.add_argument("--exist-ok", action="store_true", help="with --select-dir: replace a folder that is not empty")
     mine.add_argument("--infer-out", help="also write the detections of the same pass to this file (see --format)")
-    mine.add_argument("--selection", choices=("score", "diverse"),
-                      help="score: by score; diverse: near-duplicates pushed down, the top mixed for variety, so "
-                           "every prefix of the ranking is a good batch (docs/mining.md)"
-                           + help_default(template, "selection"))
-    mine.add_argument("--dedup-similarity", type=float,
-                      help="diverse: share of agreeing photo-hash bits that makes a near-duplicate"
-                           + help_default(template, "dedup_similarity"))
-    mine.add_argument("--diverse-pool", type=int, help="diverse: how many top images by score are reordered (0: a "
-                                                       "share of the pool)" + help_default(template, "diverse_pool"))
-    mine.add_argument("--diversity-weight", type=float, help="diverse: weight of variety against score, in [0, 1]"
-                                                             + help_default(template, "diversity_weight"))
-    mine.add_argument("--class-balance", action="store_true", default=None,
-                      help="diverse: keep the predicted classes of the top close to the pool's mix")
     mine.add_argument("--labeled", help="diverse: images already labelled (folder, glob or list): their "
                                         "near-copies in the pool go down")
     mine.add_argument("--report", help="the mining report (default OUT.report.html, its numbers in .json beside)")
     mine.add_argument("--no-report", action="store_true", help="write no report")
-    mine.add_argument("--report-top-n", type=int, help="thumbnails of the best images in the report (with --topk K "
-                                                       "at most K)" + help_default(template, "report_top_n"))
     mine.add_argument("--raw-scores", help="diverse: every image's raw algorithm score (default OUT.scores.tsv)")
     mine.add_argument("--drop-shards", action="store_true",
                       help="remove OUT.shards/ after the merge (by default the scores stay, so running again with "
@@ -196,29 +157,17 @@ def check_weights(args, needs_model: bool) -> None:
         raise UsageError(f"--model {args.weights}: no such file{hint}")
 
 
-def gpu_id_of(device: str) -> str:
-    """--device as config gpu_id: cpu → '', cuda:0 → 0, 0,1 as it is."""
-    return "" if device.strip().lower() == "cpu" else device.lower().replace("cuda:", "")
-
-
 def config_of(args, templates: str | None = None) -> dict:
     """The flags as config keys (the templates of `templates`, default the active ones, give every default, as in
     platform mode), checked: a bad value names the flag."""
     from executor.errors import ConfigError
     from executor.protocol.settings import build_settings
 
-    device = None if args.gpu_id is None else gpu_id_of(args.gpu_id)
-    named = {"img_size": args.img_size, "batch_size_per_gpu": args.batch_size, "gpu_id": device,
-             "conf_thres": args.conf_thres, "iou_thres": args.iou_thres, "num_workers_per_gpu": args.workers,
-             "backend": args.backend, "seed": getattr(args, "seed", None), "cpu_processes": args.nproc,
-             "cpu_threads": args.threads, "mining_algorithm": getattr(args, "algorithm", None),
-             "selection": getattr(args, "selection", None), "dedup_similarity": getattr(args, "dedup_similarity", None),
-             "diverse_pool": getattr(args, "diverse_pool", None),
-             "diversity_weight": getattr(args, "diversity_weight", None),
-             "class_balance": getattr(args, "class_balance", None), "report_top_n": getattr(args, "report_top_n", None),
-             "report": False if getattr(args, "no_report", False) else None,
-             "model_params_path": [os.path.abspath(args.weights)] if args.weights else None}
-    config = {k: v for k, v in named.items() if v is not None}
+    config = flag_values(args)
+    if getattr(args, "no_report", False):
+        config["report"] = False
+    if args.weights:
+        config["model_params_path"] = [os.path.abspath(args.weights)]
     tasks = requested_tasks(args)
     config.update(set_values(args.set, tasks))
     for task in tasks:
@@ -275,8 +224,7 @@ def check_mine(args, pool: int, config: dict, templates: str | None) -> None:
             raise UsageError("--infer-out and --out name the same file")
     diverse = config.get("selection") == "diverse"
     for flag, given in (("--labeled", args.labeled), ("--raw-scores", args.raw_scores),
-                        ("--dedup-similarity", args.dedup_similarity), ("--diverse-pool", args.diverse_pool),
-                        ("--diversity-weight", args.diversity_weight), ("--class-balance", args.class_balance)):
+                        *((FLAG_OF[key], getattr(args, key)) for key in DIVERSE_FLAGS)):
         if given is not None and not diverse:
             raise UsageError(f"{flag} needs --selection diverse")
     if args.report and args.no_report:

@@ -1,21 +1,97 @@
-"""What the command line and make-in share: the usage error, the config key each flag sets, the tasks a command
-runs, the template default a flag's help names, and --set KEY=VALUE items as config values (the one parser of
-them, simulate's too).
+"""What the command line and make-in share: the usage error, the one table of flags that set a config key (it
+makes their options, their help with the template's default, and their config values), the tasks a command runs,
+and --set KEY=VALUE items as config values (the one parser of them, simulate's too).
 """
 
+import argparse
 import logging
 import os
+from dataclasses import dataclass
+from typing import Any, Callable
 
 log = logging.getLogger("quarry")
 
 
+def gpu_id_of(device: str) -> str:
+    """--device as config gpu_id: cpu → '', cuda:0 → 0, 0,1 as it is."""
+    return "" if device.strip().lower() == "cpu" else device.lower().replace("cuda:", "")
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """A flag that sets one config key: its names (Ultralytics' first where a user knows one), the key (also its
+    argparse dest), what it sets, and whether the help names the template's default."""
+    names: tuple[str, ...]
+    key: str
+    help: str
+    type: Callable | None = None
+    choices: tuple | Callable[[], tuple] = ()  # a callable: choices read when the parser is built
+    commands: tuple[str, ...] = ("mine", "infer")
+    switch: bool = False                       # store_true (None when not given: the template decides)
+    shows_default: bool = True
+    to_value: Callable[[Any], Any] = lambda value: value
+
+    def add_to(self, parser: argparse.ArgumentParser, template: dict) -> None:
+        help_text = self.help + (help_default(template, self.key) if self.shows_default else "")
+        if self.switch:
+            parser.add_argument(*self.names, dest=self.key, action="store_true", default=None, help=help_text)
+            return
+        choices = self.choices() if callable(self.choices) else self.choices
+        metavar = None if choices else self.names[0].lstrip("-").upper()  # the flag's name, not the config key
+        parser.add_argument(*self.names, dest=self.key, type=self.type, choices=choices or None, metavar=metavar,
+                            help=help_text)
+
+
+def algorithm_names() -> tuple:
+    from mining import SCORERS  # imports torch: only when the parser is built
+
+    return tuple(SCORERS)
+
+
+MINE = ("mine",)
+CONFIG_FLAGS = (
+    ConfigFlag(("--imgsz", "--img-size"), "img_size", "long side of the network input in pixels", int),
+    ConfigFlag(("--batch", "--batch-size"), "batch_size_per_gpu", "images per forward pass", int),
+    ConfigFlag(("--workers",), "num_workers_per_gpu", "image decoding threads", int),
+    ConfigFlag(("--device", "--gpu-id"), "gpu_id", "cpu (default), 0, cuda:0, or 0,1 (one worker per GPU)",
+               shows_default=False, to_value=gpu_id_of),
+    ConfigFlag(("--conf", "--conf-thres"), "conf_thres", "minimum box score", float),
+    ConfigFlag(("--iou", "--iou-thres"), "iou_thres", "NMS IoU threshold", float),
+    ConfigFlag(("--backend",), "backend", "inference backend", choices=("auto", "torch", "onnx")),
+    ConfigFlag(("--threads",), "cpu_threads", "CPU threads for the model (0: OMP_NUM_THREADS, else the CPUs this "
+               "process may use)", int),
+    ConfigFlag(("--nproc",), "cpu_processes", "CPU worker processes, each scoring its own shards", int),
+    ConfigFlag(("--algorithm",), "mining_algorithm", "mining algorithm", choices=algorithm_names, commands=MINE),
+    ConfigFlag(("--seed",), "seed", "seed for random and cald", int, commands=MINE),
+    ConfigFlag(("--selection",), "selection", "score: by score; diverse: near-duplicates pushed down, the top mixed "
+               "for variety, so every prefix of the ranking is a good batch (docs/mining.md)",
+               choices=("score", "diverse"), commands=MINE),
+    ConfigFlag(("--dedup-similarity",), "dedup_similarity", "diverse: share of agreeing photo-hash bits that makes "
+               "a near-duplicate", float, commands=MINE),
+    ConfigFlag(("--diverse-pool",), "diverse_pool", "diverse: how many top images by score are reordered (0: a "
+               "share of the pool)", int, commands=MINE),
+    ConfigFlag(("--diversity-weight",), "diversity_weight", "diverse: weight of variety against score, in [0, 1]",
+               float, commands=MINE),
+    ConfigFlag(("--class-balance",), "class_balance", "diverse: keep the predicted classes of the top close to the "
+               "pool's mix", commands=MINE, switch=True, shows_default=False),
+    ConfigFlag(("--report-top-n",), "report_top_n", "thumbnails of the best images in the report (with --topk K at "
+               "most K)", int, commands=MINE),
+)
+DIVERSE_FLAGS = ("dedup_similarity", "diverse_pool", "diversity_weight", "class_balance")  # need --selection diverse
 # config key → the flag that sets it (for messages)
-FLAG_OF = {"img_size": "--imgsz", "batch_size_per_gpu": "--batch", "gpu_id": "--device", "conf_thres": "--conf",
-           "iou_thres": "--iou", "num_workers_per_gpu": "--workers", "backend": "--backend", "seed": "--seed",
-           "mining_algorithm": "--algorithm", "cpu_processes": "--nproc", "cpu_threads": "--threads",
-           "selection": "--selection", "dedup_similarity": "--dedup-similarity", "diverse_pool": "--diverse-pool",
-           "diversity_weight": "--diversity-weight", "report_top_n": "--report-top-n",
-           "model_params_path": "--model"}
+FLAG_OF = {flag.key: flag.names[0] for flag in CONFIG_FLAGS} | {"model_params_path": "--model"}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, command: str, template: dict) -> None:
+    for flag in CONFIG_FLAGS:
+        if command in flag.commands:
+            flag.add_to(parser, template)
+
+
+def flag_values(args) -> dict:
+    """The config values of the table's flags given on the command line."""
+    return {flag.key: flag.to_value(getattr(args, flag.key)) for flag in CONFIG_FLAGS
+            if getattr(args, flag.key, None) is not None}
 
 
 class UsageError(Exception):
