@@ -110,10 +110,12 @@ def infer(job: Job, config: Mapping, progress: Progress, models: Models) -> str 
     return scan(["infer"], job, config, progress, models)["infer"]
 
 
-def train(job: Job, config: Mapping, progress: Progress, models: Models) -> None:
+def train(job: Job, config: Mapping, progress: Progress, models: Models):
+    """Train, write the model stages and result.yaml; returns the best stage's metrics on the val split
+    (executor.engine.evaluation.Metrics)."""
     from executor.pipeline.training import run_training  # imports Ultralytics' trainer: only when training
 
-    run_training(job, build_settings("training", config), progress)
+    return run_training(job, build_settings("training", config), progress)
 
 
 TASKS = {"training": train, "mining": mine, "infer": infer}
