@@ -86,6 +86,45 @@ def run_start(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, **kwargs)
 
 
+def run_platform(env_path: Path, environ: dict | None = None, default_monitor: Path | None = None) -> tuple[int, str]:
+    """`start.py --env ENV_PATH` in this process (start.run_platform, what main runs after its set-up): the exit
+    status and what the run logged, in start.py's log format. `environ`: variables set during the run;
+    `default_monitor`: run as the platform does (no --env), with this file for /out/monitor.txt. The SIGTERM
+    handler the run installs is put back afterwards."""
+    import io
+    import logging
+    import os
+    import signal
+
+    import start
+
+    stream, root = io.StringIO(), logging.getLogger()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved_level, saved_sigterm = root.level, signal.getsignal(signal.SIGTERM)
+    saved_env = {key: os.environ.get(key) for key in environ or {}}
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    os.environ.update(environ or {})
+    try:
+        saved_monitor = start.DEFAULT_MONITOR
+        start.DEFAULT_MONITOR = str(default_monitor) if default_monitor else saved_monitor
+        try:
+            status = start.run_platform(str(env_path), default_monitor=default_monitor is not None)
+        finally:
+            start.DEFAULT_MONITOR = saved_monitor
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+        signal.signal(signal.SIGTERM, saved_sigterm)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return status, stream.getvalue()
+
+
 def run_cli(capsys, *argv) -> tuple[int, str]:
     """The local command line in this process (what `start.py COMMAND ...` runs after its set-up, without
     touching logging): its exit status and what it wrote to stderr."""

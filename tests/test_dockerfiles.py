@@ -277,8 +277,6 @@ def test_templates_and_manifest_go_to_img_man(raw, dockerfile):
         assert any(s.rstrip("/") == "templates" or s == path or
                    (s.startswith("templates/") and fnmatch.fnmatch(path, s)) for s in sources), (
             f"{path} is not copied to /img-man")
-    manifest = read("templates/manifest.yaml")
-    assert re.search(r"^object_type:\s*2\s*$", manifest, re.M)
 
 
 def test_the_executor_reads_its_family_from_img_man(dockerfile):

@@ -4,9 +4,11 @@ files exist afterwards. docs/errors.md is the same table in prose; tests/test_pl
 env.yaml given with --env (no monitor to write to). A few runs that succeed without a model (random mining
 needs no weights, an unknown config key is one warning) ride along in the input group.
 
-Cases run in groups: one subprocess (this module run with -m, see `drive`) calls start.main for every case
-of a group in turn, so the ~5 s of imports are paid once per group instead of once per case. Each case has
-its own /in and /out under a temp dir; start.DEFAULT_MONITOR stands for /out/monitor.txt.
+Cases run in groups. The input group runs in this process (tests.platform.run_platform: start.run_platform, the
+platform's whole error path); the groups that load models, GPUs or train run in one subprocess per group (this
+module run with -m, see `drive`), which calls start.main for every case of the group in turn, so the ~5 s of
+imports are paid once per group instead of once per case, with the group's environment. Each case has its own
+/in and /out under a temp dir; start.DEFAULT_MONITOR stands for /out/monitor.txt.
 
     python -m tests.test_failures CASES.json RESULTS.json     (from the repository root)
 """
@@ -55,8 +57,10 @@ def drive(cases_file: str, results_file: str) -> None:
     Path(results_file).write_text(json.dumps(results))
 
 
-def run_group(root: Path, cases: dict, extra_env: dict | None = None, timeout: int = 900) -> dict:
-    """Build every case under `root`/<name>, run them all in one subprocess; {name: {rc, log, root}}."""
+def run_group(root: Path, cases: dict, extra_env: dict | None = None, timeout: int = 900,
+              in_process: bool = False) -> dict:
+    """Build every case under `root`/<name>, run them all in one subprocess (or in this process);
+    {name: {rc, log, root}}."""
     listed = []
     for name, case in cases.items():
         case_root = root / name
@@ -64,6 +68,15 @@ def run_group(root: Path, cases: dict, extra_env: dict | None = None, timeout: i
         env_path = case.build(case_root)
         default_dir = case_root / "out" if case.default_out else case_root / "no-default-out"
         listed.append({"name": name, "env": str(env_path), "default_monitor": str(default_dir / "monitor.txt")})
+    if in_process:
+        from tests.platform import run_platform
+
+        assert not extra_env, "a group with its own environment runs in a subprocess"
+        results = {}
+        for case in listed:
+            rc, log = run_platform(Path(case["env"]), default_monitor=Path(case["default_monitor"]))
+            results[case["name"]] = {"rc": rc, "log": log, "root": root / case["name"]}
+        return results
     (root / "cases.json").write_text(json.dumps(listed))
     done = subprocess.run([sys.executable, "-m", "tests.test_failures", str(root / "cases.json"), str(root / "results.json")],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout,
@@ -293,7 +306,7 @@ INPUT_CASES = {
 
 @pytest.fixture(scope="module")
 def input_runs(tmp_path_factory):
-    return run_group(tmp_path_factory.mktemp("inputs"), INPUT_CASES)
+    return run_group(tmp_path_factory.mktemp("inputs"), INPUT_CASES, in_process=True)
 
 
 @pytest.mark.parametrize("name", [n for n, c in INPUT_CASES.items() if c.code])

@@ -1,10 +1,11 @@
-"""start.py in platform mode, end to end in temporary directories, with the real yolov8n. The failures and the
-runs without a model are in tests/test_failures.py (one subprocess for all of them)."""
+"""start.py in platform mode, end to end in temporary directories: the one run of the real start.py process with
+the real yolov8n (mining and infer, each algorithm), and a missing env.yaml (in process). The failures and the
+runs without a model are in tests/test_failures.py."""
 import json
 
 import pytest
 
-from tests.platform import coco_images, make_env, monitor_fields, read_result_tsv, run_start
+from tests.platform import coco_images, make_env, monitor_fields, read_result_tsv, run_platform, run_start
 
 ALGORITHMS = ["random", "entropy", "aldd", "cald"]
 FAST = {"img_size": 320}
@@ -32,7 +33,8 @@ def test_mining_and_infer_in_one_run(tmp_path, algorithm):
 
 
 def test_missing_env_yaml(tmp_path):
-    done = run_start("--env", tmp_path / "nowhere" / "env.yaml")
-    assert done.returncode != 0
-    assert "env.yaml not found" in done.stdout and str(tmp_path / "nowhere") in done.stdout
+    status, log = run_platform(tmp_path / "nowhere" / "env.yaml")  # --env given: no monitor to write to
+    assert status == 1
+    assert f"failed with code 300001: env.yaml not found: {tmp_path / 'nowhere' / 'env.yaml'}" in log
+    assert not (tmp_path / "nowhere").exists()
 

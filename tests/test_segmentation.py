@@ -417,13 +417,13 @@ def seg_training_env(tmp_path, count_train, count_val, config):
 def test_start_trains_a_segmentation_model_from_seg_coco(tmp_path):
     """Platform mode with the segmentation templates (as the image sets QUARRY_TEMPLATES=/img-man): the shared
     detection yolov8n.pt seeds yolov8n-seg, one epoch at 160, result.yaml with maskAP and box mAP."""
-    from tests.platform import run_start
+    from tests.platform import run_platform
     from tests.ymir_builders import read_scalars
 
     _, env = seg_training_env(tmp_path, 12, 6, {"epochs": 1, "img_size": 160, "batch_size_per_gpu": 8})
-    proc = run_start("--env", env, env={**os.environ, TEMPLATES_VAR: SEG_TEMPLATES})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "355 of 417 tensors of yolov8n-seg transferred from the detection checkpoint" in proc.stdout
+    status, log = run_platform(env, {TEMPLATES_VAR: SEG_TEMPLATES})  # in process
+    assert status == 0, log[-3000:]
+    assert "355 of 417 tensors of yolov8n-seg transferred from the detection checkpoint" in log
     assert (tmp_path / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")[2:5] == ["1.0000", "2", "0"]
     models = tmp_path / "out" / "models"
     data = yaml.safe_load((models / "result.yaml").read_text())
@@ -445,7 +445,7 @@ def test_start_trains_a_segmentation_model_from_seg_coco(tmp_path):
                 "best/mAP50"):
         assert tag in scalars, (tag, sorted(scalars))
     ours, theirs = map(float, re.search(r"mask mAP@0.5 of best.pt on the val split: ours ([\d.]+), "
-                                        r"Ultralytics val ([\d.]+)", proc.stdout).groups())
+                                        r"Ultralytics val ([\d.]+)", log).groups())
     assert ours == pytest.approx(best["maskAP"], abs=1e-4)
 
 

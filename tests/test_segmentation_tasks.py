@@ -17,9 +17,9 @@ from pycocotools import mask as mask_utils
 from executor.protocol.templates import TEMPLATES_VAR, family_templates
 from executor.shared import SEGMENTATION
 from tests.platform import (WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, read_result_tsv,
-                            run_cli, run_start)
+                            run_cli, run_platform, run_start)
 
-SEG_ENV = {**os.environ, TEMPLATES_VAR: family_templates(SEGMENTATION)}
+SEG_ENV = {TEMPLATES_VAR: family_templates(SEGMENTATION)}  # what the segmentation image sets
 
 
 def coco_rle(rle: dict) -> dict:
@@ -163,14 +163,13 @@ def seg_infer_run(tmp_path_factory, seg_weights):
     root = tmp_path_factory.mktemp("seg-infer")
     env = make_env(root, run_infer=True, run_mining=True, weights=seg_weights, candidates=seg_candidates(root),
                    config={"mining_algorithm": "entropy", "img_size": 320})
-    proc = run_start("--env", env, env=SEG_ENV)
-    return env, proc
+    return env, run_platform(env, SEG_ENV)
 
 
 @pytest.mark.slow
 def test_seg_infer_writes_the_coco_result_with_rle_masks_for_every_candidate(seg_infer_run, seg_weights):
-    env, proc = seg_infer_run
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env, (status, log) = seg_infer_run
+    assert status == 0, log[-3000:]
     assert monitor_fields(env)[2:] == ["1.0000", "2", "0"]
     result = json.loads((env.parent.parent / "out" / "infer-result.json").read_text())
     keys = [line for line in (env.parent / "candidate-index.tsv").read_text().splitlines()]
@@ -206,9 +205,9 @@ def test_seg_infer_writes_the_coco_result_with_rle_masks_for_every_candidate(seg
 @pytest.mark.slow
 def test_seg_mining_in_the_same_pass_ranks_like_the_detection_model(seg_infer_run, tmp_path):
     """Entropy reads only the class probabilities, which the seg model shares with yolov8n.pt: the same ranking."""
-    env, proc = seg_infer_run
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert proc.stdout.count("skipping unreadable image") == 1  # mining and infer: one pass over the images
+    env, (status, log) = seg_infer_run
+    assert status == 0, log[-3000:]
+    assert log.count("skipping unreadable image") == 1  # mining and infer: one pass over the images
     ranked = read_result_tsv(env)
     from executor.pipeline.job import Job
     from executor.pipeline.plan import make_plan
@@ -253,17 +252,17 @@ def test_aldd_with_a_seg_model_reads_the_class_maps_of_the_detection_head(seg_we
 
 
 @pytest.mark.slow
-def test_cald_mines_with_a_seg_model_deterministically(tmp_path, seg_weights):
+def test_cald_mines_with_a_seg_model(tmp_path, seg_weights):
+    """CALD's views through the pipeline with a seg model (masks on every view); its determinism for a seed is
+    tests/test_determinism.py's (CALD draws per image by its result key, whatever the family)."""
     env = make_env(tmp_path / "seg", run_mining=True, weights=seg_weights, candidates=seg_candidates(tmp_path),
                    config={"mining_algorithm": "cald", "img_size": 256, "seed": 5})
-    runs = []
-    for _ in range(2):
-        proc = run_start("--env", env, env=SEG_ENV)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        runs.append((env.parent.parent / "out" / "result.tsv").read_bytes())
-    assert runs[0] == runs[1]
-    scores = [s for _, s in read_result_tsv(env)]
-    assert len(scores) == 5 and scores[-1] == -1.0 and all(s >= 0 for s in scores[:-1])
+    status, log = run_platform(env, SEG_ENV)
+    assert status == 0, log[-3000:]
+    rows = read_result_tsv(env)
+    assert sorted(k for k, _ in rows) == sorted(k for k in (env.parent / "candidate-index.tsv").read_text().split())
+    scores = sorted(s for _, s in rows)
+    assert scores[0] == -1.0 and all(s >= 0 for s in scores[1:])  # the broken image alone is unscored
 
 
 @pytest.mark.slow
@@ -302,14 +301,15 @@ def test_the_cli_takes_the_family_from_its_model(capsys, tmp_path, seg_weights):
         shutil.copy(path, images / path.name)
     out = tmp_path / "found.json"  # one thread and one-image shards: what each of two workers does below
     small = ("--imgsz", "320", "--set", "cpu_threads=1", "--set", "shard_size=1")
-    proc = run_start("infer", "--model", seg_weights, "--source", images, "--out", out, *small)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, err = run_cli(capsys, "infer", "--model", seg_weights, "--source", images, "--out", out, *small)
+    assert status == 0, err[-3000:]
     result = json.loads(out.read_text())
     assert sorted(im["file_name"] for im in result["images"]) == sorted(p.name for p in coco_images(3))
     assert result["annotations"] and all("counts" in a["segmentation"] for a in result["annotations"])
     coco = tmp_path / "coco.json"
-    proc = run_start("infer", "--model", seg_weights, "--source", images, "--out", coco, *small, "--format", "coco")
-    assert proc.returncode == 0 and coco.read_bytes() == out.read_bytes()  # the COCO result is already COCO
+    status, _ = run_cli(capsys, "infer", "--model", seg_weights, "--source", images, "--out", coco, *small,
+                        "--format", "coco")
+    assert status == 0 and coco.read_bytes() == out.read_bytes()  # the COCO result is already COCO
     status, err = run_cli(capsys, "infer", "--model", seg_weights, "--source", images, "--out", tmp_path / "yolo",
                           "--format", "yolo")
     assert status == 2 and "a segmentation model's masks are written with --format ymir" in err

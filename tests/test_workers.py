@@ -1,4 +1,6 @@
 """Several worker processes, torchrun across "nodes", resume after kill -9, a failing worker: through start.py.
+What needs one process only (one pass for mining and infer, shards invalidated by a changed parameter, a model
+that fails to load) is driven in process with the fake detector: tests/pipeline/test_tasks.py.
 
 Scores are bit-identical for the same per-process thread count (a float32 convolution's last bits depend on
 how many threads split it), so the one-worker reference runs with the thread count each worker gets.
@@ -19,11 +21,6 @@ from tests.platform import COCO_VAL, REPO, WEIGHTS, coco_images, make_env, monit
 pytestmark = pytest.mark.slow
 IMAGES = coco_images(12)
 SMALL = ["--img-size", "160", "--set", "shard_size=2"]
-
-
-def mine(out, *extra, algorithm="entropy", env=None, **kwargs):
-    return run_start("mine", "--weights", WEIGHTS, "--images", IMAGES[0].parent, "--algorithm", algorithm,
-                     "--out", out, *SMALL, *extra, env=env, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +50,21 @@ def test_two_cli_workers_write_what_one_writes(pool, tmp_path, algorithm):
     assert kept and all(re.fullmatch(r"mining-\d{6}\.(txt|npz)", name) for name in kept)
 
 
-def test_platform_cpu_processes_give_the_same_mining_and_infer(tmp_path):
+def test_platform_cpu_processes_give_the_same_mining_selection_and_infer(tmp_path):
+    """Two CPU worker processes (one thread each, like the one-process run) write the same files as one, the
+    diverse selection (from the workers' side files) and the raw scores included."""
     results = []
     for processes, threads in ((1, 1), (2, 2)):
         root = tmp_path / f"p{processes}"
         env = make_env(root, run_mining=True, run_infer=True, candidates=IMAGES,
-                       config={"img_size": 160, "shard_size": 3, "cpu_processes": processes, "cpu_threads": threads})
+                       config={"img_size": 160, "shard_size": 3, "cpu_processes": processes, "cpu_threads": threads,
+                               "selection": "diverse"})
         done = run_start("--env", env)
         assert done.returncode == 0, done.stdout + done.stderr
         assert monitor_fields(env)[2:] == ["1.0000", "2", "0"]
+        assert ("starting 2 workers" in done.stdout) == (processes == 2)
         results.append([(root / "out" / name).read_text().replace(str(root), "ROOT")
-                        for name in ("result.tsv", "infer-result.json")])
+                        for name in ("result.tsv", "mining-scores.tsv", "infer-result.json")])
     assert results[0] == results[1]  # the same images under the same sha1 asset names in both /in folders
 
 
@@ -112,26 +113,6 @@ def test_kill_9_then_rerun_scores_only_the_missing_shards(pool, tmp_path):
     assert out.read_bytes() == reference.read_bytes()
 
 
-def test_a_changed_parameter_invalidates_the_shards(pool, tmp_path):
-    out = tmp_path / "ranked.tsv"
-    shards = tmp_path / "ranked.tsv.shards"
-    shards.mkdir()
-    assert mine_pool(pool, tmp_path / "first.tsv", "--seed", "1", algorithm="cald").returncode == 0
-    # keep a complete shard set of seed 1 (the run cleaned its own up): make it again, stopping before the merge
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "hooks"))
-    (tmp_path / "hooks").mkdir()
-    (tmp_path / "hooks" / "sitecustomize.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.pipeline.ranking as r\n"
-        "def _stop(*a, **k):\n    raise SystemExit(3)\n"
-        "r.write_mining = _stop\n")  # every shard is complete, nothing merged
-    assert mine_pool(pool, out, "--seed", "1", algorithm="cald", env=env).returncode != 0
-    assert len(list(shards.glob("mining-*.txt"))) == 6
-    done = mine_pool(pool, out, "--seed", "2", algorithm="cald")
-    assert done.returncode == 0 and "shards are complete from an earlier run" not in done.stdout
-    assert out.read_bytes() != (tmp_path / "first.tsv").read_bytes()
-
-
 def test_a_failing_worker_ends_the_task_with_its_own_code(tmp_path):
     hooks = tmp_path / "hooks"
     hooks.mkdir()
@@ -158,27 +139,6 @@ def test_a_failing_worker_ends_the_task_with_its_own_code(tmp_path):
     assert not (tmp_path / "out" / "result.tsv").exists()
     assert elapsed < 45, elapsed  # rank 0 alone needs minutes for 100 cald images at 640
     assert yaml.safe_load((env_path.parent / "config.yaml").read_text())["cpu_processes"] == 2
-
-
-@pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald"])
-def test_mining_and_infer_share_one_pass_and_match_separate_runs(tmp_path, algorithm):
-    env = make_env(tmp_path, run_mining=True, run_infer=True, candidates=IMAGES,
-                   config={"img_size": 160, "mining_algorithm": algorithm})  # one /in: cald seeds by image path
-    outputs = {}
-    for name, flags in (("both", (True, True)), ("mining", (True, False)), ("infer", (False, True))):
-        data = yaml.safe_load(env.read_text())
-        data["run_mining"], data["run_infer"] = flags
-        env.write_text(yaml.safe_dump(data))
-        done = run_start("--env", env)
-        assert done.returncode == 0, done.stdout + done.stderr
-        for file in ("result.tsv", "infer-result.json"):
-            if (tmp_path / "out" / file).exists():
-                outputs[name, file] = (tmp_path / "out" / file).read_text()
-                (tmp_path / "out" / file).unlink()
-        if name == "both":
-            assert f"mining + infer of {len(IMAGES)} images" in done.stdout  # one pass over the images
-    assert outputs["both", "result.tsv"] == outputs["mining", "result.tsv"]
-    assert outputs["both", "infer-result.json"] == outputs["infer", "infer-result.json"]
 
 
 @pytest.mark.parametrize("whom", ["the launcher", "every process (a terminal's Ctrl-C)"])

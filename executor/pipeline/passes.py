@@ -24,8 +24,10 @@ from mining.duplicates import photo
 
 @dataclass
 class Models:
-    """Detectors loaded during one run, so mining and infer of one call load the model once."""
+    """Detectors loaded during one run, so mining and infer of one call load the model once. `load` loads one
+    (executor.engine.loading.load_detector's signature; None: that function): where tests put a fake detector."""
     loaded: dict = field(default_factory=dict)
+    load: Callable[..., Detector] | None = None
 
     def detector(self, settings: Settings, weights: str) -> Detector:
         """The model in `weights` with the NMS settings of `settings` (loaded once, for its input size)."""
@@ -33,7 +35,7 @@ class Models:
         for detector in self.loaded.values():
             if detector.weights == weights and detector.img_size == detector.input_size(settings.img_size):
                 return detector.with_postprocess(**post)
-        detector = load_detector(weights, settings.backend, settings.gpu_id, settings.img_size,
+        detector = (self.load or load_detector)(weights, settings.backend, settings.gpu_id, settings.img_size,
                                  class_names=settings.class_names, pin_memory=settings.pin_memory,
                                  threads=settings.cpu_threads, task=TASK_OF_OBJECT_TYPE[settings.object_type], **post)
         self.loaded[weights] = detector

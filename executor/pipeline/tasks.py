@@ -97,10 +97,12 @@ def infer(plan: Plan, progress: Progress, models: Models) -> str | None:
     return scan(plan.only("infer"), progress, models)["infer"]
 
 
-def train(plan: Plan, progress: Progress, models: Models) -> None:
+def train(plan: Plan, progress: Progress, models: Models):
+    """Train, write the model stages and result.yaml; returns the best stage's metrics on the val split
+    (executor.engine.evaluation.Metrics)."""
     from executor.pipeline.training import run_training  # imports Ultralytics' trainer: only when training
 
-    run_training(plan.job, plan.settings["training"], progress)
+    return run_training(plan.job, plan.settings["training"], progress)
 
 
 TASKS = {"training": train, "mining": mine, "infer": infer}

@@ -319,8 +319,9 @@ class Evaluator:
 
 # ---------------------------------------------------------------- the task
 
-def run_training(job, settings: Settings, progress: Progress) -> None:
-    """Train on job.training_index / job.val_index; stages and result.yaml under job.models_out."""
+def run_training(job, settings: Settings, progress: Progress) -> Metrics:
+    """Train on job.training_index / job.val_index; stages and result.yaml under job.models_out. Returns our
+    metrics of the best stage on the val split (those result.yaml gives it)."""
     class_names = list(settings.class_names)
     evaluate_config = dict(settings.evaluate_config)
     extra = trainer.check_train_args(parse_args_options(settings.args_options))
@@ -352,14 +353,14 @@ def run_training(job, settings: Settings, progress: Progress) -> None:
                                      task, model_yaml)
         log.info("training took %.1f s", time.monotonic() - started)
         book.reload()
-        finish(result, book, hooks, evaluator, settings, span(progress, *FINISH))
+        return finish(result, book, hooks, evaluator, settings, span(progress, *FINISH))
     finally:
         hooks.close()
 
 
 def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, evaluator: Evaluator,
-           settings: Settings, progress: Progress) -> None:
-    """The best stage with our metrics, its ONNX export as an attachment, result.yaml."""
+           settings: Settings, progress: Progress) -> Metrics:
+    """The best stage with our metrics, its ONNX export as an attachment, result.yaml; returns the metrics."""
     checkpoint = result.best or result.last
     if checkpoint is None:
         raise ModelError(f"training wrote no weights under {result.run_dir}")
@@ -391,3 +392,4 @@ def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, e
     else:
         book.attach("onnx", [os.path.basename(onnx)])
     progress(1.0)
+    return metrics

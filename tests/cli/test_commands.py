@@ -21,7 +21,7 @@ from executor.pipeline.scoring import work_shards
 from executor.pipeline.plan import make_plan
 from executor.pipeline.tasks import run as run_tasks
 from executor.protocol.templates import TEMPLATES_DIR
-from tests.platform import REPO, WEIGHTS, coco_images, coco_names, run_cli, run_start
+from tests.platform import REPO, WEIGHTS, coco_images, coco_names, run_cli, run_platform
 
 COCO8 = REPO.parent / "shared" / "data" / "coco8"
 
@@ -174,6 +174,20 @@ def test_make_in_rejects_a_set_typo_before_writing(capsys, images, tmp_path):
     assert status == 2 and "--set imgsz=320: unknown key 'imgsz'" in err and err.rstrip().endswith(
         "did you mean img_size?")  # make-in has no --imgsz flag
     assert not (tmp_path / "in").exists()
+
+
+def test_a_glob_source_and_a_missing_model_file(capsys, fake_detector, images, tmp_path):
+    """A glob names its images relative to its fixed part (the older flag names --weights, --images, --img-size
+    work too); a model file that is not there is a usage error before anything is written."""
+    out = tmp_path / "det.json"
+    status, err = run_cli(capsys, "infer", "--weights", WEIGHTS, "--images", images / "b" / "*.jpg", "--img-size",
+                          160, "--out", out)
+    assert status == 0, err
+    assert list(json.loads(out.read_text())["detection"]) == sorted(os.listdir(images / "b"))
+    status, err = run_cli(capsys, "mine", "--weights", tmp_path / "none.pt", "--images", images,
+                          "--out", tmp_path / "r.tsv")
+    assert status == 2 and f"{tmp_path / 'none.pt'}: no such file" in err and "300004" not in err
+    assert not (tmp_path / "r.tsv").exists()
 
 
 def test_paths_are_checked_before_any_image(capsys, images, tmp_path):
@@ -357,8 +371,8 @@ def test_the_top_k_list_of_mine_is_a_source_wherever_out_is(capsys, monkeypatch,
     assert not list(images.rglob("*.txt"))  # nothing written beside the images
 
 
-@pytest.mark.slow
-def test_make_in_rehearses_platform_mode(capsys, tmp_path):
+def test_make_in_rehearses_platform_mode(capsys, fake_detector, tmp_path):
+    """make-in's /in, run by platform mode (in process, the fake detector: the wiring, not the model)."""
     inside = tmp_path / "in"
     status, err = run_cli(capsys, "make-in", "--task", "mining", "--images", COCO8 / "images", "--weights", WEIGHTS,
                           "--out", inside, "--set", "img_size=160", "--set", "mining_algorithm=aldd")
@@ -367,15 +381,15 @@ def test_make_in_rehearses_platform_mode(capsys, tmp_path):
     config = yaml.safe_load((inside / "config.yaml").read_text())
     assert env["run_mining"] and not env["run_infer"] and config["mining_algorithm"] == "aldd"
     assert config["model_params_path"] == ["yolov8n.pt"] and (inside / "models" / "yolov8n.pt").is_file()
-    done = run_start("--env", inside / "env.yaml")
-    assert done.returncode == 0, done.stdout
+    status, log = run_platform(inside / "env.yaml")
+    assert status == 0, log
     rows = (tmp_path / "out" / "result.tsv").read_text().splitlines()
     assert len(rows) == 8 and all(row.startswith(str(inside / "assets")) for row in rows)
     assert (tmp_path / "out" / "monitor.txt").read_text().split("\t")[2:4] == ["1.0000", "2"]
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_finished_shards_and_the_rerun_resumes(tmp_path):
+def test_ctrl_c_keeps_finished_shards_and_the_rerun_resumes(caplog, tmp_path):
     pool, out = tmp_path / "pool", tmp_path / "ranked.tsv"
     pool.mkdir()
     for image in coco_images(60):
@@ -393,9 +407,10 @@ def test_ctrl_c_keeps_finished_shards_and_the_rerun_resumes(tmp_path):
     assert "run the same command again to resume" in stderr and "Traceback" not in stderr + stdout
     kept = len(list(shards.glob("mining-*.txt")))
     assert 1 <= kept < 15 and not out.exists()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"{kept} of 15 shards are complete from an earlier run" in done.stdout + done.stderr
+    caplog.set_level(logging.INFO)  # the rerun in this process
+    assert cli.run(parse(*command[2:])) == 0
+    assert f"{kept} of 15 shards are complete from an earlier run" in caplog.text
+    assert len(out.read_text().splitlines()) == 60
 
 
 @pytest.mark.slow

@@ -1,7 +1,5 @@
 """Scorer wiring through the one registry, on a fake detector (the real model:
 tests/mining/test_scorers_real_model.py)."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ from mining import SCORERS, get_scorer, scorer_params
 from mining.base import Scorer
 from mining.random_score import random_scores
 from tests.mining.fake import FakeDetector, image_batch, random_images
-from tests.platform import REPO
 
 KEYS = [f"/pool/img{i}.jpg" for i in range(6)]
 IMAGES = random_images(6)
@@ -30,10 +27,9 @@ def scores(name, batch_size, detector=None, **overrides):
 
 
 def test_the_registry_is_the_one_list_of_names():
-    assert list(SCORERS) == ["random", "entropy", "aldd", "cald"]
     for name in SCORERS:  # config validation reads it
         assert RULES["mining_algorithm"]("mining_algorithm", name) == name
-    with pytest.raises(Exception, match="cald"):
+    with pytest.raises(Exception, match="expected one of " + ", ".join(SCORERS)):
         RULES["mining_algorithm"]("mining_algorithm", "coreset")
     assert not SCORERS["random"].needs_model and all(SCORERS[n].needs_model for n in ("entropy", "aldd", "cald"))
 
@@ -116,10 +112,3 @@ def test_the_base_class_checks_the_contract(bad):
 
     with pytest.raises(RuntimeError, match="broke the scorer contract"):
         Broken().score(image_batch(KEYS[:2], IMAGES[:2]), None)
-
-
-def test_mining_imports_nothing_from_executor():
-    code = ("import sys, mining, mining.selection, mining.boxes, mining.augment; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'executor'))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

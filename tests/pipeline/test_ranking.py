@@ -1,6 +1,7 @@
 """Selection wired into mining (issue 15): side files of the shards, the diverse plan applied to the streamed
-merge, and, with the real model (slow), planted near-duplicates through start.py, determinism, several worker
-processes and both backends."""
+merge, and, with the real model (slow), planted near-duplicates through platform mode (in process), resume and
+both backends. Two worker processes select as one: tests/test_workers.py; the same bytes for the same seed:
+tests/test_determinism.py."""
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from mining.base import Detections
 from mining.selection import rank_diverse
 from tests.pipeline.plans import mining_plan
 from tests.mining.photos import distinct, hashes_of, thumbnails_of
-from tests.platform import WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, run_start
+from tests.platform import WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, run_platform
 
 # the hand-made set of tests/mining/test_selection.py: A and its near-copy A', B and B', an outlier C, and E
 # close to A (cos 0.9, under the 0.95 threshold) with the second-best score
@@ -274,12 +275,14 @@ def read_lines(path):
 
 
 def mine_env(root, candidates, **config):
+    """Platform mode in this process (tests.platform.run_platform) with the real model; returns env.yaml and the
+    run's log."""
     env = make_env(root, run_mining=True, candidates=candidates,
                    config={"img_size": 320, "mining_algorithm": "entropy", **config})
-    done = run_start("--env", env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status, log = run_platform(env)
+    assert status == 0, log[-3000:]
     assert monitor_fields(env)[3] == "2"
-    return env, done
+    return env, log
 
 
 def mine_in_process(root, candidates, weights, **config):
@@ -299,8 +302,8 @@ def pool(tmp_path_factory):
 @pytest.fixture(scope="module")
 def diverse_run(pool, tmp_path_factory):
     root = tmp_path_factory.mktemp("diverse")
-    env, done = mine_env(root, pool[0], selection="diverse", shard_size=5)
-    return root, done
+    env, log = mine_env(root, pool[0], selection="diverse", shard_size=5)
+    return root, log
 
 
 def groups_in_order(root, pool):
@@ -310,7 +313,7 @@ def groups_in_order(root, pool):
 
 @pytest.mark.slow
 def test_planted_copies_leave_the_top(pool, diverse_run):
-    root, done = diverse_run
+    root, log = diverse_run
     order = groups_in_order(root, pool)
     n_unique = len(coco_images(9))
     head = [g for g in order[:n_unique] if g >= 0]
@@ -318,7 +321,7 @@ def test_planted_copies_leave_the_top(pool, diverse_run):
     assert sorted(g for g in order[n_unique:]) == sorted([g for g in range(GROUPS)] * 3)  # every copy below
     written = [float(s) for _, s in read_lines(root / "out" / "result.tsv")]
     assert written == sorted(written, reverse=True) and len(set(written)) == len(written)
-    assert f"{3 * GROUPS} near-duplicates pushed down" in done.stdout
+    assert f"{3 * GROUPS} near-duplicates pushed down" in log
 
 
 @pytest.mark.slow
@@ -329,22 +332,6 @@ def test_raw_scores_are_the_score_runs_scores(pool, diverse_run, tmp_path):
     mine_env(tmp_path, pool[0], shard_size=5)
     by_score = {os.path.basename(k): s for k, s in read_lines(tmp_path / "out" / "result.tsv")}
     assert {os.path.basename(k): s for k, s in raw} == by_score  # byte for byte the same score strings
-
-
-@pytest.mark.slow
-def test_diverse_is_deterministic_and_the_same_with_two_workers(pool, tmp_path):
-    """Same seed and settings → byte-identical result.tsv; two CPU worker processes (one thread each, like the
-    one-process run) write the same files as one."""
-    outputs = []
-    for name, extra in (("one", {"cpu_threads": 1}), ("again", {"cpu_threads": 1}),
-                        ("two", {"cpu_processes": 2, "cpu_threads": 2})):
-        root = tmp_path / name
-        env, done = mine_env(root, pool[0], selection="diverse", shard_size=4, **extra)
-        if name == "two":
-            assert "starting 2 workers" in done.stdout
-        outputs.append([(root / "out" / f).read_text().replace(str(root), "ROOT")
-                        for f in ("result.tsv", "mining-scores.tsv")])
-    assert outputs[0] == outputs[1] == outputs[2]
 
 
 @pytest.mark.slow
@@ -419,8 +406,8 @@ def test_onnx_without_embeddings_falls_back_to_the_score_order(pool, onnx_models
 
 @pytest.mark.slow
 def test_random_with_diverse_runs_the_model_for_embeddings_only(pool, tmp_path):
-    env, done = mine_env(tmp_path, pool[0], selection="diverse", mining_algorithm="random")
-    assert "forwards for embeddings only" in done.stdout
+    env, log = mine_env(tmp_path, pool[0], selection="diverse", mining_algorithm="random")
+    assert "forwards for embeddings only" in log
     order = groups_in_order(tmp_path, pool)
     n_unique = len(coco_images(9))
     assert sorted(g for g in order[:n_unique] if g >= 0) == list(range(GROUPS))

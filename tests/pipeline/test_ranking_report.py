@@ -1,6 +1,7 @@
 """The mining report wired into mining (issue 16): built from what the run computed (boxes from the shards' side
 files, scores from the merged stream), written beside result.tsv and into tensorboard, and never able to fail
-the task. Fast tests on synthetic shards; slow ones through start.py with the real model (and Chromium)."""
+the task. Fast tests on synthetic shards and through platform mode in process with the fake detector; the page
+in Chromium (slow)."""
 import html
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 
 from executor.pipeline import ranking
 from executor.pipeline.job import Job
+from executor.pipeline import passes
 from executor.pipeline.passes import Models
 from executor.pipeline.scoring import side_spec
 from executor.pipeline.shards import ShardStore, plan
@@ -18,7 +20,8 @@ from executor.report import page as report_page
 from mining.base import Detections
 from tests.pipeline.plans import mining_plan
 from tests.mining.photos import hashes_of, thumbnails_of
-from tests.platform import REPO, WEIGHTS, coco_images, make_env, monitor_fields, run_start
+from tests.pipeline.fake_detector import pixel_load
+from tests.platform import WEIGHTS, coco_images, make_env, monitor_fields, run_platform
 
 IMAGES = [str(p) for p in coco_images(30)]
 
@@ -109,15 +112,6 @@ def test_report_of_a_diverse_run_shows_groups_projection_and_raw_scores(tmp_path
     assert 'id="duplicates"' in page and 'id="projection"' in page and "raw scores are in" in page
 
 
-def test_a_failing_report_leaves_the_result_and_warns(tmp_path, monkeypatch, caplog):
-    reference, _ = synthetic(tmp_path / "a")
-    monkeypatch.setattr(report_page, "write_report", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-    job, lines = synthetic(tmp_path / "b")
-    assert (tmp_path / "b" / "out" / "result.tsv").read_text() == (tmp_path / "a" / "out" / "result.tsv").read_text()
-    assert not (tmp_path / "b" / "out" / "mining-report.html").exists()
-    assert "the mining report was not written (OSError: disk full); result.tsv is complete" in caplog.text
-
-
 def test_report_off_writes_nothing_else(tmp_path):
     store = ShardStore(str(tmp_path / "shards"), "mining", {"test": 1})
     for shard in plan(IMAGES, 8):
@@ -143,21 +137,29 @@ def test_side_spec_follows_the_settings():
         "model" in diverse
 
 
-# ---------------------------------------------------------------- through start.py (slow)
+# ---------------------------------------------------------------- platform mode, in process
+
+def report_run(root, monkeypatch):
+    """Platform mode in this process (tests.platform.run_platform) over 16 coco images, with the fake detector
+    (tests/pipeline/fake_detector.py): the report is built from what the run computed, whatever the model."""
+    env = make_env(root, run_mining=True, candidates=coco_images(16),
+                   config={"img_size": 320, "report_top_n": 8, "shard_size": 6})
+    monkeypatch.setattr(passes, "load_detector", pixel_load)
+    status, log = run_platform(env)
+    assert status == 0, log[-3000:]
+    return env, log
+
 
 @pytest.fixture(scope="module")
 def platform_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    env = make_env(root, run_mining=True, candidates=coco_images(16),
-                   config={"img_size": 320, "report_top_n": 8, "shard_size": 6})
-    done = run_start("--env", env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return root, env, done
+    with pytest.MonkeyPatch.context() as patch:
+        env, log = report_run(root, patch)
+    return root, env, log
 
 
-@pytest.mark.slow
 def test_platform_mode_writes_the_report_beside_result_tsv(platform_run):
-    root, env, done = platform_run
+    root, env, log = platform_run
     out = root / "out"
     assert monitor_fields(env)[3] == "2"
     lines = [line.split("\t") for line in (out / "result.tsv").read_text().splitlines()]
@@ -167,27 +169,18 @@ def test_platform_mode_writes_the_report_beside_result_tsv(platform_run):
     assert data["run"]["model"].endswith("yolov8n.pt") and len(data["run"]["model_sha256"]) == 64
     assert sum(data["class_counts"]["pool"]) > 0 and any(t["box_count"] for t in data["top"])
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert "wrote the mining report" in done.stdout
+    assert "wrote the mining report" in log
     assert not (out / "shards").exists()  # side files removed with the shards
 
 
-@pytest.mark.slow
-def test_a_failing_report_never_fails_the_platform_task(platform_run, tmp_path):
+def test_a_failing_report_never_fails_the_platform_task(platform_run, tmp_path, monkeypatch):
     root, _, _ = platform_run
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "import executor.report.page as r\n"
-        "def _broken(*a, **k):\n    raise RuntimeError('injected report failure')\n"
-        "r.write_report = _broken\n")
-    env = make_env(tmp_path / "run", run_mining=True, candidates=coco_images(16),
-                   config={"img_size": 320, "report_top_n": 8, "shard_size": 6})
-    done = run_start("--env", env, env=dict(os.environ, PYTHONPATH=str(hooks)))
-    assert done.returncode == 0, done.stdout[-3000:]
+    monkeypatch.setattr(report_page, "write_report",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected report failure")))
+    env, log = report_run(tmp_path / "run", monkeypatch)
     assert monitor_fields(env)[3] == "2"
     out = tmp_path / "run" / "out"
-    assert "the mining report was not written (RuntimeError: injected report failure)" in done.stdout
+    assert "the mining report was not written (RuntimeError: injected report failure)" in log
     assert not (out / "mining-report.html").exists()
     assert (out / "result.tsv").read_text().replace(str(tmp_path / "run"), "R") == \
         (root / "out" / "result.tsv").read_text().replace(str(root), "R")

@@ -74,13 +74,11 @@ def test_training_keys_are_validated(key, value):
         build_settings("training", {key: value})
 
 
-def test_training_template_defaults():
-    settings = build_settings("training", {})
-    assert settings.export_format == "ark:raw" and settings.model == "yolov8n"
-    assert settings.epochs == 100 and settings.img_size == 640 and settings.batch_size_per_gpu == 16
-    assert settings.save_best_only is True and settings.freeze is None and settings.opset == 12
+def test_evaluate_config_keeps_the_defaults_of_the_keys_it_leaves_out():
+    defaults = build_settings("training", {}).evaluate_config
+    assert set(defaults) == {"iou_thr", "conf_thr"}
     assert build_settings("training", {"evaluate_config": {"iou_thr": 0.6}}).evaluate_config == {
-        "iou_thr": 0.6, "conf_thr": 0.005}
+        "iou_thr": 0.6, "conf_thr": defaults["conf_thr"]}
 
 
 # ---------------------------------------------------------------- devices, models, weights
@@ -262,29 +260,37 @@ def test_hooks_pickle_without_the_event_writer(tmp_path):
 
 # ---------------------------------------------------------------- end to end (real training, CPU)
 
-def run_training_start(env_path, tmp_path):
-    from tests.platform import run_start
-    environ = {**os.environ, "QUARRY_WEIGHTS_DIR": str(WEIGHTS_DIR)}
+def run_training_start(env_path, tmp_path, monkeypatch):
+    """Platform mode in this process (tests.platform.run_platform); returns its log and what the training task
+    returned (executor.pipeline.tasks.train: our metrics of the best stage)."""
+    from executor.pipeline import tasks
+    from tests.platform import run_platform
+
+    returned = []
+    monkeypatch.setitem(tasks.TASKS, "training", lambda *args: returned.append(tasks.train(*args)) or returned[-1])
     before = sorted(str(p) for p in (tmp_path / "in").rglob("*"))
-    proc = run_start("--env", env_path, env=environ, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status, log = run_platform(env_path, {"QUARRY_WEIGHTS_DIR": str(WEIGHTS_DIR)})
+    assert status == 0, log[-3000:]
     assert sorted(str(p) for p in (tmp_path / "in").rglob("*")) == before  # nothing written next to the inputs
     fields = (tmp_path / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
     assert fields[2:5] == ["1.0000", "2", "0"]
-    return proc
+    return log, returned[0]
 
 
 @pytest.mark.slow
-def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path):
+def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path, monkeypatch):
     from tests.ymir_builders import voc_items, voc_names, write_dataset, write_training_env
     items = voc_items(32)
     write_dataset(tmp_path / "in", items[:24], items[24:], voc_names(), "ark")
     env = write_training_env(tmp_path, voc_names(), {"epochs": 1, "img_size": 128, "batch_size_per_gpu": 8,
                                                      "save_best_only": False, "save_period": 1})
-    proc = run_training_start(env, tmp_path)
+    log, metrics = run_training_start(env, tmp_path, monkeypatch)
     models = tmp_path / "out" / "models"
     data = yaml.safe_load((models / "result.yaml").read_text())
     assert set(data["model_stages"]) == {"best", "epoch_1"} and data["best_stage_name"] in data["model_stages"]
+    best = data["model_stages"]["best"]  # the training task returns the best stage's metrics, as result.yaml has them
+    assert {key: best[key] for key in ("mAP", "mAR", "tp", "fp", "fn")} == metrics.stage_fields()
+    assert 0 <= metrics.mAP50_95 <= 1 and metrics.maskAP is None
     for name, stage_ in data["model_stages"].items():
         assert all((models / name / f).is_file() for f in stage_["files"])
         assert type(stage_["mAP"]) is float and 0 <= stage_["mAP"] <= 1 and 0 <= stage_["mAR"] <= 1
@@ -296,18 +302,19 @@ def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path):
                 "metrics/mAP50", "metrics/mAP50-95", "lr/pg0", "best/mAP50"):
         assert tag in scalars, (tag, sorted(scalars))
     assert scalars["metrics/mAP50"][0][0] == 1
-    ours, theirs = map(float, re.search(r"val split: ours ([\d.]+), Ultralytics val ([\d.]+)", proc.stdout).groups())
+    ours, theirs = map(float, re.search(r"val split: ours ([\d.]+), Ultralytics val ([\d.]+)", log).groups())
     assert abs(ours - theirs) < 0.01 and ours == pytest.approx(data["model_stages"]["best"]["mAP"], abs=1e-4)
 
 
 @pytest.mark.slow
-def test_start_trains_on_coco_json_with_the_legacy_result(tmp_path):
+def test_start_trains_on_coco_json_with_the_legacy_result(tmp_path, monkeypatch):
     from tests.ymir_builders import write_coco_val_dataset, write_training_env
     names = write_coco_val_dataset(tmp_path / "in", 16, 6)
     env = write_training_env(tmp_path, names, {"epochs": 1, "img_size": 128, "batch_size_per_gpu": 8,
                                                "export_format": "seg-coco:raw"}, protocol_version=None)
-    run_training_start(env, tmp_path)
+    _, metrics = run_training_start(env, tmp_path, monkeypatch)
     models = tmp_path / "out" / "models"
     data = yaml.safe_load((models / "result.yaml").read_text())
     assert data["model"] == ["best.pt", "best.onnx"] and 0 < data["map"] <= 1  # COCO weights on COCO classes
+    assert data["map"] == metrics.mAP
     assert all((models / f).is_file() for f in data["model"])
