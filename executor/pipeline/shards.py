@@ -180,6 +180,14 @@ SIDE_FIELDS = tuple(f.name for f in dataclasses.fields(SideArrays))
 _LOADED = {"readable": int, "class_names": lambda names: [str(n) for n in names]}  # stored as arrays
 
 
+def side_fields(*names: str) -> tuple[str, ...]:
+    """`names`, each a field of SideArrays (a typo fails here, not as a silently missing array)."""
+    unknown = set(names) - set(SIDE_FIELDS)
+    if unknown:
+        raise ValueError(f"side files hold no {sorted(unknown)}; fields: {', '.join(SIDE_FIELDS)}")
+    return names
+
+
 def side_rows(spec: SideSpec, keys: Sequence[str], side: Mapping[str, tuple], unreadable, embedding_dim: int,
               class_names: Sequence[str]) -> SideArrays:
     """The side file of lines `keys` from `side`: per key (embedding, detections, (photo hash, thumbnail)), each
@@ -286,14 +294,12 @@ class ShardStore:
 
     def side_arrays(self, index: int, *names: str) -> SideArrays:
         """The named fields of shard `index`'s side file (only those are read; one it does not hold stays None)."""
-        unknown = set(names) - set(SIDE_FIELDS)
-        if unknown:
-            raise ValueError(f"side files hold no {sorted(unknown)}; fields: {', '.join(SIDE_FIELDS)}")
         with np.load(self.side_path(index), allow_pickle=False) as data:
-            return SideArrays(**{name: _LOADED.get(name, lambda a: a)(data[name]) for name in names
+            return SideArrays(**{name: _LOADED.get(name, lambda a: a)(data[name]) for name in side_fields(*names)
                                  if name in data.files})
 
     def side_has(self, index: int, name: str) -> bool:
+        side_fields(name)
         try:
             with np.load(self.side_path(index), allow_pickle=False) as data:
                 return name in data.files
