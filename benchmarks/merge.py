@@ -49,12 +49,14 @@ def write_shards(folder: str, count: int, shard_size: int):
 
 def merge_child(folder: str, count: int, shard_size: int, out: str) -> None:
     """The timed part, in its own process so its peak RSS is its own."""
-    from executor.pipeline.shards import ShardStore, ranked_rows
+    from executor.pipeline.ranking import ranking_entries
+    from executor.pipeline.shards import ShardStore
     from executor.protocol.writers import write_ranked
 
     start = time.perf_counter()
     store = ShardStore(folder, "mining", {"benchmark": count})
-    write_ranked(out, ranked_rows(store, -(-count // shard_size), count))
+    entries = ranking_entries(store, -(-count // shard_size), None, count)
+    write_ranked(out, ((found.key, found.score) for found in entries))
     merge_seconds = time.perf_counter() - start
     peak_mb = peak_rss_mb()
     print(json.dumps({"merge_s": round(merge_seconds, 2), "peak_rss_mb": round(peak_mb, 1)}))

@@ -61,19 +61,16 @@ def mine(images, weights=None, algorithm: str | None = None, **settings) -> list
     if algorithm:
         config["mining_algorithm"] = algorithm
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
-        out = os.path.join(scratch, "ranked.tsv")
         paths, names = _listed(images)  # random and CALD draw by the names: the same wherever the folder is
-        job = Job(candidates=paths, names=names, mining_result=out, shards_dir=os.path.join(scratch, "shards"),
-                  outer=outer_ranks())
-        run(make_plan(["mining"], job, config))
-        with open(out, encoding="utf-8") as handle:
-            return [(key, float(score)) for key, score in (line.rstrip("\n").split("\t") for line in handle)]
+        job = Job(candidates=paths, names=names, shards_dir=os.path.join(scratch, "shards"), outer=outer_ranks())
+        ranking = run(make_plan(["mining"], job, config))["mining"]  # no result file: the ranking comes back as values
+    return [(found.key, found.score) for found in ranking]
 
 
 def infer(images: Sequence[str] | str, weights=None, **settings) -> dict[str, list[dict] | None]:
     """Box records of every image, by path: {box: {x, y, w, h} in original pixels, class_id (the model's class
-    index), class_name, score}; None for an image that could not be read ([]: read, nothing found)."""
-    from executor.cli.formats import read_ymir
+    index), class_name, score}; None for an image that could not be read ([]: read, nothing found). A
+    segmentation model gives {height, width, instances} per image instead, each instance with its class_id."""
     from executor.pipeline.job import Job
     from executor.pipeline.passes import Models
     from executor.pipeline.plan import make_plan
@@ -84,13 +81,12 @@ def infer(images: Sequence[str] | str, weights=None, **settings) -> dict[str, li
     paths = _listed(images)[0]
     config, models = _config(weights, settings), Models()
     with tempfile.TemporaryDirectory(prefix="quarry-") as scratch:
-        job = Job(candidates=paths, names=paths, infer_result=os.path.join(scratch, "infer.json"),
-                  shards_dir=os.path.join(scratch, "s"), infer_unreadable_none=True, outer=outer_ranks())
+        job = Job(candidates=paths, names=paths, shards_dir=os.path.join(scratch, "s"), outer=outer_ranks())
         plan = make_plan(["infer"], job, config)
-        run(plan, models=models)
-        boxes = read_ymir(job.infer_result)
+        found = run(plan, models=models)["infer"]  # no result file: the detections as values
+    boxes = {image.key: image.record for image in found}
     ids = class_ids(model_class_names(plan, models))
-    for found in boxes.values():
-        for record in found or []:
+    for records in boxes.values():
+        for record in records.get("instances", []) if isinstance(records, dict) else records or []:
             record["class_id"] = ids[record["class_name"]]
     return boxes

@@ -344,23 +344,20 @@ def run_task(args, config: dict, templates: str | None, paths: list[str], names:
     from executor.pipeline.passes import Models
     from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import model_class_names, run as run_tasks
-    from executor.pipeline.workers import clear
     from executor.runtime import outer_ranks
 
     tasks = requested_tasks(args)
     detections = args.infer_out if args.command == "mine" else args.out
     # a segmentation model's infer result is already the COCO result: --format coco is that file
-    rewrite = detections and args.format != "ymir" and not segmentation_family(templates)
-    raw_infer = os.path.join(shards, "detections.json") if rewrite else detections
+    rewrite = detections and args.format != "ymir" and not segmentation_family(templates)  # values come back
     mining = args.command == "mine"
     stem = os.path.splitext(args.out)[0]
     labeled = tuple(list_images(args.labeled)[0]) if mining and args.labeled else ()
     job = Job(candidates=paths, names=names, mining_result=args.out if mining else "",
-              infer_result=raw_infer or "", shards_dir=shards, labeled=labeled, outer=outer_ranks(),
-              keep_shards=mining and not args.drop_shards,
+              infer_result="" if rewrite else detections or "", shards_dir=shards, labeled=labeled,
+              outer=outer_ranks(), keep_shards=mining and not args.drop_shards,
               report_html=(args.report or f"{stem}.report.html") if mining else "",
               mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",
-              infer_unreadable_none=bool(rewrite),
               selected=(args.topk or 0) if mining else 0)
     plan = make_plan(tasks, job, config, templates)
     settings = plan.loop
@@ -373,28 +370,18 @@ def run_task(args, config: dict, templates: str | None, paths: list[str], names:
     if all(value is None for value in results.values()):
         return 0  # a rank of a torchrun job that leaves the merge to rank 0
     if rewrite:
-        try:
-            write_detections(raw_infer, detections, args.format, dict(zip(names, paths)),
-                             model_class_names(plan, models))
-        finally:
-            os.unlink(raw_infer)
-            clear(shards)
+        write_detections(results["infer"], detections, args.format, model_class_names(plan, models))
     if args.command == "mine":
         log.info("wrote %s (%d images, best first)", args.out, len(paths))
         if job.keep_shards:
             log.info("the scores stay in %s: the same command with other selection or report flags re-selects "
                      "without scoring again (--drop-shards removes them)", shards)
         if args.topk:
-            write_selection(top_paths(args.out, args.topk), args)
+            # the ranking's first --topk entries, absolute: the top-K list is a --source wherever it lies
+            write_selection([os.path.abspath(found.key) for found in results["mining"]], args)
     if detections:
         log.info("wrote the detections to %s (%s)", detections, args.format)
     return 0
-
-
-def top_paths(ranking_file: str, count: int) -> list[str]:
-    """The first `count` paths of the ranking, absolute: the top-K list is a --source wherever it lies."""
-    with open(ranking_file, encoding="utf-8") as handle:
-        return [os.path.abspath(line.split("\t")[0]) for line, _ in zip(handle, range(count))]
 
 
 def write_selection(paths: list[str], args) -> None:

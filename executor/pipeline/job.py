@@ -14,8 +14,8 @@ class Job:
     """What a run reads and writes besides its config: plain paths (start.py builds it from env.yaml or flags)."""
     candidates: Sequence[str] = ()          # image paths to mine or infer, in index order
     models_dir: str = ""                    # model_params_path / pretrained_model_params are relative to it
-    mining_result: str = ""                 # result.tsv
-    infer_result: str = ""                  # infer-result.json
+    mining_result: str = ""                 # result.tsv ('': none, the ranking is returned as values)
+    infer_result: str = ""                  # infer-result.json ('': none, the detections are returned as values)
     infer_list_key: str | tuple = "boxes"   # the per-image list name(s) of infer-result.json
     training_index: str = ""
     val_index: str = ""
@@ -33,10 +33,9 @@ class Job:
     report_html: str = ""                   # the mining report (default: mining-report.html beside mining_result;
     #                                         its numbers go to the same name with .json)
     labeled: Sequence[str] = ()             # selection diverse: already-labelled images (their near-copies go down)
-    infer_unreadable_none: bool = False     # local callers: an unreadable image's boxes are null in infer_result,
-    #                                         not [] (the platform's form: no boxes)
-    selected: int = 0                       # start.py mine --topk: how many the user selects (the report's cut and
-    #                                         its thumbnails, at most report_top_n); 0: not told (the platform's top_k)
+    selected: int = 0                       # start.py mine --topk: how many the user selects (the report's cut, its
+    #                                         thumbnails, at most report_top_n, and the entries the ranking returns);
+    #                                         0: not told (the platform's top_k)
     keep_shards: bool = False               # leave the finished shards after the merge, so a rerun with other
     #                                         selection or report settings re-selects without scoring again
     outer: tuple[int, int, int] | None = None  # (RANK, WORLD_SIZE, LOCAL_RANK) of an outer torchrun with several
@@ -48,7 +47,8 @@ REPORT_NAME = "mining-report.html"
 
 
 def beside_result(job: Job, name: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(job.mining_result)), name)
+    """`name` beside result.tsv; '' for a job that writes none (its caller takes the ranking as values)."""
+    return os.path.join(os.path.dirname(os.path.abspath(job.mining_result)), name) if job.mining_result else ""
 
 
 def mining_scores_path(job: Job) -> str:
@@ -57,7 +57,7 @@ def mining_scores_path(job: Job) -> str:
 
 def report_paths(job: Job) -> tuple[str, str]:
     html_path = job.report_html or beside_result(job, REPORT_NAME)
-    return html_path, os.path.splitext(html_path)[0] + ".json"
+    return html_path, os.path.splitext(html_path)[0] + ".json" if html_path else ""
 
 
 def result_names(job: Job) -> dict[str, str]:

@@ -14,6 +14,7 @@ from executor.engine.images import letterbox
 from executor.engine.loading import load_detector
 from executor.engine.loop import device_letterbox
 from executor.engine.loop import Unreadable, batches, out_of_memory_hint
+from executor.pipeline.shards import SideSpec
 from executor.protocol.settings import Settings
 from executor.protocol.writers import UNREADABLE_SCORE, box_record, instance_record
 from executor.shared import TASK_OF_OBJECT_TYPE
@@ -114,7 +115,7 @@ class Pass:
     scorer: object = None
     mining_detector: Detector | None = None
     infer_detector: Detector | None = None
-    side: dict | None = None            # what the mining shards' side files hold (side_spec)
+    side: SideSpec | None = None        # what the mining shards' side files hold (side_spec)
     tap_detector: Detector | None = None  # whose forward the side data come from (mining's own model)
     forward_seconds: float = 0.0        # forwards run for embeddings only (an algorithm that runs none)
 
@@ -139,6 +140,7 @@ class Pass:
         images decoded once."""
         scores: dict[str, float] = {}
         records: dict[str, list] = {}
+        sizes: dict[str, tuple[int, int]] = {}  # infer: each image's decoded (width, height)
         side: dict[str, tuple] = {}
         batch_size = self.loop_settings.batch_size_per_gpu
         tapped = self.tap_detector if self.side else None
@@ -159,10 +161,11 @@ class Pass:
                     names = self.infer_detector.names
                     records.update((key, infer_record(det, box, names))
                                    for key, det, box in zip(batch.keys, found, batch.boxes))
+                    sizes.update((key, (int(box.width), int(box.height))) for key, box in zip(batch.keys, batch.boxes))
                 for tap in armed:  # keep no output of this batch alive into the next
                     tap.clear()
         scores.update((key, UNREADABLE_SCORE) for key in unreadable)
-        return {"mining": scores, "infer": records, "side": side}
+        return {"mining": scores, "infer": records, "side": side, "sizes": sizes}
 
     def side_data(self, batch: Batch, detector: Detector, recorder: "Recorder | None") -> dict[str, tuple]:
         """key → (embedding or None, detections at mining's conf_thres/max_det or None, (photo hash, thumbnail) or
@@ -170,16 +173,16 @@ class Pass:
         the forward the scorer just ran (a forward of its own only for an algorithm that runs none, such as
         random) and the decoded originals."""
         started, pooled = time.perf_counter(), detector.tap.seconds
-        forwarded = self.side.get("embeddings") and detector.tap.embeddings is None  # nothing ran: forward now
-        embeddings = detector.embed(batch) if self.side.get("embeddings") else None
+        forwarded = self.side.embeddings and detector.tap.embeddings is None  # nothing ran: forward now
+        embeddings = detector.embed(batch) if self.side.embeddings else None
         if forwarded:
             self.forward_seconds += time.perf_counter() - started - (detector.tap.seconds - pooled)
         found = None
-        if self.side.get("boxes") or self.side.get("class_counts"):
+        if self.side.boxes or self.side.class_counts:
             found = (recorder and recorder.reusable(batch, detector)) or detector.tapped_detections(batch)
         if found is not None:  # the side data outlive the batch: keep no prototypes alive
             found = [dataclasses.replace(det, masks=None) for det in found]
-        photos = [photo(image) for image in batch.images] if self.side.get("hashes") else None
+        photos = [photo(image) for image in batch.images] if self.side.hashes else None
         return {key: (None if embeddings is None else embeddings[i], None if found is None else found[i],
                       None if photos is None else photos[i])
                 for i, key in enumerate(batch.keys)}

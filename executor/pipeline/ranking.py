@@ -1,37 +1,32 @@
-"""Mining's gather → select → write → report step: the merged shards become result.tsv.
+"""Mining's gather → select → write → report step: the merged shards become the Ranking, written to result.tsv.
 
-`selection: score` writes the merge as it is; `selection: diverse` plans a reordering on the shortlist's
-embeddings (mining/selection.py) and writes its priority as the score, with every image's raw score in a side
-file. The report (executor/report/) is built from what the write saw, and its failure never fails the task.
+`selection: score` streams the merge as it is; `selection: diverse` plans a reordering on the shortlist's
+embeddings (mining/selection.py) and gives its priority as the score, with every image's raw score in a side
+file. The ranking's entries stream once: into result.tsv (the platform, the CLI) and into what the caller keeps
+(every entry for a job with no result file: the API, the simulator). The report (executor/report/) is built from
+what the write saw plus the boxes read here, and its failure never fails the task.
 """
+import collections
+import contextlib
 import logging
 import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
 from executor.pipeline.job import Job, mining_scores_path, report_paths
 from executor.pipeline.passes import Models, image_batches
 from executor.pipeline.plan import Plan
-from executor.pipeline.shards import Row, ShardStore, file_sha256, plan, ranked_rows, some_readable
+from executor.pipeline.shards import Row, ShardStore, file_sha256, plan, some_readable
 from executor.protocol.settings import Settings
 from executor.protocol.writers import UNREADABLE_SCORE, atomic_writer, format_score, write_ranked
 from mining import scorer_params
 from mining.duplicates import photo, signs, similarity
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Written:
-    """One line of result.tsv as it is written: the row it came from, the written score (the selection
-    priority under selection diverse) and the algorithm's own score."""
-    row: Row
-    score: float
-    raw: float
 
 
 @dataclass
@@ -127,7 +122,7 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, we
         log.warning("selection 'diverse': the model gave no embeddings (see above); result.tsv keeps the score "
                     "order")
         return None
-    readable = sum(int(store.side_arrays(i, ["readable"])["readable"]) for i in range(count))
+    readable = sum(store.side_arrays(i, "readable").readable for i in range(count))
     if readable == 0:
         return None
     size = min(readable, settings.diverse_pool or default_diverse_pool(readable))
@@ -138,25 +133,25 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, we
             break
         head_rows.append(row)
     merged.close()  # the shard files it holds open
-    names = ["embeddings", "hashes", "thumbnails"] + (["class_counts"] if settings.class_balance else [])
+    names = ("embeddings", "hashes", "thumbnails") + (("class_counts",) if settings.class_balance else ())
     embeddings, hashes, thumbnails, classes = None, None, None, None
     by_shard: dict[int, list[int]] = {}
     for position, row in enumerate(head_rows):
         by_shard.setdefault(row.shard, []).append(position)
     for shard, positions in by_shard.items():
-        arrays = store.side_arrays(shard, names)
+        arrays = store.side_arrays(shard, *names)
         lines = [head_rows[p].line for p in positions]
         if embeddings is None:
-            embeddings = np.zeros((len(head_rows), arrays["embeddings"].shape[1]), np.float32)
-            hashes = np.zeros((len(head_rows),) + arrays["hashes"].shape[1:], np.uint8)
-            thumbnails = np.zeros((len(head_rows),) + arrays["thumbnails"].shape[1:], np.uint8)
-            if "class_counts" in arrays:
-                classes = np.zeros((len(head_rows), arrays["class_counts"].shape[1]), np.float64)
-        embeddings[positions] = arrays["embeddings"][lines]
-        hashes[positions] = arrays["hashes"][lines]
-        thumbnails[positions] = arrays["thumbnails"][lines]
+            embeddings = np.zeros((len(head_rows), arrays.embeddings.shape[1]), np.float32)
+            hashes = np.zeros((len(head_rows),) + arrays.hashes.shape[1:], np.uint8)
+            thumbnails = np.zeros((len(head_rows),) + arrays.thumbnails.shape[1:], np.uint8)
+            if arrays.class_counts is not None:
+                classes = np.zeros((len(head_rows), arrays.class_counts.shape[1]), np.float64)
+        embeddings[positions] = arrays.embeddings[lines]
+        hashes[positions] = arrays.hashes[lines]
+        thumbnails[positions] = arrays.thumbnails[lines]
         if classes is not None:
-            classes[positions] = arrays["class_counts"][lines]
+            classes[positions] = arrays.class_counts[lines]
     if not np.linalg.norm(embeddings, axis=1).all():
         log.warning("selection 'diverse': some shortlist images have no embedding; result.tsv keeps the score order")
         return None
@@ -190,13 +185,13 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, we
     threshold = float(settings.dedup_similarity)
     rest_duplicates = 0
     for shard in range(count):
-        arrays = store.side_arrays(shard, ["hashes", "readable", "order"])
-        lines = [line for line in range(int(arrays["readable"])) if (shard, line) not in in_head]
-        flags = np.zeros(len(arrays["order"]), bool)
+        arrays = store.side_arrays(shard, "hashes", "readable", "order")
+        lines = [line for line in range(arrays.readable) if (shard, line) not in in_head]
+        flags = np.zeros(len(arrays.order), bool)
         keys = shards[shard].keys
         for b0 in range(0, len(lines) if len(against) else 0, DEDUP_BLOCK):
             block = lines[b0:b0 + DEDUP_BLOCK]
-            sims = similarity(signs(arrays["hashes"][block]), against)
+            sims = similarity(signs(arrays.hashes[block]), against)
             best = sims.argmax(axis=1)
             nearest.append(sims[np.arange(len(block)), best])
             hit = nearest[-1].astype(np.float64) >= threshold
@@ -204,7 +199,7 @@ def plan_diverse(job: Job, store: ShardStore, count: int, settings: Settings, we
             for line, match in zip(np.asarray(block)[hit], best[hit]):
                 copies = group_of.setdefault(against_paths[match], [])
                 if len(copies) < MAX_COPIES:
-                    copies.append(keys[arrays["order"][line]])
+                    copies.append(keys[arrays.order[line]])
             rest_duplicates += int(hit.sum())
         duplicate_lines[shard] = flags
     written_rank = {r.key: n for n, r in enumerate(head)}
@@ -229,15 +224,48 @@ def similarity_histogram(nearest: np.ndarray) -> np.ndarray:
     return np.histogram(found, bins=SIMILARITY_BINS, range=(0.5, 1.0))[0]
 
 
-def written_rows(store: ShardStore, count: int, diverse: Diverse | None, total: int) -> Iterator[Written]:
-    """result.tsv's lines in order: the merge itself (selection score), or the diverse plan applied to it."""
+class Entry(NamedTuple):
+    """One line of the ranking: the image, the score result.tsv gives it (the selection priority under selection
+    diverse; -1 when unreadable), the algorithm's own score, why it is unreadable ('' when read), and where it
+    came from (shard, line number) for selection and the report."""
+    key: str
+    score: float
+    raw: float
+    reason: str
+    shard: int
+    line: int
+
+
+def entry(row: Row, score: float) -> Entry:
+    return Entry(row.key, score, row.score, row.reason, row.shard, row.line)
+
+
+@dataclass
+class Ranking:
+    """What mining returns: the result.tsv written ('' when the job names none) and the entries kept in memory,
+    best first: all of them when no file is written (in-process callers: the API, the simulator), else the first
+    Job.selected (the CLI's --topk; the platform keeps none: its pool may be millions of images)."""
+    path: str
+    entries: list[Entry]
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries)
+
+
+def ranking_entries(store: ShardStore, count: int, diverse: Diverse | None, total: int) -> Iterator[Entry]:
+    """The ranking streamed best first: the merge itself (selection score), or the diverse plan applied to it;
+    all of the `total` images unreadable is NoReadableImages at the end of the stream (some_readable)."""
+    return some_readable(ordered_entries(store, count, diverse), total, lambda found: found.reason)
+
+
+def ordered_entries(store: ShardStore, count: int, diverse: Diverse | None) -> Iterator[Entry]:
     if diverse is None:
-        for row in ranked_rows(store, count, total, located=True):
-            yield Written(row, row.score, row.score)
+        for row in store.merged_rows(count):
+            yield entry(row, row.score)
         return
     rank = 0
     for row in diverse.head:
-        yield Written(row, diverse.priority(rank), row.score)
+        yield entry(row, diverse.priority(rank))
         rank += 1
 
     def rest(duplicates: bool) -> Iterator[Row]:
@@ -251,26 +279,29 @@ def written_rows(store: ShardStore, count: int, diverse: Diverse | None, total: 
                 yield row
 
     for row in rest(False):
-        yield Written(row, diverse.priority(rank), row.score)
+        yield entry(row, diverse.priority(rank))
         rank += 1
     for row in diverse.head_duplicates:
-        yield Written(row, diverse.priority(rank), row.score)
+        yield entry(row, diverse.priority(rank))
         rank += 1
     for row in rest(True):
         if row.reason:
-            yield Written(row, UNREADABLE_SCORE, UNREADABLE_SCORE)
+            yield entry(row, UNREADABLE_SCORE)
         else:
-            yield Written(row, diverse.priority(rank), row.score)
+            yield entry(row, diverse.priority(rank))
             rank += 1
 
 
-def checked(lines: Iterable[Written], total: int, raw_scores=None) -> Iterator[tuple[str, float]]:
-    """(key, written score) of `lines`, each raw score also written to `raw_scores`; all of the `total` images
-    unreadable is NoReadableImages at the end of the stream (the writers then never rename their temp files)."""
-    for line in some_readable(lines, total, lambda line: line.row.reason):
+def serialised(entries: Iterable[Entry], kept: list[Entry], keep: int, raw_scores=None
+               ) -> Iterator[tuple[str, float]]:
+    """(key, written score) of `entries`, the first `keep` of them also put in `kept` and each raw score written
+    to `raw_scores` (selection diverse's file beside result.tsv)."""
+    for found in entries:
+        if len(kept) < keep:
+            kept.append(found)
         if raw_scores is not None:
-            raw_scores.write(f"{line.row.key}\t{format_score(line.raw)}\n")
-        yield line.row.key, line.score
+            raw_scores.write(f"{found.key}\t{format_score(found.raw)}\n")
+        yield found.key, found.score
 
 
 @dataclass
@@ -282,45 +313,78 @@ class MiningContext:
     started_at: str     # the same moment, UTC, ISO 8601
 
 
-def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext) -> str:
+def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext) -> Ranking:
+    """The merged shards, in the selection's order, to result.tsv (streamed, atomic) when the job names it, to the
+    raw scores file under selection diverse, and to the report; returns the Ranking."""
     settings, weights = context.plan.settings["mining"], context.plan.weights["mining"]
     diverse = plan_diverse(job, store, count, settings, weights, context.models) \
         if settings.selection == "diverse" else None
-    if diverse is None and not settings.report:
-        write_ranked(job.mining_result, ranked_rows(store, count, len(job.candidates)))  # today's path
-        remove_stale_report(job)
-        return job.mining_result
-    collector = None
-    lines: Iterable[Written] = written_rows(store, count, diverse, len(job.candidates))
-    if settings.report:
-        from executor.report.collect import ReportCollector
-
-        track = [p for kept, copies in diverse.groups for p in (kept, *copies)] if diverse else ()
-        thumbnails = min(settings.report_top_n, job.selected) if job.selected else settings.report_top_n
-        collector = ReportCollector(thumbnails, raw=diverse is not None, track=track, selected=job.selected or None)
-        lines = collector.watch(lines)
-    if diverse is None:
-        write_ranked(job.mining_result, checked(lines, len(job.candidates)))
-    else:
-        with atomic_writer(mining_scores_path(job)) as raw_scores:
-            write_ranked(job.mining_result, checked(lines, len(job.candidates), raw_scores))
-        log.info("wrote the raw %s scores, in result.tsv's order, to %s", settings.mining_algorithm,
-                 mining_scores_path(job))
+    entries: Iterable[Entry] = ranking_entries(store, count, diverse, len(job.candidates))
+    collector = report_collector(job, settings, diverse)
+    if collector is not None:
+        entries = collector.watch(entries)
+    kept: list[Entry] = []
+    raw_path = mining_scores_path(job) if diverse is not None else ""
+    with contextlib.ExitStack() as files:
+        raw_scores = files.enter_context(atomic_writer(raw_path)) if raw_path else None
+        lines = serialised(entries, kept, job.selected if job.mining_result else len(job.candidates), raw_scores)
+        if job.mining_result:
+            write_ranked(job.mining_result, lines)
+        else:
+            collections.deque(lines, maxlen=0)  # the values only
+    if raw_path:
+        log.info("wrote the raw %s scores, in result.tsv's order, to %s", settings.mining_algorithm, raw_path)
     seconds = time.monotonic() - context.started
     if collector is not None:
         write_mining_report(context.plan, store, count, collector, diverse, seconds, context.started_at)
     else:
         remove_stale_report(job)
-    return job.mining_result
+    return Ranking(job.mining_result, kept)
+
+
+def report_collector(job: Job, settings: Settings, diverse: Diverse | None):
+    """The ReportCollector of this run, or None without a report (report off, or a job with no place for it)."""
+    if not (settings.report and report_paths(job)[0]):
+        return None
+    from executor.report.collect import ReportCollector
+
+    track = [p for kept, copies in diverse.groups for p in (kept, *copies)] if diverse else ()
+    thumbnails = min(settings.report_top_n, job.selected) if job.selected else settings.report_top_n
+    return ReportCollector(thumbnails, raw=diverse is not None, track=track, selected=job.selected or None)
 
 
 def remove_stale_report(job: Job) -> None:
     """A run without a report removes the report an earlier run left at its place: it describes another
     ranking."""
     for path in report_paths(job):
-        if os.path.isfile(path):
+        if path and os.path.isfile(path):
             os.unlink(path)
             log.info("removed %s of an earlier run (this run writes no report)", path)
+
+
+def report_inputs(store: ShardStore, count: int, collector) -> dict:
+    """What the report shows of the shards, as values: the model's class names, the key and predicted boxes of
+    every image shown by (shard, line), and the predicted boxes per class over the selection and over the pool
+    (one side file at a time; no boxes when the run used no model)."""
+    from executor.report.collect import Shown, class_counts
+
+    where = collector.shown()
+    keys = store.keys_at(where)
+    with_boxes = bool(store.side and store.side.boxes and count)
+    names = (store.side_arrays(0, "class_names").class_names or []) if with_boxes else []
+    pool, top = np.zeros(len(names), np.int64), np.zeros(len(names), np.int64)
+    selected = collector.selection()
+    shown = {}
+    for shard in range(count) if with_boxes else ():
+        arrays = store.side_arrays(shard, "box_start", "box_xyxy", "box_conf", "box_cls")
+        pool += class_counts(arrays.box_cls, len(names))
+        chosen = np.zeros(len(arrays.box_start) - 1, bool)
+        chosen[selected[selected >> 32 == shard] & 0xFFFFFFFF] = True
+        top += class_counts(arrays.box_cls[chosen[arrays.box_rows()]], len(names))
+        shown.update(((s, line), Shown(keys[s, line], *arrays.boxes(line))) for s, line in where if s == shard)
+    for at in where:
+        shown.setdefault(at, Shown(keys[at], np.zeros((0, 4)), np.zeros(0), np.zeros(0)))
+    return {"class_names": names, "class_counts_top": top, "class_counts_pool": pool, "shown": shown}
 
 
 def write_mining_report(plan: Plan, store: ShardStore, count: int, collector, diverse, seconds, started_at: str):
@@ -347,8 +411,8 @@ def write_mining_report(plan: Plan, store: ShardStore, count: int, collector, di
                              projection_note=f"of the diversity shortlist (the top "
                                              f"{len(diverse.head_duplicates) + len(diverse.head)} images by score; "
                                              f"at most {PROJECTION_POINTS} points)")
-        data = collector.report_data(store, count, run_metadata(plan, seconds, diverse, started_at),
-                                     **extra)
+        data = collector.report_data(run_metadata(plan, seconds, diverse, started_at),
+                                     **report_inputs(store, count, collector), **extra)
         html_path, json_path = report_paths(job)
         write_report(html_path, json_path, data)
         if job.tensorboard_dir:

@@ -2,6 +2,7 @@
 worker scores which, and the loop over them (one process or several, resumable).
 """
 
+import dataclasses
 import functools
 import logging
 import os
@@ -13,7 +14,7 @@ from executor.errors import Interrupted
 from executor.pipeline.job import Job
 from executor.pipeline.passes import Models, Pass, open_scorer
 from executor.pipeline.plan import Plan
-from executor.pipeline.shards import Shard, ShardStore, file_sha256, plan as cut, shards_of_rank
+from executor.pipeline.shards import Shard, ShardStore, SideSpec, file_sha256, plan as cut, shards_of_rank
 from executor.pipeline.workers import clear, run_workers, wait_for
 from executor.protocol.monitor import Progress
 from executor.protocol.settings import Settings
@@ -42,7 +43,7 @@ def model_identity(settings: Settings, weights: str) -> dict:
             "iou_thres": settings.iou_thres, "max_det": settings.max_det, "class_names": list(settings.class_names)}
 
 
-def side_spec(task: str, plan: Plan) -> dict | None:
+def side_spec(task: str, plan: Plan) -> SideSpec | None:
     """What a mining shard's side file must hold for this run (None: no side file): embeddings for selection
     diverse, per-image predicted class counts for class_balance, predicted boxes for the report (whenever a
     model runs). Part of the side file's fingerprint, never of the score file's: selection and the report
@@ -51,15 +52,15 @@ def side_spec(task: str, plan: Plan) -> dict | None:
         return None
     settings = plan.settings[task]
     diverse = settings.selection == "diverse"
-    spec = {"embeddings": EMBEDDING_VERSION if diverse else "",
-            "hashes": f"{HASH_VERSION}+{THUMB_VERSION}" if diverse else "",
-            "class_counts": diverse and settings.class_balance,
-            "boxes": bool(settings.report and plan.needs_model(task))}
-    if not any(spec.values()):
+    spec = SideSpec(embeddings=EMBEDDING_VERSION if diverse else "",
+                    hashes=f"{HASH_VERSION}+{THUMB_VERSION}" if diverse else "",
+                    class_counts=diverse and settings.class_balance,
+                    boxes=bool(settings.report and plan.needs_model(task)))
+    if spec == SideSpec():
         return None
     if not SCORERS[settings.mining_algorithm].needs_model:  # the scores' identity does not name the model
-        spec["model"] = {"task": "infer", "img_size": settings.img_size,
-                         **model_identity(settings, plan.weights[task])}
+        model = {"task": "infer", "img_size": settings.img_size, **model_identity(settings, plan.weights[task])}
+        spec = dataclasses.replace(spec, model=model)
     return spec
 
 
@@ -102,7 +103,7 @@ def work_shards(plan: Plan, todo: Sequence[int], rank: int, world: int, device: 
         store = stores["mining"]
         work.side = store.side
         work.tap_detector = work.mining_detector or models.detector(settings["mining"], plan.weights["mining"])
-        if store.side.get("embeddings"):
+        if store.side.embeddings:
             work.tap_detector.enable_embeddings()
         store.embedding_dim, store.class_names = work.tap_detector.embedding_dim, list(work.tap_detector.names)
     finished = 0
@@ -113,10 +114,10 @@ def work_shards(plan: Plan, todo: Sequence[int], rank: int, world: int, device: 
         if "mining" in tasks:
             stores["mining"].write_scores(shard, found["mining"], unreadable, found["side"])
         if "infer" in tasks:
-            stores["infer"].write_records(shard, found["infer"], unreadable)
+            stores["infer"].write_records(shard, found["infer"], unreadable, found["sizes"])
         finished += len(shard.keys)
         report(finished)
-    if work.side and work.side.get("embeddings"):
+    if work.side and work.side.embeddings:
         elapsed, pooled = time.perf_counter() - started, work.tap_detector.tap.seconds
         log.info("embeddings: pooling %.2f s (%.1f%% of %.1f s of scoring), forwards for embeddings only %.2f s",
                  pooled, 100 * pooled / max(elapsed, 1e-9), elapsed, work.forward_seconds)

@@ -8,19 +8,17 @@ stale or half-written one is never reused. Batches never span shards, so a shard
 
 A mining shard holds `key<TAB>score` lines sorted best first (ties in index order); the merge is a k-way
 merge by (-score, shard, position), which is exactly the stable sort of the whole list: its memory is one
-line per shard, whatever the pool size. An infer shard holds one JSON line per image, in index order.
+line per shard, whatever the pool size. An infer shard holds one JSON line per image, in index order: its box
+records and its decoded width and height (what the labelling-tool exports need), or null and why it is unreadable.
 
 A mining shard may have a side file `mining-NNNNNN.npz` (uncompressed numpy arrays, written atomically) with
-what selection and the report need, row r describing the shard's r-th line: `order` (the line's index in the
-shard's keys), `embeddings` (n, D) float16, `hashes` (n, 3, 32) uint8 photo hashes and `thumbnails` (n, 32, 32)
-uint8 (selection: diverse),
-`class_counts` (n, C) uint16 (class_balance),
-the predicted boxes (report: `box_start` (n+1,) offsets into `box_xyxy` (M, 4), `box_conf` (M,), `box_cls` (M,))
-and `readable` (how many rows are not unreadable). Its fingerprint covers the run and its `spec` says what it holds:
-it serves any later run that needs no more than that (so the same pool re-selected with the report off, or other
-selection settings, reuses it); a shard is complete only when both of its files are, so resume and several
-workers treat the pair as one unit.
+what selection and the report need; SideArrays is its schema (row r describes the shard's r-th line) and SideSpec
+says what a run needs of it. Its fingerprint covers the run and its `spec` says what it holds: it serves any
+later run that needs no more than that (so the same pool re-selected with the report off, or other selection
+settings, reuses it); a shard is complete only when both of its files are, so resume and several workers treat
+the pair as one unit.
 """
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -35,7 +33,8 @@ from executor.errors import NoReadableImages
 from executor.protocol.writers import atomic_write_text, atomic_writer, format_score
 from mining.duplicates import CROPS, HASH_BYTES, THUMB
 
-MAGIC = "# quarry-shard 1"
+MAGIC = "# quarry-shard"
+FORMAT = {"mining": 1, "infer": 2}  # a shard file's layout, in its header: 2 = infer lines carry the image size
 T = TypeVar("T")
 
 
@@ -110,23 +109,125 @@ class Row(NamedTuple):
     line: int
 
 
+class Detected(NamedTuple):
+    """One image of an infer pass: its record (box records, or a segmentation result's size and instances; None
+    when unreadable, with the reason) and its decoded width and height (0 × 0 when unreadable)."""
+    key: str
+    record: list | dict | None
+    width: int
+    height: int
+    reason: str = ""
+
+
 def score_order(keys: Sequence[str], scores: Mapping[str, float]) -> list[int]:
     """The indices of `keys` best first, ties in index order: the line order of a mining shard."""
     return sorted(range(len(keys)), key=lambda i: -scores[keys[i]])
 
 
-def holds(held: Mapping, needed: Mapping) -> bool:
-    """A side file made for the spec `held` serves a run that needs `needed`: everything it asks for is there, of
-    the same kind (a file with more, e.g. the report's boxes, serves a run without the report)."""
-    return all(json.dumps(held.get(key), sort_keys=True, default=str) == json.dumps(value, sort_keys=True, default=str)
-               for key, value in needed.items() if value)
+# ---------------------------------------------------------------- side files
+
+@dataclass(frozen=True)
+class SideSpec:
+    """What a run needs of its mining side files (scoring.side_spec): the embeddings' pooling version and the photo
+    hashes' version ('' none; selection diverse), per-image class counts (class_balance), the predicted boxes (the
+    report), and the identity of the model they come from when the scores' own does not name it. Stored in each
+    side file as JSON; a file serves a run that needs no more than it holds (`served_by`)."""
+    embeddings: str = ""
+    hashes: str = ""
+    class_counts: bool = False
+    boxes: bool = False
+    model: Mapping | None = None
+
+    def as_json(self) -> str:
+        held = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return json.dumps(held, sort_keys=True, default=str)
+
+    def served_by(self, held: Mapping) -> bool:
+        """A side file made for the spec `held` serves this run: everything it asks for is there, of the same kind
+        (a file with more, e.g. the report's boxes, serves a run without the report)."""
+        same = lambda a, b: json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+        return all(same(held.get(name), value) for name, value in dataclasses.asdict(self).items() if value)
+
+
+@dataclass
+class SideArrays:
+    """The schema of a mining side file, row r describing the shard's r-th line; a field not held (or not asked
+    for when reading) is None. The predicted boxes of row r are box_xyxy[box_start[r]:box_start[r + 1]] (original
+    pixels), with box_conf and box_cls alike."""
+    order: np.ndarray | None = None          # (n,) int32: the line's index in the shard's keys
+    readable: int | None = None              # rows that are not unreadable (the first `readable`)
+    class_names: list[str] | None = None     # the model's classes, in model order
+    embeddings: np.ndarray | None = None     # (n, D) float16 (selection diverse)
+    hashes: np.ndarray | None = None         # (n, len(CROPS), HASH_BYTES) uint8 photo hashes (selection diverse)
+    thumbnails: np.ndarray | None = None     # (n, THUMB, THUMB) uint8 (selection diverse)
+    class_counts: np.ndarray | None = None   # (n, C) uint16 predicted boxes per class (class_balance)
+    box_start: np.ndarray | None = None      # (n + 1,) int64 offsets (the report)
+    box_xyxy: np.ndarray | None = None       # (M, 4) float32
+    box_conf: np.ndarray | None = None       # (M,) float32
+    box_cls: np.ndarray | None = None        # (M,) int32
+
+    def boxes(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(xyxy, classes, confidences) of row `row`."""
+        a, b = self.box_start[row], self.box_start[row + 1]
+        return self.box_xyxy[a:b], self.box_cls[a:b], self.box_conf[a:b]
+
+    def box_rows(self) -> np.ndarray:
+        """The row of every box."""
+        return np.repeat(np.arange(len(self.box_start) - 1), np.diff(self.box_start))
+
+
+SIDE_FIELDS = tuple(f.name for f in dataclasses.fields(SideArrays))
+_LOADED = {"readable": int, "class_names": lambda names: [str(n) for n in names]}  # stored as arrays
+
+
+def side_fields(*names: str) -> tuple[str, ...]:
+    """`names`, each a field of SideArrays (a typo fails here, not as a silently missing array)."""
+    unknown = set(names) - set(SIDE_FIELDS)
+    if unknown:
+        raise ValueError(f"side files hold no {sorted(unknown)}; fields: {', '.join(SIDE_FIELDS)}")
+    return names
+
+
+def side_rows(spec: SideSpec, keys: Sequence[str], side: Mapping[str, tuple], unreadable, embedding_dim: int,
+              class_names: Sequence[str]) -> SideArrays:
+    """The side file of lines `keys` from `side`: per key (embedding, detections, (photo hash, thumbnail)), each
+    possibly None (rows left zero)."""
+    arrays = SideArrays(readable=sum(1 for k in keys if k not in unreadable), class_names=list(class_names))
+    taken = [side.get(key, (None, None, None)) for key in keys]
+    if embedding_dim:
+        arrays.embeddings = np.zeros((len(keys), embedding_dim), np.float16)
+        for r, (embedding, _, _) in enumerate(taken):
+            if embedding is not None:
+                arrays.embeddings[r] = embedding
+    if spec.hashes:
+        arrays.hashes = np.zeros((len(keys), len(CROPS), HASH_BYTES), np.uint8)
+        arrays.thumbnails = np.zeros((len(keys), THUMB, THUMB), np.uint8)
+        for r, (_, _, found) in enumerate(taken):
+            if found is not None:
+                arrays.hashes[r], arrays.thumbnails[r] = found
+    if spec.boxes or spec.class_counts:
+        found = [d for _, d, _ in taken]
+        sizes = np.array([0 if d is None else len(d) for d in found], np.int64)
+        picked = [d for d in found if d is not None and len(d)]
+        cls = np.concatenate([d.cls for d in picked]).astype(np.int32) if picked else np.zeros(0, np.int32)
+        if spec.boxes:
+            arrays.box_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            arrays.box_xyxy = (np.concatenate([d.xyxy for d in picked]).astype(np.float32) if picked
+                               else np.zeros((0, 4), np.float32))
+            arrays.box_conf = (np.concatenate([d.conf for d in picked]).astype(np.float32) if picked
+                               else np.zeros(0, np.float32))
+            arrays.box_cls = cls
+        if spec.class_counts:
+            arrays.class_counts = np.zeros((len(keys), len(class_names)), np.uint16)
+            np.add.at(arrays.class_counts, (np.repeat(np.arange(len(keys)), sizes), cls), 1)
+    return arrays
 
 
 class ShardStore:
     """The shard files of one task (`kind`: 'mining' or 'infer') in a folder shared by every worker. `side`: what
-    the run's side files must hold (None: no side files), part of their fingerprint."""
+    the run's side files must hold (None: no side files)."""
 
-    def __init__(self, folder: str, kind: str, run: dict, side: dict | None = None):
+    def __init__(self, folder: str, kind: str, run: dict, side: SideSpec | None = None):
         self.folder, self.kind, self.run, self.side = folder, kind, run, side
         self.embedding_dim, self.class_names = 0, []  # set by the worker that writes side files (its model's)
         self._headers: dict[int, str] = {}  # the fingerprint reads every key: once per shard, not per check
@@ -138,7 +239,7 @@ class ShardStore:
     def header(self, shard: Shard) -> str:
         if shard.index not in self._headers:
             digest = fingerprint(self.run, shard.keys, shard.names)
-            self._headers[shard.index] = f"{MAGIC} {self.kind} {digest} {len(shard.keys)}\n"
+            self._headers[shard.index] = f"{MAGIC} {FORMAT[self.kind]} {self.kind} {digest} {len(shard.keys)}\n"
         return self._headers[shard.index]
 
     def side_path(self, shard: Shard | int) -> str:
@@ -165,7 +266,7 @@ class ShardStore:
         try:
             with np.load(self.side_path(shard), allow_pickle=False) as data:
                 return str(data["fingerprint"]) == self.side_fingerprint(shard) and \
-                    data["order"].shape == (len(shard.keys),) and holds(json.loads(str(data["spec"])), self.side)
+                    data["order"].shape == (len(shard.keys),) and self.side.served_by(json.loads(str(data["spec"])))
         except Exception:  # noqa: BLE001 — missing, half-written, foreign: not complete
             return False
 
@@ -182,61 +283,34 @@ class ShardStore:
         atomic_write_text(self.path(shard), self.header(shard) + "".join(lines))
 
     def write_side(self, shard: Shard, order: Sequence[int], side: Mapping[str, tuple], unreadable) -> None:
-        keys = [shard.keys[i] for i in order]
-        arrays = {"fingerprint": np.array(self.side_fingerprint(shard)),
-                  "spec": np.array(json.dumps(self.side, sort_keys=True, default=str)),
-                  "order": np.asarray(order, np.int32),
-                  "readable": np.array(sum(1 for k in keys if k not in unreadable), np.int64),
-                  "class_names": np.array([str(n) for n in self.class_names], dtype=str)}
-        dim, classes = self.embedding_dim, len(self.class_names)
-        if dim:
-            rows = np.zeros((len(keys), dim), np.float16)
-            for r, key in enumerate(keys):
-                if key in side and side[key][0] is not None:
-                    rows[r] = side[key][0]
-            arrays["embeddings"] = rows
-        if self.side.get("hashes"):
-            hashes = np.zeros((len(keys), len(CROPS), HASH_BYTES), np.uint8)
-            thumbnails = np.zeros((len(keys), THUMB, THUMB), np.uint8)
-            for r, key in enumerate(keys):
-                if key in side and side[key][2] is not None:
-                    hashes[r], thumbnails[r] = side[key][2]
-            arrays["hashes"], arrays["thumbnails"] = hashes, thumbnails
-        if self.side.get("boxes") or self.side.get("class_counts"):
-            found = [side[k][1] if k in side and side[k][1] is not None else None for k in keys]
-            sizes = np.array([0 if d is None else len(d) for d in found], np.int64)
-            picked = [d for d in found if d is not None and len(d)]
-            cls = np.concatenate([d.cls for d in picked]).astype(np.int32) if picked else np.zeros(0, np.int32)
-            if self.side.get("boxes"):
-                arrays["box_start"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-                arrays["box_xyxy"] = (np.concatenate([d.xyxy for d in picked]).astype(np.float32) if picked
-                                      else np.zeros((0, 4), np.float32))
-                arrays["box_conf"] = (np.concatenate([d.conf for d in picked]).astype(np.float32) if picked
-                                      else np.zeros(0, np.float32))
-                arrays["box_cls"] = cls
-            if self.side.get("class_counts"):
-                counts = np.zeros((len(keys), classes), np.uint16)
-                owner = np.repeat(np.arange(len(keys)), sizes)
-                np.add.at(counts, (owner, cls), 1)
-                arrays["class_counts"] = counts
+        arrays = side_rows(self.side, [shard.keys[i] for i in order], side, unreadable, self.embedding_dim,
+                           self.class_names)
+        arrays.order = np.asarray(order, np.int32)
+        held = {name: getattr(arrays, name) for name in SIDE_FIELDS if getattr(arrays, name) is not None}
+        held.update(readable=np.array(arrays.readable, np.int64), class_names=np.array(arrays.class_names, dtype=str))
         with atomic_writer(self.side_path(shard), binary=True) as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, fingerprint=np.array(self.side_fingerprint(shard)), spec=np.array(self.side.as_json()),
+                     **held)
 
-    def side_arrays(self, index: int, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named arrays of shard `index`'s side file (only those are read)."""
+    def side_arrays(self, index: int, *names: str) -> SideArrays:
+        """The named fields of shard `index`'s side file (only those are read; one it does not hold stays None)."""
         with np.load(self.side_path(index), allow_pickle=False) as data:
-            return {name: data[name] for name in names if name in data.files}
+            return SideArrays(**{name: _LOADED.get(name, lambda a: a)(data[name]) for name in side_fields(*names)
+                                 if name in data.files})
 
     def side_has(self, index: int, name: str) -> bool:
+        side_fields(name)
         try:
             with np.load(self.side_path(index), allow_pickle=False) as data:
                 return name in data.files
         except Exception:  # noqa: BLE001
             return False
 
-    def write_records(self, shard: Shard, records: dict[str, object], unreadable: dict[str, str]) -> None:
-        """One JSON line per key in index order: [key, record], or [key, null, reason] when unreadable."""
-        lines = [json.dumps([key, None, unreadable[key]] if key in unreadable else [key, records[key]],
+    def write_records(self, shard: Shard, records: dict[str, object], unreadable: dict[str, str],
+                      sizes: Mapping[str, tuple[int, int]]) -> None:
+        """One JSON line per key in index order: [key, record, width, height], or [key, null, reason] when
+        unreadable."""
+        lines = [json.dumps([key, None, unreadable[key]] if key in unreadable else [key, records[key], *sizes[key]],
                             separators=(",", ":")) + "\n" for key in shard.keys]
         atomic_write_text(self.path(shard), self.header(shard) + "".join(lines))
 
@@ -245,34 +319,36 @@ class ShardStore:
             handle.readline()
             yield from handle
 
-    def merged_scores(self, count: int) -> Iterator[tuple[str, float, str]]:
-        """(key, score, unreadable reason or '') of shards 0..count-1, best first, ties in index order (streamed:
-        one line per shard in memory)."""
-        def rows(index: int) -> Iterator[tuple[float, int, list]]:
-            for line in self._lines(index):
-                fields = line.rstrip("\n").split("\t", 2)
-                yield -float(fields[1]), index, fields
-
-        # (−score, shard) never ties between two shards, so the lists behind them are never compared
-        for negative, _, fields in heapq.merge(*(rows(i) for i in range(count))):
-            yield fields[0], -negative, fields[2] if len(fields) > 2 else ""
-
     def merged_rows(self, count: int) -> Iterator[Row]:
-        """merged_scores with each line's origin (shard, line number): the same order, streamed."""
+        """The lines of shards 0..count-1 best first, ties in index order, each with its origin (shard, line
+        number); streamed: one line per shard in memory."""
         def rows(index: int):
             for line_no, line in enumerate(self._lines(index)):
                 fields = line.rstrip("\n").split("\t", 2)
                 yield -float(fields[1]), index, line_no, fields
 
+        # (−score, shard, line) never ties, so the lists behind them are never compared
         for negative, index, line_no, fields in heapq.merge(*(rows(i) for i in range(count))):
             yield Row(fields[0], -negative, fields[2] if len(fields) > 2 else "", index, line_no)
 
-    def records(self, count: int) -> Iterator[tuple[str, object, str]]:
-        """(key, record or None, unreadable reason or '') of shards 0..count-1 in index order (streamed)."""
+    def keys_at(self, lines: Iterable[tuple[int, int]]) -> dict[tuple[int, int], str]:
+        """The key of each (shard, line number) of a mining shard."""
+        wanted: dict[int, set[int]] = {}
+        for shard, line in lines:
+            wanted.setdefault(shard, set()).add(line)
+        found = {}
+        for shard, numbers in wanted.items():
+            for number, line in enumerate(self._lines(shard)):
+                if number in numbers:
+                    found[shard, number] = line.split("\t", 1)[0]
+        return found
+
+    def records(self, count: int) -> Iterator[Detected]:
+        """Every image of the infer shards 0..count-1 in index order (streamed)."""
         for index in range(count):
             for line in self._lines(index):
-                key, record, *reason = json.loads(line)
-                yield key, record, reason[0] if reason else ""
+                key, record, *rest = json.loads(line)
+                yield Detected(key, None, 0, 0, rest[0]) if record is None else Detected(key, record, *rest)
 
     def remove(self, count: int) -> None:
         for index in range(count):
@@ -294,17 +370,7 @@ def some_readable(items: Iterable[T], total: int, reason: Callable[[T], str]) ->
         raise NoReadableImages(f"none of the {total} images could be read; first: {first}")
 
 
-def ranked_rows(store: ShardStore, count: int, total: int, located: bool = False) -> Iterator:
-    """The merged ranking of `count` shards, checked (some_readable): (key, score) pairs, or with `located` the
-    Row of each line (where it came from, for selection and the report)."""
-    rows = store.merged_rows(count) if located else store.merged_scores(count)
-    for row in some_readable(rows, total, lambda row: row[2]):
-        yield row if located else row[:2]
-
-
-def named_records(store: ShardStore, count: int, names: Mapping[str, str], unreadable_as_none: bool = False
-                  ) -> Iterator[tuple[str, list | None]]:
-    """(result name, box records) of every image in index order, checked (some_readable); an unreadable image
-    has none ([], or None with `unreadable_as_none`)."""
-    for key, record, reason in some_readable(store.records(count), len(names), lambda item: item[2]):
-        yield names[key], (None if unreadable_as_none else []) if reason else record
+def named_records(store: ShardStore, count: int, names: Mapping[str, str]) -> Iterator[Detected]:
+    """Every image of the infer shards in index order under its result name, checked (some_readable)."""
+    for found in some_readable(store.records(count), len(names), lambda found: found.reason):
+        yield found._replace(key=names[found.key])

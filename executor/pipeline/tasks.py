@@ -7,19 +7,24 @@ selection and the report need (embeddings, predicted boxes) taken from the same 
 merge of the shards, checked; `selection: diverse` reorders it (mining/selection.py, on the shortlist's
 embeddings only); the result is written once, atomically; then the report (executor/report/), whose failure
 never fails the task. Inference is the same with the detector's boxes as records.
+
+Each task returns its result as values: mining a Ranking (pipeline/ranking.py), infer an InferResult; a job that
+names no result file gets every entry back instead of a file, so in-process callers (the CLI's exports, the API,
+the simulator) never read back what the run wrote.
 """
 
 import datetime
 import logging
 import time
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
 
 from executor.pipeline.job import Job, result_names
 from executor.pipeline.passes import Models
 from executor.pipeline.plan import Plan
-from executor.pipeline.ranking import MiningContext, write_mining  # gather → select → write → report
+from executor.pipeline.ranking import MiningContext, Ranking, write_mining  # gather → select → write → report
 from executor.pipeline.scoring import interrupted, score_shards, shards_folder
-from executor.pipeline.shards import ShardStore, named_records
+from executor.pipeline.shards import Detected, ShardStore, named_records
 from executor.pipeline.workers import clear
 from executor.protocol.monitor import Progress, span
 from executor.protocol.writers import write_infer_result, write_instances_result
@@ -30,17 +35,37 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- the tasks
 
-def write_infer(job: Job, store: ShardStore, count: int, context) -> str:
+@dataclass
+class InferResult:
+    """What infer returns: the infer-result.json written ('' when the job names none) and, when none is, every
+    image in index order under its result name, with its decoded size (what the labelling-tool exports need)."""
+    path: str
+    images: list[Detected]
+
+    def __iter__(self) -> Iterator[Detected]:
+        return iter(self.images)
+
+
+def write_infer(job: Job, store: ShardStore, count: int, context) -> InferResult:
     """infer-result.json: ymir's detection form, or for a segmentation model the COCO result (ymir-protocol §5.4)
-    whose categories are the model's classes (the model is already loaded unless other processes scored)."""
+    whose categories are the model's classes (the model is already loaded unless other processes scored); or,
+    for a job that names no file, the detections as values."""
     names = result_names(job)
+    if not job.infer_result:
+        return InferResult("", list(named_records(store, count, names)))
     if context.plan.settings["infer"].object_type == SEGMENTATION:
-        write_instances_result(job.infer_result, lambda: named_records(store, count, names),
+        write_instances_result(job.infer_result, lambda: platform_records(store, count, names),
                                model_class_names(context.plan, context.models))
     else:
-        write_infer_result(job.infer_result, named_records(store, count, names, job.infer_unreadable_none),
-                           job.infer_list_key)
-    return job.infer_result
+        write_infer_result(job.infer_result, platform_records(store, count, names), job.infer_list_key)
+    return InferResult(job.infer_result, [])
+
+
+def platform_records(store: ShardStore, count: int, names: Mapping[str, str]) -> Iterator[tuple[str, list | dict]]:
+    """(result name, record) of every image in index order, as infer-result.json has them: an unreadable image
+    with no boxes."""
+    for found in named_records(store, count, names):
+        yield found.key, [] if found.record is None else found.record
 
 
 def model_class_names(plan: Plan, models: Models) -> list[str]:
@@ -87,13 +112,15 @@ def throughput(tasks: Sequence[str], total: int, scored: int, seconds: float) ->
             + (f": {scored} scored in this run, {reused} reused from an earlier run's shards)" if reused else ")"))
 
 
-def mine(plan: Plan, progress: Progress, models: Models) -> str | None:
-    """Score every candidate, write result.tsv (best first); returns its path (None on a non-merging rank)."""
+def mine(plan: Plan, progress: Progress, models: Models) -> Ranking | None:
+    """Score every candidate and rank them, best first: result.tsv written when the job names it; returns the
+    Ranking (None on a non-merging rank)."""
     return scan(plan.only("mining"), progress, models)["mining"]
 
 
-def infer(plan: Plan, progress: Progress, models: Models) -> str | None:
-    """Boxes of every candidate (unreadable: none), written to infer-result.json in index order."""
+def infer(plan: Plan, progress: Progress, models: Models) -> InferResult | None:
+    """Boxes of every candidate in index order (unreadable: none), written to infer-result.json when the job names
+    it; returns the InferResult (None on a non-merging rank)."""
     return scan(plan.only("infer"), progress, models)["infer"]
 
 

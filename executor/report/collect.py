@@ -1,10 +1,12 @@
 """The mining report's data, collected from a run: the images shown and the numbers (scores, classes, the run's
-metadata), kept by ReportCollector while result.tsv is written, and the same numbers as JSON.
+metadata), kept by ReportCollector while result.tsv is written, and the same numbers as JSON. Everything comes
+in as values (the ranking's entries, then the boxes and class counts the pipeline read for it): nothing here
+reads the pipeline's files.
 """
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -194,13 +196,21 @@ def report_json(data: ReportData) -> dict:
 
 # ---------------------------------------------------------------------------------------------- from a run
 
+class Shown(NamedTuple):
+    """An image the report shows, as the pipeline found it: its key and predicted boxes (original pixels)."""
+    key: str
+    xyxy: np.ndarray
+    classes: np.ndarray
+    conf: np.ndarray
+
+
 class ReportCollector:
-    """Watches result.tsv's lines as they are written (executor.pipeline.ranking.Written: the row with its shard and line,
-    the written and the raw score) and keeps what the report needs, in memory flat in the pool size apart from 8
-    bytes per image (its score) plus 8 (where it came from) and the unreadable list: the top N lines, and
-    afterwards, from the shard files, the middle and bottom samples, the predicted boxes of what is shown and the
-    class counts of the selection (`selected`, start.py mine --topk; None: the top N). A failure in here is kept
-    (self.error), never raised into the writing of result.tsv."""
+    """Watches the ranking's entries as result.tsv is written (executor.pipeline.ranking.Entry: the key, the
+    written and the raw score, where it came from) and keeps what the report needs, in memory flat in the pool
+    size apart from 8 bytes per image (its score) plus 8 (where it came from) and the unreadable list: the top N
+    entries; afterwards it names the images shown (the top N, the middle and bottom samples: `shown`) and the
+    selection (`selected`, start.py mine --topk; None: the top N), whose boxes and class counts the pipeline then
+    hands to `report_data`. A failure in here is kept (self.error), never raised into the writing of result.tsv."""
     MIDDLE = 6
     BOTTOM = 6
 
@@ -215,26 +225,29 @@ class ReportCollector:
         self.unreadable: list[tuple[str, str]] = []
         self.error: Exception | None = None
 
-    def watch(self, lines):
-        for line in lines:
+    def watch(self, entries):
+        for found in entries:
             if self.error is None:
                 try:
-                    self._add(line)
+                    self._add(found)
                 except Exception as exc:  # noqa: BLE001 — the report must never break result.tsv
                     self.error = exc
-            yield line
+            yield found
 
-    def _add(self, line) -> None:
-        row = line.row
-        if row.reason:
-            self.unreadable.append((row.key, row.reason))
+    def _add(self, found) -> None:
+        if found.reason:
+            self.unreadable.append((found.key, found.reason))
             return
         if len(self.scores) < self.top_n:
-            self.top.append(line)
-        if row.key in self.track:
-            self.ranks[row.key] = len(self.scores) + 1
-        self.scores.append(line.raw if self.raw else line.score)
-        self.where.append(row.shard << 32 | row.line)
+            self.top.append(found)
+        if found.key in self.track:
+            self.ranks[found.key] = len(self.scores) + 1
+        self.scores.append(found.raw if self.raw else found.score)
+        self.where.append(found.shard << 32 | found.line)
+
+    def _checked(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"collecting the report failed: {type(self.error).__name__}: {self.error}")
 
     def _samples(self) -> tuple[list[int], list[int]]:
         n, top = len(self.scores), min(self.top_n, len(self.scores))
@@ -244,68 +257,47 @@ class ReportCollector:
         start = top + (rest - len(bottom) - middle_count) // 2
         return list(range(start, start + middle_count)), bottom
 
-    def report_data(self, store, count: int, run: dict, **extra) -> ReportData:
-        """The ReportData of the watched lines; boxes and class counts from the shards' side files (none when the
-        run used no model), keys of the samples from the shards' own lines."""
-        if self.error is not None:
-            raise RuntimeError(f"collecting the report failed: {type(self.error).__name__}: {self.error}")
+    def shown(self) -> list[tuple[int, int]]:
+        """(shard, line) of every image the report shows: the top N, then the middle and bottom samples."""
+        self._checked()
         middle, bottom = self._samples()
-        with_boxes = bool(store.side and store.side.get("boxes"))
-        names: list[str] = []
-        if with_boxes and count:
-            names = [str(n) for n in store.side_arrays(0, ["class_names"]).get("class_names", [])]
-        pool = np.zeros(len(names), np.int64)
-        top_counts = np.zeros(len(names), np.int64)
-        cut = self.top_n if self.selected is None else self.selected
-        where = np.frombuffer(self.where, dtype=np.int64)[:cut] if len(self.where) else np.zeros(0, np.int64)
-        boxes_by_shard: dict[int, dict] = {}
-        wanted: dict[int, set] = {}
-        shown = [(line.row.shard, line.row.line) for line in self.top] + \
-            [divmod(self.where[r], 1 << 32) for r in middle + bottom]
-        for shard, line in shown:
-            wanted.setdefault(shard, set()).add(line)
-        if with_boxes:
-            for shard in range(count):
-                arrays = store.side_arrays(shard, ["box_start", "box_xyxy", "box_conf", "box_cls"])
-                pool += _class_counts(arrays["box_cls"], len(names))
-                chosen = np.zeros(len(arrays["box_start"]) - 1, bool)
-                chosen[where[where >> 32 == shard] & 0xFFFFFFFF] = True
-                top_counts += _class_counts(arrays["box_cls"][np.repeat(chosen, np.diff(arrays["box_start"]))],
-                                            len(names))
-                if shard in wanted:
-                    boxes_by_shard[shard] = arrays
-        keys = {}
-        for shard, lines in wanted.items():
-            for number, line in enumerate(store._lines(shard)):
-                if number in lines:
-                    keys[shard, number] = line.split("\t", 1)[0]
+        return [(found.shard, found.line) for found in self.top] + [divmod(self.where[r], 1 << 32)
+                                                                   for r in middle + bottom]
 
-        def item(shard: int, line: int, rank: int, score: float, raw: float | None) -> ReportImage:
-            arrays = boxes_by_shard.get(shard)
-            if arrays is None:
-                return ReportImage(keys[shard, line], rank, score, raw, np.zeros((0, 4)), [], [])
-            a, b = arrays["box_start"][line], arrays["box_start"][line + 1]
-            return ReportImage(keys[shard, line], rank, score, raw, arrays["box_xyxy"][a:b], arrays["box_cls"][a:b],
-                               arrays["box_conf"][a:b])
+    def selection(self) -> np.ndarray:
+        """shard << 32 | line of every selected image (the cut)."""
+        cut = self.top_n if self.selected is None else self.selected
+        return np.frombuffer(self.where, dtype=np.int64)[:cut] if len(self.where) else np.zeros(0, np.int64)
+
+    def report_data(self, run: dict, shown: Mapping[tuple[int, int], Shown], class_names: Sequence[str],
+                    class_counts_top: np.ndarray, class_counts_pool: np.ndarray, **extra) -> ReportData:
+        """The ReportData of the watched entries; `shown`: each image of `shown()`, with the model's `class_names`
+        and the predicted boxes per class over the selection and over the pool (all empty without a model)."""
+        self._checked()
+        middle, bottom = self._samples()
+
+        def item(at: tuple[int, int], rank: int, score: float, raw: float | None) -> ReportImage:
+            image = shown[at]
+            return ReportImage(image.key, rank, score, raw, image.xyxy, image.classes, image.conf)
 
         scores = np.frombuffer(self.scores, dtype=np.float64) if len(self.scores) else np.zeros(0)
-        top = [item(line.row.shard, line.row.line, n + 1, line.score, line.raw if self.raw else None)
-               for n, line in enumerate(self.top)]
+        top = [item((found.shard, found.line), n + 1, found.score, found.raw if self.raw else None)
+               for n, found in enumerate(self.top)]
 
         def sample(rank: int) -> ReportImage:
-            shard, line = divmod(self.where[rank], 1 << 32)
             # the written score of a sample: the raw score when not reordered; else the priority, (N - r) / N
             written = float(scores[rank]) if not self.raw else (len(scores) - rank) / len(scores)
-            return item(shard, line, rank + 1, written, float(scores[rank]) if self.raw else None)
+            return item(divmod(self.where[rank], 1 << 32), rank + 1, written,
+                        float(scores[rank]) if self.raw else None)
 
-        return ReportData(run=run, unreadable=list(self.unreadable), scores=scores.copy(), class_names=names,
-                          class_counts_top=top_counts, class_counts_pool=pool, top=top,
-                          middle=[sample(r) for r in middle], bottom=[sample(r) for r in bottom],
-                          score_kind="raw" if self.raw else "written", duplicate_ranks=dict(self.ranks),
-                          selected=self.selected, **extra)
+        return ReportData(run=run, unreadable=list(self.unreadable), scores=scores.copy(),
+                          class_names=list(class_names), class_counts_top=class_counts_top,
+                          class_counts_pool=class_counts_pool, top=top, middle=[sample(r) for r in middle],
+                          bottom=[sample(r) for r in bottom], score_kind="raw" if self.raw else "written",
+                          duplicate_ranks=dict(self.ranks), selected=self.selected, **extra)
 
 
-def _class_counts(classes: np.ndarray, count: int) -> np.ndarray:
+def class_counts(classes: np.ndarray, count: int) -> np.ndarray:
     """Boxes per class index 0..count-1 (indices outside are not counted)."""
     classes = np.asarray(classes, dtype=np.int64)
     return np.bincount(classes[(classes >= 0) & (classes < count)], minlength=count)

@@ -10,7 +10,7 @@ trained on them from the starting weights (round 0, shared by the algorithms of 
 on the fixed val split. So the curve of an algorithm has rounds + 1 points: N0, N0 + B, ..., N0 + rounds * B.
 
 Everything Quarry ships is used as it is: `executor.pipeline.training.run_training` trains, its `Evaluator` (our
-pycocotools evaluation, batched like Ultralytics' validator) measures, `executor.pipeline.tasks.run(["mining"])` ranks.
+pycocotools evaluation, batched like Ultralytics' validator) measures, `executor.pipeline.tasks.run(make_plan(["mining"], …))` ranks.
 The baseline `detections` (most boxes at conf_thres first) counts the boxes of Quarry's own infer task.
 
 Outputs in --out: simulation.json (plan + every round), simulation.csv (one row per round), simulation.md (the

@@ -2,13 +2,12 @@
 evaluation, mining (or a baseline) over the unlabelled pool, and the initial random draw.
 """
 
-import json
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from executor.protocol.writers import atomic_write_text
 from executor.simulate.plan import Data, split_algorithm
@@ -114,27 +113,27 @@ def read_ranking(path: str) -> list[str]:
         return [line.split("\t")[0] for line in handle if line.strip()]
 
 
-def count_ranking(infer_json: str, keys: Sequence[str], names: Sequence[str], seed: int) -> list[tuple[str, float]]:
-    """The `detections` baseline from infer-result.json: the box count, ties broken by the seed's random
-    score of each key's name (its path relative to the pool root; in [0, 0.5), so the count always decides
-    first)."""
+def count_ranking(found: Iterable, keys: Sequence[str], names: Sequence[str], seed: int) -> list[tuple[str, float]]:
+    """The `detections` baseline from the infer task's detections (pipeline.shards.Detected by key): the box
+    count, ties broken by the seed's random score of each key's name (its path relative to the pool root; in
+    [0, 0.5), so the count always decides first)."""
     from mining.random_score import random_scores
 
-    with open(infer_json, encoding="utf-8") as handle:
-        found = json.load(handle)["detection"]
+    boxes = {image.key: len(image.record or ()) for image in found}
     ties = random_scores(names, seed)
-    return [(key, len(found.get(key, {}).get("boxes", [])) + 0.5 * float(tie)) for key, tie in zip(keys, ties)]
+    return [(key, boxes.get(key, 0) + 0.5 * float(tie)) for key, tie in zip(keys, ties)]
 
 
 def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, data: Data, config: Mapping,
          seed: int, progress: Progress, labelled: Sequence[str] = ()) -> list[str]:
     """`candidates` ranked best first by `algorithm` ('name' or 'name:selection') with the model `weights`
     (Quarry's mining task, told which images are labelled already; for the `detections` baseline, its infer
-    task); the ranking is kept in folder/mining.tsv. The mining report is off unless --set report=true."""
-    from executor.pipeline.job import Job
+    task); the ranking is kept in folder/mining.tsv (what a rerun resumes from). The mining report is off unless
+    --set report=true (then folder/mining-report.html)."""
+    from executor.pipeline.job import MINING_SCORES_NAME, REPORT_NAME, Job
     from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import run
-    from executor.protocol.writers import write_mining_result
+    from executor.protocol.writers import ranked, write_ranked
     from executor.runtime import outer_ranks
 
     ranking = os.path.join(folder, "mining.tsv")
@@ -146,20 +145,20 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
     name, selection = split_algorithm(algorithm)
     shards = os.path.join(folder, "shards")
     names = [data.rel(path) for path in candidates]  # random and CALD draw by them: the same wherever the pool is
-    if algorithm == "detections":
-        infer_json = os.path.join(folder, "infer-result.json")
-        job = Job(candidates=list(candidates), infer_result=infer_json, names=list(candidates), models_dir="",
-                  shards_dir=shards, work_dir=folder, outer=outer_ranks())
-        run(make_plan(["infer"], job, base), progress)
-        write_mining_result(ranking, count_ranking(infer_json, candidates, names, seed))
-        os.unlink(infer_json)
+    if algorithm == "detections":  # the tasks return values: no result file to read back
+        job = Job(candidates=list(candidates), names=list(candidates), models_dir="", shards_dir=shards,
+                  work_dir=folder, outer=outer_ranks())
+        found = run(make_plan(["infer"], job, base), progress)["infer"]
+        scored = ranked(count_ranking(found, candidates, names, seed))
     else:
         mining = {**base, "mining_algorithm": name, **({"selection": selection} if selection else {})}
-        job = Job(candidates=list(candidates), names=names, mining_result=ranking, models_dir="", shards_dir=shards,
-                  work_dir=folder, labeled=list(labelled), outer=outer_ranks())
-        run(make_plan(["mining"], job, mining), progress)
+        job = Job(candidates=list(candidates), names=names, models_dir="", shards_dir=shards, work_dir=folder,
+                  labeled=list(labelled), outer=outer_ranks(), report_html=os.path.join(folder, REPORT_NAME),
+                  mining_scores=os.path.join(folder, MINING_SCORES_NAME))
+        scored = [(found.key, found.score) for found in run(make_plan(["mining"], job, mining), progress)["mining"]]
+    write_ranked(ranking, scored)
     shutil.rmtree(shards, ignore_errors=True)
-    return read_ranking(ranking)
+    return [key for key, _ in scored]
 
 
 def initial_draw(data: Data, seed: int, count: int) -> list[str]:

@@ -15,7 +15,7 @@ from executor.pipeline import tasks
 from executor.pipeline import ranking
 from executor.pipeline.job import Job
 from executor.pipeline.passes import Models
-from executor.pipeline.shards import ShardStore, plan
+from executor.pipeline.shards import ShardStore, SideSpec, plan
 from executor.protocol.settings import build_settings
 from executor.pipeline.plan import make_plan
 from mining.base import Detections
@@ -46,7 +46,7 @@ def synthetic_store(folder, keys, scores, embeddings, shard_size, unreadable=(),
                     hashes=None, thumbnails=None):
     """Shard files as the workers write them, with side files (embeddings, photo hashes, boxes); hashes and
     thumbnails default to SIX_HASHES / SIX_THUMBS for the six keys, else to distinct photos."""
-    spec = spec or {"embeddings": "test", "hashes": "test", "class_counts": classes is not None, "boxes": True}
+    spec = spec or SideSpec(embeddings="test", hashes="test", class_counts=classes is not None, boxes=True)
     six = len(keys) == len(KEYS) and hashes is None
     hashes = SIX_HASHES if six else (distinct(len(keys)) if hashes is None else hashes)
     thumbnails = SIX_THUMBS if six else (thumbnails_of(range(len(keys))) if thumbnails is None else thumbnails)
@@ -83,18 +83,16 @@ def test_a_shard_is_complete_only_with_its_side_file(tmp_path):
     assert all(store.complete(s) for s in shards)
     os.unlink(store.side_path(1))
     assert store.complete(shards[0]) and not store.complete(shards[1])
-    other = ShardStore(str(tmp_path), "mining", {"test": 1}, {"embeddings": "another pooling", "class_counts": False,
-                                                             "boxes": True})
+    other = ShardStore(str(tmp_path), "mining", {"test": 1}, SideSpec(embeddings="another pooling", boxes=True))
     assert not other.complete(shards[0])  # another side spec: its side files are not these
     plain = ShardStore(str(tmp_path), "mining", {"test": 1})
     assert plain.complete(shards[1])  # a run without side files reuses the score file alone
     # a side file holding more than a run needs serves it (the report's boxes, for a run with the report off);
     # one holding less does not (class counts)
-    no_report = ShardStore(str(tmp_path), "mining", {"test": 1}, {"embeddings": "test", "hashes": "test",
-                                                                  "class_counts": False, "boxes": False})
+    no_report = ShardStore(str(tmp_path), "mining", {"test": 1}, SideSpec(embeddings="test", hashes="test"))
     assert no_report.complete(shards[0])
-    balanced = ShardStore(str(tmp_path), "mining", {"test": 1}, {"embeddings": "test", "hashes": "test",
-                                                                 "class_counts": True, "boxes": True})
+    balanced = ShardStore(str(tmp_path), "mining", {"test": 1}, SideSpec(embeddings="test", hashes="test",
+                                                                         class_counts=True, boxes=True))
     assert not balanced.complete(shards[0])
     (tmp_path / os.path.basename(store.side_path(1))).write_bytes(b"PK\x03\x04 half a zip")
     assert not store.complete(shards[1])
@@ -103,13 +101,16 @@ def test_a_shard_is_complete_only_with_its_side_file(tmp_path):
 def test_side_rows_follow_the_shard_lines_and_merged_rows_tell_where_they_came_from(tmp_path):
     store, count = synthetic_store(tmp_path, KEYS, SIX_SCORES, SIX_EMB, 4)
     rows = list(store.merged_rows(count))
-    assert [(r.key, r.score) for r in rows] == [(k, s) for k, s, _ in store.merged_scores(count)]
+    assert [(r.key, r.score) for r in rows] == sorted(zip(KEYS, SIX_SCORES), key=lambda pair: -pair[1])
     for row in rows:
-        arrays = store.side_arrays(row.shard, ["order", "embeddings"])
-        index = plan(KEYS, 4)[row.shard].keys[arrays["order"][row.line]]
+        arrays = store.side_arrays(row.shard, "order", "embeddings")
+        index = plan(KEYS, 4)[row.shard].keys[arrays.order[row.line]]
         assert index == row.key
         expected = SIX_EMB[KEYS.index(row.key)].astype(np.float16)
-        assert np.array_equal(arrays["embeddings"][row.line], expected)
+        assert np.array_equal(arrays.embeddings[row.line], expected)
+    assert arrays.hashes is None  # only the fields asked for are read
+    with pytest.raises(ValueError, match="side files hold no"):
+        store.side_arrays(0, "embedding")
 
 
 # ---------------------------------------------------------------- the diverse plan on the streamed merge (fast)
@@ -181,15 +182,14 @@ def test_class_balance_reads_the_class_counts(tmp_path):
     classes = [[0, 0], [0, 1], [0], [2]]
     scores = [1.0, 0.99, 0.98, 0.97]
     store, count = synthetic_store(tmp_path, keys, scores, emb, 4, classes=classes)
-    assert store.side_arrays(0, ["class_counts"])["class_counts"].tolist()[0] == [2, 0, 0]
+    assert store.side_arrays(0, "class_counts").class_counts.tolist()[0] == [2, 0, 0]
     balanced, _, _ = write(tmp_path, store, count, keys, selection="diverse", class_balance=True,
                            diversity_weight=1.0, shard_size=4)
     assert balanced[:2] == ["/pool/0.jpg", "/pool/3.jpg"]
 
 
 def test_no_embeddings_keeps_the_score_order_with_a_warning(tmp_path, caplog):
-    store = ShardStore(str(tmp_path), "mining", {"test": 1}, {"embeddings": "test", "hashes": "test",
-                                                             "class_counts": False, "boxes": True})
+    store = ShardStore(str(tmp_path), "mining", {"test": 1}, SideSpec(embeddings="test", hashes="test", boxes=True))
     store.class_names = ["a"]  # embedding_dim 0: what an ONNX model without embeddings leaves
     for shard in plan(KEYS, 4):
         store.write_scores(shard, dict(zip(shard.keys, SIX_SCORES[shard.start:])), {},
@@ -440,3 +440,22 @@ def test_a_rerun_with_other_selection_settings_reselects_without_a_forward(tmp_p
         line.split("\t")[0] for line in first.splitlines())
     raw = dict(line.split("\t") for line in (tmp_path / "mining-scores.tsv").read_text().splitlines())
     assert set(raw) == set(images)  # every raw score read back from the kept shards
+
+
+def test_the_ranking_comes_back_as_values(tmp_path, monkeypatch):
+    """A job with no result file gets every entry back (the API, the simulator) and writes nothing, not even a
+    report or raw scores beside a result it does not have; with a file, the first Job.selected come back."""
+    monkeypatch.chdir(tmp_path)
+    store, count = synthetic_store(tmp_path / "shards", KEYS, SIX_SCORES, SIX_EMB, 4, unreadable=[KEYS[C]])
+    config = {"mining_algorithm": "random", "selection": "diverse", "shard_size": 4, "report": True}
+    job = Job(candidates=KEYS)
+    found = ranking.write_mining(job, store, count, ranking.MiningContext(mining_plan(job, config), Models(), 0.0, ""))
+    assert found.path == "" and sorted(os.listdir(tmp_path)) == ["shards"]
+    assert [e.key for e in found] == [KEYS[i] for i in (A, E, B, A2, B2, C)]  # near-copies, then unreadable
+    assert [e.score for e in found] == [5 / 5, 4 / 5, 3 / 5, 2 / 5, 1 / 5, -1.0]
+    assert [e.raw for e in found] == [SIX_SCORES[i] for i in (A, E, B, A2, B2)] + [-1.0]
+    assert found.entries[-1].reason == "unreadable: test"
+    job = Job(candidates=KEYS, mining_result=str(tmp_path / "out" / "result.tsv"), selected=2)
+    head = ranking.write_mining(job, store, count, ranking.MiningContext(mining_plan(job, config), Models(), 0.0, ""))
+    written = (tmp_path / "out" / "result.tsv").read_text().splitlines()
+    assert head.path == job.mining_result and [f"{e.key}\t{e.score}" for e in head] == written[:2]

@@ -15,7 +15,7 @@ from executor.pipeline.job import Job
 from executor.pipeline import passes
 from executor.pipeline.passes import Models
 from executor.pipeline.scoring import side_spec
-from executor.pipeline.shards import ShardStore, plan
+from executor.pipeline.shards import ShardStore, SideSpec, plan
 from executor.report import page as report_page
 from mining.base import Detections
 from tests.pipeline.plans import mining_plan
@@ -35,7 +35,7 @@ def synthetic(tmp_path, selection="score", top_n=5, shard_size=8, copies=True, s
     hashes, thumbs = hashes_of(photos), thumbnails_of(photos)
     scores = {k: float(s) for k, s in zip(IMAGES, np.linspace(1, 0.1, len(IMAGES)))}
     diverse = "test" if selection == "diverse" else ""
-    spec = {"embeddings": diverse, "hashes": diverse, "class_counts": False, "boxes": True}
+    spec = SideSpec(embeddings=diverse, hashes=diverse, boxes=True)
     store = ShardStore(str(tmp_path / "shards"), "mining", {"test": 1}, spec)
     store.embedding_dim, store.class_names = (8 if selection == "diverse" else 0), ["person", "bicycle"]
     for shard in plan(IMAGES, shard_size):
@@ -128,13 +128,12 @@ def test_side_spec_follows_the_settings():
     def spec(**config):
         return side_spec("mining", make_plan(["mining"], Job(), {"model_params_path": [str(WEIGHTS)], **config}))
 
-    assert spec() == {"embeddings": "", "hashes": "", "class_counts": False, "boxes": True}
+    assert spec() == SideSpec(boxes=True)
     assert spec(report=False) is None
     assert spec(report=False, mining_algorithm="random") is None
     assert spec(mining_algorithm="random") is None  # no model runs: no boxes to show
     diverse = spec(selection="diverse", class_balance=True, mining_algorithm="random")
-    assert diverse["embeddings"] and diverse["hashes"] and diverse["class_counts"] and diverse["boxes"] and \
-        "model" in diverse
+    assert diverse.embeddings and diverse.hashes and diverse.class_counts and diverse.boxes and diverse.model
 
 
 # ---------------------------------------------------------------- platform mode, in process

@@ -72,3 +72,32 @@ def test_an_interrupt_says_what_is_kept():
         "interrupted: 3 of 8 shards (639 images) are finished and kept in out.shards"
     assert str(Interrupted("out.shards", 0, 8, 0)) == "interrupted before any shard was finished: nothing is kept"
     assert isinstance(Interrupted("out.shards", 0, 8, 0), KeyboardInterrupt)
+
+
+def test_infer_shards_keep_each_image_size_and_name_unreadable_ones(tmp_path):
+    """An infer shard line carries the image's decoded size (the COCO/YOLO exports need it, never a re-probe);
+    its header names the layout, so a shard of the older layout (no sizes) is not reused."""
+    from executor.pipeline.shards import Detected, ShardStore, named_records
+
+    store = ShardStore(str(tmp_path), "infer", {"test": 1})
+    shard = plan(["a.jpg", "b.jpg"], 2)[0]
+    store.write_records(shard, {"a.jpg": [{"box": {"x": 1, "y": 2, "w": 3, "h": 4}}]}, {"b.jpg": "unreadable: x"},
+                        {"a.jpg": (640, 480)})
+    assert store.complete(shard) and store.header(shard).startswith("# quarry-shard 2 infer ")
+    assert list(named_records(store, 1, {"a.jpg": "A", "b.jpg": "B"})) == [
+        Detected("A", [{"box": {"x": 1, "y": 2, "w": 3, "h": 4}}], 640, 480),
+        Detected("B", None, 0, 0, "unreadable: x")]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "infer-000000.txt").write_text(store.header(shard).replace("shard 2", "shard 1")
+                                          + '["a.jpg",[]]\n["b.jpg",null,"x"]\n')
+    assert not ShardStore(str(old), "infer", {"test": 1}).complete(shard)
+
+
+def test_side_spec_is_stored_as_the_json_of_what_it_holds():
+    from executor.pipeline.shards import SideSpec
+
+    spec = SideSpec(embeddings="e1", boxes=True)
+    assert spec.as_json() == '{"boxes": true, "class_counts": false, "embeddings": "e1", "hashes": ""}'
+    assert spec.served_by({"embeddings": "e1", "hashes": "h", "class_counts": True, "boxes": True})
+    assert not spec.served_by({"embeddings": "e0", "boxes": True}) and not spec.served_by({"embeddings": "e1"})

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from executor.errors import ConfigError, DatasetError, ModelError
+from executor.pipeline.shards import Detected
 from executor.simulate import command as sim_command, plan as sim_plan, rounds as sim_rounds, summary as sim_summary
 from executor.simulate.plan import Plan
 from executor.simulate.rounds import Trained
@@ -276,9 +277,8 @@ def test_detections_ties_are_broken_by_the_relative_path(tmp_path):
     rankings = []
     for root in ("/data/here", "/mnt/moved/there"):
         keys = [f"{root}/{name}" for name in names]
-        found = {"detection": {key: {"boxes": [{}] * (i % 2)} for i, key in enumerate(keys)}}
-        (tmp_path / "infer.json").write_text(json.dumps(found))
-        ranked = sim_rounds.count_ranking(str(tmp_path / "infer.json"), keys, names, 4)
+        found = [Detected(key, [{}] * (i % 2), 640, 480) for i, key in enumerate(keys)]
+        ranked = sim_rounds.count_ranking(found, keys, names, 4)
         rankings.append([(os.path.relpath(key, root), score) for key, score in ranked])
         assert sorted(int(score) for _, score in ranked) == [0, 0, 0, 1, 1, 1]
     assert rankings[0] == rankings[1]
