@@ -256,8 +256,8 @@ def run_block(r: dict, level: str = "##", with_quality: bool = True) -> list[str
         md_table(["", "what", "measured", "target", ""], speed_rows(r)),
         "",
         "Where the wall time of each timed run went (the stages add up to 100%; 'network' is `detector.net` "
-        "alone, 'input + NMS + maps' the rest of the detector's predictions, `predict_canvases` and "
-        "`predict_maps`):",
+        "alone, 'input + NMS + maps' the rest of the detector's predictions, its `forward`, `detections` and "
+        "`maps`):",
         "",
         md_table(["run", "seconds", "forward passes", "network", "input + NMS + maps", "CALD views",
                   "score math", "scorer glue", "loop / decode wait"], breakdown_rows(r)),

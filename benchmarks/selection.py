@@ -3,7 +3,7 @@
     python -m benchmarks.selection [--quick] [--json benchmarks/results/selection.json] [--pairs-png FILE]
 
 On CPU with the real yolov8n, through the executor's own pass (executor.pipeline.passes.Pass: one forward per image, the
-embedding taken from it by the detector's tap, the photo hash and thumbnail from the decoded original), then the
+embedding pooled from that forward, the photo hash and thumbnail from the decoded original), then the
 selection step of a mining run:
 
 1. planted duplicates: for every fourth coco-val image, and for every eighth of the 1,704 highway train photos,
@@ -102,9 +102,8 @@ def mine_pass(paths: list[str], algorithm: str, weights: str, embeddings: bool =
         detector.enable_embeddings()
     work = Pass({"mining": settings}, scorer=open_scorer(settings),
                 mining_detector=detector if SCORERS[algorithm].needs_model else None,
-                side={"embeddings": embeddings, "hashes": embeddings, "boxes": True}, tap_detector=detector)
+                side={"embeddings": embeddings, "hashes": embeddings, "boxes": True}, side_detector=detector)
     unreadable: dict = {}
-    pooled = detector.tap.seconds
     started = time.perf_counter()
     found = work.run(paths, lambda done: None, unreadable)
     seconds = time.perf_counter() - started
@@ -116,7 +115,7 @@ def mine_pass(paths: list[str], algorithm: str, weights: str, embeddings: bool =
             "hashes": np.stack([side[p][2][0] for p in paths]) if embeddings else None,
             "thumbnails": np.stack([side[p][2][1] for p in paths]) if embeddings else None,
             "detections": [side[p][1] for p in paths], "seconds": seconds,
-            "pool_seconds": detector.tap.seconds - pooled, "extra_forward_seconds": work.forward_seconds,
+            "pool_seconds": work.pool_seconds, "extra_forward_seconds": work.forward_seconds,
             "images": len(paths)}
 
 

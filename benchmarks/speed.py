@@ -138,13 +138,13 @@ def instrumented(detector, scorer_class, clock: Clock):
         if getattr(detector, name, None) is not None:
             patch(detector, name, "network", synchronize=True)  # shared by the copies with_postprocess makes
     # on the classes: executor.pipeline.tasks.mine builds its own scorer and mines with a copy of the detector
-    # (Models.detector: with_postprocess); every prediction (candidates, CALD's views) goes through
-    # predict_canvases, ALDD's maps through predict_maps
+    # (Models.detector: with_postprocess); every prediction is a forward (a batch's, made by the pass or the
+    # scorer, or one of CALD's views) read by detections (NMS) or maps
     cls = type(detector)
-    patch(cls, "predict_canvases", "predict")
-    patch(cls, "predict_maps", "predict")
+    for name in ("forward", "detections", "maps"):
+        patch(cls, name, "predict")
     patch(cls, "predict_views", "view_letterbox", exclusive_of="predict")  # letterboxing CALD's views
-    patch(scorer_class, "score", "score")
+    patch(scorer_class, "score", "score", exclusive_of="predict")  # the scorer's own work
     for module, name, label in ((mining.cald, "make_views", "cald_views"), (mining.cald, "cald_score", "cald_math"),
                                 (mining.aldd, "aldd_scores", "aldd_math"),
                                 (mining.entropy, "image_entropy", "entropy_math")):
@@ -166,14 +166,14 @@ def breakdown(total: float, clock: Clock) -> dict:
     predict = s.get("predict", 0.0)
     math = sum(s.get(k, 0.0) for k in ("cald_math", "aldd_math", "entropy_math"))
     views = s.get("cald_views", 0.0) + s.get("view_letterbox", 0.0)
-    scorer = s.get("score", 0.0)
+    scorer = s.get("score", 0.0)  # less the predictions it asked for
     return {
         "network": network,
         "input_and_postprocess": predict - network,     # uint8 -> float, NMS, boxes to numpy, class maps
         "cald_views": views,                             # augmenting and letterboxing CALD's views
         "score_math": math,                              # entropy / ALDD / CALD formulas
-        "scorer_other": scorer - predict - views - math,  # glue in the scorer (matching views, the contract check)
-        "loop_and_decode_wait": total - scorer,          # batching loop, waiting for decode threads, progress
+        "scorer_other": scorer - views - math,           # glue in the scorer (matching views, the contract check)
+        "loop_and_decode_wait": total - scorer - predict,  # batching loop, waiting for decode threads, progress
         "forward_passes": clock.calls.get("network", 0),
     }
 

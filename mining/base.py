@@ -1,8 +1,12 @@
 """What a scorer sees: a batch of decoded images, a detector it may ask for predictions, and the contract
 its scores must meet. This package imports nothing from `executor/`: the executor implements `Detector`.
+
+A batch's predictions all come from one forward of its network inputs, which the batch holds once made
+(`Batch.forward`): a scorer's predictions, the executor's inference records and side data read that one value,
+each at its own thresholds, as every consumer of an Ultralytics prediction reads one `Results`.
 """
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -60,6 +64,8 @@ class Batch:
     #                                    the executor decoded them there (CALD builds its views from them)
     names: list[str] | None = None     # the result keys, where they are not the paths (the CLI's: relative to
     #                                    --source); seeds are drawn from them, so a moved pool draws the same
+    forward: Any = field(default=None, repr=False, compare=False)  # the batch's one forward once the detector
+    #                                    made it (opaque here: the detector makes it and reads it)
 
     def result_keys(self) -> list[str]:
         """What the results call each image (names, else keys): the key of its random stream (image_seed)."""
@@ -67,7 +73,8 @@ class Batch:
 
 
 class Detector(Protocol):
-    """The predictions a scorer may ask for (executor/engine/ implements them for torch and ONNX)."""
+    """The predictions a scorer may ask for (executor/engine/ implements them for torch and ONNX). `predict` and
+    `predict_maps` read the batch's one forward (`Batch.forward`), made by its first reader that needs it."""
     num_classes: int
 
     def predict(self, batch: Batch, conf_thres: float | None = None, capped: bool = True) -> list[Detections]:
@@ -75,7 +82,8 @@ class Detector(Protocol):
         keeps (no max_det cut)."""
 
     def predict_maps(self, batch: Batch) -> list[torch.Tensor]:
-        """Dense class-probability maps per head level (B, C, h_l, w_l), without NMS."""
+        """Dense class-probability maps per head level (B, C, h_l, w_l), without NMS (a forward made for them
+        alone may run only the part of the network they come from)."""
 
     def predict_views(self, views: Sequence[np.ndarray], batch_size: int) -> list[Detections]:
         """Detections of extra images (e.g. augmented views), letterboxed like any candidate."""

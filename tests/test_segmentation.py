@@ -503,7 +503,7 @@ def test_mask_ap_agrees_with_ultralytics_val(tmp_path):
     ious = []
     for indices, shape in rect_batches(val.samples[:8], segmenter.img_size, 8, 32):
         canvases, boxes = zip(*[letterbox(read_image(val.samples[i].image), 320, canvas_shape=shape) for i in indices])
-        raw, proto = segmenter.head(np.stack(canvases))
+        raw, proto, _ = segmenter.head(np.stack(canvases))
         for rows, pred, protos, box in zip(raw, raw.transpose(1, 2), proto, boxes):
             anchor, cls, score = candidates(rows[4:4 + len(names)], 0.25, False)
             xyxy = xywh_to_xyxy(pred[anchor, :4])

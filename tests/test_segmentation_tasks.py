@@ -70,7 +70,7 @@ def test_whole_batch_postprocess_keeps_the_masks_of_per_image_postprocess(seg_we
 
     seg = seg_detector(seg_weights, 320)
     batch = batch_of([p for p in coco_images(12) if p.name in {"000000000139.jpg", "000000010764.jpg"}], seg)
-    raw, proto = seg.head(batch.canvases)
+    raw, proto, _ = seg.head(batch.canvases)
     per_image = postprocess(raw, batch.boxes, 0.1, 0.45, 50, num_classes=80, proto=proto, whole_batch=False)
     whole = postprocess(raw, batch.boxes, 0.1, 0.45, 50, num_classes=80, proto=proto, whole_batch=True)
     for a, b in zip(per_image, whole):
@@ -245,7 +245,8 @@ def test_aldd_with_a_seg_model_reads_the_class_maps_of_the_detection_head(seg_we
         for handle in handles:
             handle.remove()
     assert ran == []
-    whole = class_maps(seg.forward(batch.canvases), batch.canvases.shape[1:3], seg.strides, seg.num_classes)
+    whole = class_maps(seg.forward(batch.canvases, batch.boxes).raw, batch.canvases.shape[1:3], seg.strides,
+                       seg.num_classes)
     assert all(torch.equal(a, w) for a, w in zip(alone, whole))
     scorer = AlddScorer(class_distribution_scores=[])
     np.testing.assert_allclose(scorer.score(batch, seg), scorer.score(batch, det), rtol=1e-4)

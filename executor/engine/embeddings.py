@@ -1,15 +1,14 @@
-"""Embeddings from the detector's forward (selection: diverse): the tap that keeps one batch's raw output and
-the neck's three feature maps, GeM-pooled over the image's cells, L2-normalised per level, concatenated.
+"""Embeddings from the detector's forward (selection: diverse): the neck's three feature maps that the forward
+of a batch hands over (executor.engine.detector.Forward), GeM-pooled over the image's cells, L2-normalised per
+level, concatenated.
 """
 
-import time
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from executor.engine.images import Letterbox
-from mining.base import Batch
 
 
 # ---------------------------------------------------------------- embeddings from the same forward
@@ -42,38 +41,3 @@ def pool_levels(levels: Sequence[torch.Tensor], canvas: tuple[int, int], boxes: 
         parts.append(torch.nn.functional.normalize(pooled, dim=1))
     joined = torch.cat(parts, 1) / np.sqrt(len(parts))
     return joined.cpu().numpy().astype(np.float16)
-
-
-class EmbeddingTap:
-    """What one forward of one batch leaves behind for the executor: armed for a batch's canvases, the forward
-    that receives exactly that array keeps its raw output (for boxes the scorer did not ask for) and, when the
-    detector can, the batch's embeddings. Shared by the shallow copies of a detector (with_postprocess)."""
-
-    def __init__(self):
-        self.canvases = None
-        self.boxes = None
-        self.raw = None
-        self.proto = None     # a segmentation model's mask prototypes of that forward
-        self.embeddings = None
-        self.active = False   # inside the armed forward
-        self.features = None  # the head's inputs seen during that forward
-        self.dim = 0          # embedding length once the detector's enable_embeddings() succeeded
-        self.seconds = 0.0    # spent pooling embeddings (their whole cost when the forward runs anyway)
-
-    def arm(self, batch: Batch) -> None:
-        self.canvases, self.boxes, self.raw, self.proto, self.embeddings = batch.canvases, batch.boxes, None, None, None
-
-    def clear(self) -> None:
-        self.canvases = self.boxes = self.raw = self.proto = self.embeddings = self.features = None
-        self.active = False
-
-    def wants(self, canvases) -> bool:
-        return self.canvases is not None and canvases is self.canvases and self.raw is None
-
-    def keep(self, raw: torch.Tensor, features, proto: torch.Tensor | None = None) -> None:
-        self.raw, self.proto = raw, proto
-        if features is not None:
-            started = time.perf_counter()
-            self.embeddings = pool_levels(features, self.canvases.shape[1:3], self.boxes)
-            self.seconds += time.perf_counter() - started
-        self.features, self.active = None, False

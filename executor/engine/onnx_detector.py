@@ -75,7 +75,7 @@ class OnnxDetector(Detector):
             log.warning("ONNX model %s: no embeddings (%s: %s); selection 'diverse' falls back to the score order",
                         self.weights, type(exc).__name__, exc)
             return False
-        self.session, self.feature_outputs, self.tap.dim = session, names, sum(channels)
+        self.session, self.feature_outputs, self.embedding_dim = session, names, sum(channels)
         log.info("embeddings: ONNX outputs %s (%d channels) from the same forward", ", ".join(names),
                  self.embedding_dim)
         return True
@@ -87,18 +87,15 @@ class OnnxDetector(Detector):
     def uses_cpu_cores(self) -> bool:  # outputs come back as CPU tensors whichever provider ran the graph
         return "CUDAExecutionProvider" not in self.session.get_providers()
 
-    def head(self, canvases: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def head(self, canvases: np.ndarray, features: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
         x = np.ascontiguousarray(canvases.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
         step = self.fixed_batch or len(x)
-        tap = self.tap if self.tap.wants(canvases) else None
-        wanted = self.head_names + (self.feature_outputs if tap is not None else [])
+        wanted = self.head_names + (self.feature_outputs if features else [])
         runs = [self.session.run(wanted, {self.input_name: x[i:i + step]}) for i in range(0, len(x), step)]
         joined = [torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0]) for parts in zip(*runs)]
-        heads, features = joined[:len(self.head_names)], joined[len(self.head_names):]
-        raw, proto = heads[0], (heads[1] if self.num_masks else None)
-        if tap is not None:
-            tap.keep(raw, features if self.feature_outputs else None, proto)
-        return raw, proto
+        heads, levels = joined[:len(self.head_names)], joined[len(self.head_names):]
+        return heads[0], (heads[1] if self.num_masks else None), levels if features else None
 
 
 def onnx_with_head_inputs(weights: str):

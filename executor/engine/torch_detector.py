@@ -11,7 +11,6 @@ import torch
 from executor.engine.detector import Detector, TASKS_SERVED
 from executor.errors import ModelError
 from executor.shared import task_words
-from mining.base import Batch
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +27,7 @@ class TorchDetector(Detector):
         self.device = device
         net, names, strides, self.task, self.num_masks = load_torch_model(weights)
         self.class_net = ClassMapsNet(net) if ClassMapsNet.serves(net) else None
+        self.detect_head = net.model[-1]  # whose inputs are the embeddings' feature maps
         self.names = names
         self.strides = strides
         self.img_size = self.input_size(img_size)
@@ -52,44 +52,31 @@ class TorchDetector(Detector):
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
 
     @torch.inference_mode()
-    def predict_maps(self, batch: Batch) -> list[torch.Tensor]:
-        """The class branch alone, unless this forward is armed for the executor (the raw output it keeps
-        needs the whole head)."""
-        if self.class_net is None or self.tap.wants(batch.canvases):
-            return super().predict_maps(batch)
-        return self.class_net(self.network_input(batch.canvases))
+    def class_branch(self, canvases: np.ndarray | torch.Tensor) -> list[torch.Tensor] | None:
+        return None if self.class_net is None else self.class_net(self.network_input(canvases))
 
     @torch.inference_mode()
-    def head(self, canvases: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def head(self, canvases: np.ndarray | torch.Tensor, features: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
         x = self.network_input(canvases)
-        tap = self.tap if self.tap.wants(canvases) else None
-        if tap is not None:
-            tap.active = True
+        levels: list[torch.Tensor] = []
+        hook = None
+        if features:  # the head's inputs, one feature map per level, before the head changes them (this forward's)
+            hook = self.detect_head.register_forward_pre_hook(lambda module, args: levels.extend(args[0]))
         try:
             out = self.net(x)
         finally:
-            if tap is not None:
-                tap.active = False
+            if hook is not None:
+                hook.remove()
         raw, proto = head_outputs(out)
-        if tap is not None:
-            tap.keep(raw, tap.features if self.embedding_dim else None, proto)
-        return raw, proto
+        return raw, proto, levels if features else None
 
     def enable_embeddings(self) -> bool:
-        if self.embedding_dim:
-            return True
-        head = self.net.model[-1]
-        tap = self.tap
-
-        def grab(module, args):  # the head's inputs: one feature map per level, before the head changes them
-            if tap.active:
-                tap.features = list(args[0])
-
-        head.register_forward_pre_hook(grab)
-        self.tap.dim = sum(int(m.conv.in_channels) if hasattr(m, "conv") else int(m.in_channels)
-                           for m in (seq[0] for seq in head.cv2))
-        log.info("embeddings: the Detect head's %d input channels, pooled per level, from the same forward",
-                 self.embedding_dim)
+        if not self.embedding_dim:
+            self.embedding_dim = sum(int(m.conv.in_channels) if hasattr(m, "conv") else int(m.in_channels)
+                                     for m in (seq[0] for seq in self.detect_head.cv2))
+            log.info("embeddings: the Detect head's %d input channels, pooled per level, from the same forward",
+                     self.embedding_dim)
         return True
 
 

@@ -7,9 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
-
-from executor.engine.detector import Detector
+from executor.engine.detector import Detector, Forward
 from executor.engine.images import letterbox
 from executor.engine.loading import load_detector
 from executor.engine.loop import device_letterbox
@@ -67,37 +65,6 @@ def image_batches(keys: Sequence[str], detector: Detector | None, settings: Sett
         report(done)
 
 
-class Recorder:
-    """The detector as a scorer sees it, keeping what `predict` returned for the current batch, so inference
-    can take its boxes from the scorer's own forward instead of running another."""
-
-    def __init__(self, detector: Detector):
-        self.detector, self.calls = detector, []
-
-    def __getattr__(self, name):
-        return getattr(self.detector, name)
-
-    def predict(self, batch: Batch, conf_thres: float | None = None, capped: bool = True):
-        found = self.detector.predict(batch, conf_thres, capped)
-        self.calls.append((batch, self.detector.conf_thres if conf_thres is None else conf_thres, capped, found))
-        return found
-
-    def reusable(self, batch: Batch, infer: Detector):
-        """`infer`'s detections of `batch` from a recorded call, when that call kept a superset of them: the same
-        model and NMS, a threshold no higher, no cut below infer's max_det (NMS keeps a box above the higher
-        threshold iff it keeps it above the lower one: only higher boxes suppress it)."""
-        if self.detector.weights != infer.weights or self.detector.iou_thres != infer.iou_thres or infer.multi_label:
-            return None
-        for seen, conf, capped, found in self.calls:
-            if seen is batch and conf <= infer.conf_thres and (not capped or self.detector.max_det >= infer.max_det):
-                return [restrict(det, infer.conf_thres, infer.max_det) for det in found]
-        return None
-
-
-def restrict(det, conf_thres: float, max_det: int):
-    return det.subset(np.where(det.conf > conf_thres)[0][:max_det])
-
-
 def infer_record(det, box, names: Sequence[str]):
     """What infer-result.json says of one image: its box records (detection), or its size (from its letterbox
     map `box`) and instances with their masks (segmentation)."""
@@ -110,13 +77,16 @@ def infer_record(det, box, names: Sequence[str]):
 
 @dataclass
 class Pass:
-    """What one worker needs to score and/or detect a shard in one pass over its images."""
+    """What one worker needs to score and/or detect a shard in one pass over its images. Every batch's predictions
+    come from its one forward (mining.base.Batch.forward): the scorer's, infer's and the side data's, wherever
+    their models are one."""
     settings: dict                      # task → Settings ("mining" and/or "infer")
     scorer: object = None
     mining_detector: Detector | None = None
     infer_detector: Detector | None = None
     side: SideSpec | None = None        # what the mining shards' side files hold (side_spec)
-    tap_detector: Detector | None = None  # whose forward the side data come from (mining's own model)
+    side_detector: Detector | None = None  # whose forward the side data come from (mining's own model)
+    pool_seconds: float = 0.0           # spent pooling embeddings (their whole cost where the forward runs anyway)
     forward_seconds: float = 0.0        # forwards run for embeddings only (an algorithm that runs none)
 
     @property
@@ -128,11 +98,18 @@ class Pass:
         return self.mining_detector or self.infer_detector
 
     @property
+    def side_embeddings(self) -> bool:
+        return bool(self.side and self.side.embeddings and self.side_detector.embedding_dim)
+
+    @property
+    def side_boxes(self) -> bool:
+        return bool(self.side and (self.side.boxes or self.side.class_counts))
+
+    @property
     def infer_shares_forward(self) -> bool:
-        """Infer's model is the scorer's (one loaded network, one tap), so infer can read the boxes of the
-        scorer's own forward (ALDD's, whose maps alone would skip the box branch) instead of running another."""
+        """Infer's model is the scorer's, so infer reads the boxes of the scorer's own forward."""
         return (self.infer_detector is not None and self.mining_detector is not None
-                and self.infer_detector.tap is self.mining_detector.tap)
+                and self.infer_detector.model_key == self.mining_detector.model_key)
 
     def run(self, keys: Sequence[str], report: Callable[[int], None], unreadable: dict[str, str],
             names: Sequence[str] = ()) -> dict:
@@ -143,49 +120,56 @@ class Pass:
         sizes: dict[str, tuple[int, int]] = {}  # infer: each image's decoded (width, height)
         side: dict[str, tuple] = {}
         batch_size = self.loop_settings.batch_size_per_gpu
-        tapped = self.tap_detector if self.side else None
         for batch in image_batches(keys, self.geometry, self.loop_settings, report, unreadable, names):
             with out_of_memory_hint(batch, batch_size):
-                recorder = Recorder(self.mining_detector) if self.mining_detector else None
-                # the scorer's forward of the batch keeps what the side data and infer read of it
-                armed = [d.tap for d in (tapped, self.infer_detector if self.infer_shares_forward else None) if d]
-                for tap in armed:
-                    tap.arm(batch)
+                self.shared_forward(batch)
                 if self.scorer is not None:
-                    scores.update(zip(batch.keys, self.scorer.score(batch, recorder).tolist()))
-                if tapped is not None:
-                    side.update(self.side_data(batch, tapped, recorder))
+                    scores.update(zip(batch.keys, self.scorer.score(batch, self.mining_detector).tolist()))
+                if self.side:
+                    side.update(self.side_data(batch))
                 if self.infer_detector is not None:
-                    found = (recorder and recorder.reusable(batch, self.infer_detector)) or \
-                        self.infer_detector.tapped_detections(batch)
-                    names = self.infer_detector.names
-                    records.update((key, infer_record(det, box, names))
-                                   for key, det, box in zip(batch.keys, found, batch.boxes))
+                    records.update(self.infer_records(batch))
                     sizes.update((key, (int(box.width), int(box.height))) for key, box in zip(batch.keys, batch.boxes))
-                for tap in armed:  # keep no output of this batch alive into the next
-                    tap.clear()
+                batch.forward = None  # keep no output of this batch alive into the next
         scores.update((key, UNREADABLE_SCORE) for key in unreadable)
         return {"mining": scores, "infer": records, "side": side, "sizes": sizes}
 
-    def side_data(self, batch: Batch, detector: Detector, recorder: "Recorder | None") -> dict[str, tuple]:
+    def shared_forward(self, batch: Batch) -> None:
+        """Make first the batch's forward that more than the scorer reads (the side data, infer), so that the
+        scorer reads it too: the whole network, where the scorer alone may run less of it (ALDD's class maps)."""
+        started = time.perf_counter()
+        forward = self.side_forward(batch)
+        if forward is not None:
+            self.pool_seconds += forward.pool_seconds
+            if self.mining_detector is None:  # a forward for the side data alone (random)
+                self.forward_seconds += time.perf_counter() - started - forward.pool_seconds
+        elif self.infer_shares_forward:
+            self.mining_detector.forward_of(batch)
+
+    def side_forward(self, batch: Batch) -> Forward | None:
+        """The batch's forward as the side data read it; None where they read none (photo hashes alone)."""
+        if not (self.side_embeddings or self.side_boxes):
+            return None
+        return self.side_detector.forward_of(batch, embeddings=self.side_embeddings)
+
+    def side_data(self, batch: Batch) -> dict[str, tuple]:
         """key → (embedding or None, detections at mining's conf_thres/max_det or None, (photo hash, thumbnail) or
-        None), from
-        the forward the scorer just ran (a forward of its own only for an algorithm that runs none, such as
-        random) and the decoded originals."""
-        started, pooled = time.perf_counter(), detector.tap.seconds
-        forwarded = self.side.embeddings and detector.tap.embeddings is None  # nothing ran: forward now
-        embeddings = detector.embed(batch) if self.side.embeddings else None
-        if forwarded:
-            self.forward_seconds += time.perf_counter() - started - (detector.tap.seconds - pooled)
+        None), from the batch's forward and the decoded originals."""
+        forward = self.side_forward(batch)
+        embeddings = forward.embeddings if self.side_embeddings else None
         found = None
-        if self.side.boxes or self.side.class_counts:
-            found = (recorder and recorder.reusable(batch, detector)) or detector.tapped_detections(batch)
-        if found is not None:  # the side data outlive the batch: keep no prototypes alive
-            found = [dataclasses.replace(det, masks=None) for det in found]
+        if self.side_boxes:  # the side data outlive the batch: keep no prototypes alive
+            found = [dataclasses.replace(det, masks=None) for det in self.side_detector.detections(forward)]
         photos = [photo(image) for image in batch.images] if self.side.hashes else None
         return {key: (None if embeddings is None else embeddings[i], None if found is None else found[i],
                       None if photos is None else photos[i])
                 for i, key in enumerate(batch.keys)}
+
+    def infer_records(self, batch: Batch) -> dict[str, list | dict]:
+        """key → what infer-result.json says of it, from the batch's forward where infer's model made it."""
+        names = self.infer_detector.names
+        return {key: infer_record(det, box, names)
+                for key, det, box in zip(batch.keys, self.infer_detector.predict(batch), batch.boxes)}
 
 
 def open_scorer(settings: Settings):

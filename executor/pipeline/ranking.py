@@ -100,7 +100,6 @@ def labeled_images(job: Job, settings: Settings, weights: str, models: Models) -
             hashes.append(found)
             thumbnails.append(small)
         paths += batch.keys
-        detector.tap.clear()
     if unreadable:
         log.warning("%d labelled images could not be read and are not compared with: %s", len(unreadable),
                     ", ".join(list(unreadable)[:5]))

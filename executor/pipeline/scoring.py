@@ -102,10 +102,10 @@ def work_shards(plan: Plan, todo: Sequence[int], rank: int, world: int, device: 
     if "mining" in tasks and stores["mining"].side is not None:
         store = stores["mining"]
         work.side = store.side
-        work.tap_detector = work.mining_detector or models.detector(settings["mining"], plan.weights["mining"])
+        work.side_detector = work.mining_detector or models.detector(settings["mining"], plan.weights["mining"])
         if store.side.embeddings:
-            work.tap_detector.enable_embeddings()
-        store.embedding_dim, store.class_names = work.tap_detector.embedding_dim, list(work.tap_detector.names)
+            work.side_detector.enable_embeddings()
+        store.embedding_dim, store.class_names = work.side_detector.embedding_dim, list(work.side_detector.names)
     finished = 0
     started = time.perf_counter()
     for shard in mine_now:
@@ -118,7 +118,7 @@ def work_shards(plan: Plan, todo: Sequence[int], rank: int, world: int, device: 
         finished += len(shard.keys)
         report(finished)
     if work.side and work.side.embeddings:
-        elapsed, pooled = time.perf_counter() - started, work.tap_detector.tap.seconds
+        elapsed, pooled = time.perf_counter() - started, work.pool_seconds
         log.info("embeddings: pooling %.2f s (%.1f%% of %.1f s of scoring), forwards for embeddings only %.2f s",
                  pooled, 100 * pooled / max(elapsed, 1e-9), elapsed, work.forward_seconds)
 

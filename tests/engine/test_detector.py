@@ -67,27 +67,55 @@ def branch_calls(detector) -> dict:
 @pytest.mark.slow
 def test_aldd_maps_come_from_the_class_branch_alone(detector):
     """predict_maps runs the network up to the head and the head's class branch only, with exactly the maps of
-    the whole head; a forward armed for the executor (whose raw output infer or the side data read) runs the
-    whole head."""
+    the whole head; where the batch already holds a whole forward (made for what infer or the side data read),
+    the maps are read from it and nothing runs again."""
     from executor.engine.torch_detector import ClassMapsNet
 
     batch = batch_of(SAME_SHAPE, detector)
     assert isinstance(detector.class_net, ClassMapsNet)
-    whole = class_maps(detector.forward(batch.canvases), batch.canvases.shape[1:3], detector.strides, 80)
+    whole = class_maps(detector.forward(batch.canvases, batch.boxes).raw, batch.canvases.shape[1:3],
+                       detector.strides, 80)
     calls, handles = branch_calls(detector)
     try:
         alone = detector.predict_maps(batch)
-        assert calls == {"head": 0, "box branch": 0}
+        assert calls == {"head": 0, "box branch": 0} and batch.forward.raw is None
         for a, w in zip(alone, whole):
             assert a.shape == w.shape and torch.equal(a, w)
-        detector.tap.arm(batch)
-        armed = detector.predict_maps(batch)
-        assert calls == {"head": 1, "box branch": 1} and detector.tap.raw is not None
-        assert all(torch.equal(a, w) for a, w in zip(armed, whole))
+        detector.predict(batch)  # needs the raw output: the whole network, held by the batch from now on
+        assert calls == {"head": 1, "box branch": 1} and batch.forward.raw is not None
+        read = detector.predict_maps(batch)
+        assert calls == {"head": 1, "box branch": 1}
+        assert all(torch.equal(a, w) for a, w in zip(read, whole))
     finally:
-        detector.tap.clear()
         for handle in handles:
             handle.remove()
+
+
+@pytest.mark.slow
+def test_a_batch_forward_serves_its_model_and_its_copies_only(detector):
+    """Copies with other NMS settings read the batch's forward, each at its own thresholds, the same detections as
+    a forward of their own; a forward asked for embeddings keeps them and serves readers that want none."""
+    batch = batch_of(SAME_SHAPE, detector)
+    strict = detector.with_postprocess(0.5, 0.45, 2)
+    calls, handles = branch_calls(detector)
+    try:
+        loose = detector.predict(batch, conf_thres=0.01, capped=False)
+        held = batch.forward
+        found = strict.predict(batch)
+        assert calls["head"] == 1 and batch.forward is held
+    finally:
+        for handle in handles:
+            handle.remove()
+    own = strict.predict_canvases(batch.canvases, batch.boxes)
+    assert all(len(a) <= 2 and len(b) > len(a) for a, b in zip(found, loose))
+    for a, b in zip(found, own):
+        np.testing.assert_array_equal(a.conf, b.conf)
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+    embedder = detector.with_postprocess(**POST)
+    assert embedder.enable_embeddings() and embedder.embedding_dim == 448
+    rows = embedder.embed(batch)  # the held forward has no embeddings: one forward more, held from now on
+    assert rows.shape == (3, 448) and batch.forward is not held and batch.forward.embeddings is rows
+    assert embedder.forward_of(batch) is batch.forward and detector.forward_of(batch) is batch.forward
 
 
 def test_candidates_are_each_anchors_best_class_or_every_pair_above_the_threshold():
@@ -198,7 +226,7 @@ def test_detections_validate_shapes():
 def test_whole_batch_nms_keeps_what_per_image_nms_keeps(detector, conf, max_det, multi_label):
     """The GPU path (one NMS kernel and one host copy per batch), run on the CPU against the per-image path."""
     batch = batch_of(SAME_SHAPE, detector)
-    raw = detector.forward(batch.canvases)
+    raw = detector.forward(batch.canvases, batch.boxes).raw
     per_image = postprocess(raw, batch.boxes, conf, 0.45, max_det, multi_label, whole_batch=False)
     whole = postprocess(raw, batch.boxes, conf, 0.45, max_det, multi_label, whole_batch=True)
     assert sum(len(d) for d in whole) >= 9  # 3 per image with max_det 3

@@ -17,7 +17,6 @@ from executor.engine.images import letterbox, read_image
 from executor.engine.loop import device_letterbox
 from executor.engine.loop import Unreadable, batches
 from executor.errors import ConfigError, ImageError
-from executor.pipeline.passes import Recorder
 from executor.protocol.settings import build_settings
 from tests.platform import COCO_VAL
 
@@ -322,12 +321,14 @@ def test_cuda_scores_do_not_depend_on_the_path():
     assert np.corrcoef(a, b)[0, 1] > 0.99 and np.median(np.abs(a - b) / np.maximum(a, 1e-6)) < 0.05
 
 
-class ViewRecorder(Recorder):
-    """The detector as CALD sees it, keeping the reference detections and those of the views."""
+class ViewRecorder:
+    """The detector as CALD sees it, keeping the detections of the views."""
 
     def __init__(self, detector):
-        super().__init__(detector)
-        self.views = []
+        self.detector, self.views = detector, []
+
+    def __getattr__(self, name):
+        return getattr(self.detector, name)
 
     def predict_views(self, views, batch_size):
         self.views = self.detector.predict_views(views, batch_size)
@@ -341,9 +342,9 @@ def cald_draw(batch, name: str, detector, seed: int) -> tuple[float, list]:
     from mining.base import image_seed
     from mining.cald import CaldScorer
 
-    seen = ViewRecorder(detector)
-    [score] = CaldScorer(seed=seed).score(dataclasses.replace(batch, names=[name]), seen)
-    [ref] = seen.calls[-1][3]
+    seen, named = ViewRecorder(detector), dataclasses.replace(batch, names=[name])
+    [score] = CaldScorer(seed=seed).score(named, seen)
+    [ref] = detector.predict(named)  # the reference detections, from the forward CALD's own made
     height, width = batch.images[0].shape[:2]
     patches = cutout_patches(height, width, ref.xyxy, np.random.default_rng(image_seed(seed, name)))
     return score, [sorted(det.cls.tolist()) for det in [ref, *seen.views]] + [patches.tolist()]

@@ -7,7 +7,7 @@ in milliseconds, through the one seam where the pipeline loads a model: executor
 PixelDetector is an executor.engine.detector.Detector whose head is a pure function of the letterboxed canvas:
 per head level (strides 8, 16, 32) each cell's mean colour gives the class probabilities (class c follows
 channel c % 3, cubed, and a little less sure for every further class: only bright cells pass conf_thres) and a box of four strides around the cell. Everything
-after the head is the product's own (NMS, letterbox geometry, class maps, the tap, views for CALD), so the
+after the head is the product's own (NMS, letterbox geometry, class maps, the forward, views for CALD), so the
 scores and boxes are deterministic, differ between images and depend only on the pixels. Embeddings are the
 levels' pooled colours. The weights file must exist (shards fingerprint it); its content is never read.
 A fault is injected with a `load` that raises, or a PixelDetector subclass that raises in `head`.
@@ -40,7 +40,7 @@ class PixelDetector(Detector):
         x = torch.as_tensor(np.ascontiguousarray(canvases)).permute(0, 3, 1, 2).float() / 255.0
         return [F.avg_pool2d(x, stride) for stride in self.strides]
 
-    def head(self, canvases) -> tuple[torch.Tensor, None]:
+    def head(self, canvases, features: bool = False) -> tuple[torch.Tensor, None, list | None]:
         self.forwards += len(canvases)
         levels = self.levels(canvases)
         channel = torch.arange(self.num_classes) % 3
@@ -54,13 +54,10 @@ class PixelDetector(Detector):
             boxes = torch.stack([(xs + 0.5) * stride, (ys + 0.5) * stride, size, size]).reshape(4, -1)
             probs = colours[:, channel].reshape(b, self.num_classes, -1) ** sharpen[None, :, None]
             rows.append(torch.cat([boxes.expand(b, 4, -1), probs], 1))
-        raw = torch.cat(rows, 2)
-        if self.tap.wants(canvases):
-            self.tap.keep(raw, levels if self.embedding_dim else None)
-        return raw, None
+        return torch.cat(rows, 2), None, levels if features else None
 
     def enable_embeddings(self) -> bool:
-        self.tap.dim = 3 * len(self.strides)
+        self.embedding_dim = 3 * len(self.strides)
         return True
 
 

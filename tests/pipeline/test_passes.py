@@ -1,11 +1,14 @@
-"""One pass over the images serves mining and infer (executor.pipeline.passes.Pass): each batch is forwarded once."""
+"""One pass over the images serves mining, its side data and infer (executor.pipeline.passes.Pass): each batch is
+forwarded once, and every reader reads that one forward."""
 import pytest
 
+from executor.pipeline import passes
 from executor.pipeline.passes import Pass, open_scorer
 from executor.protocol.settings import build_settings
 from tests.platform import coco_images, template_detector
 
 IMAGES = [str(p) for p in coco_images(6)]
+SIDE = {"embeddings": "v", "hashes": "h", "class_counts": True, "boxes": True}  # what selection: diverse keeps
 
 pytestmark = pytest.mark.slow  # the real yolov8n
 
@@ -15,35 +18,63 @@ def detector():
     return template_detector(320)
 
 
-def run_pass(detector, algorithm: str | None, infer: bool):
+def run_pass(detector, algorithm: str | None, infer: bool, side: dict | None = None, monkeypatch=None):
+    """The pass's results and how often the whole network and the class branch alone ran."""
     loop = {"img_size": 320, "batch_size_per_gpu": 4, "num_workers_per_gpu": 0}
     settings = {}
     work = Pass(settings)
     if algorithm:
-        settings["mining"] = build_settings("mining", {**loop, "mining_algorithm": algorithm})
-        work.scorer = open_scorer(settings["mining"])
-        s = settings["mining"]
-        work.mining_detector = detector.with_postprocess(s.conf_thres, s.iou_thres, s.max_det)
+        settings["mining"] = s = build_settings("mining", {**loop, "mining_algorithm": algorithm})
+        work.scorer = open_scorer(s)
+        if work.scorer.needs_model:
+            work.mining_detector = detector.with_postprocess(s.conf_thres, s.iou_thres, s.max_det)
+        if side:
+            work.side = side
+            work.side_detector = work.mining_detector or detector.with_postprocess(s.conf_thres, s.iou_thres,
+                                                                                   s.max_det)
+            work.side_detector.enable_embeddings()
     if infer:
         settings["infer"] = s = build_settings("infer", loop)
         work.infer_detector = detector.with_postprocess(s.conf_thres, s.iou_thres, s.max_det)
-    head, calls = detector.net.model[-1], []
-    handle = head.register_forward_hook(lambda *args: calls.append("head"))
+    head, class_branch, calls = detector.net.model[-1], detector.class_net.layers[-1].cv3[0], []
+    handles = [head.register_forward_hook(lambda *args: calls.append("whole")),
+               class_branch.register_forward_hook(lambda *args: calls.append("class branch"))]
+    seen = []
+    if monkeypatch is not None:  # keep the batches, to see what they hold once the pass is done
+        batches = passes.image_batches
+        monkeypatch.setattr(passes, "image_batches", lambda *a, **k: (seen.append(b) or b for b in batches(*a, **k)))
     try:
         found = work.run(IMAGES, lambda done: None, {})
     finally:
-        handle.remove()
-    return found, len(calls)
+        for handle in handles:
+            handle.remove()
+    assert all(batch.forward is None for batch in seen)  # nothing kept past the batch
+    whole = calls.count("whole")
+    return found, whole, calls.count("class branch") - whole  # the head's own cv3 runs in a whole forward too
 
 
 @pytest.mark.parametrize("algorithm", ["aldd", "entropy"])
-def test_mining_and_infer_forward_each_batch_once(detector, algorithm):
-    both, forwards = run_pass(detector, algorithm, infer=True)
-    mining, mining_forwards = run_pass(detector, algorithm, infer=False)
-    infer, infer_forwards = run_pass(detector, None, infer=True)
+def test_mining_and_infer_forward_each_batch_once(detector, algorithm, monkeypatch):
+    both, forwards, branch_only = run_pass(detector, algorithm, infer=True, monkeypatch=monkeypatch)
+    mining, mining_forwards, mining_branch_only = run_pass(detector, algorithm, infer=False)
+    infer, infer_forwards, _ = run_pass(detector, None, infer=True)
     assert infer_forwards >= 2  # 6 images in batches of at most 4
-    assert forwards == infer_forwards  # infer reads the boxes of the scorer's own forward
+    assert forwards == infer_forwards and branch_only == 0  # infer reads the boxes of the scorer's own forward
     assert mining_forwards == (0 if algorithm == "aldd" else infer_forwards)  # ALDD alone: the class branch only
+    assert mining_branch_only == (infer_forwards if algorithm == "aldd" else 0)
     assert both["mining"] == mining["mining"]
     assert both["infer"] == infer["infer"] and sum(len(r) for r in infer["infer"].values()) > 5
-    assert not detector.tap.raw and detector.tap.canvases is None  # nothing kept past the batch
+
+
+@pytest.mark.parametrize("algorithm", ["entropy", "aldd", "random"])
+def test_side_data_and_infer_read_the_scorers_forward(detector, algorithm, monkeypatch):
+    """Embeddings, boxes and class counts of selection: diverse, with infer, from one forward per batch; random,
+    which runs no model, runs that one forward for them."""
+    found, forwards, branch_only = run_pass(detector, algorithm, infer=True, side=SIDE, monkeypatch=monkeypatch)
+    alone, _, _ = run_pass(detector, algorithm, infer=False)
+    infer, infer_forwards, _ = run_pass(detector, None, infer=True)
+    assert forwards == infer_forwards and branch_only == 0
+    assert found["mining"] == alone["mining"] and found["infer"] == infer["infer"]
+    embedding, boxes, (hashed, thumbnail) = found["side"][IMAGES[0]]
+    assert embedding.shape == (448,) and hashed is not None and thumbnail is not None
+    assert boxes.masks is None and len(boxes) > 0

@@ -97,10 +97,10 @@ def test_a_model_that_fails_to_load_fails_the_task_and_leaves_nothing(tmp_path):
 
 def test_a_detector_failing_mid_run_keeps_the_finished_shards_for_a_rerun(tmp_path, caplog):
     class FailsOnThirdBatch(PixelDetector):
-        def head(self, canvases):
+        def head(self, canvases, features=False):
             if self.forwards >= 4:
                 raise RuntimeError("injected: the device went away")
-            return super().head(canvases)
+            return super().head(canvases, features)
 
     def load(weights, backend, gpu_id, img_size, **post):
         return FailsOnThirdBatch(weights, img_size, post["class_names"],
