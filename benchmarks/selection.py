@@ -140,7 +140,7 @@ def orders(run: dict, scores: np.ndarray | None = None, **params) -> dict[str, n
 
 def diverse(run: dict, scores: np.ndarray | None = None, rows=None, **params):
     """rank_diverse of a pass (or of its `rows`) as the executor calls it: hashes, thumbnails, the score scale."""
-    from executor.pipeline.ranking import SCORE_SCALE
+    from executor.pipeline.diversity import SCORE_SCALE
     from mining.selection import rank_diverse
 
     rows = np.arange(len(run["scores"])) if rows is None else np.asarray(rows)

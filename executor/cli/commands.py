@@ -7,7 +7,6 @@ typed, not the config key behind it, and platform error codes stay in platform m
 """
 
 import argparse
-import contextlib
 import glob
 import logging
 import os

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from executor.pipeline import tasks
-from executor.pipeline import ranking
+from executor.pipeline import diversity, ranking
 from executor.pipeline.job import Job
 from executor.pipeline.passes import Models
 from executor.pipeline.shards import ShardStore, SideSpec, plan
@@ -163,9 +163,9 @@ def test_labelled_near_copies_go_down(tmp_path, monkeypatch):
     """An image nearly copying a labelled one is placed below the rest, and nothing is placed near the
     labelled images first: with C labelled, C's copy goes down and the order starts away from C."""
     store, count = synthetic_store(tmp_path, KEYS, SIX_SCORES, SIX_EMB, 4)
-    labelled_c = ranking.Labeled(np.array([[0.0, 0.0, 1.0, 0.01]], np.float32), hashes_of([2], [6]),
-                                 thumbnails_of([2]), ("/labelled/C.jpg",))
-    monkeypatch.setattr(ranking, "labeled_images", lambda job, settings, weights, models: labelled_c)
+    labelled_c = diversity.Labeled(np.array([[0.0, 0.0, 1.0, 0.01]], np.float32), hashes_of([2], [6]),
+                                   thumbnails_of([2]), ("/labelled/C.jpg",))
+    monkeypatch.setattr(diversity, "labeled_images", lambda job, settings, weights, models: labelled_c)
     job = Job(candidates=KEYS, mining_result=str(tmp_path / "result.tsv"), labeled=("/labelled/C.jpg",))
     config = {"mining_algorithm": "random", "report": False, "selection": "diverse", "shard_size": 4,
               "diversity_weight": 0.5}
