@@ -12,7 +12,7 @@ from executor.engine.images import letterbox
 from executor.engine.loading import load_detector
 from executor.engine.loop import device_letterbox
 from executor.engine.loop import Unreadable, batches, out_of_memory_hint
-from executor.pipeline.shards import SideSpec
+from executor.pipeline.side_files import SideSpec
 from executor.protocol.settings import Settings
 from executor.protocol.writers import UNREADABLE_SCORE, box_record, instance_record
 from executor.shared import TASK_OF_OBJECT_TYPE

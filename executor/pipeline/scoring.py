@@ -14,7 +14,8 @@ from executor.errors import Interrupted
 from executor.pipeline.job import Job
 from executor.pipeline.passes import Models, Pass, open_scorer
 from executor.pipeline.plan import Plan
-from executor.pipeline.shards import Shard, ShardStore, SideSpec, file_sha256, plan as cut, shards_of_rank
+from executor.pipeline.shards import Shard, ShardStore, file_sha256, plan as cut, shards_of_rank
+from executor.pipeline.side_files import SideSpec
 from executor.pipeline.workers import clear, run_workers, wait_for
 from executor.protocol.monitor import Progress
 from executor.protocol.settings import Settings

@@ -11,14 +11,12 @@ merge by (-score, shard, position), which is exactly the stable sort of the whol
 line per shard, whatever the pool size. An infer shard holds one JSON line per image, in index order: its box
 records and its decoded width and height (what the labelling-tool exports need), or null and why it is unreadable.
 
-A mining shard may have a side file `mining-NNNNNN.npz` (uncompressed numpy arrays, written atomically) with
-what selection and the report need; SideArrays is its schema (row r describes the shard's r-th line) and SideSpec
-says what a run needs of it. Its fingerprint covers the run and its `spec` says what it holds: it serves any
+A mining shard may have a side file `mining-NNNNNN.npz` (written atomically) with what selection and the report
+need (its schema: executor/pipeline/side_files.py). Its fingerprint covers the run and its `spec` says what it holds: it serves any
 later run that needs no more than that (so the same pool re-selected with the report off, or other selection
 settings, reuses it); a shard is complete only when both of its files are, so resume and several workers treat
 the pair as one unit.
 """
-import dataclasses
 import functools
 import hashlib
 import heapq
@@ -30,8 +28,8 @@ from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, 
 import numpy as np
 
 from executor.errors import NoReadableImages
+from executor.pipeline.side_files import LOADED, SIDE_FIELDS, SideArrays, SideSpec, side_fields, side_rows
 from executor.protocol.writers import atomic_write_text, atomic_writer, format_score
-from mining.duplicates import CROPS, HASH_BYTES, THUMB
 
 MAGIC = "# quarry-shard"
 FORMAT = {"mining": 1, "infer": 2}  # a shard file's layout, in its header: 2 = infer lines carry the image size
@@ -124,105 +122,6 @@ def score_order(keys: Sequence[str], scores: Mapping[str, float]) -> list[int]:
     return sorted(range(len(keys)), key=lambda i: -scores[keys[i]])
 
 
-# ---------------------------------------------------------------- side files
-
-@dataclass(frozen=True)
-class SideSpec:
-    """What a run needs of its mining side files (scoring.side_spec): the embeddings' pooling version and the photo
-    hashes' version ('' none; selection diverse), per-image class counts (class_balance), the predicted boxes (the
-    report), and the identity of the model they come from when the scores' own does not name it. Stored in each
-    side file as JSON; a file serves a run that needs no more than it holds (`served_by`)."""
-    embeddings: str = ""
-    hashes: str = ""
-    class_counts: bool = False
-    boxes: bool = False
-    model: Mapping | None = None
-
-    def as_json(self) -> str:
-        held = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        return json.dumps(held, sort_keys=True, default=str)
-
-    def served_by(self, held: Mapping) -> bool:
-        """A side file made for the spec `held` serves this run: everything it asks for is there, of the same kind
-        (a file with more, e.g. the report's boxes, serves a run without the report)."""
-        same = lambda a, b: json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-        return all(same(held.get(name), value) for name, value in dataclasses.asdict(self).items() if value)
-
-
-@dataclass
-class SideArrays:
-    """The schema of a mining side file, row r describing the shard's r-th line; a field not held (or not asked
-    for when reading) is None. The predicted boxes of row r are box_xyxy[box_start[r]:box_start[r + 1]] (original
-    pixels), with box_conf and box_cls alike."""
-    order: np.ndarray | None = None          # (n,) int32: the line's index in the shard's keys
-    readable: int | None = None              # rows that are not unreadable (the first `readable`)
-    class_names: list[str] | None = None     # the model's classes, in model order
-    embeddings: np.ndarray | None = None     # (n, D) float16 (selection diverse)
-    hashes: np.ndarray | None = None         # (n, len(CROPS), HASH_BYTES) uint8 photo hashes (selection diverse)
-    thumbnails: np.ndarray | None = None     # (n, THUMB, THUMB) uint8 (selection diverse)
-    class_counts: np.ndarray | None = None   # (n, C) uint16 predicted boxes per class (class_balance)
-    box_start: np.ndarray | None = None      # (n + 1,) int64 offsets (the report)
-    box_xyxy: np.ndarray | None = None       # (M, 4) float32
-    box_conf: np.ndarray | None = None       # (M,) float32
-    box_cls: np.ndarray | None = None        # (M,) int32
-
-    def boxes(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(xyxy, classes, confidences) of row `row`."""
-        a, b = self.box_start[row], self.box_start[row + 1]
-        return self.box_xyxy[a:b], self.box_cls[a:b], self.box_conf[a:b]
-
-    def box_rows(self) -> np.ndarray:
-        """The row of every box."""
-        return np.repeat(np.arange(len(self.box_start) - 1), np.diff(self.box_start))
-
-
-SIDE_FIELDS = tuple(f.name for f in dataclasses.fields(SideArrays))
-_LOADED = {"readable": int, "class_names": lambda names: [str(n) for n in names]}  # stored as arrays
-
-
-def side_fields(*names: str) -> tuple[str, ...]:
-    """`names`, each a field of SideArrays (a typo fails here, not as a silently missing array)."""
-    unknown = set(names) - set(SIDE_FIELDS)
-    if unknown:
-        raise ValueError(f"side files hold no {sorted(unknown)}; fields: {', '.join(SIDE_FIELDS)}")
-    return names
-
-
-def side_rows(spec: SideSpec, keys: Sequence[str], side: Mapping[str, tuple], unreadable, embedding_dim: int,
-              class_names: Sequence[str]) -> SideArrays:
-    """The side file of lines `keys` from `side`: per key (embedding, detections, (photo hash, thumbnail)), each
-    possibly None (rows left zero)."""
-    arrays = SideArrays(readable=sum(1 for k in keys if k not in unreadable), class_names=list(class_names))
-    taken = [side.get(key, (None, None, None)) for key in keys]
-    if embedding_dim:
-        arrays.embeddings = np.zeros((len(keys), embedding_dim), np.float16)
-        for r, (embedding, _, _) in enumerate(taken):
-            if embedding is not None:
-                arrays.embeddings[r] = embedding
-    if spec.hashes:
-        arrays.hashes = np.zeros((len(keys), len(CROPS), HASH_BYTES), np.uint8)
-        arrays.thumbnails = np.zeros((len(keys), THUMB, THUMB), np.uint8)
-        for r, (_, _, found) in enumerate(taken):
-            if found is not None:
-                arrays.hashes[r], arrays.thumbnails[r] = found
-    if spec.boxes or spec.class_counts:
-        found = [d for _, d, _ in taken]
-        sizes = np.array([0 if d is None else len(d) for d in found], np.int64)
-        picked = [d for d in found if d is not None and len(d)]
-        cls = np.concatenate([d.cls for d in picked]).astype(np.int32) if picked else np.zeros(0, np.int32)
-        if spec.boxes:
-            arrays.box_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-            arrays.box_xyxy = (np.concatenate([d.xyxy for d in picked]).astype(np.float32) if picked
-                               else np.zeros((0, 4), np.float32))
-            arrays.box_conf = (np.concatenate([d.conf for d in picked]).astype(np.float32) if picked
-                               else np.zeros(0, np.float32))
-            arrays.box_cls = cls
-        if spec.class_counts:
-            arrays.class_counts = np.zeros((len(keys), len(class_names)), np.uint16)
-            np.add.at(arrays.class_counts, (np.repeat(np.arange(len(keys)), sizes), cls), 1)
-    return arrays
-
-
 class ShardStore:
     """The shard files of one task (`kind`: 'mining' or 'infer') in a folder shared by every worker. `side`: what
     the run's side files must hold (None: no side files)."""
@@ -295,7 +194,7 @@ class ShardStore:
     def side_arrays(self, index: int, *names: str) -> SideArrays:
         """The named fields of shard `index`'s side file (only those are read; one it does not hold stays None)."""
         with np.load(self.side_path(index), allow_pickle=False) as data:
-            return SideArrays(**{name: _LOADED.get(name, lambda a: a)(data[name]) for name in side_fields(*names)
+            return SideArrays(**{name: LOADED.get(name, lambda a: a)(data[name]) for name in side_fields(*names)
                                  if name in data.files})
 
     def side_has(self, index: int, name: str) -> bool:

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from executor.errors import ConfigError, ModelError
-from executor.protocol.settings import RULES, to_bool
+from executor.protocol.rules import RULES, to_bool
 
 
 # ---------------------------------------------------------------- env.yaml

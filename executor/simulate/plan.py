@@ -59,7 +59,7 @@ class Plan:
             if selection and name in BASELINES:
                 raise ConfigError(f"--algorithms {spec!r}: the {name} baseline has no selection modes")
             if selection:
-                from executor.protocol.settings import RULES
+                from executor.protocol.rules import RULES
 
                 try:
                     RULES["selection"]("selection", selection)

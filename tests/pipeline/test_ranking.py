@@ -15,7 +15,8 @@ from executor.pipeline import tasks
 from executor.pipeline import diversity, ranking
 from executor.pipeline.job import Job
 from executor.pipeline.passes import Models
-from executor.pipeline.shards import ShardStore, SideSpec, plan
+from executor.pipeline.shards import ShardStore, plan
+from executor.pipeline.side_files import SideSpec
 from executor.protocol.settings import build_settings
 from executor.pipeline.plan import make_plan
 from mining.base import Detections

@@ -15,7 +15,8 @@ from executor.pipeline.job import Job
 from executor.pipeline import passes
 from executor.pipeline.passes import Models
 from executor.pipeline.scoring import side_spec
-from executor.pipeline.shards import ShardStore, SideSpec, plan
+from executor.pipeline.shards import ShardStore, plan
+from executor.pipeline.side_files import SideSpec
 from executor.report import page as report_page
 from mining.base import Detections
 from tests.pipeline.plans import mining_plan

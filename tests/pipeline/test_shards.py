@@ -95,7 +95,7 @@ def test_infer_shards_keep_each_image_size_and_name_unreadable_ones(tmp_path):
 
 
 def test_side_spec_is_stored_as_the_json_of_what_it_holds():
-    from executor.pipeline.shards import SideSpec
+    from executor.pipeline.side_files import SideSpec
 
     spec = SideSpec(embeddings="e1", boxes=True)
     assert spec.as_json() == '{"boxes": true, "class_counts": false, "embeddings": "e1", "hashes": ""}'

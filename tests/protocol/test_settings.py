@@ -5,7 +5,8 @@ import start
 
 from executor.errors import ConfigError, ModelError
 from executor.protocol.env import parse_env, resolve_weights
-from executor.protocol.settings import build_settings, to_bool, without_unknown_keys
+from executor.protocol.rules import to_bool
+from executor.protocol.settings import build_settings, without_unknown_keys
 from executor.protocol.yaml_file import read_yaml_mapping
 from executor.shared import gpu_list
 
