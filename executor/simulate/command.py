@@ -84,6 +84,9 @@ def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> arg
                           "choice, result.yaml): the first N, default all; the reported mAP always uses the whole "
                           "val split. With --set args_options=val=False (best = last epoch) a small N saves two "
                           "val passes per round")
+    cmd.add_argument("--bootstrap", type=int, default=500, metavar="N",
+                     help="draws of the paired bootstrap over val images that gives each Δ at equal cost its 95%% "
+                          "interval (0: none; default %(default)s)")
     cmd.add_argument("--out", required=True, help="output folder (a rerun with the same plan continues)")
     cmd.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return cmd
@@ -97,7 +100,7 @@ def plan_from_args(args) -> Plan:
     return Plan(data=args.data, weights=args.weights, out=args.out, algorithms=split_arms(args.algorithms),
                 initial=args.initial, budget=args.budget, budget_cost=getattr(args, "budget_cost", None),
                 image_cost=getattr(args, "image_cost", 1.0), rounds=args.rounds, seeds=parse_seeds(args.seeds), config=config,
-                train_val=getattr(args, "train_val", 0) or 0)
+                train_val=getattr(args, "train_val", 0) or 0, bootstrap=getattr(args, "bootstrap", 500))
 
 
 def run_cli(args) -> int:

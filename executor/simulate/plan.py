@@ -49,6 +49,7 @@ class Plan:
     seeds: tuple[int, ...] = (0,)
     config: Mapping = field(default_factory=dict)  # template keys (training and mining), flags and --set
     train_val: int = 0               # val images the training itself validates on (0 = all); mAP uses all
+    bootstrap: int = 500             # draws of the paired bootstrap over val images (0: none); not the plan's identity
 
     def check(self) -> None:
         if not self.algorithms:
@@ -59,7 +60,8 @@ class Plan:
             raise ConfigError("give exactly one of --budget (images per round) and --budget-cost (labelling cost "
                               "per round)")
         for flag, value, low in (("--initial", self.initial, 1), ("--budget", self.budget, 1),
-                                 ("--rounds", self.rounds, 1), ("--train-val", self.train_val, 0)):
+                                 ("--rounds", self.rounds, 1), ("--train-val", self.train_val, 0),
+                                 ("--bootstrap", self.bootstrap, 0)):
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ConfigError(f"{flag}: {value!r} is not allowed; expected an integer >= {low}")
         for flag, value in (("--budget-cost", self.budget_cost), ("--image-cost", self.image_cost)):

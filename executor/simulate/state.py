@@ -13,10 +13,10 @@ from typing import Callable, Sequence
 from executor.errors import ConfigError
 from executor.pipeline.shards import file_sha256
 from executor.protocol.writers import atomic_write_text
-from executor.simulate import cost
+from executor.simulate import bootstrap, cost
 from executor.simulate.plan import Plan, prepare_data
 from executor.simulate.rounds import QuarryTrainer, evaluate_start, initial_draw, mine
-from executor.simulate.summary import csv_text, curve_table, plot, summarize, table
+from executor.simulate.summary import csv_text, curve_table, plot, summarize, summary_csv, table
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class Simulation:
                          "class_names": self.data.class_names}
         self.records: dict[tuple[str, int, int], dict] = {}  # (algorithm or SHARED_ROUND, seed, round) → record
         self.start: dict | None = None   # the start weights evaluated without training (None: not comparable)
+        self.summary: dict | None = None  # the last report's (simulation.json keeps it)
         self.want_start = reference
         self.load()
 
@@ -105,7 +106,8 @@ class Simulation:
 
     def check_out(self) -> None:
         """--out: new, empty, or a simulation's folder (never someone's folder with other files in it)."""
-        ours = {"dataset", "runs", "simulation.json", "simulation.csv", "simulation.md", "simulation.png"}
+        ours = {"dataset", "runs", "simulation.json", "simulation.csv", "simulation-summary.csv", "simulation.md",
+                "simulation.png"}
         if os.path.isdir(self.out) and not os.path.isfile(self.state_file):
             other = sorted(set(os.listdir(self.out)) - ours)
             if other:
@@ -216,6 +218,7 @@ class Simulation:
                  "val": {"index": self.where(self.data.val_index), "size": len(self.data.val_samples)},
                  "class_names": self.data.class_names,
                  "start_weights": self.start,
+                 "summary": self.summary,
                  "runs": self.runs()}
         atomic_write_text(self.state_file, json.dumps(state, indent=1) + "\n")
         atomic_write_text(os.path.join(self.out, "simulation.csv"), csv_text(self.runs()))
@@ -249,9 +252,8 @@ class Simulation:
         finally:
             bars.close()
             if self.records or self.start:
-                self.save()
                 self.report()
-        return summarize(self.runs(list(self.plan.algorithms), list(self.plan.seeds)), self.plan.rounds)
+        return self.summary or summarize([], self.plan.rounds)
 
     def run_round(self, algorithm: str, seed: int, round_: int, bars: Bars) -> None:
         folder = self.folder(algorithm, seed, round_)
@@ -300,7 +302,8 @@ class Simulation:
                   "mAP50": round(trained.mAP50, 6), "mAP50_95": round(trained.mAP50_95, 6),
                   "mAR50": round(trained.mAR50, 6), "train_s": round(trained.train_s, 2),
                   "eval_s": round(trained.eval_s, 2), "mine_s": round(mine_s, 2), "prelabel_s": round(prelabel_s, 2),
-                  "weights": os.path.relpath(trained.weights, self.out)}
+                  "weights": os.path.relpath(trained.weights, self.out),
+                  "val_matches": os.path.relpath(trained.matches, self.out) if trained.matches else None}
         self.records[(SHARED_ROUND if round_ == 0 else algorithm, seed, round_)] = record
         self.save()
         bars.outer.update(1)
@@ -321,9 +324,14 @@ class Simulation:
         return cost.correction(samples, self.prelabeller(weights, samples, self.config), cost.conf_thres(self.config))
 
     def report(self) -> dict:
-        """simulation.md and simulation.png from the finished rounds; returns the summary."""
+        """The summary of the finished rounds (with the bootstrap's intervals) into simulation.json,
+        simulation-summary.csv, simulation.md and simulation.png; returns it."""
         runs = self.runs(list(self.plan.algorithms), list(self.plan.seeds))
         summary = summarize(runs, self.plan.rounds)
+        self.add_intervals(summary)
+        self.summary = summary
+        self.save()
+        atomic_write_text(os.path.join(self.out, "simulation-summary.csv"), summary_csv(summary))
         atomic_write_text(os.path.join(self.out, "simulation.md"), markdown(self, summary))
         try:
             if summary["algorithms"]:  # (no run has every round yet: no curve to draw)
@@ -331,6 +339,38 @@ class Simulation:
         except Exception:  # the numbers are written; a missing plot must not lose them
             log.exception("simulation.png could not be drawn")
         return summary
+
+    def add_intervals(self, summary: dict) -> None:
+        """The paired bootstrap over val images (executor/simulate/bootstrap.py) for every Δ at equal cost, when
+        every round of the summary kept its val match table (a stand-in trainer keeps none)."""
+        algos = summary["algorithms"]
+        paths = [p for e in algos.values() for c in e["seeds"].values() for p in c["val_matches"]]
+        if not self.plan.bootstrap or "random" not in algos or len(algos) < 2 or None in paths:
+            return
+        started = self.clock()
+        tables = {p: bootstrap.load(os.path.join(self.out, p)) for p in set(paths)}
+        curves = {a: {s: (c["cost"], [tables[p] for p in c["val_matches"]]) for s, c in e["seeds"].items()}
+                  for a, e in algos.items()}
+        for algorithm, found in bootstrap.intervals(curves, "random", self.plan.bootstrap).items():
+            for key, interval in found.items():
+                algos[algorithm][f"vs_random_{key}"]["interval"] = interval
+        log.info("bootstrap over val images: %d draws in %.0f s", self.plan.bootstrap, self.clock() - started)
+
+    def model_selection(self) -> str:
+        """Whether the reported mAP is that of an epoch chosen by its own split (Ultralytics keeps the best epoch by
+        val mAP): none with one epoch or with val=False (best = last)."""
+        from executor.pipeline.training import parse_args_options
+        from executor.protocol.settings import build_settings
+
+        settings = build_settings("training", self.config)
+        if settings.epochs <= 1:
+            return "none (1 epoch: the model is the last one)"
+        if parse_args_options(settings.args_options).get("val") is False:
+            return "none (val=False: the model is the last epoch's)"
+        return (f"**yes**: the best of {settings.epochs} epochs is chosen by mAP on "
+                + (f"{self.identity['train_val']} images of" if self.identity["train_val"] else "the whole of")
+                + " the val split the table reports, so every mAP is biased upward (the same way for every "
+                "algorithm); --set args_options=val=False reports the last epoch instead")
 
     def title(self) -> str:
         p = self.plan
@@ -357,6 +397,7 @@ def markdown(sim: Simulation, summary: dict) -> str:
         f"- start weights: `{p.weights}` (every round trains from them); training and mining settings: {config}; "
         + (f"the training validates on the first {sim.identity['train_val']} val images"
            if sim.identity["train_val"] else "the training validates on the whole val split"),
+        f"- model selection on the reported split: {sim.model_selection()}",
         f"- plan: N0 {p.initial} at random per seed (shared by the algorithms), then {p.rounds} rounds of mine → "
         + (f"reveal the top {p.budget} images" if p.budget is not None else
            f"reveal the top images until their cost reaches {p.budget_cost:g} (the crossing image included)")

@@ -90,7 +90,7 @@ def seed_curve(rs: Sequence[dict]) -> dict:
     xs, mined = [r["labelled"] for r in rs], rs[1:]
     fixes = [r["correction"]["cost"] for r in mined if r.get("correction")]
     boxes = sum(r["round_boxes"] for r in mined)
-    return {"labelled": xs, "cost": [r["cost"] for r in rs], "mAP50": [r["mAP50"] for r in rs],
+    return {"labelled": xs, "cost": [r["cost"] for r in rs], "val_matches": [r.get("val_matches") for r in rs], "mAP50": [r["mAP50"] for r in rs],
             "mAP50_95": [r["mAP50_95"] for r in rs], "last50": rs[-1]["mAP50"], "last50_95": rs[-1]["mAP50_95"],
             "auc50": area(xs, [r["mAP50"] for r in rs]), "auc50_95": area(xs, [r["mAP50_95"] for r in rs]),
             "last_cost": rs[-1]["cost"], "boxes_per_image": boxes / max(1, sum(r["round_images"] for r in mined)),
@@ -136,9 +136,15 @@ def _share(s: dict | None) -> str:
     return text + (f" (reached {s['reached']}/{s['n']} seeds)" if s["n"] > 1 else "")
 
 
-def _fixes(entry: dict) -> str:
+def fixes_per_box(entry: dict) -> float | None:
+    """Pre-label corrections per revealed box, mean over seeds (None: a round had no pre-label count)."""
     values = [v["fixes_per_box"] for v in entry["seeds"].values()]
-    return "—" if None in values else f"{sum(values) / len(values):.2f}"
+    return None if None in values else sum(values) / len(values)
+
+
+def _fixes(entry: dict) -> str:
+    value = fixes_per_box(entry)
+    return "—" if value is None else f"{value:.2f}"
 
 
 def table(summary: dict) -> str:
@@ -159,6 +165,34 @@ def table(summary: dict) -> str:
                      f"{_delta(e.get('vs_random_cost50'))} | {_delta(e.get('vs_random_cost50_95'))} | "
                      f"{_share(e.get('savings'))} | {_fixes(e)} |")
     return "\n".join(lines) + "\n"
+
+
+SUMMARY_FIELDS = ("algorithm", "seeds", "mAP50_last", "mAP50_95_last", "cost_last", "boxes_per_mined_image",
+                  *(f"d_{m}_equal_cost_{k}" for m in ("mAP50", "mAP50_95")
+                    for k in ("mean", "min", "max", "wins", "ci_low", "ci_high")),
+                  "cost_share_to_reach_random", "cost_share_min", "cost_share_max", "seeds_reached",
+                  "prelabel_fixes_per_box")
+
+
+def summary_csv(summary: dict) -> str:
+    """simulation-summary.csv: one row per algorithm, the numbers of the equal-cost table (empty: not defined,
+    e.g. Δ for random itself, or a share no seed reached)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SUMMARY_FIELDS)
+    for algorithm, e in summary["algorithms"].items():
+        row = [algorithm, e["last50"]["n"], e["last50"]["mean"], e["last50_95"]["mean"], e["last_cost"]["mean"],
+               e["boxes_per_image"]["mean"]]
+        for key in ("vs_random_cost50", "vs_random_cost50_95"):
+            d = e.get(key) or {}
+            row += [d.get("mean", ""), d.get("min", ""), d.get("max", ""), d.get("wins", ""),
+                    *(d.get("interval") or ["", ""])]
+        savings = e.get("savings") or {}
+        reached = savings.get("spread") or {}
+        row += [reached.get("mean", ""), reached.get("min", ""), reached.get("max", ""), savings.get("reached", ""),
+                "" if fixes_per_box(e) is None else fixes_per_box(e)]
+        writer.writerow(row)
+    return buffer.getvalue()
 
 
 def curve_table(summary: dict) -> str:
@@ -182,6 +216,19 @@ def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
+def equal_cost_label(entry: dict, key: str) -> str:
+    """The legend's numbers on the cost axes: Δ vs random at equal cost (and its interval), and for mAP50 the label
+    savings."""
+    delta = entry.get("vs_random_cost50" if key == "mAP50" else "vs_random_cost50_95")
+    parts = [f"Δ {delta['mean']:+.3f}" + (" [{:+.3f}, {:+.3f}]".format(*delta["interval"])
+                                          if delta.get("interval") else "")] if delta else []
+    savings = entry.get("savings") if key == "mAP50" else None
+    if savings:
+        parts.append(f"cost share {savings['spread']['mean']:.2f} ({savings['reached']}/{savings['n']})"
+                     if savings["reached"] else "not reached")
+    return (": " + ", ".join(parts)) if parts else ""
+
+
 def plot(summary: dict, path: str, title: str, start: dict | None = None) -> None:
     """mAP50 and mAP50-95 (columns) against labelled images and against labelling cost (rows): per algorithm the
     mean over seeds at each round (x: the mean images or cost of that round), band = min–max of the mAP."""
@@ -190,7 +237,7 @@ def plot(summary: dict, path: str, title: str, start: dict | None = None) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9))
     for row, (x_key, x_name) in enumerate((("labelled", "labelled images"), ("cost", "labelling cost (boxes + "
                                                                                       "c · images)"))):
         for ax, key, name in ((axes[row][0], "mAP50", "mAP50"), (axes[row][1], "mAP50_95", "mAP50-95")):
@@ -198,8 +245,9 @@ def plot(summary: dict, path: str, title: str, start: dict | None = None) -> Non
                 seeds = list(e["seeds"].values())
                 xs = [mean(c) for c in zip(*[s[x_key] for s in seeds])]
                 columns = list(zip(*[s[key] for s in seeds]))
+                label = f"{algorithm} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
                 line, = ax.plot(xs, [mean(c) for c in columns], marker="o",
-                                label=f"{algorithm} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+                                label=label + (equal_cost_label(e, key) if x_key == "cost" else ""))
                 if len(seeds) > 1:
                     ax.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns],
                                     color=line.get_color(), alpha=0.15, linewidth=0)
@@ -208,8 +256,11 @@ def plot(summary: dict, path: str, title: str, start: dict | None = None) -> Non
             ax.set_xlabel(x_name)
             ax.set_ylabel(f"{name} on the val split")
             ax.grid(alpha=0.3)
+            if x_key == "cost":  # (below the axes: the numbers make long labels)
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7)
     axes[0][0].legend(loc="best", fontsize=8)
-    fig.suptitle(title + " — line: mean over seeds, band: min–max", fontsize=10)
+    fig.suptitle(title + " — line: mean over seeds, band: min–max\nbelow the cost axes: Δ vs random at equal cost "
+                 "[95 % val bootstrap], cost share to reach random's last mAP50 (seeds that reached it)", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from executor.errors import ConfigError, DatasetError, ModelError
-from executor.simulate import (command as sim_command, compare as sim_compare, cost as sim_cost, plan as sim_plan,
-                               rounds as sim_rounds, summary as sim_summary)
+from executor.simulate import (bootstrap as sim_bootstrap, command as sim_command, compare as sim_compare,
+                               cost as sim_cost, plan as sim_plan, rounds as sim_rounds, summary as sim_summary)
 from executor.simulate.plan import Plan
 from executor.simulate.rounds import Trained
 from mining.base import Detections
@@ -53,10 +53,12 @@ def tiny(tmp_path_factory) -> Path:
 
 
 class FakeTrainer:
-    """Stands in for training: a weights file per round and an mAP that depends on the labelled set only."""
+    """Stands in for training: a weights file per round and an mAP that depends on the labelled set only; with
+    `val` (the val samples), also a val match table of predictions that find the boxes of every image but a
+    number of them that depends on the labelled set."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, val=None):
+        self.calls, self.val = [], val
 
     def __call__(self, folder, images, seed, progress):
         self.calls.append((folder, list(images), seed))
@@ -65,19 +67,33 @@ class FakeTrainer:
         weights.write_text(f"fake weights of seed {seed} trained on {len(images)} images: {images[:3]}")
         progress(1.0)
         value = 0.2 + 0.01 * len(images) + (sum(map(ord, "".join(images))) % 97) / 1000
-        return Trained(str(weights), value, value / 2, 0.9, 1.5, 0.25)
+        if self.val is None:
+            return Trained(str(weights), value, value / 2, 0.9, 1.5, 0.25)
+        missed = sum(map(ord, "".join(images))) % len(self.val)
+        found = ground_truth_detections(self.val, shift=lambda i: 50.0 * (i < missed))
+        table = sim_bootstrap.match_table(self.val, found, len(NAMES))
+        matches = Path(folder) / "models" / "val-matches.npz"
+        sim_bootstrap.save(str(matches), table)
+        value, value95 = sim_bootstrap.mean_ap(sim_bootstrap.load(str(matches)))
+        return Trained(str(weights), value, value95, 0.9, 1.5, 0.25, str(matches))
+
+
+def ground_truth_detections(samples, shift=lambda i: 0.0, drop_first=False) -> list[Detections]:
+    """Each sample's boxes as detections (moved right by shift(i) pixels: 50 misses a small box), scores falling."""
+    found = []
+    for i, sample in enumerate(samples):
+        boxes, classes = sample.boxes[int(drop_first):] + [shift(i), 0, shift(i), 0], sample.classes[int(drop_first):]
+        probs = np.zeros((len(boxes), len(NAMES)), np.float32)
+        probs[np.arange(len(boxes)), classes] = np.linspace(0.9, 0.5, len(boxes))
+        found.append(Detections(boxes.astype(np.float32), probs.max(1), classes.astype(np.int64), probs))
+    return found
+
 
 
 def all_but_first_box(weights, samples, config) -> list[Detections]:
     """Stands in for pre-labelling: each image's ground truth without its first box (one miss per labelled image,
     no false positive)."""
-    found = []
-    for sample in samples:
-        boxes, classes = sample.boxes[1:], sample.classes[1:]
-        probs = np.zeros((len(boxes), len(NAMES)), np.float32)
-        probs[np.arange(len(boxes)), classes] = 0.9
-        found.append(Detections(boxes.astype(np.float32), probs.max(1), classes.astype(np.int64), probs))
-    return found
+    return ground_truth_detections(samples, drop_first=True)
 
 
 class FakeMiner:
@@ -377,7 +393,8 @@ def test_a_cost_budget_reveals_until_the_cost_is_reached_the_crossing_image_incl
                                        "cost": sum(c > per_image for c in costs)}
     rows = list(__import__("csv").DictReader((tmp_path / "cost" / "simulation.csv").open()))
     assert rows[0]["correction_cost"] == "" and rows[1]["correction_misses"] != ""
-    assert "cost 25 per round" in (tmp_path / "cost" / "simulation.md").read_text()
+    md = (tmp_path / "cost" / "simulation.md").read_text()
+    assert "cost 25 per round" in md and "model selection on the reported split: none (1 epoch" in md
     assert summary["algorithms"]["random"]["savings"]["n"] == 2
 
 
@@ -470,6 +487,77 @@ def test_summary_at_equal_cost_with_not_reached():
     assert "| 1.00 (reached 1/2 seeds) | 0.25 |" in text  # 5 fixes per round of 20 boxes
     one = sim_summary.summarize([r for r in runs if r["seed"] == 1], rounds=2)
     assert "| not reached |" in sim_summary.table(one)
+
+
+def synthetic_val(count=60, seed=1):
+    """Random boxes of 3 classes and noisy detections of them (some of the wrong class, some of nothing)."""
+    from executor.shared import Sample
+
+    rng = np.random.default_rng(seed)
+    samples, found = [], []
+    for i in range(count):
+        k, m = rng.integers(0, 6), rng.integers(0, 8)
+        corner = rng.uniform(0, 300, (k, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(10, 80, (k, 2))], 1).astype(np.float32)
+        classes = rng.integers(0, 3, k)
+        samples.append(Sample(f"/val/{i}.jpg", 400, 400, "jpg", boxes, classes))
+        source = rng.integers(0, max(k, 1), m)
+        moved = (boxes[source] if k else np.zeros((m, 4), np.float32)) + rng.normal(0, 8, (m, 4))
+        moved = np.concatenate([np.minimum(moved[:, :2], moved[:, 2:]), np.maximum(moved[:, :2], moved[:, 2:]) + 1], 1)
+        cls = np.where(rng.random(m) < 0.8, classes[source] if k else 0, rng.integers(0, 3, m)).astype(np.int64)
+        conf = rng.uniform(0.01, 1, m).astype(np.float32)
+        probs = np.zeros((m, 3), np.float32)
+        probs[np.arange(m), cls] = conf
+        found.append(Detections(moved.astype(np.float32), conf, cls, probs))
+    return samples, found
+
+
+def test_bootstrap_tables_give_pycocotools_map_for_any_draw(tmp_path):
+    from executor.engine.evaluation import coco_metrics
+
+    samples, found = synthetic_val()
+    sim_bootstrap.save(str(tmp_path / "m.npz"), sim_bootstrap.match_table(samples, found, 3))
+    table = sim_bootstrap.load(str(tmp_path / "m.npz"))
+    ap50, _, ap = coco_metrics(samples, found, 3)
+    assert sim_bootstrap.mean_ap(table) == (pytest.approx(ap50, abs=1e-9), pytest.approx(ap, abs=1e-9))
+    counts = np.bincount(np.random.default_rng(3).integers(0, 60, 60), minlength=60)  # one draw: repeats, gaps
+    drawn = np.repeat(np.arange(60), counts)
+    ap50, _, ap = coco_metrics([samples[i] for i in drawn], [found[i] for i in drawn], 3)
+    assert sim_bootstrap.mean_ap(table, counts) == (pytest.approx(ap50, abs=1e-9), pytest.approx(ap, abs=1e-9))
+
+
+def test_bootstrap_intervals_are_paired(tmp_path):
+    samples, noisy = synthetic_val()
+    perfect = ground_truth_detections(samples)
+    tables = {}
+    for name, found in (("noisy", noisy), ("perfect", perfect)):
+        sim_bootstrap.save(str(tmp_path / f"{name}.npz"), sim_bootstrap.match_table(samples, found, 3))
+        tables[name] = sim_bootstrap.load(str(tmp_path / f"{name}.npz"))
+    costs = [10, 20, 30]
+    curves = {"random": {0: (costs, [tables["noisy"]] * 3)},
+              "same": {0: (costs, [tables["noisy"]] * 3)},            # the same models: Δ 0 in every draw
+              "better": {0: (costs, [tables["noisy"], tables["perfect"], tables["perfect"]])}}
+    found = sim_bootstrap.intervals(curves, "random", draws=50)
+    assert found["same"] == {"cost50": [0.0, 0.0], "cost50_95": [0.0, 0.0]}
+    low, high = found["better"]["cost50"]
+    assert 0 < low < high < 1
+
+
+def test_the_report_carries_the_bootstrap_intervals(tiny, tmp_path):
+    kw = dict(algorithms=("random", "entropy"), seeds=(0, 1), bootstrap=40)
+    sim = Simulation(plan(tiny, tmp_path / "out", **kw), trainer=FakeTrainer(), miner=FakeMiner(), progress=False,
+                     clock=lambda: 0.0, reference=False, prelabeller=all_but_first_box)
+    sim.trainer.val = sim.data.val_samples
+    summary = sim.run()
+    interval = summary["algorithms"]["entropy"]["vs_random_cost50"]["interval"]
+    assert interval[0] <= summary["algorithms"]["entropy"]["vs_random_cost50"]["mean"] <= interval[1]
+    saved = state(tmp_path / "out")
+    assert saved["summary"]["algorithms"]["entropy"]["vs_random_cost50"]["interval"] == interval
+    assert all(r["val_matches"].endswith("val-matches.npz") for run in saved["runs"] for r in run["rounds"])
+    assert "CI [" in (tmp_path / "out" / "simulation.md").read_text()
+    rows = list(__import__("csv").DictReader((tmp_path / "out" / "simulation-summary.csv").open()))
+    assert [r["algorithm"] for r in rows] == ["random", "entropy"]
+    assert float(rows[1]["d_mAP50_equal_cost_ci_low"]) == pytest.approx(interval[0])
 
 
 def test_summary_numbers():
