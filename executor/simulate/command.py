@@ -8,8 +8,8 @@ trained on them from the starting weights (round 0, shared by the algorithms of 
 `rounds` times: mine the rest of the pool with the model of the previous round, reveal the labels of the top
 `budget` images (or, with --budget-cost, of the top images whose labelling cost reaches it: cost = boxes +
 c x images, the crossing image included), train again from the starting weights on everything labelled so far,
-and evaluate mAP50 and mAP50-95 on the fixed val split. So the curve of an algorithm has rounds + 1 points; each is compared with random's at
-equal labelling cost too (executor/simulate/compare.py).
+and evaluate mAP50 and mAP50-95 on the fixed val split. So the curve of an algorithm has rounds + 1 points; each
+is compared with random's at equal labelling cost too (executor/simulate/compare.py).
 
 Everything Quarry ships is used as it is: `executor.pipeline.training.run_training` trains, its `Evaluator` (our
 pycocotools evaluation, batched like Ultralytics' validator) measures, `executor.pipeline.tasks.run(["mining"])` ranks.
@@ -47,8 +47,10 @@ def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> arg
         "simulate", parents=[common] if common else [],
         help="active-learning loop on a labelled pool: does mining beat random on your data?",
         description="Per algorithm and seed: N0 random images, then ROUNDS x (mine the rest of the pool with the "
-                    "last model, reveal the top BUDGET, retrain from --weights, evaluate on the val split). "
-                    "Writes simulation.{json,csv,md,png} to --out; a rerun continues a killed one.")
+                    "last model, reveal the top BUDGET images or the top images whose labelling cost reaches "
+                    "BUDGET_COST, retrain from --weights, evaluate on the val split); each algorithm compared with "
+                    "random at equal labelling cost. Writes simulation.{json,csv,md,png} and "
+                    "simulation-summary.csv to --out; a rerun continues a killed one.")
     cmd.add_argument("--data", required=True, help="an Ultralytics data.yaml (train = the pool, val = the fixed val "
                                                    "split, YOLO labels) or a folder with train-index.tsv and "
                                                    "val-index.tsv (ymir index files) and names.txt")
@@ -99,8 +101,9 @@ def plan_from_args(args) -> Plan:
             config[key] = value
     return Plan(data=args.data, weights=args.weights, out=args.out, algorithms=split_arms(args.algorithms),
                 initial=args.initial, budget=args.budget, budget_cost=getattr(args, "budget_cost", None),
-                image_cost=getattr(args, "image_cost", 1.0), rounds=args.rounds, seeds=parse_seeds(args.seeds), config=config,
-                train_val=getattr(args, "train_val", 0) or 0, bootstrap=getattr(args, "bootstrap", 500))
+                image_cost=getattr(args, "image_cost", 1.0), rounds=args.rounds, seeds=parse_seeds(args.seeds),
+                config=config, train_val=getattr(args, "train_val", 0) or 0,
+                bootstrap=getattr(args, "bootstrap", 500))
 
 
 def run_cli(args) -> int:

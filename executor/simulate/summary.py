@@ -90,7 +90,8 @@ def seed_curve(rs: Sequence[dict]) -> dict:
     xs, mined = [r["labelled"] for r in rs], rs[1:]
     fixes = [r["correction"]["cost"] for r in mined if r.get("correction")]
     boxes = sum(r["round_boxes"] for r in mined)
-    return {"labelled": xs, "cost": [r["cost"] for r in rs], "val_matches": [r.get("val_matches") for r in rs], "mAP50": [r["mAP50"] for r in rs],
+    return {"labelled": xs, "cost": [r["cost"] for r in rs], "val_matches": [r.get("val_matches") for r in rs],
+            "mAP50": [r["mAP50"] for r in rs],
             "mAP50_95": [r["mAP50_95"] for r in rs], "last50": rs[-1]["mAP50"], "last50_95": rs[-1]["mAP50_95"],
             "auc50": area(xs, [r["mAP50"] for r in rs]), "auc50_95": area(xs, [r["mAP50_95"] for r in rs]),
             "last_cost": rs[-1]["cost"], "boxes_per_image": boxes / max(1, sum(r["round_images"] for r in mined)),

@@ -227,10 +227,12 @@ def test_bad_data_is_a_clear_error(tiny, tmp_path, case, error, needle):
      r"'entropy_agregation' \(the keys are those of .*mining-template.yaml\); did you mean entropy_aggregation"),
     ({"algorithms": ("random", "entropy[entropy_aggregation=median]")}, ConfigError,
      r"--algorithms 'entropy\[entropy_aggregation=median\]': config key 'entropy_aggregation'"),
-    ({"algorithms": ("entropy[seed=3]",)}, ConfigError, r"--algorithms 'entropy\[seed=3\]': 'seed' is not a key this arm"),
+    ({"algorithms": ("entropy[seed=3]",)}, ConfigError,
+     r"--algorithms 'entropy\[seed=3\]': 'seed' is not a key this arm"),
     ({"algorithms": ("entropy[epochs=3]",)}, ConfigError, "'epochs' is not a key this arm may set .*the mining tem"),
     ({"algorithms": ("detections[entropy_aggregation=max]",)}, ConfigError, "the infer template's"),
-    ({"algorithms": ("entropy[entropy_aggregation=max",)}, ConfigError, r"expected NAME, NAME:SELECTION or NAME\[KEY=VALUE"),
+    ({"algorithms": ("entropy[entropy_aggregation=max",)}, ConfigError,
+     r"expected NAME, NAME:SELECTION or NAME\[KEY=VALUE"),
     ({"initial": 0}, ConfigError, "--initial"),
     ({"config": {"seed": 3}}, ConfigError, "--set seed: set by the simulation; use --seeds"),
     ({"config": {"epochs": 0}}, ConfigError, "'epochs'"),
@@ -265,6 +267,15 @@ def test_flags(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'img_szie' \(the keys are those of the "
                        r"training, mining and infer templates in .*did you mean img_size \(or the flag --img-size\)"):
         sim_plan.parse_sets(["img_szie=3"])
+    costly = parser.parse_args(["simulate", "--data", "d.yaml", "--weights", "w.pt", "--initial", "5", "--budget-cost",
+                                "60", "--image-cost", "2", "--algorithms", "random,entropy[entropy_aggregation=max,"
+                                "conf_thres=0.1]:diverse", "--out", str(tmp_path)])
+    p = sim_command.plan_from_args(costly)
+    assert (p.budget, p.budget_cost, p.image_cost) == (None, 60.0, 2.0)
+    assert p.algorithms == ("random", "entropy[entropy_aggregation=max,conf_thres=0.1]:diverse")
+    with pytest.raises(SystemExit):  # one budget per run
+        parser.parse_args(["simulate", "--data", "d", "--weights", "w.pt", "--initial", "5", "--budget", "3",
+                           "--budget-cost", "60", "--out", str(tmp_path)])
     args.set, args.algorithms = None, "nope"
     assert sim_command.run_cli(args) == 2  # a bad flag: a usage error
 
@@ -477,7 +488,8 @@ def test_summary_at_equal_cost_with_not_reached():
     summary = sim_summary.summarize(runs, rounds=2)
     crowd = summary["algorithms"]["crowd"]
     # seed 0: crowd − random on [30, 90]: 0 at 30, (0.4 − 0.4) at 60, (0.5 − 0.5) at 90 → 0
-    # seed 1: 0 at 30, 0.325 − 0.45 at 60, 0.35 − 0.5 at 90: (−0.125 / 2 · 30 + (−0.275) / 2 · 30) / 60 = −0.1
+    # seed 1: 0 at 30, 0.325 − 0.45 at 60, 0.35 − 0.5 at 90:
+    # (−0.125 / 2 · 30 + (−0.125 − 0.15) / 2 · 30) / 60 = −0.1
     assert crowd["vs_random_cost50"]["mean"] == pytest.approx(-0.05) and crowd["vs_random_cost50"]["wins"] == 0
     assert crowd["vs_random_last50"]["mean"] == pytest.approx(0.025)  # ahead at equal images, not at equal cost
     assert crowd["savings"]["per_seed"] == {0: pytest.approx(1.0), 1: None}
