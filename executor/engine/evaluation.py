@@ -173,10 +173,13 @@ def predict_samples(detector: Detector, samples: Sequence[Sample], batch_size: i
 
 
 def evaluate(detector: Detector, samples: Sequence[Sample], iou_thr: float, conf_thr: float, batch_size: int,
-             progress: Callable[[float], None] = lambda f: None) -> Metrics:
-    """Metrics of `detector` on `samples`, predicted with Ultralytics' val post-processing (multi-label NMS)."""
+             progress: Callable[[float], None] = lambda f: None, keep: list | None = None) -> Metrics:
+    """Metrics of `detector` on `samples`, predicted with Ultralytics' val post-processing (multi-label NMS);
+    `keep`, a list, receives the predictions (the simulator's per-image bootstrap reads them: no second pass)."""
     validator = detector.with_postprocess(min(VAL_CONF, conf_thr), VAL_IOU, VAL_MAX_DET, multi_label=True)
     predictions = predict_samples(validator, samples, batch_size, progress)
+    if keep is not None:
+        keep.extend(predictions)
     ap50, ar50, ap = coco_metrics(samples, predictions, detector.num_classes, VAL_MAX_DET)
     tp, fp, fn = count_matches(samples, [primary_labels(d) for d in predictions], iou_thr, conf_thr)
     return Metrics(ap50, ar50, ap, tp, fp, fn)

@@ -299,7 +299,8 @@ class Evaluator:
         self.batch_size = batch_size
         self.masks = masks
 
-    def __call__(self, weights: str, progress: Progress = lambda f: None) -> Metrics:
+    def __call__(self, weights: str, progress: Progress = lambda f: None, keep: list | None = None) -> Metrics:
+        """`keep` (detection only): a list that receives the val predictions (executor.engine.evaluation.evaluate)."""
         training_threads = torch.get_num_threads()  # the detector takes every core; training resumes with its own
         try:
             # the thresholds are the validator's (evaluation sets them); these only build the detector
@@ -312,7 +313,7 @@ class Evaluator:
 
                 return evaluate_segmentation(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size,
                                              progress)
-            return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress)
+            return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress, keep)
         finally:
             torch.set_num_threads(training_threads)
 

@@ -1,23 +1,25 @@
 """Does mining pay? An active-learning loop on a labelled pool, with Quarry's own training, evaluation and mining.
 
-    python start.py simulate --data DATA --weights W.pt --algorithms random,entropy \\
-        --initial 100 --budget 100 --rounds 3 --seeds 3 --epochs 5 --img-size 320 --out DIR
+    python start.py simulate --data DATA --weights W.pt --algorithms random,entropy,entropy[entropy_aggregation=max] \\
+        --initial 100 --budget-cost 500 --rounds 3 --seeds 3 --epochs 5 --img-size 320 --out DIR
 
 Per seed, N0 pool images are drawn at random (the same N0 for every algorithm of that seed) and a model is
 trained on them from the starting weights (round 0, shared by the algorithms of the seed). Then, per algorithm,
 `rounds` times: mine the rest of the pool with the model of the previous round, reveal the labels of the top
-`budget`, train again from the starting weights on everything labelled so far, and evaluate mAP50 and mAP50-95
-on the fixed val split. So the curve of an algorithm has rounds + 1 points: N0, N0 + B, ..., N0 + rounds * B.
+`budget` images (or, with --budget-cost, of the top images whose labelling cost reaches it: cost = boxes +
+c x images, the crossing image included), train again from the starting weights on everything labelled so far,
+and evaluate mAP50 and mAP50-95 on the fixed val split. So the curve of an algorithm has rounds + 1 points; each
+is compared with random's at equal labelling cost too (executor/simulate/compare.py).
 
 Everything Quarry ships is used as it is: `executor.pipeline.training.run_training` trains, its `Evaluator` (our
 pycocotools evaluation, batched like Ultralytics' validator) measures, `executor.pipeline.tasks.run(make_plan(["mining"], …))` ranks.
 The baseline `detections` (most boxes at conf_thres first) counts the boxes of Quarry's own infer task.
 
 Outputs in --out: simulation.json (plan + every round), simulation.csv (one row per round), simulation.md (the
-table), simulation.png (mAP against labelled images), and runs/ (per round: the train index, best.pt, the
-mining ranking). Every finished round is written atomically; a rerun with the same plan continues where a kill
-stopped it (rounds, seeds and algorithms may change between runs; the data, weights, N0, B and training
-settings may not).
+tables), simulation.png (mAP against labelled images and against labelling cost), and runs/ (per round: the
+train index, best.pt, the mining ranking). Every finished round is written atomically; a rerun with the same plan
+continues where a kill stopped it (rounds, seeds and algorithms may change between runs; the data, weights, N0,
+the budget, c and training settings may not).
 """
 
 import argparse
@@ -25,7 +27,7 @@ import logging
 import os
 
 from executor.errors import ConfigError, QuarryError, one_line
-from executor.simulate.plan import Plan, algorithm_names, parse_seeds, parse_sets
+from executor.simulate.plan import Plan, algorithm_names, parse_seeds, parse_sets, split_arms
 from executor.simulate.state import Simulation
 from executor.simulate.summary import table
 
@@ -45,18 +47,30 @@ def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> arg
         "simulate", parents=[common] if common else [],
         help="active-learning loop on a labelled pool: does mining beat random on your data?",
         description="Per algorithm and seed: N0 random images, then ROUNDS x (mine the rest of the pool with the "
-                    "last model, reveal the top BUDGET, retrain from --weights, evaluate on the val split). "
-                    "Writes simulation.{json,csv,md,png} to --out; a rerun continues a killed one.")
+                    "last model, reveal the top BUDGET images or the top images whose labelling cost reaches "
+                    "BUDGET_COST, retrain from --weights, evaluate on the val split); each algorithm compared with "
+                    "random at equal labelling cost. Writes simulation.{json,csv,md,png} and "
+                    "simulation-summary.csv to --out; a rerun continues a killed one.")
     cmd.add_argument("--data", required=True, help="an Ultralytics data.yaml (train = the pool, val = the fixed val "
                                                    "split, YOLO labels) or a folder with train-index.tsv and "
                                                    "val-index.tsv (ymir index files) and names.txt")
     cmd.add_argument("--weights", "--model", dest="weights", required=True,
                      help="starting weights (.pt) of every training round")
     cmd.add_argument("--algorithms", default="random,entropy",
-                     help=f"comma-separated, of {', '.join(algorithm_names())}; a mining algorithm may name a "
-                          "selection mode, e.g. entropy:diverse (default %(default)s)")
+                     help=f"comma-separated arms, of {', '.join(algorithm_names())}; a mining algorithm may name a "
+                          "selection mode, entropy:diverse, and any arm its own template keys, "
+                          "entropy[entropy_aggregation=max,conf_thres=0.1] (mining template; infer template for "
+                          "detections) (default %(default)s)")
     cmd.add_argument("--initial", type=int, required=True, help="N0: images labelled at random before round 1")
-    cmd.add_argument("--budget", type=int, required=True, help="B: images revealed per round")
+    budget = cmd.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget", type=int, help="B: images revealed per round")
+    budget.add_argument("--budget-cost", type=float, metavar="C",
+                        help="C: labelling cost revealed per round, cost = boxes + c x images (c: --image-cost): "
+                             "images are revealed in ranking order until the round's cost reaches C, the image that "
+                             "crosses C included")
+    cmd.add_argument("--image-cost", type=float, default=1.0, metavar="c",
+                     help="the cost of labelling one image besides its boxes, in boxes (> 0: an empty image is never "
+                          "free; default %(default)s)")
     cmd.add_argument("--rounds", type=int, default=3, help="mining rounds after round 0 (default %(default)s)")
     cmd.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list such as 0,7 (default 3)")
     cmd.add_argument("--epochs", type=int, help="training epochs per round" + help_default(template, "epochs"))
@@ -72,6 +86,9 @@ def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> arg
                           "choice, result.yaml): the first N, default all; the reported mAP always uses the whole "
                           "val split. With --set args_options=val=False (best = last epoch) a small N saves two "
                           "val passes per round")
+    cmd.add_argument("--bootstrap", type=int, default=500, metavar="N",
+                     help="draws of the paired bootstrap over val images that gives each Δ at equal cost its 95%% "
+                          "interval (0: none; default %(default)s)")
     cmd.add_argument("--out", required=True, help="output folder (a rerun with the same plan continues)")
     cmd.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return cmd
@@ -82,10 +99,11 @@ def plan_from_args(args) -> Plan:
     for key, value in (("epochs", args.epochs), ("img_size", args.img_size), ("batch_size_per_gpu", args.batch)):
         if value is not None:
             config[key] = value
-    algorithms = tuple(dict.fromkeys(a.strip() for a in str(args.algorithms).split(",") if a.strip()))
-    return Plan(data=args.data, weights=args.weights, out=args.out, algorithms=algorithms, initial=args.initial,
-                budget=args.budget, rounds=args.rounds, seeds=parse_seeds(args.seeds), config=config,
-                train_val=getattr(args, "train_val", 0) or 0)
+    return Plan(data=args.data, weights=args.weights, out=args.out, algorithms=split_arms(args.algorithms),
+                initial=args.initial, budget=args.budget, budget_cost=getattr(args, "budget_cost", None),
+                image_cost=getattr(args, "image_cost", 1.0), rounds=args.rounds, seeds=parse_seeds(args.seeds),
+                config=config, train_val=getattr(args, "train_val", 0) or 0,
+                bootstrap=getattr(args, "bootstrap", 500))
 
 
 def run_cli(args) -> int:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -41,34 +42,31 @@ class Plan:
     out: str
     algorithms: tuple[str, ...] = ("random", "entropy")
     initial: int = 100               # N0
-    budget: int = 100                # B per round
+    budget: int | None = None        # B images per round, or
+    budget_cost: float | None = None # C labelling cost per round (executor/simulate/cost.py); exactly one
+    image_cost: float = 1.0          # c: the cost of an image besides its boxes (cost = boxes + c x images)
     rounds: int = 3                  # R mining rounds after round 0
     seeds: tuple[int, ...] = (0,)
     config: Mapping = field(default_factory=dict)  # template keys (training and mining), flags and --set
     train_val: int = 0               # val images the training itself validates on (0 = all); mAP uses all
+    bootstrap: int = 500             # draws of the paired bootstrap over val images (0: none); not the plan's identity
 
     def check(self) -> None:
-        known = algorithm_names()
         if not self.algorithms:
             raise ConfigError("--algorithms: no algorithm given")
         for spec in self.algorithms:
-            name, selection = split_algorithm(spec)
-            if name not in known:
-                raise ConfigError(f"--algorithms: unknown algorithm {name!r}; expected some of {', '.join(known)} "
-                                  "(a mining algorithm may name a selection mode: entropy:diverse)")
-            if selection and name in BASELINES:
-                raise ConfigError(f"--algorithms {spec!r}: the {name} baseline has no selection modes")
-            if selection:
-                from executor.protocol.rules import RULES
-
-                try:
-                    RULES["selection"]("selection", selection)
-                except ConfigError as exc:
-                    raise ConfigError(f"--algorithms {spec!r}: {exc}") from None
+            parse_arm(spec)
+        if (self.budget is None) == (self.budget_cost is None):
+            raise ConfigError("give exactly one of --budget (images per round) and --budget-cost (labelling cost "
+                              "per round)")
         for flag, value, low in (("--initial", self.initial, 1), ("--budget", self.budget, 1),
-                                 ("--rounds", self.rounds, 1), ("--train-val", self.train_val, 0)):
-            if not isinstance(value, int) or value < low:
+                                 ("--rounds", self.rounds, 1), ("--train-val", self.train_val, 0),
+                                 ("--bootstrap", self.bootstrap, 0)):
+            if value is not None and (not isinstance(value, int) or value < low):
                 raise ConfigError(f"{flag}: {value!r} is not allowed; expected an integer >= {low}")
+        for flag, value in (("--budget-cost", self.budget_cost), ("--image-cost", self.image_cost)):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"{flag}: {value!r} is not allowed; expected a number > 0 (an image is never free)")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ConfigError(f"--seeds: {self.seeds!r}: expected a count (3 = seeds 0, 1, 2) or distinct "
                               "non-negative seeds such as 0,7")
@@ -82,9 +80,86 @@ class Plan:
         if not self.out:
             raise ConfigError("--out: no output folder given")
 
+    def arms(self) -> list["Arm"]:
+        return [parse_arm(spec) for spec in self.algorithms]
+
     @property
-    def labelled_max(self) -> int:
-        return self.initial + self.rounds * self.budget
+    def budget_text(self) -> str:
+        return f"B {self.budget} images" if self.budget is not None else f"cost {self.budget_cost:g}"
+
+
+# ---------------------------------------------------------------- arms: an algorithm with its own mining keys
+
+@dataclass(frozen=True)
+class Arm:
+    """One curve of the comparison: `name` (a mining algorithm or a baseline) with its own template keys."""
+    spec: str                        # as given: its label in every output
+    name: str
+    params: Mapping = field(default_factory=dict)  # mining (infer for a baseline) template keys, selection included
+
+    @property
+    def folder(self) -> str:
+        """Its runs/ folder name: 'entropy:diverse' → 'entropy-diverse', 'entropy[entropy_aggregation=max]' →
+        'entropy-entropy_aggregation=max'."""
+        return re.sub(r"[^\w.=-]+", "-", self.spec).strip("-")
+
+
+ARM_SYNTAX = re.compile(r"^([A-Za-z_][\w]*)(?:\[([^\[\]]*)\])?(?::([^\[\]:,]*))?$")
+
+
+def parse_arm(spec: str) -> Arm:
+    """'entropy' | 'entropy:diverse' | 'entropy[entropy_aggregation=max,conf_thres=0.1]' (both may be combined,
+    'name[KEY=VALUE,...]:selection'): the KEYs are the mining template's (the infer template's for the detections
+    baseline), read like --set; every error names the arm."""
+    from executor.cli.flags import set_values
+    from executor.protocol.templates import template_keys
+
+    match = ARM_SYNTAX.match(spec.strip())
+    if not match:
+        raise ConfigError(f"--algorithms {spec!r}: expected NAME, NAME:SELECTION or NAME[KEY=VALUE,...], e.g. "
+                          "entropy[entropy_aggregation=max]")
+    name, inside, selection = match.group(1), match.group(2), match.group(3)
+    known = algorithm_names()
+    if name not in known:
+        raise ConfigError(f"--algorithms: unknown algorithm {name!r}; expected some of {', '.join(known)} "
+                          "(a mining algorithm may name a selection mode, entropy:diverse, and template keys, "
+                          "entropy[entropy_aggregation=max])")
+    items = [item.strip() for item in (inside or "").split(",") if item.strip()]
+    if selection is not None:
+        items.append(f"selection={selection.strip()}")
+    template = "infer" if name in BASELINES else "mining"
+    allowed = set(template_keys()[template]) - set(OWNED_KEYS)
+    for key in (item.partition("=")[0].strip() for item in items):
+        if key in OWNED_KEYS or any(key in keys for keys in template_keys().values()) and key not in allowed:
+            raise ConfigError(f"--algorithms {spec!r}: {key!r} is not a key this arm may set (its keys: the "
+                              f"{template} template's, except {', '.join(OWNED_KEYS)})"
+                              + (f"; the {name} baseline has no selection modes" if key == "selection" else ""))
+    try:
+        params = set_values(items, [template], flags=SET_FLAGS, extra_keys=set(), error=ConfigError)
+    except ConfigError as exc:  # (its message names the item as a --set one)
+        raise ConfigError(f"--algorithms {spec!r}: {str(exc).removeprefix('--set ')}") from None
+    if "selection" in params:
+        from executor.protocol.rules import RULES
+
+        try:
+            RULES["selection"]("selection", params["selection"])
+        except ConfigError as exc:
+            raise ConfigError(f"--algorithms {spec!r}: {exc}") from None
+    return Arm(spec.strip(), name, params)
+
+
+def split_arms(text: str) -> tuple[str, ...]:
+    """--algorithms as arm specs: split at the commas outside brackets, duplicates dropped."""
+    arms, depth, current = [], 0, ""
+    for char in str(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            arms.append(current)
+            current = ""
+        else:
+            current += char
+    arms.append(current)
+    return tuple(dict.fromkeys(a.strip() for a in arms if a.strip()))
 
 
 def split_algorithm(spec: str) -> tuple[str, str]:
@@ -132,6 +207,7 @@ class Data:
     root: str                       # pool paths are recorded relative to this folder
     left_out: dict[str, str]        # pool images not used, and why
     fingerprint: str                # of every pool and val image with its boxes
+    pool_samples: dict = field(default_factory=dict)  # pool image → its executor.shared.Sample (the labels to reveal)
 
     def rel(self, path: str) -> str:
         return os.path.relpath(path, self.root)
@@ -295,4 +371,5 @@ def prepare_data(spec: str, out: str, config: Mapping) -> Data:
                                        [round(v, 2) for v in sample.boxes.ravel().tolist()]]).encode())
     fingerprint.update(json.dumps(class_names).encode())
     return Data(pool, {k: annotation[k] for k in pool}, val_index, list(val.samples), class_names, root,
-                {os.path.relpath(k, root): v for k, v in left_out.items()}, fingerprint.hexdigest())
+                {os.path.relpath(k, root): v for k, v in left_out.items()}, fingerprint.hexdigest(),
+                {s.image: s for s in samples})

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 from executor.protocol.writers import atomic_write_text
+from executor.simulate import bootstrap
 from executor.simulate.plan import Data, split_algorithm
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class Trained:
     mAR50: float
     train_s: float
     eval_s: float
+    matches: str = ""   # the val predictions' match table (executor/simulate/bootstrap.py); "" when none
 
 
 class QuarryTrainer:
@@ -66,7 +68,10 @@ class QuarryTrainer:
         started = time.monotonic()
         evaluator = Evaluator(self.data.val_samples, self.data.class_names, settings,
                               dict(settings.evaluate_config), 2 * settings.batch_size_per_gpu)
-        metrics = evaluator(weights, span(progress, 0.9, 1.0))
+        predictions: list = []
+        metrics = evaluator(weights, span(progress, 0.9, 1.0), keep=predictions)
+        matches = os.path.join(models, "val-matches.npz")  # what the bootstrap over val images needs of this model
+        bootstrap.save(matches, bootstrap.match_table(self.data.val_samples, predictions, len(self.data.class_names)))
         eval_s = time.monotonic() - started
         # what mining and reproduction need stays (train-index.tsv, best.pt, result.yaml); the YOLO export,
         # Ultralytics' checkpoints and the ONNX attachment go (tens of MB per round)
@@ -75,7 +80,8 @@ class QuarryTrainer:
         for name in os.listdir(models):
             if os.path.isfile(os.path.join(models, name)) and name.endswith(".onnx"):
                 os.unlink(os.path.join(models, name))
-        return Trained(weights, float(metrics.mAP), float(metrics.mAP50_95), float(metrics.mAR), train_s, eval_s)
+        return Trained(weights, float(metrics.mAP), float(metrics.mAP50_95), float(metrics.mAR), train_s, eval_s,
+                       matches)
 
 
 def evaluate_start(weights: str, data: Data, config: Mapping) -> dict | None:

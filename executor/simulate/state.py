@@ -13,15 +13,16 @@ from typing import Callable, Sequence
 from executor.errors import ConfigError
 from executor.pipeline.shards import file_sha256
 from executor.protocol.writers import atomic_write_text
-from executor.simulate.plan import Plan, prepare_data, split_algorithm
+from executor.simulate import bootstrap, cost
+from executor.simulate.plan import Plan, prepare_data
 from executor.simulate.rounds import QuarryTrainer, evaluate_start, initial_draw, mine
-from executor.simulate.summary import csv_text, curve_table, plot, summarize, table
+from executor.simulate.summary import csv_text, curve_table, plot, summarize, summary_csv, table
 
 log = logging.getLogger(__name__)
 
 
 SHARED_ROUND = "initial"       # round 0's training belongs to every algorithm of a seed
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2             # 2: labelling cost and pre-label corrections per round
 
 
 # ---------------------------------------------------------------- the loop
@@ -52,11 +53,12 @@ class Bars:
 
 
 class Simulation:
-    """Runs a Plan; `trainer` and `miner` can be replaced (tests), `after_round(record)` is called after each
-    round is written (a test raises there to simulate a kill)."""
+    """Runs a Plan; `trainer`, `miner` and `prelabeller` (cost.prelabel) can be replaced (tests), `after_round(record)`
+    is called after each round is written (a test raises there to simulate a kill)."""
 
     def __init__(self, plan: Plan, trainer=None, miner=None, after_round: Callable[[dict], None] | None = None,
-                 progress: bool = True, clock: Callable[[], float] = time.monotonic, reference: bool = True):
+                 progress: bool = True, clock: Callable[[], float] = time.monotonic, reference: bool = True,
+                 prelabeller: cost.Prelabeller | None = None):
         plan.check()
         self.plan = plan
         self.out = os.path.abspath(plan.out)
@@ -65,27 +67,47 @@ class Simulation:
         self.check_config()
         self.check_out()
         self.data = prepare_data(plan.data, self.out, plan.config)
-        if plan.labelled_max > len(self.data.pool):
-            raise ConfigError(f"--initial {plan.initial} + --rounds {plan.rounds} x --budget {plan.budget} = "
-                              f"{plan.labelled_max} images, more than the pool of {len(self.data.pool)} usable "
-                              f"images in {plan.data}")
+        self.costs = {p: cost.image_cost(s, plan.image_cost) for p, s in self.data.pool_samples.items()}
+        self.check_pool_size()
         self.config = {k: v for k, v in plan.config.items() if k != "class_names"}
+        self.arms = {arm.spec: arm for arm in plan.arms()}
+        self.prelabeller = prelabeller or cost.prelabel
         self.trainer = trainer or QuarryTrainer(self.data, self.config, os.path.abspath(plan.weights),
                                                 self.train_val_index())
         self.miner = miner or mine
         self.identity = {"data": os.path.abspath(plan.data), "dataset": self.data.fingerprint,
                          "weights_sha256": file_sha256(plan.weights), "initial": plan.initial,
-                         "budget": plan.budget, "config": dict(sorted(self.config.items())),
+                         "budget": plan.budget, "budget_cost": plan.budget_cost, "image_cost": plan.image_cost,
+                         "config": dict(sorted(self.config.items())),
                          "train_val": plan.train_val if 0 < plan.train_val < len(self.data.val_samples) else 0,
                          "class_names": self.data.class_names}
         self.records: dict[tuple[str, int, int], dict] = {}  # (algorithm or SHARED_ROUND, seed, round) → record
         self.start: dict | None = None   # the start weights evaluated without training (None: not comparable)
+        self.summary: dict | None = None  # the last report's (simulation.json keeps it)
         self.want_start = reference
         self.load()
 
+    def check_pool_size(self) -> None:
+        """The pool must hold what the plan reveals (for a cost budget: at least; a round may overshoot, and the
+        run then stops at the round whose budget the rest of the pool cannot pay)."""
+        p, pool = self.plan, len(self.data.pool)
+        if p.budget is not None and p.initial + p.rounds * p.budget > pool:
+            raise ConfigError(f"--initial {p.initial} + --rounds {p.rounds} x --budget {p.budget} = "
+                              f"{p.initial + p.rounds * p.budget} images, more than the pool of {pool} usable "
+                              f"images in {p.data}")
+        if p.budget_cost is not None:
+            least = p.initial * p.image_cost + p.rounds * p.budget_cost
+            total = sum(self.costs.values())
+            if p.initial > pool or least > total:
+                raise ConfigError(f"--initial {p.initial} (cost >= {p.initial * p.image_cost:g}) + --rounds "
+                                  f"{p.rounds} x --budget-cost {p.budget_cost:g} cost at least {least:g}, more than "
+                                  f"the pool of {pool} usable images costs ({total:g}: boxes + {p.image_cost:g} x "
+                                  f"images) in {p.data}")
+
     def check_out(self) -> None:
         """--out: new, empty, or a simulation's folder (never someone's folder with other files in it)."""
-        ours = {"dataset", "runs", "simulation.json", "simulation.csv", "simulation.md", "simulation.png"}
+        ours = {"dataset", "runs", "simulation.json", "simulation.csv", "simulation-summary.csv", "simulation.md",
+                "simulation.png"}
         if os.path.isdir(self.out) and not os.path.isfile(self.state_file):
             other = sorted(set(os.listdir(self.out)) - ours)
             if other:
@@ -120,13 +142,14 @@ class Simulation:
         settings = build_settings("training", config)
         trainer.check_train_args(parse_args_options(settings.args_options))
         trainer.train_device(settings.gpu_id)
-        for spec in self.plan.algorithms:
-            name, selection = split_algorithm(spec)
-            if name in SCORERS:
-                build_settings("mining", {**config, "mining_algorithm": name,
-                                          **({"selection": selection} if selection else {})})
-            else:
-                build_settings("infer", config)
+        for arm in self.plan.arms():
+            try:
+                if arm.name in SCORERS:
+                    build_settings("mining", {**config, **arm.params, "mining_algorithm": arm.name})
+                else:
+                    build_settings("infer", {**config, **arm.params})
+            except ConfigError as exc:
+                raise ConfigError(f"--algorithms {arm.spec!r}: {exc}") from None
 
     # ------------------------------------------------------------ state
 
@@ -188,12 +211,14 @@ class Simulation:
         state = {"version": FORMAT_VERSION, "identity": self.identity,
                  "plan": {"data": os.path.abspath(plan.data), "weights": os.path.abspath(plan.weights),
                           "algorithms": list(plan.algorithms), "initial": plan.initial, "budget": plan.budget,
+                          "budget_cost": plan.budget_cost, "image_cost": plan.image_cost,
                           "rounds": plan.rounds, "seeds": list(plan.seeds), "config": dict(self.config),
                           "train_val": plan.train_val},
                  "pool": {"root": self.data.root, "size": len(self.data.pool), "left_out": self.data.left_out},
                  "val": {"index": self.where(self.data.val_index), "size": len(self.data.val_samples)},
                  "class_names": self.data.class_names,
                  "start_weights": self.start,
+                 "summary": self.summary,
                  "runs": self.runs()}
         atomic_write_text(self.state_file, json.dumps(state, indent=1) + "\n")
         atomic_write_text(os.path.join(self.out, "simulation.csv"), csv_text(self.runs()))
@@ -201,7 +226,7 @@ class Simulation:
     # ------------------------------------------------------------ running
 
     def folder(self, algorithm: str, seed: int, round_: int) -> str:
-        owner = SHARED_ROUND if round_ == 0 else algorithm.replace(":", "-")
+        owner = SHARED_ROUND if round_ == 0 else self.arms[algorithm].folder
         return os.path.join(self.out, "runs", f"seed_{seed}", owner, f"round_{round_}")
 
     def steps(self) -> list[tuple[str, int, int]]:
@@ -227,9 +252,8 @@ class Simulation:
         finally:
             bars.close()
             if self.records or self.start:
-                self.save()
                 self.report()
-        return summarize(self.runs(list(self.plan.algorithms), list(self.plan.seeds)), self.plan.rounds)
+        return self.summary or summarize([], self.plan.rounds)
 
     def run_round(self, algorithm: str, seed: int, round_: int, bars: Bars) -> None:
         folder = self.folder(algorithm, seed, round_)
@@ -241,6 +265,7 @@ class Simulation:
         label = f"seed {seed} {'round 0 (all algorithms)' if round_ == 0 else f'{algorithm} round {round_}'}"
         if round_ == 0:
             labelled, added, mine_s = [], initial_draw(self.data, seed, self.plan.initial), 0.0
+            fixes, prelabel_s = None, 0.0  # (no model yet to pre-label with)
         else:
             previous = self.record(algorithm, seed, round_ - 1)
             labelled = [self.data.abs(p) for r in range(round_) for p in self.record(algorithm, seed, r)["added"]]
@@ -251,26 +276,34 @@ class Simulation:
                                    "distinct images of the pool")
             bar, progress = bars.step(f"{label}: mining {len(candidates)} images ({algorithm})")
             started = self.clock()
+            arm, weights = self.arms[algorithm], os.path.join(self.out, previous["weights"])
             try:
-                ranking = self.miner(algorithm, os.path.join(self.out, previous["weights"]), candidates, folder,
-                                     self.data, self.config, seed, progress, labelled=labelled)
+                ranking = self.miner(arm.name, weights, candidates, folder, self.data,
+                                     {**self.config, **arm.params}, seed, progress, labelled=labelled)
             finally:
                 bar.close()
             mine_s = self.clock() - started
             if sorted(ranking) != sorted(candidates):
                 raise RuntimeError(f"{algorithm}: the ranking in {folder} does not list the remaining pool exactly")
-            added = ranking[:self.plan.budget]
+            added = self.reveal(ranking)
+            started = self.clock()
+            fixes = self.corrections(weights, added)
+            prelabel_s = self.clock() - started
         images = sorted(labelled + added)
         bar, progress = bars.step(f"{label}: training on {len(images)} images")
         try:
             trained = self.trainer(folder, images, seed, progress)
         finally:
             bar.close()
+        total, this = (cost.tally(part, self.data.pool_samples, self.plan.image_cost) for part in (images, added))
         record = {"round": round_, "labelled": len(images), "added": [self.data.rel(p) for p in added],
+                  "boxes": total["boxes"], "cost": total["cost"], "round_images": this["images"],
+                  "round_boxes": this["boxes"], "round_cost": this["cost"], "correction": fixes,
                   "mAP50": round(trained.mAP50, 6), "mAP50_95": round(trained.mAP50_95, 6),
                   "mAR50": round(trained.mAR50, 6), "train_s": round(trained.train_s, 2),
-                  "eval_s": round(trained.eval_s, 2), "mine_s": round(mine_s, 2),
-                  "weights": os.path.relpath(trained.weights, self.out)}
+                  "eval_s": round(trained.eval_s, 2), "mine_s": round(mine_s, 2), "prelabel_s": round(prelabel_s, 2),
+                  "weights": os.path.relpath(trained.weights, self.out),
+                  "val_matches": os.path.relpath(trained.matches, self.out) if trained.matches else None}
         self.records[(SHARED_ROUND if round_ == 0 else algorithm, seed, round_)] = record
         self.save()
         bars.outer.update(1)
@@ -279,10 +312,26 @@ class Simulation:
         if self.after_round:
             self.after_round({"algorithm": algorithm, "seed": seed, **record})
 
+    def reveal(self, ranking: Sequence[str]) -> list[str]:
+        """The round's images: the top --budget of the ranking, or its top whose cost reaches --budget-cost."""
+        if self.plan.budget is not None:
+            return list(ranking[:self.plan.budget])
+        return cost.take_by_cost(ranking, self.costs, self.plan.budget_cost)
+
+    def corrections(self, weights: str, images: Sequence[str]) -> dict:
+        """What fixing the pre-labels of `images` made by `weights` (the model that mined them) costs."""
+        samples = [self.data.pool_samples[p] for p in images]
+        return cost.correction(samples, self.prelabeller(weights, samples, self.config), cost.conf_thres(self.config))
+
     def report(self) -> dict:
-        """simulation.md and simulation.png from the finished rounds; returns the summary."""
+        """The summary of the finished rounds (with the bootstrap's intervals) into simulation.json,
+        simulation-summary.csv, simulation.md and simulation.png; returns it."""
         runs = self.runs(list(self.plan.algorithms), list(self.plan.seeds))
         summary = summarize(runs, self.plan.rounds)
+        self.add_intervals(summary)
+        self.summary = summary
+        self.save()
+        atomic_write_text(os.path.join(self.out, "simulation-summary.csv"), summary_csv(summary))
         atomic_write_text(os.path.join(self.out, "simulation.md"), markdown(self, summary))
         try:
             if summary["algorithms"]:  # (no run has every round yet: no curve to draw)
@@ -291,13 +340,45 @@ class Simulation:
             log.exception("simulation.png could not be drawn")
         return summary
 
+    def add_intervals(self, summary: dict) -> None:
+        """The paired bootstrap over val images (executor/simulate/bootstrap.py) for every Δ at equal cost, when
+        every round of the summary kept its val match table (a stand-in trainer keeps none)."""
+        algos = summary["algorithms"]
+        paths = [p for e in algos.values() for c in e["seeds"].values() for p in c["val_matches"]]
+        if not self.plan.bootstrap or "random" not in algos or len(algos) < 2 or None in paths:
+            return
+        started = self.clock()
+        tables = {p: bootstrap.load(os.path.join(self.out, p)) for p in set(paths)}
+        curves = {a: {s: (c["cost"], [tables[p] for p in c["val_matches"]]) for s, c in e["seeds"].items()}
+                  for a, e in algos.items()}
+        for algorithm, found in bootstrap.intervals(curves, "random", self.plan.bootstrap).items():
+            for key, interval in found.items():
+                algos[algorithm][f"vs_random_{key}"]["interval"] = interval
+        log.info("bootstrap over val images: %d draws in %.0f s", self.plan.bootstrap, self.clock() - started)
+
+    def model_selection(self) -> str:
+        """Whether the reported mAP is that of an epoch chosen by its own split (Ultralytics keeps the best epoch by
+        val mAP): none with one epoch or with val=False (best = last)."""
+        from executor.pipeline.training import parse_args_options
+        from executor.protocol.settings import build_settings
+
+        settings = build_settings("training", self.config)
+        if settings.epochs <= 1:
+            return "none (1 epoch: the model is the last one)"
+        if parse_args_options(settings.args_options).get("val") is False:
+            return "none (val=False: the model is the last epoch's)"
+        return (f"**yes**: the best of {settings.epochs} epochs is chosen by mAP on "
+                + (f"{self.identity['train_val']} images of" if self.identity["train_val"] else "the whole of")
+                + " the val split the table reports, so every mAP is biased upward (the same way for every "
+                "algorithm); --set args_options=val=False reports the last epoch instead")
+
     def title(self) -> str:
         p = self.plan
         data = os.path.abspath(p.data)
         name = os.path.basename(os.path.dirname(data) if os.path.isfile(data) else data)
         settings = self.trainer.settings(0) if isinstance(self.trainer, QuarryTrainer) else self.config
         seeds = f"{len(p.seeds)} seed{'s' * (len(p.seeds) > 1)}"
-        return (f"{name}: N0 {p.initial}, B {p.budget}, {p.rounds} rounds, {seeds}, "
+        return (f"{name}: N0 {p.initial}, {p.budget_text} per round, {p.rounds} rounds, {seeds}, "
                 f"{settings.get('epochs', '?')} epoch{'s' * (settings.get('epochs') != 1)}, "
                 f"img {settings.get('img_size', '?')}")
 
@@ -316,8 +397,12 @@ def markdown(sim: Simulation, summary: dict) -> str:
         f"- start weights: `{p.weights}` (every round trains from them); training and mining settings: {config}; "
         + (f"the training validates on the first {sim.identity['train_val']} val images"
            if sim.identity["train_val"] else "the training validates on the whole val split"),
+        f"- model selection on the reported split: {sim.model_selection()}",
         f"- plan: N0 {p.initial} at random per seed (shared by the algorithms), then {p.rounds} rounds of mine → "
-        f"reveal the top {p.budget} → retrain → evaluate; seeds {', '.join(map(str, p.seeds))}",
+        + (f"reveal the top {p.budget} images" if p.budget is not None else
+           f"reveal the top images until their cost reaches {p.budget_cost:g} (the crossing image included)")
+        + f" → retrain → evaluate; seeds {', '.join(map(str, p.seeds))}; labelling cost = boxes + "
+          f"{p.image_cost:g} × images",
         f"- rounds finished: {min(finished, total)} of {total}" + ("" if finished >= total else " (the table has "
                                                                    "only the runs with every round finished)"),
         "",
@@ -327,11 +412,17 @@ def markdown(sim: Simulation, summary: dict) -> str:
         "(the mean mAP50 from N0 to the last round). Δ = paired difference to random (same seed, same N0), mean "
         "[min, max] over seeds, and in how many seeds it is above 0. With few seeds and small pools the spread "
         "is as large as the effects: read the wins and the band, not the mean alone (docs/simulation.md).\n",
+        "Second table: cost = boxes + c × images labelled. Δ at equal cost = per seed, the mean difference to "
+        "random's curve over the cost range both cover (each curve linear between its rounds), then mean [min, max] "
+        "over seeds. Cost to reach = the cost at which the curve first reaches random's last mAP50, as a share of "
+        "random's last cost (below 1: labels saved; \"not reached\" = never within its rounds, nothing "
+        "extrapolated). Pre-label fixes per box = false positives + misses of the previous round's model on the "
+        "revealed images (IoU 0.5, the infer conf_thres) per revealed box.\n",
         (f"The start weights without any training (their classes {', '.join(sim.start['classes'])} matched by name) "
          f"score mAP50 {sim.start['mAP50']:.3f}, mAP50-95 {sim.start['mAP50_95']:.3f} on the same val split (the "
          "dashed line in the plot).\n" if sim.start else ""),
-        "Mean mAP50 (mAP50-95) per labelled count:\n",
+        "Per round, mean over seeds: labelled images, cost, mAP50 (mAP50-95):\n",
         curve_table(summary),
-        "![mAP against labelled images](simulation.png)\n",
+        "![mAP against labelled images and against labelling cost](simulation.png)\n",
     ]
     return "\n".join(parts)

@@ -12,10 +12,12 @@ import pytest
 
 from executor.errors import ConfigError, DatasetError, ModelError
 from executor.pipeline.shards import Detected
-from executor.simulate import command as sim_command, plan as sim_plan, rounds as sim_rounds, summary as sim_summary
+from executor.simulate import (bootstrap as sim_bootstrap, command as sim_command, compare as sim_compare,
+                               cost as sim_cost, plan as sim_plan, rounds as sim_rounds, summary as sim_summary)
 from executor.simulate.plan import Plan
 from executor.simulate.rounds import Trained
 from executor.simulate.state import Simulation
+from mining.base import Detections
 from tests.ymir_builders import SHARED, WEIGHTS_DIR
 
 HIGHWAY = SHARED / "data" / "highway"
@@ -52,19 +54,63 @@ def tiny(tmp_path_factory) -> Path:
 
 
 class FakeTrainer:
-    """Stands in for training: a weights file per round and an mAP that depends on the labelled set only."""
+    """Stands in for training: a weights file per round and an mAP that depends on the labelled set only; with
+    `val` (the val samples), also a val match table of predictions that find the boxes of every image but a
+    number of them that depends on the labelled set."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, val=None):
+        self.calls, self.val = [], val
 
     def __call__(self, folder, images, seed, progress):
         self.calls.append((folder, list(images), seed))
         weights = Path(folder) / "models" / "best" / "best.pt"
         weights.parent.mkdir(parents=True, exist_ok=True)
-        weights.write_text("fake")
+        weights.write_text(f"fake weights of seed {seed} trained on {len(images)} images: {images[:3]}")
         progress(1.0)
         value = 0.2 + 0.01 * len(images) + (sum(map(ord, "".join(images))) % 97) / 1000
-        return Trained(str(weights), value, value / 2, 0.9, 1.5, 0.25)
+        if self.val is None:
+            return Trained(str(weights), value, value / 2, 0.9, 1.5, 0.25)
+        missed = sum(map(ord, "".join(images))) % len(self.val)
+        found = ground_truth_detections(self.val, shift=lambda i: 50.0 * (i < missed))
+        table = sim_bootstrap.match_table(self.val, found, len(NAMES))
+        matches = Path(folder) / "models" / "val-matches.npz"
+        sim_bootstrap.save(str(matches), table)
+        value, value95 = sim_bootstrap.mean_ap(sim_bootstrap.load(str(matches)))
+        return Trained(str(weights), value, value95, 0.9, 1.5, 0.25, str(matches))
+
+
+def ground_truth_detections(samples, shift=lambda i: 0.0, drop_first=False) -> list[Detections]:
+    """Each sample's boxes as detections (moved right by shift(i) pixels: 50 misses a small box), scores falling."""
+    found = []
+    for i, sample in enumerate(samples):
+        boxes, classes = sample.boxes[int(drop_first):] + [shift(i), 0, shift(i), 0], sample.classes[int(drop_first):]
+        probs = np.zeros((len(boxes), len(NAMES)), np.float32)
+        probs[np.arange(len(boxes)), classes] = np.linspace(0.9, 0.5, len(boxes))
+        found.append(Detections(boxes.astype(np.float32), probs.max(1), classes.astype(np.int64), probs))
+    return found
+
+
+
+def all_but_first_box(weights, samples, config) -> list[Detections]:
+    """Stands in for pre-labelling: each image's ground truth without its first box (one miss per labelled image,
+    no false positive)."""
+    return ground_truth_detections(samples, drop_first=True)
+
+
+class FakeMiner:
+    """Stands in for mining: ranks the candidates by a hash of the algorithm, the config it was given and the path;
+    records what each call read (the weights' bytes) and was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, algorithm, weights, candidates, folder, data, config, seed, progress, labelled=()):
+        import hashlib
+
+        self.calls.append({"algorithm": algorithm, "weights": Path(weights).read_text(), "folder": folder,
+                           "config": dict(config), "seed": seed})
+        key = json.dumps([algorithm, sorted(config.items())], default=str)
+        return sorted(candidates, key=lambda p: hashlib.sha1((key + data.rel(p)).encode()).hexdigest())
 
 
 def plan(data, out, **kw) -> Plan:
@@ -73,9 +119,9 @@ def plan(data, out, **kw) -> Plan:
     return Plan(**{**base, **kw})
 
 
-def fake_run(data, out, after_round=None, **kw) -> tuple[Simulation, dict]:
+def fake_run(data, out, after_round=None, miner=None, **kw) -> tuple[Simulation, dict]:
     sim = Simulation(plan(data, out, **kw), trainer=FakeTrainer(), after_round=after_round, progress=False,
-                     clock=lambda: 0.0, reference=False)
+                     clock=lambda: 0.0, reference=False, miner=miner, prelabeller=all_but_first_box)
     return sim, sim.run()
 
 
@@ -171,7 +217,23 @@ def test_bad_data_is_a_clear_error(tiny, tmp_path, case, error, needle):
     ({"algorithms": ("random", "margin")}, ConfigError, "--algorithms: unknown algorithm 'margin'"),
     ({"algorithms": ("entropy:fancy",)}, ConfigError, "--algorithms 'entropy:fancy': config key 'selection'"),
     ({"algorithms": ("detections:diverse",)}, ConfigError, "the detections baseline has no selection modes"),
+    ({"budget": None}, ConfigError, r"exactly one of --budget \(images per round\) and --budget-cost"),
+    ({"budget_cost": 10.0}, ConfigError, "exactly one of --budget"),
+    ({"budget": None, "budget_cost": 0}, ConfigError, "--budget-cost: 0 is not allowed"),
+    ({"budget": None, "budget_cost": 10.0, "image_cost": 0}, ConfigError, "--image-cost: 0 is not allowed"),
+    ({"budget": None, "budget_cost": 400.0}, ConfigError, "--budget-cost 400 cost at least 808, more than the pool"),
     ({"budget": 20}, ConfigError, "--budget 20 = 48 images, more than the pool of 40"),
+    ({"algorithms": ("entropy[entropy_agregation=max]",)}, ConfigError,
+     r"--algorithms 'entropy\[entropy_agregation=max\]': entropy_agregation=max: unknown key "
+     r"'entropy_agregation' \(the keys are those of .*mining-template.yaml\); did you mean entropy_aggregation"),
+    ({"algorithms": ("random", "entropy[entropy_aggregation=median]")}, ConfigError,
+     r"--algorithms 'entropy\[entropy_aggregation=median\]': config key 'entropy_aggregation'"),
+    ({"algorithms": ("entropy[seed=3]",)}, ConfigError,
+     r"--algorithms 'entropy\[seed=3\]': 'seed' is not a key this arm"),
+    ({"algorithms": ("entropy[epochs=3]",)}, ConfigError, "'epochs' is not a key this arm may set .*the mining tem"),
+    ({"algorithms": ("detections[entropy_aggregation=max]",)}, ConfigError, "the infer template's"),
+    ({"algorithms": ("entropy[entropy_aggregation=max",)}, ConfigError,
+     r"expected NAME, NAME:SELECTION or NAME\[KEY=VALUE"),
     ({"initial": 0}, ConfigError, "--initial"),
     ({"config": {"seed": 3}}, ConfigError, "--set seed: set by the simulation; use --seeds"),
     ({"config": {"epochs": 0}}, ConfigError, "'epochs'"),
@@ -179,7 +241,7 @@ def test_bad_data_is_a_clear_error(tiny, tmp_path, case, error, needle):
     ({"weights": "/nonexistent/w.pt"}, ModelError, "--weights"),
 ])
 def test_bad_plans_are_clear_errors(tiny, tmp_path, kw, error, needle):
-    with pytest.raises(error, match=needle.replace("(", r"\(")):
+    with pytest.raises(error, match=needle):  # (a regular expression)
         Simulation(plan(tiny, tmp_path / "out", **kw), trainer=FakeTrainer(), progress=False)
 
 
@@ -206,6 +268,15 @@ def test_flags(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'img_szie' \(the keys are those of the "
                        r"training, mining and infer templates in .*did you mean img_size \(or the flag --img-size\)"):
         sim_plan.parse_sets(["img_szie=3"])
+    costly = parser.parse_args(["simulate", "--data", "d.yaml", "--weights", "w.pt", "--initial", "5", "--budget-cost",
+                                "60", "--image-cost", "2", "--algorithms", "random,entropy[entropy_aggregation=max,"
+                                "conf_thres=0.1]:diverse", "--out", str(tmp_path)])
+    p = sim_command.plan_from_args(costly)
+    assert (p.budget, p.budget_cost, p.image_cost) == (None, 60.0, 2.0)
+    assert p.algorithms == ("random", "entropy[entropy_aggregation=max,conf_thres=0.1]:diverse")
+    with pytest.raises(SystemExit):  # one budget per run
+        parser.parse_args(["simulate", "--data", "d", "--weights", "w.pt", "--initial", "5", "--budget", "3",
+                           "--budget-cost", "60", "--out", str(tmp_path)])
     args.set, args.algorithms = None, "nope"
     assert sim_command.run_cli(args) == 2  # a bad flag: a usage error
 
@@ -258,7 +329,7 @@ def test_rounds_grow_by_the_budget_without_repeats_and_seeds_decide_the_picks(ti
     assert picks(tmp_path / "b", "random", 1) == picks(tmp_path / "a", "random", 1)
     assert summary["algorithms"]["random"]["last50"]["n"] == 2
     rows = (tmp_path / "a" / "simulation.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 3 and rows[0].startswith("algorithm,seed,round,labelled,mAP50,mAP50_95")
+    assert len(rows) == 1 + 2 * 3 and rows[0].startswith("algorithm,seed,round,labelled,boxes,cost,round_images")
     assert (tmp_path / "a" / "simulation.png").stat().st_size > 10000
     assert "| random | 2 |" in (tmp_path / "a" / "simulation.md").read_text()
 
@@ -310,13 +381,205 @@ def test_a_rerun_may_add_rounds_but_not_change_the_plan(tiny, tmp_path):
         fake_run(tiny, tmp_path / "out", budget=4)
 
 
+def test_a_cost_budget_reveals_until_the_cost_is_reached_the_crossing_image_included(tiny, tmp_path):
+    budget, per_image = 25.0, 2.0
+    sim, summary = fake_run(tiny, tmp_path / "cost", budget=None, budget_cost=budget, image_cost=per_image,
+                            seeds=(0, 1))
+    boxes = {sim.data.rel(p): len(s.boxes) for p, s in sim.data.pool_samples.items()}
+    for run in state(tmp_path / "cost")["runs"]:
+        rounds = run["rounds"]
+        assert [r["round_images"] for r in rounds][0] == 8 and len(rounds) == 3
+        for before, r in zip([None, *rounds], rounds):
+            costs = [boxes[p] + per_image for p in r["added"]]
+            assert r["round_boxes"] == sum(boxes[p] for p in r["added"]) and r["round_cost"] == sum(costs)
+            assert r["cost"] == r["boxes"] + per_image * r["labelled"]
+            if before is None:  # round 0: N0 images at random, nothing pre-labelled them
+                assert r["correction"] is None
+                continue
+            assert r["cost"] - before["cost"] >= budget  # every round spends at least C ...
+            assert sum(costs[:-1]) < budget              # ... and only its last image crosses it
+            assert r["labelled"] == before["labelled"] + len(r["added"])
+            # the stand-in pre-labels miss the first box of every image that has one, and add nothing
+            assert r["correction"] == {"fp": 0, "misses": sum(c > per_image for c in costs),
+                                       "cost": sum(c > per_image for c in costs)}
+    rows = list(__import__("csv").DictReader((tmp_path / "cost" / "simulation.csv").open()))
+    assert rows[0]["correction_cost"] == "" and rows[1]["correction_misses"] != ""
+    md = (tmp_path / "cost" / "simulation.md").read_text()
+    assert "cost 25 per round" in md and "model selection on the reported split: none (1 epoch" in md
+    assert summary["algorithms"]["random"]["savings"]["n"] == 2
+
+
+def test_take_by_cost_includes_the_crossing_image_and_refuses_a_short_pool():
+    costs = {"a": 3.0, "b": 5.0, "c": 1.0, "d": 4.0}
+    assert sim_cost.take_by_cost("abcd", costs, 8) == ["a", "b"]        # reached exactly: stop
+    assert sim_cost.take_by_cost("abcd", costs, 7) == ["a", "b"]        # b crosses 7: included
+    assert sim_cost.take_by_cost("abcd", costs, 8.5) == ["a", "b", "c"]
+    assert sim_cost.take_by_cost("dcba", costs, 0.5) == ["d"]
+    with pytest.raises(RuntimeError, match="the pool ran out: its 4 unlabelled images cost 13"):
+        sim_cost.take_by_cost("abcd", costs, 14)
+
+
+def test_every_arm_of_a_seed_starts_from_the_same_round_0_model(tiny, tmp_path):
+    arms = ("random", "entropy", "entropy[entropy_aggregation=max]", "detections[conf_thres=0.5]")
+    miner = FakeMiner()
+    sim, _ = fake_run(tiny, tmp_path / "out", miner=miner, algorithms=arms, seeds=(0, 1))
+    out = tmp_path / "out"
+    for seed in (0, 1):
+        first = [c for c in miner.calls if c["seed"] == seed and c["folder"].endswith("round_1")]
+        assert sorted(c["folder"].split(os.sep)[-2] for c in first) == sorted(
+            ["random", "entropy", "entropy-entropy_aggregation=max", "detections-conf_thres=0.5"])
+        round0 = (out / "runs" / f"seed_{seed}" / "initial" / "round_0" / "models" / "best" / "best.pt").read_text()
+        assert {c["weights"] for c in first} == {round0}  # every arm mined with the one round-0 model
+        assert f"seed {seed} trained on 8 images" in round0
+        zero = [next(r for r in state(out)["runs"] if r["algorithm"] == a and r["seed"] == seed)["rounds"][0]
+                for a in arms]
+        assert all(z == zero[0] for z in zero)  # one round-0 record: same N0, same weights file, same mAP
+        later = {c["weights"] for c in miner.calls if c["seed"] == seed and c["folder"].endswith("round_2")}
+        assert len(later) == len(arms) and round0 not in later  # round 2 mines with each arm's own round-1 model
+    assert sum(call[0].endswith("round_0") for call in sim.trainer.calls) == 2  # one round-0 training per seed
+
+
+def test_per_arm_parameters_reach_the_miner_and_only_their_arm(tiny, tmp_path):
+    spec = "random,entropy[entropy_aggregation=max,conf_thres=0.1]:diverse,entropy:diverse"
+    arms = sim_plan.split_arms(spec)
+    assert arms == ("random", "entropy[entropy_aggregation=max,conf_thres=0.1]:diverse", "entropy:diverse")
+    arm = sim_plan.parse_arm(arms[1])
+    assert (arm.name, dict(arm.params)) == ("entropy", {"entropy_aggregation": "max", "conf_thres": 0.1,
+                                                        "selection": "diverse"})
+    miner = FakeMiner()
+    fake_run(tiny, tmp_path / "out", miner=miner, algorithms=arms, rounds=1, config={"epochs": 1, "conf_thres": 0.3})
+    given = {c["folder"].split(os.sep)[-2]: c for c in miner.calls}
+    assert set(given) == {"random", "entropy-entropy_aggregation=max-conf_thres=0.1-diverse", "entropy-diverse"}
+    special, plain = given["entropy-entropy_aggregation=max-conf_thres=0.1-diverse"], given["entropy-diverse"]
+    assert special["algorithm"] == plain["algorithm"] == "entropy"
+    assert special["config"]["entropy_aggregation"] == "max" and special["config"]["conf_thres"] == 0.1
+    assert "entropy_aggregation" not in plain["config"] and plain["config"]["conf_thres"] == 0.3
+    assert plain["config"]["selection"] == special["config"]["selection"] == "diverse"
+    assert "selection" not in given["random"]["config"]
+    assert "| entropy[entropy_aggregation=max,conf_thres=0.1]:diverse | 1 |" in (tmp_path / "out" /
+                                                                                "simulation.md").read_text()
+
+
+def test_equal_cost_gap_and_label_savings_on_hand_made_curves():
+    # a: 10 → 0.3, 20 → 0.5, 30 → 0.5; b: 10 → 0.3, 25 → 0.4, 40 → 0.7 (0.5 at 30). a − b on [10, 30]:
+    # 0 at 10, 0.5 − 0.3667 at 20, 0.1 at 25, 0 at 30: area 0.6667 + 0.5833 + 0.25 = 1.5 over a width of 20
+    assert sim_compare.gap([10, 20, 30], [0.3, 0.5, 0.5], [10, 25, 40], [0.3, 0.4, 0.7]) == pytest.approx(0.075)
+    assert sim_compare.gap([10, 20], [0.5, 0.6], [10, 20], [0.4, 0.5]) == pytest.approx(0.1)
+    assert sim_compare.gap([10, 20], [0.5, 0.6], [20, 30], [0.4, 0.5]) == pytest.approx(0.2)  # one common point
+    assert sim_compare.gap([10, 20], [0.5, 0.6], [25, 30], [0.4, 0.5]) is None
+    assert sim_compare.cost_to_reach([10, 20, 30], [0.3, 0.5, 0.6], 0.55) == pytest.approx(25)
+    assert sim_compare.cost_to_reach([10, 20, 30], [0.6, 0.5, 0.6], 0.55) == 10   # already at round 0
+    assert sim_compare.cost_to_reach([10, 20, 30], [0.3, 0.5, 0.54], 0.55) is None  # not reached: no extrapolation
+    assert sim_compare.cost_share([10, 20, 30], [0.3, 0.5, 0.6], [10, 30, 50], [0.3, 0.4, 0.55]) == pytest.approx(0.5)
+
+
+def test_summary_at_equal_cost_with_not_reached():
+    def rounds(costs, maps):
+        return [{"round": k, "labelled": 10 * (k + 1), "cost": c, "boxes": c - 10 * (k + 1), "mAP50": m,
+                 "mAP50_95": m / 2, "mine_s": 1.0, "train_s": 2.0, "round_images": 10, "round_boxes": 20,
+                 "correction": None if k == 0 else {"fp": 1, "misses": 4, "cost": 5}}
+                for k, (c, m) in enumerate(zip(costs, maps))]
+
+    runs = [{"algorithm": "random", "seed": 0, "rounds": rounds([30, 60, 90], [0.3, 0.4, 0.5])},
+            {"algorithm": "random", "seed": 1, "rounds": rounds([30, 60, 90], [0.3, 0.45, 0.5])},
+            # crowded picks: more mAP per image but each round costs more; seed 1 never reaches 0.5
+            {"algorithm": "crowd", "seed": 0, "rounds": rounds([30, 90, 150], [0.3, 0.5, 0.6])},
+            {"algorithm": "crowd", "seed": 1, "rounds": rounds([30, 90, 150], [0.3, 0.35, 0.45])}]
+    summary = sim_summary.summarize(runs, rounds=2)
+    crowd = summary["algorithms"]["crowd"]
+    # seed 0: crowd − random on [30, 90]: 0 at 30, (0.4 − 0.4) at 60, (0.5 − 0.5) at 90 → 0
+    # seed 1: 0 at 30, 0.325 − 0.45 at 60, 0.35 − 0.5 at 90:
+    # (−0.125 / 2 · 30 + (−0.125 − 0.15) / 2 · 30) / 60 = −0.1
+    assert crowd["vs_random_cost50"]["mean"] == pytest.approx(-0.05) and crowd["vs_random_cost50"]["wins"] == 0
+    assert crowd["vs_random_last50"]["mean"] == pytest.approx(0.025)  # ahead at equal images, not at equal cost
+    assert crowd["savings"]["per_seed"] == {0: pytest.approx(1.0), 1: None}
+    assert summary["algorithms"]["random"]["savings"]["per_seed"] == {0: 1.0, 1: 1.0}
+    text = sim_summary.table(summary)
+    assert "| crowd | 150 [150, 150] | 2.0 [2.0, 2.0] | -0.050 [-0.100, +0.000] (0/2 seeds > 0) |" in text
+    assert "| 1.00 (reached 1/2 seeds) | 0.25 |" in text  # 5 fixes per round of 20 boxes
+    one = sim_summary.summarize([r for r in runs if r["seed"] == 1], rounds=2)
+    assert "| not reached |" in sim_summary.table(one)
+
+
+def synthetic_val(count=60, seed=1):
+    """Random boxes of 3 classes and noisy detections of them (some of the wrong class, some of nothing)."""
+    from executor.shared import Sample
+
+    rng = np.random.default_rng(seed)
+    samples, found = [], []
+    for i in range(count):
+        k, m = rng.integers(0, 6), rng.integers(0, 8)
+        corner = rng.uniform(0, 300, (k, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(10, 80, (k, 2))], 1).astype(np.float32)
+        classes = rng.integers(0, 3, k)
+        samples.append(Sample(f"/val/{i}.jpg", 400, 400, "jpg", boxes, classes))
+        source = rng.integers(0, max(k, 1), m)
+        moved = (boxes[source] if k else np.zeros((m, 4), np.float32)) + rng.normal(0, 8, (m, 4))
+        moved = np.concatenate([np.minimum(moved[:, :2], moved[:, 2:]), np.maximum(moved[:, :2], moved[:, 2:]) + 1], 1)
+        cls = np.where(rng.random(m) < 0.8, classes[source] if k else 0, rng.integers(0, 3, m)).astype(np.int64)
+        conf = rng.uniform(0.01, 1, m).astype(np.float32)
+        probs = np.zeros((m, 3), np.float32)
+        probs[np.arange(m), cls] = conf
+        found.append(Detections(moved.astype(np.float32), conf, cls, probs))
+    return samples, found
+
+
+def test_bootstrap_tables_give_pycocotools_map_for_any_draw(tmp_path):
+    from executor.engine.evaluation import coco_metrics
+
+    samples, found = synthetic_val()
+    sim_bootstrap.save(str(tmp_path / "m.npz"), sim_bootstrap.match_table(samples, found, 3))
+    table = sim_bootstrap.load(str(tmp_path / "m.npz"))
+    ap50, _, ap = coco_metrics(samples, found, 3)
+    assert sim_bootstrap.mean_ap(table) == (pytest.approx(ap50, abs=1e-9), pytest.approx(ap, abs=1e-9))
+    counts = np.bincount(np.random.default_rng(3).integers(0, 60, 60), minlength=60)  # one draw: repeats, gaps
+    drawn = np.repeat(np.arange(60), counts)
+    ap50, _, ap = coco_metrics([samples[i] for i in drawn], [found[i] for i in drawn], 3)
+    assert sim_bootstrap.mean_ap(table, counts) == (pytest.approx(ap50, abs=1e-9), pytest.approx(ap, abs=1e-9))
+
+
+def test_bootstrap_intervals_are_paired(tmp_path):
+    samples, noisy = synthetic_val()
+    perfect = ground_truth_detections(samples)
+    tables = {}
+    for name, found in (("noisy", noisy), ("perfect", perfect)):
+        sim_bootstrap.save(str(tmp_path / f"{name}.npz"), sim_bootstrap.match_table(samples, found, 3))
+        tables[name] = sim_bootstrap.load(str(tmp_path / f"{name}.npz"))
+    costs = [10, 20, 30]
+    curves = {"random": {0: (costs, [tables["noisy"]] * 3)},
+              "same": {0: (costs, [tables["noisy"]] * 3)},            # the same models: Δ 0 in every draw
+              "better": {0: (costs, [tables["noisy"], tables["perfect"], tables["perfect"]])}}
+    found = sim_bootstrap.intervals(curves, "random", draws=50)
+    assert found["same"] == {"cost50": [0.0, 0.0], "cost50_95": [0.0, 0.0]}
+    low, high = found["better"]["cost50"]
+    assert 0 < low < high < 1
+
+
+def test_the_report_carries_the_bootstrap_intervals(tiny, tmp_path):
+    kw = dict(algorithms=("random", "entropy"), seeds=(0, 1), bootstrap=40)
+    sim = Simulation(plan(tiny, tmp_path / "out", **kw), trainer=FakeTrainer(), miner=FakeMiner(), progress=False,
+                     clock=lambda: 0.0, reference=False, prelabeller=all_but_first_box)
+    sim.trainer.val = sim.data.val_samples
+    summary = sim.run()
+    interval = summary["algorithms"]["entropy"]["vs_random_cost50"]["interval"]
+    assert interval[0] <= summary["algorithms"]["entropy"]["vs_random_cost50"]["mean"] <= interval[1]
+    saved = state(tmp_path / "out")
+    assert saved["summary"]["algorithms"]["entropy"]["vs_random_cost50"]["interval"] == interval
+    assert all(r["val_matches"].endswith("val-matches.npz") for run in saved["runs"] for r in run["rounds"])
+    assert "CI [" in (tmp_path / "out" / "simulation.md").read_text()
+    rows = list(__import__("csv").DictReader((tmp_path / "out" / "simulation-summary.csv").open()))
+    assert [r["algorithm"] for r in rows] == ["random", "entropy"]
+    assert float(rows[1]["d_mAP50_equal_cost_ci_low"]) == pytest.approx(interval[0])
+
+
 def test_summary_numbers():
     assert sim_summary.area([0, 10, 20], [0.2, 0.4, 0.4]) == pytest.approx(0.35)
     runs = []
     for algorithm, offset in (("random", 0.0), ("entropy", 0.05)):
         for seed, noise in ((0, 0.0), (1, -0.08)):
             rounds = [{"labelled": n, "mAP50": 0.3 + k * 0.1 + (offset + noise) * (k > 0), "mAP50_95": 0.1,
-                       "mine_s": 2.0, "train_s": 5.0} for k, n in enumerate((10, 20, 30))]
+                       "mine_s": 2.0, "train_s": 5.0, "cost": 3 * n, "round_images": 10, "round_boxes": 20,
+                       "correction": None} for k, n in enumerate((10, 20, 30))]
             runs.append({"algorithm": algorithm, "seed": seed, "rounds": rounds})
     summary = sim_summary.summarize(runs, rounds=2)
     entropy = summary["algorithms"]["entropy"]
