@@ -4,11 +4,12 @@ import pytest
 
 from executor.pipeline import passes
 from executor.pipeline.passes import Pass, open_scorer
+from executor.pipeline.side_files import SideSpec
 from executor.protocol.settings import build_settings
 from tests.platform import coco_images, template_detector
 
 IMAGES = [str(p) for p in coco_images(6)]
-SIDE = {"embeddings": "v", "hashes": "h", "class_counts": True, "boxes": True}  # what selection: diverse keeps
+SIDE = SideSpec(embeddings="v", hashes="h", class_counts=True, boxes=True)  # what selection: diverse keeps
 
 pytestmark = pytest.mark.slow  # the real yolov8n
 
