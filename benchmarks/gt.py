@@ -1,25 +1,31 @@
 """Ground truth for the quality benchmark, as per-image boxes in the detector's class indices.
 
-Two sources:
+Three sources:
 - COCO json (`coco-val/annotations.json`): category ids 1..90 are mapped to the model's class indices
   **by name** (never by position); `iscrowd=1` boxes become *ignore* regions.
 - Pascal VOC xml (`voc2007/Annotations/*.xml`): VOC names are first renamed to COCO names with
   `coco_names.txt` (tab-separated `voc<TAB>coco`), then mapped by name; `difficult=1` objects become
   *ignore* regions, as VOC's own evaluation does.
+- YOLO txt (`highway/{valid,test}/labels/*.txt`): class ids are renamed to COCO names with the dataset's
+  `coco_names.txt` (`id<TAB>coco`), then mapped by name. Only a fixed subset is used (`fixed_draw`): the
+  images whose relative paths have the smallest sha256, so the set does not depend on file-system order
+  or on where the data lives, and a smaller draw (`--images`) is the start of the larger one.
 
 Boxes are float xyxy in pixel-edge coordinates (pixel i spans [i, i+1]), the frame of the detector's
 `Detections.xyxy`: COCO `bbox` is already [x, y, w, h] in that frame; VOC's 1-based inclusive
-`xmin..xmax` becomes `[xmin - 1, xmax]`.
+`xmin..xmax` becomes `[xmin - 1, xmax]`; YOLO's normalised `cx cy w h` is scaled by the image size.
 
 `ImageTruth.classes` is the set of model classes the dataset labels at all: a detection of any other
 class (a COCO model finding a bench in a VOC image) is not an error, because nobody labelled benches.
 """
+import hashlib
 import json
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 
 @dataclass
@@ -87,7 +93,7 @@ def load_coco(root: str, model_names: list[str], limit: int | None = None) -> Da
 
 
 def read_coco_names(path: str) -> dict[str, str]:
-    """coco_names.txt: `voc_name<TAB>coco_name` per line."""
+    """coco_names.txt: `own_class<TAB>coco_name` per line (own_class: a VOC name or a YOLO class id)."""
     mapping = {}
     with open(path, encoding="utf-8") as handle:
         for line in handle:
@@ -108,15 +114,20 @@ def parse_voc_xml(path: str) -> list[tuple[str, list[float], bool]]:
     return objects
 
 
+def renamed_classes(root: str, model_names: list[str]) -> dict[str, int]:
+    """The dataset's own classes -> model class indices, through `root/coco_names.txt`."""
+    index = _name_index(model_names)
+    to_model = {}
+    for own, coco in read_coco_names(os.path.join(root, "coco_names.txt")).items():
+        if coco not in index:
+            raise ValueError(f"class {own!r} of {root} maps to {coco!r}, which is not a class of the model")
+        to_model[own] = index[coco]
+    return to_model
+
+
 def load_voc(root: str, model_names: list[str], limit: int | None = None) -> Dataset:
     """`root/JPEGImages/*.jpg` + `root/Annotations/<stem>.xml`, names via `root/coco_names.txt`."""
-    index = _name_index(model_names)
-    rename = read_coco_names(os.path.join(root, "coco_names.txt"))
-    to_model = {}
-    for voc, coco in rename.items():
-        if coco not in index:
-            raise ValueError(f"VOC class {voc!r} maps to {coco!r}, which is not a class of the model")
-        to_model[voc] = index[coco]
+    to_model = renamed_classes(root, model_names)
     images = []
     names = sorted(n for n in os.listdir(os.path.join(root, "JPEGImages")) if n.lower().endswith(".jpg"))
     for name in names[:limit]:
@@ -130,3 +141,49 @@ def load_voc(root: str, model_names: list[str], limit: int | None = None) -> Dat
             target[1].append(to_model[voc])
         images.append(_truth(os.path.join(root, "JPEGImages", name), boxes, cls, ign, ign_cls, False))
     return Dataset("voc2007", images, frozenset(to_model.values()))
+
+
+HIGHWAY_SPLITS = ("valid", "test")
+HIGHWAY_IMAGES = 300
+
+
+def fixed_draw(relative_paths: list[str], size: int) -> list[str]:
+    """The `size` paths with the smallest sha256 of their text, in that order: a seeded draw that needs no
+    seed, and the first n of it are the draw of size n."""
+    return sorted(relative_paths, key=lambda p: hashlib.sha256(p.encode()).hexdigest())[:size]
+
+
+def parse_yolo_txt(path: str, width: int, height: int) -> list[tuple[str, list[float]]]:
+    """(class id, [x1, y1, x2, y2] pixel-edge) per line of a YOLO label file."""
+    objects = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                own, cx, cy, w, h = line.split()
+                cx, cy, w, h = float(cx) * width, float(cy) * height, float(w) * width, float(h) * height
+                objects.append((own, [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]))
+    return objects
+
+
+def load_yolo(root: str, model_names: list[str], limit: int | None = None, name: str = "highway",
+              splits=HIGHWAY_SPLITS, size: int = HIGHWAY_IMAGES) -> Dataset:
+    """A fixed draw of `size` images (then the first `limit` of it) from `root/<split>/images` over `splits`,
+    boxes from `root/<split>/labels/<stem>.txt`, class ids via `root/coco_names.txt`. No ignore regions."""
+    to_model = renamed_classes(root, model_names)
+    relative = [f"{split}/images/{n}" for split in splits for n in os.listdir(os.path.join(root, split, "images"))
+                if n.lower().endswith((".jpg", ".jpeg", ".png"))]
+    images = []
+    for rel in fixed_draw(relative, size)[:limit]:
+        path = os.path.join(root, rel)
+        split, _, file_name = rel.split("/")
+        label = os.path.join(root, split, "labels", os.path.splitext(file_name)[0] + ".txt")
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+        boxes, cls = [], []  # no label file: a negative image, as in YOLO training
+        for own, box in parse_yolo_txt(label, width, height) if os.path.isfile(label) else ():
+            if own not in to_model:
+                raise ValueError(f"{label}: class {own!r} is not in coco_names.txt")
+            boxes.append(box)
+            cls.append(to_model[own])
+        images.append(_truth(path, boxes, cls, [], [], False))
+    return Dataset(name, images, frozenset(to_model.values()))

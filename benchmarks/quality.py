@@ -12,6 +12,7 @@ For a ranking (scores, higher = label first):
 - Q2 `capture_objects`: share of all errors inside the images taken in score order until their
   ground-truth objects reach 20% of all objects (the image that crosses the budget is taken);
 - Q3 `spearman`: Spearman rho between the score and the per-image error rate errors / max(1, objects).
+Q2 is the headline (labelling cost is mostly boxes; docs/benchmarks.md says why), Q1 stands beside it.
 Tied scores are broken at random; with ties, Q1/Q2 are the mean over `TIE_DRAWS` tie-breaks, which
 estimates the expected capture of a labeller who picks arbitrarily among equal scores. (Ties matter
 for the `detections` baseline, whose scores are small integers.)

@@ -7,6 +7,9 @@ import numpy as np
 ALGORITHMS = ("entropy", "aldd", "cald")
 CALD_VIEWS = 4
 TARGETS = {"P1": 0.90, "P2": 0.85, "P3": 1.2, "P4": 1.10, "P5": 5.0}
+# Q2 (errors captured at an object budget) leads: labelling cost is mostly boxes, and at an image budget
+# crowded images look better than they are (METHOD below says more)
+QUALITY_KEYS = ("q2", "q1", "q3")
 
 
 def _median(runs, key):
@@ -56,12 +59,12 @@ def summarise(r: dict) -> dict:
         rnd, det = rows["random"], rows["detections"]
         for algo in ALGORITHMS:
             if algo in rows:
-                beats = all(rows[algo][k] > rnd[k] for k in ("q1", "q2", "q3"))
-                s["targets"][f"{name}: {algo} beats random on Q1, Q2, Q3"] = beats
-        good = [a for a in ALGORITHMS if a in rows and rows[a]["q1"] > det["q1"] and rows[a]["q2"] > det["q2"]
+                beats = all(rows[algo][k] > rnd[k] for k in QUALITY_KEYS)
+                s["targets"][f"{name}: {algo} beats random on Q2, Q1, Q3"] = beats
+        good = [a for a in ALGORITHMS if a in rows and rows[a]["q2"] > det["q2"] and rows[a]["q1"] > det["q1"]
                 and rows[a]["q3"] >= 0.3]
         s[f"{name}_best_meeting_targets"] = good
-        s["targets"][f"{name}: an algorithm beats detections on Q1, Q2 with Q3 >= 0.3"] = bool(good)
+        s["targets"][f"{name}: an algorithm beats detections on Q2, Q1 with Q3 >= 0.3"] = bool(good)
     return s
 
 
@@ -174,15 +177,15 @@ def quality_rows(q: dict) -> list[list[str]]:
             m = q["rows"][name]
             label = f"{name} (mean of 10 seeds)" if name == "random" else name
             if name == "random":
-                cells = [f"{fmt(m[k])} ± {fmt(m[k + '_std'])}" for k in ("q1", "q2", "q3")]
+                cells = [f"{fmt(m[k])} ± {fmt(m[k + '_std'])}" for k in QUALITY_KEYS]
             else:
-                cells = [fmt(m[k]) for k in ("q1", "q2", "q3")]
+                cells = [fmt(m[k]) for k in QUALITY_KEYS]
             rows.append([label, *cells])
     return rows
 
 
 def variant_rows(q: dict) -> list[list[str]]:
-    return [[name, *(fmt(m[k]) for k in ("q1", "q2", "q3"))] for name, m in q.get("variants", {}).items()]
+    return [[name, *(fmt(m[k]) for k in QUALITY_KEYS)] for name, m in q.get("variants", {}).items()]
 
 
 def breakdown_rows(r: dict) -> list[list[str]]:
@@ -216,7 +219,7 @@ def table(r: dict) -> str:
         t = q["totals"]
         out.append(f"== quality {name}: {t['images']} images, {t['objects']} objects, {t['errors']} errors "
                    f"(FP {t['fp']}, FN {t['fn']}) ==")
-        out.append(f"{'ranking':<26} {'Q1':>16} {'Q2':>16} {'Q3':>16}")
+        out.append(f"{'ranking':<26} {'Q2 (headline)':>16} {'Q1':>16} {'Q3':>16}")
         for row in quality_rows(q) + [["~ " + v[0], *v[1:]] for v in variant_rows(q)]:
             out.append(f"{row[0]:<26} {row[1]:>16} {row[2]:>16} {row[3]:>16}")
     out.append("== targets ==")
@@ -273,12 +276,12 @@ def run_block(r: dict, level: str = "##", with_quality: bool = True) -> list[str
             f"(TP {t['tp']}; {t['ignored']} detections ignored: on crowd/difficult regions or of classes the "
             f"dataset does not label); {t['images_without_detections']} images without any detection.",
             "",
-            md_table(["ranking", "Q1 error capture, 20% of images", "Q2 error capture, 20% of objects",
+            md_table(["ranking", "**Q2 error capture, 20% of objects** (headline)", "Q1 error capture, 20% of images",
                       "Q3 Spearman ρ (score, error rate)"], quality_rows(q)),
             "",
             "Not shipped, for reading the table (other image scores over the same detections):",
             "",
-            md_table(["ranking", "Q1", "Q2", "Q3"], variant_rows(q)),
+            md_table(["ranking", "Q2", "Q1", "Q3"], variant_rows(q)),
             "",
         ]
     parts += [f"{level}# Targets", ""]
@@ -302,7 +305,7 @@ def markdown(r: dict, json_path: str, others=(), findings: str = "") -> str:
         "```",
         "",
         "Other options: `--reps N`, `--profile` (cProfile of each algorithm's mining run into "
-        "benchmarks/results/), `--skip quality,voc,p3,p4,p5,p6,p7,p8`, `--images N`. A run writes `"
+        "benchmarks/results/), `--skip quality,voc,highway,p3,p4,p5,p6,p7,p8,p9`, `--images N`. A run writes `"
         + json_path + "` (every figure, per-image errors, scores and box confidences) and regenerates this "
         "file, with a section for the latest run on the other device if its JSON is there. The host is "
         "shared with other jobs: absolute images/s move with its load, which is why every speed figure is a "
@@ -313,9 +316,9 @@ def markdown(r: dict, json_path: str, others=(), findings: str = "") -> str:
     for other in others:
         parts += run_block(other, with_quality=False)
         parts += ["(Quality on that device: " + "; ".join(
-            f"{name} " + ", ".join(f"{a} {fmt(q['rows'][a]['q1'])}/{fmt(q['rows'][a]['q2'])}/{fmt(q['rows'][a]['q3'])}"
+            f"{name} " + ", ".join(f"{a} " + "/".join(fmt(q["rows"][a][k]) for k in QUALITY_KEYS)
                                    for a in QUALITY_ORDER if a in q["rows"])
-            for name, q in other.get("quality", {}).items()) + " as Q1/Q2/Q3.)", ""]
+            for name, q in other.get("quality", {}).items()) + " as Q2/Q1/Q3.)", ""]
     if findings:
         parts += [findings.strip(), ""]
     parts += [METHOD]
@@ -376,21 +379,45 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
   are then bit-identical, and result.tsv is checked to be the same bytes); each run loads its own model,
   and 2 workers start their processes. Also given from the first scored image on (the steady state).
 
-**Quality.** Per image, the model's errors at `conf_thres` 0.25 (`benchmarks/quality.py`): false
+**Quality.** Three sets, each against its own ground truth (`benchmarks/gt.py`):
+
+- **coco-val**: the 206 COCO val2017 images of `shared/data/coco-val` and their COCO annotations;
+  scored by the timed speed runs above.
+- **voc2007**: the 100 Pascal VOC 2007 images of `shared/data/voc2007`, VOC names renamed to COCO
+  names by its `coco_names.txt`.
+- **highway**: a fixed 300-image subset of `shared/data/highway` valid+test (738 road photos, 416×416,
+  YOLO labels; 199 valid and 101 test images, 605 objects): the 300 whose relative paths
+  (`valid/images/<file>`) have the smallest sha256, a seeded draw that needs no seed and depends neither on
+  file-system order nor on where the data lives (`--images` takes the start of the same draw). Class ids
+  are renamed by `highway/coco_names.txt` (0 bus, 1 car, 2 motorcycle, which the data calls motorbike,
+  3 person, 4 truck). One domain and five classes, like a pool a team mines, where coco-val and voc2007
+  are broad; it holds no file of the train split, the simulator's pool (docs/simulation.md).
+
+voc2007 and highway are mined by each algorithm in a timed run of their own (its timings are in the JSON).
+
+Per image, the model's errors at `conf_thres` 0.25 (`benchmarks/quality.py`): false
 negatives + false positives at IoU ≥ 0.5, class-aware, detections matched greedily by confidence to the
 unmatched ground-truth box of their class with the largest IoU. COCO `iscrowd` boxes and VOC
 `difficult` objects are ignored (missing them is no error; a detection on one is neither TP nor FP; crowd
 regions match by intersection over the detection's area, as COCO does), and so are detections of classes
-a dataset never labels (a COCO model's "bench" in a VOC image). Classes are mapped by name
-(`benchmarks/gt.py`; VOC names through `coco_names.txt`). Rankings: the scores of
+a dataset never labels (a COCO model's "bench" in a VOC image). Classes are mapped by name. Rankings: the scores of
 `executor.pipeline.tasks.mine` for each algorithm; `random` = the project's random scorer, mean over seeds 0-9;
 `detections` = number of boxes the model keeps. Tied scores are broken at random (Q1/Q2 are averaged over
 200 tie-breaks).
 
+- **Q2** (the headline): share of all errors in the images taken in score order until their ground-truth
+  objects reach 20% of all objects (the image that crosses the budget is taken).
 - **Q1**: share of all errors in the top 20% of images (round(0.2 N) images).
-- **Q2**: share of all errors in the images taken in score order until their ground-truth objects reach
-  20% of all objects (the image that crosses the budget is taken).
 - **Q3**: Spearman ρ between the score and the per-image error rate errors ÷ max(1, objects).
+
+Why Q2 leads: labelling cost is mostly boxes (an image of twenty cars costs about twenty times an image of
+one), and at an image budget crowded images look better than they are: they hold more errors because they
+hold more objects. Counting the detections captures twice random's share of the errors at 20% of the
+images (Q1 0.41 on both coco-val and voc2007 in the CPU run of 2026-12-01) but no more than random at
+20% of the objects (Q2 0.19 on both; random 0.20 and 0.19). Q2 is what a team that pays per box gets for
+its budget; Q1 stays beside it because budgets are also counted in images, and the gap between the two
+shows how much of a ranking's capture is only crowding. The targets read Q2 first: "beats random on Q2,
+Q1, Q3" (all three above random's mean) and "beats detections on Q2, Q1 with Q3 ≥ 0.3".
 
 The "not shipped" rows are other image scores over the same boxes (entropy averaged or maxed instead of
 summed, mean least-confidence `1 − conf`) and the oracle (score = the image's true error count), which

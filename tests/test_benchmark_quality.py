@@ -1,11 +1,16 @@
 """The quality benchmark's own metric (benchmarks/quality.py, benchmarks/gt.py) on hand-made examples:
 the benchmark trusts these numbers, so they are checked against values worked out by hand."""
+import hashlib
 import json
+import os
+from collections import Counter
 
 import numpy as np
 import pytest
+import yaml
 
 from benchmarks import gt, quality
+from tests.platform import SHARED, coco_names
 
 
 def truth(boxes=(), cls=(), ignore=(), ignore_cls=(), crowd=True):
@@ -150,6 +155,64 @@ def test_voc_loader_renames_and_ignores_difficult(tmp_path):
     assert ds.classes == {0, 1}
 
 
+def _jpeg(path, width, height):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height)).save(path)
+
+
+def test_yolo_loader_maps_class_ids_through_coco_names(tmp_path):
+    _jpeg(tmp_path / "valid" / "images" / "a.jpg", 200, 100)
+    _jpeg(tmp_path / "test" / "images" / "b.jpg", 50, 50)   # no label file: a negative image
+    (tmp_path / "valid" / "labels").mkdir()
+    (tmp_path / "valid" / "labels" / "a.txt").write_text("2 0.5 0.5 0.2 0.4\n0 0.25 0.5 0.1 0.2\n")
+    (tmp_path / "coco_names.txt").write_text("0\tbus\n2\tmotorcycle\n")
+    ds = gt.load_yolo(str(tmp_path), ["person", "motorcycle", "bus"], name="tiny")
+    by_name = {i.path.rsplit("/", 1)[1]: i for i in ds.images}
+    a = by_name["a.jpg"]
+    assert a.cls.tolist() == [1, 2] and a.boxes.tolist() == [[80, 30, 120, 70], [40, 40, 60, 60]]
+    assert by_name["b.jpg"].objects == 0 and ds.classes == {1, 2} and ds.name == "tiny"
+    (tmp_path / "valid" / "labels" / "a.txt").write_text("1 0.5 0.5 0.2 0.4\n")
+    with pytest.raises(ValueError, match="not in coco_names.txt"):
+        gt.load_yolo(str(tmp_path), ["person", "motorcycle", "bus"])
+
+
+def test_fixed_draw_ignores_input_order_and_nests():
+    paths = [f"valid/images/{i}.jpg" for i in range(50)]
+    draw = gt.fixed_draw(paths, 20)
+    assert len(set(draw)) == 20 and gt.fixed_draw(paths[::-1], 20) == draw
+    assert gt.fixed_draw(paths, 5) == draw[:5]   # --images takes the start of the same draw
+
+
+HIGHWAY = str(SHARED / "data" / "highway")
+
+
+def _relative(dataset) -> list[str]:
+    return [os.path.relpath(p, HIGHWAY) for p in dataset.paths]
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(HIGHWAY, "coco_names.txt")), reason="no shared highway data")
+def test_highway_quality_set_is_the_same_300_images_with_coco_classes():
+    names = coco_names()
+    ds = gt.load_yolo(HIGHWAY, names)
+    relative = _relative(ds)
+    assert len(set(relative)) == 300 and relative == _relative(gt.load_yolo(HIGHWAY, names))
+    # pinned: a change of the draw, or of the files it draws from, changes every highway figure
+    assert hashlib.sha256("\n".join(relative).encode()).hexdigest()[:16] == "9aa23330e81bc3fb"
+    assert Counter(r.split("/")[0] for r in relative) == {"valid": 199, "test": 101}
+    # the data's own names (data.yaml: motorbike) become the COCO model's, box for box
+    with open(os.path.join(HIGHWAY, "data.yaml"), encoding="utf-8") as handle:
+        own = {i: {"motorbike": "motorcycle"}.get(n, n) for i, n in yaml.safe_load(handle)["names"].items()}
+    for image in ds.images:
+        label = image.path.replace("/images/", "/labels/").rsplit(".", 1)[0] + ".txt"
+        with open(label, encoding="utf-8") as handle:
+            expected = [own[int(line.split()[0])] for line in handle if line.strip()]
+        assert [names[c] for c in image.cls] == expected
+    assert Counter(names[c] for i in ds.images for c in i.cls) == {
+        "truck": 214, "car": 185, "bus": 125, "person": 48, "motorcycle": 33}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald"])
 def test_timed_mining_scores_what_ships(algorithm, tmp_path):
@@ -193,3 +256,19 @@ def test_a_regenerated_benchmark_page_keeps_the_other_devices_run():
     assert merged == ("# B\n\n## Run of 2026-12-01 on cpu\nnew cpu\n\n## Run of 2026-11-02 on cuda:0\ngpu table\n\n"
                       "## Findings\nf\n")
     assert keep_other_runs(merged, new) == merged and keep_other_runs(new, new) == new
+
+
+def test_the_report_leads_with_q2():
+    """Q2 (object budget) is the first quality column and the first condition of every quality target."""
+    from benchmarks import report
+
+    def row(q1, q2, q3):
+        return {"q1": q1, "q2": q2, "q3": q3}
+
+    q = {"rows": {"random": {**row(0.2, 0.2, 0.0), "q1_std": 0.01, "q2_std": 0.02, "q3_std": 0.03},
+                  "detections": row(0.41, 0.19, 0.1), "entropy": row(0.45, 0.25, 0.35)}, "variants": {}}
+    s = report.summarise({"quality": {"highway": q}})
+    assert s["targets"] == {"highway: entropy beats random on Q2, Q1, Q3": True,
+                            "highway: an algorithm beats detections on Q2, Q1 with Q3 >= 0.3": True}
+    assert report.quality_rows(q)[0] == ["random (mean of 10 seeds)", "0.200 ± 0.020", "0.200 ± 0.010", "0.000 ± 0.030"]
+    assert report.quality_rows(q)[2] == ["entropy", "0.250", "0.450", "0.350"]
