@@ -54,11 +54,10 @@ def recipe_settings(spec: str) -> tuple[str, dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     prepare_process_env()
-    from executor.cli.flags import set_values
-    from executor.simulate.plan import prepare_data
+    from executor.simulate.plan import parse_sets, prepare_data
     from executor.simulate.rounds import QuarryTrainer, evaluate_start, initial_draw
 
-    base = {"img_size": args.img_size, **set_values(args.set, ["training", "infer"])}
+    base = {"img_size": args.img_size, **parse_sets(args.set)}
     os.makedirs(args.out, exist_ok=True)
     data = prepare_data(args.data, args.out, base)
     images = initial_draw(data, args.seed, args.initial)
