@@ -380,6 +380,11 @@ def test_a_rerun_may_add_rounds_but_not_change_the_plan(tiny, tmp_path):
     check_growth(tmp_path / "out")
     with pytest.raises(ConfigError, match="another plan .*budget"):
         fake_run(tiny, tmp_path / "out", budget=4)
+    saved = state(tmp_path / "out")
+    del saved["identity"]["round_model"]  # format 2: Ultralytics' best epoch was each round's model
+    (tmp_path / "out" / "simulation.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"another plan \(round_model differ"):
+        fake_run(tiny, tmp_path / "out", rounds=2)
 
 
 def test_a_cost_budget_reveals_until_the_cost_is_reached_the_crossing_image_included(tiny, tmp_path):
