@@ -42,7 +42,7 @@ class EpochReport:
 
 @dataclass
 class TrainResult:
-    best: str | None       # best.pt (optimizer stripped by Ultralytics), None when never written
+    best: str | None       # best.pt (final_eval strips its optimizer), None when never written
     last: str | None
     run_dir: str
 
@@ -210,6 +210,28 @@ class _TrainerBridge:
             mask_map50=metrics.get("metrics/mask_mAP50")))
 
 
+class _LastIsBest:
+    """No validation by Ultralytics (train_model with validate=False): its per-epoch and final-epoch validate() and
+    its final_eval() of best.pt become no-ops, installed on the trainer instance before the first epoch (on every
+    DDP rank: each one calls validate). validate() returns no metrics and a fitness that grows with the epoch, so
+    every epoch is the best so far: save_model writes best.pt with last.pt's bytes (it does when best_fitness ==
+    fitness) and EarlyStopping never stops (it stops only after `patience` epochs without a higher fitness).
+    Picklable (DDP workers get it through cloudpickle)."""
+
+    def events(self) -> dict:
+        return {"on_pretrain_routine_end": self.install}
+
+    @staticmethod
+    def install(trainer) -> None:
+        def validate() -> tuple[dict, float]:
+            # the training loop stores these as trainer.metrics (a dict: save_metrics and save_model spread it)
+            trainer.best_fitness = fitness = float(trainer.epoch + 1)
+            return {}, fitness
+
+        trainer.validate = validate
+        trainer.final_eval = lambda: None  # (Ultralytics' also strips the optimizer: export_weights does that)
+
+
 def _offline_amp_check() -> None:
     """Ultralytics checks AMP on a GPU by loading yolo26n.pt, downloading it when absent. Offline that is a
     crash, so the check is replaced by trusting `amp` (the user can set amp: false)."""
@@ -278,11 +300,13 @@ def _seed_segmentation(detection, source: str, data_yaml: str, model_yaml: str |
 
 
 def train_model(source: str, data_yaml: str, args: dict, hooks, run_dir: str, task: str = "detect",
-                model_yaml: str | None = None) -> TrainResult:
+                model_yaml: str | None = None, validate: bool = True) -> TrainResult:
     """Train `source` (a .pt checkpoint or a model .yaml) as a `task` model on `data_yaml` in-process; multi-GPU
     devices go through Ultralytics' DDP launcher. `args` are Ultralytics train arguments; progress goes to
     `hooks`. A model of another task is a ModelError naming both, except that a detection checkpoint seeds a
-    segmentation model (`model_yaml`, or the counterpart of its own architecture) with its matching weights."""
+    segmentation model (`model_yaml`, or the counterpart of its own architecture) with its matching weights.
+    `validate=False`: Ultralytics validates nothing (no val metrics reach the hooks, no on_final) and best.pt is
+    the last epoch's weights (_LastIsBest)."""
     _offline_amp_check()
     model = _load(source)
     if model.task != task:
@@ -291,9 +315,9 @@ def train_model(source: str, data_yaml: str, args: dict, hooks, run_dir: str, ta
         else:
             raise ModelError(f"{source} is a {task_words(model.task)} model, but this image trains "
                              f"{task_words(task)} models; give a {TASK_WORDS.get(task, task)} checkpoint")
-    bridge = _TrainerBridge(hooks)
-    for event, callback in bridge.events().items():
-        model.add_callback(event, callback)
+    for events in (_TrainerBridge(hooks).events(), {} if validate else _LastIsBest().events()):
+        for event, callback in events.items():
+            model.add_callback(event, callback)
     project, name = os.path.split(os.path.abspath(run_dir))
     try:
         model.train(data=data_yaml, project=project, name=name, exist_ok=True, save_period=-1, **args)

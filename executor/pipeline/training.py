@@ -1,5 +1,7 @@
 """Training: settings → dataset (read, validated, exported as YOLO) → Ultralytics training with our hooks →
 our own evaluation → model stages in result.yaml, best weights exported to ONNX. Wiring only.
+The simulator (executor/simulate/) asks for less through run_training's keywords: no Ultralytics validation (the
+last epoch is the best stage), no ONNX attachment, and the val predictions of the final evaluation handed back.
 
 Progress: 0-5 % dataset, 5-90 % epochs (and batches), 90-100 % final evaluation and export.
 Stages: `best` (Ultralytics' best.pt) and, unless save_best_only, `epoch_<k>` every save_period epochs
@@ -320,9 +322,14 @@ class Evaluator:
 
 # ---------------------------------------------------------------- the task
 
-def run_training(job, settings: Settings, progress: Progress) -> Metrics:
+def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val: bool = True, onnx: bool = True,
+                 val_predictions: list | None = None) -> Metrics:
     """Train on job.training_index / job.val_index; stages and result.yaml under job.models_out. Returns our
-    metrics of the best stage on the val split (those result.yaml gives it)."""
+    metrics of the best stage on the val split (those result.yaml gives it). The platform leaves the keywords
+    alone; the simulator sets them: `ultralytics_val=False`: Ultralytics validates nothing (no per-epoch or
+    final-epoch val, no final_eval of best.pt) and the best stage is the last epoch's weights; `onnx=False`: no
+    ONNX attachment; `val_predictions` (detection): a list that receives the best stage's val predictions, in
+    job.val_index's order (executor.engine.evaluation.evaluate's `keep`)."""
     class_names = list(settings.class_names)
     evaluate_config = dict(settings.evaluate_config)
     extra = trainer.check_train_args(parse_args_options(settings.args_options))
@@ -347,21 +354,24 @@ def run_training(job, settings: Settings, progress: Progress) -> Metrics:
                           settings.save_period, settings.save_best_only)
     hooks.text("dataset", "\n\n".join(summary(s, class_names) for s in (train, val)))
     args = trainer.train_args(settings, device, extra)
+    if not ultralytics_val:
+        log.info("Ultralytics validates nothing in this run: the best stage is the last epoch's weights")
     log.info("training %s for %d epochs: %s", source, settings.epochs, args)
     started = time.monotonic()
     try:
         result = trainer.train_model(source, data_yaml, args, hooks, os.path.join(job.work_dir, "ultralytics", "train"),
-                                     task, model_yaml)
+                                     task, model_yaml, validate=ultralytics_val)
         log.info("training took %.1f s", time.monotonic() - started)
         book.reload()
-        return finish(result, book, hooks, evaluator, settings, span(progress, *FINISH))
+        return finish(result, book, hooks, evaluator, settings, span(progress, *FINISH), onnx, val_predictions)
     finally:
         hooks.close()
 
 
 def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, evaluator: Evaluator,
-           settings: Settings, progress: Progress) -> Metrics:
-    """The best stage with our metrics, its ONNX export as an attachment, result.yaml; returns the metrics."""
+           settings: Settings, progress: Progress, onnx: bool = True, keep: list | None = None) -> Metrics:
+    """The best stage with our metrics (its val predictions into `keep`), its ONNX export as an attachment unless
+    not `onnx`, result.yaml; returns the metrics."""
     checkpoint = result.best or result.last
     if checkpoint is None:
         raise ModelError(f"training wrote no weights under {result.run_dir}")
@@ -369,7 +379,7 @@ def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, e
         log.warning("Ultralytics saved no best.pt; the best stage uses the last weights")
     best = book.stage_path(BEST, "best.pt")
     trainer.export_weights(checkpoint, best)
-    metrics = evaluator(best, lambda f: progress(0.6 * f))
+    metrics = evaluator(best, lambda f: progress(0.6 * f), keep)
     book.add(BEST, ["best.pt"], metrics.stage_fields())
     best_scalars = {**eval_scalars(metrics), "mAP50_95": metrics.mAP50_95}
     if metrics.maskAP is not None:
@@ -385,12 +395,18 @@ def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, e
     if metrics.maskAP is not None and "metrics/mask_mAP50" in hooks.ultralytics_best:
         log.info("mask mAP@0.5 of best.pt on the val split: ours %.4f, Ultralytics val %.4f", metrics.maskAP,
                  hooks.ultralytics_best["metrics/mask_mAP50"])
-    onnx = book.attachment_path("onnx", "best.onnx")
+    if onnx:
+        attach_onnx(book, best, settings)
+    progress(1.0)
+    return metrics
+
+
+def attach_onnx(book: StageBook, best: str, settings: Settings) -> None:
+    """`best` exported to ONNX as the attachment onnx/best.onnx (none when the export fails)."""
+    target = book.attachment_path("onnx", "best.onnx")
     try:
-        export_onnx(best, onnx, settings.img_size, settings.opset)
+        export_onnx(best, target, settings.img_size, settings.opset)
     except Exception:  # the package is complete without it; the failure is in the log with its traceback
         log.exception("ONNX export of %s failed; the model package has no onnx attachment", best)
     else:
-        book.attach("onnx", [os.path.basename(onnx)])
-    progress(1.0)
-    return metrics
+        book.attach("onnx", [os.path.basename(target)])

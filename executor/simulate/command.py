@@ -11,8 +11,10 @@ c x images, the crossing image included), train again from the starting weights 
 and evaluate mAP50 and mAP50-95 on the fixed val split. So the curve of an algorithm has rounds + 1 points; each
 is compared with random's at equal labelling cost too (executor/simulate/compare.py).
 
-Everything Quarry ships is used as it is: `executor.pipeline.training.run_training` trains, its `Evaluator` (our
-pycocotools evaluation, batched like Ultralytics' validator) measures, `executor.pipeline.tasks.run(make_plan(["mining"], …))` ranks.
+Everything Quarry ships is used as it is: `executor.pipeline.training.run_training` trains and measures with its
+`Evaluator` (our pycocotools evaluation, batched like Ultralytics' validator), asked for less than the platform asks
+(no Ultralytics validation: the last epoch is the model; no ONNX export; its val predictions handed back for the
+bootstrap), `executor.pipeline.tasks.run(make_plan(["mining"], …))` ranks.
 The baseline `detections` (most boxes at conf_thres first) counts the boxes of Quarry's own infer task.
 
 Outputs in --out: simulation.json (plan + every round), simulation.csv (one row per round), simulation.md (the
@@ -82,10 +84,9 @@ def add_parser(subparsers, common: argparse.ArgumentParser | None = None) -> arg
                      help="any training/mining template key, e.g. --set lr0=0.005 --set gpu_id=0 "
                           "--set class_names=bus,car,motorcycle,person,truck (renames the data's classes)")
     cmd.add_argument("--train-val", type=int, default=0, metavar="N",
-                     help="val images the training itself validates on (Ultralytics' per-epoch val and best-epoch "
-                          "choice, result.yaml): the first N, default all; the reported mAP always uses the whole "
-                          "val split. With --set args_options=val=False (best = last epoch) a small N saves two "
-                          "val passes per round")
+                     help="val images run_training's own evaluation of the round's model uses (its result.yaml): "
+                          "the first N, default all. The reported mAP always uses the whole val split, so N below "
+                          "all adds a second evaluation per round (the training itself validates on nothing)")
     cmd.add_argument("--bootstrap", type=int, default=500, metavar="N",
                      help="draws of the paired bootstrap over val images that gives each Δ at equal cost its 95%% "
                           "interval (0: none; default %(default)s)")

@@ -33,10 +33,13 @@ class Trained:
 
 
 class QuarryTrainer:
-    """Round training with executor.pipeline.training.run_training, evaluation with its Evaluator on the val split.
+    """Round training with executor.pipeline.training.run_training, asked for less than the platform asks: no
+    validation by Ultralytics (the last epoch's weights are the model: no model selection on any split), no ONNX
+    export, and its own evaluation of the model on the val split handed back with the val predictions, so the
+    round's mAP and the bootstrap's match table come from that one evaluation.
 
-    The training validates on `train_val_index` (Ultralytics' per-epoch val and best epoch, result.yaml): the
-    whole val split unless --train-val names fewer images; the round's mAP is always on the whole split."""
+    The training evaluates on `train_val_index` (result.yaml): the whole val split unless --train-val names fewer
+    images; then the round's mAP needs a second evaluation, on the whole split."""
 
     def __init__(self, data: Data, config: Mapping, start_weights: str, train_val_index: str = ""):
         self.data, self.config, self.start_weights = data, dict(config), start_weights
@@ -50,7 +53,7 @@ class QuarryTrainer:
 
     def __call__(self, folder: str, images: Sequence[str], seed: int, progress: Progress) -> Trained:
         from executor.pipeline.job import Job
-        from executor.pipeline.training import Evaluator, run_training
+        from executor.pipeline.training import run_training
         from executor.protocol.monitor import span
 
         index = os.path.join(folder, "train-index.tsv")
@@ -61,27 +64,34 @@ class QuarryTrainer:
                   training_result=os.path.join(models, "result.yaml"),
                   tensorboard_dir=os.path.join(folder, "tensorboard"), work_dir=os.path.join(folder, "work"),
                   models_dir="", weights_dirs=())
+        whole = self.train_val_index == self.data.val_index
+        predictions: list = []
         started = time.monotonic()
-        run_training(job, settings, span(progress, 0.0, 0.9))
+        metrics = run_training(job, settings, span(progress, 0.0, 1.0 if whole else 0.9), ultralytics_val=False,
+                               onnx=False, val_predictions=predictions if whole else None)
         train_s = time.monotonic() - started
         weights = os.path.join(models, "best", "best.pt")
         started = time.monotonic()
-        evaluator = Evaluator(self.data.val_samples, self.data.class_names, settings,
-                              dict(settings.evaluate_config), 2 * settings.batch_size_per_gpu)
-        predictions: list = []
-        metrics = evaluator(weights, span(progress, 0.9, 1.0), keep=predictions)
+        if not whole:
+            metrics = self.evaluate(weights, settings, predictions, span(progress, 0.9, 1.0))
+        if len(predictions) != len(self.data.val_samples):  # (both read the one val index, in its order)
+            raise RuntimeError(f"{len(predictions)} val predictions for {len(self.data.val_samples)} val images")
         matches = os.path.join(models, "val-matches.npz")  # what the bootstrap over val images needs of this model
         bootstrap.save(matches, bootstrap.match_table(self.data.val_samples, predictions, len(self.data.class_names)))
         eval_s = time.monotonic() - started
-        # what mining and reproduction need stays (train-index.tsv, best.pt, result.yaml); the YOLO export,
-        # Ultralytics' checkpoints and the ONNX attachment go (tens of MB per round)
+        # what mining and reproduction need stays (train-index.tsv, best.pt, result.yaml); the YOLO export and
+        # Ultralytics' checkpoints go (tens of MB per round)
         shutil.rmtree(os.path.join(folder, "work"), ignore_errors=True)
-        shutil.rmtree(os.path.join(models, "attachments"), ignore_errors=True)
-        for name in os.listdir(models):
-            if os.path.isfile(os.path.join(models, name)) and name.endswith(".onnx"):
-                os.unlink(os.path.join(models, name))
         return Trained(weights, float(metrics.mAP), float(metrics.mAP50_95), float(metrics.mAR), train_s, eval_s,
                        matches)
+
+    def evaluate(self, weights: str, settings, keep: list, progress: Progress):
+        """The model on the whole val split (its predictions into `keep`), as run_training evaluates."""
+        from executor.pipeline.training import Evaluator
+
+        evaluator = Evaluator(self.data.val_samples, self.data.class_names, settings, dict(settings.evaluate_config),
+                              2 * settings.batch_size_per_gpu)
+        return evaluator(weights, progress, keep=keep)
 
 
 def evaluate_start(weights: str, data: Data, config: Mapping) -> dict | None:
@@ -130,12 +140,73 @@ def count_ranking(found: Iterable, keys: Sequence[str], names: Sequence[str], se
     return [(key, boxes.get(key, 0) + 0.5 * float(tie)) for key, tie in zip(keys, ties)]
 
 
+class SharedForwards:
+    """One forward per batch of the pool for the arms that mine with one model (round 1: every arm of a seed mines
+    with the shared round-0 model): the whole-network forwards (executor.engine.detector.Forward) the first arm
+    makes are kept, and the next arms' detectors read them instead of running the network again, so scores that
+    are functions of the same detections (entropy with any aggregation or conf_thres, the `detections` baseline's
+    box count) cost one forward between them. Exact: a forward is reused only by the same model
+    (Detector.model_key: weights, input size, device) for byte-identical network inputs. Forwards made for class
+    maps alone (ALDD) or with embeddings (selection diverse), and the extra views CALD forwards, are not kept:
+    those arms run their own. Only one model's forwards are kept (about 4 x (4 + classes) x anchors bytes per
+    image: 75 kB at 320 px with 5 classes). Workers in other processes (cpu_processes > 1, several GPUs) load
+    their own detectors and share nothing."""
+
+    def __init__(self, load: Callable | None = None):
+        self.load_detector = load  # executor.engine.loading.load_detector's signature (None: that function)
+        self.weights: str | None = None
+        self.forwards: dict = {}
+
+    def models(self, weights: str | None):
+        """A Models (executor.pipeline.passes) for one mining run with `weights`, sharing the forwards of the runs
+        before it with the same weights (those of other weights are dropped); None, keeping nothing, for None (a
+        model no other arm mines with)."""
+        from executor.pipeline.passes import Models
+
+        if weights != self.weights:
+            self.weights, self.forwards = weights, {}
+        return None if weights is None else Models(load=self.load)
+
+    def load(self, *args, **kwargs):
+        from executor.engine.loading import load_detector
+
+        detector = (self.load_detector or load_detector)(*args, **kwargs)
+        own = detector.forward_of
+
+        def forward_of(batch, maps_only: bool = False, embeddings: bool = False):
+            if maps_only or embeddings:
+                return own(batch, maps_only, embeddings)
+            key = (detector.model_key, batch_digest(batch))
+            if key not in self.forwards:
+                self.forwards[key] = own(batch)
+            batch.forward = self.forwards[key]
+            return batch.forward
+
+        detector.forward_of = forward_of  # (with_postprocess's copies keep it: they share the network)
+        return detector
+
+
+def batch_digest(batch) -> str:
+    """A digest of a batch's network inputs (a numpy array, or a tensor on the detector's device) and of how its
+    originals map into them (the detections' way back to original pixels)."""
+    import hashlib
+
+    import numpy as np
+
+    canvases = batch.canvases
+    array = np.ascontiguousarray(canvases.cpu().numpy() if hasattr(canvases, "cpu") else canvases)
+    digest = hashlib.blake2b(array.data, digest_size=16)
+    digest.update(repr((array.shape, list(batch.boxes))).encode())
+    return digest.hexdigest()
+
+
 def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, data: Data, config: Mapping,
-         seed: int, progress: Progress, labelled: Sequence[str] = ()) -> list[str]:
+         seed: int, progress: Progress, labelled: Sequence[str] = (), models=None) -> list[str]:
     """`candidates` ranked best first by `algorithm` ('name' or 'name:selection') with the model `weights`
     (Quarry's mining task, told which images are labelled already; for the `detections` baseline, its infer
     task); the ranking is kept in folder/mining.tsv (what a rerun resumes from). The mining report is off unless
-    --set report=true (then folder/mining-report.html)."""
+    --set report=true (then folder/mining-report.html). `models`: where the run loads its detector
+    (executor.pipeline.passes.Models; SharedForwards.models shares forwards between arms)."""
     from executor.pipeline.job import MINING_SCORES_NAME, REPORT_NAME, Job
     from executor.pipeline.plan import make_plan
     from executor.pipeline.tasks import run
@@ -154,14 +225,15 @@ def mine(algorithm: str, weights: str, candidates: Sequence[str], folder: str, d
     if algorithm == "detections":  # the tasks return values: no result file to read back
         job = Job(candidates=list(candidates), names=list(candidates), models_dir="", shards_dir=shards,
                   work_dir=folder, outer=outer_ranks())
-        found = run(make_plan(["infer"], job, base), progress)["infer"]
+        found = run(make_plan(["infer"], job, base), progress, models)["infer"]
         scored = ranked(count_ranking(found, candidates, names, seed))
     else:
         mining = {**base, "mining_algorithm": name, **({"selection": selection} if selection else {})}
         job = Job(candidates=list(candidates), names=names, models_dir="", shards_dir=shards, work_dir=folder,
                   labeled=list(labelled), outer=outer_ranks(), report_html=os.path.join(folder, REPORT_NAME),
                   mining_scores=os.path.join(folder, MINING_SCORES_NAME))
-        scored = [(found.key, found.score) for found in run(make_plan(["mining"], job, mining), progress)["mining"]]
+        scored = [(found.key, found.score) for found in run(make_plan(["mining"], job, mining), progress,
+                                                            models)["mining"]]
     write_ranked(ranking, scored)
     shutil.rmtree(shards, ignore_errors=True)
     return [key for key, _ in scored]

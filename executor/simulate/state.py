@@ -15,14 +15,16 @@ from executor.pipeline.shards import file_sha256
 from executor.protocol.writers import atomic_write_text
 from executor.simulate import bootstrap, cost
 from executor.simulate.plan import Plan, prepare_data
-from executor.simulate.rounds import QuarryTrainer, evaluate_start, initial_draw, mine
+from executor.simulate.rounds import QuarryTrainer, SharedForwards, evaluate_start, initial_draw, mine
 from executor.simulate.summary import csv_text, curve_table, plot, summarize, summary_csv, table
 
 log = logging.getLogger(__name__)
 
 
 SHARED_ROUND = "initial"       # round 0's training belongs to every algorithm of a seed
-FORMAT_VERSION = 2             # 2: labelling cost and pre-label corrections per round
+FORMAT_VERSION = 3             # 2: labelling cost and pre-label corrections per round; 3: last-epoch models
+# each round's model (in the identity: format 2 kept Ultralytics' best epoch by mAP on the reported split)
+ROUND_MODEL = "the last epoch's weights: Ultralytics validates nothing during training"
 
 
 # ---------------------------------------------------------------- the loop
@@ -75,11 +77,13 @@ class Simulation:
         self.trainer = trainer or QuarryTrainer(self.data, self.config, os.path.abspath(plan.weights),
                                                 self.train_val_index())
         self.miner = miner or mine
+        self.shared = SharedForwards()  # round 1's arms of a seed mine with one model: one forward between them
         self.identity = {"data": os.path.abspath(plan.data), "dataset": self.data.fingerprint,
                          "weights_sha256": file_sha256(plan.weights), "initial": plan.initial,
                          "budget": plan.budget, "budget_cost": plan.budget_cost, "image_cost": plan.image_cost,
                          "config": dict(sorted(self.config.items())),
                          "train_val": plan.train_val if 0 < plan.train_val < len(self.data.val_samples) else 0,
+                         "round_model": ROUND_MODEL,
                          "class_names": self.data.class_names}
         self.records: dict[tuple[str, int, int], dict] = {}  # (algorithm or SHARED_ROUND, seed, round) → record
         self.start: dict | None = None   # the start weights evaluated without training (None: not comparable)
@@ -277,9 +281,10 @@ class Simulation:
             bar, progress = bars.step(f"{label}: mining {len(candidates)} images ({algorithm})")
             started = self.clock()
             arm, weights = self.arms[algorithm], os.path.join(self.out, previous["weights"])
+            models = self.shared.models(weights if round_ == 1 else None)  # (later rounds: a model per arm)
             try:
                 ranking = self.miner(arm.name, weights, candidates, folder, self.data,
-                                     {**self.config, **arm.params}, seed, progress, labelled=labelled)
+                                     {**self.config, **arm.params}, seed, progress, labelled=labelled, models=models)
             finally:
                 bar.close()
             mine_s = self.clock() - started
@@ -356,22 +361,6 @@ class Simulation:
                 algos[algorithm][f"vs_random_{key}"]["interval"] = interval
         log.info("bootstrap over val images: %d draws in %.0f s", self.plan.bootstrap, self.clock() - started)
 
-    def model_selection(self) -> str:
-        """Whether the reported mAP is that of an epoch chosen by its own split (Ultralytics keeps the best epoch by
-        val mAP): none with one epoch or with val=False (best = last)."""
-        from executor.pipeline.training import parse_args_options
-        from executor.protocol.settings import build_settings
-
-        settings = build_settings("training", self.config)
-        if settings.epochs <= 1:
-            return "none (1 epoch: the model is the last one)"
-        if parse_args_options(settings.args_options).get("val") is False:
-            return "none (val=False: the model is the last epoch's)"
-        return (f"**yes**: the best of {settings.epochs} epochs is chosen by mAP on "
-                + (f"{self.identity['train_val']} images of" if self.identity["train_val"] else "the whole of")
-                + " the val split the table reports, so every mAP is biased upward (the same way for every "
-                "algorithm); --set args_options=val=False reports the last epoch instead")
-
     def title(self) -> str:
         p = self.plan
         data = os.path.abspath(p.data)
@@ -397,7 +386,7 @@ def markdown(sim: Simulation, summary: dict) -> str:
         f"- start weights: `{p.weights}` (every round trains from them); training and mining settings: {config}; "
         + (f"the training validates on the first {sim.identity['train_val']} val images"
            if sim.identity["train_val"] else "the training validates on the whole val split"),
-        f"- model selection on the reported split: {sim.model_selection()}",
+        f"- model selection on the reported split: none ({ROUND_MODEL}; the val split only measures)",
         f"- plan: N0 {p.initial} at random per seed (shared by the algorithms), then {p.rounds} rounds of mine → "
         + (f"reveal the top {p.budget} images" if p.budget is not None else
            f"reveal the top images until their cost reaches {p.budget_cost:g} (the crossing image included)")

@@ -249,6 +249,60 @@ def test_hooks_write_tensorboard_scalars_progress_and_stages(tmp_path, monkeypat
     assert data["model_stages"]["epoch_2"]["tp"] == 4 and data["best_stage_name"] == BEST
 
 
+@pytest.mark.parametrize("onnx", [True, False])
+def test_finish_attaches_onnx_unless_told_not_and_hands_back_the_val_predictions(tmp_path, monkeypatch, onnx):
+    from executor.pipeline import training
+
+    def export(best, target, img_size, opset):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "w").write("onnx")
+
+    class KeepingEvaluator(FakeEvaluator):
+        iou_thr, conf_thr = 0.5, 0.005
+
+        def __call__(self, weights, progress=None, keep=None):
+            keep.append(f"predictions of {os.path.basename(weights)}")
+            return super().__call__(weights, progress)
+
+    monkeypatch.setattr(adapter, "export_weights", lambda src, dst: (os.makedirs(os.path.dirname(dst), exist_ok=True),
+                                                                     open(dst, "w").write(src)))
+    monkeypatch.setattr(training, "export_onnx", export)
+    b, kept = book(tmp_path), []
+    evaluator = KeepingEvaluator()
+    hooks = TrainingHooks(print, str(tmp_path / "tb"), b, evaluator, 0, True)
+    settings = build_settings("training", {"class_names": ["a"]})
+    result = adapter.TrainResult(None, str(tmp_path / "last.pt"), str(tmp_path))
+    metrics = training.finish(result, b, hooks, evaluator, settings, lambda f: None, onnx=onnx, keep=kept)
+    hooks.close()
+    data = yaml.safe_load(open(b.result_file))
+    assert kept == ["predictions of best.pt"] and data["model_stages"][BEST]["mAP"] == metrics.mAP == 0.25
+    assert data.get("attachments") == ({"onnx": ["best.onnx"]} if onnx else None)
+    assert (tmp_path / "models" / "attachments").exists() == onnx
+
+
+def test_without_ultralytics_validation_every_epoch_is_the_best_and_nothing_validates():
+    """train_model(validate=False)'s hook on Ultralytics' trainer: no metrics, a fitness that makes save_model write
+    best.pt with every epoch (best_fitness == fitness) and that EarlyStopping never stops on."""
+    from types import SimpleNamespace
+
+    from ultralytics.utils.torch_utils import EarlyStopping
+
+    def refuse(*args):
+        raise AssertionError("Ultralytics validated")
+
+    trainer = SimpleNamespace(epoch=0, best_fitness=None, validate=refuse, final_eval=refuse)
+    (event, install), = adapter._LastIsBest().events().items()
+    assert event == "on_pretrain_routine_end"
+    install(trainer)
+    stopper = EarlyStopping(patience=2)
+    for epoch in range(6):
+        trainer.epoch = epoch
+        metrics, fitness = trainer.validate()
+        assert metrics == {} and trainer.best_fitness == fitness
+        assert not stopper(epoch + 1, fitness)
+    assert trainer.final_eval() is None
+
+
 def test_hooks_pickle_without_the_event_writer(tmp_path):
     import pickle
     hooks = TrainingHooks(print, str(tmp_path / "tb"), book(tmp_path), FakeEvaluator(), 1, True)
@@ -281,10 +335,12 @@ def run_training_start(env_path, tmp_path, monkeypatch):
 def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path, monkeypatch):
     from tests.ymir_builders import voc_items, voc_names, write_dataset, write_training_env
     items = voc_items(32)
-    write_dataset(tmp_path / "in", items[:24], items[24:], voc_names(), "ark")
+    index = write_dataset(tmp_path / "in", items[:24], items[24:], voc_names(), "ark")
     env = write_training_env(tmp_path, voc_names(), {"epochs": 1, "img_size": 128, "batch_size_per_gpu": 8,
                                                      "save_best_only": False, "save_period": 1})
+    validations = count_validations(monkeypatch)
     log, metrics = run_training_start(env, tmp_path, monkeypatch)
+    assert validations == [1, 1]  # the platform's result.yaml as ever: Ultralytics validated epoch 1 and best.pt
     models = tmp_path / "out" / "models"
     data = yaml.safe_load((models / "result.yaml").read_text())
     assert set(data["model_stages"]) == {"best", "epoch_1"} and data["best_stage_name"] in data["model_stages"]
@@ -304,6 +360,48 @@ def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path, monkeypatch):
     assert scalars["metrics/mAP50"][0][0] == 1
     ours, theirs = map(float, re.search(r"val split: ours ([\d.]+), Ultralytics val ([\d.]+)", log).groups())
     assert abs(ours - theirs) < 0.01 and ours == pytest.approx(data["model_stages"]["best"]["mAP"], abs=1e-4)
+    check_the_simulators_training(tmp_path / "sim", index, validations)
+
+
+def count_validations(monkeypatch) -> list:
+    """Calls of Ultralytics' validator, each as 1 (the list a test reads)."""
+    from ultralytics.engine.validator import BaseValidator
+
+    calls, validate = [], BaseValidator.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(BaseValidator, "__call__", counted)
+    return calls
+
+
+def check_the_simulators_training(out, index, validations):
+    """run_training as the simulator calls it (2 epochs): Ultralytics validates nothing, best.pt is the last epoch's
+    checkpoint, no ONNX attachment, the val predictions of our one evaluation handed back."""
+    from executor.pipeline.job import Job
+    from executor.pipeline.training import run_training
+    from tests.ymir_builders import voc_names
+
+    validations.clear()
+    settings = build_settings("training", {"class_names": voc_names(), "epochs": 2, "img_size": 128,
+                                           "batch_size_per_gpu": 8})
+    job = Job(training_index=str(index["train"]), val_index=str(index["val"]), models_out=str(out / "models"),
+              training_result=str(out / "models" / "result.yaml"), tensorboard_dir=str(out / "tb"),
+              work_dir=str(out / "work"), weights_dirs=(str(WEIGHTS_DIR),))
+    predictions: list = []
+    metrics = run_training(job, settings, lambda f: None, ultralytics_val=False, onnx=False,
+                           val_predictions=predictions)
+    assert validations == []
+    weights = out / "work" / "ultralytics" / "train" / "weights"
+    assert (weights / "best.pt").read_bytes() == (weights / "last.pt").read_bytes()
+    data = yaml.safe_load((out / "models" / "result.yaml").read_text())
+    assert "attachments" not in data and not (out / "models" / "attachments").exists()
+    assert data["model_stages"]["best"]["mAP"] == metrics.mAP
+    assert len(predictions) == 8 and sum(map(len, predictions)) > 0
+    scalars = read_scalars(out / "tb")
+    assert "train/box_loss" in scalars and not any(tag.startswith("metrics/") for tag in scalars)
 
 
 @pytest.mark.slow

@@ -104,11 +104,12 @@ class FakeMiner:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, algorithm, weights, candidates, folder, data, config, seed, progress, labelled=()):
+    def __call__(self, algorithm, weights, candidates, folder, data, config, seed, progress, labelled=(),
+                 models=None):
         import hashlib
 
         self.calls.append({"algorithm": algorithm, "weights": Path(weights).read_text(), "folder": folder,
-                           "config": dict(config), "seed": seed})
+                           "config": dict(config), "seed": seed, "models": models})
         key = json.dumps([algorithm, sorted(config.items())], default=str)
         return sorted(candidates, key=lambda p: hashlib.sha1((key + data.rel(p)).encode()).hexdigest())
 
@@ -379,6 +380,11 @@ def test_a_rerun_may_add_rounds_but_not_change_the_plan(tiny, tmp_path):
     check_growth(tmp_path / "out")
     with pytest.raises(ConfigError, match="another plan .*budget"):
         fake_run(tiny, tmp_path / "out", budget=4)
+    saved = state(tmp_path / "out")
+    del saved["identity"]["round_model"]  # format 2: Ultralytics' best epoch was each round's model
+    (tmp_path / "out" / "simulation.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"another plan \(round_model differ"):
+        fake_run(tiny, tmp_path / "out", rounds=2)
 
 
 def test_a_cost_budget_reveals_until_the_cost_is_reached_the_crossing_image_included(tiny, tmp_path):
@@ -405,7 +411,7 @@ def test_a_cost_budget_reveals_until_the_cost_is_reached_the_crossing_image_incl
     rows = list(__import__("csv").DictReader((tmp_path / "cost" / "simulation.csv").open()))
     assert rows[0]["correction_cost"] == "" and rows[1]["correction_misses"] != ""
     md = (tmp_path / "cost" / "simulation.md").read_text()
-    assert "cost 25 per round" in md and "model selection on the reported split: none (1 epoch" in md
+    assert "cost 25 per round" in md and "model selection on the reported split: none (the last epoch's" in md
     assert summary["algorithms"]["random"]["savings"]["n"] == 2
 
 
@@ -437,6 +443,91 @@ def test_every_arm_of_a_seed_starts_from_the_same_round_0_model(tiny, tmp_path):
         later = {c["weights"] for c in miner.calls if c["seed"] == seed and c["folder"].endswith("round_2")}
         assert len(later) == len(arms) and round0 not in later  # round 2 mines with each arm's own round-1 model
     assert sum(call[0].endswith("round_0") for call in sim.trainer.calls) == 2  # one round-0 training per seed
+
+
+def test_round_1_arms_mine_through_one_shared_forward_cache(tiny, tmp_path):
+    miner = FakeMiner()
+    sim, _ = fake_run(tiny, tmp_path / "out", miner=miner, algorithms=("random", "entropy", "detections"))
+    first = [c["models"] for c in miner.calls if c["folder"].endswith("round_1")]
+    assert len(first) == 3 and all(m is not None and m.load == sim.shared.load for m in first)
+    assert all(c["models"] is None for c in miner.calls if c["folder"].endswith("round_2"))
+    assert sim.shared.weights is None  # nothing kept once the arms mine with models of their own
+
+
+def test_round_1_arms_scored_from_the_same_detections_run_one_forward(tiny, tmp_path):
+    """The real mining and infer tasks with a fake detector: entropy (two aggregations) and the detections baseline
+    mining one model's pool forward it once between them, and rank exactly as each run alone does."""
+    from executor.pipeline.passes import Models
+    from tests.pipeline.fake_detector import pixel_load
+
+    loaded = []
+
+    def load(*args, **kwargs):
+        loaded.append(pixel_load(*args, **kwargs))
+        return loaded[-1]
+
+    data = sim_plan.prepare_data(str(tiny), str(tmp_path / "out"), {})
+    weights = tmp_path / "w.pt"
+    weights.write_text("fake")
+    shared = sim_rounds.SharedForwards(load=load)
+    arms = {"entropy": ("entropy", {}), "entropy-max": ("entropy", {"entropy_aggregation": "max"}),
+            "detections": ("detections", {"conf_thres": 0.5})}
+    config = {"img_size": 160, "batch_size_per_gpu": 8, "report": False}
+
+    def rank(folder, models):
+        return {name: sim_rounds.mine(algorithm, str(weights), data.pool, str(tmp_path / folder / name), data,
+                                      {**config, **params}, 0, lambda f: None, models=models(name))
+                for name, (algorithm, params) in arms.items()}
+
+    together = rank("shared", lambda name: shared.models(str(weights)))
+    assert sum(d.forwards for d in loaded) == len(data.pool) and len(loaded) == 3
+    loaded.clear()
+    alone = rank("alone", lambda name: Models(load=load))
+    assert sum(d.forwards for d in loaded) == 3 * len(data.pool)
+    assert together == alone and together["entropy"] != together["entropy-max"]
+    shared.models(str(tmp_path / "other.pt"))
+    assert shared.forwards == {}
+
+
+def test_round_training_is_one_evaluation_without_ultralytics_validation_or_onnx(tiny, tmp_path, monkeypatch):
+    """QuarryTrainer asks run_training for its val predictions and reuses them (no second evaluation) when the
+    training evaluates on the whole val split; on fewer images (--train-val) it evaluates the whole split itself."""
+    from executor.engine.evaluation import Metrics
+    from executor.pipeline import training
+
+    data = sim_plan.prepare_data(str(tiny), str(tmp_path / "out"), {})
+    calls, evaluated = [], []
+
+    def run_training(job, settings, progress, **kwargs):
+        calls.append((job.val_index, kwargs))
+        weights = Path(job.models_out) / "best" / "best.pt"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.write_text("weights")
+        if kwargs["val_predictions"] is not None:
+            kwargs["val_predictions"].extend(ground_truth_detections(data.val_samples))
+        return Metrics(0.7, 0.8, 0.5, 1, 2, 3)
+
+    def evaluate(self, weights, progress, keep=None):
+        evaluated.append(len(self.samples))
+        keep.extend(ground_truth_detections(self.samples, drop_first=True))
+        return Metrics(0.6, 0.7, 0.4, 1, 2, 3)
+
+    monkeypatch.setattr(training, "run_training", run_training)
+    monkeypatch.setattr(training.Evaluator, "__call__", evaluate)
+    images = data.pool[:8]
+    whole = sim_rounds.QuarryTrainer(data, {"epochs": 1}, str(WEIGHTS))(str(tmp_path / "a"), images, 0, print)
+    val_index, kwargs = calls[-1]
+    assert val_index == data.val_index and (kwargs["ultralytics_val"], kwargs["onnx"]) == (False, False)
+    assert len(kwargs["val_predictions"]) == len(data.val_samples)
+    assert evaluated == [] and (whole.mAP50, whole.mAP50_95) == (0.7, 0.5)
+    assert sim_bootstrap.mean_ap(sim_bootstrap.load(whole.matches)) == (1.0, 1.0)  # the predictions handed back
+    assert not (tmp_path / "a" / "work").exists()
+    subset = str(tmp_path / "val-3.tsv")
+    Path(subset).write_text("".join(Path(data.val_index).read_text().splitlines(True)[:3]))
+    part = sim_rounds.QuarryTrainer(data, {"epochs": 1}, str(WEIGHTS), subset)(str(tmp_path / "b"), images, 0, print)
+    assert calls[-1][0] == subset and calls[-1][1]["val_predictions"] is None
+    assert evaluated == [len(data.val_samples)] and part.mAP50 == 0.6
+    assert sim_bootstrap.mean_ap(sim_bootstrap.load(part.matches))[0] < 1.0  # the second evaluation's
 
 
 def test_per_arm_parameters_reach_the_miner_and_only_their_arm(tiny, tmp_path):
