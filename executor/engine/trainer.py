@@ -232,6 +232,25 @@ class _LastIsBest:
         trainer.final_eval = lambda: None  # (Ultralytics' also strips the optimizer: export_weights does that)
 
 
+class _FrozenNorms:
+    """Every BatchNorm layer in eval mode while training (its weights still learn unless frozen): the running
+    statistics stay the pretrained ones. Ultralytics does this for the layers of `freeze` only; on a small set the
+    batch statistics of a few augmented images drift the others (highway, 100 images: a run at lr0 0 lost 0.10
+    mAP50, docs/simulation.md). Set before every batch: Ultralytics puts the model back in train mode each epoch.
+    Picklable (DDP workers get it through cloudpickle)."""
+
+    def events(self) -> dict:
+        return {"on_train_batch_start": self.freeze}
+
+    @staticmethod
+    def freeze(trainer) -> None:
+        import torch.nn as nn
+
+        for module in trainer.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                module.eval()
+
+
 def _offline_amp_check() -> None:
     """Ultralytics checks AMP on a GPU by loading yolo26n.pt, downloading it when absent. Offline that is a
     crash, so the check is replaced by trusting `amp` (the user can set amp: false)."""
@@ -300,13 +319,14 @@ def _seed_segmentation(detection, source: str, data_yaml: str, model_yaml: str |
 
 
 def train_model(source: str, data_yaml: str, args: dict, hooks, run_dir: str, task: str = "detect",
-                model_yaml: str | None = None, validate: bool = True) -> TrainResult:
+                model_yaml: str | None = None, validate: bool = True, freeze_bn_stats: bool = False) -> TrainResult:
     """Train `source` (a .pt checkpoint or a model .yaml) as a `task` model on `data_yaml` in-process; multi-GPU
     devices go through Ultralytics' DDP launcher. `args` are Ultralytics train arguments; progress goes to
     `hooks`. A model of another task is a ModelError naming both, except that a detection checkpoint seeds a
     segmentation model (`model_yaml`, or the counterpart of its own architecture) with its matching weights.
     `validate=False`: Ultralytics validates nothing (no val metrics reach the hooks, no on_final) and best.pt is
-    the last epoch's weights (_LastIsBest)."""
+    the last epoch's weights (_LastIsBest). `freeze_bn_stats`: every BatchNorm layer keeps its running statistics
+    (_FrozenNorms)."""
     _offline_amp_check()
     model = _load(source)
     if model.task != task:
@@ -315,7 +335,8 @@ def train_model(source: str, data_yaml: str, args: dict, hooks, run_dir: str, ta
         else:
             raise ModelError(f"{source} is a {task_words(model.task)} model, but this image trains "
                              f"{task_words(task)} models; give a {TASK_WORDS.get(task, task)} checkpoint")
-    for events in (_TrainerBridge(hooks).events(), {} if validate else _LastIsBest().events()):
+    for events in (_TrainerBridge(hooks).events(), {} if validate else _LastIsBest().events(),
+                   _FrozenNorms().events() if freeze_bn_stats else {}):
         for event, callback in events.items():
             model.add_callback(event, callback)
     project, name = os.path.split(os.path.abspath(run_dir))

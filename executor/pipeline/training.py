@@ -360,7 +360,8 @@ def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val
     started = time.monotonic()
     try:
         result = trainer.train_model(source, data_yaml, args, hooks, os.path.join(job.work_dir, "ultralytics", "train"),
-                                     task, model_yaml, validate=ultralytics_val)
+                                     task, model_yaml, validate=ultralytics_val,
+                                     freeze_bn_stats=settings.freeze_bn_stats)
         log.info("training took %.1f s", time.monotonic() - started)
         book.reload()
         return finish(result, book, hooks, evaluator, settings, span(progress, *FINISH), onnx, val_predictions)

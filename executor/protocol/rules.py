@@ -237,6 +237,7 @@ RULES: dict[str, Rule] = {
     "cos_lr": boolean(),
     "patience": integer(0, 100000),
     "freeze": layer_freeze(),
+    "freeze_bn_stats": boolean(),
     "save_period": integer(-1, 100000),
     "save_best_only": boolean(),
     "amp": boolean(),

@@ -303,6 +303,27 @@ def test_without_ultralytics_validation_every_epoch_is_the_best_and_nothing_vali
     assert trainer.final_eval() is None
 
 
+def test_frozen_norms_keep_every_batchnorm_in_eval_while_the_rest_trains():
+    """train_model(freeze_bn_stats=True)'s hook: before each batch every BatchNorm layer (of any kind) is put in eval
+    mode, so a forward in training leaves its running statistics as they were; the other layers stay in train."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn as nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Sequential(nn.BatchNorm2d(4)))
+    model.train()
+    before = [m.running_mean.clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    (event, freeze), = adapter._FrozenNorms().events().items()
+    assert event == "on_train_batch_start"
+    freeze(SimpleNamespace(model=model))
+    model(torch.rand(2, 3, 8, 8) * 50)
+    after = [m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(x, y) for x, y in zip(before, after)) and len(after) == 2
+    assert model.training and model[2].training and not model[1].training
+    assert build_settings("training", {"freeze_bn_stats": "true"}).freeze_bn_stats is True
+
+
 def test_hooks_pickle_without_the_event_writer(tmp_path):
     import pickle
     hooks = TrainingHooks(print, str(tmp_path / "tb"), book(tmp_path), FakeEvaluator(), 1, True)
