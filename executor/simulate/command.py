@@ -31,7 +31,7 @@ import os
 from executor.errors import ConfigError, QuarryError, one_line
 from executor.simulate.plan import Plan, algorithm_names, parse_seeds, parse_sets, split_arms
 from executor.simulate.state import Simulation
-from executor.simulate.summary import table
+from executor.simulate.summary import regime_line, table
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def run_cli(args) -> int:
         with logging_redirect_tqdm():
             simulation = Simulation(plan, progress=not getattr(args, "no_progress", False))
             summary = simulation.run()
-        print(table(summary), end="")
+        print(regime_line(summary, simulation.start) + table(summary), end="")
         print(f"\nwrote {os.path.join(simulation.out, 'simulation.md')} (and .json, .csv, .png)")
         return 0
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from executor.protocol.writers import atomic_write_text
 from executor.simulate import bootstrap, cost
 from executor.simulate.plan import Plan, prepare_data
 from executor.simulate.rounds import QuarryTrainer, SharedForwards, evaluate_start, initial_draw, mine
-from executor.simulate.summary import csv_text, curve_table, plot, summarize, summary_csv, table
+from executor.simulate.summary import csv_text, curve_table, plot, regime, regime_line, summarize, summary_csv, table
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,7 @@ class Simulation:
         runs = self.runs(list(self.plan.algorithms), list(self.plan.seeds))
         summary = summarize(runs, self.plan.rounds)
         self.add_intervals(summary)
+        summary["regime"] = regime(summary, self.start)
         self.summary = summary
         self.save()
         atomic_write_text(os.path.join(self.out, "simulation-summary.csv"), summary_csv(summary))
@@ -380,6 +381,7 @@ def markdown(sim: Simulation, summary: dict) -> str:
     parts = [
         "# Active-learning simulation\n",
         f"{sim.title()}.\n",
+        regime_line(summary, sim.start),
         f"- data: `{os.path.abspath(p.data)}`: pool {len(d.pool)} images"
         + (f" ({len(d.left_out)} left out: byte-identical to val images)" if d.left_out else "")
         + f", fixed val split {len(d.val_samples)} images; classes {', '.join(d.class_names)}",

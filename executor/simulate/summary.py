@@ -85,6 +85,32 @@ def summarize(runs: Sequence[dict], rounds: int) -> dict:
     return summary
 
 
+def regime(summary: dict, start: dict | None) -> str:
+    """What the rounds measure: 'fine-tuning' when the round-0 model (mean over seeds) beats the untrained start
+    weights on the val split, 'forgetting' when it does not (the training loses more than the labels add: the curves
+    say how fast fine-tuning forgets, not which images teach most), 'cold start' without a start reference (the
+    start weights lack the data's classes)."""
+    if not start:
+        return "cold start"
+    first = [c["mAP50"][0] for e in summary["algorithms"].values() for c in e["seeds"].values()]
+    return "fine-tuning" if first and sum(first) / len(first) > start["mAP50"] else "forgetting"
+
+
+def regime_line(summary: dict, start: dict | None) -> str:
+    """One line saying the regime, with the numbers behind it ('' for a cold start)."""
+    if regime(summary, start) == "cold start":
+        return ""
+    first = [c["mAP50"][0] for e in summary["algorithms"].values() for c in e["seeds"].values()]
+    mean_first = sum(first) / max(1, len(first))
+    if regime(summary, start) == "fine-tuning":
+        return (f"Regime: fine-tuning. The round-0 model (mAP50 {mean_first:.3f}) beats the untrained start weights "
+                f"({start['mAP50']:.3f}): the labels add more than the training loses.\n")
+    return (f"**Regime: forgetting.** The round-0 model (mAP50 {mean_first:.3f}) is below the untrained start weights "
+            f"({start['mAP50']:.3f}): the training loses more than the labels add, so these curves measure how fast "
+            "fine-tuning forgets, not which images teach most. Fix the recipe first (docs/simulation.md, Training "
+            "recipe).\n")
+
+
 def seed_curve(rs: Sequence[dict]) -> dict:
     """One seed's curve and the numbers the table reads from it."""
     xs, mined = [r["labelled"] for r in rs], rs[1:]
@@ -260,7 +286,8 @@ def plot(summary: dict, path: str, title: str, start: dict | None = None) -> Non
             if x_key == "cost":  # (below the axes: the numbers make long labels)
                 ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=7)
     axes[0][0].legend(loc="best", fontsize=8)
-    fig.suptitle(title + " — line: mean over seeds, band: min–max\nbelow the cost axes: Δ vs random at equal cost "
+    warning = " — FORGETTING REGIME: round 0 is below the start weights" if regime(summary, start) == "forgetting" else ""
+    fig.suptitle(title + warning + " — line: mean over seeds, band: min–max\nbelow the cost axes: Δ vs random at equal cost "
                  "[95 % val bootstrap], cost share to reach random's last mAP50 (seeds that reached it)", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()

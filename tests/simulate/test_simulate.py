@@ -733,3 +733,15 @@ def test_tiny_real_plan_random_entropy_detections(tiny, tmp_path):
     start = after["start_weights"]  # the COCO model before any training, its classes matched by name
     assert start["classes"] == ["bus", "car", "motorcycle", "person", "truck"] and 0 < start["mAP50"] <= 1
     assert "start weights without any training" in md
+
+
+def test_the_regime_says_whether_round_0_beats_the_start_weights():
+    def summary(*first):
+        return {"algorithms": {"random": {"seeds": {s: {"mAP50": [m, m + 0.1]} for s, m in enumerate(first)}}}}
+
+    start = {"mAP50": 0.649}
+    assert sim_summary.regime(summary(0.68, 0.66), start) == "fine-tuning"
+    assert sim_summary.regime(summary(0.68, 0.60), start) == "forgetting"  # the mean over seeds decides
+    assert sim_summary.regime(summary(0.68), None) == "cold start" and sim_summary.regime_line(summary(0.68), None) == ""
+    line = sim_summary.regime_line(summary(0.45), start)
+    assert line.startswith("**Regime: forgetting.**") and "0.450" in line and "0.649" in line
