@@ -312,7 +312,7 @@ def test_the_readme_example_is_a_valid_plan_with_highway_classes_named_as_in_coc
     argv[argv.index("--out") + 1] = str(tmp_path / "sim")
     plan = sim_command.plan_from_args(cli.build_parser(start.extra_commands()).parse_args(argv))
     plan.check()
-    assert plan.weights == str(WEIGHTS) and plan.data == str(HIGHWAY / "data.yaml") and plan.seeds == (0, 1)
+    assert plan.weights == str(WEIGHTS) and plan.data == str(HIGHWAY / "data.yaml") and plan.seeds == (0, 1, 2)
     names = sim_plan.yaml_names(read_yaml_mapping(plan.data, "--data"), "--data")
     renamed = plan.config["class_names"]
     assert [(a, b) for a, b in zip(names, renamed) if a != b] == [("motorbike", "motorcycle")]
