@@ -97,9 +97,10 @@ def regime(summary: dict, start: dict | None) -> str:
 
 
 def regime_line(summary: dict, start: dict | None) -> str:
-    """One line saying the regime, with the numbers behind it ('' for a cold start)."""
+    """One line saying the regime, with the numbers behind it."""
     if regime(summary, start) == "cold start":
-        return ""
+        return ("Regime: cold start. The start weights lack the data's classes, so there is no untrained reference: "
+                "read the curves against random only.\n")
     first = [c["mAP50"][0] for e in summary["algorithms"].values() for c in e["seeds"].values()]
     mean_first = sum(first) / max(1, len(first))
     if regime(summary, start) == "fine-tuning":
