@@ -27,19 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-
-@dataclass
-class ImageTruth:
-    path: str                 # image file
-    boxes: np.ndarray         # (G, 4) float64 xyxy, objects that count
-    cls: np.ndarray           # (G,) int64 model class index
-    ignore_boxes: np.ndarray  # (I, 4) crowd / difficult regions: detections on them are neither TP nor FP
-    ignore_cls: np.ndarray    # (I,)
-    crowd: bool = False       # ignore regions are COCO crowds (matched by intersection over detection area)
-
-    @property
-    def objects(self) -> int:
-        return len(self.boxes)
+from mining.truth import ImageTruth
 
 
 @dataclass
@@ -55,15 +43,6 @@ class Dataset:
 
 def _name_index(model_names: list[str]) -> dict[str, int]:
     return {name.strip().lower(): i for i, name in enumerate(model_names)}
-
-
-def _array(rows: list, width: int, dtype) -> np.ndarray:
-    return np.asarray(rows, dtype=dtype).reshape(-1, width) if width > 1 else np.asarray(rows, dtype=dtype)
-
-
-def _truth(path, boxes, cls, ignore_boxes, ignore_cls, crowd) -> ImageTruth:
-    return ImageTruth(path, _array(boxes, 4, np.float64), _array(cls, 1, np.int64),
-                      _array(ignore_boxes, 4, np.float64), _array(ignore_cls, 1, np.int64), crowd)
 
 
 def load_coco(root: str, model_names: list[str], limit: int | None = None) -> Dataset:
@@ -88,7 +67,7 @@ def load_coco(root: str, model_names: list[str], limit: int | None = None) -> Da
             target = (ign, ign_cls) if ann.get("iscrowd", 0) else (boxes, cls)
             target[0].append([x, y, x + w, y + h])
             target[1].append(to_model[ann["category_id"]])
-        images.append(_truth(os.path.join(root, "images", img["file_name"]), boxes, cls, ign, ign_cls, True))
+        images.append(ImageTruth(os.path.join(root, "images", img["file_name"]), boxes, cls, ign, ign_cls, True))
     return Dataset("coco-val", images, frozenset(to_model.values()))
 
 
@@ -139,7 +118,7 @@ def load_voc(root: str, model_names: list[str], limit: int | None = None) -> Dat
             target = (ign, ign_cls) if difficult else (boxes, cls)
             target[0].append(box)
             target[1].append(to_model[voc])
-        images.append(_truth(os.path.join(root, "JPEGImages", name), boxes, cls, ign, ign_cls, False))
+        images.append(ImageTruth(os.path.join(root, "JPEGImages", name), boxes, cls, ign, ign_cls, False))
     return Dataset("voc2007", images, frozenset(to_model.values()))
 
 
@@ -185,5 +164,5 @@ def load_yolo(root: str, model_names: list[str], limit: int | None = None, name:
                 raise ValueError(f"{label}: class {own!r} is not in coco_names.txt")
             boxes.append(box)
             cls.append(to_model[own])
-        images.append(_truth(path, boxes, cls, [], [], False))
+        images.append(ImageTruth(path, boxes, cls, [], [], False))
     return Dataset(name, images, frozenset(to_model.values()))

@@ -1,11 +1,8 @@
 """Mining quality: does a ranking point at the images where the model is wrong?
 
 Per image, the model's detection errors at its working threshold (conf_thres 0.25) are counted against
-ground truth: false negatives + false positives, IoU >= 0.5, class-aware, greedy by confidence (COCO
-style: a detection takes the unmatched ground-truth box of its class with the largest IoU). Crowd
-(COCO) and difficult (VOC) objects are neither to be found nor false positives: a detection that
-matches no countable box but covers one of them is ignored, and missing one is no error. Detections
-of classes the dataset never labels are ignored too.
+ground truth: false negatives + false positives, by the project's one labelled pass (mining/truth.py: IoU >= 0.5,
+class-aware, greedy by confidence; crowd and difficult objects and unlabelled classes ignored).
 
 For a ranking (scores, higher = label first):
 - Q1 `capture_images`: share of all errors inside the top 20% of images;
@@ -17,49 +14,14 @@ Tied scores are broken at random; with ties, Q1/Q2 are the mean over `TIE_DRAWS`
 estimates the expected capture of a labeller who picks arbitrarily among equal scores. (Ties matter
 for the `detections` baseline, whose scores are small integers.)
 """
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.stats import spearmanr
 
-from mining.boxes import box_ioa, box_iou, greedy_match
+from mining.truth import IOU_THRESHOLD, ImageErrors, count_errors  # noqa: F401 (the benchmark's words)
 
-IOU_THRESHOLD = 0.5
 BUDGET = 0.2
 TIE_DRAWS = 200
 RANDOM_SEEDS = 10
-
-
-@dataclass
-class ImageErrors:
-    tp: int
-    fp: int
-    fn: int
-    ignored: int  # detections on crowd/difficult regions or of unlabelled classes
-
-    @property
-    def errors(self) -> int:
-        return self.fp + self.fn
-
-
-def count_errors(det_xyxy, det_conf, det_cls, truth, classes=None, iou_threshold: float = IOU_THRESHOLD
-                 ) -> ImageErrors:
-    """TP/FP/FN of one image's detections against its ImageTruth (see the module docstring)."""
-    det_xyxy = np.asarray(det_xyxy, np.float64).reshape(-1, 4)
-    det_conf = np.asarray(det_conf, np.float64).reshape(-1)
-    det_cls = np.asarray(det_cls, np.int64).reshape(-1)
-    order = np.argsort(-det_conf, kind="stable")
-    if classes is not None:  # detections of classes nobody labelled take no part in the matching
-        order = order[np.isin(det_cls[order], list(classes))]
-    ignored = len(det_conf) - len(order)
-    cls = det_cls[order]
-    matched = greedy_match(box_iou(det_xyxy[order], truth.boxes), iou_threshold,
-                           cls[:, None] == truth.cls[None, :])
-    unmatched = order[matched < 0]  # a false positive, unless it lies on an ignore region of its class
-    overlap = (box_ioa if truth.crowd else box_iou)(det_xyxy[unmatched], truth.ignore_boxes)
-    on_ignore = ((det_cls[unmatched][:, None] == truth.ignore_cls[None, :]) & (overlap >= iou_threshold)).any(axis=1)
-    tp = int((matched >= 0).sum())
-    return ImageErrors(tp, int((~on_ignore).sum()), len(truth.boxes) - tp, ignored + int(on_ignore.sum()))
 
 
 def _orders(scores: np.ndarray, draws: int, seed: int):

@@ -9,21 +9,23 @@ from mining.aldd import AlddScorer
 from mining.base import Scorer
 from mining.cald import CaldScorer
 from mining.entropy import EntropyScorer
+from mining.errors import ErrorsScorer
 from mining.random_score import RandomScorer
 
-SCORERS: dict[str, type[Scorer]] = {"random": RandomScorer, "entropy": EntropyScorer, "aldd": AlddScorer,
-                                    "cald": CaldScorer}
+SCORERS: dict[str, type[Scorer]] = {"random": RandomScorer, "entropy": EntropyScorer, "errors": ErrorsScorer,
+                                    "aldd": AlddScorer, "cald": CaldScorer}
 
 
-def get_scorer(name: str, **params) -> Scorer:
-    """The scorer `name` with its parameters; an unknown name or a missing/extra parameter is a ValueError."""
+def get_scorer(name: str, error_model=None, **params) -> Scorer:
+    """The scorer `name` with its parameters (and, for a scorer that reads one, the weights' error model: None for
+    the prior); an unknown name or a missing/extra parameter is a ValueError."""
     if name not in SCORERS:
         raise ValueError(f"unknown mining algorithm {name!r}; expected one of {', '.join(SCORERS)}")
     cls = SCORERS[name]
     if set(params) != set(cls.params):
         raise ValueError(f"{name} takes the parameters {', '.join(cls.params) or '(none)'}, got "
                          f"{', '.join(sorted(params)) or '(none)'}")
-    return cls(**params)
+    return cls(**params, error_model=error_model) if getattr(cls, "uses_error_model", False) else cls(**params)
 
 
 def scorer_params(name: str, settings) -> dict:

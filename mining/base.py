@@ -67,6 +67,11 @@ class Batch:
     forward: Any = field(default=None, repr=False, compare=False)  # the batch's one forward once the detector
     #                                    made it (opaque here: the detector makes it and reads it)
 
+    def sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of each original (the device's copy where the executor decoded it there)."""
+        return [tuple((image if image is not None else on_device).shape[:2])
+                for image, on_device in zip(self.images, self.device_images or [None] * len(self.images))]
+
     def result_keys(self) -> list[str]:
         """What the results call each image (names, else keys): the key of its random stream (image_seed)."""
         return self.names or self.keys

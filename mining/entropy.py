@@ -11,7 +11,7 @@ from scipy.special import entr
 
 from mining.base import Scorer
 
-AGGREGATIONS = ("sum", "mean", "max")
+AGGREGATIONS = ("sum", "mean", "max", "topk_mean")
 
 
 def box_distribution(probs: np.ndarray) -> np.ndarray:
@@ -34,8 +34,10 @@ def box_entropy(probs: np.ndarray) -> np.ndarray:
     return entr(box_distribution(probs)).sum(axis=1)
 
 
-def image_entropy(probs: np.ndarray, aggregation: str) -> float:
-    """One image's score from its boxes' (N, C) probabilities: sum, mean or max of box entropies.
+def image_entropy(probs: np.ndarray, aggregation: str, topk: int = 3) -> float:
+    """One image's score from its boxes' (N, C) probabilities: sum, mean or max of box entropies, or topk_mean,
+    the mean of the `topk` largest (of all boxes when it has fewer: a crowd neither adds up, as with sum, nor is
+    one doubtful box, as with max).
 
     An image without detections scores 0.0 (the lowest possible value) for every aggregation.
     """
@@ -44,19 +46,21 @@ def image_entropy(probs: np.ndarray, aggregation: str) -> float:
     h = box_entropy(probs)
     if h.size == 0:
         return 0.0
+    if aggregation == "topk_mean":
+        return float(np.mean(np.sort(h)[-topk:]))
     return float(getattr(np, aggregation)(h))
 
 
 class EntropyScorer(Scorer):
     """The same forward as inference, but NMS keeps every box down to `entropy_conf_thres`: the doubtful ones
     carry the signal, and a cut at max_det (meant for reported detections) would keep only the surest."""
-    params = ("entropy_aggregation", "entropy_conf_thres")
+    params = ("entropy_aggregation", "entropy_conf_thres", "entropy_topk")
 
-    def __init__(self, *, entropy_aggregation: str, entropy_conf_thres: float):
+    def __init__(self, *, entropy_aggregation: str, entropy_conf_thres: float, entropy_topk: int = 3):
         if entropy_aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {entropy_aggregation!r}")
-        self.aggregation, self.conf_thres = entropy_aggregation, entropy_conf_thres
+        self.aggregation, self.conf_thres, self.topk = entropy_aggregation, entropy_conf_thres, int(entropy_topk)
 
     def _score(self, batch, detector) -> np.ndarray:
         found = detector.predict(batch, conf_thres=self.conf_thres, capped=False)
-        return np.array([image_entropy(d.probs, self.aggregation) for d in found])
+        return np.array([image_entropy(d.probs, self.aggregation, self.topk) for d in found])

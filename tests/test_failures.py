@@ -246,7 +246,7 @@ INPUT_CASES = {
     "img_size_text": Case(300001, "config key 'img_size': 'huge' is not allowed",
                           lambda r: edit_config(mining_env(r), img_size="huge")),
     "algorithm_unknown": Case(300001, "config key 'mining_algorithm': 'coreset' is not allowed; expected one of "
-                                      "random, entropy, aldd, cald",
+                                      "random, entropy, errors, aldd, cald",
                               lambda r: mining_env(r, {"mining_algorithm": "coreset"})),
     "conf_thres_above_one": Case(300001, "config key 'conf_thres': 1.5 is not allowed; expected a number in [0.0, 1.0]",
                                  lambda r: infer_env(r, {"conf_thres": 1.5})),

@@ -26,7 +26,7 @@ from executor.engine.images import letterbox, read_image
 from executor.errors import ImageError
 from executor.shared import Sample
 from mining.base import Detections
-from mining.boxes import box_iou, greedy_match
+from mining.truth import ImageTruth, match
 
 log = logging.getLogger(__name__)
 VAL_CONF, VAL_IOU, VAL_MAX_DET = 0.001, 0.7, 300  # Ultralytics' val defaults
@@ -53,18 +53,19 @@ class Metrics:
         return fields
 
 
+def sample_truth(sample: Sample) -> ImageTruth:
+    """A labelled sample as the labelled pass reads it (no ignore regions: the readers dropped crowds)."""
+    return ImageTruth(sample.image, sample.boxes, sample.classes)
+
+
 def count_matches(samples: Sequence[Sample], predictions: Sequence[Detections], iou_thr: float,
                   conf_thr: float) -> tuple[int, int, int]:
     """(tp, fp, fn) over the split; each ground-truth box matches at most one detection of its class."""
     tp = fp = fn = 0
     for sample, det in zip(samples, predictions):
         keep = det.conf >= conf_thr
-        order = np.argsort(-det.conf[keep], kind="stable")
-        boxes, classes = det.xyxy[keep][order], det.cls[keep][order]
-        matched = greedy_match(box_iou(boxes, sample.boxes), iou_thr, classes[:, None] == sample.classes[None, :])
-        tp += int((matched >= 0).sum())
-        fp += int((matched < 0).sum())
-        fn += len(sample.boxes) - int((matched >= 0).sum())
+        found = match(det.xyxy[keep], det.conf[keep], det.cls[keep], sample_truth(sample), iou_threshold=iou_thr)
+        tp, fp, fn = tp + int(found.tp.sum()), fp + int(found.fp.sum()), fn + found.misses
     return tp, fp, fn
 
 

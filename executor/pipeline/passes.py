@@ -172,6 +172,10 @@ class Pass:
                 for key, det, box in zip(batch.keys, self.infer_detector.predict(batch), batch.boxes)}
 
 
-def open_scorer(settings: Settings):
+def open_scorer(settings: Settings, error_model: str = ""):
+    """The mining scorer of `settings`; `error_model`: the fitted error model's file for a scorer that reads one
+    ('' for the prior)."""
+    from executor.pipeline.plan import load_error_model
+
     name = settings.mining_algorithm
-    return get_scorer(name, **scorer_params(name, settings))
+    return get_scorer(name, load_error_model(error_model) if error_model else None, **scorer_params(name, settings))

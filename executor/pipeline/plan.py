@@ -3,16 +3,22 @@ from the config, the job and the launcher's ranks. Below the edge the pipeline r
 """
 
 import dataclasses
+import logging
+import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from executor.engine.device import visible_gpus
+from executor.errors import ModelError
 from executor.pipeline.job import Job
 from executor.pipeline.shards import auto_shard_size
 from executor.protocol.env import resolve_weights
 from executor.protocol.settings import Settings, build_settings
 from executor.runtime import cpu_threads
 from mining import SCORERS
+from mining.errors import ErrorModel, errors_file, read_error_model
+
+log = logging.getLogger(__name__)
 
 KNOWN_TASKS = ("training", "mining", "infer")
 SCANS = ("mining", "infer")  # the tasks that pass over candidate images
@@ -24,13 +30,15 @@ class Plan:
     cpu_threads the count of the whole run);
     `weights`: the weights file each scanning task loads ('' where it runs no model: random mining without
     selection diverse); `devices`: one worker each, a GPU number or '' for a CPU process; `threads`: the CPU
-    threads of the whole run (each of n workers gets threads // n)."""
+    threads of the whole run (each of n workers gets threads // n); `error_model`: the mining weights' fitted
+    error model (`<stem>.errors.json` beside them) when the algorithm reads one, '' for the prior."""
     tasks: tuple[str, ...]
     job: Job
     settings: Mapping[str, Settings]
     weights: Mapping[str, str]
     devices: tuple[str, ...] = ("",)
     threads: int = 1
+    error_model: str = ""
 
     def needs_model(self, task: str) -> bool:
         return bool(self.weights.get(task))
@@ -86,7 +94,30 @@ def make_plan(tasks: Sequence[str], job: Job, config: Mapping, templates_dir: st
         settings.update({task: settings[task].replace(shard_size=size) for task in scans})
     weights = {task: weights_for(settings[task], job.models_dir) if model_needed(task, settings[task]) else ""
                for task in scans}
-    return Plan(tuple(tasks), job, settings, weights, devices, threads)
+    errors = error_model_for(settings["mining"], weights["mining"]) if "mining" in scans else ""
+    return Plan(tuple(tasks), job, settings, weights, devices, threads, errors)
+
+
+def error_model_for(settings: Settings, weights: str) -> str:
+    """The fitted error model mining reads ('' for the prior, or when the algorithm reads none), checked now and
+    named in the log: what mining uses is never a guess."""
+    if not weights or not getattr(SCORERS[settings.mining_algorithm], "uses_error_model", False):
+        return ""
+    path = errors_file(weights)
+    if not os.path.isfile(path):
+        log.info("%s: no error model beside the weights (%s): %s", settings.mining_algorithm,
+                 os.path.basename(path), ErrorModel().describe())
+        return ""
+    model = load_error_model(path)
+    log.info("%s: error model %s, %s", settings.mining_algorithm, path, model.describe())
+    return path
+
+
+def load_error_model(path: str) -> ErrorModel:
+    try:
+        return read_error_model(path)
+    except ValueError as exc:
+        raise ModelError(f"{exc}; fit it again (python start.py fit-errors) or delete it to use the prior") from None
 
 
 def model_needed(task: str, settings: Settings) -> bool:

@@ -36,6 +36,8 @@ def run_identity(task: str, plan: Plan) -> dict:
         identity.update(algorithm=name, params=scorer_params(name, settings))
         if not SCORERS[name].needs_model:
             return identity
+        if plan.error_model:  # the scores are the error model's
+            identity["error_model"] = file_sha256(plan.error_model)
     return {**identity, **model_identity(settings, plan.weights[task])}
 
 
@@ -95,7 +97,7 @@ def work_shards(plan: Plan, todo: Sequence[int], rank: int, world: int, device: 
     models = models or Models()
     work = Pass({task: settings[task] for task in tasks})
     if "mining" in tasks:
-        work.scorer = open_scorer(settings["mining"])
+        work.scorer = open_scorer(settings["mining"], plan.error_model)
         if SCORERS[settings["mining"].mining_algorithm].needs_model:
             work.mining_detector = models.detector(settings["mining"], plan.weights["mining"])
     if "infer" in tasks:

@@ -323,13 +323,14 @@ class Evaluator:
 # ---------------------------------------------------------------- the task
 
 def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val: bool = True, onnx: bool = True,
-                 val_predictions: list | None = None) -> Metrics:
+                 val_predictions: list | None = None, error_model: bool = True) -> Metrics:
     """Train on job.training_index / job.val_index; stages and result.yaml under job.models_out. Returns our
     metrics of the best stage on the val split (those result.yaml gives it). The platform leaves the keywords
     alone; the simulator sets them: `ultralytics_val=False`: Ultralytics validates nothing (no per-epoch or
     final-epoch val, no final_eval of best.pt) and the best stage is the last epoch's weights; `onnx=False`: no
     ONNX attachment; `val_predictions` (detection): a list that receives the best stage's val predictions, in
-    job.val_index's order (executor.engine.evaluation.evaluate's `keep`)."""
+    job.val_index's order (executor.engine.evaluation.evaluate's `keep`); `error_model=False`: no error model
+    fitted (the simulator fits its own, never on the split it reports)."""
     class_names = list(settings.class_names)
     evaluate_config = dict(settings.evaluate_config)
     extra = trainer.check_train_args(parse_args_options(settings.args_options))
@@ -364,15 +365,18 @@ def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val
                                      freeze_bn_stats=settings.freeze_bn_stats)
         log.info("training took %.1f s", time.monotonic() - started)
         book.reload()
-        return finish(result, book, hooks, evaluator, settings, span(progress, *FINISH), onnx, val_predictions)
+        return finish(result, book, hooks, evaluator, settings, span(progress, *FINISH), onnx, val_predictions,
+                      error_model and settings.fit_error_model)
     finally:
         hooks.close()
 
 
 def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, evaluator: Evaluator,
-           settings: Settings, progress: Progress, onnx: bool = True, keep: list | None = None) -> Metrics:
-    """The best stage with our metrics (its val predictions into `keep`), its ONNX export as an attachment unless
-    not `onnx`, result.yaml; returns the metrics."""
+           settings: Settings, progress: Progress, onnx: bool = True, keep: list | None = None,
+           error_model: bool = True) -> Metrics:
+    """The best stage with our metrics (its val predictions into `keep`), its error model fitted on the val split
+    unless not `error_model`, its ONNX export as an attachment unless not `onnx`, result.yaml; returns the
+    metrics."""
     checkpoint = result.best or result.last
     if checkpoint is None:
         raise ModelError(f"training wrote no weights under {result.run_dir}")
@@ -381,7 +385,9 @@ def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, e
     best = book.stage_path(BEST, "best.pt")
     trainer.export_weights(checkpoint, best)
     metrics = evaluator(best, lambda f: progress(0.6 * f), keep)
-    book.add(BEST, ["best.pt"], metrics.stage_fields())
+    files = ["best.pt"] + (fit_error_model(best, evaluator, settings, lambda f: progress(0.6 + 0.1 * f))
+                           if error_model else [])
+    book.add(BEST, files, metrics.stage_fields())
     best_scalars = {**eval_scalars(metrics), "mAP50_95": metrics.mAP50_95}
     if metrics.maskAP is not None:
         best_scalars["maskAP50_95"] = metrics.maskAP50_95
@@ -400,6 +406,22 @@ def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, e
         attach_onnx(book, best, settings)
     progress(1.0)
     return metrics
+
+
+def fit_error_model(best: str, evaluator: Evaluator, settings: Settings, progress: Progress) -> list[str]:
+    """[the file name of best's error model] fitted on the val split (the labelled images it did not train on;
+    the mAP above was measured before and does not depend on it), or [] with a warning when it cannot be fitted:
+    mining then uses the prior."""
+    from executor.pipeline.error_fit import fit_weights
+
+    try:
+        config = {key: settings[key] for key in ("img_size", "gpu_id") if key in settings}
+        config["gpu_id"] = str(config.get("gpu_id", "")).split(",")[0]
+        path = fit_weights(best, evaluator.samples, "the val split of the training", config, progress)
+    except ValueError as exc:
+        log.warning("no error model for %s (%s): errors mining will use the prior", best, exc)
+        return []
+    return [os.path.basename(path)]
 
 
 def attach_onnx(book: StageBook, best: str, settings: Settings) -> None:

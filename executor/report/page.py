@@ -392,7 +392,7 @@ footer { color: var(--muted); font-size: 12px; margin-top: 36px; border-top: 1px
 """ % {"top": TOP_COLOUR, "pool": POOL_COLOUR}
 
 RUN_FIELDS = [("model", "Model"), ("model_sha256", "Model SHA-256"), ("backend", "Backend"),
-               ("algorithm", "Algorithm"), ("params", "Parameters"), ("seed", "Seed"), ("selection", "Selection"),
+               ("algorithm", "Algorithm"), ("params", "Parameters"), ("error_model", "Error model"), ("seed", "Seed"), ("selection", "Selection"),
                ("selection_params", "Selection parameters"), ("shortlist", "Diversity shortlist"),
                ("duplicates_pushed_down", "Near-duplicates pushed down"), ("labeled_images", "Labelled images"),
                ("selection_note", "Selection note"), ("selection_seconds", "Selection time (s)"),
@@ -402,7 +402,7 @@ RUN_FIELDS = [("model", "Model"), ("model_sha256", "Model SHA-256"), ("backend",
 
 
 # shown only when the run has them (selection diverse, an explicit backend)
-_OPTIONAL_RUN_FIELDS = {"backend", "selection_params", "shortlist", "duplicates_pushed_down", "labeled_images",
+_OPTIONAL_RUN_FIELDS = {"backend", "error_model", "selection_params", "shortlist", "duplicates_pushed_down", "labeled_images",
                         "selection_note", "selection_seconds", "raw_scores_file"}
 
 

@@ -1,0 +1,74 @@
+"""Fitting a weights file's error model (mining/errors.py) on labelled images it did not train on, and writing it
+beside the weights: at the end of training (on the val split), in the simulator (on a split whose mAP is never
+reported) and by `start.py fit-errors` for weights trained elsewhere.
+
+The images are forwarded in the evaluation's batches with every box kept down to the candidate threshold; each
+image's kept boxes are matched to its labels by the one labelled pass (mining/truth.py).
+"""
+
+import json
+import logging
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from executor.engine.detector import Detector
+from executor.engine.evaluation import predict_samples, sample_truth
+from executor.protocol.writers import atomic_write_text
+from executor.shared import Sample
+from mining.errors import ErrorModel, Example, errors_file, fit_error_model, image_features
+from mining.truth import match
+
+log = logging.getLogger(__name__)
+
+UNCAPPED = 100_000  # max_det of the candidate pass: every box NMS keeps
+
+
+def labelled_examples(detector: Detector, samples: Sequence[Sample], conf_thres: float, max_det: int,
+                      candidate_conf: float, batch_size: int, progress: Callable[[float], None] = lambda f: None
+                      ) -> list[Example]:
+    """Per sample (classes in the detector's indices), its features and the outcome of each kept box."""
+    candidates = detector.with_postprocess(candidate_conf, detector.iou_thres, UNCAPPED)
+    found = predict_samples(candidates, samples, batch_size, progress)
+    examples = []
+    for sample, det in zip(samples, found):
+        features = image_features(det, (sample.height, sample.width), conf_thres, max_det)
+        kept = features.kept
+        outcome = match(det.xyxy[kept], det.conf[kept], det.cls[kept], sample_truth(sample))
+        label = np.where(outcome.ignored, np.nan, outcome.fp.astype(np.float64))
+        examples.append(Example(features, label, outcome.misses))
+    return examples
+
+
+def fit_on_samples(detector: Detector, samples: Sequence[Sample], source: str, conf_thres: float, max_det: int,
+                   candidate_conf: float, batch_size: int, progress: Callable[[float], None] = lambda f: None
+                   ) -> ErrorModel:
+    """The error model of `detector` fitted on `samples` (named `source` in the file)."""
+    examples = labelled_examples(detector, samples, conf_thres, max_det, candidate_conf, batch_size, progress)
+    return fit_error_model(examples, detector.names, conf_thres, max_det, candidate_conf, source)
+
+
+def write_error_model(model: ErrorModel, weights: str) -> str:
+    """The model written beside `weights` (atomically); returns its path."""
+    path = errors_file(weights)
+    atomic_write_text(path, json.dumps(model.to_dict(), indent=1) + "\n")
+    log.info("error model of %s: %s, %s", os.path.basename(weights), path, model.describe())
+    return path
+
+
+def fit_weights(weights: str, samples: Sequence[Sample], source: str, config: dict,
+                progress: Callable[[float], None] = lambda f: None) -> str:
+    """Fit the error model of `weights` on `samples` (classes in the model's indices) at the mining settings of
+    `config` (over the mining template: conf_thres, max_det, iou_thres, errors_conf_thres, img_size, device) and
+    write it beside the weights; returns its path."""
+    from executor.engine.loading import load_detector
+    from executor.protocol.settings import build_settings
+
+    settings = build_settings("mining", config)
+    detector = load_detector(weights, "torch", settings.gpu_id.split(",")[0], settings.img_size,
+                             threads=settings.cpu_threads, conf_thres=settings.conf_thres,
+                             iou_thres=settings.iou_thres, max_det=settings.max_det)
+    model = fit_on_samples(detector, samples, source, settings.conf_thres, settings.max_det,
+                           settings.errors_conf_thres, settings.batch_size_per_gpu, progress)
+    return write_error_model(model, weights)
