@@ -104,6 +104,9 @@ def error_model_for(settings: Settings, weights: str) -> str:
     if not weights or not getattr(SCORERS[settings.mining_algorithm], "uses_error_model", False):
         return ""
     path = errors_file(weights)
+    if settings.errors_prior:
+        log.info("%s: errors_prior is true: %s", settings.mining_algorithm, ErrorModel().describe())
+        return ""
     if not os.path.isfile(path):
         log.info("%s: no error model beside the weights (%s): %s", settings.mining_algorithm,
                  os.path.basename(path), ErrorModel().describe())

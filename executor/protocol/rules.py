@@ -208,6 +208,7 @@ RULES: dict[str, Rule] = {
     "entropy_topk": integer(1, 100000),
     "errors_conf_thres": number(0.0, 1.0),
     "errors_per_cost": boolean(),
+    "errors_prior": boolean(),
     "batch_size_per_gpu": integer(1, 4096),
     "num_workers_per_gpu": integer(0, 256),
     "pin_memory": boolean(),

@@ -208,6 +208,9 @@ class Data:
     left_out: dict[str, str]        # pool images not used, and why
     fingerprint: str                # of every pool and val image with its boxes
     pool_samples: dict = field(default_factory=dict)  # pool image → its executor.shared.Sample (the labels to reveal)
+    fit_samples: list = field(default_factory=list)   # the fit split (data.yaml 'test', a folder's fit-index.tsv):
+    #                                                   where error models are fitted, never the reported val split
+    fit_source: str = ""
 
     def rel(self, path: str) -> str:
         return os.path.relpath(path, self.root)
@@ -300,7 +303,7 @@ def convert_yolo_split(images: Sequence[str], class_names: Sequence[str], folder
 def prepare_data(spec: str, out: str, config: Mapping) -> Data:
     """The pool and the fixed val split from --data, validated by executor.protocol.dataset (and converted to ymir's
     index + ARK form first when --data is a data.yaml)."""
-    from executor.protocol.dataset import read_dataset
+    from executor.protocol.dataset import read_dataset, read_split
     from executor.protocol.index import read_training_index
     from executor.protocol.yaml_file import read_yaml_mapping
 
@@ -317,6 +320,8 @@ def prepare_data(spec: str, out: str, config: Mapping) -> Data:
             raise ConfigError(f"--data {spec}: no class names: add {NAMES_FILES[0]} (one name per line) or "
                               "--set class_names=a,b,c")
         root = spec
+        fit_index = os.path.join(spec, "fit-index.tsv")
+        fit_source = f"{fit_index}"
     elif os.path.isfile(spec) and spec.lower().endswith((".yaml", ".yml")):
         data = read_yaml_mapping(spec, "--data")
         where = f"--data {spec}"
@@ -333,7 +338,9 @@ def prepare_data(spec: str, out: str, config: Mapping) -> Data:
                 raise DatasetError(f"{where}: key '{key}' is missing (the {'pool' if key == 'train' else 'val split'})")
         folder = os.path.join(out, "dataset")
         train_index, val_index = os.path.join(folder, "train-index.tsv"), os.path.join(folder, "val-index.tsv")
-        for key, index in (("train", train_index), ("val", val_index)):
+        fit_index, fit_source = os.path.join(folder, "fit-index.tsv"), f"{spec} key 'test'"
+        splits = (("train", train_index), ("val", val_index)) + ((("test", fit_index),) if data.get("test") else ())
+        for key, index in splits:
             images = split_images(root, data[key], f"{where} key '{key}'")
             convert_yolo_split(images, class_names, os.path.join(folder, "annotations", key), index,
                                f"{where} key '{key}'")
@@ -370,6 +377,7 @@ def prepare_data(spec: str, out: str, config: Mapping) -> Data:
         fingerprint.update(json.dumps([os.path.relpath(sample.image, root), sample.classes.tolist(),
                                        [round(v, 2) for v in sample.boxes.ravel().tolist()]]).encode())
     fingerprint.update(json.dumps(class_names).encode())
+    fit = read_split("fit", fit_index, class_names, export_format).samples if os.path.isfile(fit_index) else []
     return Data(pool, {k: annotation[k] for k in pool}, val_index, list(val.samples), class_names, root,
                 {os.path.relpath(k, root): v for k, v in left_out.items()}, fingerprint.hexdigest(),
-                {s.image: s for s in samples})
+                {s.image: s for s in samples}, fit, fit_source if fit else "")

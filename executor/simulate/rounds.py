@@ -68,7 +68,7 @@ class QuarryTrainer:
         predictions: list = []
         started = time.monotonic()
         metrics = run_training(job, settings, span(progress, 0.0, 1.0 if whole else 0.9), ultralytics_val=False,
-                               onnx=False, val_predictions=predictions if whole else None)
+                               onnx=False, val_predictions=predictions if whole else None, error_model=False)
         train_s = time.monotonic() - started
         weights = os.path.join(models, "best", "best.pt")
         started = time.monotonic()
@@ -122,6 +122,21 @@ def evaluate_start(weights: str, data: Data, config: Mapping) -> dict | None:
     return {"mAP50": round(float(metrics.mAP), 6), "mAP50_95": round(float(metrics.mAP50_95), 6),
             "mAR50": round(float(metrics.mAR), 6), "eval_s": round(time.monotonic() - started, 2),
             "classes": [detector.names[i] for i in to_model]}
+
+
+def ensure_error_model(weights: str, data: Data, config: Mapping, progress: Progress) -> None:
+    """The error model of `weights` beside them (what mining then finds), fitted on the fit split unless one is
+    there; without a fit split the arm mines with the prior (mining says so)."""
+    from executor.pipeline.error_fit import fit_weights
+    from mining.errors import errors_file
+
+    if os.path.isfile(errors_file(weights)):
+        return
+    if not data.fit_samples:
+        log.warning("no fit split (data.yaml 'test' or the data folder's fit-index.tsv): the error model of %s is "
+                    "the prior", weights)
+        return
+    fit_weights(weights, data.fit_samples, data.fit_source, dict(config), progress)
 
 
 def read_ranking(path: str) -> list[str]:

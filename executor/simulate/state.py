@@ -15,7 +15,8 @@ from executor.pipeline.shards import file_sha256
 from executor.protocol.writers import atomic_write_text
 from executor.simulate import bootstrap, cost
 from executor.simulate.plan import Plan, prepare_data
-from executor.simulate.rounds import QuarryTrainer, SharedForwards, evaluate_start, initial_draw, mine
+from executor.simulate.rounds import QuarryTrainer, SharedForwards, ensure_error_model, evaluate_start, initial_draw, \
+    mine
 from executor.simulate.summary import csv_text, curve_table, plot, regime, regime_line, summarize, summary_csv, table
 
 log = logging.getLogger(__name__)
@@ -283,6 +284,8 @@ class Simulation:
             arm, weights = self.arms[algorithm], os.path.join(self.out, previous["weights"])
             models = self.shared.models(weights if round_ == 1 else None)  # (later rounds: a model per arm)
             try:
+                if reads_error_model(arm.name):
+                    ensure_error_model(weights, self.data, {**self.config, **arm.params}, progress)
                 ranking = self.miner(arm.name, weights, candidates, folder, self.data,
                                      {**self.config, **arm.params}, seed, progress, labelled=labelled, models=models)
             finally:
@@ -371,6 +374,12 @@ class Simulation:
         return (f"{name}: N0 {p.initial}, {p.budget_text} per round, {p.rounds} rounds, {seeds}, "
                 f"{settings.get('epochs', '?')} epoch{'s' * (settings.get('epochs') != 1)}, "
                 f"img {settings.get('img_size', '?')}")
+
+
+def reads_error_model(name: str) -> bool:
+    from mining import SCORERS
+
+    return getattr(SCORERS.get(name), "uses_error_model", False)
 
 
 def markdown(sim: Simulation, summary: dict) -> str:

@@ -272,7 +272,8 @@ def test_finish_attaches_onnx_unless_told_not_and_hands_back_the_val_predictions
     hooks = TrainingHooks(print, str(tmp_path / "tb"), b, evaluator, 0, True)
     settings = build_settings("training", {"class_names": ["a"]})
     result = adapter.TrainResult(None, str(tmp_path / "last.pt"), str(tmp_path))
-    metrics = training.finish(result, b, hooks, evaluator, settings, lambda f: None, onnx=onnx, keep=kept)
+    metrics = training.finish(result, b, hooks, evaluator, settings, lambda f: None, onnx=onnx, keep=kept,
+                              error_model=False)
     hooks.close()
     data = yaml.safe_load(open(b.result_file))
     assert kept == ["predictions of best.pt"] and data["model_stages"][BEST]["mAP"] == metrics.mAP == 0.25
