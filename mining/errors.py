@@ -36,6 +36,7 @@ BOX_FEATURES = ("logit_conf", "margin", "class_entropy", "log_relative_size", "l
                 "max_overlapping_score")
 IMAGE_FEATURES = ("log1p_candidate_mass", "log1p_candidates_over_0.1", "log1p_kept_boxes")
 OVERLAP_IOU = 0.5          # a candidate overlaps a kept box from this IoU on
+MIN_FIT_BOXES = 20         # a fit needs this many kept boxes...
 MIN_CLASS_BOXES = 20       # a class gets its own box model from this many kept boxes...
 MIN_CLASS_OUTCOME = 3      # ...with at least this many of each outcome; else it uses the shared one
 SHARED_PENALTY = 1.0       # L2 weight of the shared models' coefficients (features are standardised)
@@ -261,9 +262,11 @@ def fit_error_model(examples: list[Example], class_names, conf_thres: float, max
     label = np.concatenate([e.false_positive for e in examples]) if examples else np.zeros(0)
     counted = ~np.isnan(label)
     boxes, cls, label = boxes[counted], cls[counted], label[counted]
-    if len(label) == 0 or label.min() == label.max():
-        raise ValueError(f"cannot fit an error model on {len(examples)} images: it needs kept boxes that are right "
-                         f"and kept boxes that are wrong ({int(label.sum())} false positives of {len(label)})")
+    wrong = int(label.sum())
+    if len(label) < MIN_FIT_BOXES or min(wrong, len(label) - wrong) < MIN_CLASS_OUTCOME:
+        raise ValueError(f"cannot fit an error model on {len(examples)} images: it needs {MIN_FIT_BOXES} kept boxes, "
+                         f"at least {MIN_CLASS_OUTCOME} right and {MIN_CLASS_OUTCOME} wrong ({wrong} false positives "
+                         f"of {len(label)})")
     box_mean, box_scale = _standardise(boxes)
     z = (boxes - box_mean) / box_scale
     shared = fit_logistic(z, label, SHARED_PENALTY)

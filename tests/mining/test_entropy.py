@@ -29,13 +29,20 @@ def test_maximum_is_log_c_plus_1():
 
 
 @pytest.mark.parametrize("aggregation, expected", [("sum", 2 * math.log(2)), ("mean", 2 * math.log(2) / 3),
-                                                   ("max", math.log(2))])
+                                                   ("max", math.log(2)), ("topk_mean", 2 * math.log(2) / 3)])
 def test_aggregations(aggregation, expected):
     probs = np.array([[1.0, 1.0], [0.5, 0.0], [1.0, 0.0]])  # box entropies ln2, ln2, 0
     assert image_entropy(probs, aggregation) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("aggregation", ["sum", "mean", "max"])
+def test_topk_mean_is_the_mean_of_the_k_largest():
+    probs = np.array([[1.0, 1.0], [0.5, 0.0], [1.0, 0.0]])  # box entropies ln2, ln2, 0
+    assert image_entropy(probs, "topk_mean", topk=2) == pytest.approx(math.log(2))
+    assert image_entropy(probs, "topk_mean", topk=1) == pytest.approx(math.log(2))
+    assert image_entropy(probs[2:], "topk_mean", topk=5) == 0.0  # fewer boxes than k: the mean of those
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "mean", "max", "topk_mean"])
 def test_no_detections_score_zero(aggregation):
     assert image_entropy(np.zeros((0, 80), dtype=np.float32), aggregation) == 0.0
 

@@ -435,6 +435,59 @@ def test_start_trains_on_coco_json_with_the_legacy_result(tmp_path, monkeypatch)
     _, metrics = run_training_start(env, tmp_path, monkeypatch)
     models = tmp_path / "out" / "models"
     data = yaml.safe_load((models / "result.yaml").read_text())
+    # (1 box above conf_thres on the 6 val images at 128 px: too few to fit an error model, so none is listed)
     assert data["model"] == ["best.pt", "best.onnx"] and 0 < data["map"] <= 1  # COCO weights on COCO classes
     assert data["map"] == metrics.mAP
     assert all((models / f).is_file() for f in data["model"])
+
+
+def coco_val_samples(count: int):
+    """The first `count` coco-val images as labelled samples in the COCO model's class indices (crowds left out)."""
+    import json
+
+    import numpy as np
+
+    from executor.shared import Sample
+    from tests.platform import COCO_VAL
+
+    data = json.loads((COCO_VAL / "annotations.json").read_text())
+    index = {c["id"]: i for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
+    samples = []
+    for image in sorted(data["images"], key=lambda i: i["file_name"])[:count]:
+        anns = [a for a in data["annotations"] if a["image_id"] == image["id"] and not a.get("iscrowd")]
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32).reshape(-1, 4)
+        samples.append(Sample(str(COCO_VAL / "images" / image["file_name"]), image["width"], image["height"], "jpg",
+                              boxes, np.array([index[a["category_id"]] for a in anns], np.int64)))
+    return samples
+
+
+@pytest.mark.slow
+def test_finish_fits_the_best_stages_error_model_on_the_val_split_and_lists_it(tmp_path, monkeypatch):
+    """The real COCO model as the best stage, 40 coco-val images as the val split: best.errors.json beside best.pt,
+    in the stage's files of result.yaml (what the platform hands mining), fitted on those images."""
+    import shutil
+
+    from executor.pipeline import training
+    from mining.errors import read_error_model
+    from tests.platform import WEIGHTS, coco_names
+
+    class ValEvaluator(FakeEvaluator):
+        samples = coco_val_samples(40)
+
+        def __call__(self, weights, progress=None, keep=None):
+            return super().__call__(weights, progress)
+
+    monkeypatch.setattr(adapter, "export_weights", lambda src, dst: (os.makedirs(os.path.dirname(dst), exist_ok=True),
+                                                                     shutil.copy(WEIGHTS, dst)))
+    b = book(tmp_path)
+    hooks = TrainingHooks(print, str(tmp_path / "tb"), b, ValEvaluator(), 0, True)
+    settings = build_settings("training", {"class_names": coco_names(), "img_size": 320})
+    result = adapter.TrainResult(None, str(tmp_path / "last.pt"), str(tmp_path))
+    training.finish(result, b, hooks, ValEvaluator(), settings, lambda f: None, onnx=False)
+    hooks.close()
+    data = yaml.safe_load(open(b.result_file))
+    assert data["model_stages"][BEST]["files"] == ["best.pt", "best.errors.json"]
+    errors = read_error_model(str(tmp_path / "models" / BEST / "best.errors.json"))
+    assert errors.fitted and errors.fitted_on["images"] == 40
+    assert errors.fitted_on["source"] == "the val split of the training" and errors.class_names == coco_names()
+    assert errors.fitted_on["false_positives"] > 0 and errors.fitted_on["misses"] > 0
