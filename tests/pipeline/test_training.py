@@ -472,7 +472,7 @@ def test_finish_fits_the_best_stages_error_model_on_the_val_split_and_lists_it(t
     from tests.platform import WEIGHTS, coco_names
 
     class ValEvaluator(FakeEvaluator):
-        samples = coco_val_samples(40)
+        samples, iou_thr, conf_thr = coco_val_samples(40), 0.5, 0.005
 
         def __call__(self, weights, progress=None, keep=None):
             return super().__call__(weights, progress)
