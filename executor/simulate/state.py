@@ -11,6 +11,7 @@ import time
 from typing import Callable, Sequence
 
 from executor.errors import ConfigError
+from executor.protocol.rules import to_bool
 from executor.pipeline.shards import file_sha256
 from executor.protocol.writers import atomic_write_text
 from executor.simulate import bootstrap, cost
@@ -284,7 +285,7 @@ class Simulation:
             arm, weights = self.arms[algorithm], os.path.join(self.out, previous["weights"])
             models = self.shared.models(weights if round_ == 1 else None)  # (later rounds: a model per arm)
             try:
-                if reads_error_model(arm.name):
+                if reads_error_model(arm.name) and not to_bool("errors_prior", arm.params.get("errors_prior", False)):
                     ensure_error_model(weights, self.data, {**self.config, **arm.params}, progress)
                 ranking = self.miner(arm.name, weights, candidates, folder, self.data,
                                      {**self.config, **arm.params}, seed, progress, labelled=labelled, models=models)

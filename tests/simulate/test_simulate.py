@@ -746,3 +746,34 @@ def test_the_regime_says_whether_round_0_beats_the_start_weights():
     assert sim_summary.regime_line(summary(0.68), None).startswith("Regime: cold start.")
     line = sim_summary.regime_line(summary(0.45), start)
     assert line.startswith("**Regime: forgetting.**") and "0.450" in line and "0.649" in line
+
+
+def test_errors_arms_fit_on_the_test_split_never_on_val(tiny, tmp_path, monkeypatch, caplog):
+    """The round-0 model's error model is fitted once, on data.yaml's test split (never the val split whose mAP is
+    reported), before the first errors arm mines; a prior arm fits nothing; without a test split the arms mine
+    with the prior and the log says so."""
+    from executor.pipeline import error_fit
+
+    root = tiny.parent
+    copy_split("test", root / "test", 6)
+    with_test = root / "with-test.yaml"
+    with_test.write_text(tiny.read_text() + "test: test/images\n")
+    fits = []
+
+    def fit_weights(weights, samples, source, config, progress):
+        fits.append((weights, sorted(os.path.basename(s.image) for s in samples), source))
+        Path(weights).with_name("best.errors.json").write_text("{}")  # (the miner is a stand-in: never read)
+
+    monkeypatch.setattr(error_fit, "fit_weights", fit_weights)
+    arms = ("random", "errors[errors_prior=true]", "errors", "errors[errors_per_cost=true]")
+    fake_run(with_test, tmp_path / "out", miner=FakeMiner(), algorithms=arms, rounds=1)
+    test_images = sorted(os.listdir(root / "test" / "images"))
+    assert [(Path(w).parts[-5:-3], images, source) for w, images, source in fits] == [
+        (("initial", "round_0"), test_images, f"{with_test} key 'test'")]
+    val_images = set(os.listdir(root / "valid" / "images"))
+    assert not val_images & set(test_images)
+
+    fits.clear()
+    caplog.set_level("WARNING", "executor.simulate")
+    fake_run(tiny, tmp_path / "no-test", miner=FakeMiner(), algorithms=("random", "errors"), rounds=1)
+    assert fits == [] and any("no fit split" in r.getMessage() for r in caplog.records)
