@@ -24,7 +24,11 @@ if REPO not in sys.path:
 from executor.runtime import prepare_process_env  # noqa: E402
 
 log = logging.getLogger("benchmarks")
-ALGORITHMS = ("entropy", "aldd", "cald")
+ALGORITHMS = ("entropy", "errors", "aldd", "cald")
+# the timed errors runs read the prior, as a platform run does without a fitted file beside the weights (a
+# fitted model costs the same arithmetic); its quality row is named for that
+TIMED_CONFIG = {"errors": {"errors_prior": True}}
+ROW_OF = {"errors": "errors (prior)"}
 QUIET_LOAD = 2.5  # 1-minute load average under which the host counts as quiet (--wait-quiet)
 
 
@@ -127,6 +131,7 @@ def pooled_rate(runs) -> float:
 
 
 ANALYSIS_CONF = 0.01  # the detection pass keeps boxes down to this score for the analysis variants
+ENTROPY_TOPK = 3      # the template's entropy_topk, for the entropy_topk_mean variant
 
 
 def detect_pass(keys, detector, settings) -> dict:
@@ -145,13 +150,20 @@ def detect_pass(keys, detector, settings) -> dict:
     return found
 
 
-def evaluate_quality(dataset, low_detections, scores_by_name: dict, conf_thres: float, max_det: int) -> dict:
-    """Per-image errors from the detections at conf_thres, then Q1-Q3 per ranking and for the baselines."""
+def evaluate_quality(dataset, low_detections, scores_by_name: dict, conf_thres: float, max_det: int,
+                     class_names=()) -> dict:
+    """Per-image errors from the detections at conf_thres, then Q1-Q3 per ranking and for the baselines.
+
+    The errors rows other than the mined one (the prior) are read off the same detection pass with
+    mining/errors.py's own features and models: the prior per cost, and the error model cross-fitted on this
+    set (quality.error_rankings), plain and per cost; the calibration of the prior and the cross-fitted model
+    goes beside them."""
     import numpy as np
 
-    from benchmarks import quality
+    from benchmarks import gt, quality
     from mining.base import Detections
     from mining.entropy import box_entropy, image_entropy
+    from mining.errors import ErrorModel, fit_error_model, labelled_example
 
     keys = dataset.paths
 
@@ -164,10 +176,24 @@ def evaluate_quality(dataset, low_detections, scores_by_name: dict, conf_thres: 
                                    dataset.classes) for k, truth in zip(keys, dataset.images)]
     errors = np.array([c.errors for c in counts])
     objects = np.array([t.objects for t in dataset.images])
+    # the errors scorer: one labelled example per image (its kept boxes matched as `counts` were), its
+    # (height, width) from the file's header
+    examples = [labelled_example(low_detections[k], gt.image_size(k), truth, conf_thres, max_det, dataset.classes)
+                for k, truth in zip(keys, dataset.images)]
+    if [int(np.nansum(e.false_positive)) + e.misses for e in examples] != errors.tolist():
+        log.warning("%s: the error model's labels do not count the errors the rows count", dataset.name)
+    read = quality.error_rankings(
+        examples, [os.path.basename(k) for k in keys], ErrorModel(conf_thres, max_det, ANALYSIS_CONF),
+        lambda chosen: fit_error_model(chosen, class_names, conf_thres, max_det, ANALYSIS_CONF, dataset.name),
+        [c.fp for c in counts], [c.fn for c in counts])
+    mined = {ROW_OF.get(name, name): np.asarray(scores, float) for name, scores in scores_by_name.items()}
+    if "errors (prior)" in mined:  # the shipped run and the pass read the same boxes the same way
+        read["calibration"]["prior"]["mined_max_abs_diff"] = float(
+            np.max(np.abs(mined["errors (prior)"] - read["scores"]["errors (prior)"]), initial=0.0))
     rows = {"random": quality.random_baseline(keys, errors, objects),
             "detections": quality.metrics(np.array([len(detections[k]) for k in keys], float), errors, objects)}
-    for name, scores in scores_by_name.items():
-        rows[name] = quality.metrics(np.asarray(scores, float), errors, objects)
+    for name, scores in {**read["scores"], **mined}.items():
+        rows[name] = quality.metrics(scores, errors, objects)
     # not shipped, for reading the table: other image scores over the same boxes, and the oracle ceiling
     def expected_errors(det):
         """E[FP] + E[FN] of the thresholded detector if its scores were calibrated: a kept box is wrong
@@ -178,6 +204,9 @@ def evaluate_quality(dataset, low_detections, scores_by_name: dict, conf_thres: 
     variants = {
         "entropy_mean": [image_entropy(detections[k].probs, "mean") for k in keys],
         "entropy_max": [image_entropy(detections[k].probs, "max") for k in keys],
+        # as `entropy_aggregation: topk_mean` ships: over every candidate down to entropy_conf_thres (0.01)
+        f"entropy_topk_mean (k={ENTROPY_TOPK}, candidates >= {ANALYSIS_CONF})": [
+            image_entropy(low_detections[k].probs, "topk_mean", ENTROPY_TOPK) for k in keys],
         "least_confidence_mean": [float(np.mean(1 - detections[k].conf)) if len(detections[k]) else 0.0
                                   for k in keys],
         f"expected_errors (candidates >= {ANALYSIS_CONF})": [expected_errors(low_detections[k]) for k in keys],
@@ -194,8 +223,11 @@ def evaluate_quality(dataset, low_detections, scores_by_name: dict, conf_thres: 
                  "detections": [len(detections[k]) for k in keys],
                  "box_conf": [[round(float(c), 5) for c in low_detections[k].conf] for k in keys],
                  "box_entropy": [[round(float(h), 5) for h in box_entropy(low_detections[k].probs)] for k in keys],
-                 **{name: [float(s) for s in scores] for name, scores in scores_by_name.items()}}
-    return {"totals": totals, "rows": rows, "variants": extra, "per_image": per_image}
+                 **{name: [float(s) for s in scores] for name, scores in scores_by_name.items()},
+                 **{name: scores.tolist() for name, scores in read["scores"].items() if name not in mined},
+                 "errors_fold": read["folds"].tolist()}
+    return {"totals": totals, "rows": rows, "variants": extra, "calibration": read["calibration"],
+            "per_image": per_image}
 
 
 def mined_quality(dataset, detector, settings, config) -> dict:
@@ -208,7 +240,8 @@ def mined_quality(dataset, detector, settings, config) -> dict:
         run = speed.mine_timed(dataset.paths, detector, config(algo))
         scores[algo] = run.pop("scores")
         timings[algo] = run
-    return {**evaluate_quality(dataset, found, scores, settings.conf_thres, settings.max_det), "speed": timings}
+    return {**evaluate_quality(dataset, found, scores, settings.conf_thres, settings.max_det, detector.names),
+            "speed": timings}
 
 
 def main(argv=None) -> int:
@@ -243,7 +276,7 @@ def main(argv=None) -> int:
     gpu_id = "0" if args.device == "cuda" else ""
 
     def config(algorithm: str, **extra) -> dict:
-        return speed.mining_config(args.weights, algorithm, gpu_id, **extra)
+        return speed.mining_config(args.weights, algorithm, gpu_id, **{**TIMED_CONFIG.get(algorithm, {}), **extra})
 
     base = build_settings("mining", config("entropy"))
     detector = Models().detector(base, weights_for(base, ""))
@@ -346,7 +379,7 @@ def main(argv=None) -> int:
     if "quality" not in args.skip:
         post = (base.conf_thres, base.max_det)
         results["quality"] = {"coco-val": evaluate_quality(coco, detect_pass(coco.paths, detector, base),
-                                                           scores, *post)}
+                                                           scores, *post, detector.names)}
         small = args.images and max(8, args.images * 2 // 3)
         loaders = {"voc": lambda: gt.load_voc(args.voc, detector.names, small),
                    "highway": lambda: gt.load_yolo(args.highway, detector.names, small)}

@@ -41,6 +41,14 @@ class Dataset:
         return [image.path for image in self.images]
 
 
+def image_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image file from its header (PIL reads no pixels), as stored: no EXIF rotation (the
+    error model's features read only the image's area, which a rotation keeps)."""
+    with Image.open(path) as image:
+        width, height = image.size
+    return height, width
+
+
 def _name_index(model_names: list[str]) -> dict[str, int]:
     return {name.strip().lower(): i for i, name in enumerate(model_names)}
 
@@ -156,8 +164,7 @@ def load_yolo(root: str, model_names: list[str], limit: int | None = None, name:
         path = os.path.join(root, rel)
         split, _, file_name = rel.split("/")
         label = os.path.join(root, split, "labels", os.path.splitext(file_name)[0] + ".txt")
-        with Image.open(path) as image:  # reads the header only
-            width, height = image.size
+        height, width = image_size(path)
         boxes, cls = [], []  # no label file: a negative image, as in YOLO training
         for own, box in parse_yolo_txt(label, width, height) if os.path.isfile(label) else ():
             if own not in to_model:

@@ -13,15 +13,23 @@ Q2 is the headline (labelling cost is mostly boxes; docs/benchmarks.md says why)
 Tied scores are broken at random; with ties, Q1/Q2 are the mean over `TIE_DRAWS` tie-breaks, which
 estimates the expected capture of a labeller who picks arbitrarily among equal scores. (Ties matter
 for the `detections` baseline, whose scores are small integers.)
+
+The errors scorer predicts the very count the benchmark makes (E[FP] + E[misses]), so besides ranking it is
+checked for calibration: predicted ÷ counted errors, overall and by decile of the prediction. Its fitted model is
+cross-fitted (`error_rankings`): each image is read by a model fitted on the other folds of the same set, never
+by one that saw its labels.
 """
 import numpy as np
 from scipy.stats import spearmanr
 
+from mining.errors import cross_fit_models, folds
 from mining.truth import IOU_THRESHOLD, ImageErrors, count_errors  # noqa: F401 (the benchmark's words)
 
 BUDGET = 0.2
 TIE_DRAWS = 200
 RANDOM_SEEDS = 10
+FOLDS = 5      # cross-fitting of the error model: images by a hash of their key
+BINS = 10      # calibration by decile of the prediction
 
 
 def _orders(scores: np.ndarray, draws: int, seed: int):
@@ -89,3 +97,45 @@ def random_baseline(keys, errors, objects, seeds: int = RANDOM_SEEDS) -> dict:
     out = {k: float(np.mean([r[k] for r in runs])) for k in ("q1", "q2", "q3")}
     out.update({f"{k}_std": float(np.std([r[k] for r in runs])) for k in ("q1", "q2", "q3")})
     return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b > 0 else float("nan")
+
+
+def calibration(predicted_fp, predicted_fn, observed_fp, observed_fn, bins: int = BINS) -> dict:
+    """Predicted ÷ observed errors per image (E[FP] + E[misses] against the counted FP + FN): summed over all
+    images (and for each kind), summed within `bins` bins of images sorted by the prediction (lowest first,
+    near-equal sizes), and Spearman rho per image. A ranking needs only the order; a ratio far from 1 says the
+    numbers themselves (e.g. for an errors budget) are not to be read as counts."""
+    pfp, pfn = np.asarray(predicted_fp, np.float64), np.asarray(predicted_fn, np.float64)
+    ofp, ofn = np.asarray(observed_fp, np.float64), np.asarray(observed_fn, np.float64)
+    predicted, observed = pfp + pfn, ofp + ofn
+    order = np.argsort(predicted, kind="stable")
+    by_bin = [{"images": len(b), "predicted": float(predicted[b].sum()), "observed": float(observed[b].sum()),
+               "ratio": _ratio(predicted[b].sum(), observed[b].sum())} for b in np.array_split(order, bins) if len(b)]
+    rho = float("nan") if np.ptp(predicted) == 0 or np.ptp(observed) == 0 else \
+        float(spearmanr(predicted, observed).statistic)
+    return {"predicted": float(predicted.sum()), "observed": float(observed.sum()),
+            "ratio": _ratio(predicted.sum(), observed.sum()),
+            "fp": {"predicted": float(pfp.sum()), "observed": float(ofp.sum()), "ratio": _ratio(pfp.sum(), ofp.sum())},
+            "fn": {"predicted": float(pfn.sum()), "observed": float(ofn.sum()), "ratio": _ratio(pfn.sum(), ofn.sum())},
+            "spearman": rho, "bins": by_bin}
+
+
+def error_rankings(examples, keys, prior, fit, observed_fp, observed_fn, k: int = FOLDS) -> dict:
+    """The errors scorer over one set's labelled examples (mining.errors.Example, one per image): its scores
+    read by `prior` (ErrorModel() at the pass's thresholds) and cross-fitted (each image read by the model
+    `fit(examples)` makes of the other k folds, mining.errors.folds by `keys`), each plain and per cost; and
+    the calibration of both readings against the observed FP and FN."""
+    fold_of = folds(len(examples), k, keys)
+    readers = {"prior": [prior] * len(examples), "cross-fitted": cross_fit_models(examples, fold_of, fit)}
+    scores, calibrations = {}, {}
+    for name, models in readers.items():
+        for per_cost in (False, True):
+            row = f"errors ({name}, per cost)" if per_cost else f"errors ({name})"
+            scores[row] = np.array([m.score(e.features, per_cost) for m, e in zip(models, examples)])
+        calibrations[name] = calibration([m.p_false_positive(e.features).sum() for m, e in zip(models, examples)],
+                                         [m.expected_misses(e.features) for m, e in zip(models, examples)],
+                                         observed_fp, observed_fn)
+    return {"scores": scores, "calibration": calibrations, "folds": fold_of}

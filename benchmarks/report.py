@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 
-ALGORITHMS = ("entropy", "aldd", "cald")
+P1_ALGORITHMS = ("entropy", "errors", "aldd")  # mining ÷ P0 (cald's is P2, its five forwards counted)
+P1_JUDGED = ("entropy", "aldd")                  # the issue's P1 target; errors' ratio is reported
 CALD_VIEWS = 4
 TARGETS = {"P1": 0.90, "P2": 0.85, "P3": 1.2, "P4": 1.10, "P5": 5.0}
 # Q2 (errors captured at an object budget) leads: labelling cost is mostly boxes, and at an image budget
@@ -23,9 +24,11 @@ def summarise(r: dict) -> dict:
     runs = sp.get("runs", {})
     s["P0"] = sp.get("p0", {}).get("images_per_s", float("nan"))
     slopes = sp.get("slope", {})
-    for algo in ("entropy", "aldd"):
+    for algo in P1_ALGORITHMS:
         if algo in runs:
             s[f"P1_{algo}"] = _median(runs[algo], "ratio_to_p0")
+        if algo not in P1_JUDGED:
+            continue
         # the target is judged on the issue's yardstick, P9 (the slope: per-run costs cancel), where it was run
         if algo in slopes or algo in runs:
             s["targets"][p1_target(algo, slopes)] = (slopes[algo]["ratio"] if algo in slopes
@@ -57,11 +60,11 @@ def summarise(r: dict) -> dict:
     for name, q in r.get("quality", {}).items():
         rows = q["rows"]
         rnd, det = rows["random"], rows["detections"]
-        for algo in ALGORITHMS:
+        for algo in QUALITY_JUDGED:
             if algo in rows:
                 beats = all(rows[algo][k] > rnd[k] for k in QUALITY_KEYS)
                 s["targets"][f"{name}: {algo} beats random on Q2, Q1, Q3"] = beats
-        good = [a for a in ALGORITHMS if a in rows and rows[a]["q2"] > det["q2"] and rows[a]["q1"] > det["q1"]
+        good = [a for a in QUALITY_JUDGED if a in rows and rows[a]["q2"] > det["q2"] and rows[a]["q1"] > det["q1"]
                 and rows[a]["q3"] >= 0.3]
         s[f"{name}_best_meeting_targets"] = good
         s["targets"][f"{name}: an algorithm beats detections on Q2, Q1 with Q3 >= 0.3"] = bool(good)
@@ -93,14 +96,16 @@ def speed_rows(r: dict) -> list[list[str]]:
              f"{p0.get('measurements')} paired runs of ~{p0.get('images_each')} images, range {fmt(p0.get('min'), 2)}-"
              f"{fmt(p0.get('max'), 2)})", "limit", None)]  # (label, what, measured, target, key of s["targets"])
     slopes = sp.get("slope", {})
-    for algo in ("entropy", "aldd"):
+    for algo in P1_ALGORITHMS:
         if algo in runs:
             run = runs[algo][0]
-            judged = algo not in slopes  # else P9 carries the target
-            rows.append((f"P1 {algo}", f"mining {algo} ÷ P0" + ("" if judged else ", per-run costs included"),
+            judged = algo in P1_JUDGED and algo not in slopes  # else P9 carries the target, or there is none
+            what = f"mining {algo}" + (" (the prior)" if algo == "errors" else "") + " ÷ P0"
+            rows.append((f"P1 {algo}", what + ("" if judged else ", per-run costs included"),
                          ratio_cell(s[f"P1_{algo}"], f"{fmt(run['images_per_s'], 2)} img/s",
                                     run.get("segment_ratios"), run.get("ratio_pooled")),
-                         ">= 0.90" if judged else "(report; see P9)", p1_target(algo, slopes) if judged else None))
+                         ">= 0.90" if judged else "(report; see P9)" if algo in slopes else "(report)",
+                         p1_target(algo, slopes) if judged else None))
     if "cald" in runs:
         run, passes = runs["cald"][0], 1 + CALD_VIEWS
         rows.append(("P2 cald", "mining cald × 5 ÷ P0", ratio_cell(
@@ -167,7 +172,10 @@ def _met(targets, key) -> str:
     return "met" if targets[key] else "**missed**"
 
 
-QUALITY_ORDER = ("random", "detections", "entropy", "aldd", "cald")
+ERRORS_ROWS = ("errors (prior)", "errors (prior, per cost)", "errors (cross-fitted)",
+               "errors (cross-fitted, per cost)")
+QUALITY_ORDER = ("random", "detections", "entropy", *ERRORS_ROWS, "aldd", "cald")
+QUALITY_JUDGED = QUALITY_ORDER[2:]  # the rankings a mining run can ship (the baselines are not judged)
 
 
 def quality_rows(q: dict) -> list[list[str]]:
@@ -186,6 +194,20 @@ def quality_rows(q: dict) -> list[list[str]]:
 
 def variant_rows(q: dict) -> list[list[str]]:
     return [[name, *(fmt(m[k]) for k in QUALITY_KEYS)] for name, m in q.get("variants", {}).items()]
+
+
+def calibration_rows(q: dict) -> list[list[str]]:
+    """Predicted ÷ observed errors of each reading of the error model (benchmarks/quality.py calibration)."""
+    rows = []
+    for name, c in q.get("calibration", {}).items():
+        rows.append([name, f"{fmt(c['predicted'], 1)} / {fmt(c['observed'], 0)}", f"**{fmt(c['ratio'], 2)}**",
+                     fmt(c["fp"]["ratio"], 2), fmt(c["fn"]["ratio"], 2), fmt(c["spearman"]),
+                     " ".join(fmt(b["ratio"], 2) for b in c["bins"])])
+    return rows
+
+
+CALIBRATION_HEADER = ["error model", "predicted / observed errors", "ratio", "FP ratio", "FN ratio",
+                      "Spearman ρ per image", "ratio by decile of the prediction (lowest first)"]
 
 
 def breakdown_rows(r: dict) -> list[list[str]]:
@@ -219,9 +241,12 @@ def table(r: dict) -> str:
         t = q["totals"]
         out.append(f"== quality {name}: {t['images']} images, {t['objects']} objects, {t['errors']} errors "
                    f"(FP {t['fp']}, FN {t['fn']}) ==")
-        out.append(f"{'ranking':<26} {'Q2 (headline)':>16} {'Q1':>16} {'Q3':>16}")
+        out.append(f"{'ranking':<46} {'Q2 (headline)':>16} {'Q1':>16} {'Q3':>16}")
         for row in quality_rows(q) + [["~ " + v[0], *v[1:]] for v in variant_rows(q)]:
-            out.append(f"{row[0]:<26} {row[1]:>16} {row[2]:>16} {row[3]:>16}")
+            out.append(f"{row[0]:<46} {row[1]:>16} {row[2]:>16} {row[3]:>16}")
+        for row in calibration_rows(q):
+            out.append(f"calibration {row[0]:<12} pred/obs {row[1]} = {row[2].strip('*')} (FP {row[3]}, FN "
+                       f"{row[4]}), rho {row[5]}, by decile {row[6]}")
     out.append("== targets ==")
     for key, ok in r["summary"]["targets"].items():
         out.append(f"{'met   ' if ok else 'MISSED'} {key}")
@@ -284,6 +309,14 @@ def run_block(r: dict, level: str = "##", with_quality: bool = True) -> list[str
             md_table(["ranking", "Q2", "Q1", "Q3"], variant_rows(q)),
             "",
         ]
+        if q.get("calibration"):
+            parts += [
+                "Calibration of the errors scorer's E[FP] + E[misses] against the errors counted (sums over the "
+                "images, then within tenths of the images sorted by the prediction; n/a: no error counted there):",
+                "",
+                md_table(CALIBRATION_HEADER, calibration_rows(q)),
+                "",
+            ]
     parts += [f"{level}# Targets", ""]
     parts += [f"- {'met' if ok else '**missed**'}: {key}" for key, ok in s["targets"].items()]
     return parts + [""]
@@ -343,8 +376,11 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
 - **P1**: `executor.pipeline.tasks.mine` (decode and letterbox in worker threads, batching, the scorer, progress,
   writing result.tsv and the report) with the model already loaded, wall time ÷ images. Each segment is a
   whole run of ~26 images, so P1 includes per-run costs (settings, shard files, the merge, the report's
-  thumbnails) that a real pool spreads over far more images; the P1 target is judged on P9, the slope. **P2**: the same for CALD, times 5 (the reference pass and four views), ÷ P0: the
-  share of the hardware CALD's five forwards per image get.
+  thumbnails) that a real pool spreads over far more images; the P1 target is judged on P9, the slope. P1
+  errors is reported without a target: errors with `errors_prior: true` (one forward with every box down to
+  0.01, then the features and the prior's arithmetic; a fitted model's costs the same). **P2**: the same for
+  CALD, times 5 (the reference pass and four views), ÷ P0: the share of the hardware CALD's five forwards per
+  image get.
 - **P3**: entropy mining ÷ `YOLO(weights).predict(source=<folder>, stream=True, batch, imgsz, conf=0.25)`
   on the same images, interleaved segment by segment with the entropy runs and their P0 runs. Note that
   Both sides letterbox to rectangles: Ultralytics a batch whose images share one original size to the
@@ -401,9 +437,23 @@ unmatched ground-truth box of their class with the largest IoU. COCO `iscrowd` b
 `difficult` objects are ignored (missing them is no error; a detection on one is neither TP nor FP; crowd
 regions match by intersection over the detection's area, as COCO does), and so are detections of classes
 a dataset never labels (a COCO model's "bench" in a VOC image). Classes are mapped by name. Rankings: the scores of
-`executor.pipeline.tasks.mine` for each algorithm; `random` = the project's random scorer, mean over seeds 0-9;
-`detections` = number of boxes the model keeps. Tied scores are broken at random (Q1/Q2 are averaged over
-200 tie-breaks).
+`executor.pipeline.tasks.mine` for each algorithm (errors with `errors_prior: true`: the row `errors (prior)`);
+`random` = the project's random scorer, mean over seeds 0-9; `detections` = number of boxes the model keeps.
+Tied scores are broken at random (Q1/Q2 are averaged over 200 tie-breaks).
+
+The other errors rows are read off the benchmark's own detection pass (every box down to 0.01) with
+mining/errors.py's features and models, as the scorer reads them: `per cost` divides by the image's expected
+labelling cost (`errors_per_cost`); `cross-fitted` reads an error model fitted on the same set (conf_thres
+0.25, max_det 100; labels from the one labelled pass, so a box on a crowd or difficult region or of a class the
+set does not label is no example), cross-fitted: the images fall into 5 folds by a hash of their file name and
+each is scored by the model fitted on the other 4, never by one that saw its labels. It stands for weights whose
+error model was fitted on labelled images of the same kind (training's val split), from 4/5 of a small set.
+Because the errors scorer predicts the very count the benchmark makes, E[FP] + E[misses], each set also gives
+its calibration, for the prior and the cross-fitted model: predicted ÷ observed errors summed over the images
+(and for FP and misses apart), the same within tenths of the images sorted by the prediction, and Spearman ρ
+between predicted and observed errors per image. Both count every kept box as a possible false positive,
+including the boxes the benchmark ignores (classes the set does not label), which raises the predicted FP on
+voc2007 and highway.
 
 - **Q2** (the headline): share of all errors in the images taken in score order until their ground-truth
   objects reach 20% of all objects (the image that crosses the budget is taken).
@@ -420,6 +470,8 @@ shows how much of a ranking's capture is only crowding. The targets read Q2 firs
 Q1, Q3" (all three above random's mean) and "beats detections on Q2, Q1 with Q3 ≥ 0.3".
 
 The "not shipped" rows are other image scores over the same boxes (entropy averaged or maxed instead of
-summed, mean least-confidence `1 − conf`) and the oracle (score = the image's true error count), which
-bounds Q1 from above.
+summed over the kept boxes, mean least-confidence `1 − conf`; `entropy_topk_mean`, the mean of the 3 largest
+box entropies over every candidate, as `entropy_aggregation: topk_mean` ships; `expected_errors`, the errors
+prior without the max_det cut) and the oracle (score = the image's true error count), which bounds Q1 from
+above.
 """

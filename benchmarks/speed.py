@@ -125,6 +125,7 @@ def instrumented(detector, scorer_class, clock: Clock):
     import mining.aldd
     import mining.cald
     import mining.entropy
+    import mining.errors
 
     patches = []
 
@@ -147,7 +148,9 @@ def instrumented(detector, scorer_class, clock: Clock):
     patch(scorer_class, "score", "score", exclusive_of="predict")  # the scorer's own work
     for module, name, label in ((mining.cald, "make_views", "cald_views"), (mining.cald, "cald_score", "cald_math"),
                                 (mining.aldd, "aldd_scores", "aldd_math"),
-                                (mining.entropy, "image_entropy", "entropy_math")):
+                                (mining.entropy, "image_entropy", "entropy_math"),
+                                (mining.errors, "image_features", "errors_math"),
+                                (mining.errors.ErrorModel, "score", "errors_math")):
         patch(module, name, label)
     try:
         yield clock
@@ -164,14 +167,14 @@ def breakdown(total: float, clock: Clock) -> dict:
     s = clock.seconds
     network = s.get("network", 0.0)
     predict = s.get("predict", 0.0)
-    math = sum(s.get(k, 0.0) for k in ("cald_math", "aldd_math", "entropy_math"))
+    math = sum(s.get(k, 0.0) for k in ("cald_math", "aldd_math", "entropy_math", "errors_math"))
     views = s.get("cald_views", 0.0) + s.get("view_letterbox", 0.0)
     scorer = s.get("score", 0.0)  # less the predictions it asked for
     return {
         "network": network,
         "input_and_postprocess": predict - network,     # uint8 -> float, NMS, boxes to numpy, class maps
         "cald_views": views,                             # augmenting and letterboxing CALD's views
-        "score_math": math,                              # entropy / ALDD / CALD formulas
+        "score_math": math,                              # entropy / errors / ALDD / CALD formulas
         "scorer_other": scorer - views - math,           # glue in the scorer (matching views, the contract check)
         "loop_and_decode_wait": total - scorer - predict,  # batching loop, waiting for decode threads, progress
         "forward_passes": clock.calls.get("network", 0),

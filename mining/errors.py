@@ -28,6 +28,7 @@ from scipy.special import expit
 from mining.base import Detections, Scorer
 from mining.boxes import box_iou
 from mining.entropy import box_entropy
+from mining.truth import ImageTruth, match
 
 FORMAT = "quarry-error-model"
 VERSION = 1
@@ -254,6 +255,16 @@ class Example:
     misses: int
 
 
+def labelled_example(det: Detections, size: tuple[int, int], truth: ImageTruth, conf_thres: float, max_det: int,
+                     classes=None) -> Example:
+    """One image's Example: its features and the outcome of each kept box by the one labelled pass
+    (mining/truth.py); a box it ignores (crowd, difficult, a class outside `classes`) is nan."""
+    features = image_features(det, size, conf_thres, max_det)
+    kept = features.kept
+    outcome = match(det.xyxy[kept], det.conf[kept], det.cls[kept], truth, classes)
+    return Example(features, np.where(outcome.ignored, np.nan, outcome.fp.astype(np.float64)), outcome.misses)
+
+
 def fit_error_model(examples: list[Example], class_names, conf_thres: float, max_det: int, candidate_conf: float,
                     source: str = "") -> ErrorModel:
     """The two models fitted on `examples` (see the module docstring)."""
@@ -296,15 +307,18 @@ def folds(count: int, k: int, keys=None) -> np.ndarray:
     return np.array([image_seed(0, "fold\x00" + str(key)) % k for key in keys])
 
 
+def cross_fit_models(examples: list[Example], fold_of: np.ndarray, fit) -> list[ErrorModel]:
+    """The model that scores each image: fitted on the other folds only (`fit(examples) -> ErrorModel`, once per
+    fold), so no image is scored by a model that saw its labels."""
+    fold_of = np.asarray(fold_of)
+    by_fold = {fold: fit([e for e, f in zip(examples, fold_of) if f != fold]) for fold in np.unique(fold_of)}
+    return [by_fold[fold] for fold in fold_of]
+
+
 def cross_fit_scores(examples: list[Example], fold_of: np.ndarray, fit, per_cost: bool = False) -> np.ndarray:
-    """Each image scored by a model fitted on the other folds only (`fit(examples) -> ErrorModel`): no image is
-    scored by a model that saw its labels."""
-    scores = np.zeros(len(examples))
-    for fold in np.unique(fold_of):
-        model = fit([e for e, f in zip(examples, fold_of) if f != fold])
-        for i in np.where(fold_of == fold)[0]:
-            scores[i] = model.score(examples[i].features, per_cost)
-    return scores
+    """Each image scored by a model fitted on the other folds only (cross_fit_models)."""
+    models = cross_fit_models(examples, fold_of, fit)
+    return np.array([model.score(e.features, per_cost) for model, e in zip(models, examples)])
 
 
 # ---------------------------------------------------------------- the scorer

@@ -156,7 +156,7 @@ def test_highway_quality_set_is_the_same_300_images_with_coco_classes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald"])
+@pytest.mark.parametrize("algorithm", ["entropy", "errors", "aldd", "cald"])
 def test_timed_mining_scores_what_ships(algorithm, tmp_path):
     """The speed benchmark's instrumented run (whose scores feed the quality table) must score exactly as
     executor.pipeline.tasks.mine does on its own, e.g. entropy through its copy of the detector with looser NMS."""

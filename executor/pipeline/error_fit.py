@@ -11,14 +11,11 @@ import logging
 import os
 from typing import Callable, Sequence
 
-import numpy as np
-
 from executor.engine.detector import Detector
 from executor.engine.evaluation import predict_samples, sample_truth
 from executor.protocol.writers import atomic_write_text
 from executor.shared import Sample
-from mining.errors import ErrorModel, Example, errors_file, fit_error_model, image_features
-from mining.truth import match
+from mining.errors import ErrorModel, Example, errors_file, fit_error_model, labelled_example
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +28,8 @@ def labelled_examples(detector: Detector, samples: Sequence[Sample], conf_thres:
     """Per sample (classes in the detector's indices), its features and the outcome of each kept box."""
     candidates = detector.with_postprocess(candidate_conf, detector.iou_thres, UNCAPPED)
     found = predict_samples(candidates, samples, batch_size, progress)
-    examples = []
-    for sample, det in zip(samples, found):
-        features = image_features(det, (sample.height, sample.width), conf_thres, max_det)
-        kept = features.kept
-        outcome = match(det.xyxy[kept], det.conf[kept], det.cls[kept], sample_truth(sample))
-        label = np.where(outcome.ignored, np.nan, outcome.fp.astype(np.float64))
-        examples.append(Example(features, label, outcome.misses))
-    return examples
+    return [labelled_example(det, (sample.height, sample.width), sample_truth(sample), conf_thres, max_det)
+            for sample, det in zip(samples, found)]
 
 
 def fit_on_samples(detector: Detector, samples: Sequence[Sample], source: str, conf_thres: float, max_det: int,
