@@ -1,4 +1,5 @@
-"""The local command line: `start.py mine|infer|make-in …` for people with a folder of images and no platform.
+"""The local command line: `start.py mine|infer|make-in|fit-errors …` for people with a folder of images and no
+platform.
 
 Names an Ultralytics user already types (--model, --source, --imgsz, --conf, --iou, --device, --batch) stand
 beside Quarry's own. Everything is checked before the first image is read: paths, ranges, flags that need
@@ -91,6 +92,9 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
     make_in.add_argument("--weights", "--model", dest="weights", help="model file copied to IN/models")
     make_in.add_argument("--out", required=True, help="the /in folder to write (an empty or new folder)")
     make_in.add_argument("--set", action="append", metavar="KEY=VALUE", help="config.yaml value over the template")
+    from executor.cli.fit_errors import add_parser as add_fit_errors
+
+    add_fit_errors(sub, common)
     for add in extra_commands:
         add(sub, common)
     return parser
@@ -273,9 +277,12 @@ def model_templates(weights: str | None) -> str | None:
 
 
 def run(args) -> int:
-    """A local mine or infer command, with the templates of its model's family; returns the exit status."""
+    """A local mine or infer command, with the templates of its model's family (or fit-errors); returns the exit
+    status."""
     from executor.errors import ConfigError
 
+    if args.command == "fit-errors":
+        return run_fit_errors(args)
     weights = getattr(args, "weights", None)
     try:
         templates = model_templates(weights)
@@ -330,6 +337,34 @@ def run_in_family(args, templates: str | None) -> int:
         progress.close()
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        log.error("%s", one_line(exc))
+        log.debug("traceback", exc_info=True)
+        return 1
+
+
+def run_fit_errors(args) -> int:
+    """start.py fit-errors (executor/cli/fit_errors.py): checked like mine (a bad flag exits 2), then fitted."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from executor.cli.fit_errors import check, fit_errors
+    from executor.errors import one_line
+
+    try:
+        check(args)
+        config = config_of(args)
+    except UsageError as exc:
+        print(f"quarry {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with logging_redirect_tqdm():
+            return fit_errors(args, config, progress_bar)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except ValueError as exc:  # the fit: too few right or wrong boxes; an unreadable error model
+        log.error("%s", exc)
+        return 1
     except Exception as exc:
         log.error("%s", one_line(exc))
         log.debug("traceback", exc_info=True)

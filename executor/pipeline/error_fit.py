@@ -40,19 +40,19 @@ def fit_on_samples(detector: Detector, samples: Sequence[Sample], source: str, c
     return fit_error_model(examples, detector.names, conf_thres, max_det, candidate_conf, source)
 
 
-def write_error_model(model: ErrorModel, weights: str) -> str:
-    """The model written beside `weights` (atomically); returns its path."""
-    path = errors_file(weights)
+def write_error_model(model: ErrorModel, weights: str, out: str = "") -> str:
+    """The model written beside `weights` (atomically), or to `out`; returns its path."""
+    path = out or errors_file(weights)
     atomic_write_text(path, json.dumps(model.to_dict(), indent=1) + "\n")
     log.info("error model of %s: %s, %s", os.path.basename(weights), path, model.describe())
     return path
 
 
 def fit_weights(weights: str, samples: Sequence[Sample], source: str, config: dict,
-                progress: Callable[[float], None] = lambda f: None) -> str:
+                progress: Callable[[float], None] = lambda f: None, out: str = "") -> str:
     """Fit the error model of `weights` on `samples` (classes in the model's indices) at the mining settings of
     `config` (over the mining template: conf_thres, max_det, iou_thres, errors_conf_thres, img_size, device) and
-    write it beside the weights; returns its path."""
+    write it beside the weights (or to `out`); returns its path."""
     from executor.engine.loading import load_detector
     from executor.protocol.settings import build_settings
 
@@ -62,4 +62,4 @@ def fit_weights(weights: str, samples: Sequence[Sample], source: str, config: di
                              iou_thres=settings.iou_thres, max_det=settings.max_det)
     model = fit_on_samples(detector, samples, source, settings.conf_thres, settings.max_det,
                            settings.errors_conf_thres, settings.batch_size_per_gpu, progress)
-    return write_error_model(model, weights)
+    return write_error_model(model, weights, out)

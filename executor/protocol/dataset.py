@@ -1,4 +1,5 @@
 """Training data: ymir index files + ark/voc/coco annotations → validated samples → a YOLO dataset under /out.
+The same validation reads YOLO labels (`read_rows`, fmt 'yolo') for the labelled sets of executor/protocol/labelled.py.
 
 Boxes are held as continuous pixel rectangles [x1, x2) × [y1, y2) of the image as decoded (EXIF applied).
 ymir writes ARK and VOC corners inclusive (`xmax = x + w - 1`), so x2 = xmax + 1; COCO `bbox` is
@@ -328,16 +329,28 @@ def read_split(name: str, index_file: str, class_names: Sequence[str], export_fo
         raise DatasetError(f"{index_file}: segmentation training needs seg-coco annotations (one COCO json with "
                            f"polygons or RLE masks), but the annotation files are {fmt} (e.g. {rows[0][1]}); "
                            "export the dataset with export_format seg-coco:raw")
+    return read_rows(name, [(asset, annotation, f"{index_file} line {number}") for asset, annotation, number in rows],
+                     index_file, class_names, fmt, masks)
+
+
+# One image to read: (image path, its annotation file ('' for none: a negative image), where it is listed).
+Row = tuple[str, str, str]
+
+
+def read_rows(name: str, rows: Sequence[Row], source: str, class_names: Sequence[str], fmt: str,
+              masks: bool = False, names_source: str = "class_names") -> Split:
+    """The samples of `rows` (annotations in `fmt`: ark, voc, coco or yolo), validated as read_split says;
+    `source` names where the rows come from in messages, `names_source` the names YOLO class ids index."""
     stats = SplitStats(listed=len(rows))
     coco_files: dict[str, CocoFile] = {}
     samples = []
-    for asset, annotation, number in rows:
-        if not os.path.isfile(annotation):
-            raise DatasetError(f"{index_file} line {number}: annotation file not found: {annotation}")
+    for asset, annotation, where in rows:
+        if annotation and not os.path.isfile(annotation):
+            raise DatasetError(f"{where}: annotation file not found: {annotation}")
         probed = probe_image(asset)
         if isinstance(probed, str):
             stats.skipped[probed] += 1
-            log.warning("%s line %d: %s: %s, skipped", index_file, number, probed, asset)
+            log.warning("%s: %s: %s, skipped", where, probed, asset)
             continue
         width, height, suffix = probed
         if masks:
@@ -348,10 +361,14 @@ def read_split(name: str, index_file: str, class_names: Sequence[str], export_fo
             stats.boxes_per_class.update(int(c) for c in sample.classes)
             samples.append(sample)
             continue
-        if fmt == "coco":
+        if not annotation:
+            raw = []
+        elif fmt == "coco":
             if annotation not in coco_files:
                 coco_files[annotation] = CocoFile(annotation, class_names)
             raw = coco_files[annotation].boxes_for(asset, stats.dropped)
+        elif fmt == "yolo":
+            raw = parse_yolo(annotation, width, height, class_names, names_source)
         else:
             raw = (parse_voc if fmt == "voc" else parse_ark)(annotation, class_names)
         boxes, classes = clean_boxes(raw, width, height, stats)
@@ -360,7 +377,7 @@ def read_split(name: str, index_file: str, class_names: Sequence[str], export_fo
     if not samples:
         reasons = ", ".join(f"{n} {r}" for r, n in stats.skipped.items()) or "the index lists no images"
         error = NoReadableImages if rows else DatasetError  # every listed image unreadable: 300003
-        raise error(f"the {name} set is empty ({index_file}: {reasons})")
+        raise error(f"the {name} set is empty ({source}: {reasons})")
     return Split(name, samples, stats)
 
 
@@ -440,22 +457,24 @@ def export_yolo(root: str, splits: Sequence[Split], class_names: Sequence[str]) 
     return path
 
 
-def yolo_label_to_ark(label_file: str, width: int, height: int, class_names: Sequence[str]) -> list[str]:
-    """YOLO `cls cx cy w h` (normalised; polygons `cls x y x y ...` become their box) → ARK lines with the
-    inclusive pixel corners ymir writes (executor.protocol.dataset reads xmax + 1)."""
-    lines = []
-    with open(label_file, encoding="utf-8") as handle:
+def parse_yolo(path: str, width: int, height: int, class_names: Sequence[str],
+               names_source: str = "class_names") -> list[RawBox]:
+    """YOLO `cls cx cy w h` (normalised; polygons `cls x y x y ...` become their box) of an image of `width` x
+    `height` → raw boxes in pixels; a class id outside `class_names` (called `names_source` in the message) is a
+    DatasetError naming the file and line."""
+    boxes = []
+    with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             fields = line.split()
             if not fields:
                 continue
-            where = f"{label_file} line {number}"
+            where = f"{path} line {number}"
             try:
                 cls, values = float(fields[0]), [float(f) for f in fields[1:]]
             except ValueError:
                 raise DatasetError(f"{where}: expected 'class cx cy w h' numbers, got {line.strip()!r}") from None
             if cls != int(cls) or not 0 <= cls < len(class_names):
-                raise DatasetError(f"{where}: class {fields[0]} is outside the data.yaml names "
+                raise DatasetError(f"{where}: class {fields[0]} is outside {names_source} "
                                    f"(0..{len(class_names) - 1})")
             if len(values) == 4:
                 cx, cy, w, h = values
@@ -465,6 +484,13 @@ def yolo_label_to_ark(label_file: str, width: int, height: int, class_names: Seq
                 x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
             else:
                 raise DatasetError(f"{where}: expected 'class cx cy w h' (or a polygon), got {line.strip()!r}")
-            x1, x2, y1, y2 = x1 * width, x2 * width, y1 * height, y2 * height
-            lines.append(f"{int(cls)}, {x1:.4f}, {y1:.4f}, {x2 - 1:.4f}, {y2 - 1:.4f}\n")
-    return lines
+            boxes.append((int(cls), x1 * width, y1 * height, x2 * width, y2 * height, where))
+    return boxes
+
+
+def yolo_label_to_ark(label_file: str, width: int, height: int, class_names: Sequence[str],
+                      names_source: str = "the data.yaml names") -> list[str]:
+    """YOLO labels (parse_yolo) → ARK lines with the inclusive pixel corners ymir writes (executor.protocol.dataset
+    reads xmax + 1)."""
+    return [f"{cls}, {x1:.4f}, {y1:.4f}, {x2 - 1:.4f}, {y2 - 1:.4f}\n"
+            for cls, x1, y1, x2, y2, _ in parse_yolo(label_file, width, height, class_names, names_source)]

@@ -12,6 +12,8 @@ from typing import Mapping, Sequence
 
 from executor.errors import ConfigError, DatasetError, ModelError
 from executor.pipeline.shards import file_sha256
+from executor.protocol.labelled import (NAMES_FILES, convert_yolo_split, read_names_file, split_images,
+                                        yaml_names, yaml_root)
 from executor.protocol.writers import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,6 @@ OWNED_KEYS = {"pretrained_model_params": "--weights", "model_params_path": "--we
 # config key → the simulate flag that sets it (for --set typo hints); the platform keys --set may give
 SET_FLAGS = {**OWNED_KEYS, "epochs": "--epochs", "img_size": "--img-size", "batch_size_per_gpu": "--batch"}
 SET_PLATFORM_KEYS = {"gpu_id", "class_names", "evaluate_config"}
-NAMES_FILES = ("names.txt", "classes.txt", "labels.txt")
 
 
 def algorithm_names() -> list[str]:
@@ -222,84 +223,6 @@ class Data:
         return self._by_rel[rel]
 
 
-def read_names_file(folder: str) -> list[str]:
-    for name in NAMES_FILES:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                return [line.split("\t")[-1].strip() for line in handle if line.strip()]
-    return []
-
-
-def yaml_names(data: Mapping, where: str) -> list[str]:
-    names = data.get("names")
-    if isinstance(names, dict):
-        try:
-            order = sorted(names, key=int)
-        except (TypeError, ValueError):
-            raise DatasetError(f"{where}: 'names' keys must be class indices 0, 1, ...") from None
-        if [int(k) for k in order] != list(range(len(order))):
-            raise DatasetError(f"{where}: 'names' must number the classes 0..{len(order) - 1} without gaps")
-        names = [names[k] for k in order]
-    if not isinstance(names, list) or not names:
-        raise DatasetError(f"{where}: 'names' must list the class names")
-    if data.get("nc") is not None and int(data["nc"]) != len(names):
-        log.warning("%s: nc %s but %d names; the names are used", where, data["nc"], len(names))
-    return [str(n) for n in names]
-
-
-def split_images(root: str, entry, where: str) -> list[str]:
-    """Image paths of a data.yaml split entry: folders (recursive), .txt lists, or a list of those."""
-    from ultralytics.data.utils import IMG_FORMATS
-
-    entries = entry if isinstance(entry, (list, tuple)) else [entry]
-    found: list[str] = []
-    for item in entries:
-        if not isinstance(item, str) or not item.strip():
-            raise DatasetError(f"{where}: {item!r} is not a folder or list file")
-        path = os.path.normpath(item if os.path.isabs(item) else os.path.join(root, item))
-        if os.path.isdir(path):
-            for folder, _, names in os.walk(path):
-                found += [os.path.join(folder, n) for n in names if n.rsplit(".", 1)[-1].lower() in IMG_FORMATS]
-        elif os.path.isfile(path) and path.lower().endswith(".txt"):
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
-                    line = line.strip()
-                    if line:
-                        base = os.path.dirname(path) if line.startswith("./") else root
-                        found.append(os.path.normpath(line if os.path.isabs(line) else os.path.join(base, line)))
-        else:
-            raise DatasetError(f"{where}: {path} is neither a folder nor a .txt list of images")
-    if not found:
-        raise DatasetError(f"{where}: no images found in {', '.join(map(str, entries))}")
-    return sorted(set(found))
-
-
-def convert_yolo_split(images: Sequence[str], class_names: Sequence[str], folder: str, index_file: str,
-                       where: str) -> None:
-    """One data.yaml split as a ymir training index with ARK annotations (written under `folder`)."""
-    from ultralytics.data.utils import img2label_paths
-
-    from executor.protocol.dataset import probe_image, yolo_label_to_ark
-
-    labels = img2label_paths(list(images))
-    if not any(os.path.isfile(p) for p in labels):
-        raise DatasetError(f"{where}: no YOLO label files for its {len(images)} images (looked for e.g. "
-                           f"{labels[0]}: labels/ beside images/, one .txt per image)")
-    os.makedirs(folder, exist_ok=True)
-    rows = []
-    for image, label in zip(images, labels):
-        stem = os.path.splitext(os.path.basename(image))[0]
-        target = os.path.join(folder, f"{hashlib.sha1(image.encode()).hexdigest()[:10]}_{stem}.txt")
-        probed = probe_image(image)
-        lines = []
-        if os.path.isfile(label) and not isinstance(probed, str):  # no label file: a negative image
-            lines = yolo_label_to_ark(label, probed[0], probed[1], class_names)
-        atomic_write_text(target, "".join(lines))  # unreadable images are skipped (and counted) when read
-        rows.append(f"{os.path.abspath(image)}\t{target}\n")
-    atomic_write_text(index_file, "".join(rows))
-
-
 def prepare_data(spec: str, out: str, config: Mapping) -> Data:
     """The pool and the fixed val split from --data, validated by executor.protocol.dataset (and converted to ymir's
     index + ARK form first when --data is a data.yaml)."""
@@ -331,8 +254,7 @@ def prepare_data(spec: str, out: str, config: Mapping) -> Data:
                 raise ConfigError(f"--set class_names: {len(renamed)} names, but {spec} has {len(class_names)} "
                                   "classes; class_names may only rename them")
             class_names = [str(n) for n in renamed]
-        base = os.path.dirname(spec)
-        root = os.path.normpath(os.path.join(base, str(data["path"]))) if data.get("path") else base
+        root = yaml_root(spec, data)
         for key in ("train", "val"):
             if not data.get(key):
                 raise DatasetError(f"{where}: key '{key}' is missing (the {'pool' if key == 'train' else 'val split'})")
