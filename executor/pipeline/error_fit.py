@@ -37,7 +37,9 @@ def fit_on_samples(detector: Detector, samples: Sequence[Sample], source: str, c
                    ) -> ErrorModel:
     """The error model of `detector` fitted on `samples` (named `source` in the file)."""
     examples = labelled_examples(detector, samples, conf_thres, max_det, candidate_conf, batch_size, progress)
-    return fit_error_model(examples, detector.names, conf_thres, max_det, candidate_conf, source)
+    model = fit_error_model(examples, detector.names, conf_thres, max_det, candidate_conf, source)
+    model.fitted_on["img_size"] = detector.img_size  # (features depend on it: mining at another size is warned of)
+    return model
 
 
 def write_error_model(model: ErrorModel, weights: str, out: str = "") -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from executor.engine.device import visible_gpus
+from executor.engine.images import round_up
 from executor.errors import ModelError
 from executor.pipeline.job import Job
 from executor.pipeline.shards import auto_shard_size
@@ -113,6 +114,11 @@ def error_model_for(settings: Settings, weights: str) -> str:
         return ""
     model = load_error_model(path)
     log.info("%s: error model %s, %s", settings.mining_algorithm, path, model.describe())
+    fitted_size = model.fitted_on.get("img_size")
+    if fitted_size and round_up(settings.img_size, 32) != fitted_size:
+        log.warning("%s: the error model was fitted at img_size %s, mining runs at %d: its features (box counts "
+                    "and scores) shift with the input size; fit it again at this size (python start.py fit-errors "
+                    "--imgsz %d)", path, fitted_size, settings.img_size, settings.img_size)
     return path
 
 

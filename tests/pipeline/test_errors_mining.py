@@ -62,3 +62,18 @@ def test_a_broken_error_model_stops_mining_before_any_image(tmp_path, caplog):
     with pytest.raises(ModelError, match="best.errors.json: not a usable error model"):
         mine(tmp_path, weights, "broken", caplog)
     assert not (tmp_path / "broken" / "result.tsv").exists()
+
+
+def test_an_error_model_fitted_at_another_size_is_warned_of(tmp_path, caplog):
+    caplog.set_level("INFO", "executor")
+    weights = tmp_path / "best.pt"
+    shutil.copy(WEIGHTS, weights)
+    model = fit_error_model(synthetic_examples(300, 1, classes=(0, 1, 2)), list(NAMES), 0.25, 100, 0.01, "a test")
+    model.fitted_on["img_size"] = 320
+    (tmp_path / "best.errors.json").write_text(json.dumps(model.to_dict()))
+    mine(tmp_path, weights, "other-size", caplog)
+    assert any(r.levelname == "WARNING" and "fitted at img_size 320, mining runs at 160" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    mine(tmp_path, weights, "same-size", caplog, img_size=320)
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "img_size" in r.getMessage()]
