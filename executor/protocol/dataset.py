@@ -162,19 +162,25 @@ def parse_voc(path: str, class_names: Sequence[str]) -> list[RawBox]:
     return boxes
 
 
+def read_coco_json(path: str) -> dict:
+    """A COCO json's content, checked to be one (an 'images' list); DatasetError naming the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable COCO json ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{path}: a COCO json needs an 'images' list")
+    return data
+
+
 class CocoFile:
     """One COCO json (ymir writes one for train and val): boxes per image file name.
 
     Categories map to class indices by name first, else (ymir's exporter: id = class index) by id."""
 
     def __init__(self, path: str, class_names: Sequence[str]):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{path}: not a readable COCO json ({exc})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise DatasetError(f"{path}: a COCO json needs an 'images' list")
+        data = read_coco_json(path)
         self.path = path
         index = {name: i for i, name in enumerate(class_names)}
         self.category = {}  # category id → class index, or an error text

@@ -32,8 +32,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from executor.errors import DatasetError
-from executor.protocol.dataset import (Row, detect_format, probe_image, read_rows, read_split, summary,
-                                       yolo_label_to_ark)
+from executor.protocol.dataset import (Row, detect_format, probe_image, read_coco_json, read_rows, read_split,
+                                       summary, yolo_label_to_ark)
 from executor.protocol.index import read_training_index
 from executor.protocol.writers import atomic_write_text
 from executor.shared import Sample
@@ -248,13 +248,7 @@ def yolo_folder(folder: str, model: Sequence[str]) -> LabelledSet:
 
 def coco_json(path: str) -> LabelledSet:
     """A COCO json with its images under images/ or beside it (the missing ones left out, with a warning)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a readable COCO json ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DatasetError(f"{path}: a COCO json needs an 'images' list")
+    data = read_coco_json(path)
     if not isinstance(data.get("categories"), list) or not data["categories"]:
         raise DatasetError(f"{path}: a COCO json needs a 'categories' list naming the classes")
     names = list(dict.fromkeys(str(cat.get("name", "")) for cat in data["categories"] if isinstance(cat, dict)))
