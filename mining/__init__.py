@@ -25,7 +25,12 @@ def get_scorer(name: str, error_model=None, **params) -> Scorer:
     if set(params) != set(cls.params):
         raise ValueError(f"{name} takes the parameters {', '.join(cls.params) or '(none)'}, got "
                          f"{', '.join(sorted(params)) or '(none)'}")
-    return cls(**params, error_model=error_model) if getattr(cls, "uses_error_model", False) else cls(**params)
+    return cls(**params, error_model=error_model) if reads_error_model(name) else cls(**params)
+
+
+def reads_error_model(name: str) -> bool:
+    """Whether algorithm `name` reads the weights' error model (mining/errors.py); False for unknown names."""
+    return getattr(SCORERS.get(name), "uses_error_model", False)
 
 
 def scorer_params(name: str, settings) -> dict:

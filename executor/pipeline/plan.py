@@ -16,7 +16,7 @@ from executor.pipeline.shards import auto_shard_size
 from executor.protocol.env import resolve_weights
 from executor.protocol.settings import Settings, build_settings
 from executor.runtime import cpu_threads
-from mining import SCORERS
+from mining import SCORERS, reads_error_model
 from mining.errors import ErrorModel, errors_file, read_error_model
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def make_plan(tasks: Sequence[str], job: Job, config: Mapping, templates_dir: st
 def error_model_for(settings: Settings, weights: str) -> str:
     """The fitted error model mining reads ('' for the prior, or when the algorithm reads none), checked now and
     named in the log: what mining uses is never a guess."""
-    if not weights or not getattr(SCORERS[settings.mining_algorithm], "uses_error_model", False):
+    if not weights or not reads_error_model(settings.mining_algorithm):
         return ""
     path = errors_file(weights)
     if settings.errors_prior:

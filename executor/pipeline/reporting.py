@@ -14,7 +14,7 @@ from executor.pipeline.job import Job, mining_scores_path, report_paths
 from executor.pipeline.plan import Plan, load_error_model
 from executor.pipeline.shards import ShardStore, file_sha256
 from executor.protocol.settings import Settings
-from mining import SCORERS, scorer_params
+from mining import reads_error_model, scorer_params
 from mining.errors import ErrorModel
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def run_metadata(plan: Plan, seconds: float, diverse: Diverse | None, started_at
         params.update(conf_thres=settings.conf_thres, iou_thres=settings.iou_thres, max_det=settings.max_det)
     pool = len(job.candidates)
     run.update(algorithm=name, params=params, seed=settings.seed, selection=settings.selection)
-    if getattr(SCORERS[name], "uses_error_model", False):
+    if reads_error_model(name):
         model = load_error_model(plan.error_model) if plan.error_model else ErrorModel()
         run["error_model"] = f"{plan.error_model}: {model.describe()}" if plan.error_model else model.describe()
     if settings.selection == "diverse":

@@ -124,13 +124,17 @@ def evaluate_start(weights: str, data: Data, config: Mapping) -> dict | None:
             "classes": [detector.names[i] for i in to_model]}
 
 
-def ensure_error_model(weights: str, data: Data, config: Mapping, progress: Progress) -> None:
-    """The error model of `weights` beside them (what mining then finds), fitted on the fit split unless one is
-    there; without a fit split the arm mines with the prior (mining says so)."""
+def ensure_error_model(algorithm: str, weights: str, data: Data, config: Mapping, progress: Progress) -> None:
+    """For an algorithm that reads one (unless `errors_prior`), the error model of `weights` beside them (what
+    mining then finds), fitted on the fit split unless one is there; without a fit split the arm mines with the
+    prior (mining says so)."""
     from executor.pipeline.error_fit import fit_weights
+    from executor.protocol.rules import to_bool
+    from mining import reads_error_model
     from mining.errors import errors_file
 
-    if os.path.isfile(errors_file(weights)):
+    if not reads_error_model(algorithm) or to_bool("errors_prior", config.get("errors_prior", False)) \
+            or os.path.isfile(errors_file(weights)):
         return
     if not data.fit_samples:
         log.warning("no fit split (data.yaml 'test' or the data folder's fit-index.tsv): the error model of %s is "

@@ -11,7 +11,6 @@ import time
 from typing import Callable, Sequence
 
 from executor.errors import ConfigError
-from executor.protocol.rules import to_bool
 from executor.pipeline.shards import file_sha256
 from executor.protocol.writers import atomic_write_text
 from executor.simulate import bootstrap, cost
@@ -285,8 +284,7 @@ class Simulation:
             arm, weights = self.arms[algorithm], os.path.join(self.out, previous["weights"])
             models = self.shared.models(weights if round_ == 1 else None)  # (later rounds: a model per arm)
             try:
-                if reads_error_model(arm.name) and not to_bool("errors_prior", arm.params.get("errors_prior", False)):
-                    ensure_error_model(weights, self.data, {**self.config, **arm.params}, progress)
+                ensure_error_model(arm.name, weights, self.data, {**self.config, **arm.params}, progress)
                 ranking = self.miner(arm.name, weights, candidates, folder, self.data,
                                      {**self.config, **arm.params}, seed, progress, labelled=labelled, models=models)
             finally:
@@ -375,12 +373,6 @@ class Simulation:
         return (f"{name}: N0 {p.initial}, {p.budget_text} per round, {p.rounds} rounds, {seeds}, "
                 f"{settings.get('epochs', '?')} epoch{'s' * (settings.get('epochs') != 1)}, "
                 f"img {settings.get('img_size', '?')}")
-
-
-def reads_error_model(name: str) -> bool:
-    from mining import SCORERS
-
-    return getattr(SCORERS.get(name), "uses_error_model", False)
 
 
 def markdown(sim: Simulation, summary: dict) -> str:
