@@ -364,7 +364,8 @@ def main(argv=None) -> int:
         large = min(200, len(pool))
         small = min(40, large // 2)
         # aldd-no-report: without the report's boxes ALDD's maps come from the head's class branch alone
-        variants = {"entropy": config("entropy"), "aldd": config("aldd"), "aldd-no-report": config("aldd", report=False)}
+        variants = {"entropy": config("entropy"), "errors": config("errors", errors_prior=True), "aldd": config("aldd"),
+                    "aldd-no-report": config("aldd", report=False)}
         sp["slope"] = {name: speed.marginal_ratio(pool, detector, conf, small, large, 1 if args.quick else 3, batch)
                        for name, conf in variants.items()}
         for algo, slope in sp["slope"].items():
