@@ -1,4 +1,5 @@
-"""Mining benchmarks: speed against the hardware limit (P0-P9) and quality against random (Q2, the headline,
+"""Mining benchmarks: speed against the hardware limit (P0-P9, and P0 best: the model's best forward in a process
+of its own, the yardstick of one mining run over the pool, P1 run) and quality against random (Q2, the headline,
 Q1 and Q3) on coco-val, voc2007 and a fixed 300-image subset of highway.
 
     .venv/bin/python -m benchmarks            # full run on CPU (~10 min on 2 cores), writes JSON + docs
@@ -29,6 +30,7 @@ ALGORITHMS = ("entropy", "errors", "aldd", "cald")
 # fitted model costs the same arithmetic); its quality row is named for that
 TIMED_CONFIG = {"errors": {"errors_prior": True}}
 ROW_OF = {"errors": "errors (prior)"}
+RUN_ALGORITHMS = ("entropy", "errors", "aldd")  # P1 run: one mining run over the whole pool ÷ the best forward
 QUIET_LOAD = 2.5  # 1-minute load average under which the host counts as quiet (--wait-quiet)
 
 
@@ -62,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--rss-algorithm", default="aldd")
     p.add_argument("--p5-reps", type=int, default=3)
     p.add_argument("--skip", default="",
-                   help="comma-separated parts to skip: quality,voc,highway,p3,p4,p5,p6,p7,p8,p9")
+                   help="comma-separated parts to skip: quality,voc,highway,p0best,p3,p4,p5,p6,p7,p8,p9")
     p.add_argument("--render", action="store_true",
                    help="run nothing: regenerate the markdown from the JSON results already written")
     p.add_argument("--profile", action="store_true",
@@ -371,6 +373,18 @@ def main(argv=None) -> int:
         for algo, slope in sp["slope"].items():
             log.info("P9 %-7s slope %d→%d images: %.2f img/s, P0 paired %.2f, ratio %.3f", algo, small, large,
                      slope["images_per_s"], slope["p0_paired"], slope["ratio"])
+    if "p0best" not in args.skip:  # issue 28's yardstick, and P1 as a user sees it: one run over the whole pool
+        from benchmarks import yardstick
+
+        sp["p0_best"] = yardstick.measure(args.weights, coco.paths, detector.img_size, reps=1 if args.quick else 2,
+                                          gpu_id=gpu_id)
+        sp["run"] = {algo: speed.mine_timed(pool, detector, config(algo, **TIMED_CONFIG.get(algo, {})))
+                     for algo in RUN_ALGORITHMS}
+        for algo, run in sp["run"].items():
+            run.pop("scores", None)
+            log.info("P1 run %-7s %d images at %.2f img/s = %.3f of the best forward (%.2f img/s, batch %d)", algo,
+                     run["images"], run["images_per_s"], run["images_per_s"] / sp["p0_best"]["images_per_s"],
+                     sp["p0_best"]["images_per_s"], sp["p0_best"]["batch"])
     rates = [r["images_per_s"] for r in p0_all]
     sp["p0"] = {"images_per_s": pooled_rate(p0_all), "batch": batch, "measurements": len(p0_all),
                 "images_each": len(segments[0]), "min": min(rates), "max": max(rates)}

@@ -6,6 +6,7 @@ import numpy as np
 
 P1_ALGORITHMS = ("entropy", "errors", "aldd")  # mining ÷ P0 (cald's is P2, its five forwards counted)
 P1_JUDGED = ("entropy", "errors", "aldd")        # P1 >= 0.90, judged on P9 (the slope) where it was run
+P1_RUN_JUDGED = ("entropy", "aldd")              # issue 28: one run over the pool >= 0.90 of the best forward
 CALD_VIEWS = 4
 TARGETS = {"P1": 0.90, "P2": 0.85, "P3": 1.2, "P4": 1.10, "P5": 5.0}
 # Q2 (errors captured at an object budget) leads: labelling cost is mostly boxes, and at an image budget
@@ -33,6 +34,11 @@ def summarise(r: dict) -> dict:
         if algo in slopes or algo in runs:
             s["targets"][p1_target(algo, slopes)] = (slopes[algo]["ratio"] if algo in slopes
                                                      else s[f"P1_{algo}"]) >= TARGETS["P1"]
+    if sp.get("p0_best"):
+        for algo, run in sp.get("run", {}).items():
+            s[f"P1_run_{algo}"] = run["images_per_s"] / sp["p0_best"]["images_per_s"]
+            if algo in P1_RUN_JUDGED:
+                s["targets"][f"P1 run {algo} >= 0.90 (P0 best)"] = s[f"P1_run_{algo}"] >= TARGETS["P1"]
     if "cald" in runs:
         s["P2_cald"] = _median(runs["cald"], "ratio_to_p0") * (1 + CALD_VIEWS)
         s["targets"]["P2 cald x5 >= 0.85"] = s["P2_cald"] >= TARGETS["P2"]
@@ -95,6 +101,19 @@ def speed_rows(r: dict) -> list[list[str]]:
     rows = [("P0", "raw batched forward (model only)", f"{fmt(s['P0'], 2)} img/s (batch {p0.get('batch')}, "
              f"{p0.get('measurements')} paired runs of ~{p0.get('images_each')} images, range {fmt(p0.get('min'), 2)}-"
              f"{fmt(p0.get('max'), 2)})", "limit", None)]  # (label, what, measured, target, key of s["targets"])
+    best = sp.get("p0_best")
+    if best:
+        by_batch = ", ".join(f"{b}: {fmt(v, 2)}" for b, v in best["by_batch"].items())
+        rows.append(("P0 best", "the model's best forward: a fresh process, canvases decoded first, fused, "
+                     "channels_last, the best batch size (issue 28's yardstick)",
+                     f"{fmt(best['images_per_s'], 2)} img/s (batch {best['batch']}; img/s by batch {by_batch}; "
+                     f"{best['images']} images in {best['shapes']} shapes, {best['threads']} threads)", "limit", None))
+        for algo, run in sp.get("run", {}).items():
+            rows.append((f"P1 run {algo}", f"one mining run of {algo} over the {run['images']}-image pool (per-run "
+                         "costs included, what a user sees) ÷ P0 best",
+                         f"**{fmt(s[f'P1_run_{algo}'])}** ({fmt(run['images_per_s'], 2)} img/s)",
+                         ">= 0.90" if algo in P1_RUN_JUDGED else "(report)",
+                         f"P1 run {algo} >= 0.90 (P0 best)" if algo in P1_RUN_JUDGED else None))
     slopes = sp.get("slope", {})
     for algo in P1_ALGORITHMS:
         if algo in runs:
@@ -370,6 +389,11 @@ model, images, `img_size` and batch size: the template's `batch_size_per_gpu` (1
   (run images/s ÷ paired P0 images/s), which a load burst on one side of one pair cannot move much; the
   table also gives the range over segments and the pooled ratio (all images ÷ all seconds). A segment is
   mined with the batch the whole pool would get (the loop's batch does not depend on the pool size).
+- **P0 best**, issue 28's yardstick (benchmarks/yardstick.py): a child process where nothing else runs
+  decodes and letterboxes the pool first, loads the model as mining does (fused, channels_last) and forwards
+  every canvas at batch 1, 2, 4, 8 and 16 (batched by shape); the best batch size is the yardstick. **P1 run**:
+  one mining run over the whole pool, per-run costs included (what a user sees), ÷ P0 best; not paired, so
+  read it on a quiet host.
 - **P0**, the limit: `detector.net` alone on images decoded, letterboxed, converted to float and put in
   the model's memory layout beforehand; only the forward is timed. The P0 in the table is pooled over all
   paired P0 runs (its range is over segments).
