@@ -94,6 +94,19 @@ def error_code(exc: BaseException) -> int:
     return CONTAINER_ERROR
 
 
+def from_ctrl_c(exc: BaseException) -> bool:
+    """A Ctrl-C, or an error a Ctrl-C caused: a KeyboardInterrupt that lands inside a lock's release (a thread pool's
+    condition, on exit from its `with`) surfaces as RuntimeError('release unlocked lock') with the interrupt as its
+    context; either way the user stopped the run, which is not a failure to report."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def one_line(exc: BaseException) -> str:
     """The message shown in monitor.txt: the exception's text on a single line. Our own errors name the file,
     line or key at fault; for anything else the type and the innermost source line it was raised from follow."""

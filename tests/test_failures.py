@@ -867,6 +867,36 @@ def test_unexpected_errors_name_where_they_were_raised():
     assert message.startswith("KeyError: 'missing' (raised at ") and "test_failures.py:" in message
 
 
+def test_an_error_a_ctrl_c_caused_counts_as_the_ctrl_c(tmp_path, monkeypatch):
+    """A KeyboardInterrupt that lands in a lock's release surfaces as RuntimeError('release unlocked lock') with the
+    interrupt as its context: scoring still raises Interrupted (what the shards folder keeps; the command exits
+    130), and any other error stays an error."""
+    from executor.errors import Interrupted, from_ctrl_c
+    from executor.pipeline import scoring
+    from executor.pipeline.job import Job
+    from executor.pipeline.passes import Models
+    from tests.pipeline.plans import mining_plan
+
+    def caused_by_ctrl_c(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock")
+
+    with pytest.raises(RuntimeError) as raised:
+        caused_by_ctrl_c()
+    assert from_ctrl_c(raised.value) and from_ctrl_c(KeyboardInterrupt())
+    assert not from_ctrl_c(RuntimeError("release unlocked lock")) and not from_ctrl_c(ValueError("x"))
+    job = Job(candidates=[str(p) for p in coco_images(3)], work_dir=str(tmp_path))
+    plan = mining_plan(job, {"mining_algorithm": "random", "class_names": ["a"], "shard_size": 64})
+    monkeypatch.setattr(scoring, "run_workers", caused_by_ctrl_c)
+    with pytest.raises(Interrupted):
+        scoring.score_shards(plan, lambda f: None, Models())
+    monkeypatch.setattr(scoring, "run_workers", lambda *a, **k: {}["missing"])
+    with pytest.raises(KeyError):
+        scoring.score_shards(plan, lambda f: None, Models())
+
+
 # ---------------------------------------------------------------- pieces of the error path
 
 def test_a_failed_training_removes_the_stages_it_wrote(tmp_path):

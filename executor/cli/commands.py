@@ -295,7 +295,7 @@ def run(args) -> int:
 def run_in_family(args, templates: str | None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from executor.errors import Interrupted, one_line
+    from executor.errors import Interrupted, from_ctrl_c, one_line
 
     try:
         paths, names = list_images(args.images)
@@ -333,14 +333,16 @@ def run_in_family(args, templates: str | None) -> int:
         progress.close()  # now, not at exit: the message stays the last line
         print(f"\n{exc}" + ("; run the same command again to resume" if exc.kept else ""), file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not from_ctrl_c(exc):
+            if not isinstance(exc, Exception):
+                raise
+            log.error("%s", one_line(exc))
+            log.debug("traceback", exc_info=True)
+            return 1
         progress.close()
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        log.error("%s", one_line(exc))
-        log.debug("traceback", exc_info=True)
-        return 1
 
 
 def run_fit_errors(args) -> int:

@@ -10,7 +10,7 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from executor.engine.embeddings import EMBEDDING_VERSION
-from executor.errors import Interrupted
+from executor.errors import Interrupted, from_ctrl_c
 from executor.pipeline.job import Job
 from executor.pipeline.passes import Models, Pass, open_scorer
 from executor.pipeline.plan import Plan
@@ -154,7 +154,9 @@ def score_shards(plan: Plan, progress: Progress, models: Models) -> tuple[dict[s
         elif todo:
             run = work_shards if len(devices) > 1 else functools.partial(work_shards, models=models)
             run_workers(run, (plan, todo), devices, folder, done_before, total, progress)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not from_ctrl_c(exc):
+            raise
         clear(folder)  # and the folder itself when no shard was finished
         raise interrupted(stores, shards) from None
     return stores, shards, total - done_before
