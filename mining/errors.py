@@ -99,9 +99,8 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-9, scale, 1.0)
 
 
-def _fit(loss, dims: int, start: np.ndarray | None = None) -> np.ndarray:
-    result = minimize(loss, np.zeros(dims + 1) if start is None else start, jac=True, method="L-BFGS-B")
-    return result.x
+def _fit(loss, start: np.ndarray) -> np.ndarray:
+    return minimize(loss, start, jac=True, method="L-BFGS-B").x
 
 
 def fit_logistic(z: np.ndarray, y: np.ndarray, penalty: float, towards: np.ndarray | None = None,
@@ -119,7 +118,7 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, penalty: float, towards: np.ndarr
         diff = theta - towards
         return nll + 0.5 * float(np.sum(weight * diff * diff)), x.T @ (expit(eta) - y) + weight * diff
 
-    return _fit(loss, z.shape[1], towards.copy())
+    return _fit(loss, towards.copy())
 
 
 def fit_poisson(z: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
@@ -136,7 +135,7 @@ def fit_poisson(z: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
         return float(np.sum(rate - y * eta)) + 0.5 * float(np.sum(weight * theta * theta)), \
             x.T @ (rate - y) + weight * theta
 
-    return _fit(loss, z.shape[1], start)
+    return _fit(loss, start)
 
 
 @dataclass
