@@ -136,7 +136,7 @@ def aldd_scores(class_maps: Sequence[torch.Tensor], class_weights: torch.Tensor 
     weights = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     if weights.shape != (classes,) or not torch.isfinite(weights).all():
         raise ValueError(f"class_weights must be {classes} finite values, got {weights.tolist()}")
-    return per_class @ weights
+    return (per_class * weights).sum(dim=1)  # not a matrix product: its sums' order changes with the batch size
 
 
 class AlddScorer(Scorer):

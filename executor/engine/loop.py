@@ -9,10 +9,12 @@ at a time, up to two batches ahead, in a thread of its own: the canvases are the
 images give the same canvas shapes either way, so the batches are the same, in the same order.
 
 Images are batched with others of the same canvas shape: a batch waits in its bucket until it is full, or
-until too many images wait, when the fullest bucket goes as it is. Memory stays flat in the pool size: at
-most `prefetch` images (on the device: three batches) are being decoded and at most WAITING_BATCHES batches
-wait in buckets. The batch size is the one asked for: progress is counted in images by the caller, whatever
-the batch.
+until too many images wait (`waiting_limit`), when the fullest bucket goes as it is, or until its first image
+has waited while 4 × that many others arrived, when it goes as it is: every image leaves the loop within a
+bounded number of images after it entered it, so a caller that groups the images (shards) sees each group done
+soon after its last image went in. Memory stays flat in the pool size: at most `prefetch` images (on the device:
+three batches) are being decoded and at most `waiting_limit` images wait in buckets. The batch size is the one
+asked for: progress is counted in images by the caller, whatever the batch.
 """
 import contextlib
 import logging
@@ -32,10 +34,14 @@ from executor.errors import ConfigError, ImageError, OutOfMemory, QuarryError, e
 from mining.base import Batch
 
 log = logging.getLogger(__name__)
-# Images waiting in buckets before the fullest goes out partly filled, in batches: with 2, COCO's mix of canvas
-# shapes sent no batch out full (35 forward passes for 206 images); 4 gives 22, 8 of them full, 2-5% faster on
-# CPU (benchmarks/FINDINGS.md, item 21). Memory: up to this many batches of originals and canvases.
+# Images waiting in buckets before the fullest goes out partly filled: at least WAITING_BATCHES batches (with 2,
+# COCO's mix of canvas shapes sent no batch of 16 out full; 4 gives 22 forwards for 206 images, 8 of them full,
+# 2-5% faster on CPU: benchmarks/FINDINGS.md, item 21) and at least WAITING_IMAGES images (small CPU batches
+# fill better: batch 4 over 200 COCO images, 61 forwards with 16 waiting, 54 with 64). Memory: up to this many
+# originals and canvases.
 WAITING_BATCHES = 4
+WAITING_IMAGES = 64
+OLDEST = 4  # a bucket whose first image waited while OLDEST × waiting_limit images arrived goes out as it is
 Prepare = Callable[[np.ndarray], tuple[np.ndarray, Letterbox]]  # original → (canvas, letterbox map)
 
 
@@ -126,29 +132,40 @@ def batches(keys: Sequence[str], prepare: Prepare, batch_size: int, workers: int
     (named in a warning). `on_device`: decode and letterbox there (its geometry replaces `prepare`'s);
     `overlap`: decode while the model runs (False when the model runs on the decoding threads' cores)."""
     buckets: dict[tuple, list[Decoded]] = {}  # canvas shape -> images waiting for a batch, by first arrival
+    first_seen: dict[tuple, int] = {}  # canvas shape -> arrival number of its bucket's first image
     stack = np.stack if on_device is None else torch.stack
+    waiting, oldest = waiting_limit(batch_size), OLDEST * waiting_limit(batch_size)
 
     def flush(shape: tuple) -> Batch:
         good = buckets.pop(shape)
+        del first_seen[shape]
         return Batch([g.key for g in good], [g.image for g in good], stack([g.canvas for g in good]),
                      [g.box for g in good], None if on_device is None else [g.device_image for g in good])
 
     stream = decoded_stream(keys, prepare, workers, 2 * batch_size + workers, overlap) if on_device is None else \
         device_decoded_stream(keys, on_device, workers, batch_size)
-    for item in stream:
+    for arrived, item in enumerate(stream):
         if item.error:
             log.warning("skipping unreadable image: %s", item.error)
             yield Unreadable(item.key, item.error)
             continue
         shape = tuple(item.canvas.shape)
         bucket = buckets.setdefault(shape, [])
+        first_seen.setdefault(shape, arrived)
         bucket.append(item)
         if len(bucket) == batch_size:
             yield flush(shape)
-        elif sum(map(len, buckets.values())) > WAITING_BATCHES * batch_size:
+        elif sum(map(len, buckets.values())) > waiting:
             yield flush(max(buckets, key=lambda shape: len(buckets[shape])))
+        for stale in [s for s, first in first_seen.items() if arrived - first >= oldest]:
+            yield flush(stale)
     for shape in list(buckets):
         yield flush(shape)
+
+
+def waiting_limit(batch_size: int) -> int:
+    """How many images may wait in buckets before the fullest goes out part-empty."""
+    return max(WAITING_IMAGES, WAITING_BATCHES * batch_size)
 
 
 @contextlib.contextmanager

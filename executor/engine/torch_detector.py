@@ -51,14 +51,27 @@ class TorchDetector(Detector):
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
 
+    def batch_input(self, canvases: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The network input of `canvases` and how many of its rows are theirs. On CPU a lone canvas goes beside a
+        copy of itself: oneDNN computes a batch of one with other kernels, whose last bits differ from what the
+        same image gets in any larger batch (1e-4 in the raw output), so an image's output would depend on how
+        many images share its batch; with the copy it never does, whatever the batch size."""
+        x = self.network_input(canvases)
+        if len(x) == 1 and self.device.type == "cpu":
+            return torch.cat([x, x]).contiguous(memory_format=torch.channels_last), 1
+        return x, len(x)
+
     @torch.inference_mode()
     def class_branch(self, canvases: np.ndarray | torch.Tensor) -> list[torch.Tensor] | None:
-        return None if self.class_net is None else self.class_net(self.network_input(canvases))
+        if self.class_net is None:
+            return None
+        x, count = self.batch_input(canvases)
+        return [level[:count] for level in self.class_net(x)]
 
     @torch.inference_mode()
     def head(self, canvases: np.ndarray | torch.Tensor, features: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
-        x = self.network_input(canvases)
+        x, count = self.batch_input(canvases)
         levels: list[torch.Tensor] = []
         hook = None
         if features:  # the head's inputs, one feature map per level, before the head changes them (this forward's)
@@ -69,7 +82,8 @@ class TorchDetector(Detector):
             if hook is not None:
                 hook.remove()
         raw, proto = head_outputs(out)
-        return raw, proto, levels if features else None
+        return raw[:count], None if proto is None else proto[:count], [level[:count] for level in levels] \
+            if features else None
 
     def enable_embeddings(self) -> bool:
         if not self.embedding_dim:

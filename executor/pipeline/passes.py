@@ -12,6 +12,7 @@ from executor.engine.images import letterbox
 from executor.engine.loading import load_detector
 from executor.engine.loop import device_letterbox
 from executor.engine.loop import Unreadable, batches, out_of_memory_hint
+from executor.pipeline.shards import Shard
 from executor.pipeline.side_files import SideSpec
 from executor.protocol.settings import Settings
 from executor.protocol.writers import UNREADABLE_SCORE, box_record, instance_record
@@ -43,10 +44,10 @@ class Models:
 
 # ---------------------------------------------------------------- the loop's consumers
 
-def image_batches(keys: Sequence[str], detector: Detector | None, settings: Settings, report: Callable[[int], None],
-                  unreadable: dict[str, str], names: Sequence[str] = ()) -> Iterator[Batch]:
-    """The loop's batches (unreadable images go to `unreadable` with their reason); report(images done).
-    `names`: the result key of each of `keys`, handed to the scorer as Batch.names."""
+def image_items(keys: Sequence[str], detector: Detector | None, settings: Settings, report: Callable[[int], None],
+                names: Sequence[str] = ()) -> Iterator[Batch | Unreadable]:
+    """The loop's batches and unreadable images; report(images done) after each. `names`: the result key of each
+    of `keys`, handed to the scorer as Batch.names."""
     name_of = dict(zip(keys, names))
     prepare = detector.letterbox if detector else (lambda image: letterbox(image, settings.img_size))
     on_device = device_letterbox(settings.get("gpu_decode", "auto"), detector)  # None: OpenCV in threads
@@ -55,14 +56,23 @@ def image_batches(keys: Sequence[str], detector: Detector | None, settings: Sett
     for item in batches(keys, prepare, settings.batch_size_per_gpu, settings.num_workers_per_gpu, on_device,
                         overlap):
         if isinstance(item, Unreadable):
-            unreadable[item.key] = item.reason
             done += 1
         else:
             if name_of:
                 item.names = [name_of[key] for key in item.keys]
-            yield item
             done += len(item.keys)
+        yield item
         report(done)
+
+
+def image_batches(keys: Sequence[str], detector: Detector | None, settings: Settings, report: Callable[[int], None],
+                  unreadable: dict[str, str]) -> Iterator[Batch]:
+    """The loop's batches (unreadable images go to `unreadable` with their reason); report(images done)."""
+    for item in image_items(keys, detector, settings, report):
+        if isinstance(item, Unreadable):
+            unreadable[item.key] = item.reason
+        else:
+            yield item
 
 
 def infer_record(det, box, names: Sequence[str]):
@@ -113,26 +123,52 @@ class Pass:
 
     def run(self, keys: Sequence[str], report: Callable[[int], None], unreadable: dict[str, str],
             names: Sequence[str] = ()) -> dict:
-        """{"mining": scores, "infer": box records} of `keys` (the tasks of this pass; `names`: their result keys),
-        images decoded once."""
-        scores: dict[str, float] = {}
-        records: dict[str, list] = {}
-        sizes: dict[str, tuple[int, int]] = {}  # infer: each image's decoded (width, height)
-        side: dict[str, tuple] = {}
-        batch_size = self.loop_settings.batch_size_per_gpu
-        for batch in image_batches(keys, self.geometry, self.loop_settings, report, unreadable, names):
-            with out_of_memory_hint(batch, batch_size):
-                self.shared_forward(batch)
-                if self.scorer is not None:
-                    scores.update(zip(batch.keys, self.scorer.score(batch, self.mining_detector).tolist()))
-                if self.side:
-                    side.update(self.side_data(batch))
-                if self.infer_detector is not None:
-                    records.update(self.infer_records(batch))
-                    sizes.update((key, (int(box.width), int(box.height))) for key, box in zip(batch.keys, batch.boxes))
-                batch.forward = None  # keep no output of this batch alive into the next
-        scores.update((key, UNREADABLE_SCORE) for key in unreadable)
-        return {"mining": scores, "infer": records, "side": side, "sizes": sizes}
+        """{"mining": scores, "infer": box records, "side": side data, "sizes": decoded sizes} of `keys` (the
+        tasks of this pass; `names`: their result keys), images decoded once; unreadable ones go to `unreadable`."""
+        (_, found), = self.run_shards([Shard(0, 0, keys, names)], report)
+        unreadable.update(found.pop("unreadable"))
+        return found
+
+    def run_shards(self, shards: Sequence[Shard], report: Callable[[int], None]) -> Iterator[tuple[Shard, dict]]:
+        """Each of `shards` with what `run` finds of its images (and "unreadable": key → reason), as soon as its
+        last image is done. The images of all of them go through one loop, so a batch may hold images of two
+        shards: a shard's end leaves no batch part-empty, and each shard is done within a bounded number of images
+        after its last one (executor.engine.loop)."""
+        owner = {key: shard.index for shard in shards for key in shard.keys}
+        found = {shard.index: {"mining": {}, "infer": {}, "side": {}, "sizes": {}, "unreadable": {}}
+                 for shard in shards}
+        left = {shard.index: len(shard.keys) for shard in shards}
+        by_index = {shard.index: shard for shard in shards}
+        keys = [key for shard in shards for key in shard.keys]
+        names = [name for shard in shards for name in shard.names] if all(s.names for s in shards) else ()
+        for item in image_items(keys, self.geometry, self.loop_settings, report, names):
+            if isinstance(item, Unreadable):
+                parts = {"unreadable": {item.key: item.reason}, "mining": {item.key: UNREADABLE_SCORE}}
+                done = [item.key]
+            else:
+                parts, done = self.batch_results(item), item.keys
+            for part, values in parts.items():
+                for key, value in values.items():
+                    found[owner[key]][part][key] = value
+            for key in done:
+                left[owner[key]] -= 1
+                if not left[owner[key]]:
+                    yield by_index[owner[key]], found.pop(owner[key])
+
+    def batch_results(self, batch: Batch) -> dict[str, dict]:
+        """What this pass finds of one batch, by part ("mining", "side", "infer", "sizes") and key."""
+        out = {}
+        with out_of_memory_hint(batch, self.loop_settings.batch_size_per_gpu):
+            self.shared_forward(batch)
+            if self.scorer is not None:
+                out["mining"] = dict(zip(batch.keys, self.scorer.score(batch, self.mining_detector).tolist()))
+            if self.side:
+                out["side"] = self.side_data(batch)
+            if self.infer_detector is not None:
+                out["infer"] = self.infer_records(batch)
+                out["sizes"] = {key: (int(box.width), int(box.height)) for key, box in zip(batch.keys, batch.boxes)}
+            batch.forward = None  # keep no output of this batch alive into the next
+        return out
 
     def shared_forward(self, batch: Batch) -> None:
         """Make first the batch's forward that more than the scorer reads (the side data, infer), so that the

@@ -86,7 +86,7 @@ def shard_store(task: str, plan: Plan) -> tuple[ShardStore, list[Shard]]:
 def work_shards(plan: Plan, todo: Sequence[int], rank: int, world: int, device: str, report: Callable[[int], None],
                 models: Models | None = None) -> None:
     """Score and/or detect (the plan's tasks) the shards of `todo` that belong to worker `rank` of `world`, in one
-    pass over each shard's images; each shard's files written when it is done."""
+    pass over their images; each shard's files written as soon as its images are done."""
     plan = plan.on_worker(device, world)
     tasks, settings = plan.tasks, plan.settings
     stores = {task: shard_store(task, plan)[0] for task in tasks}
@@ -109,17 +109,12 @@ def work_shards(plan: Plan, todo: Sequence[int], rank: int, world: int, device: 
         if store.side.embeddings:
             work.side_detector.enable_embeddings()
         store.embedding_dim, store.class_names = work.side_detector.embedding_dim, list(work.side_detector.names)
-    finished = 0
     started = time.perf_counter()
-    for shard in mine_now:
-        unreadable: dict[str, str] = {}
-        found = work.run(shard.keys, lambda done, base=finished: report(base + done), unreadable, shard.names)
+    for shard, found in work.run_shards(mine_now, report):  # each shard as soon as its images are done
         if "mining" in tasks:
-            stores["mining"].write_scores(shard, found["mining"], unreadable, found["side"])
+            stores["mining"].write_scores(shard, found["mining"], found["unreadable"], found["side"])
         if "infer" in tasks:
-            stores["infer"].write_records(shard, found["infer"], unreadable, found["sizes"])
-        finished += len(shard.keys)
-        report(finished)
+            stores["infer"].write_records(shard, found["infer"], found["unreadable"], found["sizes"])
     if work.side and work.side.embeddings:
         elapsed, pooled = time.perf_counter() - started, work.pool_seconds
         log.info("embeddings: pooling %.2f s (%.1f%% of %.1f s of scoring), forwards for embeddings only %.2f s",

@@ -67,3 +67,29 @@ def test_without_overlap_nothing_is_decoded_while_the_model_runs(tmp_path):
 
     assert overlaps(False) == 0
     assert overlaps(True) > 0
+
+
+def test_a_rare_shape_waits_a_bounded_number_of_images(tmp_path):
+    """One image of a shape nobody else has goes out within OLDEST x waiting_limit images after it arrived (a
+    caller grouping images in shards sees each shard done soon after its end), not at the end of the pool."""
+    from executor.engine.loop import OLDEST, waiting_limit
+
+    common, rare = str(tmp_path / "common.png"), str(tmp_path / "rare.png")
+    cv2.imwrite(common, np.zeros((40, 80, 3), np.uint8))
+    cv2.imwrite(rare, np.zeros((80, 40, 3), np.uint8))
+    batch, limit = 4, OLDEST * waiting_limit(4)
+    keys = [rare] + [common] * (3 * limit)
+    arrived = 0
+    for found in batches(keys, rect, batch, 0):
+        if rare in found.keys:
+            assert found.keys == [rare]
+            break
+        arrived += len(found.keys)
+    assert limit - batch <= arrived <= limit  # went out with the image that made it `limit` images old
+
+
+def test_small_batches_wait_with_as_many_images_as_large_ones():
+    from executor.engine.loop import WAITING_BATCHES, WAITING_IMAGES, waiting_limit
+
+    assert waiting_limit(4) == waiting_limit(1) == WAITING_IMAGES
+    assert waiting_limit(64) == WAITING_BATCHES * 64 > WAITING_IMAGES

@@ -79,3 +79,47 @@ def test_side_data_and_infer_read_the_scorers_forward(detector, algorithm, monke
     embedding, boxes, (hashed, thumbnail) = found["side"][IMAGES[0]]
     assert embedding.shape == (448,) and hashed is not None and thumbnail is not None
     assert boxes.masks is None and len(boxes) > 0
+
+
+def mine(detector, algorithm: str, batch: int, shards=None) -> dict:
+    """The scores (and side data) one pass gives IMAGES at `batch`, or, with `shards`, each shard's found dict."""
+    settings = build_settings("mining", {"img_size": 320, "batch_size_per_gpu": batch, "num_workers_per_gpu": 0,
+                                         "mining_algorithm": algorithm})
+    work = Pass({"mining": settings}, scorer=open_scorer(settings), side=SideSpec(boxes=True))
+    work.mining_detector = work.side_detector = detector.with_postprocess(settings.conf_thres, settings.iou_thres,
+                                                                          settings.max_det)
+    if shards is None:
+        return work.run(IMAGES, lambda done: None, {})
+    return list(work.run_shards(shards, lambda done: None))
+
+
+@pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald"])
+def test_scores_do_not_depend_on_the_batch_size(detector, algorithm):
+    """The same bytes whatever the batch size, 1 included: on CPU a lone image would take other convolution kernels
+    than in a batch, and a matrix product of ALDD's class scores another summation order."""
+    found = {batch: mine(detector, algorithm, batch) for batch in (1, 3, 6)}
+    assert found[1]["mining"] == found[3]["mining"] == found[6]["mining"]
+    assert len(set(found[6]["mining"].values())) == len(IMAGES)
+
+
+def test_a_batch_spans_shards_and_each_shard_comes_once_done(detector):
+    """Shards of 2 images at batch 4: batches take images of the next shard (no part-empty batch at each shard's
+    end); each shard comes with exactly its own images' scores and side data, the same as one pass over all."""
+    from executor.pipeline.shards import plan
+
+    shards = plan(IMAGES, 2)
+    whole = mine(detector, "entropy", 4)
+    forwards = []
+    hook = detector.net.model[-1].register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        found = mine(detector, "entropy", 4, shards)
+    finally:
+        hook.remove()
+    assert sorted(shard.index for shard, _ in found) == [0, 1, 2]
+    for shard, got in found:
+        assert set(got["mining"]) == set(got["side"]) == set(shard.keys) and got["unreadable"] == {}
+        assert got["mining"] == {key: whole["mining"][key] for key in shard.keys}
+    from executor.engine.images import read_image
+
+    shape = {key: detector.letterbox(read_image(key))[0].shape for key in IMAGES}
+    assert len(forwards) == len(set(shape.values())) < sum(len({shape[k] for k in s.keys}) for s in shards)
