@@ -30,7 +30,8 @@ ALGORITHMS = ("entropy", "errors", "aldd", "cald")
 # fitted model costs the same arithmetic); its quality row is named for that
 TIMED_CONFIG = {"errors": {"errors_prior": True}}
 ROW_OF = {"errors": "errors (prior)"}
-RUN_ALGORITHMS = ("entropy", "errors", "aldd")  # P1 run: one mining run over the whole pool ÷ the best forward
+RUN_ALGORITHMS = ("entropy", "errors", "aldd", "cald")  # P1 run: one mining run over the pool ÷ the best forward
+ONNX_RUN = "entropy (onnx)"  # P1 run of entropy with the model's ONNX export on ONNX Runtime (CPU)
 QUIET_LOAD = 2.5  # 1-minute load average under which the host counts as quiet (--wait-quiet)
 
 
@@ -257,6 +258,7 @@ def main(argv=None) -> int:
     import torch
 
     from benchmarks import gt, report, speed
+    from executor.engine.device import batch_size
     from executor.pipeline.passes import Models
     from executor.pipeline.plan import weights_for
     from executor.protocol.settings import build_settings
@@ -282,6 +284,7 @@ def main(argv=None) -> int:
 
     base = build_settings("mining", config("entropy"))
     detector = Models().detector(base, weights_for(base, ""))
+    base = base.replace(batch_size_per_gpu=batch_size(base.batch_size_per_gpu, detector.device.type == "cuda"))
     results = {"command": ("python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))).strip(),
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": machine_info(detector.device), "load_before": load(), "settings": {
@@ -380,11 +383,18 @@ def main(argv=None) -> int:
                                           gpu_id=gpu_id)
         sp["run"] = {algo: speed.mine_timed(pool, detector, config(algo, **TIMED_CONFIG.get(algo, {})))
                      for algo in RUN_ALGORITHMS}
+        if args.device == "cpu":  # the same run on ONNX Runtime, against the same (torch) yardstick
+            onnx = speed.export_onnx(args.weights, tmp_dir("p1-onnx"), detector.img_size)
+            onnx_config = config("entropy", model_params_path=[onnx], backend="onnx")
+            onnx_settings = build_settings("mining", onnx_config)
+            onnx_detector = Models().detector(onnx_settings, weights_for(onnx_settings, ""))
+            speed.mine_timed(pool[:32], onnx_detector, onnx_config)  # warm-up
+            sp["run"][ONNX_RUN] = speed.mine_timed(pool, onnx_detector, onnx_config)
         for algo, run in sp["run"].items():
             run.pop("scores", None)
-            log.info("P1 run %-7s %d images at %.2f img/s = %.3f of the best forward (%.2f img/s, batch %d)", algo,
-                     run["images"], run["images_per_s"], run["images_per_s"] / sp["p0_best"]["images_per_s"],
-                     sp["p0_best"]["images_per_s"], sp["p0_best"]["batch"])
+            log.info("P1 run %-7s %d images at %.2f img/s = %.3f of the best forward (%.2f img/s, batch %d)%s",
+                     algo, run["images"], run["images_per_s"], run["images_per_s"] / sp["p0_best"]["images_per_s"],
+                     sp["p0_best"]["images_per_s"], sp["p0_best"]["batch"], " (x5 views)" if algo == "cald" else "")
     rates = [r["images_per_s"] for r in p0_all]
     sp["p0"] = {"images_per_s": pooled_rate(p0_all), "batch": batch, "measurements": len(p0_all),
                 "images_each": len(segments[0]), "min": min(rates), "max": max(rates)}

@@ -328,7 +328,7 @@ def onnx_vs_torch(weights: str, segments, torch_detector, folder: str) -> dict:
                for name, path in (("torch", weights), ("onnx", onnx_path))}
     onnx_settings = build_settings("infer", configs["onnx"])
     onnx_detector = Models().detector(onnx_settings, weights_for(onnx_settings, ""))
-    infer_timed(segments[0][:2 * onnx_settings.batch_size_per_gpu], onnx_detector, configs["onnx"])  # warm-up
+    infer_timed(segments[0][:32], onnx_detector, configs["onnx"])  # warm-up
     detectors = {"torch": torch_detector, "onnx": onnx_detector}
     runs = {"torch": [], "onnx": []}
     for i, seg in enumerate(segments):

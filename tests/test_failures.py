@@ -197,7 +197,7 @@ def env_case(text: str) -> Callable:
 
 
 def with_earlier_result(root: Path) -> Path:
-    env = edit_config(mining_env(root), batch_size_per_gpu=0)
+    env = edit_config(mining_env(root), batch_size_per_gpu=-1)
     (root / "out" / "result.tsv").write_text("/in/assets/earlier.jpg\t0.5\n")
     return env
 
@@ -239,8 +239,8 @@ INPUT_CASES = {
                             lambda r: with_text(mining_env(r), "config.yaml", "img_size: [64\n")),
     "config_not_a_mapping": Case(300001, "config.yaml {IN}/config.yaml must be a YAML mapping, not list",
                                  lambda r: with_text(mining_env(r), "config.yaml", "- 1\n- 2\n")),
-    "batch_zero": Case(300001, "config key 'batch_size_per_gpu': 0 is not allowed",
-                       lambda r: edit_config(mining_env(r), batch_size_per_gpu=0)),
+    "batch_negative": Case(300001, "config key 'batch_size_per_gpu': -1 is not allowed",
+                           lambda r: edit_config(mining_env(r), batch_size_per_gpu=-1)),
     "img_size_list": Case(300001, "config key 'img_size': [640, 640]",
                           lambda r: edit_config(mining_env(r), img_size=[640, 640])),
     "img_size_text": Case(300001, "config key 'img_size': 'huge' is not allowed",
@@ -581,6 +581,8 @@ def model_cases(checkpoints: dict) -> dict:
                                           with_weights(training_env, "pretrained_model_params", classify)),
         "pretrained_segmentation": Case(300004, "{IN}/models/stage/best.pt is a segmentation ('segment') model",
                                         with_weights(training_env, "pretrained_model_params", segment)),
+        "training_batch_auto": Case(300001, "config key 'batch_size_per_gpu': 0 (auto) is for mining and infer",
+                                    lambda r: training_env(r, {"batch_size_per_gpu": 0})),
         # training index files
         "train_index_missing": Case(300002, "train index file not found: {IN}/none.tsv",
                                     lambda r: edit_env(training_env(r), input={

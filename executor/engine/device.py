@@ -31,3 +31,16 @@ def select_device(gpu_id: str) -> torch.device:
     if len(ids) > 1:
         log.warning("gpu_id %s: mining and inference run on GPU %d only", gpu_id, ids[0])
     return torch.device(f"cuda:{ids[0]}")
+
+
+# ---------------------------------------------------------------- batch size
+
+# batch_size_per_gpu 0 (auto), per device. CPU: yolov8n's forward on 2 cores is fastest at batch 4-8 (16 is 6%
+# slower) and small batches fill better from a mix of canvas shapes (benchmarks/FINDINGS.md, item 29); GPU: 16,
+# the default before auto (not measured against others here: no GPU on the project's machines)
+AUTO_BATCH = {"cpu": 4, "cuda": 16}
+
+
+def batch_size(asked: int, on_gpu: bool) -> int:
+    """batch_size_per_gpu as a pass over images runs it: 0 (auto) the device's AUTO_BATCH, else as asked."""
+    return asked or AUTO_BATCH["cuda" if on_gpu else "cpu"]

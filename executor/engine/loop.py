@@ -131,6 +131,8 @@ def batches(keys: Sequence[str], prepare: Prepare, batch_size: int, workers: int
     """Every image of `keys` once: readable ones in batches of one canvas shape, unreadable ones one by one
     (named in a warning). `on_device`: decode and letterbox there (its geometry replaces `prepare`'s);
     `overlap`: decode while the model runs (False when the model runs on the decoding threads' cores)."""
+    if batch_size < 1:  # 0 is auto: the plan makes it the device's (executor.engine.device.batch_size)
+        raise ValueError(f"batch size {batch_size}: at least 1 image per batch")
     buckets: dict[tuple, list[Decoded]] = {}  # canvas shape -> images waiting for a batch, by first arrival
     first_seen: dict[tuple, int] = {}  # canvas shape -> arrival number of its bucket's first image
     stack = np.stack if on_device is None else torch.stack

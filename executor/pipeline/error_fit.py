@@ -55,6 +55,7 @@ def fit_weights(weights: str, samples: Sequence[Sample], source: str, config: di
     """Fit the error model of `weights` on `samples` (classes in the model's indices) at the mining settings of
     `config` (over the mining template: conf_thres, max_det, iou_thres, errors_conf_thres, img_size, device) and
     write it beside the weights (or to `out`); returns its path."""
+    from executor.engine.device import batch_size
     from executor.engine.loading import load_detector
     from executor.protocol.settings import build_settings
 
@@ -63,5 +64,6 @@ def fit_weights(weights: str, samples: Sequence[Sample], source: str, config: di
                              threads=settings.cpu_threads, conf_thres=settings.conf_thres,
                              iou_thres=settings.iou_thres, max_det=settings.max_det)
     model = fit_on_samples(detector, samples, source, settings.conf_thres, settings.max_det,
-                           settings.errors_conf_thres, settings.batch_size_per_gpu, progress)
+                           settings.errors_conf_thres,
+                           batch_size(settings.batch_size_per_gpu, detector.device.type == "cuda"), progress)
     return write_error_model(model, weights, out)

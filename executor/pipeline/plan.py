@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from executor.engine.device import visible_gpus
+from executor.engine.device import batch_size, visible_gpus
 from executor.engine.images import round_up
-from executor.errors import ModelError
+from executor.errors import ConfigError, ModelError
 from executor.pipeline.job import Job
 from executor.pipeline.shards import auto_shard_size
 from executor.protocol.env import resolve_weights
@@ -81,6 +81,9 @@ def make_plan(tasks: Sequence[str], job: Job, config: Mapping, templates_dir: st
     if unknown or not tasks:
         raise ValueError(f"unknown tasks {unknown}; expected some of {', '.join(KNOWN_TASKS)}")
     settings = {task: build_settings(task, config, templates_dir) for task in tasks}
+    if "training" in settings and not settings["training"].batch_size_per_gpu:
+        raise ConfigError("config key 'batch_size_per_gpu': 0 (auto) is for mining and infer; training needs a "
+                          "batch size (images per batch on each GPU, e.g. 16)")
     scans = [task for task in tasks if task in SCANS]
     threads = cpu_threads(settings[scans[0]].cpu_threads if scans else 0)  # the one reading of OMP_NUM_THREADS
     settings = {task: value.replace(cpu_threads=threads) for task, value in settings.items()}
@@ -88,6 +91,8 @@ def make_plan(tasks: Sequence[str], job: Job, config: Mapping, templates_dir: st
         return Plan(tuple(tasks), job, settings, {}, threads=threads)
     first = settings[scans[0]]
     gpus = visible_gpus(first.gpu_id)
+    settings.update({task: settings[task].replace(batch_size_per_gpu=batch_size(settings[task].batch_size_per_gpu,
+                                                                                bool(gpus))) for task in scans})
     devices = tuple(str(g) for g in gpus) if gpus else ("",) * first.cpu_processes
     if not first.shard_size:  # auto: decided once, the same on every rank and on a rerun
         workers = job.outer[1] if job.outer else len(devices)

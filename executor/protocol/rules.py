@@ -209,7 +209,7 @@ RULES: dict[str, Rule] = {
     "errors_conf_thres": number(0.0, 1.0),
     "errors_per_cost": boolean(),
     "errors_prior": boolean(),
-    "batch_size_per_gpu": integer(1, 4096),
+    "batch_size_per_gpu": integer(0, 4096),  # 0: auto, per device (executor.engine.device.batch_size); not for training
     "num_workers_per_gpu": integer(0, 256),
     "pin_memory": boolean(),
     "gpu_decode": auto_or_boolean(),

@@ -52,6 +52,7 @@ Prelabeller = Callable[[str, Sequence[Sample], Mapping], list[Detections]]
 def prelabel(weights: str, samples: Sequence[Sample], config: Mapping) -> list[Detections]:
     """The detections `weights` gives `samples` as Quarry's infer would (its template's img_size, conf_thres,
     iou_thres, max_det; each image letterboxed alone): the pre-labels a team would import."""
+    from executor.engine.device import batch_size
     from executor.engine.images import read_image
     from executor.engine.loading import load_detector
     from executor.protocol.settings import build_settings
@@ -60,7 +61,7 @@ def prelabel(weights: str, samples: Sequence[Sample], config: Mapping) -> list[D
     detector = load_detector(weights, "torch", settings.gpu_id.split(",")[0], settings.img_size,
                              conf_thres=settings.conf_thres, iou_thres=settings.iou_thres, max_det=settings.max_det,
                              threads=settings.cpu_threads)
-    batch = settings.batch_size_per_gpu
+    batch = batch_size(settings.batch_size_per_gpu, detector.device.type == "cuda")
     found: list[Detections] = []
     for start in range(0, len(samples), batch):  # (decoded a batch at a time: memory stays flat)
         found += detector.predict_views([read_image(s.image) for s in samples[start:start + batch]], batch)

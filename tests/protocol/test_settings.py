@@ -40,7 +40,7 @@ def test_values_are_coerced_once():
 @pytest.mark.parametrize("key, value, needle", [
     ("mining_algorithm", "coreset", "random, entropy, errors, aldd, cald"),
     ("conf_thres", 1.5, "[0.0, 1.0]"),
-    ("batch_size_per_gpu", 0, "[1, 4096]"),
+    ("batch_size_per_gpu", -1, "[0, 4096]"),
     ("img_size", "big", "an integer"),
     ("class_distribution_scores", "1,x", "comma-separated"),
     ("gpu_id", "first", "GPU numbers"),
