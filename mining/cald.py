@@ -135,7 +135,8 @@ class CaldScorer(Scorer):
                 rng = np.random.default_rng(image_seed(self.seed, key))
                 for view, moved in make_views(image, ref.xyxy, rng):
                     owners.append(i), moved_boxes.append(moved), views.append(view)
-        found = detector.predict_views(views, max(1, len(batch.keys))) if views else []
+        # in chunks of at least one image's views: an image alone in its batch does not forward its views one by one
+        found = detector.predict_views(views, max(len(batch.keys), len(views) // len(set(owners)))) if views else []
         for i in sorted(set(owners)):
             mine = [k for k, owner in enumerate(owners) if owner == i]
             masks = {}

@@ -77,7 +77,10 @@ def test_cald_asks_the_detector_for_four_views_of_each_image_with_detections():
     detector = FakeDetector()
     scores("cald", 3, detector)
     views = [c for c in detector.calls if c[0] == "predict_views"]
-    assert views == [("predict_views", 12, 3)] * 2  # every fake image has boxes: 4 views each
+    assert views == [("predict_views", 12, 4)] * 2  # every fake image has boxes: 4 views each, a chunk at least 4
+    lone = FakeDetector()
+    scores("cald", 1, lone)  # an image alone in its batch: its 4 views go in one chunk, not one by one
+    assert [c for c in lone.calls if c[0] == "predict_views"][0] == ("predict_views", 4, 4)
 
 
 @pytest.mark.parametrize("name", ["random", "cald"])
