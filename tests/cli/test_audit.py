@@ -1,0 +1,118 @@
+"""start.py audit: its help, bad command lines exit 2 before the model loads, bad data exits 1 naming the file and
+writes nothing, and (slow) a real audit of coco8 with planted mistakes finds them at the top."""
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from executor.cli import commands as cli
+from executor.cli import fit_errors
+from executor.protocol.labelled import yaml_names
+from executor.protocol.yaml_file import read_yaml_mapping
+from tests.ymir_builders import SHARED, WEIGHTS_DIR
+
+COCO8 = SHARED / "data" / "coco8"
+WEIGHTS = WEIGHTS_DIR / "yolov8n.pt"
+pytestmark = pytest.mark.skipif(not (COCO8 / "data.yaml").is_file() or not WEIGHTS.is_file(),
+                                reason="needs shared/data/coco8 and shared/weights/yolov8n.pt")
+
+
+def parse(*argv):
+    return cli.build_parser().parse_args([str(a) for a in argv])
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """A copy of coco8 and of the weights."""
+    shutil.copytree(COCO8, tmp_path / "coco8")
+    shutil.copy(WEIGHTS, tmp_path / "yolov8n-copy.pt")
+    return tmp_path / "coco8", tmp_path / "yolov8n-copy.pt"
+
+
+@pytest.fixture
+def coco_names(monkeypatch):
+    """The model's class names (yolov8n's, as coco8's data.yaml lists them) without loading the model."""
+    names = yaml_names(read_yaml_mapping(str(COCO8 / "data.yaml"), "data.yaml"), "coco8")
+    monkeypatch.setattr(fit_errors, "model_class_names", lambda weights: names)
+    return names
+
+
+def test_the_help_names_the_findings_and_the_flags(capsys):
+    with pytest.raises(SystemExit):
+        parse("audit", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    for kind in ("missing", "wrong_class", "poor_box", "spurious", "duplicate"):
+        assert kind in text
+    assert "audits best the images it did NOT train on" in text
+    for flag in ("--data", "--model", "--split", "--out", "--conf", "--low-conf", "--imgsz", "--device", "--iou",
+                 "--set"):
+        assert flag in text
+    args = parse("audit", "--data", "d.yaml", "--model", "m.pt", "--imgsz", 320, "--conf", 0.6)
+    assert (args.out, args.conf, args.low_conf) == ("audit.json", 0.6, 0.01)
+    assert cli.config_of(args)["img_size"] == 320 and "conf_thres" not in cli.config_of(args)
+    readme = (Path(cli.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    example = next(line for line in readme.splitlines() if "start.py audit --data" in line)
+    args = parse(*example.split("start.py ", 1)[1].split())  # the README's example is a valid command line
+    assert (args.command, args.split, args.out) == ("audit", "val", "audit.json")
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (("--model", "none.pt"), "none.pt: no such file"),
+    (("--data", "{tmp}/none.yaml"), "none.yaml: no such file or folder"),
+    (("--data", "{tmp}/coco8/images"), "--split val: only a data.yaml has splits"),
+    (("--out", "{tmp}"), "is a folder; give a file name"),
+    (("--out", "{tmp}/audit.csv"), "the audit is a .json file"),
+    (("--out", "{tmp}/no/such/audit.json"), "does not exist or is not writable"),
+    (("--conf", "0.3", "--low-conf", "0.5"), "need 0 < --low-conf <= --conf < 1"),
+    (("--low-conf", "0"), "need 0 < --low-conf <= --conf < 1"),
+    (("--set", "imgsz=3"), "--set imgsz=3: unknown key 'imgsz'"),
+])
+def test_a_bad_command_line_exits_2_before_the_model_loads(setup, tmp_path, capsys, extra, needle):
+    data, weights = setup
+    argv = {"--data": str(data / "data.yaml"), "--model": str(weights), "--split": "val",
+            "--out": str(tmp_path / "audit.json")}
+    rest = []
+    for flag, value in zip(extra[::2], extra[1::2]):
+        value = value.format(tmp=tmp_path)
+        if flag in argv:
+            argv[flag] = value
+        else:
+            rest += [flag, value]
+    assert cli.run(parse("audit", *(x for pair in argv.items() for x in pair), *rest)) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("error:") == 1, err
+    assert not (tmp_path / "audit.json").exists()
+
+
+def empty_labels(data: Path) -> None:
+    for label in (data / "labels" / "val").iterdir():
+        label.write_text("")
+
+
+def labels_outside(data: Path) -> None:
+    for label in (data / "labels" / "val").iterdir():
+        label.write_text("".join(f"{line.split()[0]} 1.5 1.5 0.2 0.2\n" for line in label.read_text().splitlines()))
+
+
+def unknown_class(data: Path) -> None:
+    (data / "data.yaml").write_text((data / "data.yaml").read_text().replace("elephant", "okapi"))
+
+
+@pytest.mark.parametrize("spoil, needles", [
+    (unknown_class, ["class 'okapi'", "is not a class of the model", "000000000061.txt line 3"]),
+    (empty_labels, ["no labelled boxes in its 4 images"]),
+    (labels_outside, ["outside image box dropped", "000000000036.txt line 1", "no labelled boxes"]),
+])
+def test_bad_data_fails_with_status_1_naming_the_file_and_writes_nothing(setup, tmp_path, coco_names, caplog,
+                                                                         spoil, needles):
+    data, weights = setup
+    spoil(data)
+    with caplog.at_level(logging.WARNING):
+        assert cli.run(parse("audit", "--data", data / "data.yaml", "--model", weights,
+                             "--out", tmp_path / "audit.json")) == 1
+    for needle in needles:
+        assert needle in caplog.text
+    assert not (tmp_path / "audit.json").exists() and not (tmp_path / "audit.csv").exists()
