@@ -85,7 +85,7 @@ class Predictions:
     def prob(self, k: int) -> np.ndarray:
         """(P,) each prediction's probability of class k."""
         if self.probs is not None and k < self.probs.shape[1]:
-            return self.probs[:, k].astype(np.float64)
+            return self.probs[:, k]
         return np.where(self.cls == k, self.conf, 0.0)
 
     def box(self, p: int) -> tuple[float, float, float, float]:
@@ -121,8 +121,8 @@ def predictions(truth: ImageTruth, det_xyxy, det_conf, det_cls, det_probs, class
     conf = np.asarray(det_conf, np.float64).reshape(-1)
     xyxy, cls = np.asarray(det_xyxy, np.float64).reshape(-1, 4), np.asarray(det_cls, np.int64).reshape(-1)
     probs = None if det_probs is None else np.asarray(det_probs, np.float64)
-    if len(xyxy) != len(conf) or len(cls) != len(conf) or (probs is not None and (probs.ndim != 2
-                                                                                   or len(probs) != len(conf))):
+    vectors_fit = probs is None or (probs.ndim == 2 and len(probs) == len(conf))
+    if not len(xyxy) == len(cls) == len(conf) or not vectors_fit:
         raise ValueError(f"{truth.path}: detections of inconsistent shapes")
     keep = conf >= support
     labelled = np.ones(int(keep.sum()), bool) if classes is None else np.isin(cls[keep], list(classes))

@@ -20,7 +20,8 @@ Find the likely mistakes in a labelled set before a model is trained on them, ra
               (fix: change the class)
   poor_box    a labelled box the model does not back where it is drawn, a confident prediction of its class
               overlapping it only partly (fix: replace the box with the prediction's)
-  spurious    a labelled box no prediction overlaps, even at --low-conf (fix: delete the box)
+  spurious    a labelled box the model sees nothing on: no prediction of any class overlapping it reaches {spurious}
+              (fix: delete the box)
   duplicate   two boxes of one class on one object (fix: delete the second)
 Each finding has a score in [0, 1], the evidence (the prediction, its confidence, the IoU) and where the box is
 written (file and line). A model audits best the images it did NOT train on: its val or test split, or newly
@@ -41,11 +42,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`audit` and its flags; the model's settings default to those of the active mining template."""
     from executor.protocol.labelled import SPLITS
     from executor.protocol.templates import load_template
-    from mining.audit import CONFIDENT_CONF, SUPPORT_CONF
+    from mining.audit import CONFIDENT_CONF, SPURIOUS_MAX_SUPPORT, SUPPORT_CONF
 
     cmd = sub.add_parser("audit", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
                          help="find the likely mistakes in a labelled set (missing, wrong, sloppy, spurious, "
-                              "duplicate boxes)", description=DESCRIPTION)
+                              "duplicate boxes)", description=DESCRIPTION.format(spurious=SPURIOUS_MAX_SUPPORT))
     cmd.add_argument("--data", required=True,
                      help="the labelled set: a data.yaml, a YOLO folder, a COCO .json or a ymir index .tsv")
     cmd.add_argument("--model", "--weights", dest="weights", required=True,
@@ -57,8 +58,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="a prediction at least this confident is evidence of a mistake (missing, wrong class, poor "
                           f"box) (default {CONFIDENT_CONF})")
     cmd.add_argument("--low-conf", type=float, default=SUPPORT_CONF,
-                     help="predictions down to this confidence are read as support for a label (a spurious box has "
-                          f"none) (default {SUPPORT_CONF})")
+                     help="predictions down to this confidence are read: what the model sees on each labelled box "
+                          f"(default {SUPPORT_CONF})")
     add_config_flags(cmd, "audit", load_template("mining"))
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="any other mining template key, e.g. --set iou_thres=0.6")

@@ -10,6 +10,7 @@ import pytest
 
 from executor.cli import commands as cli
 from executor.cli import fit_errors
+from executor.protocol.dataset import probe_image
 from executor.protocol.labelled import yaml_names
 from executor.protocol.yaml_file import read_yaml_mapping
 from tests.ymir_builders import SHARED, WEIGHTS_DIR
@@ -116,3 +117,52 @@ def test_bad_data_fails_with_status_1_naming_the_file_and_writes_nothing(setup, 
     for needle in needles:
         assert needle in caplog.text
     assert not (tmp_path / "audit.json").exists() and not (tmp_path / "audit.csv").exists()
+
+
+@pytest.mark.slow  # the real yolov8n on the 4 coco8 val images
+def test_planted_mistakes_are_found_at_the_top(setup, tmp_path, capsys, caplog):
+    data, weights = setup
+    labels = data / "labels" / "val"
+    person = (labels / "000000000036.txt").read_text().splitlines()
+    (labels / "000000000036.txt").write_text(person[0] + "\n")  # the person (line 2) deleted: a missing box
+    dog = (labels / "000000000042.txt").read_text()
+    (labels / "000000000042.txt").write_text("15" + dog[2:])    # the dog (16) labelled a cat (15)
+    out = tmp_path / "audit.json"
+    with caplog.at_level(logging.INFO):
+        status = cli.run(parse("audit", "--data", data / "data.yaml", "--model", weights, "--out", out,
+                               "--device", "cpu"))
+    assert status == 0, caplog.text
+    report = json.loads(out.read_text())
+    findings = report["findings"]
+    first = {}
+    for found in findings:
+        first.setdefault(Path(found["image"]).name, found)
+    missing = first["000000000036.jpg"]
+    assert (missing["type"], missing["class"], missing["annotation"]) == ("missing", "person", None)
+    assert missing["rank"] <= 3 and missing["score"] > 0.5
+    _, cx, cy, w, h = (float(v) for v in person[1].split())
+    width, height, _ = probe_image(str(data / "images" / "val" / "000000000036.jpg"))
+    deleted = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+    assert iou(missing["fix"]["box"], deleted) > 0.7 and missing["fix"]["action"] == "add_box"
+    wrong = first["000000000042.jpg"]
+    assert (wrong["type"], wrong["class"], wrong["fix"]["class"]) == ("wrong_class", "cat", "dog")
+    assert wrong["rank"] <= 3 and wrong["annotation"]["where"] == f"{labels / '000000000042.txt'} line 1"
+
+    assert (report["images"], report["boxes"]) == (4, 16)
+    assert report["data"]["source"] == f"{data / 'data.yaml'} key 'val'"
+    assert report["model"]["weights"] == str(weights) and len(report["model"]["classes"]) == 80
+    assert report["settings"]["confident_conf"] == 0.5 and report["settings"]["support_conf"] == 0.01
+    assert sum(report["counts"]["by_type"].values()) == len(findings)
+    assert report["counts"]["by_class"]["person"]["missing"] >= 1
+    rows = list(csv.DictReader((tmp_path / "audit.csv").open()))
+    assert [(r["rank"], r["type"], r["image"]) for r in rows] == \
+        [(str(f["rank"]), f["type"], f["image"]) for f in findings]
+    text = capsys.readouterr().out
+    assert f"label audit of 4 images (16 boxes) of {data / 'data.yaml'} key 'val'" in text
+    assert f"written to {out} and {tmp_path / 'audit.csv'}" in text
+
+
+def iou(a, b) -> float:
+    from mining.boxes import box_iou
+
+    return float(box_iou([a], [b])[0, 0])
