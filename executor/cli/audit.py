@@ -106,7 +106,7 @@ def audit(args, config: dict, progress) -> int:
     from executor.protocol.settings import build_settings
 
     names = model_class_names(args.weights)
-    samples, source = read_labelled(args.data, names, args.split or "val")
+    samples, source = read_labelled(args.data, names, split_read(args) or "val")
     settings = build_settings("mining", config)
     detector = labelled_pass_detector(args.weights, settings)
     progress = progress(len(samples))
@@ -116,11 +116,18 @@ def audit(args, config: dict, progress) -> int:
     finally:
         progress.close()
     about = {"model": {"weights": os.path.abspath(args.weights), "classes": list(names)},
-             "data": {"spec": os.path.abspath(args.data), "source": source, "split": args.split},
+             "data": {"spec": os.path.abspath(args.data), "source": source, "split": split_read(args)},
              "settings": settings_record(args.conf, args.low_conf, detector.img_size, settings.iou_thres)}
     write_audit(found, about, args.out, csv_path(args.out))
     print(summary(found, source, args.weights, args.out, csv_path(args.out)))
     return 0
+
+
+def split_read(args) -> str | None:
+    """The data.yaml key read (None: the set was read whole)."""
+    from executor.protocol.labelled import YAML_SUFFIXES
+
+    return (args.split or "val") if args.data.lower().endswith(YAML_SUFFIXES) else None
 
 
 def summary(found, source: str, weights: str, json_path: str, csv_file: str) -> str:

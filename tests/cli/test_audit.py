@@ -149,7 +149,8 @@ def test_planted_mistakes_are_found_at_the_top(setup, tmp_path, capsys, caplog):
     assert wrong["rank"] <= 3 and wrong["annotation"]["where"] == f"{labels / '000000000042.txt'} line 1"
 
     assert (report["images"], report["boxes"]) == (4, 16)
-    assert report["data"]["source"] == f"{data / 'data.yaml'} key 'val'"
+    assert report["data"] == {"spec": str(data / "data.yaml"), "source": f"{data / 'data.yaml'} key 'val'",
+                              "split": "val"}
     assert report["model"]["weights"] == str(weights) and len(report["model"]["classes"]) == 80
     assert report["settings"]["confident_conf"] == 0.5 and report["settings"]["support_conf"] == 0.01
     assert sum(report["counts"]["by_type"].values()) == len(findings)
