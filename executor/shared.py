@@ -45,3 +45,5 @@ class Sample:
     classes: np.ndarray   # (N,) int64 indices into class_names
     segments: list | None = None  # segmentation: per box its (K, 2) float32 polygon in pixels (Ultralytics' label)
     masks: list | None = None     # segmentation: per box its annotated mask as COCO RLE (the evaluation's truth)
+    sources: list[str] | None = None  # per box where it is written (file and line, VOC object, COCO annotation id),
+                                      # when the reader was asked (the label audit names it)

@@ -1,4 +1,4 @@
-"""The local command line: `start.py mine|infer|make-in|fit-errors …` for people with a folder of images and no
+"""The local command line: `start.py mine|infer|make-in|fit-errors|audit …` for people with a folder of images and no
 platform.
 
 Names an Ultralytics user already types (--model, --source, --imgsz, --conf, --iou, --device, --batch) stand
@@ -92,9 +92,11 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
     make_in.add_argument("--weights", "--model", dest="weights", help="model file copied to IN/models")
     make_in.add_argument("--out", required=True, help="the /in folder to write (an empty or new folder)")
     make_in.add_argument("--set", action="append", metavar="KEY=VALUE", help="config.yaml value over the template")
+    from executor.cli.audit import add_parser as add_audit
     from executor.cli.fit_errors import add_parser as add_fit_errors
 
     add_fit_errors(sub, common)
+    add_audit(sub, common)
     for add in extra_commands:
         add(sub, common)
     return parser
@@ -277,12 +279,12 @@ def model_templates(weights: str | None) -> str | None:
 
 
 def run(args) -> int:
-    """A local mine or infer command, with the templates of its model's family (or fit-errors); returns the exit
-    status."""
+    """A local mine or infer command, with the templates of its model's family (or fit-errors, audit); returns the
+    exit status."""
     from executor.errors import ConfigError
 
-    if args.command == "fit-errors":
-        return run_fit_errors(args)
+    if args.command in ("fit-errors", "audit"):
+        return run_labelled_pass(args)
     weights = getattr(args, "weights", None)
     try:
         templates = model_templates(weights)
@@ -345,12 +347,17 @@ def run_in_family(args, templates: str | None) -> int:
         return 130
 
 
-def run_fit_errors(args) -> int:
-    """start.py fit-errors (executor/cli/fit_errors.py): checked like mine (a bad flag exits 2), then fitted."""
+def run_labelled_pass(args) -> int:
+    """start.py fit-errors or audit (executor/cli/fit_errors.py, audit.py): checked like mine (a bad flag exits 2),
+    then run over the labelled set."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from executor.cli.fit_errors import check, fit_errors
     from executor.errors import one_line
+
+    if args.command == "audit":
+        from executor.cli.audit import audit as body, check
+    else:
+        from executor.cli.fit_errors import check, fit_errors as body
 
     try:
         check(args)
@@ -360,11 +367,11 @@ def run_fit_errors(args) -> int:
         return 2
     try:
         with logging_redirect_tqdm():
-            return fit_errors(args, config, progress_bar)
+            return body(args, config, progress_bar)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except ValueError as exc:  # the fit: too few right or wrong boxes; an unreadable error model
+    except ValueError as exc:  # fit-errors: too few right or wrong boxes; an unreadable error model
         log.error("%s", exc)
         return 1
     except Exception as exc:

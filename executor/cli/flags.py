@@ -49,14 +49,16 @@ def algorithm_names() -> tuple:
 
 
 MINE = ("mine",)
-FIT = ("mine", "infer", "fit-errors")  # the flags fit-errors takes too (executor/cli/fit_errors.py)
+FIT = ("mine", "infer", "fit-errors", "audit")  # the flags the labelled passes take too (executor/cli/fit_errors.py,
+# audit.py; audit has its own --conf)
 CONFIG_FLAGS = (
     ConfigFlag(("--imgsz", "--img-size"), "img_size", "long side of the network input in pixels", int, commands=FIT),
     ConfigFlag(("--batch", "--batch-size"), "batch_size_per_gpu", "images per forward pass", int, commands=FIT),
     ConfigFlag(("--workers",), "num_workers_per_gpu", "image decoding threads", int),
     ConfigFlag(("--device", "--gpu-id"), "gpu_id", "cpu (default), 0, cuda:0, or 0,1 (one worker per GPU)",
                shows_default=False, to_value=gpu_id_of, commands=FIT),
-    ConfigFlag(("--conf", "--conf-thres"), "conf_thres", "minimum box score", float, commands=FIT),
+    ConfigFlag(("--conf", "--conf-thres"), "conf_thres", "minimum box score", float,
+               commands=("mine", "infer", "fit-errors")),
     ConfigFlag(("--iou", "--iou-thres"), "iou_thres", "NMS IoU threshold", float, commands=FIT),
     ConfigFlag(("--backend",), "backend", "inference backend", choices=("auto", "torch", "onnx")),
     ConfigFlag(("--threads",), "cpu_threads", "CPU threads for the model (0: OMP_NUM_THREADS, else the CPUs this "
@@ -106,11 +108,11 @@ def help_default(template: dict, key: str) -> str:
 
 
 def requested_tasks(args) -> list[str]:
-    """The tasks a command runs: mine (plus infer with --infer-out), infer, make-in's --task; fit-errors reads the
-    mining settings (the error model is fitted at mining's thresholds)."""
+    """The tasks a command runs: mine (plus infer with --infer-out), infer, make-in's --task; fit-errors and audit
+    read the mining settings (the error model is fitted at mining's thresholds; the audit forwards as mining)."""
     if args.command == "make-in":
         return [args.task]
-    if args.command == "fit-errors":
+    if args.command in ("fit-errors", "audit"):
         return ["mining"]
     if args.command == "infer":
         return ["infer"]

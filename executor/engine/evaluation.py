@@ -30,6 +30,7 @@ from mining.truth import ImageTruth, match
 
 log = logging.getLogger(__name__)
 VAL_CONF, VAL_IOU, VAL_MAX_DET = 0.001, 0.7, 300  # Ultralytics' val defaults
+UNCAPPED = 100_000  # max_det of a candidate pass: every box NMS keeps
 
 
 @dataclass
@@ -163,14 +164,25 @@ def validation_batches(samples: Sequence[Sample], img_size: int, batch_size: int
 
 
 def predict_samples(detector: Detector, samples: Sequence[Sample], batch_size: int,
-                    progress: Callable[[float], None]) -> list[Detections]:
-    """Detections for every sample, made in Ultralytics' validation batches (an unreadable image gets none)."""
-    found: list[Detections] = [Detections.empty(detector.num_classes)] * len(samples)
+                    progress: Callable[[float], None], unreadable: list | None = None) -> list[Detections]:
+    """Detections for every sample, made in Ultralytics' validation batches (an unreadable image gets none, and its
+    index goes to `unreadable` when given)."""
+    found: list[Detections | None] = [None] * len(samples)
     for good, canvases, boxes in validation_batches(samples, detector.img_size, batch_size, max(detector.strides),
                                                     progress):
         for i, det in zip(good, detector.predict_canvases(canvases, boxes)):
             found[i] = det
-    return found
+    if unreadable is not None:
+        unreadable.extend(i for i, det in enumerate(found) if det is None)
+    return [Detections.empty(detector.num_classes) if det is None else det for det in found]
+
+
+def predict_candidates(detector: Detector, samples: Sequence[Sample], conf_thres: float, batch_size: int,
+                       progress: Callable[[float], None], unreadable: list | None = None) -> list[Detections]:
+    """predict_samples with every box NMS keeps down to `conf_thres` (the labelled passes: the error model's fit,
+    the label audit)."""
+    candidates = detector.with_postprocess(conf_thres, detector.iou_thres, UNCAPPED)
+    return predict_samples(candidates, samples, batch_size, progress, unreadable)
 
 
 def evaluate(detector: Detector, samples: Sequence[Sample], iou_thr: float, conf_thr: float, batch_size: int,

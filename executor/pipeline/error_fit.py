@@ -12,22 +12,19 @@ import os
 from typing import Callable, Sequence
 
 from executor.engine.detector import Detector
-from executor.engine.evaluation import predict_samples, sample_truth
+from executor.engine.evaluation import predict_candidates, sample_truth
 from executor.protocol.writers import atomic_write_text
 from executor.shared import Sample
 from mining.errors import ErrorModel, Example, errors_file, fit_error_model, labelled_example
 
 log = logging.getLogger(__name__)
 
-UNCAPPED = 100_000  # max_det of the candidate pass: every box NMS keeps
-
 
 def labelled_examples(detector: Detector, samples: Sequence[Sample], conf_thres: float, max_det: int,
                       candidate_conf: float, batch_size: int, progress: Callable[[float], None] = lambda f: None
                       ) -> list[Example]:
     """Per sample (classes in the detector's indices), its features and the outcome of each kept box."""
-    candidates = detector.with_postprocess(candidate_conf, detector.iou_thres, UNCAPPED)
-    found = predict_samples(candidates, samples, batch_size, progress)
+    found = predict_candidates(detector, samples, candidate_conf, batch_size, progress)
     return [labelled_example(det, (sample.height, sample.width), sample_truth(sample), conf_thres, max_det)
             for sample, det in zip(samples, found)]
 
@@ -56,14 +53,21 @@ def fit_weights(weights: str, samples: Sequence[Sample], source: str, config: di
     `config` (over the mining template: conf_thres, max_det, iou_thres, errors_conf_thres, img_size, device) and
     write it beside the weights (or to `out`); returns its path."""
     from executor.engine.device import batch_size
-    from executor.engine.loading import load_detector
     from executor.protocol.settings import build_settings
 
     settings = build_settings("mining", config)
-    detector = load_detector(weights, "torch", settings.gpu_id.split(",")[0], settings.img_size,
-                             threads=settings.cpu_threads, conf_thres=settings.conf_thres,
-                             iou_thres=settings.iou_thres, max_det=settings.max_det)
+    detector = labelled_pass_detector(weights, settings)
     model = fit_on_samples(detector, samples, source, settings.conf_thres, settings.max_det,
                            settings.errors_conf_thres,
                            batch_size(settings.batch_size_per_gpu, detector.device.type == "cuda"), progress)
     return write_error_model(model, weights, out)
+
+
+def labelled_pass_detector(weights: str, settings) -> Detector:
+    """The PyTorch model of `weights` at the mining `settings` (device, img_size, threads, thresholds): the
+    detector of a labelled pass over weights trained elsewhere (fit-errors, audit)."""
+    from executor.engine.loading import load_detector
+
+    return load_detector(weights, "torch", settings.gpu_id.split(",")[0], settings.img_size,
+                         threads=settings.cpu_threads, conf_thres=settings.conf_thres, iou_thres=settings.iou_thres,
+                         max_det=settings.max_det)

@@ -293,9 +293,11 @@ def drop_degenerate(stats: SplitStats, reason: str, where: str) -> None:
                     " (further ones in this split are only counted)" if named + 1 == NAMED_DROPS else "")
 
 
-def clean_boxes(raw: list[RawBox], width: int, height: int, stats: SplitStats) -> tuple[np.ndarray, np.ndarray]:
-    """Clip to the image, drop (count, and name the first few of) inverted, zero-area and outside boxes."""
-    kept_boxes, kept_classes = [], []
+def clean_boxes(raw: list[RawBox], width: int, height: int, stats: SplitStats
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Clip to the image, drop (count, and name the first few of) inverted, zero-area and outside boxes; the kept
+    boxes, their classes and where each is written."""
+    kept_boxes, kept_classes, kept_where = [], [], []
     for cls, x1, y1, x2, y2, where in raw:
         if x2 < x1 or y2 < y1:
             drop_degenerate(stats, "inverted (negative size)", where)
@@ -312,7 +314,8 @@ def clean_boxes(raw: list[RawBox], width: int, height: int, stats: SplitStats) -
             stats.clipped += 1
         kept_boxes.append((cx1, cy1, cx2, cy2))
         kept_classes.append(cls)
-    return (np.asarray(kept_boxes, np.float32).reshape(-1, 4), np.asarray(kept_classes, np.int64))
+        kept_where.append(where)
+    return np.asarray(kept_boxes, np.float32).reshape(-1, 4), np.asarray(kept_classes, np.int64), kept_where
 
 
 def segmented_sample(asset: str, width: int, height: int, suffix: str, instances: list) -> Sample:
@@ -326,9 +329,9 @@ def segmented_sample(asset: str, width: int, height: int, suffix: str, instances
 
 
 def read_split(name: str, index_file: str, class_names: Sequence[str], export_format: str,
-               masks: bool = False) -> Split:
-    """All samples of one index file, validated (with `masks`: instance masks from seg-coco). Raises DatasetError
-    when none is usable."""
+               masks: bool = False, sources: bool = False) -> Split:
+    """All samples of one index file, validated (with `masks`: instance masks from seg-coco; with `sources`: where
+    each box is written). Raises DatasetError when none is usable."""
     rows = read_training_index(index_file, name)
     fmt = detect_format(annotation_format(export_format), [r[1] for r in rows])
     if masks and rows and fmt != "coco":
@@ -336,7 +339,7 @@ def read_split(name: str, index_file: str, class_names: Sequence[str], export_fo
                            f"polygons or RLE masks), but the annotation files are {fmt} (e.g. {rows[0][1]}); "
                            "export the dataset with export_format seg-coco:raw")
     return read_rows(name, [(asset, annotation, f"{index_file} line {number}") for asset, annotation, number in rows],
-                     index_file, class_names, fmt, masks)
+                     index_file, class_names, fmt, masks, sources=sources)
 
 
 # One image to read: (image path, its annotation file ('' for none: a negative image), where it is listed).
@@ -344,9 +347,10 @@ Row = tuple[str, str, str]
 
 
 def read_rows(name: str, rows: Sequence[Row], source: str, class_names: Sequence[str], fmt: str,
-              masks: bool = False, names_source: str = "class_names") -> Split:
+              masks: bool = False, names_source: str = "class_names", sources: bool = False) -> Split:
     """The samples of `rows` (annotations in `fmt`: ark, voc, coco or yolo), validated as read_split says;
-    `source` names where the rows come from in messages, `names_source` the names YOLO class ids index."""
+    `source` names where the rows come from in messages, `names_source` the names YOLO class ids index; with
+    `sources` each box keeps where it is written (Sample.sources)."""
     stats = SplitStats(listed=len(rows))
     coco_files: dict[str, CocoFile] = {}
     samples = []
@@ -377,9 +381,9 @@ def read_rows(name: str, rows: Sequence[Row], source: str, class_names: Sequence
             raw = parse_yolo(annotation, width, height, class_names, names_source)
         else:
             raw = (parse_voc if fmt == "voc" else parse_ark)(annotation, class_names)
-        boxes, classes = clean_boxes(raw, width, height, stats)
+        boxes, classes, where_written = clean_boxes(raw, width, height, stats)
         stats.boxes_per_class.update(int(c) for c in classes)
-        samples.append(Sample(asset, width, height, suffix, boxes, classes))
+        samples.append(Sample(asset, width, height, suffix, boxes, classes, sources=where_written if sources else None))
     if not samples:
         reasons = ", ".join(f"{n} {r}" for r, n in stats.skipped.items()) or "the index lists no images"
         error = NoReadableImages if rows else DatasetError  # every listed image unreadable: 300003

@@ -161,9 +161,10 @@ class LabelledSet:
 
 
 def read_labelled(spec: str, class_names_of_model: Sequence[str], split: str = "val") -> tuple[list[Sample], str]:
-    """(samples with classes in the model's class indices, a text naming the set) of a data.yaml (its `split`
-    key: val, test or train), a YOLO folder, a COCO json or a ymir index (see the module docstring). Raises
-    DatasetError (or ConfigError for an unreadable data.yaml) naming the file, line or key."""
+    """(samples with classes in the model's class indices and where each box is written, a text naming the set)
+    of a data.yaml (its `split` key: val, test or train), a YOLO folder, a COCO json or a ymir index (see the
+    module docstring). Raises DatasetError (or ConfigError for an unreadable data.yaml) naming the file, line or
+    key."""
     if split not in SPLITS:
         raise DatasetError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     model = [str(n) for n in class_names_of_model]
@@ -183,10 +184,10 @@ def read_labelled(spec: str, class_names_of_model: Sequence[str], split: str = "
         raise DatasetError(f"{spec}: expected a data.yaml, a YOLO folder (images/ and labels/), a COCO .json or a "
                            "ymir index .tsv")
     if labelled.index_file:
-        read = read_split(labelled.name, labelled.index_file, labelled.names, f"{labelled.fmt}:raw")
+        read = read_split(labelled.name, labelled.index_file, labelled.names, f"{labelled.fmt}:raw", sources=True)
     else:
         read = read_rows(labelled.name, labelled.rows, labelled.source, labelled.names, labelled.fmt,
-                         names_source=labelled.names_from)
+                         names_source=labelled.names_from, sources=True)
     log.info("read %s: %s", labelled.source, summary(read, labelled.names))
     if not read.stats.boxes_per_class:
         raise DatasetError(f"{labelled.source}: no labelled boxes in its {len(read.samples)} images")
@@ -203,8 +204,9 @@ def yaml_split(spec: str, split: str) -> LabelledSet:
         raise DatasetError(f"{spec}: no key '{split}' (its splits: {', '.join(present) or 'none'})")
     where = f"{spec} key '{split}'"
     if split == "train":
-        log.warning("%s: the train split is usually what the model trained on; an error model fitted on its "
-                    "training images finds too few errors (fit on val or test)", where)
+        log.warning("%s: the train split is usually what the model trained on; on its training images a model makes "
+                    "too few errors (an error model fitted there underestimates them, an audit finds too few "
+                    "mistakes): use val or test", where)
     images = split_images(yaml_root(spec, data), data[split], where)
     labels = yolo_label_paths(images)
     if not any(os.path.isfile(p) for p in labels):

@@ -93,3 +93,24 @@ def test_rect_batches_follow_aspect_ratio_like_ultralytics():
     canvas, box = letterbox(np.zeros((427, 640, 3), np.uint8), 320, canvas_shape=(256, 352))
     assert canvas.shape == (256, 352, 3) and box.ratio == pytest.approx(0.5)
     assert (box.pad_x, box.pad_y) == (16.0, 21.0)
+
+
+def test_the_candidate_pass_keeps_every_box_down_to_its_threshold_and_reports_unreadable_images(tmp_path):
+    import cv2
+
+    from executor.engine.evaluation import UNCAPPED, predict_candidates
+    from tests.pipeline.fake_detector import PixelDetector
+
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[16:48, 16:48] = (0, 0, 255)   # red (BGR): the fake detector's class 0
+    image[56:88, 72:104] = (0, 255, 0)  # green: class 1
+    cv2.imwrite(str(tmp_path / "good.png"), image)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    samples = [Sample(str(tmp_path / name), 128, 96, "png", np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+               for name in ("good.png", "broken.jpg")]
+    detector = PixelDetector("w.pt", 128, max_det=1)
+    unreadable = []
+    found = predict_candidates(detector, samples, 0.05, 2, lambda f: None, unreadable)
+    assert unreadable == [1] and len(found[1]) == 0
+    assert len(found[0]) > 1 and found[0].conf.min() >= 0.05 and {0, 1} <= set(found[0].cls.tolist())
+    assert detector.max_det == 1 and UNCAPPED > len(found[0])  # the detector itself keeps its settings

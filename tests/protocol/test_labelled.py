@@ -193,3 +193,21 @@ def test_bad_input_is_a_clear_error(coco8, names, case, needle):
         spec = coco8 / "none.yaml"
     with pytest.raises(DatasetError, match=needle):
         read_labelled(str(spec), names)
+
+
+def test_each_box_keeps_where_it_is_written_past_dropped_and_blank_lines(coco8, names, tmp_path):
+    """The label audit names a box's file and line: a blank line and a dropped box shift no later box's line."""
+    label = coco8 / "labels" / "val" / "000000000036.txt"
+    first, second = label.read_text().splitlines()
+    label.write_text(f"\n{first.split()[0]} 1.5 1.5 0.1 0.1\n{first}\n\n{second}\n")  # line 2: outside the image
+    found = by_name(read_labelled(str(coco8 / "data.yaml"), names)[0])
+    assert found["000000000036.jpg"].sources == [f"{label} line 3", f"{label} line 5"]
+    assert found["000000000042.jpg"].sources == [f"{coco8 / 'labels' / 'val' / '000000000042.txt'} line 1"]
+
+    xml = tmp_path / "one.xml"  # a VOC file names its objects, in order
+    xml.write_text("<annotation>" + "".join(f"<object><name>{n}</name><bndbox><xmin>10</xmin><ymin>20</ymin>"
+                                            "<xmax>109</xmax><ymax>69</ymax></bndbox></object>" for n in ("dog", "cat"))
+                   + "</annotation>")
+    (tmp_path / "voc.tsv").write_text(f"{coco8 / 'images' / 'val' / '000000000042.jpg'}\t{xml}\n")
+    (sample,), _ = read_labelled(str(tmp_path / "voc.tsv"), names)
+    assert sample.sources == [f"{xml} object 1 ('dog')", f"{xml} object 2 ('cat')"]

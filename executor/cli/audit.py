@@ -1,0 +1,145 @@
+"""start.py audit: the likely mistakes of a labelled set (missing, spurious and duplicate boxes, wrong classes, poor
+boxes), found by a model's predictions and ranked worst first, written to audit.json and audit.csv.
+
+The labelled set is read by executor/protocol/labelled.py (as fit-errors reads it); executor/pipeline/label_audit.py
+runs the one forward and writes the files; mining/audit.py decides what is a finding.
+"""
+
+import argparse
+import os
+
+from executor.cli.flags import UsageError, add_config_flags
+
+DEFAULT_OUT = "audit.json"
+SHOWN = 5  # the worst findings printed
+
+DESCRIPTION = """\
+Find the likely mistakes in a labelled set before a model is trained on them, ranked most likely wrong first:
+  missing     a confident prediction that no labelled box of its class covers (fix: add the box)
+  wrong_class a labelled box a confident prediction of another class lies on, its own class unsupported
+              (fix: change the class)
+  poor_box    a labelled box the model does not back where it is drawn, a confident prediction of its class
+              overlapping it only partly (fix: replace the box with the prediction's)
+  spurious    a labelled box the model sees nothing on: no prediction of any class overlapping it reaches {spurious}
+              (fix: delete the box)
+  duplicate   two boxes of one class on one object (fix: delete the second)
+Each finding has a score in [0, 1], the evidence (the prediction, its confidence, the IoU) and where the box is
+written (file and line). A model audits best the images it did NOT train on: its val or test split, or newly
+labelled images; on its training images it repeats the labels' mistakes.
+
+--data takes what fit-errors takes: a data.yaml (the --split key, val by default), a YOLO folder, a COCO json or a
+ymir index .tsv; the data's classes are matched to the model's by name (a class the model lacks is an error).
+Predictions of classes no box in the set has (a COCO model's benches on a VOC set) accuse no label.
+Written: --out (audit.json: every finding, counts per type and class, the model, the data, the settings) and
+audit.csv beside it (one row per finding); both or neither.
+
+example:
+  start.py audit --data data.yaml --split val --model runs/detect/train/weights/best.pt --out audit.json
+"""
+
+
+def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`audit` and its flags; the model's settings default to those of the active mining template."""
+    from executor.protocol.labelled import SPLITS
+    from executor.protocol.templates import load_template
+    from mining.audit import CONFIDENT_CONF, SPURIOUS_MAX_SUPPORT, SUPPORT_CONF
+
+    cmd = sub.add_parser("audit", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                         help="find the likely mistakes in a labelled set (missing, wrong, sloppy, spurious, "
+                              "duplicate boxes)", description=DESCRIPTION.format(spurious=SPURIOUS_MAX_SUPPORT))
+    cmd.add_argument("--data", required=True,
+                     help="the labelled set: a data.yaml, a YOLO folder, a COCO .json or a ymir index .tsv")
+    cmd.add_argument("--model", "--weights", dest="weights", required=True,
+                     help="the model's Ultralytics .pt checkpoint")
+    cmd.add_argument("--split", choices=SPLITS, help="with a data.yaml: the split to audit (default val)")
+    cmd.add_argument("--out", default=DEFAULT_OUT,
+                     help=f"the audit's .json (default {DEFAULT_OUT}); the .csv is written beside it")
+    cmd.add_argument("--conf", type=float, default=CONFIDENT_CONF,
+                     help="a prediction at least this confident is evidence of a mistake (missing, wrong class, poor "
+                          f"box) (default {CONFIDENT_CONF})")
+    cmd.add_argument("--low-conf", type=float, default=SUPPORT_CONF,
+                     help="predictions down to this confidence are read: what the model sees on each labelled box "
+                          f"(default {SUPPORT_CONF})")
+    add_config_flags(cmd, "audit", load_template("mining"))
+    cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="any other mining template key, e.g. --set iou_thres=0.6")
+    return cmd
+
+
+def csv_path(json_path: str) -> str:
+    return os.path.splitext(json_path)[0] + ".csv"
+
+
+def check(args) -> None:
+    """What can be checked before the model is loaded: the files, --split, --out, the confidences."""
+    from executor.protocol.labelled import YAML_SUFFIXES
+
+    if not os.path.isfile(args.weights):
+        raise UsageError(f"--model {args.weights}: no such file (weights are never downloaded)")
+    if not args.weights.lower().endswith((".pt", ".pth")):
+        raise UsageError(f"--model {args.weights}: audit needs the Ultralytics .pt checkpoint")
+    if not os.path.exists(args.data):
+        raise UsageError(f"--data {args.data}: no such file or folder")
+    if args.split and not args.data.lower().endswith(YAML_SUFFIXES):
+        raise UsageError(f"--split {args.split}: only a data.yaml has splits; --data {args.data} is read whole")
+    if not 0 < args.low_conf <= args.conf < 1:
+        raise UsageError(f"--low-conf {args.low_conf:g} and --conf {args.conf:g}: need 0 < --low-conf <= --conf < 1")
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a folder; give a file name, e.g. {os.path.join(args.out, DEFAULT_OUT)}")
+    if not args.out.lower().endswith(".json"):
+        raise UsageError(f"--out {args.out}: the audit is a .json file (its .csv is written beside it)")
+    for path in (args.out, csv_path(args.out)):
+        if os.path.realpath(path) in (os.path.realpath(args.data), os.path.realpath(args.weights)):
+            raise UsageError(f"--out {args.out}: {path} would replace the data or the model")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"--out {args.out}: the folder {folder} does not exist or is not writable")
+
+
+def audit(args, config: dict, progress) -> int:
+    """Read the labelled set in the model's classes, audit it, write both files, print the worst; returns 0."""
+    from executor.cli.fit_errors import model_class_names
+    from executor.engine.device import batch_size
+    from executor.pipeline.error_fit import labelled_pass_detector
+    from executor.pipeline.label_audit import audit_samples, settings_record, write_audit
+    from executor.protocol.labelled import read_labelled
+    from executor.protocol.settings import build_settings
+
+    names = model_class_names(args.weights)
+    samples, source = read_labelled(args.data, names, split_read(args) or "val")
+    settings = build_settings("mining", config)
+    detector = labelled_pass_detector(args.weights, settings)
+    progress = progress(len(samples))
+    try:
+        found = audit_samples(detector, samples, args.conf, args.low_conf,
+                              batch_size(settings.batch_size_per_gpu, detector.device.type == "cuda"), progress)
+    finally:
+        progress.close()
+    about = {"model": {"weights": os.path.abspath(args.weights), "classes": list(names)},
+             "data": {"spec": os.path.abspath(args.data), "source": source, "split": split_read(args)},
+             "settings": settings_record(args.conf, args.low_conf, detector.img_size, settings.iou_thres)}
+    write_audit(found, about, args.out, csv_path(args.out))
+    print(summary(found, source, args.weights, args.out, csv_path(args.out)))
+    return 0
+
+
+def split_read(args) -> str | None:
+    """The data.yaml key read (None: the set was read whole)."""
+    from executor.protocol.labelled import YAML_SUFFIXES
+
+    return (args.split or "val") if args.data.lower().endswith(YAML_SUFFIXES) else None
+
+
+def summary(found, source: str, weights: str, json_path: str, csv_file: str) -> str:
+    from executor.pipeline.label_audit import fix_text
+
+    counts = found.counts()["by_type"]
+    lines = [f"label audit of {found.images} images ({found.boxes} boxes) of {source} with {weights}: "
+             f"{len(found.findings)} findings",
+             "  " + ", ".join(f"{kind} {n}" for kind, n in counts.items())]
+    for item in found.findings[:SHOWN]:
+        f = item.finding
+        lines.append(f"  {f.score:.2f} {f.kind} '{found.name(f.cls)}' {item.where or item.image}: "
+                     f"{fix_text(found, item)}")
+    lines.append(f"  written to {json_path} and {csv_file}")
+    return "\n".join(lines)
