@@ -31,15 +31,21 @@ labelled images; on its training images it repeats the labels' mistakes.
 ymir index .tsv; the data's classes are matched to the model's by name (a class the model lacks is an error).
 Predictions of classes no box in the set has (a COCO model's benches on a VOC set) accuse no label.
 Written: --out (audit.json: every finding, counts per type and class, the model, the data, the settings) and
-audit.csv beside it (one row per finding); both or neither.
+audit.csv beside it (one row per finding), both or neither; then the page (--html, default audit.html beside
+--out: the worst findings of each type as thumbnails, labelled boxes solid green, the prediction dashed orange,
+the box a finding is about bold; --no-html: none), whose failure is only a warning. --export-fixes DIR writes the
+fixes of the findings scoring at least --fix-min-score into a new folder: a corrected copy of the YOLO label
+files or of the COCO json (the originals are never touched, images are not copied), fixes.csv and README.txt.
 
 example:
   start.py audit --data data.yaml --split val --model runs/detect/train/weights/best.pt --out audit.json
+  start.py audit --data data.yaml --model best.pt --export-fixes fixes --fix-min-score 0.7
 """
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`audit` and its flags; the model's settings default to those of the active mining template."""
+    from executor.pipeline.fix_export import FIX_MIN_SCORE
     from executor.protocol.labelled import SPLITS
     from executor.protocol.templates import load_template
     from mining.audit import CONFIDENT_CONF, SPURIOUS_MAX_SUPPORT, SUPPORT_CONF
@@ -54,6 +60,14 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     cmd.add_argument("--split", choices=SPLITS, help="with a data.yaml: the split to audit (default val)")
     cmd.add_argument("--out", default=DEFAULT_OUT,
                      help=f"the audit's .json (default {DEFAULT_OUT}); the .csv is written beside it")
+    cmd.add_argument("--html", help="the audit's page (default: --out with .html)")
+    cmd.add_argument("--no-html", action="store_true", help="write no page")
+    cmd.add_argument("--export-fixes", metavar="DIR",
+                     help="write the suggested fixes into this new folder: corrected copies of the YOLO label files "
+                          "or of the COCO json (originals untouched), fixes.csv, README.txt")
+    cmd.add_argument("--fix-min-score", type=float, default=FIX_MIN_SCORE,
+                     help="--export-fixes applies the fixes of findings scoring at least this; the others are only "
+                          f"listed in fixes.csv (default {FIX_MIN_SCORE})")
     cmd.add_argument("--conf", type=float, default=CONFIDENT_CONF,
                      help="a prediction at least this confident is evidence of a mistake (missing, wrong class, poor "
                           f"box) (default {CONFIDENT_CONF})")
@@ -68,6 +82,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def csv_path(json_path: str) -> str:
     return os.path.splitext(json_path)[0] + ".csv"
+
+
+def html_path(args) -> str:
+    """The page's path ('' with --no-html)."""
+    return "" if args.no_html else (args.html or os.path.splitext(args.out)[0] + ".html")
 
 
 def check(args) -> None:
@@ -88,12 +107,50 @@ def check(args) -> None:
         raise UsageError(f"--out {args.out} is a folder; give a file name, e.g. {os.path.join(args.out, DEFAULT_OUT)}")
     if not args.out.lower().endswith(".json"):
         raise UsageError(f"--out {args.out}: the audit is a .json file (its .csv is written beside it)")
-    for path in (args.out, csv_path(args.out)):
-        if os.path.realpath(path) in (os.path.realpath(args.data), os.path.realpath(args.weights)):
+    for path in (args.out, csv_path(args.out), html_path(args)):
+        if path and os.path.realpath(path) in (os.path.realpath(args.data), os.path.realpath(args.weights)):
             raise UsageError(f"--out {args.out}: {path} would replace the data or the model")
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UsageError(f"--out {args.out}: the folder {folder} does not exist or is not writable")
+    check_html(args)
+    if args.export_fixes:
+        check_export(args)
+
+
+def check_html(args) -> None:
+    from executor.cli.commands import check_output_file
+
+    if args.html and args.no_html:
+        raise UsageError("--html and --no-html contradict each other")
+    if args.html:
+        check_output_file("--html", args.html)
+        if os.path.realpath(args.html) in (os.path.realpath(args.out), os.path.realpath(csv_path(args.out))):
+            raise UsageError(f"--html {args.html}: that is the audit's .json or .csv")
+
+
+def check_export(args) -> None:
+    """--export-fixes: a new (or empty) folder outside the data's, of YOLO labels or a COCO json."""
+    from executor.protocol.labelled import INDEX_SUFFIXES
+
+    target = os.path.abspath(args.export_fixes)
+    if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        raise UsageError(f"--export-fixes {args.export_fixes} exists and is not an empty folder; give a new one")
+    if not 0 <= args.fix_min_score <= 1:
+        raise UsageError(f"--fix-min-score {args.fix_min_score:g}: a score in [0, 1]")
+    if os.path.isfile(args.data) and args.data.lower().endswith(INDEX_SUFFIXES):
+        raise UsageError(f"--export-fixes: writes YOLO label files or a COCO json; --data {args.data} is a ymir index")
+    data = args.data if os.path.isdir(args.data) else os.path.dirname(os.path.abspath(args.data))
+    check_outside("--export-fixes", target, os.path.realpath(data))
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"--export-fixes {args.export_fixes}: the folder {parent} does not exist or is not writable")
+
+
+def check_outside(flag: str, target: str, data_folder: str) -> None:
+    real = os.path.realpath(target)
+    if real == data_folder or real.startswith(data_folder.rstrip(os.sep) + os.sep):
+        raise UsageError(f"{flag} {target} is inside the data's folder {data_folder}; give a folder outside it")
 
 
 def audit(args, config: dict, progress) -> int:
@@ -101,12 +158,15 @@ def audit(args, config: dict, progress) -> int:
     from executor.cli.fit_errors import model_class_names
     from executor.engine.device import batch_size
     from executor.pipeline.error_fit import labelled_pass_detector
-    from executor.pipeline.label_audit import audit_samples, settings_record, write_audit
-    from executor.protocol.labelled import read_labelled
+    from executor.pipeline.label_audit import audit_samples, settings_record, write_audit, write_audit_page
+    from executor.protocol.labelled import read_labelled_set
     from executor.protocol.settings import build_settings
 
     names = model_class_names(args.weights)
-    samples, source = read_labelled(args.data, names, split_read(args) or "val")
+    samples, labelled = read_labelled_set(args.data, names, split_read(args) or "val")
+    source = labelled.source
+    for folder in set_folders(labelled) if args.export_fixes else ():
+        check_outside("--export-fixes", os.path.abspath(args.export_fixes), folder)
     settings = build_settings("mining", config)
     detector = labelled_pass_detector(args.weights, settings)
     progress = progress(len(samples))
@@ -119,8 +179,25 @@ def audit(args, config: dict, progress) -> int:
              "data": {"spec": os.path.abspath(args.data), "source": source, "split": split_read(args)},
              "settings": settings_record(args.conf, args.low_conf, detector.img_size, settings.iou_thres)}
     write_audit(found, about, args.out, csv_path(args.out))
-    print(summary(found, source, args.weights, args.out, csv_path(args.out)))
+    page = html_path(args) if html_path(args) and write_audit_page(found, samples, about, html_path(args),
+                                                                    args.out) else ""
+    print(summary(found, source, args.weights, args.out, csv_path(args.out), page))
+    if args.export_fixes:
+        from executor.pipeline.fix_export import export_fixes
+
+        applied = export_fixes(args.export_fixes, found, samples, labelled, args.fix_min_score)
+        print(f"  suggested fixes: {applied} of {len(found.findings)} applied (score >= {args.fix_min_score:g}) "
+              f"in {args.export_fixes} (README.txt, fixes.csv); the original labels are unchanged")
     return 0
+
+
+def set_folders(labelled) -> list[str]:
+    """The folders of the set's images and annotation files, and the deepest one holding them all unless that is
+    the file system's root."""
+    folders = sorted({os.path.realpath(os.path.dirname(os.path.abspath(path)))
+                      for row in labelled.rows for path in row[:2] if path})
+    common = os.path.commonpath(folders) if folders else ""
+    return folders + ([common] if common and common != os.path.dirname(common) else [])
 
 
 def split_read(args) -> str | None:
@@ -130,7 +207,7 @@ def split_read(args) -> str | None:
     return (args.split or "val") if args.data.lower().endswith(YAML_SUFFIXES) else None
 
 
-def summary(found, source: str, weights: str, json_path: str, csv_file: str) -> str:
+def summary(found, source: str, weights: str, json_path: str, csv_file: str, page: str = "") -> str:
     from executor.pipeline.label_audit import fix_text
 
     counts = found.counts()["by_type"]
@@ -141,5 +218,5 @@ def summary(found, source: str, weights: str, json_path: str, csv_file: str) -> 
         f = item.finding
         lines.append(f"  {f.score:.2f} {f.kind} '{found.name(f.cls)}' {item.where or item.image}: "
                      f"{fix_text(found, item)}")
-    lines.append(f"  written to {json_path} and {csv_file}")
+    lines.append(f"  written to {json_path} and {csv_file}" + (f"; the page {page}" if page else ""))
     return "\n".join(lines)

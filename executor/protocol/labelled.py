@@ -165,6 +165,13 @@ def read_labelled(spec: str, class_names_of_model: Sequence[str], split: str = "
     of a data.yaml (its `split` key: val, test or train), a YOLO folder, a COCO json or a ymir index (see the
     module docstring). Raises DatasetError (or ConfigError for an unreadable data.yaml) naming the file, line or
     key."""
+    samples, labelled = read_labelled_set(spec, class_names_of_model, split)
+    return samples, labelled.source
+
+
+def read_labelled_set(spec: str, class_names_of_model: Sequence[str],
+                      split: str = "val") -> tuple[list[Sample], LabelledSet]:
+    """read_labelled with the LabelledSet it read (its rows, format and the data's class names)."""
     if split not in SPLITS:
         raise DatasetError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     model = [str(n) for n in class_names_of_model]
@@ -191,7 +198,7 @@ def read_labelled(spec: str, class_names_of_model: Sequence[str], split: str = "
     log.info("read %s: %s", labelled.source, summary(read, labelled.names))
     if not read.stats.boxes_per_class:
         raise DatasetError(f"{labelled.source}: no labelled boxes in its {len(read.samples)} images")
-    return in_model_classes(read.samples, labelled, model), labelled.source
+    return in_model_classes(read.samples, labelled, model), labelled
 
 
 def yaml_split(spec: str, split: str) -> LabelledSet:
@@ -260,13 +267,11 @@ def coco_json(path: str) -> LabelledSet:
         name = str(image.get("file_name", "")) if isinstance(image, dict) else ""
         if not name:
             raise DatasetError(f"{path}: images[{number}] has no 'file_name'")
-        tries = [os.path.join(folder, "images", name), os.path.join(folder, name)]
-        tries += [os.path.join(folder, "images", os.path.basename(name)), os.path.join(folder, os.path.basename(name))]
-        found = next((p for p in tries if os.path.isfile(p)), "")
+        found = coco_image_file(folder, name)
         if found:
-            rows.append((os.path.normpath(found), path, f"{path} image '{name}'"))
+            rows.append((found, path, f"{path} image '{name}'"))
         else:
-            missing.append(tries[0])
+            missing.append(os.path.join(folder, "images", name))
     if not rows:
         raise DatasetError(f"{path}: none of its {len(data['images'])} images found (looked for images/<file_name> "
                            f"under its folder and <file_name> beside it, e.g. {missing[0] if missing else '-'})")
@@ -274,6 +279,14 @@ def coco_json(path: str) -> LabelledSet:
         log.warning("%s: %d of its %d images not found, left out (e.g. %s)", path, len(missing), len(data["images"]),
                     missing[0])
     return LabelledSet("labelled", rows, "coco", names, f"the categories of {path}", f"the COCO json {path}")
+
+
+def coco_image_file(folder: str, name: str) -> str:
+    """The image a COCO json in `folder` names `name`: images/<name> under it or <name> beside it (or their base
+    names there), normalised; '' when none is a file."""
+    tries = [os.path.join(folder, "images", name), os.path.join(folder, name)]
+    tries += [os.path.join(folder, "images", os.path.basename(name)), os.path.join(folder, os.path.basename(name))]
+    return next((os.path.normpath(p) for p in tries if os.path.isfile(p)), "")
 
 
 def ymir_index(path: str, model: Sequence[str]) -> LabelledSet:

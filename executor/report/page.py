@@ -39,7 +39,7 @@ POOL_COLOUR = "#8c96a3"    # the rest of the pool
 
 # ---------------------------------------------------------------------------------------------- thumbnails
 
-def _placeholder(max_side: int, text: str = "unreadable") -> np.ndarray:
+def placeholder(max_side: int, text: str = "unreadable") -> np.ndarray:
     height = max(1, max_side * 3 // 4)
     image = np.full((height, max_side, 3), 200, dtype=np.uint8)
     cv2.line(image, (0, 0), (max_side - 1, height - 1), (170, 170, 170), 1, cv2.LINE_AA)
@@ -52,6 +52,13 @@ def _placeholder(max_side: int, text: str = "unreadable") -> np.ndarray:
     return image
 
 
+def frame_thumbnail(image: np.ndarray, max_side: int = THUMB_SIDE) -> np.ndarray:
+    """`image` scaled to fit a `max_side` × 3/4 `max_side` frame (the page's 4:3 card), never enlarged."""
+    height, width = image.shape[:2]
+    fit = min(max_side / width, 0.75 * max_side / height)
+    return thumbnail(image, max(1, int(max(height, width) * fit)))
+
+
 def render_thumbnail(path: str, class_names: Sequence[str], item: ReportImage | None = None,
                      max_side: int = THUMB_SIDE) -> tuple[np.ndarray, str | None]:
     """(RGB thumbnail with `item`'s boxes drawn, None) or (grey placeholder, why the image could not be read).
@@ -60,10 +67,8 @@ def render_thumbnail(path: str, class_names: Sequence[str], item: ReportImage | 
     try:
         image = read_image(path)
     except Exception as exc:  # noqa: BLE001 — any failure to read becomes a placeholder, never a crash
-        return _placeholder(max_side), str(exc) or type(exc).__name__
-    height, width = image.shape[:2]
-    fit = min(max_side / width, 0.75 * max_side / height)
-    small = thumbnail(image, max(1, int(max(height, width) * fit)))
+        return placeholder(max_side), str(exc) or type(exc).__name__
+    small = frame_thumbnail(image, max_side)
     if item is not None and len(item.xyxy):
         scale_x, scale_y = small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]
         boxes = item.xyxy * np.array([scale_x, scale_y, scale_x, scale_y])
@@ -72,7 +77,7 @@ def render_thumbnail(path: str, class_names: Sequence[str], item: ReportImage | 
     return small, None
 
 
-def _jpeg_data_uri(image_rgb: np.ndarray) -> str:
+def jpeg_data_uri(image_rgb: np.ndarray) -> str:
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
@@ -82,7 +87,7 @@ def _jpeg_data_uri(image_rgb: np.ndarray) -> str:
 
 # ---------------------------------------------------------------------------------------------- SVG plots
 
-def _esc(value: Any) -> str:
+def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -179,16 +184,16 @@ class _Axes:
         parts.append(f'<line class="axis" x1="{left}" x2="{self.width - self.right}" y1="{bottom}" y2="{bottom}"/>')
         parts.append(f'<line class="axis" x1="{left}" x2="{left}" y1="{self.top}" y2="{bottom}"/>')
         parts.append(f'<text class="label" x="{(left + self.width - self.right) / 2:.1f}" y="{self.height - 8}" '
-                     f'text-anchor="middle">{_esc(x_label)}</text>')
+                     f'text-anchor="middle">{esc(x_label)}</text>')
         mid = (self.top + bottom) / 2
         parts.append(f'<text class="label" x="14" y="{mid:.1f}" text-anchor="middle" '
-                     f'transform="rotate(-90 14 {mid:.1f})">{_esc(y_label)}</text>')
+                     f'transform="rotate(-90 14 {mid:.1f})">{esc(y_label)}</text>')
         return parts
 
 
 def _svg(width: int, height: int, title: str, parts: list[str]) -> str:
     return (f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-            f'aria-label="{_esc(title)}"><title>{_esc(title)}</title>'
+            f'aria-label="{esc(title)}"><title>{esc(title)}</title>'
             + "".join(parts) + "</svg>")
 
 
@@ -206,7 +211,7 @@ def _histogram_svg(hist: dict, fmt: ScoreFormat, raw: bool = False) -> str:
         w = max(0.8, x1 - x0 - 1)
         y_all, y_rest = axes.y(count), axes.y(count - top)
         tip = f"{fmt(low)} – {fmt(high)}: {count} images, {top} of them in the top {hist['top_n']}"
-        parts.append(f'<g><title>{_esc(tip)}</title>'
+        parts.append(f'<g><title>{esc(tip)}</title>'
                      f'<rect x="{x0 + 0.5:.1f}" y="{y_all:.1f}" width="{w:.1f}" height="{axes.y(0) - y_all:.1f}" '
                      f'fill="{POOL_COLOUR}"/>')
         if top:
@@ -280,11 +285,11 @@ def _class_svg(data: ReportData, json_name: str | None) -> str:
     for row, i in enumerate(rows):
         y = 30 + row * row_h
         name = class_name_of(data.class_names, i)
-        parts.append(f'<text class="tick" x="{label_w - 8}" y="{y + 15}" text-anchor="end">{_esc(name)}</text>')
+        parts.append(f'<text class="tick" x="{label_w - 8}" y="{y + 15}" text-anchor="end">{esc(name)}</text>')
         for offset, share, count, colour, who in ((0, top_share[i], top[i], TOP_COLOUR, f"top {data.cut}"),
                                                   (11, pool_share[i], pool[i], POOL_COLOUR, "pool")):
             w = share / biggest * bar_w
-            parts.append(f'<g><title>{_esc(name)}, {who}: {count} boxes = {share:.1%}</title>'
+            parts.append(f'<g><title>{esc(name)}, {who}: {count} boxes = {share:.1%}</title>'
                          f'<rect x="{label_w}" y="{y + offset}" width="{max(w, 0.5):.1f}" height="10" fill="{colour}"/>'
                          f'<text class="value" x="{label_w + w + 5:.1f}" y="{y + offset + 9}">'
                          f'{share:.1%} ({count})</text></g>')
@@ -408,8 +413,8 @@ _OPTIONAL_RUN_FIELDS = {"backend", "error_model", "selection_params", "shortlist
 
 def _value_html(value: Any) -> str:
     if isinstance(value, str):
-        return _esc(value)
-    return f"<code>{_esc(json.dumps(jsonable(value), ensure_ascii=False))}</code>"
+        return esc(value)
+    return f"<code>{esc(json.dumps(jsonable(value), ensure_ascii=False))}</code>"
 
 
 def _run_rows(data: ReportData) -> str:
@@ -422,32 +427,32 @@ def _run_rows(data: ReportData) -> str:
         if key in ("params", "selection_params"):
             params = value if isinstance(value, dict) else {}
             cell = ("<table class='params'>" + "".join(
-                f"<tr><td><code>{_esc(k)}</code></td><td>{_value_html(v)}</td></tr>" for k, v in params.items())
+                f"<tr><td><code>{esc(k)}</code></td><td>{_value_html(v)}</td></tr>" for k, v in params.items())
                 + "</table>") if params else '<span class="note">none</span>'
             if value is not None and not isinstance(value, dict):
                 cell = _value_html(value)
         elif value is None:
             cell = '<span class="note">not recorded</span>'
         elif key == "model_sha256":
-            cell = f'<code>{_esc(value)}</code>'
+            cell = f'<code>{esc(value)}</code>'
         elif key == "model":
-            cell = f'<code>{_esc(value)}</code>'
+            cell = f'<code>{esc(value)}</code>'
         elif key == "pool_size":
-            cell = (f"{_esc(value)} images ({len(data.scores)} scored, "
+            cell = (f"{esc(value)} images ({len(data.scores)} scored, "
                     f"<span class='{'warn' if data.unreadable else ''}'>{len(data.unreadable)} unreadable</span>)")
         elif key == "seconds":
             cell = f"{float(value):.1f} s" if isinstance(value, (int, float, np.number)) else _value_html(value)
         elif key == "images_per_s":
             cell = f"{float(value):.1f} images/s" if isinstance(value, (int, float, np.number)) else _value_html(value)
         elif key == "versions" and isinstance(value, dict):
-            cell = " · ".join(f"{_esc(k)} <code>{_esc(v)}</code>" for k, v in value.items())
+            cell = " · ".join(f"{esc(k)} <code>{esc(v)}</code>" for k, v in value.items())
         else:
             cell = _value_html(value)
-        rows.append(f"<tr><th>{_esc(title)}</th><td>{cell}</td></tr>")
+        rows.append(f"<tr><th>{esc(title)}</th><td>{cell}</td></tr>")
     known = {key for key, _ in RUN_FIELDS}
     for key, value in run.items():
         if key not in known:
-            rows.append(f"<tr><th>{_esc(key)}</th><td>{_value_html(value)}</td></tr>")
+            rows.append(f"<tr><th>{esc(key)}</th><td>{_value_html(value)}</td></tr>")
     return "<table class='kv'>" + "".join(rows) + "</table>"
 
 
@@ -455,7 +460,7 @@ def _unreadable_html(unreadable: Sequence[tuple[str, str]], json_name: str | Non
     if not unreadable:
         return '<p class="note">Every image in the pool could be read.</p>'
     shown = unreadable[:MAX_UNREADABLE_ROWS]
-    rows = "".join(f"<tr><td class='mono'>{_esc(p)}</td><td>{_esc(r)}</td></tr>" for p, r in shown)
+    rows = "".join(f"<tr><td class='mono'>{esc(p)}</td><td>{esc(r)}</td></tr>" for p, r in shown)
     more = (f'<p class="note">… and {len(unreadable) - len(shown)} more{_in_json(json_name)}.</p>'
             if len(unreadable) > len(shown) else "")
     opened = " open" if len(unreadable) <= 20 else ""
@@ -464,7 +469,7 @@ def _unreadable_html(unreadable: Sequence[tuple[str, str]], json_name: str | Non
             f"<table class='kv'><tr><th>path</th><th>reason</th></tr>{rows}</table>{more}</details>")
 
 
-def _common_dir(paths: Sequence[str]) -> str | None:
+def common_dir(paths: Sequence[str]) -> str | None:
     """The deepest folder holding every path when there is a meaningful one (not '' or '/'), else None."""
     folders = [os.path.dirname(p) for p in paths]
     if len(folders) < 2 or not all(folders):
@@ -476,12 +481,12 @@ def _common_dir(paths: Sequence[str]) -> str | None:
     return common if common not in ("", os.sep) else None
 
 
-def _path_html(path: str, base: str | None = None) -> str:
+def path_html(path: str, base: str | None = None) -> str:
     """The path with its file name in bold; shown relative to `base` (the page says so) when it lies under it."""
     shown = os.path.relpath(path, base) if base and path.startswith(base + os.sep) else path
     folder, name = os.path.split(shown)
     # one line, cut with an ellipsis (CSS) when too long; the whole path in the tooltip
-    return f'<div class="path" title="{_esc(path)}">{_esc(folder + os.sep) if folder else ""}<b>{_esc(name)}</b></div>'
+    return f'<div class="path" title="{esc(path)}">{esc(folder + os.sep) if folder else ""}<b>{esc(name)}</b></div>'
 
 
 def _card(item: ReportImage, section: str, data: ReportData, base: str | None, fmt: ScoreFormat) -> str:
@@ -489,15 +494,15 @@ def _card(item: ReportImage, section: str, data: ReportData, base: str | None, f
     raw = f'<span class="raw">raw {fmt(item.raw_score)}</span>' if item.raw_score is not None else ""
     classes = class_summary(data.class_names, item.classes)
     boxes = (f"{len(item.xyxy)} box{'es' if len(item.xyxy) != 1 else ''}: "
-             + ", ".join(f"{_esc(n)} {c}" for n, c in classes.items())) if len(item.xyxy) else "no boxes"
-    problem = f'<div class="bad">image unreadable: {_esc(error)}</div>' if error else ""
+             + ", ".join(f"{esc(n)} {c}" for n, c in classes.items())) if len(item.xyxy) else "no boxes"
+    problem = f'<div class="bad">image unreadable: {esc(error)}</div>' if error else ""
     alt = f"rank {item.rank}: {os.path.basename(item.path)}"
-    return (f'<figure class="card"><div class="frame"><img class="thumb" src="{_jpeg_data_uri(image)}" '
-            f'width="{image.shape[1]}" height="{image.shape[0]}" alt="{_esc(alt)}" data-section="{section}" '
-            f'data-rank="{int(item.rank)}" data-path="{_esc(item.path)}" data-score="{float(item.score)!r}"'
+    return (f'<figure class="card"><div class="frame"><img class="thumb" src="{jpeg_data_uri(image)}" '
+            f'width="{image.shape[1]}" height="{image.shape[0]}" alt="{esc(alt)}" data-section="{section}" '
+            f'data-rank="{int(item.rank)}" data-path="{esc(item.path)}" data-score="{float(item.score)!r}"'
             f'{" data-unreadable=" + chr(34) + "1" + chr(34) if error else ""}></div>'
             f'<figcaption><span class="rank">#{int(item.rank)}</span><span class="score">{fmt(item.score)}</span>{raw}'
-            f'{_path_html(item.path, base)}<div class="boxes">{boxes}</div>{problem}</figcaption></figure>')
+            f'{path_html(item.path, base)}<div class="boxes">{boxes}</div>{problem}</figcaption></figure>')
 
 
 def _cards(items: Sequence[ReportImage], section: str, data: ReportData, base: str | None, fmt: ScoreFormat) -> str:
@@ -511,7 +516,7 @@ def _near_duplicates_html(found: dict | None) -> str:
     threshold from which an image counts as a copy."""
     if not found:
         return ""
-    warning = f'<p class="warning">{_esc(found["warning"])}</p>' if found.get("warning") else ""
+    warning = f'<p class="warning">{esc(found["warning"])}</p>' if found.get("warning") else ""
     summary = (f'<p class="note">{found["flagged"]} of {found["readable"]} images are near-duplicates: the same '
                f'photo as one placed above them (share of agreeing perceptual-hash bits ≥ {found["threshold"]}, or a '
                f'crop of it). Different photos agree on about half of the bits.</p>')
@@ -546,14 +551,14 @@ def _duplicates_html(groups: Sequence[tuple[str, list[str]]], data: ReportData, 
         for role, path in [("kept", kept)] + [("copy", c) for c in copies[:MAX_COPIES_SHOWN]]:
             image, error = render_thumbnail(path, data.class_names, None, DUPLICATE_THUMB_SIDE)
             rank = f" · rank {ranks[path]}" if path in ranks else ""
-            problem = f'<div class="bad">unreadable: {_esc(error)}</div>' if error else ""
+            problem = f'<div class="bad">unreadable: {esc(error)}</div>' if error else ""
             figures.append(
-                f'<figure class="card {role}"><div class="frame"><img class="thumb" src="{_jpeg_data_uri(image)}" '
+                f'<figure class="card {role}"><div class="frame"><img class="thumb" src="{jpeg_data_uri(image)}" '
                 f'width="{image.shape[1]}" height="{image.shape[0]}" '
-                f'alt="{_esc(role)}: {_esc(os.path.basename(path))}" '
-                f'data-section="duplicates" data-group="{number}" data-role="{role}" data-path="{_esc(path)}"></div>'
+                f'alt="{esc(role)}: {esc(os.path.basename(path))}" '
+                f'data-section="duplicates" data-group="{number}" data-role="{role}" data-path="{esc(path)}"></div>'
                 f'<figcaption><b>{"kept" if role == "kept" else "pushed down"}</b>{rank}'
-                f'{_path_html(path, base)}{problem}'
+                f'{path_html(path, base)}{problem}'
                 f'</figcaption></figure>')
         if len(copies) > MAX_COPIES_SHOWN:
             figures.append(f'<p class="note">+{len(copies) - MAX_COPIES_SHOWN} more copies</p>')
@@ -564,7 +569,7 @@ def _duplicates_html(groups: Sequence[tuple[str, list[str]]], data: ReportData, 
 
 
 def _in_json(json_name: str | None) -> str:
-    return f" are listed in {_esc(json_name)}" if json_name else " are not shown"
+    return f" are listed in {esc(json_name)}" if json_name else " are not shown"
 
 
 def top_title(data: ReportData) -> str:
@@ -597,7 +602,7 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
         figures.append((f"{float(run['seconds']):.1f} s", "mining time"))
     if isinstance(run.get("images_per_s"), (int, float, np.number)):
         figures.append((f"{float(run['images_per_s']):.1f}", "images / s"))
-    figures_html = "".join(f'<div class="figure"><div class="v">{_esc(v)}</div><div class="k">{_esc(k)}</div></div>'
+    figures_html = "".join(f'<div class="figure"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
                            for v, k in figures)
     sections = [("run", "Run"), ("scores", "Scores"), ("top", f"Top {cut}"), ("contrast", "Middle and bottom"),
                 ("classes", "Classes")]
@@ -605,36 +610,36 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
         sections.append(("duplicates", "Near-duplicates"))
     if data.projection is not None:
         sections.append(("projection", "Projection"))
-    nav = "".join(f'<a href="#{key}">{_esc(title)}</a>' for key, title in sections)
+    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in sections)
     legend = f'<div class="legend">box colour = confidence {_ramp_legend()}</div>'
     shown = [item.path for item in (*data.top, *data.middle, *data.bottom)]
     shown += [p for kept, copies in data.duplicate_groups for p in (kept, *copies)]
-    base = _common_dir(shown)
+    base = common_dir(shown)
     thumbnails = thumbnails_note(data)
-    explain = ((f"{_esc(thumbnails.capitalize())}. " if thumbnails else "")
+    explain = ((f"{esc(thumbnails.capitalize())}. " if thumbnails else "")
                + "Score: the score written to result.tsv" + ("; raw: the algorithm's own score where selection "
                "reordered the ranking" if any(i.raw_score is not None for i in data.top) else "") + ". "
-               + (f"Paths are relative to <code>{_esc(base)}</code>." if base else ""))
+               + (f"Paths are relative to <code>{esc(base)}</code>." if base else ""))
     selection = run.get("selection")
     raw_kind = data.score_kind == "raw"
     body = [
-        f'<header><h1>Mining report · {_esc(algorithm)}</h1>'
-        f'<div class="sub">{_esc(pool)} images ranked, most worth labelling first'
-        f'{" · selection " + _esc(selection) if selection else ""}'
-        f'{" · started " + _esc(run["started_at"]) if run.get("started_at") else ""}</div>'
+        f'<header><h1>Mining report · {esc(algorithm)}</h1>'
+        f'<div class="sub">{esc(pool)} images ranked, most worth labelling first'
+        f'{" · selection " + esc(selection) if selection else ""}'
+        f'{" · started " + esc(run["started_at"]) if run.get("started_at") else ""}</div>'
         f'<div class="figures">{figures_html}</div><nav>{nav}</nav></header><main>',
         f'<section id="run"><h2>Run</h2>{_run_rows(data)}<h3>Unreadable images</h3>'
         f'{_unreadable_html(data.unreadable, json_name)}</section>',
         '<section id="scores"><h2>Scores</h2><p class="note">'
-        + (f'Every readable image\'s raw {_esc(algorithm)} score ({len(data.scores)} images): selection reordered '
+        + (f'Every readable image\'s raw {esc(algorithm)} score ({len(data.scores)} images): selection reordered '
            f'the ranking, so result.tsv holds each image\'s selection priority and the raw scores are in '
-           f'{_esc(run.get("raw_scores_file") or "the raw scores file")}; the top {cut} in orange, the '
+           f'{esc(run.get("raw_scores_file") or "the raw scores file")}; the top {cut} in orange, the '
            f'dashed line is the lowest raw score among them.' if raw_kind else
            f'Every readable image\'s written score ({len(data.scores)} images); the top {cut} in orange, '
            f'the dashed line is the top-{cut} cut.') + '</p>'
         f'<div class="plots">{_histogram_svg(hist, fmt, raw_kind)}{_rank_svg(data.scores, cut, fmt, raw_kind)}'
         f'</div></section>',
-        f'<section id="top"><h2>{_esc(top_title(data))}, in result order</h2>{legend}'
+        f'<section id="top"><h2>{esc(top_title(data))}, in result order</h2>{legend}'
         f'<p class="note">{explain}</p>{_cards(data.top, "top", data, base, fmt)}</section>',
         f'<section id="contrast"><h2>For contrast</h2><h3>From the middle of the ranking</h3>'
         f'{_cards(data.middle, "middle", data, base, fmt)}<h3>From the bottom of the ranking</h3>'
@@ -651,17 +656,17 @@ def report_html(data: ReportData, json_name: str | None = "mining-report.json") 
                     + '</section>')
     if data.projection is not None:
         body.append(f'<section id="projection"><h2>Embedding projection</h2><p class="note">2-D PCA of the '
-                    f'embeddings {_esc(data.projection_note or "of the shown images")}; the top '
+                    f'embeddings {esc(data.projection_note or "of the shown images")}; the top '
                     f'{cut} in orange.</p>'
                     f'{_scatter_svg(data.projection, data.projection_selected)}</section>')
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
-    body.append(f'<footer>Written by Quarry {_esc(versions.get("quarry", ""))}. Self-contained: images are embedded, '
+    body.append(f'<footer>Written by Quarry {esc(versions.get("quarry", ""))}. Self-contained: images are embedded, '
                 f'nothing is loaded from the network.'
-                + (f' The numbers are also in {_esc(json_name)}.' if json_name else '') + '</footer></main>')
+                + (f' The numbers are also in {esc(json_name)}.' if json_name else '') + '</footer></main>')
     title = f"Mining report · {algorithm}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
             + "".join(body) + "</body></html>\n")
 
 
