@@ -143,7 +143,8 @@ def _type_html(data: AuditPageData, kind: str, base: str | None, json_name: str)
             if cards else '<p class="empty">None.</p>')
     more = data.hidden(kind)
     if more:
-        body += f'<p class="note">{more} more {esc(kind)} findings, with lower scores, are listed in {esc(json_name)}.</p>'
+        body += (f'<p class="note">{more} more {esc(kind)} findings, with lower scores, are listed in '
+                 f'{esc(json_name)}.</p>')
     total = data.counts["by_type"][kind]
     return (f'<section id="{kind}"><h2>{esc(TYPE_TITLES[kind])} ({total})</h2>'
             + (f'<p class="note">The worst {len(cards)} of {total}, highest score first.</p>' if cards else "")

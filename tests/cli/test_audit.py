@@ -167,3 +167,89 @@ def iou(a, b) -> float:
     from mining.boxes import box_iou
 
     return float(box_iou([a], [b])[0, 0])
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (("--html", "{tmp}/page.html", "--no-html"), "--html and --no-html contradict each other"),
+    (("--html", "{tmp}/audit.csv"), "that is the audit's .json or .csv"),
+    (("--export-fixes", "{tmp}/full"), "exists and is not an empty folder"),
+    (("--export-fixes", "{tmp}/coco8/fixes"), "is inside the data's folder"),
+    (("--export-fixes", "{tmp}/new", "--fix-min-score", "1.5"), "--fix-min-score 1.5: a score in [0, 1]"),
+])
+def test_bad_page_and_export_flags_exit_2(setup, tmp_path, capsys, extra, needle):
+    data, weights = setup
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    argv = ["audit", "--data", data / "data.yaml", "--model", weights, "--out", tmp_path / "audit.json"]
+    assert cli.run(parse(*argv, *(e.format(tmp=tmp_path) for e in extra))) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("error:") == 1, err
+    assert not (tmp_path / "audit.json").exists() and (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+@pytest.fixture
+def fake_model(monkeypatch, coco_names):
+    """The audit without a model: each image's 'prediction' is its own first labelled box as a person at 0.9 (so
+    boxes of other classes there look wrong, and the rest of each image's boxes are unseen)."""
+    import numpy as np
+
+    from executor.pipeline import error_fit, label_audit
+    from mining.base import Detections
+
+    detector = type("Detector", (), {"names": coco_names, "img_size": 640,
+                                     "device": type("Device", (), {"type": "cpu"})()})()
+    monkeypatch.setattr(error_fit, "labelled_pass_detector", lambda weights, settings: detector)
+
+    def predict_candidates(detector, samples, conf_thres, batch_size, progress, unreadable):
+        found = []
+        for sample in samples:
+            probs = np.zeros((1, len(coco_names)), np.float32)
+            probs[0, 0] = 0.9
+            found.append(Detections(sample.boxes[:1], np.array([0.9], np.float32), np.array([0]), probs))
+        return found
+
+    monkeypatch.setattr(label_audit, "predict_candidates", predict_candidates)
+
+
+def test_the_page_and_the_fixes_are_written_beside_the_audit(setup, tmp_path, fake_model, capsys):
+    data, weights = setup
+    labels = data / "labels" / "val"
+    before = {p.name: p.read_text() for p in labels.iterdir()}
+    out = tmp_path / "run" / "audit.json"
+    out.parent.mkdir()
+    assert cli.run(parse("audit", "--data", data / "data.yaml", "--model", weights, "--out", out,
+                         "--export-fixes", tmp_path / "fixes", "--fix-min-score", "0.95")) == 0
+    page = (tmp_path / "run" / "audit.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "Label audit · yolov8n-copy.pt" in page
+    findings = json.loads(out.read_text())["findings"]
+    assert page.count('<img class="thumb"') == sum(min(24, sum(f["type"] == k for f in findings))
+                                                    for k in ("missing", "wrong_class", "poor_box", "spurious",
+                                                              "duplicate"))
+    assert {p.name: p.read_text() for p in labels.iterdir()} == before  # the originals are untouched
+    fixes = list(csv.DictReader((tmp_path / "fixes" / "fixes.csv").open()))
+    assert [r["rank"] for r in fixes] == [str(f["rank"]) for f in findings]
+    assert {r["applied"] == "yes" for r in fixes} == {True, False}  # spurious at 1.0 applied, wrong class at 0.9 not
+    deleted = [f for f in findings if f["type"] == "spurious" and f["score"] >= 0.95]
+    fixed = (tmp_path / "fixes" / "labels" / "val" / Path(deleted[0]["image"]).with_suffix(".txt").name).read_text()
+    assert len(fixed.splitlines()) < len(before[Path(deleted[0]["image"]).with_suffix(".txt").name].splitlines())
+    text = capsys.readouterr().out
+    assert f"the page {tmp_path / 'run' / 'audit.html'}" in text and "suggested fixes:" in text
+
+
+def test_no_html_writes_no_page(setup, tmp_path, fake_model):
+    data, weights = setup
+    assert cli.run(parse("audit", "--data", data / "data.yaml", "--model", weights, "--out", tmp_path / "a.json",
+                         "--no-html")) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["a.csv", "a.json", "yolov8n-copy.pt"]
+
+
+def test_fixes_inside_the_folders_the_data_yaml_points_to_are_refused(setup, tmp_path, coco_names, caplog):
+    """The data.yaml elsewhere, its `path` the data's folder: refused once the set is read, before the model."""
+    data, weights = setup
+    (tmp_path / "spec").mkdir()
+    (tmp_path / "spec" / "data.yaml").write_text((data / "data.yaml").read_text() + f"\npath: {data}\n")
+    with caplog.at_level(logging.ERROR):
+        assert cli.run(parse("audit", "--data", tmp_path / "spec" / "data.yaml", "--model", weights,
+                             "--out", tmp_path / "audit.json", "--export-fixes", data / "images" / "fixes")) == 1
+    assert "is inside the data's folder" in caplog.text
+    assert not (tmp_path / "audit.json").exists() and not (data / "images" / "fixes").exists()
