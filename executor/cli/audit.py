@@ -34,8 +34,9 @@ Written: --out (audit.json: every finding, counts per type and class, the model,
 audit.csv beside it (one row per finding), both or neither; then the page (--html, default audit.html beside
 --out: the worst findings of each type as thumbnails, labelled boxes solid green, the prediction dashed orange,
 the box a finding is about bold; --no-html: none), whose failure is only a warning. --export-fixes DIR writes the
-fixes of the findings scoring at least --fix-min-score into a new folder: a corrected copy of the YOLO label
-files or of the COCO json (the originals are never touched, images are not copied), fixes.csv and README.txt.
+fixes of the findings of --fix-types (all but spurious unless told) scoring at least --fix-min-score into a new
+folder: a corrected copy of the YOLO label files or of the COCO json (the originals are never touched, images are
+not copied), fixes.csv and README.txt.
 
 example:
   start.py audit --data data.yaml --split val --model runs/detect/train/weights/best.pt --out audit.json
@@ -45,7 +46,7 @@ example:
 
 def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`audit` and its flags; the model's settings default to those of the active mining template."""
-    from executor.pipeline.fix_export import FIX_MIN_SCORE
+    from executor.pipeline.fix_export import FIX_MIN_SCORE, FIX_TYPES
     from executor.protocol.labelled import SPLITS
     from executor.protocol.templates import load_template
     from mining.audit import CONFIDENT_CONF, SPURIOUS_MAX_SUPPORT, SUPPORT_CONF
@@ -65,6 +66,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     cmd.add_argument("--export-fixes", metavar="DIR",
                      help="write the suggested fixes into this new folder: corrected copies of the YOLO label files "
                           "or of the COCO json (originals untouched), fixes.csv, README.txt")
+    cmd.add_argument("--fix-types", default=",".join(FIX_TYPES), metavar="TYPE,...",
+                     help="--export-fixes applies the fixes of these finding types (default %(default)s: spurious "
+                          "boxes are often real objects the model cannot see; add it to delete them too)")
     cmd.add_argument("--fix-min-score", type=float, default=FIX_MIN_SCORE,
                      help="--export-fixes applies the fixes of findings scoring at least this; the others are only "
                           f"listed in fixes.csv (default {FIX_MIN_SCORE})")
@@ -132,12 +136,16 @@ def check_html(args) -> None:
 def check_export(args) -> None:
     """--export-fixes: a new (or empty) folder outside the data's, of YOLO labels or a COCO json."""
     from executor.protocol.labelled import INDEX_SUFFIXES
+    from mining.audit import TYPES
 
     target = os.path.abspath(args.export_fixes)
     if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
         raise UsageError(f"--export-fixes {args.export_fixes} exists and is not an empty folder; give a new one")
     if not 0 <= args.fix_min_score <= 1:
         raise UsageError(f"--fix-min-score {args.fix_min_score:g}: a score in [0, 1]")
+    unknown = [kind for kind in fix_types(args) if kind not in TYPES]
+    if unknown or not fix_types(args):
+        raise UsageError(f"--fix-types {args.fix_types}: a comma-separated list of {', '.join(TYPES)}")
     if os.path.isfile(args.data) and args.data.lower().endswith(INDEX_SUFFIXES):
         raise UsageError(f"--export-fixes: writes YOLO label files or a COCO json; --data {args.data} is a ymir index")
     data = args.data if os.path.isdir(args.data) else os.path.dirname(os.path.abspath(args.data))
@@ -145,6 +153,10 @@ def check_export(args) -> None:
     parent = os.path.dirname(target)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise UsageError(f"--export-fixes {args.export_fixes}: the folder {parent} does not exist or is not writable")
+
+
+def fix_types(args) -> list[str]:
+    return [kind.strip() for kind in args.fix_types.split(",") if kind.strip()]
 
 
 def check_outside(flag: str, target: str, data_folder: str) -> None:
@@ -185,8 +197,9 @@ def audit(args, config: dict, progress) -> int:
     if args.export_fixes:
         from executor.pipeline.fix_export import export_fixes
 
-        applied = export_fixes(args.export_fixes, found, samples, labelled, args.fix_min_score)
-        print(f"  suggested fixes: {applied} of {len(found.findings)} applied (score >= {args.fix_min_score:g}) "
+        applied = export_fixes(args.export_fixes, found, samples, labelled, args.fix_min_score, fix_types(args))
+        print(f"  suggested fixes: {applied} of {len(found.findings)} applied ({args.fix_types}, score >= "
+              f"{args.fix_min_score:g}) "
               f"in {args.export_fixes} (README.txt, fixes.csv); the original labels are unchanged")
     return 0
 

@@ -1,9 +1,11 @@
 """start.py audit --export-fixes DIR: the audit's suggested fixes applied to a COPY of the labels, written into a
 new folder for review; the original labels are never opened for writing.
 
-Only findings scoring at least `min_score` (--fix-min-score) are applied: missing boxes added, spurious boxes and
-duplicates deleted, classes changed, poor boxes replaced by the prediction's box. Every finding is listed in
-DIR/fixes.csv with whether it was applied, and DIR/README.txt says where the originals and the images are.
+Only findings of the chosen types (--fix-types; by default all but spurious, whose deletions are often real objects
+the model cannot see) scoring at least `min_score` (--fix-min-score) are applied: missing boxes added, duplicates
+(and spurious boxes, when chosen) deleted, classes changed, poor boxes replaced by the prediction's box. Every
+finding is listed in DIR/fixes.csv with whether it was applied, and DIR/README.txt says where the originals and the
+images are.
 
 - YOLO labels (a data.yaml or a YOLO folder): every label file of the set, mirrored under DIR by its path below
   the folder that holds the set's images and labels; untouched lines are copied as they are, a changed line is
@@ -31,10 +33,12 @@ from executor.pipeline.label_audit import Audit, ImageFinding, rounded
 from executor.protocol.dataset import read_coco_json
 from executor.protocol.labelled import LabelledSet, coco_image_file, yolo_label_paths
 from executor.shared import Sample
+from mining.audit import SPURIOUS, TYPES
 
 log = logging.getLogger(__name__)
 
 FIX_MIN_SCORE = 0.5  # --fix-min-score: fixes of findings scoring less are listed, not applied
+FIX_TYPES = tuple(kind for kind in TYPES if kind != SPURIOUS)  # --fix-types default
 YOLO_LINE = re.compile(r"^(?P<file>.+) line (?P<line>\d+)$")        # executor/protocol/dataset.py parse_yolo
 COCO_ANNOTATION = re.compile(r"^(?P<file>.+?) annotation id (?P<id>\S+) \(")  # CocoFile._usable
 DELETE = ("delete_box", "delete_duplicate")
@@ -49,11 +53,15 @@ class Chosen:
     reason: str = ""
 
 
-def choose(audit: Audit, min_score: float) -> list[Chosen]:
-    """Every finding, its fix applied when its score reaches `min_score`."""
-    return [Chosen(rank, found, found.finding.score >= min_score,
-                   "" if found.finding.score >= min_score else f"score below --fix-min-score {min_score:g}")
-            for rank, found in enumerate(audit.findings, 1)]
+def choose(audit: Audit, min_score: float, types: Sequence[str] = FIX_TYPES) -> list[Chosen]:
+    """Every finding, its fix applied when it is of one of `types` and its score reaches `min_score`."""
+    chosen = []
+    for rank, found in enumerate(audit.findings, 1):
+        f = found.finding
+        reason = ("type not in --fix-types" if f.kind not in types else
+                  f"score below --fix-min-score {min_score:g}" if f.score < min_score else "")
+        chosen.append(Chosen(rank, found, not reason, reason))
+    return chosen
 
 
 def data_class(audit: Audit, labelled: LabelledSet, cls: int) -> int:
@@ -227,7 +235,8 @@ def fixes_csv(chosen: Sequence[Chosen], audit: Audit) -> str:
     return out.getvalue()
 
 
-def readme(labelled: LabelledSet, origin: str, chosen: Sequence[Chosen], min_score: float, changed: int) -> str:
+def readme(labelled: LabelledSet, origin: str, chosen: Sequence[Chosen], min_score: float, types: Sequence[str],
+           changed: int) -> str:
     applied = sum(item.applied for item in chosen)
     images = sorted({os.path.dirname(image) for image, _, _ in labelled.rows})
     where = (f"The label files mirror {origin}: DIR/<path> is the corrected copy of {origin}/<path>; "
@@ -236,8 +245,9 @@ def readme(labelled: LabelledSet, origin: str, chosen: Sequence[Chosen], min_sco
              f"'audit' field (rank, type, score).")
     return (f"Suggested label fixes of the label audit (start.py audit --export-fixes), for review.\n\n"
             f"The set: {labelled.source}\n{where}\n"
-            f"Applied: {applied} of {len(chosen)} findings, those scoring at least {min_score:g} "
-            f"(--fix-min-score); fixes.csv lists every finding and whether its fix was applied.\n"
+            f"Applied: {applied} of {len(chosen)} findings, those of the types {', '.join(types)} (--fix-types) "
+            f"scoring at least {min_score:g} (--fix-min-score); fixes.csv lists every finding and whether its fix "
+            f"was applied.\n"
             f"The originals were not changed. The images were not copied; they are in:\n"
             + "".join(f"  {folder}\n" for folder in images[:20])
             + (f"  ... and {len(images) - 20} more folders\n" if len(images) > 20 else "")
@@ -245,12 +255,12 @@ def readme(labelled: LabelledSet, origin: str, chosen: Sequence[Chosen], min_sco
 
 
 def export_fixes(folder: str, audit: Audit, samples: Sequence[Sample], labelled: LabelledSet,
-                 min_score: float = FIX_MIN_SCORE) -> int:
+                 min_score: float = FIX_MIN_SCORE, types: Sequence[str] = FIX_TYPES) -> int:
     """The corrected copy in `folder` (absent or empty), made under a temporary name beside it and renamed into
     place when complete; returns how many fixes were applied."""
     if labelled.fmt not in ("yolo", "coco") or labelled.index_file:
         raise ValueError(f"--export-fixes writes YOLO label files or a COCO json; {labelled.source} is {labelled.fmt}")
-    chosen = choose(audit, min_score)
+    chosen = choose(audit, min_score, types)
     folder = os.path.abspath(folder)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=os.path.dirname(folder))
     try:
@@ -260,7 +270,7 @@ def export_fixes(folder: str, audit: Audit, samples: Sequence[Sample], labelled:
         else:
             origin, count = write_coco_fixes(work, audit, labelled, chosen), 1
         for name, text in (("fixes.csv", fixes_csv(chosen, audit)),
-                           ("README.txt", readme(labelled, origin, chosen, min_score, count))):
+                           ("README.txt", readme(labelled, origin, chosen, min_score, types, count))):
             with open(os.path.join(work, name), "w", encoding="utf-8") as handle:
                 handle.write(text)
         os.chmod(work, 0o755)
@@ -269,6 +279,6 @@ def export_fixes(folder: str, audit: Audit, samples: Sequence[Sample], labelled:
         shutil.rmtree(work, ignore_errors=True)
         raise
     applied = sum(item.applied for item in chosen)
-    log.info("wrote the suggested fixes to %s: %d of %d applied (score >= %g)", folder, applied, len(chosen),
-             min_score)
+    log.info("wrote the suggested fixes to %s: %d of %d applied (%s, score >= %g)", folder, applied, len(chosen),
+             ", ".join(types), min_score)
     return applied

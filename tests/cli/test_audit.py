@@ -175,6 +175,7 @@ def iou(a, b) -> float:
     (("--export-fixes", "{tmp}/full"), "exists and is not an empty folder"),
     (("--export-fixes", "{tmp}/coco8/fixes"), "is inside the data's folder"),
     (("--export-fixes", "{tmp}/new", "--fix-min-score", "1.5"), "--fix-min-score 1.5: a score in [0, 1]"),
+    (("--export-fixes", "{tmp}/new", "--fix-types", "missing,okapi"), "a comma-separated list of missing, "),
 ])
 def test_bad_page_and_export_flags_exit_2(setup, tmp_path, capsys, extra, needle):
     data, weights = setup
@@ -218,7 +219,8 @@ def test_the_page_and_the_fixes_are_written_beside_the_audit(setup, tmp_path, fa
     out = tmp_path / "run" / "audit.json"
     out.parent.mkdir()
     assert cli.run(parse("audit", "--data", data / "data.yaml", "--model", weights, "--out", out,
-                         "--export-fixes", tmp_path / "fixes", "--fix-min-score", "0.95")) == 0
+                         "--export-fixes", tmp_path / "fixes", "--fix-min-score", "0.95",
+                         "--fix-types", "spurious,wrong_class")) == 0
     page = (tmp_path / "run" / "audit.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "Label audit · yolov8n-copy.pt" in page
     findings = json.loads(out.read_text())["findings"]

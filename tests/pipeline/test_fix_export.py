@@ -13,6 +13,7 @@ from executor.pipeline import fix_export
 from executor.pipeline.fix_export import export_fixes
 from executor.pipeline.label_audit import audit_predictions
 from executor.protocol.labelled import read_labelled_set
+from mining.audit import TYPES
 from mining.base import Detections
 
 MODEL = ["person", "cat", "dog", "bench"]  # the model's classes; the data's are in another order
@@ -77,7 +78,7 @@ def test_yolo_labels_are_copied_with_the_fixes_applied(yolo_set, tmp_path):
     assert kinds == [("a.jpg", "missing"), ("a.jpg", "wrong_class"), ("b.jpg", "duplicate"), ("b.jpg", "poor_box"),
                      ("b.jpg", "spurious"), ("c.jpg", "missing")]
     out = tmp_path / "fixes"
-    applied = export_fixes(str(out), audit, samples, labelled, min_score=0.5)
+    applied = export_fixes(str(out), audit, samples, labelled, min_score=0.5, types=TYPES)
     assert snapshot(yolo_set) == before  # the originals are untouched
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "README.txt", "fixes.csv", "labels/val/a.txt", "labels/val/b.txt", "labels/val/c.txt"]
@@ -93,18 +94,20 @@ def test_yolo_labels_are_copied_with_the_fixes_applied(yolo_set, tmp_path):
     assert [r["rank"] for r in rows] == [str(i) for i in range(1, 7)] and {r["applied"] for r in rows} == {"yes"}
     text = (out / "README.txt").read_text()
     assert f"mirror {yolo_set}" in text and str(yolo_set / "images" / "val") in text
-    assert "Applied: 6 of 6 findings, those scoring at least 0.5" in text
+    assert "Applied: 6 of 6 findings, those of the types missing, wrong_class, poor_box, spurious, duplicate" in text
 
 
-def test_only_fixes_at_the_minimum_score_are_applied(yolo_set, tmp_path):
+def test_by_default_only_fixes_at_the_minimum_score_and_no_spurious_deletions_are_applied(yolo_set, tmp_path):
     samples, labelled, audit = audited(yolo_set / "data.yaml")
     out = tmp_path / "fixes"
-    assert export_fixes(str(out), audit, samples, labelled, min_score=0.85) == 3  # spurious, duplicate, wrong class
+    assert export_fixes(str(out), audit, samples, labelled, min_score=0.85) == 2  # duplicate, wrong class
+    assert (out / "labels/val/b.txt").read_text().splitlines() == [LABELS["b.txt"][0], LABELS["b.txt"][2]]
     assert (out / "labels/val/a.txt").read_text().splitlines() == ["1" + LABELS["a.txt"][0][1:],
                                                                     LABELS["a.txt"][1]]  # no person added
     assert not (out / "labels/val/c.txt").exists()  # the dog at 0.55 is not added: c.txt would be new
     rows = {(r["type"], r["applied"]) for r in csv.DictReader((out / "fixes.csv").open())}
-    assert ("missing", "no: score below --fix-min-score 0.85") in rows and ("spurious", "yes") in rows
+    assert ("missing", "no: score below --fix-min-score 0.85") in rows and ("duplicate", "yes") in rows
+    assert ("spurious", "no: type not in --fix-types") in rows
 
 
 def test_a_failure_leaves_no_folder_and_an_empty_one_is_filled(yolo_set, tmp_path, monkeypatch):
@@ -145,12 +148,12 @@ def test_a_coco_json_gets_a_corrected_copy(tmp_path):
     before = snapshot(root)
     samples, labelled, audit = audited(root / "annotations.json")
     out = tmp_path / "fixes"
-    assert export_fixes(str(out), audit, samples, labelled) == 5
+    assert export_fixes(str(out), audit, samples, labelled) == 4  # all but the spurious box
     assert snapshot(root) == before
     fixed = json.loads((out / "annotations.json").read_text())
     assert fixed["images"] == data["images"] and fixed["categories"] == data["categories"]
     by_id = {a["id"]: a for a in fixed["annotations"]}
-    assert sorted(by_id) == [100, 101, 102, 105]  # 103 (duplicate) and 104 (spurious) deleted, 105 added
+    assert sorted(by_id) == [100, 101, 102, 104, 105]  # 103 (duplicate) deleted, 105 added
     assert by_id[100]["category_id"] == 5 and by_id[100]["bbox"] == [10, 10, 50, 50]
     assert by_id[100]["audit"]["type"] == "wrong_class"
     assert by_id[101] == data["annotations"][1]
