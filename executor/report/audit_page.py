@@ -21,7 +21,7 @@ TRUTH_RGB = (0, 170, 70)       # labelled boxes: solid green
 PREDICTION_RGB = (255, 140, 0)  # the prediction: dashed orange
 ACCUSED_RGB = (230, 0, 200)     # the labelled box a finding is about: bold magenta
 CROP_MARGIN = 0.75              # the crop reaches this many times the finding's size beyond it on each side
-CROP_MIN_SHARE = 0.4            # and is at least this share of the image's shorter side
+CROP_MIN_SHARE = 0.3            # and is at least this share of the image's shorter side
 
 AUDIT_CSS = CSS + """
 .kind { font-weight: 600; margin-right: 6px; }
@@ -87,7 +87,9 @@ def card_thumbnail(card: AuditCard, max_side: int = THUMB_SIDE) -> tuple[np.ndar
 def _card_html(card: AuditCard, base: str | None) -> str:
     image, error = card_thumbnail(card)
     problem = f'<div class="bad">image unreadable: {esc(error)}</div>' if error else ""
-    where = f'<div class="path" title="{esc(card.where)}">{esc(card.where)}</div>' if card.where else ""
+    # the file's name and line (the folder is the image's, or in the tooltip): the line must not be cut off
+    where = (f'<div class="path" title="{esc(card.where)}">{esc(os.path.basename(card.where))}</div>'
+             if card.where else "")
     return (f'<figure class="card"><div class="frame"><img class="thumb" src="{jpeg_data_uri(image)}" '
             f'width="{image.shape[1]}" height="{image.shape[0]}" alt="{esc(card.kind)} #{card.rank}: '
             f'{esc(os.path.basename(card.image))}" data-section="{esc(card.kind)}" data-rank="{card.rank}" '
