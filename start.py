@@ -32,6 +32,7 @@ DEFAULT_OUTPUT = {"root_dir": "/out", "models_dir": "/out/models", "tensorboard_
                   "training_result_file": "/out/models/result.yaml", "mining_result_file": "/out/result.tsv",
                   "infer_result_file": "/out/infer-result.json", "monitor_file": DEFAULT_MONITOR,
                   "executor_log_file": "/out/ymir-executor-out.log"}
+LABEL_AUDIT_NAME = "label-audit.json"  # training: the label audit in /out (not in the model package)
 WEIGHTS_DIRS_VAR = "QUARRY_WEIGHTS_DIR"  # bundled pretrained weights (os.pathsep-separated; the image sets it)
 log = logging.getLogger("quarry")
 
@@ -165,6 +166,7 @@ def platform_job(env):
                val_index=env.input_path("val_index_file"), models_out=env.output_path("models_dir"),
                training_result=env.output_path("training_result_file"),
                tensorboard_dir=env.output_path("tensorboard_dir"), work_dir=out_root,
+               label_audit=os.path.join(out_root, LABEL_AUDIT_NAME) if env.run_training and out_root else "",
                weights_dirs=weights_dirs(), multi_stage_result=env.multi_stage_result, outer=outer_ranks())
 
 

@@ -22,6 +22,7 @@ class Job:
     models_out: str = ""                    # model stages, attachments
     training_result: str = ""               # result.yaml
     tensorboard_dir: str = ""
+    label_audit: str = ""                   # training: the label audit's json (and .csv beside it); '' none
     work_dir: str = ""                      # the YOLO dataset, Ultralytics' run dir, the stage book
     weights_dirs: Sequence[str] = ()        # bundled pretrained weights (<model>.pt)
     multi_stage_result: bool = True         # protocol >= 1.0.0 result.yaml

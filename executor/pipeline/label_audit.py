@@ -34,6 +34,7 @@ class ImageFinding:
     finding: Finding
     where: str = ""        # '' for a missing box
     other_where: str = ""  # a duplicate's other box
+    split: str = ""        # after training: 'val' (the model never trained on it) or 'train' (in sample)
 
 
 @dataclass
@@ -59,15 +60,15 @@ class Audit:
 
 
 def audit_samples(detector: Detector, samples: Sequence[Sample], confident: float, support: float,
-                  batch_size: int, progress: Callable[[float], None] = lambda f: None) -> Audit:
+                  batch_size: int, progress: Callable[[float], None] = lambda f: None, split: str = "") -> Audit:
     """The audit of `samples` (classes in the detector's indices) by `detector`."""
     unreadable: list[int] = []
     found = predict_candidates(detector, samples, support, batch_size, progress, unreadable)
-    return audit_predictions(samples, found, detector.names, confident, support, unreadable)
+    return audit_predictions(samples, found, detector.names, confident, support, unreadable, split)
 
 
 def audit_predictions(samples: Sequence[Sample], predictions: Sequence[Detections], class_names: Sequence[str],
-                      confident: float, support: float, unreadable: Sequence[int] = ()) -> Audit:
+                      confident: float, support: float, unreadable: Sequence[int] = (), split: str = "") -> Audit:
     """The audit of `samples` from their predictions; an unreadable image (its index in `unreadable`) is left out
     (its labels would all look spurious). Predictions of classes no box in the set has accuse no label."""
     labelled = {int(c) for sample in samples for c in sample.classes}
@@ -79,7 +80,7 @@ def audit_predictions(samples: Sequence[Sample], predictions: Sequence[Detection
         for finding in rules.audit_image(sample_truth(sample), det.xyxy, det.conf, det.cls, det.probs, labelled,
                                          confident, support):
             findings.append(ImageFinding(sample.image, finding, where_written(sample, finding.annotation),
-                                         where_written(sample, finding.fix.annotation)))
+                                         where_written(sample, finding.fix.annotation), split))
     findings.sort(key=lambda f: -f.finding.score)  # stable: ties keep the set's order
     audit = Audit(findings, list(class_names), len(samples) - len(skipped),
                   sum(len(s.boxes) for i, s in enumerate(samples) if i not in skipped),
@@ -90,6 +91,13 @@ def audit_predictions(samples: Sequence[Sample], predictions: Sequence[Detection
     log.info("audited %d images (%d boxes): %d findings (%s)", audit.images, audit.boxes, len(findings),
              ", ".join(f"{kind} {n}" for kind, n in audit.counts()["by_type"].items()))
     return audit
+
+
+def merged(audits: Sequence[Audit]) -> Audit:
+    """One audit of several parts of a set (the splits of a training), findings worst first across them."""
+    findings = sorted((f for audit in audits for f in audit.findings), key=lambda f: -f.finding.score)
+    return Audit(findings, audits[0].class_names, sum(a.images for a in audits), sum(a.boxes for a in audits),
+                 [path for audit in audits for path in audit.unreadable])
 
 
 def where_written(sample: Sample, annotation: int) -> str:
@@ -127,7 +135,8 @@ def fix_text(audit: Audit, found: ImageFinding) -> str:
 
 def finding_record(audit: Audit, rank: int, found: ImageFinding) -> dict:
     f, evidence, fix = found.finding, found.finding.evidence, found.finding.fix
-    record = {"rank": rank, "image": found.image, "type": f.kind, "score": round(f.score, 6),
+    record = {"rank": rank, "image": found.image, **({"split": found.split} if found.split else {}),
+              "type": f.kind, "score": round(f.score, 6),
               "class": audit.name(f.cls),
               "annotation": None if f.annotation < 0 else {"index": f.annotation, "where": found.where,
                                                             "box": rounded(f.box)},

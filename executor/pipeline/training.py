@@ -358,6 +358,8 @@ def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val
     if not ultralytics_val:
         log.info("Ultralytics validates nothing in this run: the best stage is the last epoch's weights")
     log.info("training %s for %d epochs: %s", source, settings.epochs, args)
+    audit = settings.get("label_audit", "off") != "off" and bool(job.label_audit) and not segmentation
+    keep = val_predictions if val_predictions is not None else [] if audit else None
     started = time.monotonic()
     try:
         result = trainer.train_model(source, data_yaml, args, hooks, os.path.join(job.work_dir, "ultralytics", "train"),
@@ -365,10 +367,14 @@ def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val
                                      freeze_bn_stats=settings.freeze_bn_stats)
         log.info("training took %.1f s", time.monotonic() - started)
         book.reload()
-        return finish(result, book, hooks, evaluator, settings, span(progress, *FINISH), onnx, val_predictions,
-                      error_model and settings.fit_error_model)
+        metrics = finish(result, book, hooks, evaluator, settings, span(progress, *FINISH), onnx, keep,
+                         error_model and settings.fit_error_model)
     finally:
         hooks.close()
+    if audit:
+        audit_labels(job.label_audit, settings.label_audit, book.stage_path(BEST, "best.pt"), evaluator, keep,
+                     train.samples)
+    return metrics
 
 
 def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, evaluator: Evaluator,
@@ -406,6 +412,34 @@ def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, e
         attach_onnx(book, best, settings)
     progress(1.0)
     return metrics
+
+
+def audit_labels(path: str, scope: str, best: str, evaluator: Evaluator, val_predictions: list,
+                 train_samples: list[Sample]) -> None:
+    """The label audit of the training's labels by its best stage (template key label_audit) into `path` and the
+    .csv beside it: the val split from the final evaluation's predictions (images the model never trained on),
+    with `scope` 'all' the train split too, in a pass of its own and marked in-sample (a model has learnt its own
+    training labels, mistakes included, so it accuses them less). A failure is a warning: the model package is
+    complete without it."""
+    from executor.pipeline.label_audit import audit_predictions, audit_samples, merged, settings_record, write_audit
+    from mining.audit import CONFIDENT_CONF, SUPPORT_CONF
+
+    try:
+        parts = [audit_predictions(evaluator.samples, val_predictions, evaluator.class_names, CONFIDENT_CONF,
+                                   SUPPORT_CONF, split="val")]
+        if scope == "all":
+            detector = load_detector(best, "torch", evaluator.gpu_id, evaluator.img_size,
+                                     class_names=evaluator.class_names, threads=evaluator.threads,
+                                     conf_thres=SUPPORT_CONF, iou_thres=VAL_IOU, max_det=VAL_MAX_DET)
+            parts.append(audit_samples(detector, train_samples, CONFIDENT_CONF, SUPPORT_CONF, evaluator.batch_size,
+                                       split="train"))
+        about = {"model": {"weights": best, "classes": list(evaluator.class_names)},
+                 "data": {"source": "the training's labelled set", "splits": ["val", "train"][:len(parts)],
+                          "in_sample": ["train"] if scope == "all" else []},
+                 "settings": settings_record(CONFIDENT_CONF, SUPPORT_CONF, evaluator.img_size, VAL_IOU)}
+        write_audit(merged(parts), about, path, os.path.splitext(path)[0] + ".csv")
+    except Exception as exc:  # noqa: BLE001 — the training succeeded; the audit is an extra
+        log.warning("label audit failed, no %s (%s: %s)", path, type(exc).__name__, exc, exc_info=True)
 
 
 def fit_error_model(best: str, evaluator: Evaluator, settings: Settings, progress: Progress) -> list[str]:

@@ -184,6 +184,20 @@ def eval_thresholds() -> Rule:
     return rule
 
 
+def choice_or_off(*options: str) -> Rule:
+    """One of `options` or 'off'; YAML reads a bare off (no, false) as False and on as True: False is 'off', True
+    the first option."""
+    pick = choice(*options, "off")
+
+    def rule(key: str, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text in ("false", "no"):
+            return "off"
+        return options[0] if text in ("true", "yes", "on") else pick(key, value)
+
+    return rule
+
+
 def object_type() -> Rule:
     """The platform's object_type (2 detection, 3 semantic segmentation, 4 instance segmentation, 50
     multi-modal; an int or text); None when absent."""
@@ -243,6 +257,7 @@ RULES: dict[str, Rule] = {
     "freeze": layer_freeze(),
     "freeze_bn_stats": boolean(),
     "fit_error_model": boolean(),
+    "label_audit": choice_or_off("val", "all"),
     "save_period": integer(-1, 100000),
     "save_best_only": boolean(),
     "amp": boolean(),

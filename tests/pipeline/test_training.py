@@ -1,3 +1,4 @@
+import json
 import os
 import re
 
@@ -382,6 +383,10 @@ def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path, monkeypatch):
     assert scalars["metrics/mAP50"][0][0] == 1
     ours, theirs = map(float, re.search(r"val split: ours ([\d.]+), Ultralytics val ([\d.]+)", log).groups())
     assert abs(ours - theirs) < 0.01 and ours == pytest.approx(data["model_stages"]["best"]["mAP"], abs=1e-4)
+    audit = json.loads((tmp_path / "out" / "label-audit.json").read_text())  # label_audit: val, the default
+    assert audit["data"]["splits"] == ["val"] and audit["images"] == 8 and audit["boxes"] > 0
+    assert {f["split"] for f in audit["findings"]} <= {"val"} and (tmp_path / "out" / "label-audit.csv").is_file()
+    assert not any("label-audit" in p.name for p in models.rglob("*"))  # not in the model package
     check_the_simulators_training(tmp_path / "sim", index, validations)
 
 
@@ -431,8 +436,12 @@ def test_start_trains_on_coco_json_with_the_legacy_result(tmp_path, monkeypatch)
     from tests.ymir_builders import write_coco_val_dataset, write_training_env
     names = write_coco_val_dataset(tmp_path / "in", 16, 6)
     env = write_training_env(tmp_path, names, {"epochs": 1, "img_size": 128, "batch_size_per_gpu": 8,
-                                               "export_format": "seg-coco:raw"}, protocol_version=None)
+                                               "export_format": "seg-coco:raw", "label_audit": "all"},
+                             protocol_version=None)
     _, metrics = run_training_start(env, tmp_path, monkeypatch)
+    audit = json.loads((tmp_path / "out" / "label-audit.json").read_text())  # label_audit: all, train in-sample
+    assert audit["data"]["splits"] == ["val", "train"] and audit["data"]["in_sample"] == ["train"]
+    assert audit["images"] == 22 and {f["split"] for f in audit["findings"]} == {"val", "train"}  # 16 + 6
     models = tmp_path / "out" / "models"
     data = yaml.safe_load((models / "result.yaml").read_text())
     # (1 box above conf_thres on the 6 val images at 128 px: too few to fit an error model, so none is listed)
@@ -491,3 +500,22 @@ def test_finish_fits_the_best_stages_error_model_on_the_val_split_and_lists_it(t
     assert errors.fitted and errors.fitted_on["images"] == 40
     assert errors.fitted_on["source"] == "the val split of the training" and errors.class_names == coco_names()
     assert errors.fitted_on["false_positives"] > 0 and errors.fitted_on["misses"] > 0
+
+
+def test_a_failed_label_audit_is_a_warning_and_writes_nothing(tmp_path, caplog):
+    """The training succeeded: an audit that fails (here, predictions of inconsistent shapes) leaves no file and says
+    why in a warning; it never fails the task."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from executor.pipeline.training import audit_labels
+    from executor.shared import Sample
+
+    sample = Sample("a.jpg", 100, 100, "jpg", np.array([[10, 10, 50, 50]], np.float32), np.array([0]))
+    broken = SimpleNamespace(xyxy=np.zeros((2, 4)), conf=np.ones(1), cls=np.zeros(2, np.int64), probs=None)
+    evaluator = SimpleNamespace(samples=[sample], class_names=["cat"], img_size=128)
+    path = tmp_path / "label-audit.json"
+    audit_labels(str(path), "val", "best.pt", evaluator, [broken], [])
+    assert not path.exists() and not (tmp_path / "label-audit.csv").exists()
+    assert "label audit failed, no" in caplog.text and "inconsistent shapes" in caplog.text

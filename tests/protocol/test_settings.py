@@ -120,3 +120,15 @@ def test_resolve_weights_prefers_best_then_newest(tmp_path):
     with pytest.raises(ModelError, match="missing.pt") as err:
         resolve_weights(("missing.pt",), str(tmp_path))
     assert err.value.code == 300004
+
+
+@pytest.mark.parametrize("given, read", [("val", "val"), ("all", "all"), ("off", "off"), (False, "off"),
+                                         ("no", "off"), (True, "val")])
+def test_label_audit_reads_yamls_bare_off(given, read):
+    """YAML reads a bare `off` as False: label_audit takes it as 'off' (and True as the default scope, val)."""
+    assert build_settings("training", {"label_audit": given}).label_audit == read
+
+
+def test_label_audit_names_its_choices():
+    with pytest.raises(ConfigError, match="'label_audit': 'train' is not allowed; expected one of val, all, off"):
+        build_settings("training", {"label_audit": "train"})
