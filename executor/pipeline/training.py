@@ -417,11 +417,12 @@ def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, e
 def audit_labels(path: str, scope: str, best: str, evaluator: Evaluator, val_predictions: list,
                  train_samples: list[Sample]) -> None:
     """The label audit of the training's labels by its best stage (template key label_audit) into `path` and the
-    .csv beside it: the val split from the final evaluation's predictions (images the model never trained on),
+    .csv and .html beside it: the val split from the final evaluation's predictions (images the model never trained on),
     with `scope` 'all' the train split too, in a pass of its own and marked in-sample (a model has learnt its own
     training labels, mistakes included, so it accuses them less). A failure is a warning: the model package is
     complete without it."""
-    from executor.pipeline.label_audit import audit_predictions, audit_samples, merged, settings_record, write_audit
+    from executor.pipeline.label_audit import (audit_predictions, audit_samples, merged, settings_record, write_audit,
+                                               write_audit_page)
     from mining.audit import CONFIDENT_CONF, SUPPORT_CONF
 
     try:
@@ -437,7 +438,10 @@ def audit_labels(path: str, scope: str, best: str, evaluator: Evaluator, val_pre
                  "data": {"source": "the training's labelled set", "splits": ["val", "train"][:len(parts)],
                           "in_sample": ["train"] if scope == "all" else []},
                  "settings": settings_record(CONFIDENT_CONF, SUPPORT_CONF, evaluator.img_size, VAL_IOU)}
-        write_audit(merged(parts), about, path, os.path.splitext(path)[0] + ".csv")
+        found, stem = merged(parts), os.path.splitext(path)[0]
+        write_audit(found, about, path, stem + ".csv")
+        write_audit_page(found, list(evaluator.samples) + (list(train_samples) if scope == "all" else []), about,
+                         stem + ".html", path)
     except Exception as exc:  # noqa: BLE001 — the training succeeded; the audit is an extra
         log.warning("label audit failed, no %s (%s: %s)", path, type(exc).__name__, exc, exc_info=True)
 

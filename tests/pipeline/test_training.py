@@ -386,6 +386,7 @@ def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path, monkeypatch):
     audit = json.loads((tmp_path / "out" / "label-audit.json").read_text())  # label_audit: val, the default
     assert audit["data"]["splits"] == ["val"] and audit["images"] == 8 and audit["boxes"] > 0
     assert {f["split"] for f in audit["findings"]} <= {"val"} and (tmp_path / "out" / "label-audit.csv").is_file()
+    assert "label-audit.json" in (tmp_path / "out" / "label-audit.html").read_text()  # the page names its json
     assert not any("label-audit" in p.name for p in models.rglob("*"))  # not in the model package
     check_the_simulators_training(tmp_path / "sim", index, validations)
 
