@@ -123,7 +123,7 @@ def check(args) -> None:
 
 
 def check_html(args) -> None:
-    from executor.cli.commands import check_output_file
+    from executor.cli.flags import check_output_file
 
     if args.html and args.no_html:
         raise UsageError("--html and --no-html contradict each other")
@@ -170,7 +170,8 @@ def audit(args, config: dict, progress) -> int:
     from executor.cli.fit_errors import model_class_names
     from executor.engine.device import batch_size
     from executor.pipeline.error_fit import labelled_pass_detector
-    from executor.pipeline.label_audit import audit_samples, settings_record, write_audit, write_audit_page
+    from executor.pipeline.audit_report import write_audit_page
+    from executor.pipeline.label_audit import audit_samples, settings_record, write_audit
     from executor.protocol.labelled import read_labelled_set
     from executor.protocol.settings import build_settings
 

@@ -15,8 +15,8 @@ import shutil
 import sys
 
 from executor import __version__
-from executor.cli.flags import (DIVERSE_FLAGS, FLAG_OF, UsageError, add_config_flags, flag_values, requested_tasks,
-                                set_values)
+from executor.cli.flags import (DIVERSE_FLAGS, FLAG_OF, UsageError, add_config_flags, check_output_file, flag_values,
+                                requested_tasks, set_values)
 
 log = logging.getLogger("quarry")
 
@@ -127,16 +127,6 @@ def list_images(spec: str) -> tuple[list[str], list[str]]:
     fixed = spec[:min((spec.find(c) for c in "*?[" if c in spec))]
     base = fixed if fixed.endswith(os.sep) else os.path.dirname(fixed)
     return paths, [os.path.relpath(p, base or ".") for p in paths]
-
-
-def check_output_file(flag: str, path: str) -> None:
-    if os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {os.path.join(path, 'ranked.tsv')}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{flag} {path}: the folder {folder} is not writable")
 
 
 def check_output_folder(flag: str, path: str, exist_ok: bool) -> None:

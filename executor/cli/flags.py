@@ -101,6 +101,16 @@ class UsageError(Exception):
     """A command line that cannot be run as typed (exit status 2)."""
 
 
+def check_output_file(flag: str, path: str) -> None:
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {os.path.join(path, 'ranked.tsv')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {folder} is not writable")
+
+
 def help_default(template: dict, key: str) -> str:
     """' (default VALUE)' for a flag's help, VALUE the template's value of `key`: help strings read the defaults
     from templates/ (the only place they are written), never restate them."""

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -187,20 +186,3 @@ def write_audit(audit: Audit, about: dict, json_path: str, csv_path: str) -> Non
         json_file.write(json_text)
         csv_file.write(csv_text)
     log.info("wrote %s and %s (%d findings, worst first)", json_path, csv_path, len(audit.findings))
-
-
-def write_audit_page(audit: Audit, samples: Sequence[Sample], about: dict, html_path: str, json_path: str) -> bool:
-    """The HTML page (executor/report/audit_page.py), atomically; any failure is a warning, never a failed audit:
-    audit.json and audit.csv are the product. Returns whether it was written."""
-    try:
-        from executor.report.audit_collect import audit_page_data
-        from executor.report.audit_page import write_audit_page as write_page
-
-        write_page(html_path, audit_page_data(audit, samples, about), os.path.basename(json_path))
-    except Exception as exc:  # noqa: BLE001 — the page never fails the audit
-        log.warning("the audit page %s was not written (%s: %s); %s is complete", html_path, type(exc).__name__,
-                    exc, json_path)
-        log.debug("page failure", exc_info=True)
-        return False
-    log.info("wrote the audit page %s", html_path)
-    return True

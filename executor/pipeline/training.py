@@ -421,8 +421,8 @@ def audit_labels(path: str, scope: str, best: str, evaluator: Evaluator, val_pre
     with `scope` 'all' the train split too, in a pass of its own and marked in-sample (a model has learnt its own
     training labels, mistakes included, so it accuses them less). A failure is a warning: the model package is
     complete without it."""
-    from executor.pipeline.label_audit import (audit_predictions, audit_samples, merged, settings_record, write_audit,
-                                               write_audit_page)
+    from executor.pipeline.audit_report import write_audit_page
+    from executor.pipeline.label_audit import audit_predictions, audit_samples, merged, settings_record, write_audit
     from mining.audit import CONFIDENT_CONF, SUPPORT_CONF
 
     try:

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from executor.pipeline.label_audit import audit_predictions, write_audit_page
+from executor.pipeline.audit_report import audit_page_data, write_audit_page
+from executor.pipeline.label_audit import audit_predictions
 from executor.report import audit_page
-from executor.report.audit_collect import audit_page_data
 from executor.report.audit_page import ACCUSED_RGB, PREDICTION_RGB, TRUTH_RGB, audit_html, card_thumbnail, \
     crop_region
 from executor.shared import Sample

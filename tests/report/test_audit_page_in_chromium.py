@@ -8,7 +8,7 @@ import re
 import cv2
 import pytest
 
-from executor.pipeline.label_audit import write_audit_page
+from executor.pipeline.audit_report import write_audit_page
 
 from .test_audit_page import ABOUT, make_audit
 from .test_page_in_chromium import CHROMIUM, HEAD_PROBE, _chromium, _console_lines
