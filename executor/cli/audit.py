@@ -28,7 +28,9 @@ written (file and line). A model audits best the images it did NOT train on: its
 labelled images; on its training images it repeats the labels' mistakes.
 
 --data takes what fit-errors takes: a data.yaml (the --split key, val by default), a YOLO folder, a COCO json or a
-ymir index .tsv; the data's classes are matched to the model's by name (a class the model lacks is an error).
+ymir index .tsv; the data's classes are matched to the model's by name, after --class-map renames them (without
+it, a coco_names.txt beside the data is read when the names alone do not match); a class the model lacks is an
+error.
 Predictions of classes no box in the set has (a COCO model's benches on a VOC set) accuse no label.
 Written: --out (audit.json: every finding, counts per type and class, the model, the data, the settings) and
 audit.csv beside it (one row per finding), both or neither; then the page (--html, default audit.html beside
@@ -46,6 +48,7 @@ example:
 
 def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`audit` and its flags; the model's settings default to those of the active mining template."""
+    from executor.cli.fit_errors import add_class_map_flag
     from executor.pipeline.fix_export import FIX_MIN_SCORE, FIX_TYPES
     from executor.protocol.labelled import SPLITS
     from executor.protocol.templates import load_template
@@ -78,6 +81,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     cmd.add_argument("--low-conf", type=float, default=SUPPORT_CONF,
                      help="predictions down to this confidence are read: what the model sees on each labelled box "
                           f"(default {SUPPORT_CONF})")
+    add_class_map_flag(cmd)
     add_config_flags(cmd, "audit", load_template("mining"))
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="any other mining template key, e.g. --set iou_thres=0.6")
@@ -95,6 +99,7 @@ def html_path(args) -> str:
 
 def check(args) -> None:
     """What can be checked before the model is loaded: the files, --split, --out, the confidences."""
+    from executor.cli.fit_errors import check_class_map
     from executor.protocol.labelled import YAML_SUFFIXES
 
     if not os.path.isfile(args.weights):
@@ -103,6 +108,7 @@ def check(args) -> None:
         raise UsageError(f"--model {args.weights}: audit needs the Ultralytics .pt checkpoint")
     if not os.path.exists(args.data):
         raise UsageError(f"--data {args.data}: no such file or folder")
+    check_class_map(args)
     if args.split and not args.data.lower().endswith(YAML_SUFFIXES):
         raise UsageError(f"--split {args.split}: only a data.yaml has splits; --data {args.data} is read whole")
     if not 0 < args.low_conf <= args.conf < 1:
@@ -176,7 +182,7 @@ def audit(args, config: dict, progress) -> int:
     from executor.protocol.settings import build_settings
 
     names = model_class_names(args.weights)
-    samples, labelled = read_labelled_set(args.data, names, split_read(args) or "val")
+    samples, labelled = read_labelled_set(args.data, names, split_read(args) or "val", args.class_map)
     source = labelled.source
     for folder in set_folders(labelled) if args.export_fixes else ():
         check_outside("--export-fixes", os.path.abspath(args.export_fixes), folder)

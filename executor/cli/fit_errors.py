@@ -26,8 +26,9 @@ errors_conf_thres), and mining reads the boxes at those.
 --data takes a data.yaml (the --split key: val by default, or test), a YOLO folder (images/ and labels/ side by
 side, or images with their .txt labels beside them; class names from a classes.txt/names.txt in it, else the
 label ids are the model's class indices), a COCO json (its images in an images/ folder beside it, or beside it),
-or a ymir index .tsv (image<TAB>annotation). The data's classes are matched to the model's by name (case-insensitive); a
-class the model lacks is an error. Images without labels count as negatives: nothing there.
+or a ymir index .tsv (image<TAB>annotation). The data's classes are matched to the model's by name (case-insensitive),
+after --class-map renames them (without it, a coco_names.txt beside the data is read when the names alone do not
+match); a class the model lacks is an error. Images without labels count as negatives: nothing there.
 
 example:
   start.py fit-errors --data data.yaml --split val --model runs/detect/train/weights/best.pt --imgsz 640
@@ -52,6 +53,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="with a data.yaml: the split to fit on (default val; never the one the model trained on)")
     cmd.add_argument("--out", help="where to write the error model (default: <model stem>.errors.json beside the "
                                    "model, the only place mining looks; an existing file is replaced)")
+    add_class_map_flag(cmd)
     add_config_flags(cmd, "fit-errors", load_template("mining"))
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="any other mining template key, e.g. --set errors_conf_thres=0.005 --set max_det=300")
@@ -75,6 +77,7 @@ def check(args) -> None:
                          "export of it reads the same <stem>.errors.json when the two lie side by side)")
     if not os.path.exists(args.data):
         raise UsageError(f"--data {args.data}: no such file or folder")
+    check_class_map(args)
     if args.split and not args.data.lower().endswith(YAML_SUFFIXES):
         raise UsageError(f"--split {args.split}: only a data.yaml has splits; --data {args.data} is read whole")
     out = out_path(args)
@@ -86,6 +89,19 @@ def check(args) -> None:
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UsageError(f"--out {out}: the folder {folder} does not exist or is not writable")
+
+
+def add_class_map_flag(cmd: argparse.ArgumentParser) -> None:
+    """--class-map, shared by the commands that read a labelled set (fit-errors, audit)."""
+    cmd.add_argument("--class-map", metavar="FILE",
+                     help="rename the data's classes to the model's first: 'data_class<TAB>model_class' per line, "
+                          "the data class a name or an index (as the shared sets' coco_names.txt); default: a "
+                          "coco_names.txt beside the data when the names alone do not match")
+
+
+def check_class_map(args) -> None:
+    if args.class_map and not os.path.isfile(args.class_map):
+        raise UsageError(f"--class-map {args.class_map}: no such file")
 
 
 def model_class_names(weights: str) -> list[str]:
@@ -102,7 +118,7 @@ def fit_errors(args, config: dict, progress) -> int:
     from mining.errors import errors_file, read_error_model
 
     names = model_class_names(args.weights)
-    samples, source = read_labelled(args.data, names, args.split or "val")
+    samples, source = read_labelled(args.data, names, args.split or "val", args.class_map)
     out = out_path(args)
     if os.path.exists(out):
         log.info("%s exists: it is replaced (atomically) by the new fit", out)

@@ -65,9 +65,9 @@ def choose(audit: Audit, min_score: float, types: Sequence[str] = FIX_TYPES) -> 
 
 
 def data_class(audit: Audit, labelled: LabelledSet, cls: int) -> int:
-    """The data's class index of the model's class `cls` (the reader matched them by name)."""
+    """The data's class index of the model's class `cls` (the reader matched them by name, after the class map)."""
     name = audit.name(cls).strip().lower()
-    for i, data_name in enumerate(labelled.names):
+    for i, data_name in enumerate(labelled.renamed or labelled.names):
         if data_name.strip().lower() == name:
             return i
     raise ValueError(f"class '{audit.name(cls)}' is not among the data's classes ({labelled.names_from})")

@@ -19,6 +19,11 @@ and crowd regions dropped and counted, unreadable images skipped and counted). A
 (YOLO) or without annotations (COCO) is a negative: nothing there. The data's classes are matched to the model's
 BY NAME, case-insensitively, so a data.yaml in another order is read right; a box of a class the model lacks is a
 DatasetError naming the class and the file (and line).
+
+A class map (`class_map`: `data_class<TAB>model_class` per line, the data class a name or a class index, as the
+shared sets' coco_names.txt) renames the data's classes first; a class it does not list keeps its own name. Without
+one, a coco_names.txt beside the data is used only when the names alone leave a class unmatched; the log says
+which map was read.
 """
 
 import hashlib
@@ -26,7 +31,7 @@ import json
 import logging
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -44,6 +49,7 @@ NAMES_FILES = ("names.txt", "classes.txt", "labels.txt")
 SPLITS = ("val", "test", "train")  # the data.yaml keys read_labelled reads
 YAML_SUFFIXES = (".yaml", ".yml")
 INDEX_SUFFIXES = (".tsv", ".txt")
+CLASS_MAP_FILE = "coco_names.txt"  # the class map looked for beside the data
 
 
 # ---------------------------------------------------------------- data.yaml and YOLO folders (the simulator's too)
@@ -158,20 +164,23 @@ class LabelledSet:
     names_from: str    # where those names are written, for messages
     source: str        # the set in messages and in the error model's file
     index_file: str = ""  # a ymir index: read by read_split itself (no rows)
+    renamed: list[str] = field(default_factory=list)  # `names` as the model's names (after the class map), once read
 
 
-def read_labelled(spec: str, class_names_of_model: Sequence[str], split: str = "val") -> tuple[list[Sample], str]:
+def read_labelled(spec: str, class_names_of_model: Sequence[str], split: str = "val",
+                  class_map: str | None = None) -> tuple[list[Sample], str]:
     """(samples with classes in the model's class indices and where each box is written, a text naming the set)
-    of a data.yaml (its `split` key: val, test or train), a YOLO folder, a COCO json or a ymir index (see the
-    module docstring). Raises DatasetError (or ConfigError for an unreadable data.yaml) naming the file, line or
-    key."""
-    samples, labelled = read_labelled_set(spec, class_names_of_model, split)
+    of a data.yaml (its `split` key: val, test or train), a YOLO folder, a COCO json or a ymir index, its classes
+    renamed by `class_map` (a file; see the module docstring). Raises DatasetError (or ConfigError for an
+    unreadable data.yaml) naming the file, line or key."""
+    samples, labelled = read_labelled_set(spec, class_names_of_model, split, class_map)
     return samples, labelled.source
 
 
-def read_labelled_set(spec: str, class_names_of_model: Sequence[str],
-                      split: str = "val") -> tuple[list[Sample], LabelledSet]:
-    """read_labelled with the LabelledSet it read (its rows, format and the data's class names)."""
+def read_labelled_set(spec: str, class_names_of_model: Sequence[str], split: str = "val",
+                      class_map: str | None = None) -> tuple[list[Sample], LabelledSet]:
+    """read_labelled with the LabelledSet it read (its rows, format, the data's class names and those names as the
+    model's, after the class map)."""
     if split not in SPLITS:
         raise DatasetError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     model = [str(n) for n in class_names_of_model]
@@ -198,7 +207,9 @@ def read_labelled_set(spec: str, class_names_of_model: Sequence[str],
     log.info("read %s: %s", labelled.source, summary(read, labelled.names))
     if not read.stats.boxes_per_class:
         raise DatasetError(f"{labelled.source}: no labelled boxes in its {len(read.samples)} images")
-    return in_model_classes(read.samples, labelled, model), labelled
+    chosen = chosen_class_map(labelled, model, class_map, spec)
+    labelled = replace(labelled, renamed=chosen.rename(labelled.names) if chosen else list(labelled.names))
+    return in_model_classes(read.samples, labelled, model, chosen), labelled
 
 
 def yaml_split(spec: str, split: str) -> LabelledSet:
@@ -331,12 +342,64 @@ def coco_json_names(path: str) -> list[str]:
 
 # ---------------------------------------------------------------- the data's classes → the model's, by name
 
-def in_model_classes(samples: Sequence[Sample], labelled: LabelledSet, model: Sequence[str]) -> list[Sample]:
+@dataclass(frozen=True)
+class ClassMap:
+    """A class map file: data class (a name or a class index, lower-case) → the model class name it is."""
+    path: str
+    names: dict[str, str]
+
+    def rename(self, names: Sequence[str]) -> list[str]:
+        """The model class name of each data class (by its name, else its index; unlisted: its own name)."""
+        return [self.names.get(name.strip().lower(), self.names.get(str(i), name)) for i, name in enumerate(names)]
+
+
+def read_class_map(path: str) -> ClassMap:
+    """`data_class<TAB>model_class` per line (blank lines and # comments skipped); DatasetError naming the line."""
+    names: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read the class map ({error})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        if len(fields) != 2 or not all(fields):
+            raise DatasetError(f"{path} line {number}: expected 'data_class<TAB>model_class', got {line!r}")
+        if names.setdefault(fields[0].lower(), fields[1]) != fields[1]:
+            raise DatasetError(f"{path} line {number}: class '{fields[0]}' is mapped twice")
+    if not names:
+        raise DatasetError(f"{path}: the class map is empty")
+    return ClassMap(os.path.abspath(path), names)
+
+
+def chosen_class_map(labelled: LabelledSet, model: Sequence[str], class_map: str | None, spec: str) -> ClassMap | None:
+    """The class map to read: `class_map`, else a coco_names.txt beside the data when the names alone leave a
+    data class that is no model class (None: the names are the model's); the log says which."""
+    if class_map:
+        found = read_class_map(class_map)
+        log.info("the data's classes are renamed by the class map %s", found.path)
+        return found
+    beside = os.path.join(spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec)), CLASS_MAP_FILE)
+    known = {name.strip().lower() for name in model}
+    if all(name.strip().lower() in known for name in labelled.names) or not os.path.isfile(beside):
+        log.info("the data's classes are matched to the model's by name (no class map)")
+        return None
+    found = read_class_map(beside)
+    log.info("the data's classes are renamed by the class map %s, found beside the data (some of its class names "
+             "are not the model's; pass --class-map to choose another)", found.path)
+    return found
+
+
+def in_model_classes(samples: Sequence[Sample], labelled: LabelledSet, model: Sequence[str],
+                     class_map: ClassMap | None = None) -> list[Sample]:
     index: dict[str, int] = {}
     for i, name in enumerate(model):
         index.setdefault(name.strip().lower(), i)
-    to_model = np.array([index.get(name.strip().lower(), -1) for name in labelled.names], np.int64)
-    moved = [(name, k) for i, (name, k) in enumerate(zip(labelled.names, to_model.tolist())) if k >= 0 and k != i]
+    renamed = labelled.renamed or list(labelled.names)
+    to_model = np.array([index.get(name.strip().lower(), -1) for name in renamed], np.int64)
+    moved = [(name, k) for i, (name, k) in enumerate(zip(renamed, to_model.tolist())) if k >= 0 and k != i]
     if moved:
         log.info("the data's classes are matched to the model's by name: %d of them have another index in the "
                  "model (e.g. '%s' is the model's class %d)", len(moved), *moved[0])
@@ -345,10 +408,13 @@ def in_model_classes(samples: Sequence[Sample], labelled: LabelledSet, model: Se
         classes = to_model[sample.classes] if len(sample.classes) else sample.classes
         if (classes < 0).any():
             data_class = int(sample.classes[np.argmax(classes < 0)])
-            name = labelled.names[data_class]
+            name, mapped = labelled.names[data_class], renamed[data_class]
+            via = f", mapped to '{mapped}' by {class_map.path}" if class_map and mapped != name else \
+                (f", not in the class map {class_map.path}" if class_map else "")
             raise DatasetError(f"{where_class(sample.image, data_class, labelled)}: class '{name}' "
-                               f"({labelled.names_from}) is not a class of the model, whose {len(model)} classes are "
-                               f"{preview(model)}; fit on data labelled in the model's classes")
+                               f"({labelled.names_from}{via}) is not a class of the model, whose {len(model)} "
+                               f"classes are {preview(model)}; map it to one (--class-map) or use data labelled in "
+                               "the model's classes")
         converted.append(replace(sample, classes=classes.astype(np.int64)))
     return converted
 
