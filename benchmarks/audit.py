@@ -203,12 +203,13 @@ def score(run: Pass, planted: list[pl.Planted]) -> dict:
     out["overall"] = {"planted": len(planted), "candidates": candidates,
                       "audit": pl.at_k([f.score for f in found], hit, len(planted)),
                       "random": len(planted) / candidates}
-    out["false_alarms"] = false_alarms(run, hit)
+    out["false_alarms"] = false_alarms(run, hit, planted)
     return out
 
 
-def false_alarms(run: Pass, hit: list[bool]) -> list[dict]:
-    """The best-ranked findings that hit no planted mistake: the image (its original file), type, score, fix."""
+def false_alarms(run: Pass, hit: list[bool], planted: list[pl.Planted]) -> list[dict]:
+    """The best-ranked findings that hit no planted mistake: the image (its original file), type, score, fix, and
+    the type of a planted mistake it lies on when it found one under another type."""
     from executor.pipeline.label_audit import fix_text
 
     out = []
@@ -216,7 +217,10 @@ def false_alarms(run: Pass, hit: list[bool]) -> list[dict]:
         if is_hit:
             continue
         f = item.finding
+        key = os.path.basename(item.image)
+        on = [p.kind for p in planted if p.key == key and pl.iou(p.xyxy, f.box) >= pl.MISSING_IOU]
         out.append({"rank": rank, "image": os.path.realpath(item.image), "type": f.kind, "score": round(f.score, 4),
+                    "planted_as": on[0] if on else None,
                     "class": run.audit.name(f.cls), "box": [round(v, 1) for v in f.box],
                     "evidence": None if f.evidence is None else {
                         "class": run.audit.name(f.evidence.cls), "iou": round(f.evidence.iou, 3),

@@ -10,7 +10,8 @@ Five kinds of finding, each with a score in [0, 1] (higher = more likely a mista
 - poor box: a labelled box the model does not confidently back where it is drawn, but a confident prediction of
   its class overlaps it only partly. Score: confidence x (1 - IoU) x (1 - the own class's support).
 - spurious: a labelled box that no prediction of any class overlaps, even at low confidence.
-  Score: 1 - the best confidence of a prediction overlapping it.
+  Score: (1 - the best confidence of a prediction overlapping it) x (1 - its best IoU with any prediction read):
+  a box the model sees nothing on AND nothing near is likelier invented than a real object it sees faintly.
 - duplicate: two labelled boxes of one class on one object. Score: their IoU.
 
 A labelled box gets at most one of wrong class, poor box and spurious (the first that applies, in that order);
@@ -188,14 +189,16 @@ def poor_box(preds: Predictions, truth: ImageTruth, g: int, p: int, own: float) 
 
 
 def spurious(preds: Predictions, truth: ImageTruth, g: int) -> Finding | None:
-    """Box g when no prediction of any class overlapping it reaches SPURIOUS_MAX_SUPPORT."""
+    """Box g when no prediction of any class overlapping it reaches SPURIOUS_MAX_SUPPORT, scored lower the nearer
+    any prediction comes."""
     near = np.where(preds.iou[:, g] >= SPURIOUS_IOU)[0]
     best = int(near[np.argmax(preds.conf[near])]) if len(near) else -1
     seen = float(preds.conf[best]) if best >= 0 else 0.0
     if seen >= SPURIOUS_MAX_SUPPORT:
         return None
+    nearest = float(preds.iou[:, g].max()) if len(preds.conf) else 0.0
     evidence = Evidence(preds.box(best), int(preds.cls[best]), float(preds.iou[best, g]), seen) if best >= 0 else None
-    return Finding(SPURIOUS, 1.0 - seen, g, int(truth.cls[g]), _box(truth.boxes[g]), evidence, Fix("delete_box"))
+    return Finding(SPURIOUS, (1.0 - seen) * (1.0 - nearest), g, int(truth.cls[g]), _box(truth.boxes[g]), evidence, Fix("delete_box"))
 
 
 def missing(preds: Predictions, truth: ImageTruth, classes, confident: float, used: set) -> list[Finding]:

@@ -122,7 +122,7 @@ def test_bad_data_fails_with_status_1_naming_the_file_and_writes_nothing(setup, 
 @pytest.mark.slow  # the real yolov8n on the 4 coco8 val images
 def test_planted_mistakes_are_found_at_the_top(setup, tmp_path, capsys, caplog):
     """A deleted person and a horse labelled cow are the two best findings that are not spurious (this yolov8n
-    sees nothing of a few real riders and far elephants: those look spurious, and score higher; docs/audit.md)."""
+    sees nothing of a few real riders and far elephants: those look spurious, and may rank higher; docs/audit.md)."""
     data, weights = setup
     labels = data / "labels" / "val"
     person = (labels / "000000000036.txt").read_text().splitlines()
