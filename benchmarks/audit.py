@@ -64,11 +64,15 @@ def voc_images(root: str) -> list[pl.Image]:
         path = os.path.join(root, "JPEGImages", name)
         height, width = image_size(path)
         xml = ET.parse(os.path.join(root, "Annotations", os.path.splitext(name)[0] + ".xml")).getroot()
-        boxes = [pl.Box(obj.findtext("name").strip(), tuple(float(obj.find("bndbox").findtext(t)) + (1 if i > 1 else 0)
-                                                            for i, t in enumerate(("xmin", "ymin", "xmax", "ymax"))))
-                 for obj in xml.iter("object")]
+        boxes = [pl.Box(obj.findtext("name").strip(), voc_box(obj.find("bndbox"))) for obj in xml.iter("object")]
         images.append(pl.Image(name, path, width, height, boxes))
     return images
+
+
+def voc_box(corners) -> tuple:
+    """A VOC bndbox (inclusive corners) in the readers' frame."""
+    x1, y1, x2, y2 = (float(corners.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax"))
+    return x1, y1, x2 + 1, y2 + 1
 
 
 def highway_images(root: str, count: int, seed: int) -> list[pl.Image]:
@@ -242,21 +246,21 @@ def one_set(name: str, images: list[pl.Image], write, class_map: str, models, ar
     altered, planted = pl.plant(images, args.seed)
     with tempfile.TemporaryDirectory(prefix=f"quarry-audit-{name}-") as folder:
         spec = write(altered, os.path.join(folder, "data"))
-        runs = [Pass(spec, class_map, models["audit"], models["batch"], folder)]
+        run = Pass(spec, class_map, models["audit"], models["batch"], folder)
         result = {"images": len(images), "boxes_before": sum(len(i.boxes) for i in images),
-                  "boxes": sum(len(s.boxes) for s in runs[0].samples),
+                  "boxes": sum(len(s.boxes) for s in run.samples),
                   "planted": {kind: sum(p.kind == kind for p in planted) for kind in pl.TYPES},
-                  "class_map": class_map, **score(runs[0], planted)}
+                  "class_map": class_map, **score(run, planted)}
         log.info("%s: %d images, %d boxes, %d planted; audit %.1f s", name, len(images), result["boxes"], len(planted),
-                 runs[0].seconds)
+                 run.seconds)
         if not args.skip_speed:
-            result["speed"] = timed(runs[0], [s.image for s in runs[0].samples],
+            result["speed"] = timed([s.image for s in run.samples],
                                     lambda: Pass(spec, class_map, models["audit"], models["batch"], folder),
                                     models["mining"], args.speed_reps)
     return result
 
 
-def timed(first: "Pass", paths: list[str], again, mining, reps: int) -> dict:
+def timed(paths: list[str], again, mining, reps: int) -> dict:
     """Audit and entropy seconds, alternating who goes first (the untimed first audit pass warmed both up)."""
     entropy_seconds(paths[:8], mining)  # warm-up of the mining path
     audit_s, entropy_s = [], []
