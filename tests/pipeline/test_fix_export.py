@@ -97,6 +97,18 @@ def test_yolo_labels_are_copied_with_the_fixes_applied(yolo_set, tmp_path):
     assert "Applied: 6 of 6 findings, those of the types missing, wrong_class, poor_box, spurious, duplicate" in text
 
 
+def test_added_and_re_classed_boxes_go_back_to_the_data_classes_through_the_class_map(yolo_set, tmp_path):
+    (yolo_set / "data.yaml").write_text(f"path: {yolo_set}\nval: images/val\nnames: [kitty, doggo, human]\n")
+    (tmp_path / "map.txt").write_text("kitty\tcat\ndoggo\tdog\n2\tperson\n")
+    samples, labelled = read_labelled_set(str(yolo_set / "data.yaml"), MODEL, class_map=str(tmp_path / "map.txt"))
+    predictions = [detections(PREDICTIONS[os.path.basename(s.image)]) for s in samples]
+    audit = audit_predictions(samples, predictions, MODEL, 0.5, 0.01)
+    export_fixes(str(tmp_path / "fixes"), audit, samples, labelled, min_score=0.5, types=TYPES)
+    # as without a map: the kitty becomes a doggo (data class 1), a human (data class 2) is added
+    assert (tmp_path / "fixes/labels/val/a.txt").read_text().splitlines() == [
+        "1" + LABELS["a.txt"][0][1:], LABELS["a.txt"][1], yolo(2, 120, 20, 180, 90)]
+
+
 def test_by_default_only_fixes_at_the_minimum_score_and_no_spurious_deletions_are_applied(yolo_set, tmp_path):
     samples, labelled, audit = audited(yolo_set / "data.yaml")
     out = tmp_path / "fixes"
