@@ -248,11 +248,11 @@ def mined_quality(dataset, detector, settings, config) -> dict:
 
 
 def main(argv=None) -> int:
+    from benchmarks import log_to_stderr
+
     args = parse_args(argv)
     prepare_process_env()
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("executor", "quarry", "ultralytics"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_to_stderr()
 
     import numpy as np
     import torch

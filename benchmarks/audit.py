@@ -290,14 +290,12 @@ def load_models(weights: str) -> dict:
 
 
 def main(argv=None) -> int:
-    from benchmarks import audit_report
+    from benchmarks import audit_report, log_to_stderr
     from executor.protocol.writers import atomic_write_text
 
     args = parse_args(argv)
     prepare_process_env()
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("executor", "quarry", "ultralytics"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_to_stderr()
     started = time.time()
     models = load_models(args.weights)
     results = {"command": ("python -m benchmarks.audit " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

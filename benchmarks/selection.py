@@ -277,6 +277,8 @@ def time_write(store, keys, settings: dict, folder: str, report: bool, weights: 
 # ---------------------------------------------------------------- main
 
 def main(argv=None) -> int:
+    from benchmarks import log_to_stderr
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.selection", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=os.path.join(SHARED, "weights", "yolov8n.pt"))
@@ -292,9 +294,7 @@ def main(argv=None) -> int:
     p.add_argument("--pairs-png", default="", help="draw 20 flagged highway pairs here, to judge by eye")
     args = p.parse_args(argv)
     prepare_process_env()
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("executor", "ultralytics"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_to_stderr(("executor", "ultralytics"))
 
     import pickle
     import shutil

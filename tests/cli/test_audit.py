@@ -3,7 +3,6 @@ writes nothing, and (slow) a real audit of coco8 with planted mistakes finds the
 import csv
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ pytestmark = pytest.mark.skipif(not (COCO8 / "data.yaml").is_file() or not WEIGH
 
 def parse(*argv):
     return cli.build_parser().parse_args([str(a) for a in argv])
-
-
-@pytest.fixture
-def setup(tmp_path):
-    """A copy of coco8 and of the weights."""
-    shutil.copytree(COCO8, tmp_path / "coco8")
-    shutil.copy(WEIGHTS, tmp_path / "yolov8n-copy.pt")
-    return tmp_path / "coco8", tmp_path / "yolov8n-copy.pt"
 
 
 @pytest.fixture
@@ -71,8 +62,8 @@ def test_the_help_names_the_findings_and_the_flags(capsys):
     (("--low-conf", "0"), "need 0 < --low-conf <= --conf < 1"),
     (("--set", "imgsz=3"), "--set imgsz=3: unknown key 'imgsz'"),
 ])
-def test_a_bad_command_line_exits_2_before_the_model_loads(setup, tmp_path, capsys, extra, needle):
-    data, weights = setup
+def test_a_bad_command_line_exits_2_before_the_model_loads(coco8_copy, tmp_path, capsys, extra, needle):
+    data, weights = coco8_copy
     argv = {"--data": str(data / "data.yaml"), "--model": str(weights), "--split": "val",
             "--out": str(tmp_path / "audit.json")}
     rest = []
@@ -107,9 +98,9 @@ def unknown_class(data: Path) -> None:
     (empty_labels, ["no labelled boxes in its 4 images"]),
     (labels_outside, ["outside image box dropped", "000000000036.txt line 1", "no labelled boxes"]),
 ])
-def test_bad_data_fails_with_status_1_naming_the_file_and_writes_nothing(setup, tmp_path, coco_names, caplog,
+def test_bad_data_fails_with_status_1_naming_the_file_and_writes_nothing(coco8_copy, tmp_path, coco_names, caplog,
                                                                          spoil, needles):
-    data, weights = setup
+    data, weights = coco8_copy
     spoil(data)
     with caplog.at_level(logging.WARNING):
         assert cli.run(parse("audit", "--data", data / "data.yaml", "--model", weights,
@@ -120,10 +111,10 @@ def test_bad_data_fails_with_status_1_naming_the_file_and_writes_nothing(setup, 
 
 
 @pytest.mark.slow  # the real yolov8n on the 4 coco8 val images
-def test_planted_mistakes_are_found_at_the_top(setup, tmp_path, capsys, caplog):
+def test_planted_mistakes_are_found_at_the_top(coco8_copy, tmp_path, capsys, caplog):
     """A deleted person and a horse labelled cow are the two best findings that are not spurious (this yolov8n
     sees nothing of a few real riders and far elephants: those look spurious, and may rank higher; docs/audit.md)."""
-    data, weights = setup
+    data, weights = coco8_copy
     labels = data / "labels" / "val"
     person = (labels / "000000000036.txt").read_text().splitlines()
     (labels / "000000000036.txt").write_text(person[0] + "\n")  # the person (line 2) deleted: a missing box
@@ -177,8 +168,8 @@ def iou(a, b) -> float:
     (("--export-fixes", "{tmp}/new", "--fix-min-score", "1.5"), "--fix-min-score 1.5: a score in [0, 1]"),
     (("--export-fixes", "{tmp}/new", "--fix-types", "missing,okapi"), "a comma-separated list of missing, "),
 ])
-def test_bad_page_and_export_flags_exit_2(setup, tmp_path, capsys, extra, needle):
-    data, weights = setup
+def test_bad_page_and_export_flags_exit_2(coco8_copy, tmp_path, capsys, extra, needle):
+    data, weights = coco8_copy
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     argv = ["audit", "--data", data / "data.yaml", "--model", weights, "--out", tmp_path / "audit.json"]
@@ -212,8 +203,8 @@ def fake_model(monkeypatch, coco_names):
     monkeypatch.setattr(label_audit, "predict_candidates", predict_candidates)
 
 
-def test_the_page_and_the_fixes_are_written_beside_the_audit(setup, tmp_path, fake_model, capsys):
-    data, weights = setup
+def test_the_page_and_the_fixes_are_written_beside_the_audit(coco8_copy, tmp_path, fake_model, capsys):
+    data, weights = coco8_copy
     labels = data / "labels" / "val"
     before = {p.name: p.read_text() for p in labels.iterdir()}
     out = tmp_path / "run" / "audit.json"
@@ -238,16 +229,16 @@ def test_the_page_and_the_fixes_are_written_beside_the_audit(setup, tmp_path, fa
     assert f"the page {tmp_path / 'run' / 'audit.html'}" in text and "suggested fixes:" in text
 
 
-def test_no_html_writes_no_page(setup, tmp_path, fake_model):
-    data, weights = setup
+def test_no_html_writes_no_page(coco8_copy, tmp_path, fake_model):
+    data, weights = coco8_copy
     assert cli.run(parse("audit", "--data", data / "data.yaml", "--model", weights, "--out", tmp_path / "a.json",
                          "--no-html")) == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["a.csv", "a.json", "yolov8n-copy.pt"]
 
 
-def test_fixes_inside_the_folders_the_data_yaml_points_to_are_refused(setup, tmp_path, coco_names, caplog):
+def test_fixes_inside_the_folders_the_data_yaml_points_to_are_refused(coco8_copy, tmp_path, coco_names, caplog):
     """The data.yaml elsewhere, its `path` the data's folder: refused once the set is read, before the model."""
-    data, weights = setup
+    data, weights = coco8_copy
     (tmp_path / "spec").mkdir()
     (tmp_path / "spec" / "data.yaml").write_text((data / "data.yaml").read_text() + f"\npath: {data}\n")
     with caplog.at_level(logging.ERROR):

@@ -1,7 +1,6 @@
 """start.py fit-errors: its help says what to fit on, bad command lines exit 2 before the model loads, and a real
 fit on coco8 writes `<stem>.errors.json` beside the weights, where mining with the errors algorithm finds it."""
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ pytestmark = pytest.mark.skipif(not (COCO8 / "data.yaml").is_file() or not WEIGH
 
 def parse(*argv):
     return cli.build_parser().parse_args([str(a) for a in argv])
-
-
-@pytest.fixture
-def setup(tmp_path):
-    """A copy of coco8 (its data.yaml names the classes) and of the weights, as yolov8n-copy.pt."""
-    shutil.copytree(COCO8, tmp_path / "coco8")
-    shutil.copy(WEIGHTS, tmp_path / "yolov8n-copy.pt")
-    return tmp_path / "coco8", tmp_path / "yolov8n-copy.pt"
 
 
 def test_the_help_says_to_fit_on_images_the_model_did_not_train_on(capsys):
@@ -56,8 +47,8 @@ def test_the_help_says_to_fit_on_images_the_model_did_not_train_on(capsys):
     (("--set", "imgsz=3"), "--set imgsz=3: unknown key 'imgsz'"),
     (("--imgsz", "-1"), "--imgsz"),
 ])
-def test_a_bad_command_line_exits_2_before_the_model_loads(setup, tmp_path, capsys, extra, needle):
-    data, weights = setup
+def test_a_bad_command_line_exits_2_before_the_model_loads(coco8_copy, tmp_path, capsys, extra, needle):
+    data, weights = coco8_copy
     argv = {"--data": str(data / "data.yaml"), "--model": str(weights), "--split": "val"}
     rest = []
     for flag, value in zip(extra[::2], extra[1::2]):
@@ -72,8 +63,8 @@ def test_a_bad_command_line_exits_2_before_the_model_loads(setup, tmp_path, caps
 
 
 @pytest.mark.slow  # loads the real model: its class names, then the fit
-def test_a_class_the_model_lacks_fails_with_status_1_naming_it(setup, caplog):
-    data, weights = setup
+def test_a_class_the_model_lacks_fails_with_status_1_naming_it(coco8_copy, caplog):
+    data, weights = coco8_copy
     (data / "data.yaml").write_text((data / "data.yaml").read_text().replace("elephant", "okapi"))
     with caplog.at_level(logging.ERROR):
         assert cli.run(parse("fit-errors", "--data", data / "data.yaml", "--model", weights, "--imgsz", 160)) == 1
@@ -83,10 +74,10 @@ def test_a_class_the_model_lacks_fails_with_status_1_naming_it(setup, caplog):
 
 @pytest.mark.slow  # the real yolov8n on the 8 coco8 images at 320, then mining with what it wrote
 # (--conf 0.1: 32 kept boxes, 17 of them wrong, well above the fit's minimum; at 0.25 there are 21 of the 20 needed)
-def test_fit_errors_writes_beside_the_weights_and_mining_finds_it(setup, tmp_path, capsys, caplog):
+def test_fit_errors_writes_beside_the_weights_and_mining_finds_it(coco8_copy, tmp_path, capsys, caplog):
     from executor.api import mine
 
-    data, weights = setup
+    data, weights = coco8_copy
     beside = tmp_path / "yolov8n-copy.errors.json"
     beside.write_text("{}")  # an older, broken one: replaced atomically, and the log says so
     model_names = yaml_names(read_yaml_mapping(str(data / "data.yaml"), "data.yaml"), "coco8")  # yolov8n's
