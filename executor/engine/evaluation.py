@@ -31,6 +31,7 @@ from mining.truth import ImageTruth, match
 log = logging.getLogger(__name__)
 VAL_CONF, VAL_IOU, VAL_MAX_DET = 0.001, 0.7, 300  # Ultralytics' val defaults
 UNCAPPED = 100_000  # max_det of a candidate pass: every box NMS keeps
+DECODE_WORKERS = 4  # decoding threads of a labelled pass (the mining template's num_workers_per_gpu)
 
 
 @dataclass
@@ -179,10 +180,32 @@ def predict_samples(detector: Detector, samples: Sequence[Sample], batch_size: i
 
 def predict_candidates(detector: Detector, samples: Sequence[Sample], conf_thres: float, batch_size: int,
                        progress: Callable[[float], None], unreadable: list | None = None) -> list[Detections]:
-    """predict_samples with every box NMS keeps down to `conf_thres` (the labelled passes: the error model's fit,
-    the label audit)."""
+    """Every box NMS keeps down to `conf_thres` for every sample (the labelled passes: the error model's fit, the
+    label audit), made as mining makes them: each image on its own canvas, in mining's loop (executor/engine/loop.py:
+    batches of one canvas shape, decoded in threads), so a labelled pass reads what mining reads, at mining's speed
+    (Ultralytics' validation batches pad every image to its batch's largest canvas). An unreadable image gets none,
+    and its index goes to `unreadable` when given."""
+    from executor.engine.loop import Unreadable, batches
+
     candidates = detector.with_postprocess(conf_thres, detector.iou_thres, UNCAPPED)
-    return predict_samples(candidates, samples, batch_size, progress, unreadable)
+    where: dict[str, list[int]] = {}
+    for i, sample in enumerate(samples):
+        where.setdefault(sample.image, []).append(i)
+    found: list[Detections | None] = [None] * len(samples)
+    done = 0
+    for item in batches(list(where), candidates.letterbox, batch_size, DECODE_WORKERS,
+                        overlap=not candidates.uses_cpu_cores):
+        if isinstance(item, Unreadable):
+            done += 1
+        else:
+            for key, det in zip(item.keys, candidates.predict(item)):
+                for i in where[key]:
+                    found[i] = det
+            done += len(item.keys)
+        progress(done / max(1, len(where)))
+    if unreadable is not None:
+        unreadable.extend(i for i, det in enumerate(found) if det is None)
+    return [Detections.empty(detector.num_classes) if det is None else det for det in found]
 
 
 def evaluate(detector: Detector, samples: Sequence[Sample], iou_thr: float, conf_thr: float, batch_size: int,
