@@ -164,3 +164,16 @@ def batch_of(paths, detector):
     images = [read_image(str(p)) for p in paths]
     boxed = [detector.letterbox(image) for image in images]
     return Batch([str(p) for p in paths], images, np.stack([c for c, _ in boxed]), [b for _, b in boxed])
+
+
+def fake_detections(rows, num_classes: int):
+    """Detections of (box xyxy, conf, cls) rows, each class vector holding only its predicted class."""
+    import numpy as np
+
+    from mining.base import Detections
+
+    probs = np.zeros((len(rows), num_classes), np.float32)
+    for i, (_, conf, cls) in enumerate(rows):
+        probs[i, cls] = conf
+    return Detections(np.asarray([r[0] for r in rows], np.float32).reshape(-1, 4),
+                      np.asarray([r[1] for r in rows], np.float32), np.asarray([r[2] for r in rows], np.int64), probs)

@@ -14,7 +14,7 @@ from executor.pipeline.fix_export import export_fixes
 from executor.pipeline.label_audit import audit_predictions
 from executor.protocol.labelled import read_labelled_set
 from mining.audit import TYPES
-from mining.base import Detections
+from tests.platform import fake_detections
 
 MODEL = ["person", "cat", "dog", "bench"]  # the model's classes; the data's are in another order
 W, H = 200, 100
@@ -30,11 +30,7 @@ def yolo(cls, x1, y1, x2, y2):
 
 
 def detections(rows):
-    probs = np.zeros((len(rows), len(MODEL)), np.float32)
-    for i, (_, conf, cls) in enumerate(rows):
-        probs[i, cls] = conf
-    return Detections(np.asarray([r[0] for r in rows], np.float32).reshape(-1, 4),
-                      np.asarray([r[1] for r in rows], np.float32), np.asarray([r[2] for r in rows], np.int64), probs)
+    return fake_detections(rows, len(MODEL))
 
 
 # the predictions, per image: a.jpg's cat is really a dog, its person is right, another person is missing; b.jpg's

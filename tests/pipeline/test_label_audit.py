@@ -11,6 +11,7 @@ from executor.pipeline import label_audit
 from executor.pipeline.label_audit import audit_predictions, audit_samples, write_audit
 from executor.shared import Sample
 from mining.base import Detections
+from tests.platform import fake_detections
 
 NAMES = ["cat", "dog", "bench"]
 
@@ -22,12 +23,7 @@ def sample(name, boxes, classes):
 
 
 def detections(rows):
-    """(box, conf, cls) rows; the class vector holds only the predicted class."""
-    probs = np.zeros((len(rows), len(NAMES)), np.float32)
-    for i, (_, conf, cls) in enumerate(rows):
-        probs[i, cls] = conf
-    return Detections(np.asarray([r[0] for r in rows], np.float32).reshape(-1, 4),
-                      np.asarray([r[1] for r in rows], np.float32), np.asarray([r[2] for r in rows], np.int64), probs)
+    return fake_detections(rows, len(NAMES))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from executor.report import audit_page
 from executor.report.audit_page import ACCUSED_RGB, PREDICTION_RGB, TRUTH_RGB, audit_html, card_thumbnail, \
     crop_region
 from executor.shared import Sample
-from mining.base import Detections
+from tests.platform import fake_detections
 
 NAMES = ["cat", "dog", "bench"]
 ABOUT = {"model": {"weights": "/models/best.pt", "classes": NAMES},
@@ -37,11 +37,7 @@ def sample(path, boxes, classes):
 
 
 def detections(rows):
-    probs = np.zeros((len(rows), len(NAMES)), np.float32)
-    for i, (_, conf, cls) in enumerate(rows):
-        probs[i, cls] = conf
-    return Detections(np.asarray([r[0] for r in rows], np.float32).reshape(-1, 4),
-                      np.asarray([r[1] for r in rows], np.float32), np.asarray([r[2] for r in rows], np.int64), probs)
+    return fake_detections(rows, len(NAMES))
 
 
 def make_audit(tmp_path, missing_images=3):
