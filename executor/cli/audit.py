@@ -39,6 +39,9 @@ the box a finding is about bold; --no-html: none), whose failure is only a warni
 fixes of the findings of --fix-types (all but spurious unless told) scoring at least --fix-min-score into a new
 folder: a corrected copy of the YOLO label files or of the COCO json (the originals are never touched, images are
 not copied), fixes.csv and README.txt.
+The pass runs as mining's does: in shards (--shards, removed once the audit is written unless --keep-shards), on
+every GPU of --gpu-id (or --set cpu_processes=N CPU workers), and a rerun of the same command after a kill or
+Ctrl-C audits only the shards not finished (a shard whose model, settings or labels changed is audited again).
 
 example:
   start.py audit --data data.yaml --split val --model runs/detect/train/weights/best.pt --out audit.json
@@ -75,6 +78,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     cmd.add_argument("--fix-min-score", type=float, default=FIX_MIN_SCORE,
                      help="--export-fixes applies the fixes of findings scoring at least this; the others are only "
                           f"listed in fixes.csv (default {FIX_MIN_SCORE})")
+    cmd.add_argument("--shards", metavar="DIR",
+                     help="where the audit's shards are kept while it runs (default: --out without .json, plus "
+                          ".shards): a rerun of the same command after a kill audits only the shards not finished")
+    cmd.add_argument("--keep-shards", action="store_true",
+                     help="keep the shards after the audit is written (by default they are removed)")
     cmd.add_argument("--conf", type=float, default=CONFIDENT_CONF,
                      help="a prediction at least this confident is evidence of a mistake (missing, wrong class, poor "
                           f"box) (default {CONFIDENT_CONF})")
@@ -90,6 +98,10 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def csv_path(json_path: str) -> str:
     return os.path.splitext(json_path)[0] + ".csv"
+
+
+def shards_folder(args) -> str:
+    return args.shards or os.path.splitext(args.out)[0] + ".shards"
 
 
 def html_path(args) -> str:
@@ -173,30 +185,32 @@ def check_outside(flag: str, target: str, data_folder: str) -> None:
 
 def audit(args, config: dict, progress) -> int:
     """Read the labelled set in the model's classes, audit it, write both files, print the worst; returns 0."""
-    from executor.cli.fit_errors import model_class_names
-    from executor.engine.device import batch_size
-    from executor.pipeline.error_fit import labelled_pass_detector
+    from executor.cli.fit_errors import model_facts
+    from executor.engine.images import round_up
     from executor.pipeline.audit_report import write_audit_page
-    from executor.pipeline.label_audit import audit_samples, settings_record, write_audit
+    from executor.pipeline.audit_shards import AuditPass, run_audit
+    from executor.pipeline.label_audit import settings_record, write_audit
     from executor.protocol.labelled import read_labelled_set
     from executor.protocol.settings import build_settings
+    from executor.runtime import cpu_threads
 
-    names = model_class_names(args.weights)
+    names, stride = model_facts(args.weights)
     samples, labelled = read_labelled_set(args.data, names, split_read(args) or "val", args.class_map)
     source = labelled.source
     for folder in set_folders(labelled) if args.export_fixes else ():
         check_outside("--export-fixes", os.path.abspath(args.export_fixes), folder)
     settings = build_settings("mining", config)
-    detector = labelled_pass_detector(args.weights, settings)
+    settings = settings.replace(cpu_threads=cpu_threads(settings.cpu_threads))
+    run = AuditPass(args.weights, settings, tuple(samples), args.conf, args.low_conf, shards_folder(args))
     progress = progress(len(samples))
     try:
-        found = audit_samples(detector, samples, args.conf, args.low_conf,
-                              batch_size(settings.batch_size_per_gpu, detector.device.type == "cuda"), progress)
+        found = run_audit(run, names, progress, args.keep_shards)
     finally:
         progress.close()
     about = {"model": {"weights": os.path.abspath(args.weights), "classes": list(names)},
              "data": {"spec": os.path.abspath(args.data), "source": source, "split": split_read(args)},
-             "settings": settings_record(args.conf, args.low_conf, detector.img_size, settings.iou_thres)}
+             "settings": settings_record(args.conf, args.low_conf, round_up(settings.img_size, stride),
+                                         settings.iou_thres)}
     write_audit(found, about, args.out, csv_path(args.out))
     page = html_path(args) if html_path(args) and write_audit_page(found, samples, about, html_path(args),
                                                                     args.out) else ""

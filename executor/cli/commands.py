@@ -342,7 +342,7 @@ def run_labelled_pass(args) -> int:
     then run over the labelled set."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from executor.errors import one_line
+    from executor.errors import Interrupted, one_line
 
     if args.command == "audit":
         from executor.cli.audit import audit as body, check
@@ -358,6 +358,9 @@ def run_labelled_pass(args) -> int:
     try:
         with logging_redirect_tqdm():
             return body(args, config, progress_bar)
+    except Interrupted as exc:  # the audit's shards: what a rerun reuses
+        print(f"\n{exc}" + ("; run the same command again to resume" if exc.kept else ""), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

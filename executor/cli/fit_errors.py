@@ -106,9 +106,16 @@ def check_class_map(args) -> None:
 
 def model_class_names(weights: str) -> list[str]:
     """The class names of an Ultralytics checkpoint, in class-index order."""
+    return model_facts(weights)[0]
+
+
+def model_facts(weights: str) -> tuple[list[str], int]:
+    """The class names of an Ultralytics checkpoint, in class-index order, and its largest stride (its input
+    sizes are multiples of it)."""
     from executor.engine.torch_detector import load_torch_model
 
-    return load_torch_model(weights)[1]
+    _, names, strides, _, _ = load_torch_model(weights)
+    return names, max(strides)
 
 
 def fit_errors(args, config: dict, progress) -> int:

@@ -51,10 +51,11 @@ def algorithm_names() -> tuple:
 MINE = ("mine",)
 FIT = ("mine", "infer", "fit-errors", "audit")  # the flags the labelled passes take too (executor/cli/fit_errors.py,
 # audit.py; audit has its own --conf)
+SHARDED = ("mine", "infer", "audit")  # the passes in shards over workers
 CONFIG_FLAGS = (
     ConfigFlag(("--imgsz", "--img-size"), "img_size", "long side of the network input in pixels", int, commands=FIT),
     ConfigFlag(("--batch", "--batch-size"), "batch_size_per_gpu", "images per forward pass", int, commands=FIT),
-    ConfigFlag(("--workers",), "num_workers_per_gpu", "image decoding threads", int),
+    ConfigFlag(("--workers",), "num_workers_per_gpu", "image decoding threads", int, commands=SHARDED),
     ConfigFlag(("--device", "--gpu-id"), "gpu_id", "cpu (default), 0, cuda:0, or 0,1 (one worker per GPU)",
                shows_default=False, to_value=gpu_id_of, commands=FIT),
     ConfigFlag(("--conf", "--conf-thres"), "conf_thres", "minimum box score", float,
@@ -63,7 +64,8 @@ CONFIG_FLAGS = (
     ConfigFlag(("--backend",), "backend", "inference backend", choices=("auto", "torch", "onnx")),
     ConfigFlag(("--threads",), "cpu_threads", "CPU threads for the model (0: OMP_NUM_THREADS, else the CPUs this "
                "process may use)", int, commands=FIT),
-    ConfigFlag(("--nproc",), "cpu_processes", "CPU worker processes, each scoring its own shards", int),
+    ConfigFlag(("--nproc",), "cpu_processes", "CPU worker processes, each scoring its own shards", int,
+               commands=SHARDED),
     ConfigFlag(("--algorithm",), "mining_algorithm", "mining algorithm", choices=algorithm_names, commands=MINE),
     ConfigFlag(("--seed",), "seed", "seed for random and cald", int, commands=MINE),
     ConfigFlag(("--selection",), "selection", "score: by score; diverse: near-duplicates pushed down, the top mixed "

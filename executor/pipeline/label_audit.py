@@ -70,20 +70,30 @@ def audit_predictions(samples: Sequence[Sample], predictions: Sequence[Detection
                       confident: float, support: float, unreadable: Sequence[int] = (), split: str = "") -> Audit:
     """The audit of `samples` from their predictions; an unreadable image (its index in `unreadable`) is left out
     (its labels would all look spurious). Predictions of classes no box in the set has accuse no label."""
-    labelled = {int(c) for sample in samples for c in sample.classes}
+    labelled = labelled_classes(samples)
     skipped = set(unreadable)
-    findings = []
-    for i, (sample, det) in enumerate(zip(samples, predictions)):
-        if i in skipped:
-            continue
-        for finding in rules.audit_image(sample_truth(sample), det.xyxy, det.conf, det.cls, det.probs, labelled,
-                                         confident, support):
-            findings.append(ImageFinding(sample.image, finding, where_written(sample, finding.annotation),
-                                         where_written(sample, finding.fix.annotation), split))
+    found = [None if i in skipped else rules.audit_image(sample_truth(sample), det.xyxy, det.conf, det.cls, det.probs,
+                                                         labelled, confident, support)
+             for i, (sample, det) in enumerate(zip(samples, predictions))]
+    return assembled(samples, found, class_names, split)
+
+
+def labelled_classes(samples: Sequence[Sample]) -> set[int]:
+    """The classes the set's labels name: a prediction of another class accuses no label."""
+    return {int(c) for sample in samples for c in sample.classes}
+
+
+def assembled(samples: Sequence[Sample], found: Sequence[Sequence[Finding] | None], class_names: Sequence[str],
+              split: str = "") -> Audit:
+    """The audit of `samples` from each one's findings (None: the image could not be decoded), ranked worst first
+    across the set."""
+    findings = [ImageFinding(sample.image, finding, where_written(sample, finding.annotation),
+                             where_written(sample, finding.fix.annotation), split)
+                for sample, image in zip(samples, found) if image is not None for finding in image]
     findings.sort(key=lambda f: -f.finding.score)  # stable: ties keep the set's order
-    audit = Audit(findings, list(class_names), len(samples) - len(skipped),
-                  sum(len(s.boxes) for i, s in enumerate(samples) if i not in skipped),
-                  [samples[i].image for i in sorted(skipped)])
+    kept = [sample for sample, image in zip(samples, found) if image is not None]
+    audit = Audit(findings, list(class_names), len(kept), sum(len(s.boxes) for s in kept),
+                  [sample.image for sample, image in zip(samples, found) if image is None])
     if audit.unreadable:
         log.warning("%d images could not be decoded and are not audited (e.g. %s)", len(audit.unreadable),
                     audit.unreadable[0])

@@ -10,6 +10,8 @@ A mining shard holds `key<TAB>score` lines sorted best first (ties in index orde
 merge by (-score, shard, position), which is exactly the stable sort of the whole list: its memory is one
 line per shard, whatever the pool size. An infer shard holds one JSON line per image, in index order: its box
 records and its decoded width and height (what the labelling-tool exports need), or null and why it is unreadable.
+An audit shard (executor/pipeline/audit_shards.py) is laid out as an infer shard, its record the findings of the
+image's labels.
 
 A mining shard may have a side file `mining-NNNNNN.npz` (written atomically) with what selection and the report
 need (its schema: executor/pipeline/side_files.py). Its fingerprint covers the run and its `spec` says what it holds: it serves any
@@ -32,7 +34,7 @@ from executor.pipeline.side_files import LOADED, SIDE_FIELDS, SideArrays, SideSp
 from executor.protocol.writers import atomic_write_text, atomic_writer, format_score
 
 MAGIC = "# quarry-shard"
-FORMAT = {"mining": 1, "infer": 2}  # a shard file's layout, in its header: 2 = infer lines carry the image size
+FORMAT = {"mining": 1, "infer": 2, "audit": 1}  # a shard file's layout, in its header: 2 = infer lines carry the image size
 T = TypeVar("T")
 
 
@@ -123,7 +125,7 @@ def score_order(keys: Sequence[str], scores: Mapping[str, float]) -> list[int]:
 
 
 class ShardStore:
-    """The shard files of one task (`kind`: 'mining' or 'infer') in a folder shared by every worker. `side`: what
+    """The shard files of one task (`kind`: 'mining', 'infer' or 'audit') in a folder shared by every worker. `side`: what
     the run's side files must hold (None: no side files)."""
 
     def __init__(self, folder: str, kind: str, run: dict, side: SideSpec | None = None):

@@ -29,6 +29,7 @@ def coco_names(monkeypatch):
     """The model's class names (yolov8n's, as coco8's data.yaml lists them) without loading the model."""
     names = yaml_names(read_yaml_mapping(str(COCO8 / "data.yaml"), "data.yaml"), "coco8")
     monkeypatch.setattr(fit_errors, "model_class_names", lambda weights: names)
+    monkeypatch.setattr(fit_errors, "model_facts", lambda weights: (names, 32))
     return names
 
 
@@ -185,7 +186,7 @@ def fake_model(monkeypatch, coco_names):
     boxes of other classes there look wrong, and the rest of each image's boxes are unseen)."""
     import numpy as np
 
-    from executor.pipeline import error_fit, label_audit
+    from executor.pipeline import audit_shards, error_fit
     from mining.base import Detections
 
     detector = type("Detector", (), {"names": coco_names, "img_size": 640,
@@ -200,7 +201,7 @@ def fake_model(monkeypatch, coco_names):
             found.append(Detections(sample.boxes[:1], np.array([0.9], np.float32), np.array([0]), probs))
         return found
 
-    monkeypatch.setattr(label_audit, "predict_candidates", predict_candidates)
+    monkeypatch.setattr(audit_shards, "predict_candidates", predict_candidates)
 
 
 def test_the_page_and_the_fixes_are_written_beside_the_audit(coco8_copy, tmp_path, fake_model, capsys):
@@ -246,3 +247,85 @@ def test_fixes_inside_the_folders_the_data_yaml_points_to_are_refused(coco8_copy
                              "--out", tmp_path / "audit.json", "--export-fixes", data / "images" / "fixes")) == 1
     assert "is inside the data's folder" in caplog.text
     assert not (tmp_path / "audit.json").exists() and not (data / "images" / "fixes").exists()
+
+
+# ---------------------------------------------------------------- shards, resume, workers
+
+@pytest.fixture
+def counted_model(fake_model, monkeypatch):
+    """fake_model, counting the images each forward is asked for; `stop_after` shards, then a Ctrl-C."""
+    from executor.pipeline import audit_shards
+
+    forward = audit_shards.predict_candidates
+    calls = type("Calls", (), {"images": [], "stop_after": None})()
+
+    def counting(detector, samples, *args):
+        if calls.stop_after is not None and len(calls.images) >= calls.stop_after:
+            raise KeyboardInterrupt
+        calls.images.append([Path(s.image).name for s in samples])
+        return forward(detector, samples, *args)
+
+    monkeypatch.setattr(audit_shards, "predict_candidates", counting)
+    return calls
+
+
+def audit_argv(data, weights, out, *extra):
+    return ("audit", "--data", data / "data.yaml", "--model", weights, "--out", out, "--no-html",
+            "--set", "shard_size=1", *extra)
+
+
+def test_a_rerun_after_ctrl_c_audits_only_the_shards_not_finished(coco8_copy, tmp_path, counted_model, capsys):
+    data, weights = coco8_copy
+    whole = tmp_path / "whole.json"
+    assert cli.run(parse(*audit_argv(data, weights, whole))) == 0
+    assert len(counted_model.images) == 4 and not (tmp_path / "whole.shards").exists()  # removed once written
+
+    counted_model.images, counted_model.stop_after = [], 2
+    out = tmp_path / "audit.json"
+    assert cli.run(parse(*audit_argv(data, weights, out))) == 130
+    err = capsys.readouterr().err
+    assert "2 of 4 shards (2 images) are finished and kept in" in err and "run the same command again" in err
+    assert not out.exists() and len(list((tmp_path / "audit.shards").glob("audit-*.txt"))) == 2
+
+    counted_model.images, counted_model.stop_after = [], None
+    assert cli.run(parse(*audit_argv(data, weights, out))) == 0
+    assert counted_model.images == [["000000000049.jpg"], ["000000000061.jpg"]]  # the other two
+    rerun, uninterrupted = json.loads(out.read_text()), json.loads(whole.read_text())
+    assert rerun["findings"] and rerun["findings"] == uninterrupted["findings"]
+
+
+def test_kept_shards_are_reused_unless_an_image_s_labels_change(coco8_copy, tmp_path, counted_model):
+    data, weights = coco8_copy
+    out = tmp_path / "audit.json"
+    assert cli.run(parse(*audit_argv(data, weights, out, "--keep-shards", "--shards", tmp_path / "kept"))) == 0
+    first = json.loads(out.read_text())
+    assert len(list((tmp_path / "kept").glob("audit-*.txt"))) == 4
+
+    counted_model.images = []
+    label = data / "labels" / "val" / "000000000049.txt"
+    cls, cx, *rest = label.read_text().splitlines()[0].split()
+    edited = " ".join([cls, f"{float(cx) + 0.01:.6f}", *rest])
+    label.write_text("\n".join([edited] + label.read_text().splitlines()[1:]) + "\n")  # one box moved
+    assert cli.run(parse(*audit_argv(data, weights, out, "--keep-shards", "--shards", tmp_path / "kept"))) == 0
+    assert counted_model.images == [["000000000049.jpg"]]
+    second = json.loads(out.read_text())
+    unranked = lambda found: [{**f, "rank": 0} for f in found["findings"] if "49" not in f["image"]]
+    assert unranked(second) == unranked(first)
+
+    counted_model.images = []  # other thresholds: every shard again
+    assert cli.run(parse(*audit_argv(data, weights, out, "--shards", tmp_path / "kept", "--conf", "0.6"))) == 0
+    assert len(counted_model.images) == 4 and not (tmp_path / "kept").exists()
+
+
+@pytest.mark.slow  # two spawned workers, each loading the real yolov8n
+def test_two_cpu_workers_find_what_one_process_finds(coco8_copy, tmp_path):
+    data, weights = coco8_copy
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert cli.run(parse(*audit_argv(data, weights, one, "--imgsz", "320"))) == 0
+    assert cli.run(parse(*audit_argv(data, weights, two, "--imgsz", "320", "--nproc", "2"))) == 0
+    # the same findings; scores agree to float noise (each worker runs the model on half the threads)
+    found = [json.loads(path.read_text())["findings"] for path in (one, two)]
+    key = lambda f: (f["image"], f["type"], f["annotation"] and f["annotation"]["index"], f["fix"]["action"])
+    assert found[0] and sorted(map(key, found[0])) == sorted(map(key, found[1]))
+    scores = [{key(f): f["score"] for f in run} for run in found]
+    assert all(abs(scores[0][k] - scores[1][k]) < 1e-4 for k in scores[0])

@@ -118,3 +118,13 @@ def test_a_failure_while_writing_leaves_neither_file(the_set, tmp_path, monkeypa
     with pytest.raises(RuntimeError):
         write_audit(audit, {}, str(tmp_path / "audit.json"), str(tmp_path / "audit.csv"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_finding_survives_the_shard_file(the_set):
+    """What an audit shard holds of a finding (JSON) reads back as the same finding, of every type."""
+    from executor.pipeline.audit_shards import finding_of, finding_record
+
+    samples, predictions = the_set
+    found = [f.finding for f in audit_predictions(samples, predictions, NAMES, 0.5, 0.01).findings]
+    assert {f.kind for f in found} >= {"missing", "wrong_class", "spurious"}
+    assert [finding_of(json.loads(json.dumps(finding_record(f)))) for f in found] == found
