@@ -6,10 +6,12 @@ runs the one forward and writes the files; mining/audit.py decides what is a fin
 """
 
 import argparse
+import logging
 import os
 
 from executor.cli.flags import UsageError, add_config_flags
 
+log = logging.getLogger(__name__)
 DEFAULT_OUT = "audit.json"
 SHOWN = 5  # the worst findings printed
 
@@ -42,10 +44,14 @@ not copied), fixes.csv and README.txt.
 The pass runs as mining's does: in shards (--shards, removed once the audit is written unless --keep-shards), on
 every GPU of --gpu-id (or --set cpu_processes=N CPU workers), and a rerun of the same command after a kill or
 Ctrl-C audits only the shards not finished (a shard whose model, settings or labels changed is audited again).
+--folds K cross-fits: K models trained from --model with the training template (each on all folds but one, in the
+model's classes), each fold audited by the model that did not train on it; the findings say their fold, the
+audit.json the folds' models and held-out mAP50. A rerun reuses the folds' finished models (--fold-dir).
 
 example:
   start.py audit --data data.yaml --split val --model runs/detect/train/weights/best.pt --out audit.json
   start.py audit --data data.yaml --model best.pt --export-fixes fixes --fix-min-score 0.7
+  start.py audit --data data.yaml --split train --model yolov8n.pt --folds 5 --set epochs=30 --out audit.json
 """
 
 
@@ -83,6 +89,14 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
                           ".shards): a rerun of the same command after a kill audits only the shards not finished")
     cmd.add_argument("--keep-shards", action="store_true",
                      help="keep the shards after the audit is written (by default they are removed)")
+    cmd.add_argument("--folds", type=int, default=0, metavar="K",
+                     help="cross-fit: train K models from --model, each on all but one K-th of the images (the "
+                          "training template, --set epochs=..., the training keys), and audit each K-th with the "
+                          "model that never saw it (K trainings; 0: audit with --model itself, the default)")
+    cmd.add_argument("--fold-seed", type=int, default=0, help="--folds: the seed of the folds' shuffle (default 0)")
+    cmd.add_argument("--fold-dir", metavar="DIR",
+                     help="--folds: where the folds' labels and models are kept (default: --out without .json, plus "
+                          ".folds); a rerun retrains only the folds whose images, labels or settings changed")
     cmd.add_argument("--conf", type=float, default=CONFIDENT_CONF,
                      help="a prediction at least this confident is evidence of a mistake (missing, wrong class, poor "
                           f"box) (default {CONFIDENT_CONF})")
@@ -92,7 +106,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_class_map_flag(cmd)
     add_config_flags(cmd, "audit", load_template("mining"))
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="any other mining template key, e.g. --set iou_thres=0.6")
+                     help="any other mining template key, e.g. --set iou_thres=0.6; with --folds, training template "
+                          "keys too, e.g. --set epochs=30")
     return cmd
 
 
@@ -136,6 +151,8 @@ def check(args) -> None:
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UsageError(f"--out {args.out}: the folder {folder} does not exist or is not writable")
     check_html(args)
+    if args.folds and args.folds < 2:
+        raise UsageError(f"--folds {args.folds}: at least 2 (or 0 for no cross-fitting)")
     if args.export_fixes:
         check_export(args)
 
@@ -204,11 +221,17 @@ def audit(args, config: dict, progress) -> int:
     run = AuditPass(args.weights, settings, tuple(samples), args.conf, args.low_conf, shards_folder(args))
     progress = progress(len(samples))
     try:
-        found = run_audit(run, names, progress, args.keep_shards)
+        if args.folds:
+            found, folds = audit_by_folds(args, config, samples, names, settings, progress)
+        else:
+            found, folds = run_audit(run, names, progress, args.keep_shards), []
     finally:
         progress.close()
-    about = {"model": {"weights": os.path.abspath(args.weights), "classes": list(names)},
-             "data": {"spec": os.path.abspath(args.data), "source": source, "split": split_read(args)},
+    trained_on = "" if args.folds else training_data(args.weights)
+    about = {"model": {"weights": os.path.abspath(args.weights), "classes": list(names),
+                       **({"folds": folds} if folds else {"trained_on": trained_on})},
+             "data": {"spec": os.path.abspath(args.data), "source": source, "split": split_read(args),
+                      "in_training_set": False if args.folds else in_training_set(args, trained_on)},
              "settings": settings_record(args.conf, args.low_conf, round_up(settings.img_size, stride),
                                          settings.iou_thres)}
     write_audit(found, about, args.out, csv_path(args.out))
@@ -223,6 +246,55 @@ def audit(args, config: dict, progress) -> int:
               f"{args.fix_min_score:g}) "
               f"in {args.export_fixes} (README.txt, fixes.csv); the original labels are unchanged")
     return 0
+
+
+def training_data(weights: str) -> str:
+    """The data.yaml an Ultralytics checkpoint says it was trained on ('' when it says none)."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        checkpoint, _ = torch_safe_load(weights)
+    except Exception:  # noqa: BLE001 — the model itself loaded: this is only a hint
+        return ""
+    return str((checkpoint.get("train_args") or {}).get("data") or "")
+
+
+def in_training_set(args, trained_on: str) -> bool | None:
+    """Whether the model trained on the audited images, when it can be known: its checkpoint names this very
+    data.yaml, whose train split Ultralytics trains on (the val split only picks the best epoch); None otherwise.
+    A model repeats its training labels' mistakes, so an in-sample audit is said loudly."""
+    same = bool(trained_on) and os.path.isfile(trained_on) and split_read(args) is not None and \
+        os.path.realpath(trained_on) == os.path.realpath(args.data)
+    if not same:
+        log.info("the model says it trained on %s: whether that includes these images is unknown (a model "
+                 "audits best images it did not train on; --folds K trains its own)", trained_on or "nothing known")
+        return None
+    if split_read(args) == "train":
+        log.warning("the model trained on these very images (%s key 'train'): its audit is in-sample and misses "
+                    "the mistakes it learnt; audit the val split, or cross-fit with --folds K", args.data)
+    return split_read(args) == "train"
+
+
+def audit_by_folds(args, config: dict, samples, names, settings, progress):
+    """(audit, per fold what made its model) of --folds: each fold audited, as without folds, by a model trained
+    from --model on the other folds (executor/pipeline/audit_folds.py)."""
+    from executor.pipeline import audit_folds
+    from executor.pipeline.audit_shards import AuditPass, run_audit
+
+    folder = fold_folder(args)
+
+    def audit_fold(weights, held, number, progress):
+        run = AuditPass(weights, settings, tuple(held), args.conf, args.low_conf,
+                        os.path.join(folder, f"fold-{number}", "shards"))
+        return run_audit(run, names, progress, args.keep_shards, split=f"fold {number}")
+
+    train = audit_folds.fold_trainer(config, names, args.weights)
+    return audit_folds.cross_fit(samples, args.folds, args.fold_seed, folder, args.weights, config, train,
+                                 audit_fold, progress)
+
+
+def fold_folder(args) -> str:
+    return args.fold_dir or os.path.splitext(args.out)[0] + ".folds"
 
 
 def set_folders(labelled) -> list[str]:

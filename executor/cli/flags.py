@@ -121,9 +121,12 @@ def help_default(template: dict, key: str) -> str:
 
 def requested_tasks(args) -> list[str]:
     """The tasks a command runs: mine (plus infer with --infer-out), infer, make-in's --task; fit-errors and audit
-    read the mining settings (the error model is fitted at mining's thresholds; the audit forwards as mining)."""
+    read the mining settings (the error model is fitted at mining's thresholds; the audit forwards as mining), the audit
+    with --folds the training's too."""
     if args.command == "make-in":
         return [args.task]
+    if args.command == "audit" and getattr(args, "folds", 0):
+        return ["mining", "training"]  # the folds' models are trained with the training template
     if args.command in ("fit-errors", "audit"):
         return ["mining"]
     if args.command == "infer":

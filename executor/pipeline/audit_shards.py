@@ -140,7 +140,7 @@ def finding_of(record: dict) -> Finding:
 # ---------------------------------------------------------------- the parent: every shard done, then read back
 
 def run_audit(run: AuditPass, class_names: Sequence[str], progress: Callable[[float], None],
-              keep_shards: bool = False) -> Audit:
+              keep_shards: bool = False, split: str = "") -> Audit:
     """The audit of the whole set: the shards an earlier run finished reused, the others audited on every worker
     of the settings; then the shards read back into one audit and (unless `keep_shards`) removed. A Ctrl-C raises
     Interrupted, saying what is kept for a rerun."""
@@ -164,7 +164,7 @@ def run_audit(run: AuditPass, class_names: Sequence[str], progress: Callable[[fl
     found = read_back(run, store, len(shards))
     if not keep_shards:
         shutil.rmtree(run.folder, ignore_errors=True)
-    return assembled(run.samples, found, class_names)
+    return assembled(run.samples, found, class_names, split)
 
 
 def read_back(run: AuditPass, store: ShardStore, count: int) -> list[list[Finding] | None]:

@@ -43,6 +43,15 @@ class Job:
     #                                         ranks (the entry points read it: executor.runtime.outer_ranks)
 
 
+def training_job(folder: str, training_index: str, val_index: str) -> Job:
+    """A training outside the platform in `folder` (the simulator's rounds, the audit's folds): the model stages
+    and result.yaml in models/, tensorboard/, the YOLO dataset and Ultralytics' run in work/."""
+    models = os.path.join(folder, "models")
+    return Job(training_index=training_index, val_index=val_index, models_out=models,
+               training_result=os.path.join(models, "result.yaml"), tensorboard_dir=os.path.join(folder, "tensorboard"),
+               work_dir=os.path.join(folder, "work"))
+
+
 MINING_SCORES_NAME = "mining-scores.tsv"
 REPORT_NAME = "mining-report.html"
 

@@ -52,18 +52,15 @@ class QuarryTrainer:
                                            "pretrained_model_params": [self.start_weights], "seed": seed})
 
     def __call__(self, folder: str, images: Sequence[str], seed: int, progress: Progress) -> Trained:
-        from executor.pipeline.job import Job
+        from executor.pipeline.job import training_job
         from executor.pipeline.training import run_training
         from executor.protocol.monitor import span
 
         index = os.path.join(folder, "train-index.tsv")
         atomic_write_text(index, "".join(f"{p}\t{self.data.annotation[p]}\n" for p in images))
         settings = self.settings(seed)
-        models = os.path.join(folder, "models")
-        job = Job(training_index=index, val_index=self.train_val_index, models_out=models,
-                  training_result=os.path.join(models, "result.yaml"),
-                  tensorboard_dir=os.path.join(folder, "tensorboard"), work_dir=os.path.join(folder, "work"),
-                  models_dir="", weights_dirs=())
+        job = training_job(folder, index, self.train_val_index)
+        models = job.models_out
         whole = self.train_val_index == self.data.val_index
         predictions: list = []
         started = time.monotonic()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from executor.cli import commands as cli
+from executor.cli import audit as audit_cli
 from executor.cli import fit_errors
 from executor.protocol.dataset import probe_image
 from executor.protocol.labelled import yaml_names
@@ -30,6 +31,7 @@ def coco_names(monkeypatch):
     names = yaml_names(read_yaml_mapping(str(COCO8 / "data.yaml"), "data.yaml"), "coco8")
     monkeypatch.setattr(fit_errors, "model_class_names", lambda weights: names)
     monkeypatch.setattr(fit_errors, "model_facts", lambda weights: (names, 32))
+    monkeypatch.setattr(audit_cli, "training_data", lambda weights: "coco.yaml")
     return names
 
 
@@ -329,3 +331,103 @@ def test_two_cpu_workers_find_what_one_process_finds(coco8_copy, tmp_path):
     assert found[0] and sorted(map(key, found[0])) == sorted(map(key, found[1]))
     scores = [{key(f): f["score"] for f in run} for run in found]
     assert all(abs(scores[0][k] - scores[1][k]) < 1e-4 for k in scores[0])
+
+
+# ---------------------------------------------------------------- --folds (a stand-in trainer; the real one: slow)
+
+@pytest.fixture
+def stand_in_trainer(monkeypatch, fake_model):
+    """Stands in for the folds' training: records each fold's training and held-out images (read back from the
+    index files the training task would read) and hands back the start weights with a made-up mAP50."""
+    from executor.pipeline import audit_folds
+    from executor.protocol.dataset import parse_ark
+
+    calls = []
+
+    def fold_trainer(config, class_names, start_weights):
+        def train(home, train_index, held_index, held, seed, progress):
+            rows = [line.split("\t") for line in Path(train_index).read_text().splitlines()]
+            boxes = sum(len(parse_ark(ark, class_names)) for _, ark in rows)
+            calls.append({"train": sorted(Path(image).name for image, _ in rows), "boxes": boxes,
+                          "held": sorted(Path(s.image).name for s in held), "config": config, "seed": seed})
+            progress(1.0)
+            return str(start_weights), 0.5 + len(calls) / 100
+
+        return train
+
+    monkeypatch.setattr(audit_folds, "fold_trainer", fold_trainer)
+    return calls
+
+
+def test_folds_audit_each_image_by_a_model_that_never_trained_on_it(coco8_copy, tmp_path, stand_in_trainer):
+    data, weights = coco8_copy
+    out = tmp_path / "audit.json"
+    argv = ("audit", "--data", data / "data.yaml", "--model", weights, "--out", out, "--no-html", "--folds", "2",
+            "--set", "epochs=3")
+    assert cli.run(parse(*argv)) == 0
+    images = sorted(p.name for p in (data / "images" / "val").iterdir())
+    assert len(stand_in_trainer) == 2
+    for call in stand_in_trainer:
+        assert len(call["held"]) == 2 and sorted(call["train"] + call["held"]) == images  # disjoint, all
+        assert call["config"]["epochs"] == 3
+    labels = {p.name: len(p.read_text().splitlines()) for p in (data / "labels" / "val").iterdir()}
+    assert [c["boxes"] for c in stand_in_trainer] == \
+        [sum(labels[Path(i).with_suffix(".txt").name] for i in c["train"]) for c in stand_in_trainer]
+    report = json.loads(out.read_text())
+    fold_of = {image: n + 1 for n, call in enumerate(stand_in_trainer) for image in call["held"]}
+    assert report["findings"] and all(f["split"] == f"fold {fold_of[Path(f['image']).name]}"
+                                      for f in report["findings"])
+    assert [(f["fold"], f["images"], f["trained_on"], f["mAP50"], f["reused"]) for f in report["model"]["folds"]] == \
+        [(1, 2, 2, 0.51, False), (2, 2, 2, 0.52, False)]
+
+    # a rerun reuses both folds' models; a moved box retrains only the fold that trained on it
+    assert cli.run(parse(*argv)) == 0 and len(stand_in_trainer) == 2
+    moved = stand_in_trainer[0]["train"][0]
+    label = data / "labels" / "val" / Path(moved).with_suffix(".txt").name
+    cls, cx, *rest = label.read_text().splitlines()[0].split()
+    label.write_text("\n".join([" ".join([cls, f"{float(cx) + 0.01:.6f}", *rest])]
+                               + label.read_text().splitlines()[1:]) + "\n")
+    assert cli.run(parse(*argv)) == 0
+    assert len(stand_in_trainer) == 3 and moved in stand_in_trainer[2]["train"]
+    assert [f["reused"] for f in json.loads(out.read_text())["model"]["folds"]] == \
+        [stand_in_trainer[2]["held"] != stand_in_trainer[0]["held"], stand_in_trainer[2]["held"] == stand_in_trainer[0]["held"]]
+
+
+@pytest.mark.parametrize("folds, needle", [("1", "--folds 1: at least 2"), ("9", "--folds 9: between 2 and the set's 4")])
+def test_bad_folds_are_refused(coco8_copy, tmp_path, stand_in_trainer, caplog, capsys, folds, needle):
+    data, weights = coco8_copy
+    status = cli.run(parse("audit", "--data", data / "data.yaml", "--model", weights, "--out", tmp_path / "a.json",
+                           "--folds", folds))
+    assert status in (1, 2) and needle in caplog.text + capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists() and not stand_in_trainer
+
+
+@pytest.mark.slow  # two real trainings (1 epoch at 160 on 2 images each), then the audit of each held-out fold
+def test_folds_with_the_training_task_s_recipe(coco8_copy, tmp_path):
+    data, weights = coco8_copy
+    out = tmp_path / "audit.json"
+    assert cli.run(parse("audit", "--data", data / "data.yaml", "--model", weights, "--out", out, "--no-html",
+                         "--folds", "2", "--imgsz", "160", "--set", "epochs=1", "--set", "batch_size_per_gpu=2")) == 0
+    report = json.loads(out.read_text())
+    folds = report["model"]["folds"]
+    assert [f["fold"] for f in folds] == [1, 2] and all(Path(f["weights"]).is_file() for f in folds)
+    assert all(0 <= f["mAP50"] <= 1 for f in folds) and report["images"] == 4
+    assert {f["split"] for f in report["findings"]} <= {"fold 1", "fold 2"}
+    assert not any((tmp_path / "audit.folds" / f"fold-{n}" / "work").exists() for n in (1, 2))
+
+
+@pytest.mark.parametrize("split, trained_here, expected", [("train", True, True), ("val", True, False),
+                                                           ("train", False, None)])
+def test_the_audit_says_whether_the_model_trained_on_the_images(coco8_copy, tmp_path, fake_model, monkeypatch, caplog,
+                                                                split, trained_here, expected):
+    data, weights = coco8_copy
+    monkeypatch.setattr(audit_cli, "training_data",
+                        lambda w: str(data / "data.yaml") if trained_here else "coco.yaml")
+    out = tmp_path / "a.json"
+    with caplog.at_level(logging.INFO):
+        assert cli.run(parse("audit", "--data", data / "data.yaml", "--split", split, "--model", weights,
+                             "--out", out, "--no-html")) == 0
+    report = json.loads(out.read_text())
+    assert report["data"]["in_training_set"] is expected
+    assert report["model"]["trained_on"] == (str(data / "data.yaml") if trained_here else "coco.yaml")
+    assert ("its audit is in-sample" in caplog.text) is bool(expected)
