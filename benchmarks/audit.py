@@ -13,6 +13,7 @@ Writes benchmarks/results/audit-latest.json (--json) and the generated section o
 """
 import argparse
 import datetime
+import functools
 import json
 import logging
 import os
@@ -147,23 +148,33 @@ def highway_names(root: str) -> list[str]:
 # ---------------------------------------------------------------- one set: the audit, the baselines, the speed
 
 class Pass:
-    """The audit's pass over a written set, timed as `start.py audit` runs it (read, forward, findings, files)."""
+    """The audit's pass over a written set, timed as `start.py audit` runs it (read; forward and findings in shards,
+    executor/pipeline/audit_shards.py; the files), with the benchmark's loaded model."""
 
-    def __init__(self, spec: str, class_map: str, detector, batch: int, folder: str):
-        from executor.engine.evaluation import predict_candidates
-        from executor.pipeline.label_audit import audit_predictions, write_audit
+    def __init__(self, spec: str, class_map: str, models: dict, folder: str):
+        from executor.pipeline.audit_shards import AuditPass, run_audit
+        from executor.pipeline.label_audit import write_audit
         from executor.protocol.labelled import read_labelled
         from mining.audit import CONFIDENT_CONF, SUPPORT_CONF
 
+        detector = models["audit"]
         start = time.perf_counter()
         self.samples, source = read_labelled(spec, detector.names, "val", class_map)
-        unreadable: list[int] = []
-        self.predictions = predict_candidates(detector, self.samples, SUPPORT_CONF, batch, lambda f: None, unreadable)
-        self.audit = audit_predictions(self.samples, self.predictions, detector.names, CONFIDENT_CONF, SUPPORT_CONF,
-                                       unreadable)
+        run = AuditPass(detector.weights, models["settings"], tuple(self.samples), CONFIDENT_CONF, SUPPORT_CONF,
+                        os.path.join(folder, "shards"), load=lambda weights, settings: detector)
+        self.audit = run_audit(run, detector.names, lambda f: None)
         write_audit(self.audit, {"data": {"source": source}}, os.path.join(folder, "audit.json"),
                     os.path.join(folder, "audit.csv"))
         self.seconds = time.perf_counter() - start
+        self.detector, self.batch = detector, models["batch"]
+
+    @functools.cached_property
+    def predictions(self) -> list:
+        """What the pass's model predicts on each sample (untimed: the IoU baseline reads it)."""
+        from executor.engine.evaluation import predict_candidates
+        from mining.audit import SUPPORT_CONF
+
+        return predict_candidates(self.detector, self.samples, SUPPORT_CONF, self.batch, lambda f: None)
 
     def found(self) -> list[pl.Found]:
         out = []
@@ -246,7 +257,7 @@ def one_set(name: str, images: list[pl.Image], write, class_map: str, models, ar
     altered, planted = pl.plant(images, args.seed)
     with tempfile.TemporaryDirectory(prefix=f"quarry-audit-{name}-") as folder:
         spec = write(altered, os.path.join(folder, "data"))
-        run = Pass(spec, class_map, models["audit"], models["batch"], folder)
+        run = Pass(spec, class_map, models, folder)
         result = {"images": len(images), "boxes_before": sum(len(i.boxes) for i in images),
                   "boxes": sum(len(s.boxes) for s in run.samples),
                   "planted": {kind: sum(p.kind == kind for p in planted) for kind in pl.TYPES},
@@ -255,7 +266,7 @@ def one_set(name: str, images: list[pl.Image], write, class_map: str, models, ar
                  run.seconds)
         if not args.skip_speed:
             result["speed"] = timed([s.image for s in run.samples],
-                                    lambda: Pass(spec, class_map, models["audit"], models["batch"], folder),
+                                    lambda: Pass(spec, class_map, models, folder),
                                     models["mining"], args.speed_reps)
     return result
 
@@ -280,13 +291,15 @@ def load_models(weights: str) -> dict:
     from executor.pipeline.passes import Models
     from executor.pipeline.plan import weights_for
     from executor.protocol.settings import build_settings
+    from executor.runtime import cpu_threads
     from benchmarks import speed
 
     settings = build_settings("mining", speed.mining_config(weights, "entropy"))
+    settings = settings.replace(cpu_threads=cpu_threads(settings.cpu_threads))
     audit = labelled_pass_detector(weights, settings)
     mining = Models().detector(settings, weights_for(settings, ""))
     return {"audit": audit, "mining": mining, "batch": batch_size(settings.batch_size_per_gpu, False),
-            "img_size": audit.img_size}
+            "img_size": audit.img_size, "settings": settings}
 
 
 def main(argv=None) -> int:

@@ -36,7 +36,7 @@ def audit_card(audit: Audit, rank: int, found: ImageFinding, sample: Sample | No
         label = audit.name(evidence.cls) + ("" if evidence.conf is None else f" {evidence.conf:.2f}")
         prediction = (evidence.box, label)
     return AuditCard(rank, found.image, f.kind, f.score, audit.name(f.cls), found.where, truth, f.annotation,
-                     prediction, evidence_text(audit, found), fix_text(audit, found))
+                     prediction, evidence_text(audit, found), fix_text(audit, found), found.split)
 
 
 def evidence_text(audit: Audit, found: ImageFinding) -> str:

@@ -40,6 +40,8 @@ class AuditPass:
     confident: float
     support: float
     folder: str
+    load: Callable | None = None  # (weights, settings) → detector; None: error_fit.labelled_pass_detector (a
+    #                               benchmark hands its loaded one; one process only: it is not sent to workers)
 
     def images(self) -> dict[str, list[int]]:
         """Each image of the set (in the set's order) → the indices of its samples (an image listed twice has two)."""
@@ -95,7 +97,7 @@ def audit_worker(run: AuditPass, todo: Sequence[int], rank: int, world: int, dev
     if not mine:
         return
     settings = run.settings.replace(gpu_id=device, cpu_threads=max(1, run.settings.cpu_threads // world))
-    detector = labelled_pass_detector(run.weights, settings)
+    detector = (run.load or labelled_pass_detector)(run.weights, settings)
     batch = batch_size(settings.batch_size_per_gpu, detector.device.type == "cuda")
     store, where, labelled = run.store(), run.images(), labelled_classes(run.samples)
     done = 0

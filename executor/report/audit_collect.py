@@ -28,6 +28,7 @@ class AuditCard:
     prediction: tuple[Box, str] | None
     evidence: str
     fix: str
+    split: str = ""  # whose images: 'val', 'train' (the model trained on it), 'fold k' (--folds); '' not said
 
 
 @dataclass

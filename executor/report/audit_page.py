@@ -25,6 +25,7 @@ CROP_MIN_SHARE = 0.3            # and is at least this share of the image's shor
 
 AUDIT_CSS = CSS + """
 .kind { font-weight: 600; margin-right: 6px; }
+.split { font-size: 11px; border: 1px solid #999; border-radius: 3px; padding: 0 3px; margin-right: 6px; }
 .evidence, .fix { margin-top: 3px; }
 .fix { color: var(--ink); }
 .fix b, .evidence b { color: var(--muted); font-weight: 500; }
@@ -95,9 +96,18 @@ def _card_html(card: AuditCard, base: str | None) -> str:
             f'{esc(os.path.basename(card.image))}" data-section="{esc(card.kind)}" data-rank="{card.rank}" '
             f'data-path="{esc(card.image)}" data-score="{card.score!r}"></div>'
             f'<figcaption><span class="rank">#{card.rank}</span><span class="score">{card.score:.3f}</span> '
-            f'<span class="kind">{esc(card.class_name)}</span>{path_html(card.image, base)}{where}'
+            f'<span class="kind">{esc(card.class_name)}</span>{split_html(card.split)}'
+            f'{path_html(card.image, base)}{where}'
             f'<div class="evidence"><b>evidence</b> {esc(card.evidence)}</div>'
             f'<div class="fix"><b>fix</b> {esc(card.fix)}</div>{problem}</figcaption></figure>')
+
+
+def split_html(split: str) -> str:
+    """Whose image the card shows: the training's own (in-sample: the model learnt its labels), val, a fold."""
+    if not split:
+        return ""
+    text = "train: in-sample" if split == "train" else split
+    return f'<span class="split{" warn" if split == "train" else ""}">{esc(text)}</span>'
 
 
 def _legend() -> str:
@@ -130,6 +140,7 @@ def _run_html(data: AuditPageData) -> str:
             ("Audited", f"{data.images} images, {data.boxes} labelled boxes"
                         + (f", <span class='warn'>{len(data.unreadable)} unreadable (not audited)</span>"
                            if data.unreadable else "")),
+            ("Trained on", _trained_html(model, source)),
             ("Settings", " · ".join(f"{esc(k)} <code>{esc(v)}</code>"
                                     for k, v in data.about.get("settings", {}).items()))]
     table = "<table class='kv'>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
@@ -137,6 +148,20 @@ def _run_html(data: AuditPageData) -> str:
         table += ("<details><summary class='warn'>unreadable images</summary><ul>"
                   + "".join(f"<li class='mono'>{esc(p)}</li>" for p in data.unreadable[:500]) + "</ul></details>")
     return table
+
+
+def _trained_html(model: dict, source: dict) -> str:
+    """What the audit knows of whether the model trained on the audited images."""
+    folds = model.get("folds")
+    if folds:
+        return (f"cross-fitted: {len(folds)} folds, each audited by a model that never saw it (" + "; ".join(
+            f"fold {f['fold']}: {f['images']} images, trained on {f['trained_on']}"
+            + ("" if f.get("mAP50") is None else f", held-out mAP50 {f['mAP50']:.3f}") for f in folds) + ")")
+    if "in_training_set" not in source:
+        return "not said"
+    known = {True: "<span class='warn'>these images: the audit is in-sample</span>", False: "other images"}
+    said = f" (the checkpoint names <code>{esc(model.get('trained_on'))}</code>)" if model.get("trained_on") else ""
+    return known.get(source["in_training_set"], "unknown") + said
 
 
 def _type_html(data: AuditPageData, kind: str, base: str | None, json_name: str) -> str:

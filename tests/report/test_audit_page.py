@@ -153,3 +153,23 @@ def test_a_failure_to_write_the_page_is_a_warning(tmp_path, caplog, monkeypatch)
     monkeypatch.undo()
     assert write_audit_page(audit, samples, ABOUT, str(out / "audit.html"), str(out / "audit.json"))
     assert (out / "audit.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_page_says_whose_images_the_model_trained_on(tmp_path):
+    """Cards name their split (an in-sample one warned), the run says what is known of the model's training."""
+    samples, _ = make_audit(tmp_path)
+    predictions = [detections([([180, 60, 300, 200], 0.9, 1)])] * len(samples)
+    audit = audit_predictions(samples, predictions, NAMES, 0.5, 0.01, split="train")
+    text = audit_html(audit_page_data(audit, samples, {**ABOUT, "data": {**ABOUT["data"], "in_training_set": True}}))
+    assert text.count('<span class="split warn">train: in-sample</span>') == len(audit.findings)
+    assert "these images: the audit is in-sample" in text
+
+    folds = [{"fold": 1, "images": 3, "trained_on": 2, "mAP50": 0.4191}, {"fold": 2, "images": 2, "trained_on": 3,
+                                                                         "mAP50": None}]
+    audit = audit_predictions(samples, predictions, NAMES, 0.5, 0.01, split="fold 2")
+    text = audit_html(audit_page_data(audit, samples, {**ABOUT, "model": {**ABOUT["model"], "folds": folds}}))
+    assert text.count('<span class="split">fold 2</span>') == len(audit.findings)
+    assert ("cross-fitted: 2 folds, each audited by a model that never saw it (fold 1: 3 images, trained on 2, "
+            "held-out mAP50 0.419; fold 2: 2 images, trained on 3)") in text
+    unknown = audit_html(audit_page_data(audit, samples, {**ABOUT, "data": {**ABOUT["data"], "in_training_set": None}}))
+    assert "<th>Trained on</th><td>unknown</td>" in unknown
