@@ -546,3 +546,17 @@ def test_a_failed_label_audit_is_a_warning_and_writes_nothing(tmp_path, caplog):
     audit_labels(str(path), "val", "best.pt", evaluator, [broken], [])
     assert not path.exists() and not (tmp_path / "label-audit.csv").exists()
     assert "label audit failed, no" in caplog.text and "inconsistent shapes" in caplog.text
+
+
+def test_export_int8_is_refused_for_segmentation_naming_the_key():
+    from types import SimpleNamespace
+
+    from executor.pipeline.training import run_training
+    from executor.protocol.templates import family_templates
+    from executor.shared import SEGMENTATION
+
+    settings = build_settings("training", {"class_names": ["cat"], "export_int8": True},
+                              family_templates(SEGMENTATION))
+    with pytest.raises(ConfigError, match="config key 'export_int8'.*detection models") as err:
+        run_training(SimpleNamespace(), settings, lambda f: None)
+    assert err.value.code == 300001
