@@ -43,9 +43,10 @@ def prepare_process_env() -> str:
 
 
 def place_font(config_dir: str) -> None:
-    """Ultralytics' train/val checks for Arial.ttf and downloads it when missing: give it a local TTF."""
-    target = os.path.join(config_dir, "Ultralytics", "Arial.ttf")
-    if os.path.exists(target):
+    """Ultralytics' train/val checks for Arial.ttf, and its plots (training's pictures) for Arial.Unicode.ttf when a
+    class name is not ASCII, and downloads them when missing: give it a local TTF under both names."""
+    targets = [os.path.join(config_dir, "Ultralytics", name) for name in ("Arial.ttf", "Arial.Unicode.ttf")]
+    if all(os.path.exists(target) for target in targets):
         return
     try:
         import matplotlib  # a dependency of ultralytics; ships DejaVuSans
@@ -54,8 +55,10 @@ def place_font(config_dir: str) -> None:
     except ImportError:
         return
     if os.path.isfile(source):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(source, target)
+        os.makedirs(os.path.dirname(targets[0]), exist_ok=True)
+        for target in targets:
+            if not os.path.exists(target):
+                shutil.copyfile(source, target)
 
 
 

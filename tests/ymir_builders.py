@@ -174,14 +174,14 @@ def write_training_env(root: Path, class_names: list[str], config: dict | None =
 
 # ---------------------------------------------------------------- reading outputs back
 
-def read_scalars(folder: Path) -> dict:
-    """{tag: [(step, value), ...]} from every tensorboard event file under `folder`, parsed with tensorboardX's
-    own Event protobuf (TFRecord framing: length, crc, payload, crc)."""
+def read_events(folder: Path) -> list:
+    """(step, summary value) of every value in every tensorboard event file under `folder`, parsed with
+    tensorboardX's own Event protobuf (TFRecord framing: length, crc, payload, crc)."""
     import struct
 
     from tensorboardX.proto.event_pb2 import Event
 
-    scalars: dict = {}
+    found = []
     for path in sorted(Path(folder).rglob("events.out.tfevents*")):
         data = path.read_bytes()
         offset = 0
@@ -189,10 +189,30 @@ def read_scalars(folder: Path) -> dict:
             (length,) = struct.unpack("<Q", data[offset:offset + 8])
             event = Event.FromString(data[offset + 12:offset + 12 + length])
             offset += 12 + length + 4
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+            found.extend((event.step, value) for value in event.summary.value)
+    return found
+
+
+def read_scalars(folder: Path) -> dict:
+    """{tag: [(step, value), ...]} of the scalars under `folder` (read_events)."""
+    scalars: dict = {}
+    for step, value in read_events(folder):
+        if value.HasField("simple_value"):
+            scalars.setdefault(value.tag, []).append((step, value.simple_value))
     return scalars
+
+
+def read_images(folder: Path) -> dict:
+    """{tag: [(step, decoded RGB array), ...]} of the images under `folder` (read_events)."""
+    import cv2
+    import numpy as np
+
+    images: dict = {}
+    for step, value in read_events(folder):
+        if value.HasField("image"):
+            bgr = cv2.imdecode(np.frombuffer(value.image.encoded_image_string, np.uint8), cv2.IMREAD_COLOR)
+            images.setdefault(value.tag, []).append((step, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    return images
 
 
 def write_seg_weights(path: Path) -> Path:

@@ -89,13 +89,18 @@ class OnnxDetector(Detector):
 
     def head(self, canvases: np.ndarray, features: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
-        x = np.ascontiguousarray(canvases.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        x = onnx_input(canvases)
         step = self.fixed_batch or len(x)
         wanted = self.head_names + (self.feature_outputs if features else [])
         runs = [self.session.run(wanted, {self.input_name: x[i:i + step]}) for i in range(0, len(x), step)]
         joined = [torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0]) for parts in zip(*runs)]
         heads, levels = joined[:len(self.head_names)], joined[len(self.head_names):]
         return heads[0], (heads[1] if self.num_masks else None), levels if features else None
+
+
+def onnx_input(canvases: np.ndarray) -> np.ndarray:
+    """The network input of uint8 canvases (B, H, W, 3 RGB): float32 (B, 3, H, W) in [0, 1]."""
+    return np.ascontiguousarray(canvases.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
 
 
 def onnx_with_head_inputs(weights: str):

@@ -54,12 +54,14 @@ def train_arg_keys() -> frozenset:
     return frozenset(DEFAULT_CFG_DICT)
 
 
-def train_args(settings, device: str, extra: dict) -> dict:
+def train_args(settings, device: str, extra: dict, plots: bool = False) -> dict:
     """Ultralytics train arguments: the template's keys through the table, the batch over every GPU, `extra`
-    (args_options, already checked) last."""
+    (args_options, already checked) last. `plots`: Ultralytics' own pictures in its run dir (labels.jpg and
+    train_batch0-2.jpg before and in the first epoch; after the last epoch and the final validation of best.pt the
+    PR, F1, P and R curves, the confusion matrices, val_batch*.jpg and results.png); none during other epochs."""
     args = {arg: settings[key] for arg, key in TRAIN_ARGS_FROM_TEMPLATE.items()}
     args["batch"] *= len(device.split(",")) if device != "cpu" else 1
-    return {**args, "device": device, "plots": False, **extra}
+    return {**args, "device": device, "plots": plots, **extra}
 
 
 def check_train_args(args: dict, source: str = "args_options") -> dict:

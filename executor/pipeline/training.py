@@ -5,16 +5,19 @@ last epoch is the best stage), no ONNX attachment, and the val predictions of th
 
 Progress: 0-5 % dataset, 5-90 % epochs (and batches), 90-100 % final evaluation and export.
 Stages: `best` (Ultralytics' best.pt) and, unless save_best_only, `epoch_<k>` every save_period epochs
-(at most 10 kept). result.yaml is rewritten after every saved stage, so a crash leaves a usable package.
+(at most 10 kept); with export_int8 a stage `int8` (best-int8.onnx, its own metrics), never the best stage. result.yaml is rewritten after every saved stage, so a crash leaves a usable package.
 The family is settings.object_type (the image's manifest): 2 detection, 4 instance segmentation (seg-coco masks,
 a segmentation model, maskAP from executor/engine/seg_eval.py next to the box metrics).
 """
+import glob
 import json
 import logging
 import os
 import shlex
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -22,13 +25,16 @@ import yaml
 
 from executor.engine import trainer
 from executor.engine.evaluation import VAL_IOU, VAL_MAX_DET, Metrics, evaluate
+from executor.engine.images import read_image
 from executor.engine.loading import export_onnx, load_detector
+from executor.engine.quantize import quantize_int8
 from executor.errors import ConfigError, ModelError
 from executor.protocol.dataset import export_yolo, read_dataset, summary
 from executor.protocol.env import resolve_weights
 from executor.protocol.monitor import Progress, span
 from executor.protocol.settings import Settings
 from executor.protocol.writers import atomic_write_text, write_training_result
+from executor.report.val_preview import grid, preview_cell
 from executor.shared import DETECTION, FAMILIES, SEGMENTATION
 from executor.shared import Sample
 
@@ -37,6 +43,13 @@ PREPARE, TRAIN = (0.0, 0.05), (0.05, 0.90)
 FINISH = (TRAIN[1], 1.0)
 MAX_STAGES = 11  # the SDK keeps the best stage and the 10 most recent ones
 BEST = "best"
+INT8 = "int8"  # the best stage quantised (export_int8): listed with its metrics, never the best stage
+INT8_OPSET = 13  # per-channel QDQ needs DequantizeLinear's axis (opset 13)
+CALIBRATION_IMAGES = 200  # training images that calibrate the int8 activation ranges
+PREVIEW_IMAGES, PREVIEW_CELL, PREVIEW_CONF = 4, 320, 0.25  # the per-epoch picture: val images, pixels, conf
+PLOT_FILES = ("results.csv", "results.png", "labels.jpg", "train_batch*.jpg", "val_batch*.jpg", "*_curve.png",
+              "confusion_matrix*.png")  # Ultralytics' pictures copied into the tensorboard folder
+PLOT_IMAGES = ("*PR_curve.png", "*F1_curve.png", "confusion_matrix_normalized.png", "results.png")  # and shown
 
 
 # ---------------------------------------------------------------- weights and arguments
@@ -153,15 +166,16 @@ class StageBook:
         self.write()
 
     def best_stage_name(self) -> str:
-        """The SDK's rule: highest maskAP when the stages have one (segmentation), else highest mAP; the newest
-        on ties."""
+        """The SDK's rule among the float stages (the int8 stage is a derivative of the best one): highest maskAP
+        when the stages have one (segmentation), else highest mAP; the newest on ties."""
         order = {name: i for i, name in enumerate(self.stages)}  # within one second, the later addition
 
         def metric(name: str) -> float:
             stage = self.stages[name]
             return stage["maskAP"] if stage.get("maskAP") is not None else stage["mAP"]
 
-        return max(self.stages, key=lambda n: (metric(n), self.stages[n]["timestamp"], order[n]))
+        candidates = [name for name in self.stages if name != INT8] or list(self.stages)
+        return max(candidates, key=lambda n: (metric(n), self.stages[n]["timestamp"], order[n]))
 
     def _link_root(self, sources: list[str]) -> list[str]:
         names = []
@@ -208,11 +222,13 @@ class StageBook:
 # ---------------------------------------------------------------- hooks called during training
 
 class TrainingHooks:
-    """Progress, tensorboard scalars and stage saving, called by the adapter's trainer bridge (rank 0)."""
+    """Progress, tensorboard scalars and pictures and stage saving, called by the adapter's trainer bridge (rank 0).
+    `preview`: the picture of a few val images drawn after each epoch (None: no picture)."""
 
     def __init__(self, progress: Progress, tensorboard_dir: str, book: StageBook, evaluator: "Evaluator",
-                 save_period: int, save_best_only: bool):
+                 save_period: int, save_best_only: bool, preview: "EpochPreview | None" = None):
         self.progress, self.tensorboard_dir, self.book, self.evaluator = progress, tensorboard_dir, book, evaluator
+        self.preview = preview
         self.save_period = save_period if not save_best_only else 0
         self._writer = None
         self._last_fraction = -1.0
@@ -238,6 +254,10 @@ class TrainingHooks:
         self.writer.add_text(tag, value, 0)
         self.writer.flush()
 
+    def image(self, tag: str, rgb, step: int) -> None:
+        self.writer.add_image(tag, rgb, step, dataformats="HWC")
+        self.writer.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -252,6 +272,10 @@ class TrainingHooks:
     def on_epoch(self, report: trainer.EpochReport) -> None:
         self.progress(report.epoch / max(1, report.epochs))
         self.scalars(report.scalars, report.epoch)
+        if self.preview is not None:
+            picture = self.preview(report.last)
+            if picture is not None:
+                self.image("val/predictions", picture, report.epoch)
         log.info("epoch %d/%d: %s", report.epoch, report.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in report.scalars.items() if not k.startswith("lr/")))
         if report.best_improved:  # provisional: Ultralytics' val mAP until our evaluation at the end
@@ -288,6 +312,16 @@ def describe(metrics: Metrics) -> str:
     return text if metrics.maskAP is None else f"maskAP@0.5 {metrics.maskAP:.4f}, box {text}"
 
 
+@contextmanager
+def training_threads():
+    """A detector takes every core; training resumes with its own thread count afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Evaluator:
     """Our metrics of a weights file on the val split (picklable: DDP workers evaluate epoch stages); with
     `masks` (instance segmentation) mask and box metrics of a segmentation model (executor/engine/seg_eval.py)."""
@@ -301,23 +335,74 @@ class Evaluator:
         self.batch_size = batch_size
         self.masks = masks
 
+    def detector(self, weights: str, conf_thres: float):
+        """`weights` (.pt: PyTorch, .onnx: ONNX Runtime) as a detector of this split's classes."""
+        return load_detector(weights, "auto", self.gpu_id, self.img_size, class_names=self.class_names,
+                             threads=self.threads, conf_thres=conf_thres, iou_thres=VAL_IOU, max_det=VAL_MAX_DET,
+                             task="segment" if self.masks else "detect")
+
     def __call__(self, weights: str, progress: Progress = lambda f: None, keep: list | None = None) -> Metrics:
         """`keep` (detection only): a list that receives the val predictions (executor.engine.evaluation.evaluate)."""
-        training_threads = torch.get_num_threads()  # the detector takes every core; training resumes with its own
-        try:
+        with training_threads():
             # the thresholds are the validator's (evaluation sets them); these only build the detector
-            detector = load_detector(weights, "torch", self.gpu_id, self.img_size, class_names=self.class_names,
-                                     threads=self.threads, conf_thres=self.conf_thr, iou_thres=VAL_IOU,
-                                     max_det=VAL_MAX_DET,
-                                     task="segment" if self.masks else "detect")
+            detector = self.detector(weights, self.conf_thr)
             if self.masks:
                 from executor.engine.seg_eval import evaluate_segmentation
 
                 return evaluate_segmentation(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size,
                                              progress)
             return evaluate(detector, self.samples, self.iou_thr, self.conf_thr, self.batch_size, progress, keep)
-        finally:
-            torch.set_num_threads(training_threads)
+
+
+class EpochPreview:
+    """The picture of the same few val images (spread over the split) with their labels and the predictions
+    (conf >= PREVIEW_CONF) of an epoch's weights. Picklable (DDP workers draw it). A failure is a warning, once:
+    training goes on without pictures."""
+
+    def __init__(self, evaluator: Evaluator, count: int = PREVIEW_IMAGES):
+        self.evaluator, self.samples = evaluator, spread(evaluator.samples, count)
+        self.failed = False
+
+    def __call__(self, weights: str):
+        if self.failed or not self.samples:
+            return None
+        try:
+            with training_threads():
+                detector = self.evaluator.detector(weights, PREVIEW_CONF)
+                cells = []
+                for sample in self.samples:
+                    image = read_image(sample.image)
+                    canvas, box = detector.letterbox(image)
+                    det = detector.predict_canvases(canvas[None], [box])[0]
+                    cells.append(preview_cell(image, sample.boxes, sample.classes, det, detector.names, PREVIEW_CELL))
+            return grid(cells, PREVIEW_CELL)
+        except Exception as exc:  # noqa: BLE001 — the pictures are an extra; the training goes on
+            self.failed = True
+            log.warning("no val pictures in tensorboard (%s: %s)", type(exc).__name__, exc, exc_info=True)
+            return None
+
+
+def spread(items: Sequence, count: int) -> list:
+    """Up to `count` of `items`, evenly spaced from the first (all of them when there are no more)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
+
+
+def publish_plots(run_dir: str, hooks: TrainingHooks) -> None:
+    """Ultralytics' results.csv and pictures (train_args' `plots`) copied from its run dir into the tensorboard
+    folder; the curves, the normalised confusion matrix and results.png shown in tensorboard's images tab too."""
+    import cv2
+
+    names = sorted({os.path.basename(p) for pattern in PLOT_FILES for p in glob.glob(os.path.join(run_dir, pattern))})
+    for name in names:
+        shutil.copyfile(os.path.join(run_dir, name), os.path.join(hooks.tensorboard_dir, name))
+    for name in sorted({os.path.basename(p) for pattern in PLOT_IMAGES
+                        for p in glob.glob(os.path.join(run_dir, pattern))}):
+        picture = cv2.imread(os.path.join(run_dir, name), cv2.IMREAD_COLOR)
+        if picture is not None:
+            hooks.image(f"plots/{os.path.splitext(name)[0]}", cv2.cvtColor(picture, cv2.COLOR_BGR2RGB), 0)
+    log.info("training pictures in %s: %s", hooks.tensorboard_dir, ", ".join(names) or "none")
 
 
 # ---------------------------------------------------------------- the task
@@ -330,13 +415,17 @@ def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val
     final-epoch val, no final_eval of best.pt) and the best stage is the last epoch's weights; `onnx=False`: no
     ONNX attachment; `val_predictions` (detection): a list that receives the best stage's val predictions, in
     job.val_index's order (executor.engine.evaluation.evaluate's `keep`); `error_model=False`: no error model
-    fitted (the simulator fits its own, never on the split it reports)."""
+    fitted (the simulator fits its own, never on the split it reports). The pictures (Ultralytics' plots and the
+    per-epoch val preview in tensorboard) come with Ultralytics' validation."""
     class_names = list(settings.class_names)
     evaluate_config = dict(settings.evaluate_config)
     extra = trainer.check_train_args(parse_args_options(settings.args_options))
     device = trainer.train_device(settings.gpu_id)
     task = train_task(settings)
     segmentation = task == "segment"
+    if segmentation and settings.get("export_int8"):
+        raise ConfigError("config key 'export_int8': the int8 export is for detection models; this image trains "
+                          f"{FAMILIES[object_type(settings)]} models: set it to false")
     model_yaml = trainer.model_yaml(settings.model, task) if segmentation else None  # seeded from a detection .pt
     source = choose_weights(settings, job.models_dir, job.weights_dirs)
     log.info("this image trains %s models (object_type %d)", FAMILIES[object_type(settings)], object_type(settings))
@@ -352,9 +441,10 @@ def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val
     evaluator = Evaluator(val.samples, class_names, settings, evaluate_config,
                           2 * settings.batch_size_per_gpu, masks=segmentation)  # as Ultralytics validates in training
     hooks = TrainingHooks(span(progress, *TRAIN), job.tensorboard_dir, book, evaluator,
-                          settings.save_period, settings.save_best_only)
+                          settings.save_period, settings.save_best_only,
+                          EpochPreview(evaluator) if ultralytics_val else None)
     hooks.text("dataset", "\n\n".join(summary(s, class_names) for s in (train, val)))
-    args = trainer.train_args(settings, device, extra)
+    args = trainer.train_args(settings, device, extra, plots=ultralytics_val)
     if not ultralytics_val:
         log.info("Ultralytics validates nothing in this run: the best stage is the last epoch's weights")
     log.info("training %s for %d epochs: %s", source, settings.epochs, args)
@@ -366,9 +456,13 @@ def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val
                                      task, model_yaml, validate=ultralytics_val,
                                      freeze_bn_stats=settings.freeze_bn_stats)
         log.info("training took %.1f s", time.monotonic() - started)
+        if ultralytics_val:
+            publish_plots(result.run_dir, hooks)
         book.reload()
         metrics = finish(result, book, hooks, evaluator, settings, span(progress, *FINISH), onnx, keep,
-                         error_model and settings.fit_error_model)
+                         error_model and settings.fit_error_model,
+                         calibration=spread([s.image for s in train.samples], CALIBRATION_IMAGES),
+                         work_dir=job.work_dir)
     finally:
         hooks.close()
     if audit:
@@ -379,10 +473,10 @@ def run_training(job, settings: Settings, progress: Progress, *, ultralytics_val
 
 def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, evaluator: Evaluator,
            settings: Settings, progress: Progress, onnx: bool = True, keep: list | None = None,
-           error_model: bool = True) -> Metrics:
+           error_model: bool = True, calibration: Sequence[str] = (), work_dir: str | None = None) -> Metrics:
     """The best stage with our metrics (its val predictions into `keep`), its error model fitted on the val split
-    unless not `error_model`, its ONNX export as an attachment unless not `onnx`, result.yaml; returns the
-    metrics."""
+    unless not `error_model`, its ONNX export as an attachment unless not `onnx`, with export_int8 the int8 stage
+    (calibrated on the images `calibration`, scratch files in `work_dir`), result.yaml; returns the metrics."""
     checkpoint = result.best or result.last
     if checkpoint is None:
         raise ModelError(f"training wrote no weights under {result.run_dir}")
@@ -410,6 +504,8 @@ def finish(result: trainer.TrainResult, book: StageBook, hooks: TrainingHooks, e
                  hooks.ultralytics_best["metrics/mask_mAP50"])
     if onnx:
         attach_onnx(book, best, settings)
+        if settings.get("export_int8"):
+            add_int8_stage(book, best, hooks, evaluator, settings, calibration, metrics, work_dir)
     progress(1.0)
     return metrics
 
@@ -460,6 +556,32 @@ def fit_error_model(best: str, evaluator: Evaluator, settings: Settings, progres
         log.warning("no error model for %s (%s): errors mining will use the prior", best, exc)
         return []
     return [os.path.basename(path)]
+
+
+def add_int8_stage(book: StageBook, best: str, hooks: TrainingHooks, evaluator: Evaluator, settings: Settings,
+                   calibration: Sequence[str], float_metrics: Metrics, work_dir: str | None) -> None:
+    """The stage `int8`: `best` exported to ONNX (dynamic batch and size, as the evaluation batches its rectangles),
+    statically quantised on the `calibration` images at img_size, evaluated like the best stage (same split, same
+    code, ONNX Runtime). A failure is logged with its traceback and leaves no stage: the float model package is
+    complete without it."""
+    target = book.stage_path(INT8, "best-int8.onnx")
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+            float_onnx = os.path.join(scratch, "best.onnx")
+            export_onnx(best, float_onnx, settings.img_size, max(settings.opset, INT8_OPSET), dynamic=True)
+            with training_threads():
+                count = quantize_int8(float_onnx, target, calibration, settings.img_size, evaluator.threads)
+        metrics = evaluator(target)
+    except Exception:  # noqa: BLE001 — logged with its traceback; the package keeps its float stages
+        log.exception("int8 export of %s failed; the model package has no int8 stage", best)
+        shutil.rmtree(os.path.dirname(target), ignore_errors=True)
+        return
+    book.add(INT8, [os.path.basename(target)], metrics.stage_fields())
+    hooks.scalars({**eval_scalars(metrics), "mAP50_95": metrics.mAP50_95}, 0, prefix="int8/")
+    log.info("int8 stage (%d calibration images, %.1f s): mAP@0.5 %.4f (float %.4f), mAP@[.5:.95] %.4f (float %.4f)",
+             count, time.monotonic() - started, metrics.mAP, float_metrics.mAP, metrics.mAP50_95,
+             float_metrics.mAP50_95)
 
 
 def attach_onnx(book: StageBook, best: str, settings: Settings) -> None:

@@ -262,6 +262,7 @@ RULES: dict[str, Rule] = {
     "save_best_only": boolean(),
     "amp": boolean(),
     "opset": integer(0, 100),
+    "export_int8": boolean(),
     "args_options": text(),
     "evaluate_config": eval_thresholds(),
     "object_type": object_type(),

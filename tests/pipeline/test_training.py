@@ -11,7 +11,7 @@ from executor.pipeline.training import (BEST, MAX_STAGES, StageBook, TrainingHoo
                                         parse_args_options)
 from executor.protocol.settings import build_settings
 from executor.protocol.writers import write_training_result
-from tests.ymir_builders import WEIGHTS_DIR, read_scalars
+from tests.ymir_builders import WEIGHTS_DIR, read_images, read_scalars
 
 
 # ---------------------------------------------------------------- args_options
@@ -356,17 +356,22 @@ def run_training_start(env_path, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path, monkeypatch):
+    from executor.pipeline import training
     from tests.ymir_builders import voc_items, voc_names, write_dataset, write_training_env
     items = voc_items(32)
     index = write_dataset(tmp_path / "in", items[:24], items[24:], voc_names(), "ark")
     env = write_training_env(tmp_path, voc_names(), {"epochs": 1, "img_size": 128, "batch_size_per_gpu": 8,
-                                                     "save_best_only": False, "save_period": 1})
+                                                     "save_best_only": False, "save_period": 1, "export_int8": True})
+    monkeypatch.setattr(training, "CALIBRATION_IMAGES", 8)
     validations = count_validations(monkeypatch)
     log, metrics = run_training_start(env, tmp_path, monkeypatch)
     assert validations == [1, 1]  # the platform's result.yaml as ever: Ultralytics validated epoch 1 and best.pt
     models = tmp_path / "out" / "models"
     data = yaml.safe_load((models / "result.yaml").read_text())
-    assert set(data["model_stages"]) == {"best", "epoch_1"} and data["best_stage_name"] in data["model_stages"]
+    assert set(data["model_stages"]) == {"best", "epoch_1", "int8"} and data["best_stage_name"] in {"best", "epoch_1"}
+    assert data["model_stages"]["int8"]["files"] == ["best-int8.onnx"]  # evaluated as the float stages are
+    assert "int8 stage (8 calibration images" in log
+    check_the_training_pictures(tmp_path / "out" / "tensorboard")
     best = data["model_stages"]["best"]  # the training task returns the best stage's metrics, as result.yaml has them
     assert {key: best[key] for key in ("mAP", "mAR", "tp", "fp", "fn")} == metrics.stage_fields()
     assert 0 <= metrics.mAP50_95 <= 1 and metrics.maskAP is None
@@ -378,7 +383,7 @@ def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path, monkeypatch):
     assert (models / "attachments" / "onnx" / "best.onnx").stat().st_size > 1e6
     scalars = read_scalars(tmp_path / "out" / "tensorboard")
     for tag in ("train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/precision", "metrics/recall",
-                "metrics/mAP50", "metrics/mAP50-95", "lr/pg0", "best/mAP50"):
+                "metrics/mAP50", "metrics/mAP50-95", "lr/pg0", "best/mAP50", "int8/mAP50"):
         assert tag in scalars, (tag, sorted(scalars))
     assert scalars["metrics/mAP50"][0][0] == 1
     ours, theirs = map(float, re.search(r"val split: ours ([\d.]+), Ultralytics val ([\d.]+)", log).groups())
@@ -389,6 +394,26 @@ def test_start_trains_on_voc_ark_with_epoch_stages(tmp_path, monkeypatch):
     assert "label-audit.json" in (tmp_path / "out" / "label-audit.html").read_text()  # the page names its json
     assert not any("label-audit" in p.name for p in models.rglob("*"))  # not in the model package
     check_the_simulators_training(tmp_path / "sim", index, validations)
+
+
+def check_the_training_pictures(folder):
+    """The val preview after each epoch (4 of the 8 val images, 2 x 2 cells of 320 px, the labelled boxes drawn in
+    the audit page's green), the final plots in the images tab, Ultralytics' files beside the event file."""
+    import numpy as np
+
+    from executor.report.audit_page import TRUTH_RGB
+
+    images = read_images(folder)
+    assert [step for step, _ in images["val/predictions"]] == [1]
+    preview = images["val/predictions"][0][1]
+    assert preview.shape == (640, 640, 3) and (preview == TRUTH_RGB).all(axis=2).sum() > 100
+    for tag in ("plots/BoxPR_curve", "plots/BoxF1_curve", "plots/confusion_matrix_normalized", "plots/results"):
+        assert tag in images and images[tag][0][1].std() > 0, (tag, sorted(images))
+    files = {p.name for p in folder.iterdir()}
+    assert {"results.csv", "results.png", "labels.jpg", "train_batch0.jpg", "BoxPR_curve.png", "BoxF1_curve.png",
+            "confusion_matrix.png", "confusion_matrix_normalized.png"} <= files, sorted(files)
+    rows = (folder / "results.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("epoch") and rows[1].startswith("1")
 
 
 def count_validations(monkeypatch) -> list:
@@ -430,6 +455,7 @@ def check_the_simulators_training(out, index, validations):
     assert len(predictions) == 8 and sum(map(len, predictions)) > 0
     scalars = read_scalars(out / "tb")
     assert "train/box_loss" in scalars and not any(tag.startswith("metrics/") for tag in scalars)
+    assert read_images(out / "tb") == {} and not list((out / "tb").glob("*.png"))  # no pictures either
 
 
 @pytest.mark.slow
@@ -520,3 +546,17 @@ def test_a_failed_label_audit_is_a_warning_and_writes_nothing(tmp_path, caplog):
     audit_labels(str(path), "val", "best.pt", evaluator, [broken], [])
     assert not path.exists() and not (tmp_path / "label-audit.csv").exists()
     assert "label audit failed, no" in caplog.text and "inconsistent shapes" in caplog.text
+
+
+def test_export_int8_is_refused_for_segmentation_naming_the_key():
+    from types import SimpleNamespace
+
+    from executor.pipeline.training import run_training
+    from executor.protocol.templates import family_templates
+    from executor.shared import SEGMENTATION
+
+    settings = build_settings("training", {"class_names": ["cat"], "export_int8": True},
+                              family_templates(SEGMENTATION))
+    with pytest.raises(ConfigError, match="config key 'export_int8'.*detection models") as err:
+        run_training(SimpleNamespace(), settings, lambda f: None)
+    assert err.value.code == 300001
