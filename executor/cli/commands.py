@@ -156,6 +156,7 @@ def config_of(args, templates: str | None = None) -> dict:
     """The flags as config keys (the templates of `templates`, default the active ones, give every default, as in
     platform mode), checked: a bad value names the flag."""
     from executor.errors import ConfigError
+    from executor.pipeline.plan import check_augment
     from executor.protocol.settings import build_settings
 
     config = flag_values(args)
@@ -167,7 +168,9 @@ def config_of(args, templates: str | None = None) -> dict:
     config.update(set_values(args.set, tasks))
     for task in tasks:
         try:
-            build_settings(task, config, templates)
+            settings = build_settings(task, config, templates)
+            if task == "infer":
+                check_augment(settings, args.weights or "")
         except ConfigError as exc:
             message = str(exc)
             for key, flag in FLAG_OF.items():
@@ -210,6 +213,8 @@ def check_mine(args, pool: int, config: dict, templates: str | None) -> None:
         raise UsageError("--exist-ok needs --select-dir")
     if args.select_dir:
         check_output_folder("--select-dir", args.select_dir, args.exist_ok)
+    if args.augment and not args.infer_out:
+        raise UsageError("--augment needs --infer-out: it augments the detections, never the mining scores")
     if args.infer_out:
         if args.format == "yolo":
             check_yolo_boxes(templates)
