@@ -97,6 +97,8 @@ class TorchDetector(Detector):
             raise augment_refused(f"{self.weights} is a {what} model")
         other = copy.copy(self)
         other.augment = True
+        log.info("test-time augmentation: Ultralytics' augmented forward (scales 1, 0.83 flipped, 0.67) for %s",
+                 self.weights)
         return other
 
     def enable_embeddings(self) -> bool:

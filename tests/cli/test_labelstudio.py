@@ -150,3 +150,20 @@ def test_cli_label_studio_flags_are_checked_first(capsys, tmp_path):
                           "--ls-document-root", tmp_path / "other", "--out", out)
     assert status == 2 and f"image {pool / 'x.jpg'} lies outside it" in err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_segmentation_model_writes_polygons(capsys, tmp_path, seg_weights):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for source in coco_images(2):
+        shutil.copy(source, pool / source.name)
+    out = tmp_path / "tasks.json"
+    status, err = run_cli(capsys, "infer", "--model", seg_weights, "--source", pool, "--imgsz", 320, "--format",
+                          "labelstudio", "--out", out)
+    assert status == 0, err
+    tasks, config = written(out)
+    xml = open(config).read()
+    assert "<PolygonLabels" in xml and problems(tasks, xml) == []
+    regions = [r for t in tasks for r in t["predictions"][0]["result"]]
+    assert regions and all(r["type"] == "polygonlabels" for r in regions)
