@@ -1,14 +1,14 @@
 """Test-time augmentation of infer (`augment: true`, `--augment`): Ultralytics' own augmented forward on our canvas,
 the refusals of models that have none, and mining untouched by it."""
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from executor.engine.images import read_image
 from executor.errors import ConfigError
-from tests.platform import (WEIGHTS, coco_images, make_env, monitor_fields, run_cli, run_platform, template_detector)
+from tests.platform import (WEIGHTS, coco_images, image_folder, make_env, monitor_fields, run_cli, run_platform,
+                            template_detector)
 from tests.ymir_builders import SHARED
 
 COCO8 = sorted((SHARED / "data" / "coco8" / "images").rglob("*.jpg"))[:2]
@@ -90,10 +90,7 @@ def test_cli_refusals_are_usage_errors_naming_the_flag(capsys, tmp_path, seg_wei
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["entropy", "aldd"])
 def test_mining_in_the_same_pass_is_byte_identical_with_augment(capsys, tmp_path, algorithm):
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    for source in coco_images(4):
-        shutil.copy(source, pool / source.name)
+    pool = image_folder(tmp_path / "pool", 4)
     outputs = {}
     for augment in (False, True):
         ranked, found = tmp_path / f"ranked-{augment}.tsv", tmp_path / f"found-{augment}.json"

@@ -2,7 +2,6 @@
 hand-written validator of Label Studio's documented import format (tests/cli/labelstudio_import.py)."""
 import copy
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from executor.cli.labelstudio import config_path, write_labelstudio
 from executor.pipeline.shards import Detected
 from executor.protocol.writers import box_record
 from tests.cli.labelstudio_import import problems
-from tests.platform import WEIGHTS, coco_images, run_cli
+from tests.platform import WEIGHTS, image_folder, run_cli
 
 MODEL = ["person", "bicycle", "car", "dog", 'say "cheese" & <smile>']
 
@@ -112,9 +111,7 @@ def test_the_validator_finds_what_label_studio_would_reject(tmp_path, found):
 
 def test_cli_infer_and_mine_write_tasks_in_ranking_order(capsys, fake_detector, tmp_path):
     pool = tmp_path / "pool"
-    (pool / "sub").mkdir(parents=True)
-    for source in coco_images(4):
-        shutil.copy(source, pool / "sub" / source.name)
+    image_folder(pool / "sub", 4)
     tasks_file, ranked = tmp_path / "tasks.json", tmp_path / "ranked.tsv"
     status, err = run_cli(capsys, "mine", "--model", WEIGHTS, "--source", pool, "--imgsz", 160, "--topk", 2,
                           "--infer-out", tasks_file, "--format", "labelstudio", "--ls-document-root", tmp_path,
@@ -138,9 +135,8 @@ def test_cli_infer_and_mine_write_tasks_in_ranking_order(capsys, fake_detector, 
 
 
 def test_cli_label_studio_flags_are_checked_first(capsys, tmp_path):
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    shutil.copy(coco_images(1)[0], pool / "x.jpg")
+    pool = image_folder(tmp_path / "pool", 1)
+    image = next(pool.iterdir())
     out = tmp_path / "tasks.json"
     status, err = run_cli(capsys, "infer", "--model", WEIGHTS, "--source", pool, "--ls-url-prefix", "http://h/",
                           "--out", out)
@@ -148,16 +144,13 @@ def test_cli_label_studio_flags_are_checked_first(capsys, tmp_path):
     (tmp_path / "other").mkdir()
     status, err = run_cli(capsys, "infer", "--model", WEIGHTS, "--source", pool, "--format", "labelstudio",
                           "--ls-document-root", tmp_path / "other", "--out", out)
-    assert status == 2 and f"image {pool / 'x.jpg'} lies outside it" in err
+    assert status == 2 and f"image {image} lies outside it" in err
     assert not out.exists()
 
 
 @pytest.mark.slow
 def test_cli_segmentation_model_writes_polygons(capsys, tmp_path, seg_weights):
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    for source in coco_images(2):
-        shutil.copy(source, pool / source.name)
+    pool = image_folder(tmp_path / "pool", 2)
     out = tmp_path / "tasks.json"
     status, err = run_cli(capsys, "infer", "--model", seg_weights, "--source", pool, "--imgsz", 320, "--format",
                           "labelstudio", "--out", out)
