@@ -122,8 +122,8 @@ def task(found: Detected, url: str, model_version: str, rank: tuple[int, float] 
 
 def write_labelstudio(images: Iterable[Detected], target: str, class_names: Sequence[str], *,
                       paths: Mapping[str, str], model_version: str, url_prefix: str = LOCAL_FILES_PREFIX,
-                      document_root: str = DEFAULT_DOCUMENT_ROOT, ranking: Mapping[str, tuple[int, float]] | None = None,
-                      polygons: bool = False) -> int:
+                      document_root: str = DEFAULT_DOCUMENT_ROOT,
+                      ranking: Mapping[str, tuple[int, float]] | None = None, polygons: bool = False) -> int:
     """The tasks of the readable `images` at `target` and their labelling config beside it; `paths`: each image's
     file by its result name; `ranking`: mining's (rank, score) by result name (tasks in that order). Returns the
     number of tasks."""
