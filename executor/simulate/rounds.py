@@ -164,8 +164,8 @@ class SharedForwards:
     box count) cost one forward between them. Exact: a forward is reused only by the same model
     (Detector.model_key: weights, input size, device, augmentation) for byte-identical network inputs. Forwards
     made for class maps alone (ALDD) or with embeddings (selection diverse), and the extra views CALD forwards, are
-    not kept: those arms run their own. Only one model's forwards are kept (about 4 x (4 + classes) x anchors bytes per
-    image: 75 kB at 320 px with 5 classes). Workers in other processes (cpu_processes > 1, several GPUs) load
+    not kept: those arms run their own. Only one model's forwards are kept (about 4 x (4 + classes) x anchors
+    bytes per image: 75 kB at 320 px with 5 classes). Workers in other processes (cpu_processes > 1, several GPUs) load
     their own detectors and share nothing."""
 
     def __init__(self, load: Callable | None = None):
