@@ -54,10 +54,10 @@ def add_model_flags(cmd: argparse.ArgumentParser, command: str) -> None:
                           "tasks with predictions (and their labelling config beside them)" if command == "infer" else
                      "format of --infer-out (default ymir; labelstudio: the tasks in ranking order, each with its "
                      "mining rank and score)")
-    cmd.add_argument("--ls-url-prefix", help="labelstudio: what each image's URL starts with, before its path "
+    cmd.add_argument("--ls-url-prefix", metavar="URL", help="labelstudio: what each image's URL starts with, before its path "
                      "relative to --ls-document-root (default Label Studio's local files, "
                      f"{LOCAL_FILES_PREFIX!r})")
-    cmd.add_argument("--ls-document-root", help="labelstudio: the folder image paths are relative to in their URLs "
+    cmd.add_argument("--ls-document-root", metavar="DIR", help="labelstudio: the folder image paths are relative to in their URLs "
                      "(Label Studio's LOCAL_FILES_DOCUMENT_ROOT, or the folder the --ls-url-prefix server serves; "
                      f"default {DEFAULT_DOCUMENT_ROOT!r}, Label Studio's default)")
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
