@@ -25,6 +25,14 @@ def coco_images(count: int | None = None) -> list[Path]:
     return sorted((COCO_VAL / "images").glob("*.jpg"))[:count]
 
 
+def image_folder(folder: Path, count: int) -> Path:
+    """A new folder holding copies of the first `count` COCO val images under their own names (a --source)."""
+    folder.mkdir(parents=True)
+    for source in coco_images(count):
+        shutil.copy(source, folder / source.name)
+    return folder
+
+
 def add_assets(assets_dir: Path, sources: list[Path]) -> list[str]:
     """Copy images into sha1-named files under two-character folders, as the platform exports them."""
     paths = []

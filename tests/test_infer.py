@@ -62,6 +62,12 @@ def test_onnx_class_count_must_match_class_names(onnx_weights):
     assert err.value.code == 300001
 
 
+def test_onnx_has_no_augmented_forward(onnx_weights):
+    with pytest.raises(ConfigError, match="config key 'augment'.*is an ONNX model") as err:
+        template_detector(640, onnx_weights).augmented()
+    assert err.value.code == 300001
+
+
 def test_unloadable_onnx_names_the_file(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\x08\x01garbage")

@@ -7,7 +7,6 @@ yolov8n.pt's, so its boxes, classes and scores must be exactly those of the dete
 import dataclasses
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from pycocotools import mask as mask_utils
 
 from executor.protocol.templates import TEMPLATES_VAR, family_templates
 from executor.shared import SEGMENTATION
-from tests.platform import (WEIGHTS, add_assets, coco_images, coco_names, make_env, monitor_fields, read_result_tsv,
-                            run_cli, run_platform, run_start)
+from tests.platform import (WEIGHTS, add_assets, coco_images, coco_names, image_folder, make_env, monitor_fields,
+                            read_result_tsv, run_cli, run_platform, run_start)
 
 SEG_ENV = {TEMPLATES_VAR: family_templates(SEGMENTATION)}  # what the segmentation image sets
 
@@ -296,10 +295,7 @@ def test_cald_with_a_seg_model_uses_the_masks(seg_weights):
 
 @pytest.mark.slow
 def test_the_cli_takes_the_family_from_its_model(capsys, tmp_path, seg_weights):
-    images = tmp_path / "images"
-    images.mkdir()
-    for path in coco_images(3):
-        shutil.copy(path, images / path.name)
+    images = image_folder(tmp_path / "images", 3)
     out = tmp_path / "found.json"  # one thread and one-image shards: what each of two workers does below
     small = ("--imgsz", "320", "--set", "cpu_threads=1", "--set", "shard_size=1")
     status, err = run_cli(capsys, "infer", "--model", seg_weights, "--source", images, "--out", out, *small)

@@ -15,6 +15,7 @@ import shutil
 import sys
 
 from executor import __version__
+from executor.cli.labelstudio import DEFAULT_DOCUMENT_ROOT, LOCAL_FILES_PREFIX
 from executor.cli.flags import (DIVERSE_FLAGS, FLAG_OF, UsageError, add_config_flags, check_output_file, flag_values,
                                 requested_tasks, set_values)
 
@@ -22,7 +23,7 @@ log = logging.getLogger("quarry")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".unknown")
-FORMATS = ("ymir", "coco", "yolo")
+FORMATS = ("ymir", "coco", "yolo", "labelstudio")
 FILE_SUFFIXES = (".json", ".txt", ".tsv", ".csv", ".yaml", ".yml", ".xml")  # not a folder for --format yolo
 
 
@@ -48,9 +49,17 @@ def add_model_flags(cmd: argparse.ArgumentParser, command: str) -> None:
                                                   "--format yolo, for infer)")
     add_config_flags(cmd, command, load_template("mining" if command == "mine" else "infer"))
     cmd.add_argument("--format", choices=FORMATS, default="ymir",
-                     help="detections as ymir infer-result JSON (default), a COCO dataset JSON, or YOLO txt labels "
-                          "per image mirroring the source tree (a folder)" if command == "infer" else
-                     "format of --infer-out (default ymir)")
+                     help="detections as ymir infer-result JSON (default), a COCO dataset JSON (CVAT imports it as "
+                          "COCO 1.0), YOLO txt labels per image mirroring the source tree (a folder), or Label Studio "
+                          "tasks with predictions (and their labelling config beside them)" if command == "infer" else
+                     "format of --infer-out (default ymir; labelstudio: the tasks in ranking order, each with its "
+                     "mining rank and score)")
+    cmd.add_argument("--ls-url-prefix", metavar="URL", help="labelstudio: what each image's URL starts with, before its path "
+                     "relative to --ls-document-root (default Label Studio's local files, "
+                     f"{LOCAL_FILES_PREFIX!r})")
+    cmd.add_argument("--ls-document-root", metavar="DIR", help="labelstudio: the folder image paths are relative to in their URLs "
+                     "(Label Studio's LOCAL_FILES_DOCUMENT_ROOT, or the folder the --ls-url-prefix server serves; "
+                     f"default {DEFAULT_DOCUMENT_ROOT!r}, Label Studio's default)")
     cmd.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="any other template key, e.g. --set class_distribution_scores=1,1,0.5")
 
@@ -156,6 +165,7 @@ def config_of(args, templates: str | None = None) -> dict:
     """The flags as config keys (the templates of `templates`, default the active ones, give every default, as in
     platform mode), checked: a bad value names the flag."""
     from executor.errors import ConfigError
+    from executor.pipeline.plan import check_augment
     from executor.protocol.settings import build_settings
 
     config = flag_values(args)
@@ -167,7 +177,9 @@ def config_of(args, templates: str | None = None) -> dict:
     config.update(set_values(args.set, tasks))
     for task in tasks:
         try:
-            build_settings(task, config, templates)
+            settings = build_settings(task, config, templates)
+            if task == "infer":
+                check_augment(settings, args.weights or "")
         except ConfigError as exc:
             message = str(exc)
             for key, flag in FLAG_OF.items():
@@ -199,6 +211,29 @@ def check_yolo_boxes(templates: str | None) -> None:
                          "or coco (the COCO result with RLE masks)")
 
 
+def check_labelstudio(args, paths: list[str]) -> None:
+    """The --ls-* flags go with --format labelstudio, whose image URLs need every image under the document root."""
+    given = [flag for flag, value in (("--ls-url-prefix", args.ls_url_prefix),
+                                      ("--ls-document-root", args.ls_document_root)) if value is not None]
+    if args.format != "labelstudio":
+        if given:
+            raise UsageError(f"{given[0]} needs --format labelstudio")
+        return
+    from executor.cli.labelstudio import outside_root
+
+    root = label_studio_root(args)
+    if not os.path.isdir(root):
+        raise UsageError(f"--ls-document-root {root}: no such folder")
+    outside = next((path for path in paths if outside_root(path, root)), None)
+    if outside is not None:
+        raise UsageError(f"--ls-document-root {root}: image {outside} lies outside it, so Label Studio cannot "
+                         "load it from there; give a folder that holds every image")
+
+
+def label_studio_root(args) -> str:
+    return args.ls_document_root if args.ls_document_root is not None else DEFAULT_DOCUMENT_ROOT
+
+
 def check_mine(args, pool: int, config: dict, templates: str | None) -> None:
     if args.topk is not None and not 1 <= args.topk <= pool:
         raise UsageError(f"--topk {args.topk}: choose a number from 1 to {pool} (the images found)")
@@ -210,6 +245,8 @@ def check_mine(args, pool: int, config: dict, templates: str | None) -> None:
         raise UsageError("--exist-ok needs --select-dir")
     if args.select_dir:
         check_output_folder("--select-dir", args.select_dir, args.exist_ok)
+    if args.augment and not args.infer_out:
+        raise UsageError("--augment needs --infer-out: it augments the detections, never the mining scores")
     if args.infer_out:
         if args.format == "yolo":
             check_yolo_boxes(templates)
@@ -302,6 +339,7 @@ def run_in_family(args, templates: str | None) -> int:
         config = config_of(args, templates)
         check_weights(args, any(model_needed(task, build_settings(task, config, templates))
                                 for task in requested_tasks(args)))
+        check_labelstudio(args, paths)
         if args.command == "mine":
             check_output_file("--out", args.out)
             check_mine(args, len(paths), config, templates)
@@ -384,14 +422,16 @@ def run_task(args, config: dict, templates: str | None, paths: list[str], names:
 
     tasks = requested_tasks(args)
     detections = args.infer_out if args.command == "mine" else args.out
+    segmentation = segmentation_family(templates)
     # a segmentation model's infer result is already the COCO result: --format coco is that file
-    rewrite = detections and args.format != "ymir" and not segmentation_family(templates)  # values come back
+    rewrite = detections and args.format != "ymir" and not (segmentation and args.format == "coco")  # values back
     mining = args.command == "mine"
     stem = os.path.splitext(args.out)[0]
     labeled = tuple(list_images(args.labeled)[0]) if mining and args.labeled else ()
     job = Job(candidates=paths, names=names, mining_result=args.out if mining else "",
               infer_result="" if rewrite else detections or "", shards_dir=shards, labeled=labeled,
               outer=outer_ranks(), keep_shards=mining and not args.drop_shards,
+              keep_ranking=bool(mining and detections and args.format == "labelstudio"),
               report_html=(args.report or f"{stem}.report.html") if mining else "",
               mining_scores=(args.raw_scores or f"{stem}.scores.tsv") if mining else "",
               selected=(args.topk or 0) if mining else 0)
@@ -405,7 +445,9 @@ def run_task(args, config: dict, templates: str | None, paths: list[str], names:
     results = run_tasks(plan, progress, models)
     if all(value is None for value in results.values()):
         return 0  # a rank of a torchrun job that leaves the merge to rank 0
-    if rewrite:
+    if rewrite and args.format == "labelstudio":
+        write_label_studio(args, results, dict(zip(names, paths)), model_class_names(plan, models), segmentation)
+    elif rewrite:
         write_detections(results["infer"], detections, args.format, model_class_names(plan, models))
     if args.command == "mine":
         log.info("wrote %s (%d images, best first)", args.out, len(paths))
@@ -414,10 +456,27 @@ def run_task(args, config: dict, templates: str | None, paths: list[str], names:
                      "without scoring again (--drop-shards removes them)", shards)
         if args.topk:
             # the ranking's first --topk entries, absolute: the top-K list is a --source wherever it lies
-            write_selection([os.path.abspath(found.key) for found in results["mining"]], args)
+            write_selection([os.path.abspath(found.key) for found in results["mining"].entries[:args.topk]], args)
     if detections:
         log.info("wrote the detections to %s (%s)", detections, args.format)
     return 0
+
+
+def write_label_studio(args, results: dict, paths: dict[str, str], class_names: list[str], polygons: bool) -> None:
+    """Label Studio tasks of the infer pass (executor/cli/labelstudio.py), in ranking order when mining ran."""
+    from executor.cli.labelstudio import config_path, write_labelstudio
+
+    target = args.infer_out if args.command == "mine" else args.out
+    ranking = None
+    if results.get("mining") is not None:
+        name_of = {path: name for name, path in paths.items()}
+        ranking = {name_of[found.key]: (rank, float(found.score))
+                   for rank, found in enumerate(results["mining"], 1)}
+    count = write_labelstudio(results["infer"], target, class_names, paths=paths,
+                              model_version=os.path.basename(args.weights),
+                              url_prefix=args.ls_url_prefix if args.ls_url_prefix is not None else LOCAL_FILES_PREFIX,
+                              document_root=label_studio_root(args), ranking=ranking, polygons=polygons)
+    log.info("%d Label Studio tasks; their labelling config is %s", count, config_path(target))
 
 
 def write_selection(paths: list[str], args) -> None:

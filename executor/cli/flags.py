@@ -62,6 +62,10 @@ CONFIG_FLAGS = (
                commands=("mine", "infer", "fit-errors")),
     ConfigFlag(("--iou", "--iou-thres"), "iou_thres", "NMS IoU threshold", float, commands=FIT),
     ConfigFlag(("--backend",), "backend", "inference backend", choices=("auto", "torch", "onnx")),
+    ConfigFlag(("--augment",), "augment", "test-time augmentation of the detections (infer, mine --infer-out): "
+               "Ultralytics' augmented forward, scales 1, 0.83 flipped and 0.67 joined before one NMS; slower, a "
+               "little more accurate; PyTorch detection models only; mining scores never use it", switch=True,
+               shows_default=False),
     ConfigFlag(("--threads",), "cpu_threads", "CPU threads for the model (0: OMP_NUM_THREADS, else the CPUs this "
                "process may use)", int, commands=FIT),
     ConfigFlag(("--nproc",), "cpu_processes", "CPU worker processes, each scoring its own shards", int,

@@ -22,6 +22,12 @@ scorer's predictions, infer's records and the side data's boxes and embeddings r
 own thresholds (`detections`, `maps`), and nothing of it outlives the batch. A forward made for class maps
 alone runs the class branch only (torch); one that anything else reads runs the whole network.
 
+Test-time augmentation (infer's `augment`): a detector made by `augmented()` runs Ultralytics' own augmented
+forward (the canvas at scales 1, 0.83 flipped left-right and 0.67, its outputs mapped back onto the canvas and
+joined before our one NMS); its forwards carry another model_key, so nothing else reads them (mining never sees an
+augmented forward). Only a PyTorch detection model with Ultralytics' plain Detect head has that forward (its
+segmentation, end-to-end and ONNX paths have none): anything else is a ConfigError naming the key.
+
 Embeddings (selection: diverse), once `enable_embeddings()` was called and a forward asks for them, come from
 the same forward: the inputs of the Detect head (the neck's three feature maps P3, P4, P5), each GeM-pooled
 (generalised mean, p = 3) over the cells that lie on the image (not its letterbox padding), L2-normalised per
@@ -42,10 +48,17 @@ from executor.engine.embeddings import pool_levels
 from executor.engine.gpu_decode import letterbox_tensor
 from executor.engine.images import Letterbox, letterbox, round_up, same_shape_chunks
 from executor.engine.postprocess import DEFAULT_STRIDES, class_maps, postprocess
+from executor.errors import ConfigError
 from mining.base import Batch, Detections
 
 
 TASKS_SERVED = ("detect", "segment")  # the Ultralytics tasks this adapter predicts with
+
+
+def augment_refused(why: str) -> ConfigError:
+    """The error of `augment: true` for a model that Ultralytics' augmented forward does not serve (`why`)."""
+    return ConfigError(f"config key 'augment': test-time augmentation needs a PyTorch detection model (Ultralytics' "
+                       f"augmented forward serves no other), but {why}; turn it off")
 
 
 # ---------------------------------------------------------------- one batch's forward
@@ -86,6 +99,7 @@ class Detector:
     task = "detect"
     num_masks = 0
     embedding_dim = 0  # > 0 once enable_embeddings() succeeded (copies made afterwards inherit it)
+    augment = False    # forwards are Ultralytics' augmented ones (augmented())
 
     def __init__(self, weights: str, conf_thres: float, iou_thres: float, max_det: int):
         self.weights = weights
@@ -96,7 +110,7 @@ class Detector:
     def model_key(self) -> tuple:
         """What a forward depends on besides its canvases: detectors with equal keys (the copies with_postprocess
         makes) compute equal forwards, so each reads the other's."""
-        return type(self).__name__, self.weights, self.img_size, str(self.device)
+        return type(self).__name__, self.weights, self.img_size, str(self.device), self.augment
 
     def enable_embeddings(self) -> bool:
         """Let forwards that ask for embeddings pool them; False (with a warning) where this model cannot."""
@@ -109,6 +123,10 @@ class Detector:
         other.conf_thres, other.iou_thres, other.max_det = conf_thres, iou_thres, max_det
         other.multi_label = multi_label
         return other
+
+    def augmented(self) -> "Detector":
+        """The same loaded model whose forwards are test-time augmented; a ConfigError where it has none."""
+        raise augment_refused(f"{type(self).__name__} runs {self.weights}")
 
     @property
     def uses_cpu_cores(self) -> bool:

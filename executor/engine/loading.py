@@ -36,6 +36,11 @@ def model_task(weights: str) -> str | None:
         return None
 
 
+def uses_onnx(weights: str, backend: str) -> bool:
+    """ONNX Runtime runs `weights` (backend onnx, or auto and an .onnx file), else PyTorch."""
+    return backend == "onnx" or (backend == "auto" and weights.lower().endswith(".onnx"))
+
+
 def load_detector(weights: str, backend: str, gpu_id: str, img_size: int, *, conf_thres: float, iou_thres: float,
                   max_det: int, class_names: Sequence[str] = (), pin_memory: bool = False,
                   threads: int = 0, task: str | None = None) -> Detector:
@@ -43,8 +48,7 @@ def load_detector(weights: str, backend: str, gpu_id: str, img_size: int, *, con
     CPU threads (0: every CPU this process may use; a run's plan passes its own count); `task`: the family this image serves ('detect',
     'segment'): a model of the other family is a ModelError naming both (None: whichever the model is)."""
     device = select_device(gpu_id)
-    use_onnx = backend == "onnx" or (backend == "auto" and weights.lower().endswith(".onnx"))
-    detector = (OnnxDetector if use_onnx else TorchDetector)(
+    detector = (OnnxDetector if uses_onnx(weights, backend) else TorchDetector)(
         weights, device, img_size, threads or usable_cpus(), pin_memory=pin_memory, conf_thres=conf_thres,
         iou_thres=iou_thres, max_det=max_det)
     if task and detector.task != task:

@@ -9,11 +9,16 @@ import os
 import numpy as np
 import torch
 
-from executor.engine.detector import Detector, TASKS_SERVED
+from executor.engine.detector import Detector, TASKS_SERVED, augment_refused
 from executor.errors import ModelError
 from executor.shared import task_words
 
 log = logging.getLogger(__name__)
+
+
+def onnx_augment_refused(weights: str):
+    """The error of `augment: true` with an ONNX model."""
+    return augment_refused(f"{weights} is an ONNX model (the augmented forward is Ultralytics' PyTorch one)")
 
 
 class OnnxDetector(Detector):
@@ -60,6 +65,9 @@ class OnnxDetector(Detector):
         self.names = onnx_class_names(meta.get("names"), num_classes)
         self.options, self.providers = options, providers
         self.feature_outputs: list[str] = []
+
+    def augmented(self) -> Detector:
+        raise onnx_augment_refused(self.weights)
 
     def enable_embeddings(self) -> bool:
         """Reload the model with the Detect head's inputs as extra outputs (the same graph: output0 is computed

@@ -2,13 +2,14 @@
 that makes ALDD's class maps without the box and mask branches.
 """
 
+import copy
 import logging
 import os
 
 import numpy as np
 import torch
 
-from executor.engine.detector import Detector, TASKS_SERVED
+from executor.engine.detector import Detector, TASKS_SERVED, augment_refused
 from executor.errors import ModelError
 from executor.shared import task_words
 
@@ -76,14 +77,29 @@ class TorchDetector(Detector):
         hook = None
         if features:  # the head's inputs, one feature map per level, before the head changes them (this forward's)
             hook = self.detect_head.register_forward_pre_hook(lambda module, args: levels.extend(args[0]))
+        if self.augment and features:
+            raise ValueError("an augmented forward has no embeddings: its head runs once per scale")
         try:
-            out = self.net(x)
+            out = self.net(x, augment=self.augment)  # augment: Ultralytics' DetectionModel._predict_augment
         finally:
             if hook is not None:
                 hook.remove()
         raw, proto = head_outputs(out)
         return raw[:count], None if proto is None else proto[:count], [level[:count] for level in levels] \
             if features else None
+
+    def augmented(self) -> "TorchDetector":
+        from ultralytics.nn.modules.head import Detect
+
+        # Ultralytics augments only a model whose head is exactly Detect (else it warns and runs one scale)
+        if type(self.detect_head) is not Detect:
+            what = "segmentation" if self.task == "segment" else f"{type(self.detect_head).__name__}-head"
+            raise augment_refused(f"{self.weights} is a {what} model")
+        other = copy.copy(self)
+        other.augment = True
+        log.info("test-time augmentation: Ultralytics' augmented forward (scales 1, 0.83 flipped, 0.67) for %s",
+                 self.weights)
+        return other
 
     def enable_embeddings(self) -> bool:
         if not self.embedding_dim:

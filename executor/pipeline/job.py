@@ -37,6 +37,8 @@ class Job:
     selected: int = 0                       # start.py mine --topk: how many the user selects (the report's cut, its
     #                                         thumbnails, at most report_top_n, and the entries the ranking returns);
     #                                         0: not told (the platform's top_k)
+    keep_ranking: bool = False              # the ranking returns every entry even with result.tsv written (the
+    #                                         CLI's Label Studio tasks carry each image's rank and score)
     keep_shards: bool = False               # leave the finished shards after the merge, so a rerun with other
     #                                         selection or report settings re-selects without scoring again
     outer: tuple[int, int, int] | None = None  # (RANK, WORLD_SIZE, LOCAL_RANK) of an outer torchrun with several

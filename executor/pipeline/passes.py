@@ -30,16 +30,19 @@ class Models:
     load: Callable[..., Detector] | None = None
 
     def detector(self, settings: Settings, weights: str) -> Detector:
-        """The model in `weights` with the NMS settings of `settings` (loaded once, for its input size)."""
+        """The model in `weights` with the NMS settings of `settings` (loaded once, for its input size), its
+        forwards test-time augmented where the settings say `augment` (infer's; mining has no such key)."""
         post = {"conf_thres": settings.conf_thres, "iou_thres": settings.iou_thres, "max_det": settings.max_det}
-        for detector in self.loaded.values():
-            if detector.weights == weights and detector.img_size == detector.input_size(settings.img_size):
-                return detector.with_postprocess(**post)
-        detector = (self.load or load_detector)(weights, settings.backend, settings.gpu_id, settings.img_size,
-                                 class_names=settings.class_names, pin_memory=settings.pin_memory,
-                                 threads=settings.cpu_threads, task=TASK_OF_OBJECT_TYPE[settings.object_type], **post)
-        self.loaded[weights] = detector
-        return detector
+        found = next((detector.with_postprocess(**post) for detector in self.loaded.values()
+                      if detector.weights == weights and detector.img_size == detector.input_size(settings.img_size)),
+                     None)
+        if found is None:
+            found = (self.load or load_detector)(weights, settings.backend, settings.gpu_id, settings.img_size,
+                                    class_names=settings.class_names, pin_memory=settings.pin_memory,
+                                    threads=settings.cpu_threads, task=TASK_OF_OBJECT_TYPE[settings.object_type],
+                                    **post)
+            self.loaded[weights] = found
+        return found.augmented() if settings.get("augment") else found
 
 
 # ---------------------------------------------------------------- the loop's consumers
@@ -117,7 +120,8 @@ class Pass:
 
     @property
     def infer_shares_forward(self) -> bool:
-        """Infer's model is the scorer's, so infer reads the boxes of the scorer's own forward."""
+        """Infer's model is the scorer's, so infer reads the boxes of the scorer's own forward (not when infer's
+        forwards are augmented: those are its own, made after the scorer's)."""
         return (self.infer_detector is not None and self.mining_detector is not None
                 and self.infer_detector.model_key == self.mining_detector.model_key)
 

@@ -8,14 +8,18 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from executor.engine.detector import augment_refused
 from executor.engine.device import batch_size, visible_gpus
 from executor.engine.images import round_up
+from executor.engine.loading import uses_onnx
+from executor.engine.onnx_detector import onnx_augment_refused
 from executor.errors import ConfigError, ModelError
 from executor.pipeline.job import Job
 from executor.pipeline.shards import auto_shard_size
 from executor.protocol.env import resolve_weights
 from executor.protocol.settings import Settings, build_settings
 from executor.runtime import cpu_threads
+from executor.shared import SEGMENTATION
 from mining import SCORERS, reads_error_model
 from mining.errors import ErrorModel, errors_file, read_error_model
 
@@ -100,8 +104,21 @@ def make_plan(tasks: Sequence[str], job: Job, config: Mapping, templates_dir: st
         settings.update({task: settings[task].replace(shard_size=size) for task in scans})
     weights = {task: weights_for(settings[task], job.models_dir) if model_needed(task, settings[task]) else ""
                for task in scans}
+    if "infer" in scans:
+        check_augment(settings["infer"], weights["infer"])
     errors = error_model_for(settings["mining"], weights["mining"]) if "mining" in scans else ""
     return Plan(tuple(tasks), job, settings, weights, devices, threads, errors)
+
+
+def check_augment(settings: Settings, weights: str) -> None:
+    """infer's `augment: true` with a model that has no augmented forward (segmentation, ONNX) is a ConfigError
+    before any image is read (a PyTorch model with another head than Detect is refused once loaded)."""
+    if not settings.get("augment"):
+        return
+    if settings.object_type == SEGMENTATION:
+        raise augment_refused("this image serves segmentation models (Ultralytics augments detection only)")
+    if uses_onnx(weights, settings.backend):
+        raise onnx_augment_refused(weights)
 
 
 def error_model_for(settings: Settings, weights: str) -> str:

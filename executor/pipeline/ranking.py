@@ -42,8 +42,9 @@ def entry(row: Row, score: float) -> Entry:
 @dataclass
 class Ranking:
     """What mining returns: the result.tsv written ('' when the job names none) and the entries kept in memory,
-    best first: all of them when no file is written (in-process callers: the API, the simulator), else the first
-    Job.selected (the CLI's --topk; the platform keeps none: its pool may be millions of images)."""
+    best first: all of them when no file is written (in-process callers: the API, the simulator) or the job says
+    keep_ranking, else the first Job.selected (the CLI's --topk; the platform keeps none: its pool may be millions
+    of images)."""
     path: str
     entries: list[Entry]
 
@@ -126,7 +127,8 @@ def write_mining(job: Job, store: ShardStore, count: int, context: MiningContext
     raw_path = mining_scores_path(job) if diverse is not None else ""
     with contextlib.ExitStack() as files:
         raw_scores = files.enter_context(atomic_writer(raw_path)) if raw_path else None
-        lines = serialised(entries, kept, job.selected if job.mining_result else len(job.candidates), raw_scores)
+        keep = job.selected if job.mining_result and not job.keep_ranking else len(job.candidates)
+        lines = serialised(entries, kept, keep, raw_scores)
         if job.mining_result:
             write_ranked(job.mining_result, lines)
         else:

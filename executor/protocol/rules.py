@@ -232,6 +232,7 @@ RULES: dict[str, Rule] = {
     "shard_size": integer(0, 10**7),  # 0: auto (executor.pipeline.shards.auto_shard_size)
     "seed": integer(0, 2**32 - 1),
     "backend": choice("auto", "torch", "onnx"),
+    "augment": boolean(),  # infer's test-time augmentation (a PyTorch detection model only: pipeline/plan.py)
     "selection": choice("score", "diverse"),
     "dedup_similarity": number(0.01, 1.0),
     "diverse_pool": integer(0, 10**7),

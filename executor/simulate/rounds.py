@@ -162,10 +162,10 @@ class SharedForwards:
     makes are kept, and the next arms' detectors read them instead of running the network again, so scores that
     are functions of the same detections (entropy with any aggregation or conf_thres, the `detections` baseline's
     box count) cost one forward between them. Exact: a forward is reused only by the same model
-    (Detector.model_key: weights, input size, device) for byte-identical network inputs. Forwards made for class
-    maps alone (ALDD) or with embeddings (selection diverse), and the extra views CALD forwards, are not kept:
-    those arms run their own. Only one model's forwards are kept (about 4 x (4 + classes) x anchors bytes per
-    image: 75 kB at 320 px with 5 classes). Workers in other processes (cpu_processes > 1, several GPUs) load
+    (Detector.model_key: weights, input size, device, augmentation) for byte-identical network inputs. Forwards
+    made for class maps alone (ALDD) or with embeddings (selection diverse), and the extra views CALD forwards, are
+    not kept: those arms run their own. Only one model's forwards are kept (about 4 x (4 + classes) x anchors
+    bytes per image: 75 kB at 320 px with 5 classes). Workers in other processes (cpu_processes > 1, several GPUs) load
     their own detectors and share nothing."""
 
     def __init__(self, load: Callable | None = None):

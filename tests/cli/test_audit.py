@@ -144,7 +144,8 @@ def test_planted_mistakes_are_found_at_the_top(coco8_copy, tmp_path, capsys, cap
 
     assert (report["images"], report["boxes"]) == (4, 16)
     assert report["data"] == {"spec": str(data / "data.yaml"), "source": f"{data / 'data.yaml'} key 'val'",
-                              "split": "val"}
+                              "split": "val", "in_training_set": None}  # yolov8n.pt says it trained on coco.yaml
+    assert report["model"]["trained_on"] == "coco.yaml"
     assert report["model"]["weights"] == str(weights) and len(report["model"]["classes"]) == 80
     assert report["settings"]["confident_conf"] == 0.5 and report["settings"]["support_conf"] == 0.01
     assert sum(report["counts"]["by_type"].values()) == len(findings)
