@@ -7,6 +7,7 @@ result file: the API, the simulator) and into the report's collector (executor/p
 """
 import collections
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ def entry(row: Row, score: float) -> Entry:
     return Entry(row.key, score, row.score, row.reason, row.shard, row.line)
 
 
+_new_entry = functools.partial(tuple.__new__, Entry)  # Entry._make without its Python-level length check
+
+
 @dataclass
 class Ranking:
     """What mining returns: the result.tsv written ('' when the job names none) and the entries kept in memory,
@@ -58,9 +62,9 @@ def ranking_entries(store: ShardStore, count: int, diverse: Diverse | None, tota
 
 
 def ordered_entries(store: ShardStore, count: int, diverse: Diverse | None) -> Iterator[Entry]:
-    if diverse is None:
-        for row in store.merged_rows(count):
-            yield entry(row, row.score)
+    if diverse is None:  # each row as it is, its score written: made by the block, not one call per row
+        for found in store.merged_columns(count):
+            yield from map(_new_entry, zip(found.key, found.score, found.score, found.reason, found.shard, found.line))
         return
     rank = 0
     for row in diverse.head:
