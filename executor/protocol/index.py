@@ -3,9 +3,12 @@
 Every failure names the file and line: a missing file, one that is not UTF-8 text, a relative path where the
 platform writes absolute ones, a training line without an annotation path.
 """
+import array
 import logging
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
+
+import numpy as np
 
 from executor.errors import DatasetError
 
@@ -14,19 +17,33 @@ log = logging.getLogger(__name__)
 
 def index_rows(path: str, what: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, tab-separated fields) of each non-blank line of the index file `path`."""
+    for number, _, line in _index_lines(path, what):
+        yield number, line.split("\t")
+
+
+def _index_lines(path: str, what: str) -> Iterator[tuple[int, int, str]]:
+    """(line number, byte offset, text) of each non-blank line of the index file `path`, streamed; lines end at
+    \\n, \\r\\n or \\r (as text mode reads them)."""
     if not path or not os.path.isfile(path):
         raise DatasetError(f"{what} index file not found: {path or '(not set)'}")
+    number, offset = 0, 0
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().split("\n")
+        with open(path, "rb") as handle:
+            for raw in handle:
+                end = len(raw)
+                raw = raw[:-2] if raw.endswith(b"\r\n") else raw.rstrip(b"\n")
+                for part in raw.split(b"\r"):
+                    number += 1
+                    line = part.decode("utf-8")
+                    if line.strip():
+                        yield number, offset, line
+                    offset += len(part) + 1
+                offset += end - len(raw) - 1
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{what} index file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise DatasetError(f"{what} index file {path} is not UTF-8 text ({exc.reason} at byte "
+                           f"{offset + exc.start})") from None
     except OSError as exc:
         raise DatasetError(f"{what} index file {path} cannot be read: {exc.strerror or exc}") from None
-    for number, line in enumerate(lines, 1):
-        line = line.rstrip("\r")
-        if line.strip():
-            yield number, line.split("\t")
 
 
 def _absolute(path: str, number: int, given: str) -> None:
@@ -34,26 +51,118 @@ def _absolute(path: str, number: int, given: str) -> None:
         raise DatasetError(f"{path} line {number}: {given!r} is a relative path; the index must list absolute paths")
 
 
-def read_candidate_index(path: str, relative_to_index: bool = False) -> list[str]:
+class IndexedPaths(Sequence[str]):
+    """Candidate paths held as where they are written in their index file (10 bytes each, where a list of Python
+    strings costs ~110 per path: 1.1 GB for 10⁷ images) and read back from it when asked: one read for a slice
+    (a view, as a shard's keys) walked in order, one small read per path taken by position. The file must not
+    change while a run holds it: its size is checked whenever it is opened."""
+
+    def __init__(self, path: str, size: int, starts: np.ndarray, lengths: np.ndarray, folder: str = ""):
+        self.path, self.size, self.folder = path, size, folder  # folder: where relative paths are joined (lists)
+        self.starts, self.lengths = starts, lengths  # byte offset and length of each path in the file
+        self._fd = -1
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, at):
+        if isinstance(at, slice):
+            start, stop, step = at.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return IndexedPaths(self.path, self.size, self.starts[start:stop], self.lengths[start:stop], self.folder)
+        at = range(len(self))[at]  # negative positions; IndexError past the end
+        return self._path(os.pread(self._file(), int(self.lengths[at]), int(self.starts[at])))
+
+    def __iter__(self) -> Iterator[str]:
+        for lo in range(0, len(self), READ_BLOCK):
+            starts, lengths = self.starts[lo:lo + READ_BLOCK], self.lengths[lo:lo + READ_BLOCK]
+            first = int(starts[0])
+            text = os.pread(self._file(), int(starts[-1]) + int(lengths[-1]) - first, first)
+            yield from (self._path(text[begin:begin + length])
+                        for begin, length in zip((starts - first).tolist(), lengths.tolist()))
+
+    def _path(self, written: bytes) -> str:
+        path = written.decode("utf-8")
+        return os.path.normpath(os.path.join(self.folder, path)) if self.folder and not os.path.isabs(path) else path
+
+    def _file(self) -> int:
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            if os.fstat(self._fd).st_size != self.size:
+                raise DatasetError(f"candidate index file {self.path} changed while the run read its paths")
+        return self._fd
+
+    def __getstate__(self) -> dict:  # to a spawned worker: the arrays, not the open file
+        return {**self.__dict__, "_fd": -1}
+
+    def __del__(self):
+        if self._fd >= 0:
+            os.close(self._fd)
+
+
+READ_BLOCK = 4096  # paths read back per read when walked in order
+
+
+def read_candidate_index(path: str, relative_to_index: bool = False) -> IndexedPaths:
     """Image paths of a candidate index: first field of each line, verbatim, each once (a duplicate with a
     warning). A relative path is an error unless `relative_to_index` (local lists), which joins it to the
-    index file's folder. Paths are not checked here: a missing file is an unreadable image like any other."""
-    keys, seen = [], set()
-    for number, fields in index_rows(path, "candidate"):
-        key = fields[0].strip()
-        if not key:
+    index file's folder. Paths are not checked here: a missing file is an unreadable image like any other.
+    Streamed: the file is never held whole, and the paths are kept as where they are written (IndexedPaths)."""
+    folder = os.path.dirname(os.path.abspath(path)) if relative_to_index else ""
+    starts, lengths, hashes = array.array("q"), array.array("H"), array.array("q")
+    for number, offset, line in _index_lines(path, "candidate"):
+        field = line.split("\t", 1)[0]
+        written = field.strip()  # the path as the file has it; a relative one is joined when read back
+        if not written:
             continue
-        if relative_to_index and not os.path.isabs(key):
-            key = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), key))
+        key = os.path.normpath(os.path.join(folder, written)) if folder and not os.path.isabs(written) else written
         _absolute(path, number, key)
-        if key in seen:
-            log.warning("%s line %d: duplicate entry %s is listed once", path, number, key)
-            continue
-        seen.add(key)
-        keys.append(key)
-    if not keys:
+        size = len(written.encode("utf-8"))
+        if size > 0xFFFF:
+            raise DatasetError(f"{path} line {number}: a path of {size} bytes (at most 65535)")
+        starts.append(offset + len(field[:len(field) - len(field.lstrip())].encode("utf-8")))
+        lengths.append(size)
+        hashes.append(hash(key))
+    if not starts:
         raise DatasetError(f"candidate index file is empty: {path}")
-    return keys
+    found = IndexedPaths(path, os.path.getsize(path), np.frombuffer(starts, np.int64),
+                         np.frombuffer(lengths, np.uint16), folder)
+    del starts, lengths
+    repeated = _repeated(found, np.frombuffer(hashes, np.int64))
+    if not len(repeated):
+        return found
+    for number, key in zip(_line_numbers(path, found.starts[repeated]), (found[i] for i in repeated)):
+        log.warning("%s line %d: duplicate entry %s is listed once", path, number, key)
+    kept = np.ones(len(found), bool)
+    kept[repeated] = False
+    return IndexedPaths(path, found.size, found.starts[kept], found.lengths[kept], folder)
+
+
+def _repeated(paths: IndexedPaths, hashes: np.ndarray) -> np.ndarray:
+    """Positions (ascending) of the paths equal to one before them: only those of equal hash are read back."""
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order[1:]] == hashes[order[:-1]]
+    suspects = np.unique(np.concatenate([order[1:][same], order[:-1][same]]))
+    seen, repeated = set(), []
+    for position in suspects.tolist():  # ascending: the first of equal paths is kept
+        key = paths[position]
+        if key in seen:
+            repeated.append(position)
+        seen.add(key)
+    return np.array(repeated, np.int64)
+
+
+def _line_numbers(path: str, offsets: np.ndarray) -> list[int]:
+    """The line number (from 1) of each line start of the file given by its byte offset, offsets ascending."""
+    numbers, line, done = [], 1, 0
+    with open(path, "rb") as handle:
+        for offset in offsets.tolist():
+            text = handle.read(offset - done)
+            line += text.count(b"\n") + text.count(b"\r") - text.count(b"\r\n")
+            done = offset
+            numbers.append(line)
+    return numbers
 
 
 def read_training_index(path: str, what: str) -> list[tuple[str, str, int]]:

@@ -1,0 +1,59 @@
+"""The candidate index read as IndexedPaths: the paths of the straightforward reader (the whole text split into
+lines, a set of those seen), held as offsets into the file and read back from it."""
+import logging
+import os
+import pickle
+
+import pytest
+
+from executor.errors import DatasetError
+from executor.protocol.index import IndexedPaths, read_candidate_index
+
+TEXT = ("/a/x.jpg\textra\r\n  /a/é y.jpg  \n\n/a/x.jpg\n\t\n/b/z.jpg\r/c/w.jpg\nrel/v.jpg\n/a/é y.jpg\n"
+        "\u00a0/d/nbsp.jpg\n./rel/v.jpg\n/e/last.jpg")
+
+
+def straightforward(path: str, relative_to_index: bool) -> tuple[list[str], list[int]]:
+    """The paths and the duplicates' line numbers, as the reader did before it streamed."""
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    keys, seen, repeated = [], set(), []
+    for number, line in enumerate(lines, 1):
+        key = line.rstrip("\r").split("\t")[0].strip()
+        if not key:
+            continue
+        if relative_to_index and not os.path.isabs(key):
+            key = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), key))
+        if key in seen:
+            repeated.append(number)
+            continue
+        seen.add(key)
+        keys.append(key)
+    return keys, repeated
+
+
+def test_the_paths_are_those_of_the_straightforward_reader(tmp_path, caplog):
+    path = tmp_path / "list.txt"
+    path.write_bytes(TEXT.encode("utf-8"))
+    keys, repeated = straightforward(str(path), True)
+    with caplog.at_level(logging.WARNING):
+        found = read_candidate_index(str(path), relative_to_index=True)
+    assert isinstance(found, IndexedPaths) and list(found) == keys and len(found) == len(keys) == 7
+    assert [found[i] for i in range(-len(keys), len(keys))] == keys + keys
+    assert [r.message.split(": duplicate")[0] for r in caplog.records] == [f"{path} line {n}" for n in repeated]
+    assert repeated == [4, 9, 11]
+    shard = found[2:6]  # a view, as a shard's keys
+    assert isinstance(shard, IndexedPaths) and list(shard) == keys[2:6] and shard[-1] == keys[5]
+    assert found[::3] == keys[::3] and list(found[6:100]) == keys[6:] and list(found[5:2]) == []
+    assert list(pickle.loads(pickle.dumps(shard))) == keys[2:6]  # to a spawned worker
+    with pytest.raises(IndexError):
+        found[len(keys)]
+
+
+def test_a_changed_index_file_is_an_error_not_other_paths(tmp_path):
+    path = tmp_path / "index.tsv"
+    path.write_text("/a/1.jpg\n/a/2.jpg\n")
+    found = read_candidate_index(str(path))
+    path.write_text("/a/1.jpg\n/a/22.jpg\n")
+    with pytest.raises(DatasetError, match="index.tsv changed while the run read its paths"):
+        list(found)
