@@ -57,3 +57,14 @@ def test_a_changed_index_file_is_an_error_not_other_paths(tmp_path):
     path.write_text("/a/1.jpg\n/a/22.jpg\n")
     with pytest.raises(DatasetError, match="index.tsv changed while the run read its paths"):
         list(found)
+
+
+def test_paths_of_equal_hash_are_told_apart(tmp_path, monkeypatch):
+    """Duplicates are found by 32 bits of a hash, then the paths themselves: with every hash equal, distinct
+    paths all stay and only the repeated ones go."""
+    from executor.protocol import index
+
+    path = tmp_path / "list.txt"
+    path.write_bytes(TEXT.encode("utf-8"))
+    monkeypatch.setattr(index, "hash", lambda key: 7, raising=False)
+    assert list(read_candidate_index(str(path), relative_to_index=True)) == straightforward(str(path), True)[0]
