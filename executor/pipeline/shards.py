@@ -292,8 +292,8 @@ class ShardStore:
                     os.unlink(path)
 
 
-MERGE_BLOCK = 1 << 16     # output lines placed per step of the merge: its line buffers
-MERGE_BUCKET = 1 << 20    # lines ordered per argsort: its temporaries stay small whatever the pool size
+MERGE_BLOCK = 1 << 15     # output lines placed per step of the merge: its line buffers
+MERGE_BUCKET = 1 << 18    # lines ordered per argsort: its temporaries stay small whatever the pool size
 READ_BUFFER = 4096        # per open shard file while the merge reads lines (10⁷ images: 4,883 files)
 
 
