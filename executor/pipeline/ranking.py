@@ -9,6 +9,7 @@ import collections
 import contextlib
 import functools
 import logging
+import operator
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
@@ -58,7 +59,7 @@ class Ranking:
 def ranking_entries(store: ShardStore, count: int, diverse: Diverse | None, total: int) -> Iterator[Entry]:
     """The ranking streamed best first: the merge itself (selection score), or the diverse plan applied to it;
     all of the `total` images unreadable is NoReadableImages at the end of the stream (some_readable)."""
-    return some_readable(ordered_entries(store, count, diverse), total, lambda found: found.reason)
+    return some_readable(ordered_entries(store, count, diverse), total, operator.attrgetter("reason"))
 
 
 def ordered_entries(store: ShardStore, count: int, diverse: Diverse | None) -> Iterator[Entry]:
