@@ -68,3 +68,22 @@ def test_paths_of_equal_hash_are_told_apart(tmp_path, monkeypatch):
     path.write_bytes(TEXT.encode("utf-8"))
     monkeypatch.setattr(index, "hash", lambda key: 7, raising=False)
     assert list(read_candidate_index(str(path), relative_to_index=True)) == straightforward(str(path), True)[0]
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 40, 7])
+def test_plain_chunks_and_odd_lines_read_alike(tmp_path, monkeypatch, caplog, chunk):
+    """Chunks of plain absolute paths (read at C speed) between odd lines (read one by one), cut anywhere: the
+    same paths and duplicate line numbers as the straightforward reader."""
+    from executor.protocol import index
+
+    monkeypatch.setattr(index, "READ_CHUNK", chunk)
+    plain = "".join(f"/p/{i:03d}.jpg\n" for i in range(30))
+    path = tmp_path / "index.tsv"
+    odd = TEXT.replace("./rel/v.jpg\n", "").replace("rel/v.jpg\n", "")  # absolute paths only
+    path.write_bytes((plain + "\n/p/004.jpg\n" + odd + "\n" + plain[:40] + "/q/1.jpg")
+                     .encode("utf-8"))
+    keys, repeated = straightforward(str(path), False)
+    with caplog.at_level(logging.WARNING):
+        assert list(read_candidate_index(str(path))) == keys
+    assert [r.message.split(": duplicate")[0] for r in caplog.records] == [f"{path} line {n}" for n in repeated]
+    assert len(repeated) == 6
