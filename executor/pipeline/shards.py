@@ -299,34 +299,41 @@ READ_BUFFER = 4096        # per open shard file while the merge reads lines (10â
 
 def merge_order(negated: Iterable[np.ndarray], total: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The merge of shards whose lines are sorted best first (`negated`: each shard's -scores; `total` lines in
-    all), as (shard of each line, its score) arrays in the merged order: by -score, then shard, then line, i.e. the stable sort of the shards laid end to end. The scores
-    are cut by value into buckets of about MERGE_BUCKET lines (equal scores share one), each ordered by a stable
-    argsort: the cost per line stays flat whatever the number of shards, where a heap of shards adds a log factor
-    and a cache miss per line. Memory: 8 bytes per line, for the scores."""
+    all), as (shard of each line, its score) arrays in the merged order: by -score, then shard, then line, i.e.
+    the stable sort of the shards laid end to end. The scores are cut by value into buckets of about MERGE_BUCKET
+    lines (equal scores share one); a bucket holds a run of consecutive lines of each shard, and a stable argsort
+    orders it. The cost per line stays flat whatever the number of shards, where a heap of shards adds a log
+    factor and a cache miss per line. Memory: 8 bytes per line, for the scores."""
     scores, starts = np.empty(total), [0]
     for part in negated:  # filled in place: one copy of the scores, never two
         scores[starts[-1]:starts[-1] + len(part)] = part
         starts.append(starts[-1] + len(part))
     if starts[-1] != total:
         raise ValueError(f"the shards hold {starts[-1]} lines, their headers {total}")
-    for mask in _buckets(scores):
-        where = np.flatnonzero(mask)
-        order = where[np.argsort(scores[where], kind="stable")]
-        yield np.searchsorted(starts, order, side="right") - 1, -scores[order]
+    edges = _bucket_edges(scores)
+    # bounds[s, b]: the first line of shard s in bucket b (its lines are sorted, so each bucket takes a run of them)
+    bounds = np.array([[0, *np.searchsorted(scores[lo:hi], edges), hi - lo] for lo, hi in zip(starts, starts[1:])],
+                      np.int64).reshape(len(starts) - 1, len(edges) + 2)
+    shard_ids = np.arange(len(starts) - 1)
+    for bucket in range(len(edges) + 1):
+        counts = bounds[:, bucket + 1] - bounds[:, bucket]
+        size = int(counts.sum())
+        if not size:
+            continue
+        first = np.asarray(starts[:-1]) + bounds[:, bucket]  # where each shard's run starts in `scores`
+        where = np.repeat(first - (np.cumsum(counts) - counts), counts) + np.arange(size)
+        order = np.argsort(scores[where], kind="stable")
+        yield np.repeat(shard_ids, counts)[order], -scores[where[order]]
 
 
-def _buckets(negated: np.ndarray) -> Iterator[np.ndarray]:
-    """Masks of consecutive value ranges of `negated` (lowest first) of about MERGE_BUCKET values each, cut at
-    quantiles of a sample; every value is in exactly one (NaN in the last)."""
+def _bucket_edges(negated: np.ndarray) -> np.ndarray:
+    """Values cutting `negated` into ranges of about MERGE_BUCKET values each: quantiles of a sample."""
     buckets = -(-len(negated) // MERGE_BUCKET)
+    if buckets < 2:
+        return negated[:0]
     sample = np.sort(negated[::max(1, len(negated) // (64 * buckets))])
-    edges = np.unique(sample[np.arange(1, buckets) * len(sample) // buckets]) if buckets > 1 else sample[:0]
-    below = np.zeros(len(negated), bool)
-    for edge in edges[~np.isnan(edges)]:
-        mask = negated < edge
-        yield mask & ~below
-        below = mask
-    yield ~below
+    edges = np.unique(sample[np.arange(1, buckets) * len(sample) // buckets])
+    return edges[~np.isnan(edges)]
 
 
 def _fields(lines: Sequence[bytes]) -> tuple[list[str], Iterable[str]]:
