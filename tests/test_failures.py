@@ -954,7 +954,7 @@ def test_local_lists_may_hold_relative_paths(tmp_path):
 
     listing = tmp_path / "list.txt"
     listing.write_text("a.jpg\r\nsub/b.jpg\n\n/abs/c.jpg\n")
-    assert read_candidate_index(str(listing), relative_to_index=True) == [
+    assert list(read_candidate_index(str(listing), relative_to_index=True)) == [
         str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.jpg"), "/abs/c.jpg"]
     with pytest.raises(DatasetError, match=r"list.txt line 1: 'a.jpg' is a relative path"):
         read_candidate_index(str(listing))

@@ -119,7 +119,7 @@ def list_images(spec: str) -> tuple[list[str], list[str]]:
     if os.path.isfile(spec) and spec.lower().endswith((".txt", ".tsv")):
         from executor.protocol.index import read_candidate_index
 
-        paths = read_candidate_index(spec, relative_to_index=True)
+        paths = list(read_candidate_index(spec, relative_to_index=True))  # the names are a list anyway
         base = os.path.dirname(os.path.abspath(spec))
         return paths, [os.path.relpath(p, base) if p.startswith(base + os.sep) else p for p in paths]
     if os.path.isdir(spec):

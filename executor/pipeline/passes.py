@@ -3,6 +3,7 @@
 """
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -46,6 +47,13 @@ class Models:
 
 
 # ---------------------------------------------------------------- the loop's consumers
+
+SHARDS_PER_LOOP = 64  # shards whose images share one loop (up to 131,072 images): its key maps are per loop
+
+
+def _after(report: Callable[[int], None], before: int, done: int) -> None:
+    report(before + done)
+
 
 def image_items(keys: Sequence[str], detector: Detector | None, settings: Settings, report: Callable[[int], None],
                 names: Sequence[str] = ()) -> Iterator[Batch | Unreadable]:
@@ -135,9 +143,17 @@ class Pass:
 
     def run_shards(self, shards: Sequence[Shard], report: Callable[[int], None]) -> Iterator[tuple[Shard, dict]]:
         """Each of `shards` with what `run` finds of its images (and "unreadable": key → reason), as soon as its
-        last image is done. The images of all of them go through one loop, so a batch may hold images of two
-        shards: a shard's end leaves no batch part-empty, and each shard is done within a bounded number of images
-        after its last one (executor.engine.loop)."""
+        last image is done. The images of SHARDS_PER_LOOP shards at a time go through one loop, so a batch may
+        hold images of two shards: a shard's end leaves no batch part-empty, and each shard is done within a
+        bounded number of images after its last one (executor.engine.loop); the loop's maps of keys stay bounded
+        whatever the pool size."""
+        done = 0
+        for lo in range(0, len(shards), SHARDS_PER_LOOP):
+            group = shards[lo:lo + SHARDS_PER_LOOP]
+            yield from self._run_group(group, functools.partial(_after, report, done))
+            done += sum(len(shard.keys) for shard in group)
+
+    def _run_group(self, shards: Sequence[Shard], report: Callable[[int], None]) -> Iterator[tuple[Shard, dict]]:
         owner = {key: shard.index for shard in shards for key in shard.keys}
         found = {shard.index: {"mining": {}, "infer": {}, "side": {}, "sizes": {}, "unreadable": {}}
                  for shard in shards}

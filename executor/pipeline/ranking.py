@@ -7,7 +7,9 @@ result file: the API, the simulator) and into the report's collector (executor/p
 """
 import collections
 import contextlib
+import functools
 import logging
+import operator
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, NamedTuple
@@ -39,6 +41,9 @@ def entry(row: Row, score: float) -> Entry:
     return Entry(row.key, score, row.score, row.reason, row.shard, row.line)
 
 
+_new_entry = functools.partial(tuple.__new__, Entry)  # Entry._make without its Python-level length check
+
+
 @dataclass
 class Ranking:
     """What mining returns: the result.tsv written ('' when the job names none) and the entries kept in memory,
@@ -55,13 +60,13 @@ class Ranking:
 def ranking_entries(store: ShardStore, count: int, diverse: Diverse | None, total: int) -> Iterator[Entry]:
     """The ranking streamed best first: the merge itself (selection score), or the diverse plan applied to it;
     all of the `total` images unreadable is NoReadableImages at the end of the stream (some_readable)."""
-    return some_readable(ordered_entries(store, count, diverse), total, lambda found: found.reason)
+    return some_readable(ordered_entries(store, count, diverse), total, operator.attrgetter("reason"))
 
 
 def ordered_entries(store: ShardStore, count: int, diverse: Diverse | None) -> Iterator[Entry]:
-    if diverse is None:
-        for row in store.merged_rows(count):
-            yield entry(row, row.score)
+    if diverse is None:  # each row as it is, its score written: made by the block, not one call per row
+        for found in store.merged_columns(count):
+            yield from map(_new_entry, zip(found.key, found.score, found.score, found.reason, found.shard, found.line))
         return
     rank = 0
     for row in diverse.head:

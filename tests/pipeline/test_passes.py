@@ -123,3 +123,23 @@ def test_a_batch_spans_shards_and_each_shard_comes_once_done(detector):
 
     shape = {key: detector.letterbox(read_image(key))[0].shape for key in IMAGES}
     assert len(forwards) == len(set(shape.values())) < sum(len({shape[k] for k in s.keys}) for s in shards)
+
+
+def test_shards_go_through_the_loop_a_group_at_a_time(detector, monkeypatch):
+    """SHARDS_PER_LOOP shards per loop (its maps of keys bounded whatever the pool size): each shard's results are
+    those of one loop over all, and the images done are counted on across the groups."""
+    from executor.pipeline.shards import plan
+
+    shards = plan(IMAGES, 1)
+    whole = {shard.index: got["mining"] for shard, got in mine(detector, "entropy", 4, shards)}
+    monkeypatch.setattr(passes, "SHARDS_PER_LOOP", 2)
+    settings = build_settings("mining", {"img_size": 320, "batch_size_per_gpu": 4, "num_workers_per_gpu": 0,
+                                         "mining_algorithm": "entropy"})
+    work = Pass({"mining": settings}, scorer=open_scorer(settings), side=SideSpec(boxes=True))
+    work.mining_detector = work.side_detector = detector.with_postprocess(settings.conf_thres, settings.iou_thres,
+                                                                          settings.max_det)
+    done = []
+    grouped = list(work.run_shards(shards, done.append))
+    assert [shard.index for shard, _ in grouped] == sorted(shard.index for shard, _ in grouped)
+    assert {shard.index: got["mining"] for shard, got in grouped} == whole
+    assert done == sorted(done) and done[-1] == len(IMAGES) and len(set(done)) > 3

@@ -101,3 +101,44 @@ def test_side_spec_is_stored_as_the_json_of_what_it_holds():
     assert spec.as_json() == '{"boxes": true, "class_counts": false, "embeddings": "e1", "hashes": ""}'
     assert spec.served_by({"embeddings": "e1", "hashes": "h", "class_counts": True, "boxes": True})
     assert not spec.served_by({"embeddings": "e0", "boxes": True}) and not spec.served_by({"embeddings": "e1"})
+
+
+@pytest.mark.parametrize("bucket, block", [(1 << 20, 1 << 16), (40, 7)])  # one argsort; many buckets and blocks
+def test_the_merge_is_the_stable_sort_of_the_whole_pool(tmp_path, monkeypatch, bucket, block):
+    """Many small shards, scores drawn from few values (ties within and across shards and across bucket edges),
+    unreadable images with their reason: the merged rows and result.tsv are exactly those of the straightforward
+    stable sort of the whole list (writers.mining_lines)."""
+    import random
+
+    from executor.pipeline import shards as shards_module
+    from executor.pipeline.ranking import ranking_entries
+    from executor.pipeline.shards import ShardStore
+    from executor.protocol.writers import UNREADABLE_SCORE, mining_lines, write_ranked
+
+    monkeypatch.setattr(shards_module, "MERGE_BUCKET", bucket)
+    monkeypatch.setattr(shards_module, "MERGE_BLOCK", block)
+    rng = random.Random(7)
+    keys = [f"/in/assets/{i % 7:02d}/é{i:04d}.jpg" for i in range(600)]
+    scores = {key: rng.choice([0.0, 0.1, 1 / 3, 2.5, 1e-300, 7.25, float(rng.randint(0, 3))]) for key in keys}
+    unreadable = {key: f"broken\tfile {n}" for n, key in enumerate(rng.sample(keys, 25))}
+    scores.update(dict.fromkeys(unreadable, UNREADABLE_SCORE))
+    store = ShardStore(str(tmp_path / "shards"), "mining", {"test": 1})
+    shards = plan(keys, 13)
+    for shard in shards:
+        store.write_scores(shard, {key: scores[key] for key in shard.keys},
+                           {key: why for key, why in unreadable.items() if key in shard.keys})
+
+    expected = sorted(range(len(keys)), key=lambda i: -scores[keys[i]])
+    rows = list(store.merged_rows(len(shards)))
+    assert [row.key for row in rows] == [keys[i] for i in expected]
+    assert [row.score for row in rows] == [scores[keys[i]] for i in expected]
+    assert [row.reason for row in rows] == [unreadable.get(keys[i], "").replace("\t", " ") for i in expected]
+    lines = {}
+    for shard in shards:
+        with open(store.path(shard), encoding="utf-8") as handle:
+            lines.update({(shard.index, n): line for n, line in enumerate(handle.readlines()[1:])})
+    assert all(lines[row.shard, row.line].startswith(row.key + "\t") for row in rows)
+
+    out = tmp_path / "result.tsv"
+    write_ranked(str(out), ((found.key, found.score) for found in ranking_entries(store, len(shards), None, 600)))
+    assert out.read_text(encoding="utf-8") == "".join(mining_lines(scores.items()))
