@@ -11,7 +11,6 @@ images with the same model.
 
 Writes benchmarks/results/audit-latest.json (--json) and the generated section of docs/audit.md (--markdown).
 """
-import argparse
 import datetime
 import functools
 import json
@@ -37,10 +36,9 @@ FALSE_ALARMS = 12  # the best-ranked findings that hit nothing, kept for inspect
 
 
 def parse_args(argv=None):
-    shared = os.path.join(os.path.dirname(REPO), "shared")
-    p = argparse.ArgumentParser(prog="python -m benchmarks.audit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=os.path.join(shared, "weights", "yolov8n.pt"))
+    from benchmarks import SHARED as shared, benchmark_parser
+
+    p = benchmark_parser("audit", __doc__)
     p.add_argument("--voc", default=os.path.join(shared, "data", "voc2007"))
     p.add_argument("--highway", default=os.path.join(shared, "data", "highway"))
     p.add_argument("--highway-images", type=int, default=HIGHWAY_IMAGES,

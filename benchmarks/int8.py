@@ -14,7 +14,6 @@ A report, no target.
     .venv/bin/python -m benchmarks.int8                        # 640 px, 100 calibration images (~4 min, 2 cores)
     .venv/bin/python -m benchmarks.int8 --img-size 320 --calibration 30 --speed-images 20   # smoke run
 """
-import argparse
 import json
 import logging
 import os
@@ -33,10 +32,9 @@ TOP_FRACTION = 0.2
 
 
 def parse_args(argv=None):
-    shared = os.path.join(os.path.dirname(REPO), "shared")
-    p = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=os.path.join(shared, "weights", "yolov8n.pt"))
+    from benchmarks import SHARED as shared, benchmark_parser
+
+    p = benchmark_parser("int8", __doc__)
     p.add_argument("--coco", default=os.path.join(shared, "data", "coco-val"))
     p.add_argument("--img-size", type=int, default=640)
     p.add_argument("--calibration", type=int, default=100, help="coco-val images that calibrate (the first ones)")

@@ -10,7 +10,6 @@ swapped each repetition, so both arms share whatever else the machine runs: the 
 truth from benchmarks/gt.py; its ignore regions (COCO crowds, VOC difficult objects) are left out of the truth, as
 the platform's readers leave crowds out, the same for both arms. Prints one JSON object per dataset.
 """
-import argparse
 import json
 import os
 import sys
@@ -26,10 +25,9 @@ DATASETS = {"coco-val": "load_coco", "voc2007": "load_voc"}
 
 
 def parse_args(argv=None):
-    shared = os.path.join(os.path.dirname(REPO), "shared")
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tta", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=os.path.join(shared, "weights", "yolov8n.pt"))
+    from benchmarks import SHARED as shared, benchmark_parser
+
+    p = benchmark_parser("tta", __doc__)
     p.add_argument("--data", default=os.path.join(shared, "data"), help="the folder of coco-val and voc2007")
     p.add_argument("--img-size", type=int, default=640)
     p.add_argument("--images", type=int, default=None, help="the first N images of each dataset (default all)")
