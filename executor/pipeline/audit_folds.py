@@ -91,7 +91,8 @@ def cross_fit(samples: Sequence[Sample], folds: int, seed: int, folder: str, sta
         share = 1 / len(cut)
         at = (fold.number - 1) * share
         held = [samples[i] for i in fold.held_out]
-        trained = [i for i in range(len(samples)) if i not in set(fold.held_out)]
+        held_out = set(fold.held_out)
+        trained = [i for i in range(len(samples)) if i not in held_out]
         weights, mAP50, reused = fold_model(fold, samples, arks, trained, folder, start_weights, settings, seed,
                                             train, lambda f: progress(at + 0.8 * share * f))
         part = audit(weights, held, fold.number, lambda f: progress(at + share * (0.8 + 0.2 * f)))

@@ -13,6 +13,7 @@ from executor.cli import fit_errors
 from executor.protocol.dataset import probe_image
 from executor.protocol.labelled import yaml_names
 from executor.protocol.yaml_file import read_yaml_mapping
+from tests.cli.conftest import readme_example
 from tests.ymir_builders import SHARED, WEIGHTS_DIR
 
 COCO8 = SHARED / "data" / "coco8"
@@ -48,9 +49,7 @@ def test_the_help_names_the_findings_and_the_flags(capsys):
     args = parse("audit", "--data", "d.yaml", "--model", "m.pt", "--imgsz", 320, "--conf", 0.6)
     assert (args.out, args.conf, args.low_conf) == ("audit.json", 0.6, 0.01)
     assert cli.config_of(args)["img_size"] == 320 and "conf_thres" not in cli.config_of(args)
-    readme = (Path(cli.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    example = next(line for line in readme.splitlines() if "start.py audit --data" in line)
-    args = parse(*example.split("start.py ", 1)[1].split())  # the README's example is a valid command line
+    args = parse(*readme_example("audit"))  # the README's example is a valid command line
     assert (args.command, args.split, args.out) == ("audit", "val", "audit.json")
 
 

@@ -9,6 +9,7 @@ from executor.cli import commands as cli
 from executor.protocol.labelled import yaml_names
 from executor.protocol.yaml_file import read_yaml_mapping
 from mining.errors import read_error_model
+from tests.cli.conftest import readme_example
 from tests.ymir_builders import SHARED, WEIGHTS_DIR
 
 COCO8 = SHARED / "data" / "coco8"
@@ -31,9 +32,7 @@ def test_the_help_says_to_fit_on_images_the_model_did_not_train_on(capsys):
         assert flag in text
     args = parse("fit-errors", "--data", "d.yaml", "--model", "m.pt", "--imgsz", 320, "--device", "cpu")
     assert cli.config_of(args)["img_size"] == 320 and cli.config_of(args)["gpu_id"] == ""
-    readme = (Path(cli.__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    example = next(line for line in readme.splitlines() if "start.py fit-errors --data" in line)
-    args = parse(*example.split("start.py ", 1)[1].split())  # the README's example is a valid command line
+    args = parse(*readme_example("fit-errors"))  # the README's example is a valid command line
     assert (args.command, args.split, args.weights) == ("fit-errors", "val", "runs/best.pt")
 
 
